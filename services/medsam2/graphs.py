@@ -1,0 +1,176 @@
+"""The stage graphs' contract: names, dtypes and shapes of every input and output.
+
+Export writes graphs that match this table, backends check tensors against it
+before a call, and the Triton model-repository writer turns it into
+``config.pbtxt``.  ``-1`` marks the batch axis (always axis 0) and, for the
+memory attention, the number of memory slots.  Everything else is static.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+import numpy as np
+
+IMAGE_SIZE = 512
+"""Side of the square model input, in pixels."""
+LOW_RES = IMAGE_SIZE // 4
+"""Side of the mask decoder's low-resolution logits (stride 4)."""
+FEAT = IMAGE_SIZE // 16
+"""Side of the stride-16 feature grid (32 at 512)."""
+HIDDEN_DIM = 256
+MEM_DIM = 64
+NUM_MASKMEM = 7
+"""Memory slots the model was trained with: conditioning frames plus 6 recent frames."""
+MAX_COND_FRAMES = 4
+"""Documented cap on conditioning frames attended at once (sam2's own default is unlimited)."""
+MAX_MEMORY_SLOTS = MAX_COND_FRAMES + NUM_MASKMEM - 1
+"""Upper bound of the dynamic memory-slot axis (TensorRT profile maximum)."""
+MAX_OBJ_PTRS = 16
+"""sam2's max_obj_ptrs_in_encoder: pointers of up to 15 recent frames plus the conditioning frames'."""
+OBJ_PTR_SLOTS = MAX_COND_FRAMES + MAX_OBJ_PTRS - 1
+"""Object-pointer slots in the memory attention graph."""
+MAX_POINTS = 16
+"""Point slots per object and frame in the SAM heads; a box uses two."""
+NUM_MASK_TOKENS = 4
+"""Mask outputs of the decoder: index 0 is the single-mask token, 1-3 the multimask tokens."""
+
+POINT_LABEL_UNUSED = -2
+"""Label of an empty point slot: masked out of attention, so it changes nothing."""
+POINT_LABEL_PAD = -1
+"""sam2's 'not a point' label."""
+POINT_LABEL_NEGATIVE = 0
+POINT_LABEL_POSITIVE = 1
+POINT_LABEL_BOX_TOP_LEFT = 2
+POINT_LABEL_BOX_BOTTOM_RIGHT = 3
+
+BATCH = -1
+SLOTS = -1
+
+
+class Stage(str, Enum):
+    """One exported graph."""
+
+    IMAGE_ENCODER = "image_encoder"
+    MEMORY_ATTENTION = "memory_attention"
+    SAM_HEADS = "sam_heads"
+    MEMORY_ENCODER = "memory_encoder"
+    MASK_DOWNSAMPLER = "mask_downsampler"
+
+
+@dataclass(frozen=True, slots=True)
+class TensorSpec:
+    """One named tensor of a graph: dtype and shape, ``-1`` for dynamic axes."""
+
+    name: str
+    dtype: type[np.generic]
+    shape: tuple[int, ...]
+    doc: str
+
+    @property
+    def dynamic_axes(self) -> tuple[int, ...]:
+        """Indices of the axes that are not fixed."""
+        return tuple(i for i, d in enumerate(self.shape) if d < 0)
+
+    def check(self, array: np.ndarray) -> None:
+        """Raise ``ValueError`` naming this tensor if ``array`` does not fit it."""
+        if array.dtype != self.dtype:
+            raise ValueError(f"{self.name}: expected dtype {np.dtype(self.dtype).name}, got {array.dtype.name}")
+        if array.ndim != len(self.shape):
+            raise ValueError(f"{self.name}: expected {len(self.shape)} dims {self.shape}, got shape {array.shape}")
+        for want, got in zip(self.shape, array.shape):
+            if want >= 0 and want != got:
+                raise ValueError(f"{self.name}: expected shape {self.shape}, got {array.shape}")
+
+
+@dataclass(frozen=True, slots=True)
+class GraphSpec:
+    """Inputs and outputs of one stage graph."""
+
+    stage: Stage
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    doc: str
+
+    def input(self, name: str) -> TensorSpec:
+        """The input called ``name``."""
+        return next(t for t in self.inputs if t.name == name)
+
+    def output(self, name: str) -> TensorSpec:
+        """The output called ``name``."""
+        return next(t for t in self.outputs if t.name == name)
+
+
+F32, I32, I64, U8 = np.float32, np.int32, np.int64, np.uint8
+
+_FEAT_S0 = TensorSpec("feat_s0", F32, (BATCH, 32, LOW_RES, LOW_RES), "stride-4 features, projected by the decoder's conv_s0")
+_FEAT_S1 = TensorSpec("feat_s1", F32, (BATCH, 64, 2 * FEAT, 2 * FEAT), "stride-8 features, projected by the decoder's conv_s1")
+_FEAT_S2 = TensorSpec("feat_s2", F32, (BATCH, HIDDEN_DIM, FEAT, FEAT), "stride-16 backbone features")
+
+IMAGE_ENCODER = GraphSpec(
+    Stage.IMAGE_ENCODER,
+    inputs=(TensorSpec("image", U8, (BATCH, 1, IMAGE_SIZE, IMAGE_SIZE), "grey slice already resized to 512x512"),),
+    outputs=(_FEAT_S0, _FEAT_S1, _FEAT_S2),
+    doc="Hiera-T + FPN; normalisation (/255, ImageNet mean/std) and grey-to-RGB inside.",
+)
+
+MEMORY_ATTENTION = GraphSpec(
+    Stage.MEMORY_ATTENTION,
+    inputs=(
+        _FEAT_S2,
+        TensorSpec("memory", F32, (BATCH, SLOTS, MEM_DIM, FEAT, FEAT), "spatial memories (memory-encoder outputs)"),
+        TensorSpec("memory_tpos", I64, (BATCH, SLOTS), "sam2 t_pos of each memory: 0 for conditioning frames, 1..6 for recent ones"),
+        TensorSpec("memory_valid", F32, (BATCH, SLOTS), "1 for a real memory, 0 for an empty slot"),
+        TensorSpec("obj_ptrs", F32, (BATCH, OBJ_PTR_SLOTS, HIDDEN_DIM), "object pointers of earlier frames"),
+        TensorSpec("obj_ptr_tpos", F32, (BATCH, OBJ_PTR_SLOTS), "signed frame distance of each pointer divided by (max pointers - 1)"),
+        TensorSpec("obj_ptr_valid", F32, (BATCH, OBJ_PTR_SLOTS), "1 for a real pointer, 0 for an empty slot"),
+        TensorSpec("no_memory", F32, (BATCH,), "1 on an initial conditioning frame: add the no-memory embedding instead of attending"),
+    ),
+    outputs=(TensorSpec("pix_feat", F32, (BATCH, HIDDEN_DIM, FEAT, FEAT), "memory-conditioned stride-16 features"),),
+    doc="4-layer memory attention with real-valued RoPE; spatial and temporal encodings inside.",
+)
+
+SAM_HEADS = GraphSpec(
+    Stage.SAM_HEADS,
+    inputs=(
+        TensorSpec("pix_feat", F32, (BATCH, HIDDEN_DIM, FEAT, FEAT), "memory-conditioned stride-16 features"),
+        _FEAT_S0,
+        _FEAT_S1,
+        TensorSpec("point_coords", F32, (BATCH, MAX_POINTS, 2), "(x, y) in 512-pixel model-input coordinates"),
+        TensorSpec("point_labels", I32, (BATCH, MAX_POINTS), "sam2 labels; -2 marks an unused slot"),
+        TensorSpec("mask_input", F32, (BATCH, 1, LOW_RES, LOW_RES), "low-resolution mask prompt (logits)"),
+        TensorSpec("has_mask_input", F32, (BATCH,), "1 when mask_input is a real prompt, 0 to use the no-mask embedding"),
+    ),
+    outputs=(
+        TensorSpec("low_res_masks", F32, (BATCH, NUM_MASK_TOKENS, LOW_RES, LOW_RES), "raw mask logits of all four tokens"),
+        TensorSpec("iou_scores", F32, (BATCH, NUM_MASK_TOKENS), "predicted IoU of each mask"),
+        TensorSpec("obj_ptrs", F32, (BATCH, NUM_MASK_TOKENS, HIDDEN_DIM), "object pointer of each token, no-object mixing applied"),
+        TensorSpec("object_score_logits", F32, (BATCH, 1), "object presence logit"),
+    ),
+    doc="Prompt encoder + two-way mask decoder + object-pointer projection; mask choice happens outside.",
+)
+
+MEMORY_ENCODER = GraphSpec(
+    Stage.MEMORY_ENCODER,
+    inputs=(
+        _FEAT_S2,
+        TensorSpec("mask_logits", F32, (BATCH, 1, IMAGE_SIZE, IMAGE_SIZE), "chosen mask logits at 512x512"),
+        TensorSpec("binarize", F32, (BATCH,), "1 to threshold the mask at 0 (mask came from clicks), 0 for sigmoid"),
+        TensorSpec("object_score_logits", F32, (BATCH, 1), "object presence logit; <= 0 adds the no-object embedding"),
+    ),
+    outputs=(TensorSpec("maskmem_features", F32, (BATCH, MEM_DIM, FEAT, FEAT), "this frame's memory entry"),),
+    doc="Mask downsampler + fuser + projection; sigmoid scale/bias and no-object embedding inside.",
+)
+
+MASK_DOWNSAMPLER = GraphSpec(
+    Stage.MASK_DOWNSAMPLER,
+    inputs=(TensorSpec("mask", F32, (BATCH, 1, IMAGE_SIZE, IMAGE_SIZE), "binary mask prompt at 512x512"),),
+    outputs=(TensorSpec("mask_input", F32, (BATCH, 1, LOW_RES, LOW_RES), "learned 4x downsampling, fed to the SAM heads"),),
+    doc="sam2's mask_downsample convolution, used when a mask is the prompt.",
+)
+
+GRAPHS: dict[Stage, GraphSpec] = {
+    g.stage: g for g in (IMAGE_ENCODER, MEMORY_ATTENTION, SAM_HEADS, MEMORY_ENCODER, MASK_DOWNSAMPLER)
+}
+"""Every stage graph, by stage."""
