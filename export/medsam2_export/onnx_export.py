@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medsam2.errors import OutputNotWritable
+from medsam2.errors import NotFound, OutputNotWritable
 from medsam2.graphs import GRAPHS, NUM_MASKMEM, POINT_LABEL_UNUSED, GraphSpec, Stage
 from medsam2_export.wrappers import (
     ImageEncoderGraph,
@@ -35,6 +35,15 @@ _AXIS_NAMES = {0: "batch", 1: "memory_slots"}
 def graph_file(out_dir: Path, stage: Stage) -> Path:
     """Where ``export_all`` puts a stage's ONNX file."""
     return Path(out_dir) / f"{stage.value}.onnx"
+
+
+def find_graph(folder: Path, stage: Stage) -> Path:
+    """A stage's ONNX file in a folder of ``<stage>.onnx`` files or in a Triton model repository."""
+    folder = Path(folder)
+    for candidate in (graph_file(folder, stage), folder / stage.value / "1" / "model.onnx"):
+        if candidate.is_file():
+            return candidate
+    raise NotFound(f"no ONNX graph for {stage.value} in {folder} (looked for {stage.value}.onnx and {stage.value}/1/model.onnx)")
 
 
 def sample_inputs(spec: GraphSpec, batch: int = 2, slots: int = NUM_MASKMEM, seed: int = 0) -> dict[str, np.ndarray]:
@@ -83,8 +92,25 @@ def export_graph(model: torch.nn.Module, stage: Stage, path: Path) -> Path:
             dynamic_axes=dynamic_axes,
             do_constant_folding=True,
         )
+    _declare_contract_shapes(tmp, spec)
     tmp.replace(path)
     return path
+
+
+def _declare_contract_shapes(path: Path, spec: GraphSpec) -> None:
+    # The tracer leaves some output dims symbolic (e.g. after the FPN's nearest upsampling);
+    # the contract fixes them, so consumers (TensorRT, Triton) see static shapes.
+    import onnx
+
+    model = onnx.load(str(path))
+    for values, tensors in ((model.graph.input, spec.inputs), (model.graph.output, spec.outputs)):
+        for value, tensor in zip(values, tensors):
+            for axis, (dim, want) in enumerate(zip(value.type.tensor_type.shape.dim, tensor.shape)):
+                if want < 0:
+                    dim.dim_param = _AXIS_NAMES[axis]
+                else:
+                    dim.dim_value = want
+    onnx.save(model, str(path))
 
 
 def export_all(model: torch.nn.Module, out_dir: Path, stages: tuple[Stage, ...] = tuple(Stage)) -> dict[Stage, Path]:

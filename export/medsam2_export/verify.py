@@ -33,7 +33,7 @@ from medsam2.graphs import (
     Stage,
 )
 from medsam2_export.model import OBJECT_SCORE_BIAS_KEY, load_model
-from medsam2_export.onnx_export import export_all, export_graph, graph_file
+from medsam2_export.onnx_export import export_all, export_graph, find_graph
 from medsam2_export.wrappers.image_encoder import IMAGENET_MEAN, IMAGENET_STD
 
 TOLERANCE = 1e-4
@@ -90,7 +90,7 @@ def verify(checkpoint: Path, onnx_dir: Path | None = None, seed: int = 0, thread
         if onnx_dir is None:
             onnx_dir = Path(tmp) / "graphs"
             export_all(model, onnx_dir)
-        sessions = {stage: ort_session(graph_file(onnx_dir, stage), threads) for stage in Stage}
+        sessions = {stage: ort_session(find_graph(onnx_dir, stage), threads) for stage in Stage}
         checker = _Checker(model, sessions, np.random.default_rng(seed))
         checker.image_encoder()
         checker.memory_attention()

@@ -1,0 +1,303 @@
+"""Write a Triton model repository for the stage graphs: ``config.pbtxt`` per stage plus model binaries.
+
+The configs come from the contract in ``medsam2.graphs`` alone, so the copies
+committed under ``model_repository/`` can be regenerated (and checked for
+freshness) without torch, onnx or tritonclient.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from medsam2 import graphs
+from medsam2.errors import ConfigError, OutputNotWritable
+from medsam2.graphs import GRAPHS, GraphSpec, Stage, TensorSpec
+
+BACKENDS = ("onnxruntime", "tensorrt")
+"""Backends a repository can be written for, in the order the committed copies are generated."""
+
+_PLATFORM = {"onnxruntime": "onnxruntime_onnx", "tensorrt": "tensorrt_plan"}
+_MODEL_FILE = {"onnxruntime": "model.onnx", "tensorrt": "model.plan"}
+_TRITON_TYPE = {
+    np.dtype(np.uint8): "TYPE_UINT8",
+    np.dtype(np.float32): "TYPE_FP32",
+    np.dtype(np.int32): "TYPE_INT32",
+    np.dtype(np.int64): "TYPE_INT64",
+}
+_INSTANCE_KINDS = ("GPU", "CPU")
+_HEADER = (
+    "# Generated from services/medsam2/graphs.py by medsam2_export.model_repository; do not edit by hand.\n"
+    "# Regenerate with: PYTHONPATH=services:export python -m medsam2_export.model_repository\n"
+)
+_WARMUP_NAME = "zero_inputs"
+
+
+@dataclass(frozen=True, slots=True)
+class RepositoryOptions:
+    """Batching and placement settings written into every stage's ``config.pbtxt``."""
+
+    max_batch_size: int = 16
+    preferred_batch_sizes: tuple[int, ...] = (4, 8)
+    max_queue_delay_us: int = 2000
+    instance_count: int = 1
+    instance_kind: str = "GPU"
+
+
+class _Enum(str):
+    """A protobuf enum value: rendered bare, not quoted."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Rendering
+
+
+def triton_dims(tensor: TensorSpec) -> tuple[int, ...]:
+    """Dims of ``tensor`` as Triton declares them: without the implicit batch axis, ``[1]`` for a batch-only tensor."""
+    dims = tensor.shape[1:]
+    # Triton rejects empty dims, so a per-item scalar is declared [1] and reshaped to [] for the model.
+    return dims if dims else (1,)
+
+
+def warmup_dims(tensor: TensorSpec) -> tuple[int, ...]:
+    """Concrete warm-up dims of ``tensor``: memory slots at the trained count (the TensorRT profile's opt)."""
+    return tuple(graphs.NUM_MASKMEM if d < 0 else d for d in triton_dims(tensor))
+
+
+def _tensor_entry(tensor: TensorSpec) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "name": tensor.name,
+        "data_type": _triton_type(tensor),
+        "dims": list(triton_dims(tensor)),
+    }
+    if len(tensor.shape) == 1:
+        entry["reshape"] = {"shape": []}
+    return entry
+
+
+def _triton_type(tensor: TensorSpec) -> _Enum:
+    try:
+        return _Enum(_TRITON_TYPE[np.dtype(tensor.dtype)])
+    except KeyError:
+        raise ConfigError(f"{tensor.name}: dtype {np.dtype(tensor.dtype).name} has no Triton type mapping") from None
+
+
+def _warmup(spec: GraphSpec) -> dict[str, Any]:
+    inputs = [
+        {"key": t.name, "value": {"data_type": _triton_type(t), "dims": list(warmup_dims(t)), "zero_data": True}}
+        for t in spec.inputs
+    ]
+    return {"name": _WARMUP_NAME, "batch_size": 1, "inputs": inputs}
+
+
+def config_fields(spec: GraphSpec, backend: str, options: RepositoryOptions = RepositoryOptions()) -> dict[str, Any]:
+    """The ``ModelConfig`` of one stage as nested dicts and lists, in the order they are written."""
+    _check_backend(backend)
+    _check_options(options, backend)
+    return {
+        "name": spec.stage.value,
+        "platform": _PLATFORM[backend],
+        "max_batch_size": options.max_batch_size,
+        "version_policy": {"latest": {"num_versions": 1}},
+        "input": [_tensor_entry(t) for t in spec.inputs],
+        "output": [_tensor_entry(t) for t in spec.outputs],
+        "dynamic_batching": {
+            "preferred_batch_size": list(options.preferred_batch_sizes),
+            "max_queue_delay_microseconds": options.max_queue_delay_us,
+        },
+        "instance_group": [{"count": options.instance_count, "kind": _Enum(f"KIND_{options.instance_kind}")}],
+        "model_warmup": [_warmup(spec)],
+    }
+
+
+def render_config(spec: GraphSpec, backend: str, options: RepositoryOptions = RepositoryOptions()) -> str:
+    """The ``config.pbtxt`` text of one stage."""
+    return _HEADER + "\n".join(_render_fields(config_fields(spec, backend, options), 0)) + "\n"
+
+
+def _render_fields(fields: Mapping[str, Any], depth: int) -> list[str]:
+    pad = "  " * depth
+    lines: list[str] = []
+    for name, value in fields.items():
+        if isinstance(value, Mapping):
+            lines += [f"{pad}{name} {{", *_render_fields(value, depth + 1), f"{pad}}}"]
+        elif isinstance(value, list) and value and all(isinstance(v, Mapping) for v in value):
+            lines += [f"{pad}{name} ["]
+            for i, item in enumerate(value):
+                comma = "," if i < len(value) - 1 else ""
+                lines += [f"{pad}  {{", *_render_fields(item, depth + 2), f"{pad}  }}{comma}"]
+            lines += [f"{pad}]"]
+        elif isinstance(value, list):
+            lines.append(f"{pad}{name}: [ {', '.join(_scalar(v) for v in value)} ]" if value else f"{pad}{name}: [ ]")
+        else:
+            lines.append(f"{pad}{name}: {_scalar(value)}")
+    return lines
+
+
+def _scalar(value: Any) -> str:
+    if isinstance(value, _Enum):
+        return str(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        # Tensor and model names are plain identifiers; refuse anything needing escapes rather than mis-escape it.
+        if not value.isprintable() or '"' in value or "\\" in value:
+            raise ConfigError(f"cannot write {value!r} into config.pbtxt")
+        return f'"{value}"'
+    raise TypeError(f"no text-format rendering for {type(value).__name__}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation
+
+
+def _check_backend(backend: str) -> None:
+    if backend not in BACKENDS:
+        raise ConfigError(f"unknown backend {backend!r}: expected one of {', '.join(BACKENDS)}")
+
+
+def _check_options(options: RepositoryOptions, backend: str) -> None:
+    if options.max_batch_size < 1:
+        raise ConfigError(f"max_batch_size must be at least 1, got {options.max_batch_size}")
+    bad = [b for b in options.preferred_batch_sizes if not 1 <= b <= options.max_batch_size]
+    if bad:
+        raise ConfigError(f"preferred batch sizes {bad} are outside 1..max_batch_size ({options.max_batch_size})")
+    if options.max_queue_delay_us < 0:
+        raise ConfigError(f"max_queue_delay_us must not be negative, got {options.max_queue_delay_us}")
+    if options.instance_count < 1:
+        raise ConfigError(f"instance_count must be at least 1, got {options.instance_count}")
+    if options.instance_kind not in _INSTANCE_KINDS:
+        kinds = ", ".join(_INSTANCE_KINDS)
+        raise ConfigError(f"unknown instance kind {options.instance_kind!r}: expected one of {kinds}")
+    if backend == "tensorrt" and options.instance_kind != "GPU":
+        raise ConfigError("a TensorRT plan only runs on a GPU: instance_kind must be 'GPU' for the tensorrt backend")
+
+
+def _check_model_files(model_files: Mapping[Stage, Path], backend: str) -> dict[Stage, Path]:
+    missing = [s.value for s in GRAPHS if s not in model_files]
+    if missing:
+        raise ConfigError(f"no model file given for stage(s): {', '.join(missing)}")
+    files = {stage: Path(model_files[stage]) for stage in GRAPHS}
+    for stage, path in files.items():
+        if not path.is_file():
+            raise ConfigError(f"model file for {stage.value} not found: {path}")
+        # Copying an ONNX graph in as model.plan (or the reverse) only fails later, inside Triton.
+        is_onnx = path.suffix.lower() == ".onnx"
+        if is_onnx != (backend == "onnxruntime"):
+            want = "an .onnx graph" if backend == "onnxruntime" else "a serialized TensorRT engine, not .onnx"
+            raise ConfigError(f"model file for {stage.value} must be {want} for the {backend} backend: {path}")
+    return files
+
+
+def check_output_dir(path: Path) -> None:
+    """Raise ``OutputNotWritable`` unless ``path`` is, or can be created as, a writable folder; writes nothing."""
+    path = Path(path)
+    existing = path
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputNotWritable(f"cannot write to {path}: {existing} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputNotWritable(f"cannot write to {path}: {existing} is not writable")
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file and a rename, so a failure leaves no half-written file."""
+    _replace_atomic(Path(path), lambda out: out.write(data))
+
+
+def copy_atomic(src: Path, dst: Path) -> None:
+    """Copy ``src`` to ``dst`` via a temporary file and a rename, so a failure leaves no half-copied file."""
+    with open(src, "rb") as source:
+        _replace_atomic(Path(dst), lambda out: shutil.copyfileobj(source, out, 16 << 20))
+
+
+def _replace_atomic(path: Path, fill: Callable[[IO[bytes]], object]) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise OutputNotWritable(f"cannot write {path}: {e}") from e
+    try:
+        with os.fdopen(fd, "wb") as out:
+            fill(out)
+        # mkstemp makes 0600 files; Triton often runs as another user in its container.
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise OutputNotWritable(f"cannot write {path}: {e}") from e
+        raise
+
+
+def write_model_repository(
+    out_dir: Path,
+    backend: str,
+    model_files: Mapping[Stage, Path] | None = None,
+    options: RepositoryOptions = RepositoryOptions(),
+) -> list[Path]:
+    """Write ``<out_dir>/<stage>/config.pbtxt`` per stage, plus ``1/model.onnx|plan`` when ``model_files`` is given."""
+    _check_backend(backend)
+    _check_options(options, backend)
+    files = _check_model_files(model_files, backend) if model_files is not None else None
+    out_dir = Path(out_dir)
+    check_output_dir(out_dir)
+    # Render everything first so that a bad spec fails before any file is touched.
+    configs = {stage: render_config(spec, backend, options) for stage, spec in GRAPHS.items()}
+    written: list[Path] = []
+    for stage, text in configs.items():
+        config_path = out_dir / stage.value / "config.pbtxt"
+        write_atomic(config_path, text.encode("utf-8"))
+        written.append(config_path)
+        if files is not None:
+            model_path = out_dir / stage.value / "1" / _MODEL_FILE[backend]
+            copy_atomic(files[stage], model_path)
+            written.append(model_path)
+    return written
+
+
+# ---------------------------------------------------------------------------------------------
+# Committed copies
+
+
+def committed_repository_dir() -> Path:
+    """The repo's ``model_repository/`` folder, whose per-backend configs are committed."""
+    return Path(__file__).resolve().parents[2] / "model_repository"
+
+
+def main_regenerate(argv: Sequence[str] | None = None) -> int:
+    """Rewrite the committed ``model_repository/<backend>/<stage>/config.pbtxt`` files from the contract."""
+    parser = argparse.ArgumentParser(
+        prog="python -m medsam2_export.model_repository",
+        description="Regenerate the committed Triton configs from services/medsam2/graphs.py.",
+    )
+    parser.add_argument(
+        "--root", type=Path, default=committed_repository_dir(), help="folder holding one repository per backend"
+    )
+    args = parser.parse_args(argv)
+    for backend in BACKENDS:
+        for path in write_model_repository(args.root / backend, backend):
+            print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main_regenerate())

@@ -1,0 +1,1 @@
+"""The ``medsam2`` command line."""

@@ -1,0 +1,75 @@
+"""The exported graphs: their structure, and their numbers against sam2 (fp32, <= 1e-4)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from medsam2.graphs import GRAPHS, Stage
+from medsam2_export.onnx_export import find_graph
+from medsam2_export.verify import TOLERANCE, verify
+
+FORBIDDEN_OPS = {"If", "Loop", "Scan", "SequenceConstruct", "SplitToSequence", "DFT", "STFT"}
+COMPLEX_TYPES = {onnx.TensorProto.COMPLEX64, onnx.TensorProto.COMPLEX128}
+ALLOWED_DYNAMIC = {(0, "batch"), (1, "memory_slots")}
+
+
+@pytest.mark.parametrize("stage", list(Stage))
+def test_graph_structure(graphs: dict[str, Path], stage: Stage) -> None:
+    model = onnx.load(str(find_graph(graphs["present"], stage)))
+    onnx.checker.check_model(model)
+    assert model.opset_import[0].version >= 17
+    graph = model.graph
+    ops = {n.op_type for n in graph.node}
+    assert not ops & FORBIDDEN_OPS, f"{stage.value} has control flow or complex ops: {ops & FORBIDDEN_OPS}"
+    for node in graph.node:
+        if node.op_type == "Resize":
+            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+            assert attrs.get("antialias", 0) == 0, f"{stage.value}: antialiased Resize {node.name}"
+    inferred = onnx.shape_inference.infer_shapes(model)
+    for info in (*inferred.graph.value_info, *graph.input, *graph.output, *graph.initializer):
+        elem = info.data_type if hasattr(info, "data_type") else info.type.tensor_type.elem_type
+        assert elem not in COMPLEX_TYPES, f"{stage.value}: complex tensor {info.name}"
+    spec = GRAPHS[stage]
+    for value, tensor in ((graph.input, spec.inputs), (graph.output, spec.outputs)):
+        assert [v.name for v in value] == [t.name for t in tensor]
+        for v, t in zip(value, tensor):
+            dims = v.type.tensor_type.shape.dim
+            assert len(dims) == len(t.shape)
+            for axis, (dim, want) in enumerate(zip(dims, t.shape)):
+                if dim.dim_param:
+                    assert (axis, dim.dim_param) in ALLOWED_DYNAMIC, f"{stage.value}.{v.name} axis {axis}"
+                    assert want == -1
+                else:
+                    assert dim.dim_value == want, f"{stage.value}.{v.name} axis {axis}: {dim.dim_value} != {want}"
+            assert v.type.tensor_type.elem_type == onnx.helper.np_dtype_to_tensor_dtype(np.dtype(t.dtype))
+
+
+@pytest.mark.parametrize("objects", ["present", "absent"])
+def test_verify_within_tolerance(checkpoints: dict[str, Path], graphs: dict[str, Path], objects: str) -> None:
+    report = verify(checkpoints[objects], onnx_dir=graphs[objects], seed=3)
+    out = report.to_json()
+    assert set(out["stages"]) == {s.value for s in Stage}
+    expected_outputs = {s.value: {t.name for t in GRAPHS[s].outputs} for s in Stage}
+    for stage, names in expected_outputs.items():
+        assert names <= set(out["stages"][stage]), stage
+    assert out["max_abs_err"] <= TOLERANCE, out
+    # Both object states and both tracking directions went through the graphs.
+    assert out["cases"]["object-present"] > 0 and out["cases"]["object-absent"] > 0
+    assert out["cases"]["memory_attention/reverse-full"] == 1
+    assert out["cases"]["memory_attention/init"] == 1
+
+
+def test_verify_catches_a_wrong_graph(checkpoints: dict[str, Path], graphs: dict[str, Path], tmp_path: Path) -> None:
+    # Graphs of the absent checkpoint judged against the present one: the object head differs.
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    for stage in Stage:
+        source = graphs["absent" if stage is Stage.SAM_HEADS else "present"]
+        (mixed / f"{stage.value}.onnx").symlink_to(find_graph(source, stage))
+    report = verify(checkpoints["present"], onnx_dir=mixed, seed=3)
+    assert report.stages["sam_heads"]["object_score_logits"] > 1.0
+    assert report.max_abs_err > TOLERANCE

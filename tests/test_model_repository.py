@@ -1,0 +1,289 @@
+"""Triton model-repository writer: rendered configs, committed copies, binaries and error cases."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from medsam2 import graphs
+from medsam2.errors import ConfigError, OutputNotWritable
+from medsam2.graphs import GRAPHS, Stage
+from medsam2_export import model_repository as mr
+from medsam2_export.tensorrt_build import profile_shapes
+
+REPO = Path(__file__).resolve().parents[1]
+COMMITTED = REPO / "model_repository"
+TRITON_TYPES = {"uint8": "TYPE_UINT8", "float32": "TYPE_FP32", "int32": "TYPE_INT32", "int64": "TYPE_INT64"}
+
+
+# A tiny protobuf-text reader, enough for the configs the writer produces, so structure checks need no tritonclient.
+def _tokens(text: str) -> list[str]:
+    text = re.sub(r"#[^\n]*", "", text)
+    return re.findall(r'"(?:[^"\\]|\\.)*"|[{}\[\]:,]|[^\s{}\[\]:,"]+', text)
+
+
+def _parse(text: str) -> dict[str, list[Any]]:
+    toks = _tokens(text)
+    fields, pos = _fields(toks, 0, None)
+    assert pos == len(toks)
+    return fields
+
+
+def _fields(toks: list[str], pos: int, close: str | None) -> tuple[dict[str, list[Any]], int]:
+    out: dict[str, list[Any]] = {}
+    while pos < len(toks) and toks[pos] != close:
+        name = toks[pos]
+        pos += 1
+        if toks[pos] == ":":
+            pos += 1
+        values, pos = _value(toks, pos)
+        out.setdefault(name, []).extend(values)
+    return out, pos + 1 if close else pos
+
+
+def _value(toks: list[str], pos: int) -> tuple[list[Any], int]:
+    if toks[pos] == "{":
+        msg, pos = _fields(toks, pos + 1, "}")
+        return [msg], pos
+    if toks[pos] == "[":
+        items, pos = [], pos + 1
+        while toks[pos] != "]":
+            got, pos = _value(toks, pos)
+            items += got
+            pos += toks[pos] == ","
+        return items, pos + 1
+    tok = toks[pos]
+    if tok.startswith('"'):
+        return [tok[1:-1]], pos + 1
+    if re.fullmatch(r"-?\d+", tok):
+        return [int(tok)], pos + 1
+    return [tok], pos + 1
+
+
+def _only(fields: dict[str, list[Any]], name: str) -> Any:
+    (value,) = fields[name]
+    return value
+
+
+def _expected_dims(shape: tuple[int, ...]) -> list[int]:
+    return list(shape[1:]) or [1]
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def test_committed_configs_are_fresh(tmp_path: Path) -> None:
+    mr.main_regenerate(["--root", str(tmp_path)])
+    fresh = {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("config.pbtxt")}
+    committed = {p.relative_to(COMMITTED): p.read_bytes() for p in COMMITTED.rglob("config.pbtxt")}
+    hint = "stale: run `PYTHONPATH=services:export python -m medsam2_export.model_repository`"
+    assert sorted(committed) == sorted(fresh), hint
+    for rel, data in fresh.items():
+        assert committed[rel] == data, f"{rel} is {hint}"
+
+
+@pytest.mark.parametrize("backend", mr.BACKENDS)
+@pytest.mark.parametrize("stage", list(Stage))
+def test_config_structure_follows_the_contract(backend: str, stage: Stage) -> None:
+    spec = GRAPHS[stage]
+    cfg = _parse(mr.render_config(spec, backend))
+    assert _only(cfg, "name") == stage.value
+    assert _only(cfg, "platform") == {"onnxruntime": "onnxruntime_onnx", "tensorrt": "tensorrt_plan"}[backend]
+    assert _only(cfg, "max_batch_size") == 16
+    assert _only(_only(_only(cfg, "version_policy"), "latest"), "num_versions") == 1
+    for entries, tensors in ((cfg["input"], spec.inputs), (cfg["output"], spec.outputs)):
+        assert [_only(e, "name") for e in entries] == [t.name for t in tensors]
+        for entry, tensor in zip(entries, tensors, strict=True):
+            assert _only(entry, "data_type") == TRITON_TYPES[tensor.dtype.__name__]
+            assert entry["dims"] == _expected_dims(tensor.shape)
+            assert ("reshape" in entry) == (len(tensor.shape) == 1)
+            if "reshape" in entry:
+                assert _only(entry, "reshape").get("shape", []) == []
+    batching = _only(cfg, "dynamic_batching")
+    assert batching["preferred_batch_size"] == [4, 8]
+    assert _only(batching, "max_queue_delay_microseconds") == 2000
+    group = _only(cfg, "instance_group")
+    assert (_only(group, "count"), _only(group, "kind")) == (1, "KIND_GPU")
+    warmup = _only(cfg, "model_warmup")
+    assert _only(warmup, "batch_size") == 1
+    samples = {_only(e, "key"): _only(e, "value") for e in warmup["inputs"]}
+    assert list(samples) == [t.name for t in spec.inputs]
+    for tensor in spec.inputs:
+        sample = samples[tensor.name]
+        want = [graphs.NUM_MASKMEM if d < 0 else d for d in _expected_dims(tensor.shape)]
+        assert sample["dims"] == want
+        assert _only(sample, "zero_data") == "true"
+        assert _only(sample, "data_type") == TRITON_TYPES[tensor.dtype.__name__]
+
+
+def test_memory_slot_axis_stays_dynamic() -> None:
+    cfg = _parse(mr.render_config(GRAPHS[Stage.MEMORY_ATTENTION], "tensorrt"))
+    dims = {_only(e, "name"): e["dims"] for e in cfg["input"]}
+    assert dims["memory"] == [-1, graphs.MEM_DIM, graphs.FEAT, graphs.FEAT]
+    assert dims["memory_tpos"] == [-1] and dims["memory_valid"] == [-1]
+
+
+@pytest.mark.parametrize("stage", list(Stage))
+def test_tensorrt_config_is_consistent_with_the_engine_profile(stage: Stage) -> None:
+    spec = GRAPHS[stage]
+    options = mr.RepositoryOptions()
+    profiles = profile_shapes(spec, max_batch=options.max_batch_size, opt_batch=options.preferred_batch_sizes[0])
+    for tensor in spec.inputs:
+        lo, _, hi = profiles[tensor.name]
+        assert hi[0] == options.max_batch_size
+        if len(tensor.shape) == 1:
+            continue
+        # Dynamic in the config exactly where the profile spans a range, and warm-up inside that range.
+        assert [d < 0 for d in mr.triton_dims(tensor)] == [a != b for a, b in zip(lo[1:], hi[1:], strict=True)]
+        assert all(a <= w <= b for a, w, b in zip(lo[1:], mr.warmup_dims(tensor), hi[1:], strict=True))
+
+
+def _triton_model_config() -> Any:
+    try:
+        from tritonclient.grpc import model_config_pb2
+    except Exception:  # noqa: BLE001 - not installed, or generated for an incompatible protobuf runtime
+        return None
+    return model_config_pb2
+
+
+@pytest.mark.parametrize("backend", mr.BACKENDS)
+def test_configs_parse_as_triton_model_config(backend: str) -> None:
+    pb2 = _triton_model_config()
+    if pb2 is None:
+        pytest.skip("tritonclient[grpc] is not installed")
+    from google.protobuf import text_format
+
+    for stage, spec in GRAPHS.items():
+        cfg = text_format.Parse(mr.render_config(spec, backend), pb2.ModelConfig())
+        assert cfg.name == stage.value
+        assert [i.name for i in cfg.input] == [t.name for t in spec.inputs]
+        assert [i.HasField("reshape") for i in cfg.input] == [len(t.shape) == 1 for t in spec.inputs]
+        assert cfg.version_policy.latest.num_versions == 1
+        assert set(cfg.model_warmup[0].inputs) == {t.name for t in spec.inputs}
+
+
+def test_options_change_the_config() -> None:
+    options = mr.RepositoryOptions(
+        max_batch_size=8, preferred_batch_sizes=(2,), max_queue_delay_us=0, instance_count=3, instance_kind="CPU"
+    )
+    cfg = _parse(mr.render_config(GRAPHS[Stage.IMAGE_ENCODER], "onnxruntime", options))
+    assert _only(cfg, "max_batch_size") == 8
+    assert _only(cfg, "dynamic_batching")["preferred_batch_size"] == [2]
+    group = _only(cfg, "instance_group")
+    assert (_only(group, "count"), _only(group, "kind")) == (3, "KIND_CPU")
+
+
+@pytest.mark.parametrize(
+    ("backend", "suffix", "model_name"), [("onnxruntime", ".onnx", "model.onnx"), ("tensorrt", ".plan", "model.plan")]
+)
+def test_writes_configs_and_binaries(tmp_path: Path, backend: str, suffix: str, model_name: str) -> None:
+    files = {}
+    for stage in Stage:
+        files[stage] = tmp_path / "src" / f"{stage.value}{suffix}"
+        files[stage].parent.mkdir(exist_ok=True)
+        files[stage].write_bytes(stage.value.encode())
+    out = tmp_path / "repo"
+    written = mr.write_model_repository(out, backend, files)
+    assert len(written) == 2 * len(Stage)
+    for stage in Stage:
+        assert (out / stage.value / "config.pbtxt").read_text() == mr.render_config(GRAPHS[stage], backend)
+        assert (out / stage.value / "1" / model_name).read_bytes() == stage.value.encode()
+        assert (out / stage.value / "config.pbtxt").stat().st_mode & 0o777 == 0o644
+    assert not list(out.rglob("*.tmp"))
+
+
+def test_configs_only_without_model_files(tmp_path: Path) -> None:
+    written = mr.write_model_repository(tmp_path, "tensorrt")
+    assert written == [tmp_path / s.value / "config.pbtxt" for s in Stage]
+    assert not any(p.name == "1" for p in tmp_path.rglob("*"))
+
+
+def test_unknown_backend_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="openvino"):
+        mr.write_model_repository(tmp_path / "out", "openvino")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        (mr.RepositoryOptions(preferred_batch_sizes=(4, 32)), "preferred"),
+        (mr.RepositoryOptions(max_batch_size=0), "max_batch_size"),
+        (mr.RepositoryOptions(instance_count=0), "instance_count"),
+        (mr.RepositoryOptions(instance_kind="TPU"), "TPU"),
+        (mr.RepositoryOptions(instance_kind="CPU"), "GPU"),
+        (mr.RepositoryOptions(max_queue_delay_us=-1), "max_queue_delay_us"),
+    ],
+)
+def test_bad_options_are_config_errors(tmp_path: Path, options: mr.RepositoryOptions, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        mr.write_model_repository(tmp_path / "out", "tensorrt", options=options)
+    assert not (tmp_path / "out").exists()
+
+
+def test_out_dir_that_is_a_file_is_not_writable(tmp_path: Path) -> None:
+    blocker = tmp_path / "blocker"
+    blocker.write_text("x")
+    with pytest.raises(OutputNotWritable, match="blocker"):
+        mr.write_model_repository(blocker, "onnxruntime")
+    with pytest.raises(OutputNotWritable, match="blocker"):
+        mr.write_model_repository(blocker / "sub" / "repo", "onnxruntime")
+    assert blocker.read_text() == "x"
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root ignores folder permissions")
+def test_read_only_out_dir_is_not_writable(tmp_path: Path) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    try:
+        with pytest.raises(OutputNotWritable):
+            mr.write_model_repository(locked / "repo", "onnxruntime")
+    finally:
+        locked.chmod(0o700)
+
+
+def test_missing_model_file_is_named_and_nothing_is_written(tmp_path: Path) -> None:
+    files = {stage: tmp_path / f"{stage.value}.onnx" for stage in Stage}
+    for path in list(files.values())[:-1]:
+        path.write_bytes(b"onnx")
+    with pytest.raises(ConfigError, match=re.escape(str(files[Stage.MASK_DOWNSAMPLER]))):
+        mr.write_model_repository(tmp_path / "out", "onnxruntime", files)
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_stage_and_wrong_kind_of_model_file(tmp_path: Path) -> None:
+    files = {stage: tmp_path / f"{stage.value}.onnx" for stage in Stage}
+    for path in files.values():
+        path.write_bytes(b"onnx")
+    partial = {s: p for s, p in files.items() if s is not Stage.SAM_HEADS}
+    with pytest.raises(ConfigError, match="sam_heads"):
+        mr.write_model_repository(tmp_path / "out", "onnxruntime", partial)
+    with pytest.raises(ConfigError, match="tensorrt"):
+        mr.write_model_repository(tmp_path / "out", "tensorrt", files)
+    assert not (tmp_path / "out").exists()
+
+
+def test_failed_write_leaves_no_half_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken_replace(src: str, dst: str) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(mr.os, "replace", broken_replace)
+    with pytest.raises(OutputNotWritable, match="No space left"):
+        mr.write_model_repository(tmp_path, "onnxruntime")
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
+
+
+def test_modules_import_without_torch_onnx_or_tensorrt() -> None:
+    code = (
+        "import sys, medsam2_export.model_repository, medsam2_export.tensorrt_build\n"
+        "bad = {'torch', 'onnx', 'tensorrt', 'tritonclient'} & set(sys.modules)\n"
+        "assert not bad, bad\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "services"), str(REPO / "export")])}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env)
