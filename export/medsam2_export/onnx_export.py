@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medsam2.errors import NotFound, OutputNotWritable
+from medsam2.backends.onnxruntime_backend import locate_graph
+from medsam2.errors import OutputNotWritable
 from medsam2.graphs import GRAPHS, NUM_MASKMEM, POINT_LABEL_UNUSED, GraphSpec, Stage
 from medsam2_export.wrappers import (
     ImageEncoderGraph,
@@ -39,11 +40,7 @@ def graph_file(out_dir: Path, stage: Stage) -> Path:
 
 def find_graph(folder: Path, stage: Stage) -> Path:
     """A stage's ONNX file in a folder of ``<stage>.onnx`` files or in a Triton model repository."""
-    folder = Path(folder)
-    for candidate in (graph_file(folder, stage), folder / stage.value / "1" / "model.onnx"):
-        if candidate.is_file():
-            return candidate
-    raise NotFound(f"no ONNX graph for {stage.value} in {folder} (looked for {stage.value}.onnx and {stage.value}/1/model.onnx)")
+    return locate_graph(folder, stage)
 
 
 def sample_inputs(spec: GraphSpec, batch: int = 2, slots: int = NUM_MASKMEM, seed: int = 0) -> dict[str, np.ndarray]:

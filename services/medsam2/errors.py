@@ -19,6 +19,10 @@ class InvalidPrompt(InvalidInput):
     """A prompt does not fit the study (box outside the slice, empty box, bad mask)."""
 
 
+class PreconditionFailed(Medsam2Error):
+    """The request is valid but the state does not allow it yet (e.g. propagating before any prompt)."""
+
+
 class NotFound(Medsam2Error, LookupError):
     """A named thing (object, frame, session, checkpoint) does not exist."""
 

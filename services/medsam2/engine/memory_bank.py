@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from medsam2.engine.resize import from_bfloat16_bits
 from medsam2.graphs import FEAT, HIDDEN_DIM, MAX_COND_FRAMES, MAX_OBJ_PTRS, MEM_DIM, NUM_MASKMEM, OBJ_PTR_SLOTS
 
 
@@ -21,9 +22,13 @@ class FrameMemory:
     """What one tracked or prompted frame leaves behind for one object."""
 
     maskmem: np.ndarray
-    """Memory-encoder output [64, 32, 32] float32."""
+    """Memory-encoder output [64, 32, 32]: float32, or bfloat16 bits as uint16 (how sam2 stores it)."""
     obj_ptr: np.ndarray
     """Object pointer [256] float32."""
+
+    def maskmem_f32(self) -> np.ndarray:
+        """The memory as float32 (widened from bfloat16 when stored that way)."""
+        return from_bfloat16_bits(self.maskmem) if self.maskmem.dtype == np.uint16 else self.maskmem
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +105,7 @@ def gather_memory(
 
 
 def _pack(spatial: list[tuple[int, FrameMemory]], pointers: list[tuple[int, np.ndarray]], max_ptrs: int) -> MemoryInputs:
-    memory = np.stack([m.maskmem for _, m in spatial]).astype(np.float32, copy=False)
+    memory = np.stack([m.maskmem_f32() for _, m in spatial]).astype(np.float32, copy=False)
     tpos = np.array([t for t, _ in spatial], dtype=np.int64)
     obj_ptrs = np.zeros((OBJ_PTR_SLOTS, HIDDEN_DIM), np.float32)
     ptr_tpos = np.zeros(OBJ_PTR_SLOTS, np.float32)

@@ -1,0 +1,1 @@
+"""Inference backends: each implements ``medsam2.engine.backend.StageBackend``."""

@@ -1,0 +1,42 @@
+"""The one protocol every inference backend implements: run a stage graph on named tensors."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from medsam2.graphs import GRAPHS, Stage
+
+
+@runtime_checkable
+class StageBackend(Protocol):
+    """Runs one stage graph on a batch; inputs and outputs follow ``medsam2.graphs``."""
+
+    name: str
+    """Short name for logs, metrics and benchmarks (e.g. ``onnxruntime``)."""
+
+    def run(self, stage: Stage, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run ``stage`` on ``inputs`` and return every output by name."""
+        ...
+
+    def close(self) -> None:
+        """Release sessions, connections and memory."""
+        ...
+
+
+def check_inputs(stage: Stage, inputs: Mapping[str, np.ndarray]) -> None:
+    """Raise ``ValueError`` naming the first input that does not fit the contract."""
+    spec = GRAPHS[stage]
+    missing = [t.name for t in spec.inputs if t.name not in inputs]
+    if missing:
+        raise ValueError(f"{stage.value}: missing inputs {missing}")
+    batch = None
+    for t in spec.inputs:
+        array = inputs[t.name]
+        t.check(array)
+        if batch is None:
+            batch = array.shape[0]
+        elif array.shape[0] != batch:
+            raise ValueError(f"{stage.value}: {t.name} has batch {array.shape[0]}, expected {batch}")
