@@ -35,6 +35,9 @@ class FeatureCache:
         self.encoded = 0
         """How many frames were encoded (misses), for tests and benchmarks."""
 
+    def __len__(self) -> int:
+        return len(self._entries)
+
     @property
     def nbytes(self) -> int:
         """Bytes currently cached."""

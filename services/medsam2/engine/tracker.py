@@ -221,12 +221,13 @@ class Tracker:
     ) -> Iterator[FrameResult]:
         """Track every object frame by frame from ``start``; ``limit`` bounds how many frames past it."""
         direction = Direction(direction)
+        if start is not None:
+            check_frame(start, self.num_frames)
+        if limit is not None and limit < 0:
+            raise InvalidInput(f"frame limit must be >= 0, got {limit}")
         self._preflight()
         if start is None:
             start = min(t for track in self.objects.values() for t in track.cond)
-        check_frame(start, self.num_frames)
-        if limit is not None and limit < 0:
-            raise InvalidInput(f"frame limit must be >= 0, got {limit}")
         passes = [False, True] if direction is Direction.BOTH else [direction is Direction.BACKWARD]
         for reverse in passes:
             yield from self._propagate_pass(start, limit, reverse)

@@ -1,0 +1,72 @@
+"""``medsam2 parity`` and ``medsam2 bench``: the engine against sam2's predictor (needs the export extra)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from medsam2.cli.exit_codes import FAILED_CHECK, OK
+from medsam2.cli.extras import require_export_extra
+from medsam2.cli.model_source import graphs_for_checkpoint
+from medsam2.settings import Settings
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``parity`` and ``bench`` commands."""
+    par = sub.add_parser("parity", help="compare the engine with sam2's video predictor on a synthetic volume")
+    par.add_argument("--checkpoint", type=Path, required=True, help="MedSAM2 checkpoint (use an 'objects present' one)")
+    par.add_argument("--graphs", type=Path, help="exported graphs to use (default: export and cache)")
+    par.add_argument("--seed", type=int, default=0, help="seed of the synthetic volume [0]")
+    par.add_argument("--slices", type=int, default=12, help="slices in the synthetic volume [12]")
+    par.add_argument("--json", action="store_true", help="print the report as JSON")
+    par.add_argument("--steps", action="store_true", help="include every compared frame in the JSON")
+    par.set_defaults(run=run_parity)
+
+    ben = sub.add_parser("bench", help="seconds per propagated slice: each backend against sam2, in one run")
+    ben.add_argument("--checkpoint", type=Path, required=True, help="MedSAM2 checkpoint")
+    ben.add_argument("--graphs", type=Path, help="exported graphs to use (default: export and cache)")
+    ben.add_argument("--slices", type=int, default=16, help="slices in the synthetic volume [16]")
+    ben.add_argument("--size", type=int, default=256, help="rows and columns of each slice [256]")
+    ben.add_argument("--backends", default="onnxruntime,torch-cpu-fp32",
+                     help="comma list of onnxruntime, torch-cpu-fp32, torch-cuda-fp32, torch-cuda-bf16")
+    ben.add_argument("--reference-device", default="cpu", help="device of the sam2 reference [cpu]")
+    ben.add_argument("--json", action="store_true", help="print the report as JSON")
+    ben.set_defaults(run=run_bench)
+
+
+PARITY_LOGIT_TOLERANCE = 1e-3
+PARITY_MASK_TOLERANCE = 1e-3
+
+
+def run_parity(args: argparse.Namespace, settings: Settings) -> int:
+    """Print the worst logit and mask differences; fail above the tolerances."""
+    parity = require_export_extra("medsam2_export.parity")
+    from medsam2.backends.onnxruntime_backend import OnnxRuntimeBackend
+
+    graphs = args.graphs or graphs_for_checkpoint(args.checkpoint, settings)
+    backend = OnnxRuntimeBackend(graphs, threads=settings.threads)
+    report = parity.run_parity(backend, args.checkpoint, seed=args.seed, slices=args.slices)
+    out = report.to_json(with_steps=args.steps)
+    print(json.dumps(out, indent=2) if args.json else
+          f"{out['frames']} frames, {out['objects']} objects: max logit diff {out['max_abs_logit_diff']:.2e}, "
+          f"max mask disagreement {out['max_mask_disagreement']:.2e}")
+    ok = report.max_abs_logit_diff <= PARITY_LOGIT_TOLERANCE and report.max_mask_disagreement <= PARITY_MASK_TOLERANCE
+    return OK if ok else FAILED_CHECK
+
+
+def run_bench(args: argparse.Namespace, settings: Settings) -> int:
+    """Time propagation per slice for each backend and for the reference, in this one process."""
+    bench = require_export_extra("medsam2_export.bench")
+    graphs = args.graphs or graphs_for_checkpoint(args.checkpoint, settings)
+    report = bench.run_bench(
+        args.checkpoint, graphs, backends=[b.strip() for b in args.backends.split(",") if b.strip()],
+        slices=args.slices, size=args.size, threads=settings.threads or None, reference_device=args.reference_device,
+    )
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(f"reference: {report['reference_s_per_slice']:.3f} s/slice")
+        for name, row in report["backends"].items():
+            print(f"{name}: {row['s_per_slice']:.3f} s/slice ({row['ratio_vs_reference']:.2f}x reference)")
+    return OK

@@ -1,0 +1,161 @@
+"""``medsam2 segment``: one study from the terminal, no server."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from medsam2.backends.onnxruntime_backend import OnnxRuntimeBackend
+from medsam2.cli.model_source import graphs_for_checkpoint, is_untrained, resolve_default_checkpoint, warn_untrained
+from medsam2.engine.backend import StageBackend
+from medsam2.engine.prompts import Box
+from medsam2.engine.protocols import ObjectPrompt, segment_volume
+from medsam2.engine.tracker import Tracker, TrackerOptions
+from medsam2.errors import InvalidInput
+from medsam2.imaging.windowing import Preset, Window, to_uint8
+from medsam2.io.volumes import NIFTI_SUFFIXES, NPZ_SUFFIXES, Volume, read_volume, write_mask
+from medsam2.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``segment`` command."""
+    seg = sub.add_parser("segment", help="segment one volume from a box (or mask) on a key slice, without a server")
+    seg.add_argument("input", type=Path, help="volume: .nii, .nii.gz or MedSAM-style .npz (imgs, spacing)")
+    seg.add_argument("--out", type=Path, required=True, help="mask to write: .nii/.nii.gz or .npz, by extension")
+    seg.add_argument("--slice", type=int, required=True, help="key slice K, in the volume's stored slice order")
+    prompt = seg.add_mutually_exclusive_group(required=True)
+    prompt.add_argument("--box", help="X0,Y0,X1,Y1 in pixels of the key slice (x = column, y = row)")
+    prompt.add_argument("--mask", type=Path, help="label volume at the input's geometry; its key slice is the prompt")
+    seg.add_argument("--range", dest="slice_range", help="FIRST,LAST: slices to propagate through (default: all)")
+    seg.add_argument("--preset", choices=[p.value for p in Preset], default=Preset.AUTO.value,
+                     help="intensity preset: CT windows, 'percentile' for MR/PET, 'none' for uint8 [auto]")
+    seg.add_argument("--window", help="custom CT window WIDTH,LEVEL in HU (overrides --preset)")
+    source = seg.add_mutually_exclusive_group()
+    source.add_argument("--checkpoint", type=Path, help="MedSAM2 checkpoint; its graphs are exported once and cached")
+    source.add_argument("--graphs", type=Path, help="folder of exported ONNX graphs (or a model repository)")
+    seg.add_argument("--backend", choices=["onnxruntime", "torch"], default="onnxruntime",
+                     help="inference backend [onnxruntime]")
+    seg.add_argument("--early-stop", type=int, default=0, metavar="K",
+                     help="stop after K consecutive slices without the object (0: never, as the reference)")
+    seg.add_argument("--json", action="store_true", help="print the summary as JSON")
+    seg.add_argument("--no-progress", action="store_true", help="no progress bar")
+    seg.set_defaults(run=run_segment)
+
+
+def parse_box(text: str) -> Box:
+    """'X0,Y0,X1,Y1' -> Box."""
+    values = _numbers(text, 4, "--box", "X0,Y0,X1,Y1")
+    return Box(*values)
+
+
+def parse_pair(text: str, flag: str, form: str) -> tuple[float, float]:
+    """'A,B' -> (A, B)."""
+    a, b = _numbers(text, 2, flag, form)
+    return a, b
+
+
+def _numbers(text: str, count: int, flag: str, form: str) -> list[float]:
+    parts = text.split(",")
+    try:
+        values = [float(p) for p in parts]
+    except ValueError:
+        raise InvalidInput(f"{flag} must be {form} (numbers separated by commas), got {text!r}") from None
+    if len(values) != count:
+        raise InvalidInput(f"{flag} must be {form}: {count} numbers, got {len(values)} in {text!r}")
+    return values
+
+
+def _slice_range(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    first, last = parse_pair(text, "--range", "FIRST,LAST")
+    if first != int(first) or last != int(last):
+        raise InvalidInput(f"--range must be whole slice numbers, got {text!r}")
+    return int(first), int(last)
+
+
+def _check_output(path: Path) -> None:
+    name = path.name.lower()
+    if not name.endswith((*NIFTI_SUFFIXES, *NPZ_SUFFIXES)):
+        raise InvalidInput(f"--out {path.name}: the extension must be .nii, .nii.gz or .npz")
+
+
+def _prompt(args: argparse.Namespace, volume: Volume) -> ObjectPrompt:
+    if args.box is not None:
+        return ObjectPrompt(obj_id=1, frame=args.slice, box=parse_box(args.box))
+    labels = read_volume(args.mask).voxels
+    if labels.shape != volume.voxels.shape:
+        raise InvalidInput(f"--mask has shape {labels.shape}, the volume is {volume.voxels.shape}")
+    if not 0 <= args.slice < labels.shape[0]:
+        raise InvalidInput(f"slice {args.slice} is out of range: the study has {labels.shape[0]} slices")
+    return ObjectPrompt(obj_id=1, frame=args.slice, mask=labels[args.slice] > 0)
+
+
+def make_backend(args: argparse.Namespace, settings: Settings) -> StageBackend:
+    """The chosen backend over the chosen graphs or checkpoint."""
+    checkpoint = args.checkpoint
+    if args.graphs is None and checkpoint is None:
+        checkpoint, trained = resolve_default_checkpoint(settings)
+        if not trained:
+            warn_untrained(checkpoint)
+    elif checkpoint is not None and is_untrained(checkpoint):
+        warn_untrained(checkpoint)
+    if args.backend == "torch":
+        if checkpoint is None:
+            raise InvalidInput("the torch backend needs --checkpoint (it runs the PyTorch modules, not ONNX graphs)")
+        from medsam2.cli.extras import require_export_extra
+
+        torch_backend = require_export_extra("medsam2_export.torch_backend")
+        return torch_backend.TorchBackend(checkpoint, threads=settings.threads)
+    graphs = args.graphs if args.graphs is not None else graphs_for_checkpoint(checkpoint, settings)
+    return OnnxRuntimeBackend(graphs, threads=settings.threads)
+
+
+def run_segment(args: argparse.Namespace, settings: Settings) -> int:
+    """Segment one volume with MedSAM2's 3D protocol and write the mask."""
+    _check_output(args.out)
+    volume = read_volume(args.input)
+    window = Window(*parse_pair(args.window, "--window", "WIDTH,LEVEL")) if args.window else None
+    slices = to_uint8(volume.voxels, args.preset, window)
+    prompt = _prompt(args, volume)
+    slice_range = _slice_range(args.slice_range)
+    backend = make_backend(args, settings)
+    tracker = Tracker(backend, slices, TrackerOptions(early_stop_absent=args.early_stop))
+    started = time.perf_counter()
+    progress = None if args.no_progress else _progress_bar(slice_range, tracker.num_frames, args.slice)
+    masks = segment_volume(tracker, [prompt], slice_range,
+                           on_frame=(lambda *_: progress.update(1)) if progress is not None else None)
+    if progress is not None:
+        progress.close()
+    seconds = time.perf_counter() - started
+    labels = masks[prompt.obj_id].astype(np.uint8)
+    write_mask(args.out, labels, volume)
+    voxels = int(labels.sum())
+    summary = {
+        "input": str(args.input), "output": str(args.out), "slices": int(tracker.num_frames),
+        "slices_with_mask": int(labels.any(axis=(1, 2)).sum()), "seconds": round(seconds, 3),
+        "voxels": voxels, "volume_ml": round(voxels * volume.voxel_ml, 4), "backend": backend.name,
+        "features_encoded": tracker.features.encoded,
+    }
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"segmented {summary['slices']} slices in {seconds:.1f} s with {backend.name}: "
+              f"{voxels} voxels, {summary['volume_ml']:.2f} mL on {summary['slices_with_mask']} slices -> {args.out}")
+    backend.close()
+    return 0
+
+
+def _progress_bar(slice_range: tuple[int, int] | None, num_frames: int, key: int):  # noqa: ANN202
+    from tqdm import tqdm
+
+    first, last = slice_range if slice_range is not None else (0, num_frames - 1)
+    # Both passes yield the key slice, hence the +2.
+    return tqdm(total=(last - key) + (key - first) + 2, unit="slice", desc="propagating")

@@ -1,0 +1,1 @@
+"""Intensity preprocessing of medical images (array math only)."""

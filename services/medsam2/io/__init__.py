@@ -1,0 +1,1 @@
+"""Reading and writing studies and segmentations (files only; no model code)."""
