@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK="${WORK:-work}"
-MEDSAM2=".venv/bin/medsam2"
+MEDSAM2="${VENV:-.venv}/bin/medsam2"
 CKPT="$WORK/untrained-seed2026.pt"
 mkdir -p "$WORK"
 [ -f "$CKPT" ] || "$MEDSAM2" checkpoint random --seed 2026 --objects present --out "$CKPT"

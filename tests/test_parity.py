@@ -8,7 +8,7 @@ import numpy as np
 
 from medsam2.backends.onnxruntime_backend import OnnxRuntimeBackend
 from medsam2.engine.tracker import Direction, Tracker
-from medsam2_export.parity import run_parity, synthetic_volume
+from medsam2_export.parity import PARITY_OPTIONS, run_parity, synthetic_volume
 from medsam2_export.reference import ReferenceTracker
 
 LOGIT_TOLERANCE = 1e-3
@@ -36,7 +36,7 @@ def test_mask_prompt_matches_reference(checkpoints: dict[str, Path], graphs: dic
     frames, _ = synthetic_volume(seed=9, slices=6, height=60, width=52)
     mask = np.zeros(frames.shape[1:], bool)
     mask[20:41, 10:30] = True
-    ours = Tracker(OnnxRuntimeBackend(graphs["present"], threads=2), frames)
+    ours = Tracker(OnnxRuntimeBackend(graphs["present"], threads=2), frames, PARITY_OPTIONS)
     ref = ReferenceTracker(checkpoints["present"], frames)
     got = ours.add_mask(1, 2, mask).low_res[0]
     want = ref.add_mask(1, 2, mask)[1]

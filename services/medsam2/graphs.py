@@ -45,6 +45,9 @@ POINT_LABEL_POSITIVE = 1
 POINT_LABEL_BOX_TOP_LEFT = 2
 POINT_LABEL_BOX_BOTTOM_RIGHT = 3
 
+GRAPHS_REVISION = 2
+"""Bumped whenever the exported graphs change numerically or structurally, so cached exports are redone."""
+
 BATCH = -1
 SLOTS = -1
 

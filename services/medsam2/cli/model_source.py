@@ -9,7 +9,7 @@ from pathlib import Path
 from medsam2.checkpoint_download import RECOMMENDED_CHECKPOINT, download_checkpoint, resolve_checkpoint
 from medsam2.cli.extras import require_export_extra
 from medsam2.errors import DownloadError
-from medsam2.graphs import GRAPHS
+from medsam2.graphs import GRAPHS, GRAPHS_REVISION
 from medsam2.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -19,8 +19,8 @@ BANNER = "!" * 78
 
 
 def contract_fingerprint() -> str:
-    """Short hash of the graph contract, so cached exports are redone when it changes."""
-    text = repr(sorted((s.value, g.inputs, g.outputs) for s, g in GRAPHS.items()))
+    """Short hash of the graph contract and revision, so cached exports are redone when either changes."""
+    text = repr((GRAPHS_REVISION, sorted((s.value, g.inputs, g.outputs) for s, g in GRAPHS.items())))
     return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 

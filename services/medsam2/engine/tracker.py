@@ -24,6 +24,7 @@ from PIL import Image
 
 from medsam2.engine.backend import StageBackend
 from medsam2.engine.feature_cache import FeatureCache, FrameFeatures
+from medsam2.engine.holes import fill_holes
 from medsam2.engine.mask_choice import NO_OBJECT_SCORE, choose_mask, use_multimask
 from medsam2.engine.memory_bank import FrameMemory, batch_memory, empty_memory, gather_memory
 from medsam2.engine.prompts import Box, ModelPoints, check_frame, check_mask, to_model_points
@@ -112,6 +113,8 @@ class TrackerOptions:
     """Bound of the per-study image-feature LRU (about 4 MiB per slice)."""
     early_stop_absent: int = 0
     """Stop tracking an object after this many consecutive absent slices; 0 disables (the reference never stops)."""
+    fill_hole_area: int = 8
+    """Fill background islands up to this many low-res pixels (MedSAM2's setting); 0 turns it off, as parity needs."""
     corrections_as_conditioning: bool = False
     """Make a prompt on an already tracked slice a conditioning frame (sam2's add_all_frames_to_correct_as_cond).
 
@@ -315,8 +318,10 @@ class Tracker:
             high_res = resize_bilinear(chosen.low_res, (IMAGE_SIZE, IMAGE_SIZE))
             binarize = np.array([p is not None for p in prompts], np.float32)
             memories = list(self._encode_memory(frame, high_res, binarize, chosen.object_score_logits))
+        # sam2 fills holes after the memory is encoded, so only the stored prediction is filled.
+        stored = fill_holes(chosen.low_res, self.options.fill_hole_area)
         return [
-            FrameOutput(chosen.low_res[i, 0], chosen.obj_ptr[i], float(chosen.object_score_logits[i, 0]), memories[i])
+            FrameOutput(stored[i, 0], chosen.obj_ptr[i], float(chosen.object_score_logits[i, 0]), memories[i])
             for i in range(batch)
         ]
 
@@ -333,6 +338,7 @@ class Tracker:
             **_prompt_inputs([None], [mask_input[0, 0]]),
         })
         # The mask is non-empty (checked), so sam2 keeps the decoder's token-0 pointer and scores +10.
+        low_res = fill_holes(low_res, self.options.fill_hole_area)
         return FrameOutput(low_res, heads["obj_ptrs"][0, 0], MASK_PROMPT_SCALE + MASK_PROMPT_BIAS)
 
     def _encode_memory(self, frame: int, high_res: np.ndarray, binarize: np.ndarray, scores: np.ndarray) -> np.ndarray:
