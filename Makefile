@@ -13,6 +13,7 @@ demo: setup
 	@scripts/demo.sh
 
 test: setup
+	@scripts/test_deps.sh
 	@$(PY) -m pytest -q
 
 clean:

@@ -16,7 +16,7 @@ import torch
 
 from medsam2.cli import exit_codes
 from medsam2.errors import BackendUnavailable, CheckpointError, DownloadError, NotFound, OutputNotWritable
-from medsam2.graphs import Stage
+from medsam2.graphs import GRAPHS
 
 REPO = Path(__file__).resolve().parents[1]
 COMMITTED_ONNXRUNTIME = REPO / "model_repository" / "onnxruntime"
@@ -47,7 +47,7 @@ def assert_verify_json(result: subprocess.CompletedProcess) -> None:
     """Check a ``verify --json`` run: exit 0, one error per stage output, all within tolerance."""
     assert result.returncode == exit_codes.OK, result.stderr
     report = json.loads(result.stdout)
-    assert set(report["stages"]) == {s.value for s in Stage}
+    assert set(report["stages"]) == {s.value for s in GRAPHS}
     errors = [err for outputs in report["stages"].values() for err in outputs.values()]
     assert all(isinstance(e, float) and 0.0 <= e <= TOLERANCE for e in errors), report["stages"]
     assert report["max_abs_err"] == max(errors)
@@ -114,11 +114,11 @@ def test_export_writes_a_triton_repository_that_verify_accepts(
     result = medsam2("export", "--checkpoint", checkpoints["present"], "--out", out, "--backend", "onnxruntime")
     assert result.returncode == exit_codes.OK, result.stderr
     expected = sorted(
-        [out / s.value / "config.pbtxt" for s in Stage] + [out / s.value / "1" / "model.onnx" for s in Stage]
+        [out / s.value / "config.pbtxt" for s in GRAPHS] + [out / s.value / "1" / "model.onnx" for s in GRAPHS]
     )
     assert files_under(out) == expected
     assert sorted(Path(line) for line in result.stdout.splitlines()[:-1]) == expected
-    for stage in Stage:
+    for stage in GRAPHS:
         # With the default --max-batch the configs are exactly the committed ones.
         committed = (COMMITTED_ONNXRUNTIME / stage.value / "config.pbtxt").read_text()
         assert (out / stage.value / "config.pbtxt").read_text() == committed, stage

@@ -89,7 +89,7 @@ def test_committed_configs_are_fresh(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("backend", mr.BACKENDS)
-@pytest.mark.parametrize("stage", list(Stage))
+@pytest.mark.parametrize("stage", list(GRAPHS))
 def test_config_structure_follows_the_contract(backend: str, stage: Stage) -> None:
     spec = GRAPHS[stage]
     cfg = _parse(mr.render_config(spec, backend))
@@ -129,7 +129,7 @@ def test_memory_slot_axis_stays_dynamic() -> None:
     assert dims["memory_tpos"] == [-1] and dims["memory_valid"] == [-1]
 
 
-@pytest.mark.parametrize("stage", list(Stage))
+@pytest.mark.parametrize("stage", list(GRAPHS))
 def test_tensorrt_config_is_consistent_with_the_engine_profile(stage: Stage) -> None:
     spec = GRAPHS[stage]
     options = mr.RepositoryOptions()
@@ -184,14 +184,14 @@ def test_options_change_the_config() -> None:
 )
 def test_writes_configs_and_binaries(tmp_path: Path, backend: str, suffix: str, model_name: str) -> None:
     files = {}
-    for stage in Stage:
+    for stage in GRAPHS:
         files[stage] = tmp_path / "src" / f"{stage.value}{suffix}"
         files[stage].parent.mkdir(exist_ok=True)
         files[stage].write_bytes(stage.value.encode())
     out = tmp_path / "repo"
     written = mr.write_model_repository(out, backend, files)
     assert len(written) == 2 * len(Stage)
-    for stage in Stage:
+    for stage in GRAPHS:
         assert (out / stage.value / "config.pbtxt").read_text() == mr.render_config(GRAPHS[stage], backend)
         assert (out / stage.value / "1" / model_name).read_bytes() == stage.value.encode()
         assert (out / stage.value / "config.pbtxt").stat().st_mode & 0o777 == 0o644
@@ -200,7 +200,7 @@ def test_writes_configs_and_binaries(tmp_path: Path, backend: str, suffix: str, 
 
 def test_configs_only_without_model_files(tmp_path: Path) -> None:
     written = mr.write_model_repository(tmp_path, "tensorrt")
-    assert written == [tmp_path / s.value / "config.pbtxt" for s in Stage]
+    assert written == [tmp_path / s.value / "config.pbtxt" for s in GRAPHS]
     assert not any(p.name == "1" for p in tmp_path.rglob("*"))
 
 
@@ -249,7 +249,7 @@ def test_read_only_out_dir_is_not_writable(tmp_path: Path) -> None:
 
 
 def test_missing_model_file_is_named_and_nothing_is_written(tmp_path: Path) -> None:
-    files = {stage: tmp_path / f"{stage.value}.onnx" for stage in Stage}
+    files = {stage: tmp_path / f"{stage.value}.onnx" for stage in GRAPHS}
     for path in list(files.values())[:-1]:
         path.write_bytes(b"onnx")
     with pytest.raises(ConfigError, match=re.escape(str(files[Stage.MASK_DOWNSAMPLER]))):
@@ -258,7 +258,7 @@ def test_missing_model_file_is_named_and_nothing_is_written(tmp_path: Path) -> N
 
 
 def test_missing_stage_and_wrong_kind_of_model_file(tmp_path: Path) -> None:
-    files = {stage: tmp_path / f"{stage.value}.onnx" for stage in Stage}
+    files = {stage: tmp_path / f"{stage.value}.onnx" for stage in GRAPHS}
     for path in files.values():
         path.write_bytes(b"onnx")
     partial = {s: p for s, p in files.items() if s is not Stage.SAM_HEADS}

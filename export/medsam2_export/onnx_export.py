@@ -15,6 +15,7 @@ from medsam2.graphs import GRAPHS, NUM_MASKMEM, POINT_LABEL_UNUSED, GraphSpec, S
 from medsam2_export.wrappers import (
     ImageEncoderGraph,
     MaskDownsamplerGraph,
+    MaskSelectGraph,
     MemoryAttentionGraph,
     MemoryEncoderGraph,
     SamHeadsGraph,
@@ -29,6 +30,7 @@ WRAPPERS = {
     Stage.SAM_HEADS: SamHeadsGraph,
     Stage.MEMORY_ENCODER: MemoryEncoderGraph,
     Stage.MASK_DOWNSAMPLER: MaskDownsamplerGraph,
+    Stage.MASK_SELECT: MaskSelectGraph,
 }
 _AXIS_NAMES = {0: "batch", 1: "memory_slots"}
 
@@ -110,7 +112,7 @@ def _declare_contract_shapes(path: Path, spec: GraphSpec) -> None:
     onnx.save(model, str(path))
 
 
-def export_all(model: torch.nn.Module, out_dir: Path, stages: tuple[Stage, ...] = tuple(Stage)) -> dict[Stage, Path]:
+def export_all(model: torch.nn.Module, out_dir: Path, stages: tuple[Stage, ...] = tuple(GRAPHS)) -> dict[Stage, Path]:
     """Export every stage graph of ``model`` into ``out_dir``."""
     out_dir = Path(out_dir)
     try:

@@ -32,7 +32,7 @@ class TorchBackend:
         self.precision = precision
         self.name = f"torch-{self.device.type}-{precision}"
         model = load_model(checkpoint).to(self.device)
-        self._wrappers = {stage: WRAPPERS[stage](model).eval().to(self.device) for stage in Stage}
+        self._wrappers = {stage: WRAPPERS[stage](model).eval().to(self.device) for stage in GRAPHS}
 
     def run(self, stage: Stage, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run one stage wrapper."""

@@ -20,8 +20,10 @@ import numpy as np
 import torch
 
 from medsam2.engine.mask_choice import choose_mask, use_multimask
+from medsam2.engine.resize import resize_bilinear
 from medsam2.engine.memory_bank import FrameMemory, batch_memory, empty_memory, gather_memory
 from medsam2.graphs import (
+    GRAPHS,
     FEAT,
     HIDDEN_DIM,
     IMAGE_SIZE,
@@ -90,12 +92,13 @@ def verify(checkpoint: Path, onnx_dir: Path | None = None, seed: int = 0, thread
         if onnx_dir is None:
             onnx_dir = Path(tmp) / "graphs"
             export_all(model, onnx_dir)
-        sessions = {stage: ort_session(find_graph(onnx_dir, stage), threads) for stage in Stage}
+        sessions = {stage: ort_session(find_graph(onnx_dir, stage), threads) for stage in GRAPHS}
         checker = _Checker(model, sessions, np.random.default_rng(seed))
         checker.image_encoder()
         checker.memory_attention()
         checker.memory_encoder()
         checker.mask_downsampler()
+        checker.mask_select()
         checker.sam_heads("checkpoint")
         # Both object states go through the exported heads whatever the checkpoint predicts.
         for label, bias in (("forced-present", 10.0), ("forced-absent", -10.0)):
@@ -308,6 +311,24 @@ class _Checker:
                     )
                 case = f"memory_encoder/{'binarized' if binarize else 'sigmoid'}/{'present' if score > 0 else 'absent'}"
                 self.report.record(Stage.MEMORY_ENCODER, "maskmem_features", ours, ref, case)
+
+    def mask_select(self) -> None:
+        # Compared with the engine's numpy choice, which the SAM-heads cases tie to sam2's.
+        for present in (True, False):
+            feats = self._features()
+            ours_heads = self.run(Stage.SAM_HEADS, {**feats, **sam_heads_prompt_inputs(None, None)})
+            if not present:
+                ours_heads["object_score_logits"] = -np.abs(ours_heads["object_score_logits"]) - 1
+            out = self.run(Stage.MASK_SELECT, {k: ours_heads[k] for k in
+                                               ("low_res_masks", "iou_scores", "obj_ptrs", "object_score_logits")})
+            ref = choose_mask(ours_heads["low_res_masks"], ours_heads["iou_scores"], ours_heads["obj_ptrs"],
+                              ours_heads["object_score_logits"], multimask=True)
+            case = f"mask_select/{'present' if present else 'absent'}"
+            self.report.record(Stage.MASK_SELECT, "chosen_mask", out["chosen_mask"], ref.low_res, case)
+            self.report.record(Stage.MASK_SELECT, "chosen_obj_ptr", out["chosen_obj_ptr"], ref.obj_ptr, case)
+            self.report.record(Stage.MASK_SELECT, "mask_logits", out["mask_logits"],
+                               resize_bilinear(ref.low_res, (IMAGE_SIZE, IMAGE_SIZE)), case)
+            self.report.record(Stage.MASK_SELECT, "binarize", out["binarize"], np.zeros(1, np.float32), case)
 
     def mask_downsampler(self) -> None:
         mask = (self.rng.random((2, 1, IMAGE_SIZE, IMAGE_SIZE)) > 0.5).astype(np.float32)

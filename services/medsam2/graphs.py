@@ -60,6 +60,8 @@ class Stage(str, Enum):
     SAM_HEADS = "sam_heads"
     MEMORY_ENCODER = "memory_encoder"
     MASK_DOWNSAMPLER = "mask_downsampler"
+    MASK_SELECT = "mask_select"
+    TRACK_STEP = "track_step"
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,7 +175,56 @@ MASK_DOWNSAMPLER = GraphSpec(
     doc="sam2's mask_downsample convolution, used when a mask is the prompt.",
 )
 
+MASK_SELECT = GraphSpec(
+    Stage.MASK_SELECT,
+    inputs=(
+        TensorSpec("low_res_masks", F32, (BATCH, NUM_MASK_TOKENS, LOW_RES, LOW_RES), "raw mask logits of all four tokens"),
+        TensorSpec("iou_scores", F32, (BATCH, NUM_MASK_TOKENS), "predicted IoU of each mask"),
+        TensorSpec("obj_ptrs", F32, (BATCH, NUM_MASK_TOKENS, HIDDEN_DIM), "object pointer of each token"),
+        TensorSpec("object_score_logits", F32, (BATCH, 1), "object presence logit"),
+    ),
+    outputs=(
+        TensorSpec("chosen_mask", F32, (BATCH, 1, LOW_RES, LOW_RES), "kept low-res logits, -1024 where absent"),
+        TensorSpec("chosen_obj_ptr", F32, (BATCH, HIDDEN_DIM), "object pointer of the kept mask"),
+        TensorSpec("mask_logits", F32, (BATCH, 1, IMAGE_SIZE, IMAGE_SIZE), "kept logits upsampled to 512 for the memory encoder"),
+        TensorSpec("binarize", F32, (BATCH,), "always 0 on tracked frames (sigmoid memory)"),
+    ),
+    doc="sam2's mask choice for a tracked frame (multimask argmax of IoU), only for the fused track step.",
+)
+
+TRACK_STEP = GraphSpec(
+    Stage.TRACK_STEP,
+    inputs=(
+        IMAGE_ENCODER.input("image"),
+        *MEMORY_ATTENTION.inputs[1:],
+        *SAM_HEADS.inputs[3:],
+    ),
+    outputs=(
+        MASK_SELECT.output("chosen_mask"),
+        MASK_SELECT.output("chosen_obj_ptr"),
+        SAM_HEADS.output("object_score_logits"),
+        MEMORY_ENCODER.output("maskmem_features"),
+    ),
+    doc="One tracked frame in one call: encoder, memory attention, SAM heads, mask choice, memory encoder.",
+)
+
 GRAPHS: dict[Stage, GraphSpec] = {
-    g.stage: g for g in (IMAGE_ENCODER, MEMORY_ATTENTION, SAM_HEADS, MEMORY_ENCODER, MASK_DOWNSAMPLER)
+    g.stage: g for g in (IMAGE_ENCODER, MEMORY_ATTENTION, SAM_HEADS, MEMORY_ENCODER, MASK_DOWNSAMPLER, MASK_SELECT)
 }
 """Every stage graph, by stage."""
+
+ENSEMBLES: dict[Stage, GraphSpec] = {TRACK_STEP.stage: TRACK_STEP}
+"""Compositions of graphs that Triton runs as one request, so features never leave the server."""
+
+TRACK_STEP_WIRING: tuple[tuple[Stage, dict[str, str], dict[str, str]], ...] = (
+    (Stage.IMAGE_ENCODER, {"image": "image"}, {"feat_s0": "feat_s0", "feat_s1": "feat_s1", "feat_s2": "feat_s2"}),
+    (Stage.MEMORY_ATTENTION, {t.name: t.name for t in MEMORY_ATTENTION.inputs}, {"pix_feat": "pix_feat"}),
+    (Stage.SAM_HEADS, {t.name: t.name for t in SAM_HEADS.inputs},
+     {"low_res_masks": "low_res_masks", "iou_scores": "iou_scores", "obj_ptrs": "token_obj_ptrs",
+      "object_score_logits": "object_score_logits"}),
+    (Stage.MASK_SELECT, {**{t.name: t.name for t in MASK_SELECT.inputs}, "obj_ptrs": "token_obj_ptrs"},
+     {"chosen_mask": "chosen_mask", "chosen_obj_ptr": "chosen_obj_ptr", "mask_logits": "mask_logits",
+      "binarize": "binarize"}),
+    (Stage.MEMORY_ENCODER, {t.name: t.name for t in MEMORY_ENCODER.inputs}, {"maskmem_features": "maskmem_features"}),
+)
+"""The track-step ensemble: (stage, {stage input: ensemble tensor}, {stage output: ensemble tensor}) in order."""

@@ -8,6 +8,7 @@ prompts, data-dependent selection).  Their signatures are the contract in
 
 from medsam2_export.wrappers.image_encoder import ImageEncoderGraph
 from medsam2_export.wrappers.mask_downsampler import MaskDownsamplerGraph
+from medsam2_export.wrappers.mask_select import MaskSelectGraph
 from medsam2_export.wrappers.memory_attention import MemoryAttentionGraph
 from medsam2_export.wrappers.memory_encoder import MemoryEncoderGraph
 from medsam2_export.wrappers.sam_heads import SamHeadsGraph
@@ -15,6 +16,7 @@ from medsam2_export.wrappers.sam_heads import SamHeadsGraph
 __all__ = [
     "ImageEncoderGraph",
     "MaskDownsamplerGraph",
+    "MaskSelectGraph",
     "MemoryAttentionGraph",
     "MemoryEncoderGraph",
     "SamHeadsGraph",

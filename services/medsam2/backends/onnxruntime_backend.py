@@ -67,7 +67,8 @@ class OnnxRuntimeBackend:
         except ImportError as exc:  # pragma: no cover - onnxruntime is a base dependency
             raise BackendUnavailable("onnxruntime is not installed") from exc
         self._ort = onnxruntime
-        self._paths = {stage: locate_graph(graphs_dir, stage) for stage in Stage}
+        self._graphs_dir = Path(graphs_dir)
+        locate_graph(self._graphs_dir, Stage.IMAGE_ENCODER)  # fail early on a wrong folder
         self._threads = threads
         self._shared_pool = _shared_thread_pool(onnxruntime, threads)
         self._sessions: dict[Stage, object] = {}
@@ -75,6 +76,8 @@ class OnnxRuntimeBackend:
 
     def run(self, stage: Stage, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run one stage graph."""
+        if stage not in GRAPHS:
+            raise BackendUnavailable(f"{stage.value} is a Triton ensemble; the embedded backend runs its graphs one by one")
         check_inputs(stage, inputs)
         session = self._session(stage)
         names = [t.name for t in GRAPHS[stage].outputs]
@@ -96,7 +99,7 @@ class OnnxRuntimeBackend:
                 opts.intra_op_num_threads = self._threads
             opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
-        session = self._ort.InferenceSession(str(self._paths[stage]), sess_options=opts,
+        session = self._ort.InferenceSession(str(locate_graph(self._graphs_dir, stage)), sess_options=opts,
                                              providers=["CPUExecutionProvider"])
         self._sessions[stage] = session
         return session

@@ -26,8 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     ben = sub.add_parser("bench", help="seconds per propagated slice: each backend against sam2, in one run")
     ben.add_argument("--checkpoint", type=Path, required=True, help="MedSAM2 checkpoint")
     ben.add_argument("--graphs", type=Path, help="exported graphs to use (default: export and cache)")
-    ben.add_argument("--slices", type=int, default=16, help="slices in the synthetic volume [16]")
-    ben.add_argument("--size", type=int, default=256, help="rows and columns of each slice [256]")
+    ben.add_argument("--slices", type=int, default=40, help="slices in the synthetic volume [40]")
+    ben.add_argument("--size", type=int, default=512, help="rows and columns of each slice, as a CT slice [512]")
     ben.add_argument("--backends", default="onnxruntime,torch-cpu-fp32",
                      help="comma list of onnxruntime, torch-cpu-fp32, torch-cuda-fp32, torch-cuda-bf16")
     ben.add_argument("--reference-device", default="cpu", help="device of the sam2 reference [cpu]")
