@@ -1,6 +1,9 @@
-"""The one typed settings object: defaults, overridden by environment variables, then by flags.
+"""Typed settings: defaults, overridden by environment variables, then by flags.
 
-Built once in ``main()`` and passed down; nothing reads the environment at import.
+Each settings class is a frozen dataclass whose fields carry their environment
+variable and help text; ``add_arguments`` shows them in ``--help`` and
+``resolve`` builds the object once in ``main()``.  Nothing reads the
+environment at import.
 """
 
 from __future__ import annotations
@@ -8,81 +11,90 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
+from typing import Any, TypeVar
 
 from medsam2.checkpoint_download import DEFAULT_BASE_URL
 from medsam2.errors import ConfigError
 
-
-@dataclass(frozen=True, slots=True)
-class Settings:
-    """Process-wide settings; each field has an environment variable and a flag."""
-
-    threads: int = 0
-    """ONNX Runtime / torch intra-op threads; 0 lets the runtime decide."""
-    home: Path = Path.home() / ".cache" / "medsam2"
-    """Where downloaded checkpoints and exported graphs are kept."""
-    checkpoint_base_url: str = DEFAULT_BASE_URL
-    """Base URL of the published checkpoints (a mirror may replace it)."""
-    log_level: str = "INFO"
-    """Python logging level."""
-
-
-_ENV = {
-    "threads": "MEDSAM2_THREADS",
-    "home": "MEDSAM2_HOME",
-    "checkpoint_base_url": "MEDSAM2_CHECKPOINT_BASE_URL",
-    "log_level": "MEDSAM2_LOG_LEVEL",
-}
-_HELP = {
-    "threads": "intra-op threads for ONNX Runtime and torch (0: runtime default)",
-    "home": "folder for downloaded checkpoints and exported graphs",
-    "checkpoint_base_url": "base URL of the published checkpoints",
-    "log_level": "logging level (DEBUG, INFO, WARNING, ERROR)",
-}
+T = TypeVar("T")
 _LOG_LEVELS = {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}
 
 
-def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add one flag per setting, with its environment variable and default in the help."""
-    group = parser.add_argument_group("settings (flag > environment variable > default)")
-    for f in fields(Settings):
-        flag = "--" + f.name.replace("_", "-")
+def setting(default: Any, env: str, help: str) -> Any:  # noqa: A002 - mirrors argparse
+    """A settings field with its environment variable and help text."""
+    return field(default=default, metadata={"env": env, "help": help})
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Process-wide settings shared by every command."""
+
+    threads: int = setting(0, "MEDSAM2_THREADS", "intra-op threads for ONNX Runtime and torch (0: one per core)")
+    home: Path = setting(Path.home() / ".cache" / "medsam2", "MEDSAM2_HOME",
+                         "folder for downloaded checkpoints and exported graphs")
+    checkpoint_base_url: str = setting(DEFAULT_BASE_URL, "MEDSAM2_CHECKPOINT_BASE_URL",
+                                       "base URL of the published checkpoints")
+    log_level: str = setting("INFO", "MEDSAM2_LOG_LEVEL", "logging level (DEBUG, INFO, WARNING, ERROR)")
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls: type, title: str) -> None:
+    """One flag per field of ``cls``, with its environment variable and default in the help."""
+    group = parser.add_argument_group(f"{title} (flag > environment variable > default)")
+    for f in fields(cls):
+        default = f.default if f.default is not MISSING else None
         group.add_argument(
-            flag, dest=f"setting_{f.name}", default=None, metavar=f.name.upper(),
-            help=f"{_HELP[f.name]} [env {_ENV[f.name]}, default {f.default}]",
+            "--" + f.name.replace("_", "-"), dest=f"setting_{f.name}", default=None, metavar=f.name.upper(),
+            help=f"{f.metadata['help']} [env {f.metadata['env']}, default {default}]",
         )
 
 
-def settings_from(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> Settings:
-    """Resolve every setting from flags, then the environment, then the default."""
+def resolve(cls: type[T], args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> T:
+    """Build ``cls`` from flags, then the environment, then the defaults."""
     environ = os.environ if environ is None else environ
     values = {}
-    for f in fields(Settings):
+    for f in fields(cls):
         raw = getattr(args, f"setting_{f.name}", None)
         if raw is None:
-            raw = environ.get(_ENV[f.name])
+            raw = environ.get(f.metadata["env"])
         if raw is None:
             continue
-        values[f.name] = _convert(f.name, raw, type(f.default))
-    return Settings(**values)
+        values[f.name] = _convert(f.name, f.metadata["env"], raw, f.default)
+    return cls(**values)
 
 
-def _convert(name: str, raw: str, kind: type) -> object:
-    if kind is int:
+def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
+    """The process-wide settings' flags."""
+    add_arguments(parser, Settings, "settings")
+
+
+def settings_from(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> Settings:
+    """The process-wide settings."""
+    return resolve(Settings, args, environ)
+
+
+def _convert(name: str, env: str, raw: str, default: Any) -> Any:
+    if isinstance(default, bool):
+        if raw.lower() in {"1", "true", "yes", "on"}:
+            return True
+        if raw.lower() in {"0", "false", "no", "off"}:
+            return False
+        raise ConfigError(f"setting {name} ({env}) must be true or false, got {raw!r}")
+    if isinstance(default, (int, float)):
         try:
-            value = int(raw)
+            value = type(default)(raw)
         except ValueError:
-            raise ConfigError(f"setting {name} ({_ENV[name]}) must be an integer, got {raw!r}") from None
+            kind = "an integer" if isinstance(default, int) else "a number"
+            raise ConfigError(f"setting {name} ({env}) must be {kind}, got {raw!r}") from None
         if value < 0:
-            raise ConfigError(f"setting {name} ({_ENV[name]}) must be >= 0, got {value}")
+            raise ConfigError(f"setting {name} ({env}) must be >= 0, got {value}")
         return value
     if name == "log_level":
         level = raw.upper()
         if level not in _LOG_LEVELS:
-            raise ConfigError(f"setting log_level ({_ENV[name]}) must be one of {sorted(_LOG_LEVELS)}, got {raw!r}")
+            raise ConfigError(f"setting log_level ({env}) must be one of {sorted(_LOG_LEVELS)}, got {raw!r}")
         return level
-    if kind is not str:
+    if isinstance(default, Path):
         return Path(raw).expanduser()
     return raw

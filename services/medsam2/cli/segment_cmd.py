@@ -14,7 +14,7 @@ from medsam2.backends.onnxruntime_backend import OnnxRuntimeBackend
 from medsam2.cli.model_source import graphs_for_checkpoint, is_untrained, resolve_default_checkpoint, warn_untrained
 from medsam2.engine.backend import StageBackend
 from medsam2.engine.prompts import Box
-from medsam2.engine.protocols import ObjectPrompt, segment_volume
+from medsam2.engine.protocols import ObjectPrompt, segment_volume, volume_protocol_length
 from medsam2.engine.tracker import Tracker, TrackerOptions
 from medsam2.errors import InvalidInput
 from medsam2.imaging.windowing import Preset, Window, to_uint8
@@ -129,7 +129,7 @@ def run_segment(args: argparse.Namespace, settings: Settings) -> int:
     backend = make_backend(args, settings)
     tracker = Tracker(backend, slices, TrackerOptions(early_stop_absent=args.early_stop))
     started = time.perf_counter()
-    progress = None if args.no_progress else _progress_bar(slice_range, tracker.num_frames, args.slice)
+    progress = None if args.no_progress else _progress_bar(tracker, prompt, slice_range)
     masks = segment_volume(tracker, [prompt], slice_range,
                            on_frame=(lambda *_: progress.update(1)) if progress is not None else None)
     if progress is not None:
@@ -153,9 +153,7 @@ def run_segment(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _progress_bar(slice_range: tuple[int, int] | None, num_frames: int, key: int):  # noqa: ANN202
+def _progress_bar(tracker: Tracker, prompt: ObjectPrompt, slice_range: tuple[int, int] | None):  # noqa: ANN202
     from tqdm import tqdm
 
-    first, last = slice_range if slice_range is not None else (0, num_frames - 1)
-    # Both passes yield the key slice, hence the +2.
-    return tqdm(total=(last - key) + (key - first) + 2, unit="slice", desc="propagating")
+    return tqdm(total=volume_protocol_length(tracker, [prompt], slice_range), unit="slice", desc="propagating")

@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,6 +43,30 @@ def apply_prompt(tracker: Tracker, prompt: ObjectPrompt) -> FrameResult:
     return tracker.add_prompt(prompt.obj_id, prompt.frame, box=prompt.box, points=prompt.points, labels=prompt.labels)
 
 
+def iter_volume(
+    tracker: Tracker, prompts: Sequence[ObjectPrompt], slice_range: tuple[int, int] | None = None
+) -> Iterator[tuple[str, FrameResult]]:
+    """MedSAM2's 3D protocol, one (pass name, frame result) at a time; the caller merges the passes."""
+    groups = _check_prompts(tracker, prompts, slice_range)
+    first, last = slice_range if slice_range is not None else (0, tracker.num_frames - 1)
+    for key, group in sorted(groups.items()):
+        for direction, limit in ((Direction.FORWARD, last - key), (Direction.BACKWARD, key - first)):
+            tracker.reset()
+            for prompt in group:
+                apply_prompt(tracker, prompt)
+            for result in tracker.propagate(direction, start=key, limit=limit):
+                yield direction.value, result
+    tracker.reset()
+
+
+def volume_protocol_length(tracker: Tracker, prompts: Sequence[ObjectPrompt],
+                           slice_range: tuple[int, int] | None = None) -> int:
+    """How many frame results ``iter_volume`` yields (for progress reporting)."""
+    first, last = slice_range if slice_range is not None else (0, tracker.num_frames - 1)
+    keys = {p.frame for p in prompts}
+    return sum((last - key + 1) + (key - first + 1 if key > 0 else 0) for key in keys)
+
+
 def segment_volume(
     tracker: Tracker,
     prompts: Sequence[ObjectPrompt],
@@ -50,20 +74,12 @@ def segment_volume(
     on_frame: FrameCallback | None = None,
 ) -> dict[int, np.ndarray]:
     """MedSAM2's 3D protocol; returns each object's boolean mask [slices, rows, columns]."""
-    groups = _check_prompts(tracker, prompts, slice_range)
-    first, last = slice_range if slice_range is not None else (0, tracker.num_frames - 1)
     shape = (tracker.num_frames, tracker.height, tracker.width)
     masks = {p.obj_id: np.zeros(shape, bool) for p in prompts}
-    for key, group in sorted(groups.items()):
-        for direction, limit in ((Direction.FORWARD, last - key), (Direction.BACKWARD, key - first)):
-            tracker.reset()
-            for prompt in group:
-                apply_prompt(tracker, prompt)
-            for result in tracker.propagate(direction, start=key, limit=limit):
-                _merge(masks, result, tracker)
-                if on_frame is not None:
-                    on_frame(direction.value, result)
-    tracker.reset()
+    for pass_name, result in iter_volume(tracker, prompts, slice_range):
+        _merge(masks, result, tracker)
+        if on_frame is not None:
+            on_frame(pass_name, result)
     return masks
 
 

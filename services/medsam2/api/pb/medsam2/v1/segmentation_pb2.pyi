@@ -1,0 +1,301 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class DataType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DATA_TYPE_UNSPECIFIED: _ClassVar[DataType]
+    DATA_TYPE_UINT8: _ClassVar[DataType]
+    DATA_TYPE_INT16: _ClassVar[DataType]
+    DATA_TYPE_UINT16: _ClassVar[DataType]
+    DATA_TYPE_INT32: _ClassVar[DataType]
+    DATA_TYPE_FLOAT32: _ClassVar[DataType]
+    DATA_TYPE_FLOAT64: _ClassVar[DataType]
+
+class StudyKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    STUDY_KIND_UNSPECIFIED: _ClassVar[StudyKind]
+    STUDY_KIND_VOLUME: _ClassVar[StudyKind]
+    STUDY_KIND_VIDEO: _ClassVar[StudyKind]
+
+class MaskEncoding(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    MASK_ENCODING_UNSPECIFIED: _ClassVar[MaskEncoding]
+    MASK_ENCODING_BITPACKED: _ClassVar[MaskEncoding]
+    MASK_ENCODING_RLE: _ClassVar[MaskEncoding]
+
+class Direction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DIRECTION_UNSPECIFIED: _ClassVar[Direction]
+    DIRECTION_FORWARD: _ClassVar[Direction]
+    DIRECTION_BACKWARD: _ClassVar[Direction]
+    DIRECTION_BOTH: _ClassVar[Direction]
+
+class Protocol(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PROTOCOL_UNSPECIFIED: _ClassVar[Protocol]
+    PROTOCOL_MEDSAM2_3D: _ClassVar[Protocol]
+    PROTOCOL_IN_STATE: _ClassVar[Protocol]
+
+class ResultFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    RESULT_FORMAT_UNSPECIFIED: _ClassVar[ResultFormat]
+    RESULT_FORMAT_NPZ: _ClassVar[ResultFormat]
+    RESULT_FORMAT_NIFTI_GZ: _ClassVar[ResultFormat]
+    RESULT_FORMAT_RAW_LABELS: _ClassVar[ResultFormat]
+DATA_TYPE_UNSPECIFIED: DataType
+DATA_TYPE_UINT8: DataType
+DATA_TYPE_INT16: DataType
+DATA_TYPE_UINT16: DataType
+DATA_TYPE_INT32: DataType
+DATA_TYPE_FLOAT32: DataType
+DATA_TYPE_FLOAT64: DataType
+STUDY_KIND_UNSPECIFIED: StudyKind
+STUDY_KIND_VOLUME: StudyKind
+STUDY_KIND_VIDEO: StudyKind
+MASK_ENCODING_UNSPECIFIED: MaskEncoding
+MASK_ENCODING_BITPACKED: MaskEncoding
+MASK_ENCODING_RLE: MaskEncoding
+DIRECTION_UNSPECIFIED: Direction
+DIRECTION_FORWARD: Direction
+DIRECTION_BACKWARD: Direction
+DIRECTION_BOTH: Direction
+PROTOCOL_UNSPECIFIED: Protocol
+PROTOCOL_MEDSAM2_3D: Protocol
+PROTOCOL_IN_STATE: Protocol
+RESULT_FORMAT_UNSPECIFIED: ResultFormat
+RESULT_FORMAT_NPZ: ResultFormat
+RESULT_FORMAT_NIFTI_GZ: ResultFormat
+RESULT_FORMAT_RAW_LABELS: ResultFormat
+
+class Preprocessing(_message.Message):
+    __slots__ = ("preset", "window_width", "window_level")
+    PRESET_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_WIDTH_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_LEVEL_FIELD_NUMBER: _ClassVar[int]
+    preset: str
+    window_width: float
+    window_level: float
+    def __init__(self, preset: _Optional[str] = ..., window_width: _Optional[float] = ..., window_level: _Optional[float] = ...) -> None: ...
+
+class PacsReference(_message.Message):
+    __slots__ = ("endpoint", "study_uid", "series_uid")
+    ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    STUDY_UID_FIELD_NUMBER: _ClassVar[int]
+    SERIES_UID_FIELD_NUMBER: _ClassVar[int]
+    endpoint: str
+    study_uid: str
+    series_uid: str
+    def __init__(self, endpoint: _Optional[str] = ..., study_uid: _Optional[str] = ..., series_uid: _Optional[str] = ...) -> None: ...
+
+class StudyHeader(_message.Message):
+    __slots__ = ("shape", "dtype", "spacing_mm", "preprocessing", "kind", "label", "pacs")
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    SPACING_MM_FIELD_NUMBER: _ClassVar[int]
+    PREPROCESSING_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    PACS_FIELD_NUMBER: _ClassVar[int]
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    dtype: DataType
+    spacing_mm: _containers.RepeatedScalarFieldContainer[float]
+    preprocessing: Preprocessing
+    kind: StudyKind
+    label: str
+    pacs: PacsReference
+    def __init__(self, shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[_Union[DataType, str]] = ..., spacing_mm: _Optional[_Iterable[float]] = ..., preprocessing: _Optional[_Union[Preprocessing, _Mapping]] = ..., kind: _Optional[_Union[StudyKind, str]] = ..., label: _Optional[str] = ..., pacs: _Optional[_Union[PacsReference, _Mapping]] = ...) -> None: ...
+
+class CreateSessionRequest(_message.Message):
+    __slots__ = ("header", "voxels")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    VOXELS_FIELD_NUMBER: _ClassVar[int]
+    header: StudyHeader
+    voxels: bytes
+    def __init__(self, header: _Optional[_Union[StudyHeader, _Mapping]] = ..., voxels: _Optional[bytes] = ...) -> None: ...
+
+class Session(_message.Message):
+    __slots__ = ("session_id", "shape", "spacing_mm", "object_ids", "state_bytes", "idle_seconds", "expires_in_seconds", "label", "backend", "busy")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    SPACING_MM_FIELD_NUMBER: _ClassVar[int]
+    OBJECT_IDS_FIELD_NUMBER: _ClassVar[int]
+    STATE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    IDLE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_IN_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    BUSY_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    spacing_mm: _containers.RepeatedScalarFieldContainer[float]
+    object_ids: _containers.RepeatedScalarFieldContainer[int]
+    state_bytes: int
+    idle_seconds: float
+    expires_in_seconds: float
+    label: str
+    backend: str
+    busy: bool
+    def __init__(self, session_id: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., spacing_mm: _Optional[_Iterable[float]] = ..., object_ids: _Optional[_Iterable[int]] = ..., state_bytes: _Optional[int] = ..., idle_seconds: _Optional[float] = ..., expires_in_seconds: _Optional[float] = ..., label: _Optional[str] = ..., backend: _Optional[str] = ..., busy: _Optional[bool] = ...) -> None: ...
+
+class Box(_message.Message):
+    __slots__ = ("x0", "y0", "x1", "y1")
+    X0_FIELD_NUMBER: _ClassVar[int]
+    Y0_FIELD_NUMBER: _ClassVar[int]
+    X1_FIELD_NUMBER: _ClassVar[int]
+    Y1_FIELD_NUMBER: _ClassVar[int]
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+    def __init__(self, x0: _Optional[float] = ..., y0: _Optional[float] = ..., x1: _Optional[float] = ..., y1: _Optional[float] = ...) -> None: ...
+
+class Point(_message.Message):
+    __slots__ = ("x", "y", "positive")
+    X_FIELD_NUMBER: _ClassVar[int]
+    Y_FIELD_NUMBER: _ClassVar[int]
+    POSITIVE_FIELD_NUMBER: _ClassVar[int]
+    x: float
+    y: float
+    positive: bool
+    def __init__(self, x: _Optional[float] = ..., y: _Optional[float] = ..., positive: _Optional[bool] = ...) -> None: ...
+
+class Mask(_message.Message):
+    __slots__ = ("rows", "columns", "encoding", "data")
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    COLUMNS_FIELD_NUMBER: _ClassVar[int]
+    ENCODING_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    rows: int
+    columns: int
+    encoding: MaskEncoding
+    data: bytes
+    def __init__(self, rows: _Optional[int] = ..., columns: _Optional[int] = ..., encoding: _Optional[_Union[MaskEncoding, str]] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class AddPromptRequest(_message.Message):
+    __slots__ = ("session_id", "object_id", "slice", "box", "points", "mask", "keep_previous_points")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    OBJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    SLICE_FIELD_NUMBER: _ClassVar[int]
+    BOX_FIELD_NUMBER: _ClassVar[int]
+    POINTS_FIELD_NUMBER: _ClassVar[int]
+    MASK_FIELD_NUMBER: _ClassVar[int]
+    KEEP_PREVIOUS_POINTS_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    object_id: int
+    slice: int
+    box: Box
+    points: _containers.RepeatedCompositeFieldContainer[Point]
+    mask: Mask
+    keep_previous_points: bool
+    def __init__(self, session_id: _Optional[str] = ..., object_id: _Optional[int] = ..., slice: _Optional[int] = ..., box: _Optional[_Union[Box, _Mapping]] = ..., points: _Optional[_Iterable[_Union[Point, _Mapping]]] = ..., mask: _Optional[_Union[Mask, _Mapping]] = ..., keep_previous_points: _Optional[bool] = ...) -> None: ...
+
+class PropagateRequest(_message.Message):
+    __slots__ = ("session_id", "direction", "start_slice", "first_slice", "last_slice", "protocol", "encoding")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    DIRECTION_FIELD_NUMBER: _ClassVar[int]
+    START_SLICE_FIELD_NUMBER: _ClassVar[int]
+    FIRST_SLICE_FIELD_NUMBER: _ClassVar[int]
+    LAST_SLICE_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    ENCODING_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    direction: Direction
+    start_slice: int
+    first_slice: int
+    last_slice: int
+    protocol: Protocol
+    encoding: MaskEncoding
+    def __init__(self, session_id: _Optional[str] = ..., direction: _Optional[_Union[Direction, str]] = ..., start_slice: _Optional[int] = ..., first_slice: _Optional[int] = ..., last_slice: _Optional[int] = ..., protocol: _Optional[_Union[Protocol, str]] = ..., encoding: _Optional[_Union[MaskEncoding, str]] = ...) -> None: ...
+
+class ObjectMask(_message.Message):
+    __slots__ = ("object_id", "mask", "object_score")
+    OBJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    MASK_FIELD_NUMBER: _ClassVar[int]
+    OBJECT_SCORE_FIELD_NUMBER: _ClassVar[int]
+    object_id: int
+    mask: Mask
+    object_score: float
+    def __init__(self, object_id: _Optional[int] = ..., mask: _Optional[_Union[Mask, _Mapping]] = ..., object_score: _Optional[float] = ...) -> None: ...
+
+class SliceResult(_message.Message):
+    __slots__ = ("slice", "objects", "done", "total")
+    SLICE_FIELD_NUMBER: _ClassVar[int]
+    OBJECTS_FIELD_NUMBER: _ClassVar[int]
+    PASS_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    slice: int
+    objects: _containers.RepeatedCompositeFieldContainer[ObjectMask]
+    done: int
+    total: int
+    def __init__(self, slice: _Optional[int] = ..., objects: _Optional[_Iterable[_Union[ObjectMask, _Mapping]]] = ..., done: _Optional[int] = ..., total: _Optional[int] = ..., **kwargs) -> None: ...
+
+class GetResultRequest(_message.Message):
+    __slots__ = ("session_id", "format", "chunk_bytes")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_BYTES_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    format: ResultFormat
+    chunk_bytes: int
+    def __init__(self, session_id: _Optional[str] = ..., format: _Optional[_Union[ResultFormat, str]] = ..., chunk_bytes: _Optional[int] = ...) -> None: ...
+
+class ResultChunk(_message.Message):
+    __slots__ = ("data", "offset", "total_bytes", "format", "shape", "object_ids")
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    OBJECT_IDS_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    offset: int
+    total_bytes: int
+    format: ResultFormat
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    object_ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, data: _Optional[bytes] = ..., offset: _Optional[int] = ..., total_bytes: _Optional[int] = ..., format: _Optional[_Union[ResultFormat, str]] = ..., shape: _Optional[_Iterable[int]] = ..., object_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class ResetObjectsRequest(_message.Message):
+    __slots__ = ("session_id", "object_ids", "all")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    OBJECT_IDS_FIELD_NUMBER: _ClassVar[int]
+    ALL_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    object_ids: _containers.RepeatedScalarFieldContainer[int]
+    all: bool
+    def __init__(self, session_id: _Optional[str] = ..., object_ids: _Optional[_Iterable[int]] = ..., all: _Optional[bool] = ...) -> None: ...
+
+class GetSessionRequest(_message.Message):
+    __slots__ = ("session_id",)
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    def __init__(self, session_id: _Optional[str] = ...) -> None: ...
+
+class ListSessionsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListSessionsResponse(_message.Message):
+    __slots__ = ("sessions",)
+    SESSIONS_FIELD_NUMBER: _ClassVar[int]
+    sessions: _containers.RepeatedCompositeFieldContainer[Session]
+    def __init__(self, sessions: _Optional[_Iterable[_Union[Session, _Mapping]]] = ...) -> None: ...
+
+class CloseSessionRequest(_message.Message):
+    __slots__ = ("session_id",)
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    def __init__(self, session_id: _Optional[str] = ...) -> None: ...
+
+class CloseSessionResponse(_message.Message):
+    __slots__ = ("closed",)
+    CLOSED_FIELD_NUMBER: _ClassVar[int]
+    closed: bool
+    def __init__(self, closed: _Optional[bool] = ...) -> None: ...

@@ -1,0 +1,36 @@
+"""Settings of ``medsam2 serve``: flags and MEDSAM2_* environment variables, shown by ``--help``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from medsam2.settings import setting
+
+GRPC_PORT = 50051
+METRICS_PORT = 9464
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    """Everything the session service needs to start."""
+
+    host: str = setting("127.0.0.1", "MEDSAM2_HOST", "address to listen on (0.0.0.0 in containers)")
+    port: int = setting(GRPC_PORT, "MEDSAM2_PORT", "gRPC port")
+    metrics_port: int = setting(METRICS_PORT, "MEDSAM2_METRICS_PORT", "Prometheus /metrics port (0: off)")
+    model_repository: Path = setting(Path(""), "MEDSAM2_MODEL_REPOSITORY",
+                                     "exported graphs (a model repository or <stage>.onnx folder) for the embedded backend")
+    triton_url: str = setting("", "MEDSAM2_TRITON_URL", "Triton gRPC HOST:PORT; empty runs the embedded ONNX Runtime")
+    max_sessions: int = setting(16, "MEDSAM2_MAX_SESSIONS", "open sessions at most; idle ones are evicted LRU")
+    max_study_voxels: int = setting(512 * 512 * 1024, "MEDSAM2_MAX_STUDY_VOXELS", "voxels per study at most")
+    max_state_bytes: int = setting(8 * 2**30, "MEDSAM2_MAX_STATE_BYTES", "memory for all sessions at most")
+    session_ttl_s: float = setting(1800.0, "MEDSAM2_SESSION_TTL_S", "idle seconds before a session expires")
+    workers: int = setting(16, "MEDSAM2_WORKERS", "gRPC worker threads (concurrent requests)")
+    max_message_bytes: int = setting(64 * 2**20, "MEDSAM2_MAX_MESSAGE_BYTES", "largest gRPC message")
+    grace_s: float = setting(30.0, "MEDSAM2_GRACE_S", "seconds to drain streams in flight at shutdown")
+    tls_cert: Path = setting(Path(""), "MEDSAM2_TLS_CERT", "server certificate (PEM); enables TLS")
+    tls_key: Path = setting(Path(""), "MEDSAM2_TLS_KEY", "server private key (PEM)")
+    tls_client_ca: Path = setting(Path(""), "MEDSAM2_TLS_CLIENT_CA", "CA of client certificates (PEM); enables mTLS")
+    auth_token: str = setting("", "MEDSAM2_AUTH_TOKEN", "bearer token required on every call but health (empty: none)")
+    early_stop_absent: int = setting(0, "MEDSAM2_EARLY_STOP", "stop after K slices without the object (0: never)")
+    fill_hole_area: int = setting(8, "MEDSAM2_FILL_HOLE_AREA", "fill mask holes up to this area (0: off)")
