@@ -94,7 +94,8 @@ class RunningServer:
 
 def start_server(settings: ServerSettings, backend: StageBackend, metrics_server: bool = True) -> RunningServer:
     """Start serving on ``settings.host:settings.port`` (port 0 picks a free one)."""
-    instrumented = metrics.InstrumentedBackend(backend)
+    concurrency = settings.backend_concurrency or (0 if settings.triton_url else 1)
+    instrumented = metrics.InstrumentedBackend(backend, max_concurrent=concurrency)
     registry = SessionRegistry(Limits(settings.max_sessions, settings.max_study_voxels, settings.max_state_bytes,
                                       settings.session_ttl_s))
     options = TrackerOptions(early_stop_absent=settings.early_stop_absent, fill_hole_area=settings.fill_hole_area)

@@ -25,6 +25,8 @@ class ServerSettings:
     max_study_voxels: int = setting(512 * 512 * 1024, "MEDSAM2_MAX_STUDY_VOXELS", "voxels per study at most")
     max_state_bytes: int = setting(8 * 2**30, "MEDSAM2_MAX_STATE_BYTES", "memory for all sessions at most")
     session_ttl_s: float = setting(1800.0, "MEDSAM2_SESSION_TTL_S", "idle seconds before a session expires")
+    backend_concurrency: int = setting(0, "MEDSAM2_BACKEND_CONCURRENCY",
+                                       "backend calls in flight at once (0: 1 for the embedded backend, unbounded for Triton)")
     workers: int = setting(16, "MEDSAM2_WORKERS", "gRPC worker threads (concurrent requests)")
     max_message_bytes: int = setting(64 * 2**20, "MEDSAM2_MAX_MESSAGE_BYTES", "largest gRPC message")
     grace_s: float = setting(30.0, "MEDSAM2_GRACE_S", "seconds to drain streams in flight at shutdown")

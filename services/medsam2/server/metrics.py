@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -48,15 +49,28 @@ def rpc_timer(method: str) -> Iterator[_Outcome]:
 
 
 class InstrumentedBackend:
-    """A backend wrapper that times every call by stage."""
+    """A backend wrapper that times every call by stage and bounds how many run at once.
 
-    def __init__(self, backend) -> None:  # noqa: ANN001 - any StageBackend
+    On a CPU, calls from many sessions at once only fight over the same cores and
+    caches; letting ``max_concurrent`` run at a time (1 for the embedded backend)
+    keeps throughput at the single-session rate while sessions still interleave
+    call by call, so no session waits for another's whole propagation.
+    """
+
+    def __init__(self, backend, max_concurrent: int = 0) -> None:  # noqa: ANN001 - any StageBackend
         self._backend = backend
         self.name = backend.name
         self.fused_track_step = getattr(backend, "fused_track_step", False)
+        self._slots = threading.Semaphore(max_concurrent) if max_concurrent > 0 else None
 
     def run(self, stage: Stage, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run and time one stage."""
+        if self._slots is not None:
+            with self._slots:
+                return self._timed(stage, inputs)
+        return self._timed(stage, inputs)
+
+    def _timed(self, stage: Stage, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         started = time.perf_counter()
         try:
             return self._backend.run(stage, inputs)
