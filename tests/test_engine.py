@@ -168,3 +168,19 @@ def test_propagating_before_any_prompt(backend, volume) -> None:
 def test_bad_frames(backend, frames, message) -> None:
     with pytest.raises(InvalidInput, match=message):
         Tracker(backend, frames)
+
+
+def test_fused_track_step_matches_stage_by_stage(backend, volume) -> None:
+    from medsam2.backends.composed import ComposedTrackStep
+
+    frames, boxes = volume
+    results = []
+    for b in (backend, ComposedTrackStep(backend)):
+        tracker = Tracker(b, frames)
+        tracker.add_prompt(1, 2, box=boxes[0])
+        tracker.add_prompt(2, 2, box=boxes[1])
+        results.append([r.low_res for r in tracker.propagate(Direction.BOTH, start=2)])
+        assert tracker.features.encoded == (1 if b is not backend else frames.shape[0])
+    assert len(results[0]) == len(results[1]) == frames.shape[0] + 1
+    for plain, fused in zip(*results):
+        assert np.max(np.abs(plain - fused)) <= 1e-5

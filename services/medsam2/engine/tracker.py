@@ -295,11 +295,13 @@ class Tracker:
         prev_logits: Sequence[np.ndarray | None],
         encode_memory: bool,
     ) -> list[FrameOutput]:
-        features = self.features.get(frame)
         batch = len(tracks)
         banks = [empty_memory() if is_init else gather_memory(frame, _memories(t.cond), _memories(t.non_cond),
                                                                self.num_frames, reverse) for t in tracks]
         memory_inputs = batch_memory(banks, [is_init] * batch)
+        if encode_memory and getattr(self.backend, "fused_track_step", False):
+            return self._fused_track_step(frame, batch, memory_inputs)
+        features = self.features.get(frame)
         pix_feat = self.backend.run(
             Stage.MEMORY_ATTENTION, {"feat_s2": _repeat(features.feat_s2, batch), **memory_inputs}
         )["pix_feat"]
@@ -324,6 +326,19 @@ class Tracker:
             FrameOutput(stored[i, 0], chosen.obj_ptr[i], float(chosen.object_score_logits[i, 0]), memories[i])
             for i in range(batch)
         ]
+
+    def _fused_track_step(self, frame: int, batch: int, memory_inputs: dict[str, np.ndarray]) -> list[FrameOutput]:
+        """A tracked frame in one backend call (Triton's ensemble): features never leave the server."""
+        out = self.backend.run(Stage.TRACK_STEP, {
+            "image": _repeat(self._inputs[frame: frame + 1], batch),
+            **memory_inputs,
+            **_prompt_inputs([None] * batch, [None] * batch),
+        })
+        memories = to_bfloat16_bits(out["maskmem_features"])
+        stored = fill_holes(out["chosen_mask"], self.options.fill_hole_area)
+        scores = out["object_score_logits"]
+        return [FrameOutput(stored[i, 0], out["chosen_obj_ptr"][i], float(scores[i, 0]), memories[i])
+                for i in range(batch)]
 
     def _mask_as_output(self, frame: int, mask: np.ndarray) -> FrameOutput:
         """sam2's ``_use_mask_as_output``: the mask is the prediction; the decoder only gives the pointer."""
