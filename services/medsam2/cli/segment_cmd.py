@@ -18,7 +18,8 @@ from medsam2.engine.protocols import ObjectPrompt, segment_volume, volume_protoc
 from medsam2.engine.tracker import Tracker, TrackerOptions
 from medsam2.errors import InvalidInput
 from medsam2.imaging.windowing import Preset, Window, to_uint8
-from medsam2.io.volumes import NIFTI_SUFFIXES, NPZ_SUFFIXES, Volume, read_volume, write_mask
+from medsam2.io.outputs import OUTPUT_SUFFIXES, check_output, write_result
+from medsam2.io.volumes import Volume, read_volume
 from medsam2.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -27,15 +28,21 @@ log = logging.getLogger(__name__)
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``segment`` command."""
     seg = sub.add_parser("segment", help="segment one volume from a box (or mask) on a key slice, without a server")
-    seg.add_argument("input", type=Path, help="volume: .nii, .nii.gz or MedSAM-style .npz (imgs, spacing)")
-    seg.add_argument("--out", type=Path, required=True, help="mask to write: .nii/.nii.gz or .npz, by extension")
-    seg.add_argument("--slice", type=int, required=True, help="key slice K, in the volume's stored slice order")
+    seg.add_argument("input", type=Path,
+                     help="DICOM folder or file, .nii/.nii.gz, MedSAM-style .npz, video (.mp4/.avi) or a frame folder")
+    seg.add_argument("--series", metavar="UID", help="SeriesInstanceUID to read when the DICOM folder holds several")
+    seg.add_argument("--out", type=Path, required=True,
+                     help=f"result by extension ({', '.join(OUTPUT_SUFFIXES)}): .dcm is a DICOM SEG; "
+                          "measurements go beside it as NAME.measurements.json")
+    seg.add_argument("--slice", type=int, required=True,
+                     help="key slice K; for DICOM, counted along the series sorted by position")
     prompt = seg.add_mutually_exclusive_group(required=True)
     prompt.add_argument("--box", help="X0,Y0,X1,Y1 in pixels of the key slice (x = column, y = row)")
     prompt.add_argument("--mask", type=Path, help="label volume at the input's geometry; its key slice is the prompt")
     seg.add_argument("--range", dest="slice_range", help="FIRST,LAST: slices to propagate through (default: all)")
     seg.add_argument("--preset", choices=[p.value for p in Preset], default=Preset.AUTO.value,
-                     help="intensity preset: CT windows, 'percentile' for MR/PET, 'none' for uint8 [auto]")
+                     help="intensity preset: CT windows, 'percentile' for MR/PET, 'none' for uint8 "
+                          "[auto: from the DICOM Modality, CT->abdomen, MR/PT->percentile, US/XC/ES->none]")
     seg.add_argument("--window", help="custom CT window WIDTH,LEVEL in HU (overrides --preset)")
     source = seg.add_mutually_exclusive_group()
     source.add_argument("--checkpoint", type=Path, help="MedSAM2 checkpoint; its graphs are exported once and cached")
@@ -81,10 +88,10 @@ def _slice_range(text: str | None) -> tuple[int, int] | None:
     return int(first), int(last)
 
 
-def _check_output(path: Path) -> None:
-    name = path.name.lower()
-    if not name.endswith((*NIFTI_SUFFIXES, *NPZ_SUFFIXES)):
-        raise InvalidInput(f"--out {path.name}: the extension must be .nii, .nii.gz or .npz")
+def _model_version(args: argparse.Namespace) -> str:
+    """What the SEG's algorithm identification names as the model: the checkpoint or graphs used."""
+    source = args.checkpoint or args.graphs
+    return (source.name if source is not None else "MedSAM2 default checkpoint")[:64]
 
 
 def _prompt(args: argparse.Namespace, volume: Volume) -> ObjectPrompt:
@@ -120,10 +127,11 @@ def make_backend(args: argparse.Namespace, settings: Settings) -> StageBackend:
 
 def run_segment(args: argparse.Namespace, settings: Settings) -> int:
     """Segment one volume with MedSAM2's 3D protocol and write the mask."""
-    _check_output(args.out)
-    volume = read_volume(args.input)
+    check_output(args.out)
+    volume = read_volume(args.input, args.series)
+    check_output(args.out, volume)
     window = Window(*parse_pair(args.window, "--window", "WIDTH,LEVEL")) if args.window else None
-    slices = to_uint8(volume.voxels, args.preset, window)
+    slices = to_uint8(volume.voxels, args.preset, window, modality=volume.modality)
     prompt = _prompt(args, volume)
     slice_range = _slice_range(args.slice_range)
     backend = make_backend(args, settings)
@@ -136,13 +144,14 @@ def run_segment(args: argparse.Namespace, settings: Settings) -> int:
         progress.close()
     seconds = time.perf_counter() - started
     labels = masks[prompt.obj_id].astype(np.uint8)
-    write_mask(args.out, labels, volume)
+    written = write_result(args.out, {prompt.obj_id: masks[prompt.obj_id]}, volume,
+                           model_version=_model_version(args), display=slices)
     voxels = int(labels.sum())
     summary = {
         "input": str(args.input), "output": str(args.out), "slices": int(tracker.num_frames),
         "slices_with_mask": int(labels.any(axis=(1, 2)).sum()), "seconds": round(seconds, 3),
         "voxels": voxels, "volume_ml": round(voxels * volume.voxel_ml, 4), "backend": backend.name,
-        "features_encoded": tracker.features.encoded,
+        "features_encoded": tracker.features.encoded, "measurements": str(written[-1]),
     }
     if args.json:
         print(json.dumps(summary))

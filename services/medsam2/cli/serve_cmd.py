@@ -23,13 +23,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     serve.set_defaults(run=run_serve)
 
     client = sub.add_parser("client", help="segment one volume through a running service (mirrors 'segment')")
-    client.add_argument("input", type=Path, help="volume: .nii, .nii.gz or MedSAM-style .npz")
+    client.add_argument("input", type=Path, help="volume: DICOM folder, .nii, .nii.gz or MedSAM-style .npz")
     client.add_argument("--server", required=True, help="HOST:PORT of the service")
     client.add_argument("--box", required=True, help="X0,Y0,X1,Y1 in pixels of the key slice")
     client.add_argument("--slice", type=int, required=True, help="key slice K")
     client.add_argument("--range", dest="slice_range", help="FIRST,LAST slices to propagate through")
     client.add_argument("--preset", default="auto", help="intensity preset [auto]")
-    client.add_argument("--out", type=Path, required=True, help="mask to write (.nii, .nii.gz or .npz)")
+    client.add_argument("--out", type=Path, required=True, help="result to write (.dcm SEG for DICOM input, .nii.gz, .npz)")
     client.add_argument("--token", default="", help="bearer token, if the server wants one")
     client.add_argument("--no-progress", action="store_true", help="no progress bar")
     client.set_defaults(run=run_client)
@@ -49,11 +49,13 @@ def run_client(args: argparse.Namespace, settings: Settings) -> int:
     from tqdm import tqdm
 
     from medsam2.api.client import Client
-    from medsam2.cli.segment_cmd import _check_output, _slice_range, parse_box
-    from medsam2.io.volumes import read_volume, write_mask
+    from medsam2.cli.segment_cmd import _slice_range, parse_box
+    from medsam2.io.outputs import check_output, write_result
+    from medsam2.io.volumes import read_volume
 
-    _check_output(args.out)
+    check_output(args.out)
     volume = read_volume(args.input)
+    check_output(args.out, volume)
     box = parse_box(args.box)
     slice_range = _slice_range(args.slice_range)
     client = Client(args.server, token=args.token)
@@ -78,8 +80,8 @@ def run_client(args: argparse.Namespace, settings: Settings) -> int:
         raise _client_error(exc) from None
     finally:
         client.close()
-    mask = (labels > 0).astype(np.uint8)
-    write_mask(args.out, mask, volume)
+    mask = labels > 0
+    write_result(args.out, {1: mask}, volume, model_version=f"MedSAM2 via {args.server}")
     voxels = int(mask.sum())
     print(f"segmented {mask.shape[0]} slices in {time.perf_counter() - started:.1f} s via {args.server}: "
           f"{voxels} voxels, {voxels * volume.voxel_ml:.2f} mL -> {args.out}")

@@ -1,7 +1,10 @@
 """Intensities to uint8 slices as MedSAM2 prepares them: CT windows, MR/PET percentiles.
 
 CT uses a window (width/level in Hounsfield units) clipped and scaled to 0..255;
-MR and PET use the 0.5-99.5 percentiles of the non-zero voxels.
+MR and PET use the 0.5-99.5 percentiles of the non-zero voxels; video
+(ultrasound, endoscopy, photographs) is used unchanged.  With the preset
+'auto' the DICOM Modality picks one (``MODALITY_PRESETS``); any explicit preset
+or a custom window overrides it.
 """
 
 from __future__ import annotations
@@ -45,6 +48,36 @@ class Preset(str, Enum):
     NONE = "none"
 
 
+MODALITY_PRESETS: dict[str, Preset] = {
+    "CT": Preset.ABDOMEN,
+    "MR": Preset.PERCENTILE,
+    "PT": Preset.PERCENTILE,
+    "NM": Preset.PERCENTILE,
+    "US": Preset.NONE,
+    "XC": Preset.NONE,
+    "ES": Preset.NONE,
+    "OT": Preset.NONE,
+}
+"""What 'auto' means per DICOM Modality: abdomen is the paper's general-purpose CT window."""
+
+
+def resolve_preset(preset: Preset | str, modality: str | None, dtype: np.dtype) -> Preset:
+    """The concrete preset for 'auto': by modality when known, else 'none' for uint8 and 'percentile' otherwise."""
+    try:
+        preset = Preset(preset)
+    except ValueError:
+        choices = ", ".join(p.value for p in Preset)
+        raise InvalidInput(f"unknown intensity preset {preset!r}: choose one of {choices}") from None
+    if preset is not Preset.AUTO:
+        return preset
+    chosen = MODALITY_PRESETS.get((modality or "").upper())
+    if chosen is Preset.NONE and dtype != np.uint8:
+        chosen = Preset.PERCENTILE  # e.g. 16-bit ultrasound: 'none' needs 0..255
+    if chosen is not None:
+        return chosen
+    return Preset.NONE if dtype == np.uint8 else Preset.PERCENTILE
+
+
 def apply_window(volume: np.ndarray, window: Window) -> np.ndarray:
     """Clip to [level - width/2, level + width/2] and scale to uint8."""
     if window.width <= 0:
@@ -66,14 +99,17 @@ def apply_percentiles(volume: np.ndarray, low_pct: float = 0.5, high_pct: float 
     return np.round(scaled).astype(np.uint8)
 
 
-def to_uint8(volume: np.ndarray, preset: Preset | str = Preset.AUTO, window: Window | None = None) -> np.ndarray:
-    """Turn a volume [slices, rows, columns] into uint8 slices with a preset or a custom window."""
+def to_uint8(
+    volume: np.ndarray,
+    preset: Preset | str = Preset.AUTO,
+    window: Window | None = None,
+    modality: str | None = None,
+) -> np.ndarray:
+    """Turn a volume [slices, rows, columns] into uint8 slices with a preset (auto: by modality) or a window."""
     check_volume(volume)
     if window is not None:
         return apply_window(volume, window)
-    preset = Preset(preset)
-    if preset is Preset.AUTO:
-        preset = Preset.NONE if volume.dtype == np.uint8 else Preset.PERCENTILE
+    preset = resolve_preset(preset, modality, volume.dtype)
     if preset is Preset.NONE:
         if volume.dtype != np.uint8:
             if volume.min() < 0 or volume.max() > 255:

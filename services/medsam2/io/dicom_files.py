@@ -16,7 +16,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
-from medsam2.io.errors import CorruptDicom, NotAnImage
+from medsam2.io.errors import CorruptDicom, NotAnImage, NotDicom
 
 log = logging.getLogger(__name__)
 
@@ -54,18 +54,28 @@ def read_file(path: Path) -> Dataset:
     try:
         size = path.stat().st_size
         with path.open("rb") as handle:
+            preamble = handle.read(132)
+            handle.seek(0)
+            # Without the 'DICM' prefix only a parse that succeeds completely says it is DICOM at all.
+            error = CorruptDicom if preamble[128:132] == b"DICM" else NotDicom
             ds = pydicom.dcmread(handle, defer_size=_DEFER, force=True)
             end = handle.tell()
     except OSError as exc:
         raise CorruptDicom(f"cannot read {path}: {exc.strerror or exc}") from exc
     except Exception as exc:  # pydicom raises many types for malformed input
+        if error is NotDicom:
+            raise NotDicom(f"{path} is not a DICOM file: no 'DICM' prefix and it does not parse ({exc})") from exc
         raise CorruptDicom(f"{path} is not a readable DICOM file: {exc}") from exc
     if end != size:
+        if error is NotDicom:
+            raise NotDicom(f"{path} is not a DICOM file: no 'DICM' prefix and it does not parse as DICOM")
         raise CorruptDicom(
             f"{path} is truncated or corrupt: its DICOM elements end at byte {end} but the file has {size} bytes"
         )
+    if _sop_class(ds) == MEDIA_STORAGE_DIRECTORY:
+        return ds
     if len(ds) == 0 or "SOPClassUID" not in ds:
-        raise CorruptDicom(f"{path} is truncated or not DICOM: it has no SOPClassUID ({len(ds)} elements read)")
+        raise error(f"{path} is truncated or not DICOM: it has no SOPClassUID ({len(ds)} elements read)")
     return ds
 
 
@@ -75,9 +85,16 @@ def sop_class_name(ds: Dataset) -> str:
     return uid.name if uid.name != str(uid) else f"SOP class {uid}"
 
 
+def _sop_class(ds: Dataset) -> str:
+    # A DICOMDIR names its class only in the file meta.
+    meta = getattr(ds, "file_meta", None)
+    fallback = meta.get("MediaStorageSOPClassUID", "") if meta is not None else ""
+    return str(ds.get("SOPClassUID", fallback) or fallback)
+
+
 def kind_of(ds: Dataset) -> ObjectKind:
     """Image, non-image (structure set, report, SEG, ...) or a DICOMDIR."""
-    sop_class = str(ds.get("SOPClassUID", ""))
+    sop_class = _sop_class(ds)
     if sop_class == MEDIA_STORAGE_DIRECTORY:
         return ObjectKind.DIRECTORY
     if sop_class in NON_IMAGE_WITH_PIXELS:

@@ -88,12 +88,12 @@ def rescale(frames: np.ndarray, slopes: Sequence[float], intercepts: Sequence[fl
 def to_grey_uint8(frames: np.ndarray) -> np.ndarray:
     """RGB [.., 3] or grey frames to uint8 grey, with Pillow's ITU-R 601 luma for colour."""
     if frames.ndim == 4:
-        rgb = frames.astype(np.float32)
+        rgb = frames
         if frames.dtype != np.uint8:
-            rgb = rgb / max(float(rgb.max()), 1.0) * 255.0
-        # The weights and rounding of PIL.Image.convert("L"), so frames match Pillow-read files.
-        luma = rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
-        return np.clip(np.floor(luma + 0.5), 0, 255).astype(np.uint8)
+            rgb = np.round(frames.astype(np.float32) / max(float(frames.max()), 1.0) * 255.0).astype(np.uint8)
+        # PIL.Image.convert("L")'s own integer ITU-R 601 arithmetic, so frames match Pillow-read files exactly.
+        r, g, b = (rgb[..., i].astype(np.uint32) for i in range(3))
+        return ((r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16).astype(np.uint8)
     if frames.dtype == np.uint8:
         return frames
     low, high = float(frames.min()), float(frames.max())

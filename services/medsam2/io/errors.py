@@ -13,6 +13,10 @@ class CorruptDicom(InvalidInput):
     """A file is not readable DICOM: truncated, overwritten, or not DICOM at all."""
 
 
+class NotDicom(CorruptDicom):
+    """A file has no DICOM preamble and does not parse as DICOM either."""
+
+
 class NotAnImage(InvalidInput):
     """A DICOM object holds no image to segment (a structure set, a report, a SEG, ...)."""
 

@@ -98,7 +98,9 @@ def cine_volume(ds: Dataset, label: str) -> Volume:
     return volume
 
 
-def _video_volume(frames: np.ndarray, source: str, fps: float = 0.0, row_col: tuple[float, float] = (1.0, 1.0)) -> Volume:
+def _video_volume(
+    frames: np.ndarray, source: str, fps: float = 0.0, row_col: tuple[float, float] = (1.0, 1.0)
+) -> Volume:
     frames = np.ascontiguousarray(frames, dtype=np.uint8)
     extras = {"fps": np.asarray(fps, np.float64)} if fps > 0 else {}
     return Volume(frames, (1.0, *row_col), source, extras=extras)

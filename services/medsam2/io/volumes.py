@@ -1,8 +1,14 @@
-"""Volumes from NIfTI and MedSAM-style ``.npz`` files, and masks written back at the same geometry.
+"""Volumes from NIfTI, MedSAM-style ``.npz``, DICOM and video, and masks written back at the same geometry.
 
 In memory a volume is [slices, rows, columns] (ITK order z, y, x), so a box's
 x is a column and y a row of a slice.  NIfTI stores (i, j, k) = (x, y, z);
-reading transposes it and writing transposes back.
+reading transposes it and writing transposes back.  ``read_volume`` picks the
+reader from the path: a folder of DICOM files (or of png/jpg frames), a DICOM
+file, a video file, NIfTI or ``.npz``.
+
+A 4-D NIfTI (a time series such as nibabel's ``example4d.nii.gz``) is refused
+with an error naming its shape: MedSAM2 segments one 3-D volume, and which
+time point to take is the caller's choice, not the reader's.
 """
 
 from __future__ import annotations
@@ -15,6 +21,8 @@ from typing import Any
 import numpy as np
 
 from medsam2.errors import InvalidInput, NotFound, OutputNotWritable
+from medsam2.io.dicom_source import DicomSource
+from medsam2.io.geometry import Geometry
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 NPZ_SUFFIXES = (".npz",)
@@ -30,6 +38,12 @@ class Volume:
     nifti_affine: np.ndarray | None = None
     nifti_header: Any = None
     extras: dict[str, np.ndarray] = field(default_factory=dict)
+    modality: str | None = None
+    """DICOM Modality (CT, MR, PT, US, ...) when known; it picks the intensity preset."""
+    geometry: Geometry | None = None
+    """Patient-space geometry (DICOM and NIfTI sources); None for npz and video."""
+    dicom: DicomSource | None = None
+    """The source DICOM objects, for results that reference them (DICOM SEG)."""
 
     @property
     def voxel_ml(self) -> float:
@@ -45,9 +59,15 @@ def _suffix(path: Path) -> str:
     return path.suffix.lower()
 
 
-def read_volume(path: Path) -> Volume:
-    """Read a NIfTI or MedSAM-style ``.npz`` volume."""
+def read_volume(path: Path, series_uid: str | None = None) -> Volume:
+    """Read a volume: DICOM folder or file, video, frame folder, NIfTI or MedSAM-style ``.npz``."""
+    from medsam2.io import dicom_series, video
+
     path = Path(path)
+    if path.is_dir():
+        if video.is_frame_folder(path):
+            return video.read_frame_folder(path)
+        return dicom_series.read_dicom(path, series_uid)
     if not path.is_file():
         raise NotFound(f"input volume not found: {path}")
     suffix = _suffix(path)
@@ -55,7 +75,9 @@ def read_volume(path: Path) -> Volume:
         return _read_nifti(path)
     if suffix in NPZ_SUFFIXES:
         return _read_npz(path)
-    raise InvalidInput(f"unsupported input {path.name}: expected .nii, .nii.gz or .npz")
+    if suffix in video.VIDEO_SUFFIXES:
+        return video.read_video_file(path)
+    return dicom_series.read_dicom(path, series_uid)
 
 
 def _read_nifti(path: Path) -> Volume:
@@ -68,15 +90,25 @@ def _read_nifti(path: Path) -> Volume:
         raise InvalidInput(f"cannot read NIfTI {path.name}: {exc}") from exc
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
+    if data.ndim == 4:
+        raise InvalidInput(
+            f"NIfTI {path.name} is 4-D, shape {data.shape} ({data.shape[3]} volumes): MedSAM2 segments one 3-D "
+            "volume; extract the time point you want first (e.g. nibabel's image.slicer[..., 0])"
+        )
     if data.ndim != 3:
         raise InvalidInput(f"NIfTI {path.name} has shape {data.shape}: expected a 3-D volume")
     zooms = image.header.get_zooms()[:3]
+    try:
+        geometry = Geometry.from_nifti_affine(image.affine)
+    except InvalidInput:
+        geometry = None  # a degenerate affine: keep the file's own header for writing, no patient geometry
     return Volume(
         voxels=np.ascontiguousarray(data.transpose(2, 1, 0)),
         spacing=(float(zooms[2]), float(zooms[1]), float(zooms[0])),
         source_format="nifti",
         nifti_affine=image.affine,
         nifti_header=image.header,
+        geometry=geometry,
     )
 
 
@@ -129,6 +161,10 @@ def _write_nifti(path: Path, labels: np.ndarray, like: Volume) -> None:
         header = like.nifti_header.copy()
         header.set_data_dtype(labels.dtype)
         image = nib.Nifti1Image(data, like.nifti_affine, header)
+    elif like.geometry is not None:
+        # sform and qform both; qform cannot hold a shear, so nibabel then keeps the sform authoritative.
+        image = nib.Nifti1Image(data, like.geometry.affine_ras())
+        image.set_sform(like.geometry.affine_ras(), code=1)
     else:
         z, y, x = like.spacing
         image = nib.Nifti1Image(data, np.diag([x, y, z, 1.0]))

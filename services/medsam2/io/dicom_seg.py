@@ -1,0 +1,278 @@
+"""DICOM SEG objects (highdicom) for MedSAM2 results, and their validation before they leave.
+
+One segment per object, each with a label, a display colour (CIELab, as DICOM
+stores it) and the algorithm identification: MedSAM2 and the model version the
+caller states.  MedSAM2 is promptable, so segments are SEMIAUTOMATIC.  Frames
+reference the source slice (or source frame) they were computed on; empty
+frames are omitted.  ``validate_seg`` checks a SEG completely (structure,
+references, geometry, and that it encodes and decodes) so that nothing
+partial or inconsistent is ever written or stored to PACS.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
+from pydicom.uid import generate_uid
+
+from medsam2.errors import InvalidInput, OutputNotWritable
+from medsam2.io.dicom_source import DicomSource
+from medsam2.io.errors import InvalidSegmentation
+from medsam2.io.volumes import Volume
+
+SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
+PALETTE: tuple[tuple[int, int, int], ...] = (
+    (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
+    (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212),
+)
+"""Default segment colours (sRGB), distinct on grey images; reused in turn past ten objects."""
+_POSITION_TOLERANCE_MM = 0.01
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentSpec:
+    """One object's segment: which object, its label, its display colour and what it is."""
+
+    obj_id: int
+    label: str
+    colour: tuple[int, int, int]
+    category: Code = field(default_factory=lambda: codes.SCT.Tissue)
+    property_type: Code = field(default_factory=lambda: codes.SCT.Tissue)
+
+    def __post_init__(self) -> None:
+        if not self.label.strip() or len(self.label) > 64:
+            raise InvalidInput(f"segment label must be 1 to 64 characters, got {self.label!r}")
+        if len(self.colour) != 3 or not all(isinstance(c, int) and 0 <= c <= 255 for c in self.colour):
+            raise InvalidInput(f"segment colour must be three integers 0..255 (sRGB), got {self.colour!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Algorithm:
+    """Which algorithm made the segments: name, model version, and the software that ran it."""
+
+    version: str
+    name: str = "MedSAM2"
+
+    def __post_init__(self) -> None:
+        if not self.version.strip() or len(self.version) > 64:
+            raise InvalidInput(f"the model version must be 1 to 64 characters, got {self.version!r}")
+
+
+def default_segments(obj_ids: Sequence[int]) -> list[SegmentSpec]:
+    """'object N' labels and palette colours for the given object ids."""
+    return [SegmentSpec(obj_id, f"object {obj_id}", PALETTE[i % len(PALETTE)]) for i, obj_id in enumerate(obj_ids)]
+
+
+def software_version() -> str:
+    """This package's version, as DICOM SoftwareVersions."""
+    try:
+        return f"medsam2-serving {metadata.version('medsam2-serving')}"
+    except metadata.PackageNotFoundError:
+        return "medsam2-serving unknown"
+
+
+def build_seg(
+    masks: Mapping[int, np.ndarray],
+    like: Volume,
+    algorithm: Algorithm,
+    segments: Sequence[SegmentSpec] | None = None,
+    *,
+    series_number: int = 900,
+    series_description: str = "MedSAM2 segmentation",
+) -> Dataset:
+    """A binary DICOM SEG of ``masks`` (object id -> bool [slices, rows, columns]) over ``like``'s source."""
+    import highdicom as hd
+
+    source = require_seg_source(like)
+    obj_ids = sorted(masks)
+    if not obj_ids:
+        raise InvalidInput("no objects to write: a SEG needs at least one segment")
+    segments = list(segments) if segments is not None else default_segments(obj_ids)
+    by_id = {s.obj_id: s for s in segments}
+    if sorted(by_id) != obj_ids:
+        raise InvalidInput(f"segment specs are for objects {sorted(by_id)} but the masks are for {obj_ids}")
+    for obj_id in obj_ids:
+        if masks[obj_id].shape != like.voxels.shape:
+            raise InvalidInput(
+                f"object {obj_id}'s mask has shape {masks[obj_id].shape}, the volume {like.voxels.shape}"
+            )
+    pixels = np.stack([masks[i].astype(bool) for i in obj_ids], axis=-1)
+    if source.multiframe:
+        # highdicom wants a multi-frame source's frames in stored order.
+        stored = np.zeros_like(pixels)
+        stored[np.asarray(source.frame_numbers) - 1] = pixels
+        pixels = stored
+    identification = hd.AlgorithmIdentificationSequence(
+        name=algorithm.name, family=codes.cid7162.ArtificialIntelligence, version=algorithm.version,
+    )
+    descriptions = [
+        hd.seg.SegmentDescription(
+            segment_number=number,
+            segment_label=by_id[obj_id].label,
+            segmented_property_category=by_id[obj_id].category,
+            segmented_property_type=by_id[obj_id].property_type,
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.SEMIAUTOMATIC,
+            algorithm_identification=identification,
+            tracking_id=f"object {obj_id}",
+            tracking_uid=generate_uid(),
+            display_color=_cielab(by_id[obj_id].colour),
+        )
+        for number, obj_id in enumerate(obj_ids, start=1)
+    ]
+    try:
+        seg = hd.seg.Segmentation(
+            source_images=list(source.datasets),
+            pixel_array=pixels,
+            segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+            segment_descriptions=descriptions,
+            series_instance_uid=generate_uid(),
+            series_number=series_number,
+            sop_instance_uid=generate_uid(),
+            instance_number=1,
+            manufacturer="medsam2-serving",
+            manufacturer_model_name=algorithm.name,
+            software_versions=software_version(),
+            device_serial_number="none",
+            content_label="MEDSAM2",
+            content_description=f"{algorithm.name} {algorithm.version}"[:64],
+        )
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise InvalidSegmentation(f"highdicom cannot build a SEG over series {source.series_uid}: {exc}") from exc
+    seg.SeriesDescription = series_description[:64]
+    return seg
+
+
+def require_seg_source(like: Volume) -> DicomSource:
+    """The volume's DICOM source, or ``InvalidInput`` saying why no SEG can be placed on it."""
+    if like.dicom is None:
+        raise InvalidInput(
+            f"a DICOM SEG references its source images, but this volume was read from {like.source_format}; "
+            "write NIfTI (.nii.gz) or .npz instead, or read the study from DICOM"
+        )
+    if len(like.dicom.slice_uids) > 1 and "FrameOfReferenceUID" not in like.dicom.datasets[0]:
+        # highdicom (and the SEG IOD's plane position rules) need a patient frame of reference for many frames.
+        raise InvalidInput(
+            f"series {like.dicom.series_uid} ({like.source_format}, {len(like.dicom.slice_uids)} frames) has no "
+            "frame of reference, so a multi-frame DICOM SEG cannot be placed on it; write .nii.gz, .npz or a "
+            ".gif overlay instead"
+        )
+    return like.dicom
+
+
+def _cielab(rgb: tuple[int, int, int]):  # noqa: ANN202 (highdicom type imported lazily)
+    import highdicom as hd
+
+    r, g, b = (_linear(c / 255.0) for c in rgb)
+    # sRGB (D65) -> XYZ, Bradford-adapted to D50, which DICOM's CIELab (the ICC PCS) uses.
+    x = 0.4360747 * r + 0.3850649 * g + 0.1430804 * b
+    y = 0.2225045 * r + 0.7168786 * g + 0.0606169 * b
+    z = 0.0139322 * r + 0.0971045 * g + 0.7141733 * b
+    fx, fy, fz = (_lab_f(v) for v in (x / 0.96422, y / 1.0, z / 0.82521))
+    return hd.color.CIELabColor(116 * fy - 16, 500 * (fx - fy), 200 * (fy - fz))
+
+
+def _linear(c: float) -> float:
+    return c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4
+
+
+def _lab_f(t: float) -> float:
+    return t ** (1 / 3) if t > (6 / 29) ** 3 else t / (3 * (6 / 29) ** 2) + 4 / 29
+
+
+def validate_seg(seg: Dataset, source: DicomSource | None = None) -> bytes:
+    """Check a SEG completely and return its encoded bytes; raise ``InvalidSegmentation`` naming the fault."""
+    import highdicom as hd
+
+    if str(seg.get("SOPClassUID", "")) != SEGMENTATION_STORAGE:
+        raise InvalidSegmentation(f"not a Segmentation object: SOPClassUID is {seg.get('SOPClassUID')!r}")
+    for keyword in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID",
+                    "SegmentSequence", "PerFrameFunctionalGroupsSequence", "PixelData"):
+        if keyword not in seg:
+            raise InvalidSegmentation(f"SEG {seg.get('SOPInstanceUID', '?')} lacks {keyword}")
+    frames = int(seg.get("NumberOfFrames", 0) or 0)
+    per_frame = seg.PerFrameFunctionalGroupsSequence
+    if frames < 1 or frames != len(per_frame):
+        raise InvalidSegmentation(f"SEG says NumberOfFrames {frames} but has {len(per_frame)} per-frame items")
+    expected_bytes = (int(seg.Rows) * int(seg.Columns) * frames + 7) // 8
+    if str(seg.get("SegmentationType")) == "BINARY" and len(seg.PixelData) < expected_bytes:
+        raise InvalidSegmentation(
+            f"SEG pixel data has {len(seg.PixelData)} bytes, {frames} binary frames need {expected_bytes}"
+        )
+    numbers = {int(s.SegmentNumber) for s in seg.SegmentSequence}
+    referenced = {str(i.ReferencedSOPInstanceUID) for s in seg.get("ReferencedSeriesSequence", [])
+                  for i in s.get("ReferencedInstanceSequence", [])}
+    shared = seg.get("SharedFunctionalGroupsSequence") or [Dataset()]
+    for index, item in enumerate(per_frame, start=1):
+        _check_frame(item, shared[0], index, numbers, referenced, source)
+    if source is not None and str(seg.StudyInstanceUID) != source.study_uid:
+        raise InvalidSegmentation(
+            f"SEG belongs to study {seg.StudyInstanceUID} but its source series is in study {source.study_uid}"
+        )
+    source_frame = str(source.datasets[0].get("FrameOfReferenceUID", "")) if source is not None else ""
+    if source_frame and str(seg.get("FrameOfReferenceUID", "")) != source_frame:
+        raise InvalidSegmentation(
+            f"SEG has FrameOfReferenceUID {seg.get('FrameOfReferenceUID')!r} but its source has {source_frame}"
+        )
+    buffer = io.BytesIO()
+    try:
+        seg.save_as(buffer, enforce_file_format=True)
+        decoded = hd.seg.Segmentation.from_dataset(pydicom.dcmread(io.BytesIO(buffer.getvalue())))
+        decoded.get_source_image_uids()
+    except Exception as exc:  # any failure to encode or decode means the object must not leave
+        raise InvalidSegmentation(f"SEG {seg.SOPInstanceUID} does not survive encoding and decoding: {exc}") from exc
+    return buffer.getvalue()
+
+
+def _check_frame(
+    item: Dataset, shared: Dataset, index: int, numbers: set[int], referenced: set[str], source: DicomSource | None
+) -> None:
+    # A macro that is the same for every frame (e.g. the only segment) sits in the shared groups.
+    def macro(keyword: str) -> Dataset:
+        return (item.get(keyword) or shared.get(keyword))[0]
+
+    try:
+        number = int(macro("SegmentIdentificationSequence").ReferencedSegmentNumber)
+        source_item = macro("DerivationImageSequence").SourceImageSequence[0]
+        uid = str(source_item.ReferencedSOPInstanceUID)
+    except (AttributeError, IndexError, TypeError) as exc:
+        raise InvalidSegmentation(f"SEG frame {index} lacks its segment number or source image reference") from exc
+    if number not in numbers:
+        raise InvalidSegmentation(f"SEG frame {index} refers to segment {number}, which the SEG does not define")
+    if referenced and uid not in referenced:
+        raise InvalidSegmentation(f"SEG frame {index} references {uid}, which its ReferencedSeriesSequence omits")
+    if source is None:
+        return
+    if uid not in source.slice_uids:
+        raise InvalidSegmentation(f"SEG frame {index} references {uid}, which is not in series {source.series_uid}")
+    if source.multiframe or "PlanePositionSequence" not in item:
+        return
+    position = np.asarray(item.PlanePositionSequence[0].ImagePositionPatient, float)
+    expected = np.asarray(source.datasets[source.slice_uids.index(uid)].ImagePositionPatient, float)
+    if np.max(np.abs(position - expected)) > _POSITION_TOLERANCE_MM:
+        raise InvalidSegmentation(
+            f"SEG frame {index} is at {position.tolist()} but its source slice {uid} is at {expected.tolist()}"
+        )
+
+
+def write_seg(path: Path, seg: Dataset, source: DicomSource | None = None) -> Path:
+    """Validate a SEG and write it atomically (a partial file never has the final name)."""
+    path = Path(path)
+    encoded = validate_seg(seg, source)
+    tmp = path.with_name(f".{path.name}.partial")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_bytes(encoded)
+        tmp.replace(path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise OutputNotWritable(f"cannot write {path}: {exc.strerror or exc}") from exc
+    return path

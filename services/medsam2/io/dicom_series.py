@@ -1,0 +1,225 @@
+"""A DICOM series (a folder, a file, or datasets fetched from PACS) as one volume.
+
+Objects are grouped by SeriesInstanceUID; non-image objects (structure sets,
+reports, SEGs) beside the images are skipped.  Slices are ordered along the
+slice normal (see ``stacking``) and rescaled to modality units (HU for CT).
+Single-frame series, one enhanced multi-frame object, and cine loops (frames
+without positions, read as video) are supported.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from pydicom.dataset import Dataset, FileMetaDataset
+
+from medsam2.errors import NotFound
+from medsam2.io.dicom_files import ObjectKind, check_image, kind_of, read_file, skippable, sop_class_name
+from medsam2.io.dicom_multiframe import frame_planes, frame_rescale, frame_thickness, number_of_frames
+from medsam2.io.dicom_pixels import check_decodable, is_grey, rescale, stored_frames, to_grey_uint8
+from medsam2.io.dicom_source import DicomSource
+from medsam2.io.errors import IrregularStack, MixedSeries, NotAnImage, NotDicom
+from medsam2.io.stacking import PlaneInfo, stack_planes
+from medsam2.io.volumes import Volume
+
+log = logging.getLogger(__name__)
+
+_PIXEL_TAGS = frozenset({0x7FE00010, 0x7FE00008, 0x7FE00009})
+"""PixelData, FloatPixelData, DoubleFloatPixelData: dropped from the headers a volume keeps."""
+
+
+@dataclass(frozen=True, slots=True)
+class Labelled:
+    """A dataset and how messages name it (a file path, or an instance UID for PACS)."""
+
+    label: str
+    dataset: Dataset
+
+
+def read_dicom(path: Path, series_uid: str | None = None) -> Volume:
+    """Read a DICOM folder (recursively) or one DICOM file as a volume."""
+    path = Path(path)
+    if path.is_dir():
+        items = scan_folder(path)
+        if not items:
+            raise NotFound(f"{path} holds no DICOM files")
+    elif path.is_file():
+        ds = read_file(path)
+        check_image(ds, str(path))
+        items = [Labelled(path.name, ds)]
+    else:
+        raise NotFound(f"DICOM input not found: {path}")
+    return volume_from_datasets(items, str(path), series_uid)
+
+
+def scan_folder(folder: Path) -> list[Labelled]:
+    """Every DICOM object under ``folder`` (pixel data not yet read); DICOMDIRs and non-DICOM files skipped."""
+    items = []
+    for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+        if skippable(path):
+            log.debug("skipping %s: not a DICOM file by its name", path)
+            continue
+        try:
+            ds = read_file(path)
+        except NotDicom as exc:
+            log.warning("skipping %s", exc)
+            continue
+        if kind_of(ds) is ObjectKind.DIRECTORY:
+            continue
+        items.append(Labelled(str(path.relative_to(folder)), ds))
+    return items
+
+
+def volume_from_datasets(items: Sequence[Labelled], where: str, series_uid: str | None = None) -> Volume:
+    """Build the volume of one image series out of labelled datasets."""
+    images = [item for item in items if kind_of(item.dataset) is ObjectKind.IMAGE]
+    others = [item for item in items if kind_of(item.dataset) is not ObjectKind.IMAGE]
+    for other in others:
+        if "Image Storage" in sop_class_name(other.dataset):
+            check_image(other.dataset, other.label)  # an image class without pixels: truncated, never skipped
+    if not images:
+        if len(others) == 1:
+            check_image(others[0].dataset, others[0].label)
+        kinds = Counter(sop_class_name(o.dataset) for o in others)
+        found = ", ".join(f"{count} {name}" for name, count in kinds.most_common())
+        raise NotAnImage(f"{where} holds no image objects, only: {found}")
+    for other in others:
+        log.info("%s: skipping %s, a %s", where, other.label, sop_class_name(other.dataset))
+    for item in images:
+        check_image(item.dataset, item.label)
+    chosen = _choose_series(images, where, series_uid)
+    multiframe = [item for item in chosen if number_of_frames(item.dataset) > 1]
+    if multiframe:
+        if len(chosen) > 1:
+            raise IrregularStack(
+                f"{where}: series {chosen[0].dataset.SeriesInstanceUID} has {len(chosen)} objects of which "
+                f"{len(multiframe)} are multi-frame; read one multi-frame object at a time"
+            )
+        return _from_multiframe(chosen[0])
+    return _from_single_frames(chosen, where)
+
+
+def _describe(uid: str, members: list[Labelled]) -> str:
+    ds = members[0].dataset
+    description = str(ds.get("SeriesDescription", "") or "no description")
+    return f"{uid} ({ds.get('Modality', '?')}, '{description}', {len(members)} object(s))"
+
+
+def _choose_series(images: list[Labelled], where: str, series_uid: str | None) -> list[Labelled]:
+    series: dict[str, list[Labelled]] = {}
+    for item in images:
+        series.setdefault(str(item.dataset.SeriesInstanceUID), []).append(item)
+    if series_uid is not None:
+        if series_uid not in series:
+            listing = "; ".join(_describe(uid, members) for uid, members in series.items())
+            raise NotFound(f"series {series_uid} is not in {where}; it holds: {listing}")
+        return series[series_uid]
+    if len(series) > 1:
+        listing = "; ".join(_describe(uid, members) for uid, members in series.items())
+        raise MixedSeries(
+            f"{where} holds {len(series)} image series: {listing}. Choose one by its SeriesInstanceUID "
+            "(series_uid=..., or --series on the command line), or give each series its own folder"
+        )
+    return next(iter(series.values()))
+
+
+def _from_single_frames(items: list[Labelled], where: str) -> Volume:
+    for item in items:
+        check_decodable(item.dataset, item.label)  # refuse before decoding anything
+    with_position = [i for i in items if "ImagePositionPatient" in i.dataset and "ImageOrientationPatient" in i.dataset]
+    first = items[0].dataset
+    if not with_position:
+        if len(items) > 1:
+            # Frames without positions (e.g. single-frame ultrasound images): a time series in instance order.
+            items = sorted(items, key=lambda i: int(i.dataset.get("InstanceNumber", 0) or 0))
+        return _stack_without_geometry(items)
+    if len(with_position) != len(items):
+        lacking = next(i.label for i in items if i not in with_position)
+        raise IrregularStack(f"{where}: {lacking} has no ImagePositionPatient/ImageOrientationPatient but others do")
+    planes = [_plane(item) for item in items]
+    thickness = first.get("SpacingBetweenSlices") or first.get("SliceThickness")
+    order, geometry = stack_planes(planes, f"series {first.SeriesInstanceUID}",
+                                   float(thickness) if thickness else None)
+    ordered = [items[i] for i in order]
+    frames = [stored_frames(item.dataset, item.label)[0] for item in ordered]
+    voxels = _to_volume_values(np.stack(frames), [item.dataset for item in ordered])
+    source = DicomSource(
+        datasets=tuple(_header(item.dataset) for item in ordered),
+        slice_uids=tuple(str(item.dataset.SOPInstanceUID) for item in ordered),
+    )
+    return Volume(voxels, geometry.spacing, "dicom", modality=_modality(first), geometry=geometry, dicom=source)
+
+
+def _stack_without_geometry(items: list[Labelled]) -> Volume:
+    frames = [stored_frames(item.dataset, item.label)[0] for item in items]
+    voxels = _to_volume_values(np.stack(frames), [item.dataset for item in items])
+    spacing = items[0].dataset.get("PixelSpacing")
+    row_col = (float(spacing[0]), float(spacing[1])) if spacing else (1.0, 1.0)
+    source = DicomSource(
+        datasets=tuple(_header(item.dataset) for item in items),
+        slice_uids=tuple(str(item.dataset.SOPInstanceUID) for item in items),
+    )
+    return Volume(voxels, (1.0, *row_col), "dicom", modality=_modality(items[0].dataset), dicom=source)
+
+
+def _from_multiframe(item: Labelled) -> Volume:
+    from medsam2.io.video import cine_volume
+
+    ds = item.dataset
+    planes = frame_planes(ds, item.label)
+    if planes is None:
+        volume = cine_volume(ds, item.label)
+        frames = number_of_frames(ds)
+        volume.dicom = DicomSource((_header(ds),), (str(ds.SOPInstanceUID),) * frames, tuple(range(1, frames + 1)))
+        return volume
+    check_decodable(ds, item.label)
+    order, geometry = stack_planes(planes, item.label, frame_thickness(ds))
+    frames = stored_frames(ds, item.label)
+    if not is_grey(ds):
+        raise IrregularStack(f"{item.label}: a {ds.get('PhotometricInterpretation')} stack; expected grey images")
+    slopes, intercepts = frame_rescale(ds)
+    voxels = rescale(frames[order], [slopes[i] for i in order], [intercepts[i] for i in order])
+    source = DicomSource((_header(ds),), (str(ds.SOPInstanceUID),) * len(order), tuple(i + 1 for i in order))
+    return Volume(voxels, geometry.spacing, "dicom", modality=_modality(ds), geometry=geometry, dicom=source)
+
+
+def _plane(item: Labelled) -> PlaneInfo:
+    ds = item.dataset
+    spacing = ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing") or [1.0, 1.0]
+    try:
+        return PlaneInfo(
+            item.label,
+            tuple(float(v) for v in ds.ImagePositionPatient),  # type: ignore[arg-type]
+            tuple(float(v) for v in ds.ImageOrientationPatient),
+            (float(spacing[0]), float(spacing[1])),
+            (int(ds.Rows), int(ds.Columns)),
+        )
+    except (TypeError, ValueError) as exc:
+        raise IrregularStack(f"{item.label}: unreadable plane geometry ({exc})") from exc
+
+
+def _to_volume_values(frames: np.ndarray, datasets: list[Dataset]) -> np.ndarray:
+    if frames.ndim == 4 or not all(is_grey(ds) for ds in datasets):
+        return to_grey_uint8(frames)  # colour slices: grey, as for video
+    slopes = [float(ds.get("RescaleSlope", 1) or 1) for ds in datasets]
+    intercepts = [float(ds.get("RescaleIntercept", 0) or 0) for ds in datasets]
+    return rescale(frames, slopes, intercepts)
+
+
+def _modality(ds: Dataset) -> str | None:
+    return str(ds.get("Modality", "")).upper() or None
+
+
+def _header(ds: Dataset) -> Dataset:
+    """A copy of ``ds`` without pixel data (read lazily, so it is never loaded here)."""
+    header = Dataset()
+    header.file_meta = getattr(ds, "file_meta", None) or FileMetaDataset()
+    for tag in ds.keys():  # noqa: SIM118 - iterating the dataset itself would load the deferred pixel data
+        if int(tag) not in _PIXEL_TAGS:
+            header.add(ds[tag])
+    return header

@@ -1,0 +1,1 @@
+"""PACS over DICOMweb: endpoints configured by name, series fetched as volumes, SEGs stored back."""

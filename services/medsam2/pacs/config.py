@@ -1,0 +1,152 @@
+"""PACS endpoints by name: a base DICOMweb URL, an optional bearer token, a timeout.
+
+Endpoints come from a JSON or TOML file and from the environment, which wins:
+
+    # pacs.toml (or the same shape in JSON)
+    [endpoints.hospital]
+    url = "https://pacs.example.org/dicom-web"
+    token_env = "HOSPITAL_PACS_TOKEN"   # bearer token; or token = "..." (keep secrets out of files)
+    timeout_s = 30
+
+    [endpoints.orthanc]                 # HTTP basic authentication instead of a token
+    url = "http://127.0.0.1:8042/dicom-web"
+    username = "medsam2"
+    password_env = "ORTHANC_PASSWORD"   # or password = "..."
+
+    MEDSAM2_PACS_CONFIG=/etc/medsam2/pacs.toml      the file
+    MEDSAM2_PACS_<NAME>_URL, _TOKEN, _USERNAME, _PASSWORD, _TIMEOUT_S   one endpoint, or override the file's
+
+The environment is passed in (``load_config(path, environ)``), never read at import.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from urllib.parse import urlsplit
+
+from medsam2.errors import ConfigError, NotFound
+
+CONFIG_ENV = "MEDSAM2_PACS_CONFIG"
+_ENV_ENDPOINT = re.compile(r"^MEDSAM2_PACS_([A-Z0-9_]+?)_(URL|TOKEN|USERNAME|PASSWORD|TIMEOUT_S)$")
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+_KEYS = frozenset({"url", "token", "token_env", "username", "password", "password_env", "timeout_s"})
+
+
+@dataclass(frozen=True, slots=True)
+class PacsEndpoint:
+    """One DICOMweb service: where it is and how to authenticate."""
+
+    name: str
+    url: str
+    token: str | None = field(default=None, repr=False)
+    timeout_s: float = 30.0
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if not _NAME.match(self.name):
+            raise ConfigError(f"PACS endpoint name {self.name!r} must be lower-case letters, digits, '-' or '_'")
+        parts = urlsplit(self.url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ConfigError(f"PACS endpoint {self.name}: url must be an http(s) URL with a host, got {self.url!r}")
+        if not self.timeout_s > 0:
+            raise ConfigError(f"PACS endpoint {self.name}: timeout_s must be positive, got {self.timeout_s}")
+        if self.token and self.username:
+            raise ConfigError(f"PACS endpoint {self.name}: give a token or a username/password, not both")
+        if (self.username is None) != (self.password is None):
+            raise ConfigError(f"PACS endpoint {self.name}: basic authentication needs both username and password")
+
+    def headers(self) -> dict[str, str]:
+        """HTTP headers for every request: the bearer token or basic credentials, if any."""
+        if self.token:
+            return {"Authorization": f"Bearer {self.token}"}
+        if self.username is not None and self.password is not None:
+            pair = base64.b64encode(f"{self.username}:{self.password}".encode()).decode("ascii")
+            return {"Authorization": f"Basic {pair}"}
+        return {}
+
+
+@dataclass(frozen=True, slots=True)
+class PacsConfig:
+    """All configured endpoints, by name."""
+
+    endpoints: Mapping[str, PacsEndpoint] = field(default_factory=dict)
+
+    def get(self, name: str) -> PacsEndpoint:
+        """The endpoint called ``name``, or ``NotFound`` listing the configured ones."""
+        try:
+            return self.endpoints[name]
+        except KeyError:
+            known = ", ".join(sorted(self.endpoints)) or "none"
+            raise NotFound(
+                f"unknown PACS endpoint {name!r}; configured: {known} (set {CONFIG_ENV} or MEDSAM2_PACS_<NAME>_URL)"
+            ) from None
+
+
+def load_config(path: Path | None = None, environ: Mapping[str, str] | None = None) -> PacsConfig:
+    """Endpoints from ``path`` (or ``$MEDSAM2_PACS_CONFIG``), then overridden by ``MEDSAM2_PACS_<NAME>_*``."""
+    environ = environ or {}
+    if path is None and environ.get(CONFIG_ENV):
+        path = Path(environ[CONFIG_ENV])
+    raw: dict[str, dict[str, object]] = {}
+    if path is not None:
+        raw = _read_file(Path(path))
+    for variable, value in environ.items():
+        match = _ENV_ENDPOINT.match(variable)
+        if match:
+            name, key = match.group(1).lower(), match.group(2).lower()
+            raw.setdefault(name, {})[key] = value
+    endpoints = {name: _endpoint(name, entry, environ, path) for name, entry in raw.items()}
+    return PacsConfig(MappingProxyType(endpoints))
+
+
+def _read_file(path: Path) -> dict[str, dict[str, object]]:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the PACS config {path}: {exc.strerror or exc}") from exc
+    try:
+        data = tomllib.loads(text) if path.suffix.lower() == ".toml" else json.loads(text)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
+        kind = "TOML" if path.suffix.lower() == ".toml" else "JSON"
+        raise ConfigError(f"the PACS config {path} is not valid {kind}: {exc}") from exc
+    endpoints = data.get("endpoints") if isinstance(data, dict) else None
+    if not isinstance(endpoints, dict) or not all(isinstance(v, dict) for v in endpoints.values()):
+        raise ConfigError(f"the PACS config {path} needs an 'endpoints' table of name -> {{url, ...}}")
+    return {str(name): dict(entry) for name, entry in endpoints.items()}
+
+
+def _endpoint(name: str, entry: Mapping[str, object], environ: Mapping[str, str], path: Path | None) -> PacsEndpoint:
+    where = f"PACS endpoint {name}" + (f" in {path}" if path else "")
+    unknown = set(entry) - _KEYS
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(_KEYS)}")
+    if "url" not in entry:
+        raise ConfigError(f"{where} has no url")
+    token = _secret(entry, "token", environ, where)
+    password = _secret(entry, "password", environ, where)
+    try:
+        timeout = float(entry.get("timeout_s", 30.0))  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: timeout_s must be a number, got {entry.get('timeout_s')!r}") from None
+    username = entry.get("username")
+    return PacsEndpoint(name=name, url=str(entry["url"]).rstrip("/"), token=token, timeout_s=timeout,
+                        username=str(username) if username is not None else None, password=password)
+
+
+def _secret(entry: Mapping[str, object], key: str, environ: Mapping[str, str], where: str) -> str | None:
+    """``key`` from the entry itself or from the variable its ``<key>_env`` names."""
+    value = entry.get(key)
+    if value is None and entry.get(f"{key}_env"):
+        variable = str(entry[f"{key}_env"])
+        if variable not in environ:
+            raise ConfigError(f"{where}: its {key}_env {variable} is not set")
+        value = environ[variable]
+    return str(value) if value not in (None, "") else None

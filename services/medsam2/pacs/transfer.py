@@ -1,0 +1,138 @@
+"""Series in from PACS (QIDO-RS, WADO-RS) and objects out to it (STOW-RS).
+
+``fetch_series`` is what a service session starts from and ``store_seg`` what
+it exports to: a SEG is validated completely, and its source series found on
+the PACS, before a single byte is sent, so nothing partial is ever stored.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from pydicom.dataset import Dataset
+
+from medsam2.errors import InvalidInput, NotFound
+from medsam2.io.dicom_seg import Algorithm, SegmentSpec, build_seg, validate_seg
+from medsam2.io.dicom_series import Labelled, volume_from_datasets
+from medsam2.io.dicom_source import DicomSource
+from medsam2.io.errors import InvalidSegmentation
+from medsam2.io.volumes import Volume
+from medsam2.pacs.client import connect, pacs_errors
+from medsam2.pacs.config import PacsEndpoint
+from medsam2.pacs.errors import PacsRejected
+
+log = logging.getLogger(__name__)
+
+EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
+_UNCOMPRESSED = (("application/dicom", EXPLICIT_VR_LITTLE_ENDIAN),)
+_AS_STORED = (("application/dicom", "*"),)
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesInfo:
+    """One series as QIDO-RS describes it."""
+
+    study_uid: str
+    series_uid: str
+    modality: str
+    description: str
+    instances: int | None
+
+
+def _value(item: dict, tag: str) -> str:
+    values = item.get(tag, {}).get("Value") or [""]
+    return str(values[0])
+
+
+def list_series(endpoint: PacsEndpoint, study_uid: str | None = None) -> list[SeriesInfo]:
+    """The series on ``endpoint`` (of one study when given), from QIDO-RS."""
+    client = connect(endpoint)
+    with pacs_errors(endpoint, "search for series"):
+        found = client.search_for_series(study_instance_uid=study_uid, get_remaining=True,
+                                         fields=["SeriesDescription", "NumberOfSeriesRelatedInstances"])
+    out = []
+    for item in found:
+        count = _value(item, "00201209")
+        out.append(SeriesInfo(_value(item, "0020000D"), _value(item, "0020000E"), _value(item, "00080060"),
+                              _value(item, "0008103E"), int(count) if count.isdigit() else None))
+    return out
+
+
+def fetch_instances(endpoint: PacsEndpoint, study_uid: str, series_uid: str) -> list[Dataset]:
+    """Every instance of a series over WADO-RS, uncompressed when the PACS can transcode."""
+    import requests
+
+    client = connect(endpoint)
+    with pacs_errors(endpoint, f"search for series {series_uid}"):
+        found = client.search_for_series(study_instance_uid=study_uid, search_filters={"SeriesInstanceUID": series_uid})
+    if not found:
+        raise NotFound(f"series {series_uid} of study {study_uid} is not on PACS {endpoint.name} ({endpoint.url})")
+    with pacs_errors(endpoint, f"retrieve series {series_uid}"):
+        try:
+            return client.retrieve_series(study_uid, series_uid, media_types=_UNCOMPRESSED)
+        except requests.HTTPError as exc:
+            # 406/400: the PACS cannot transcode; take the stored syntax and let the reader judge it.
+            if exc.response is None or exc.response.status_code not in (400, 406):
+                raise
+            log.info("%s cannot transcode series %s; retrieving it as stored", endpoint.name, series_uid)
+            return client.retrieve_series(study_uid, series_uid, media_types=_AS_STORED)
+
+
+def fetch_series(endpoint: PacsEndpoint, study_uid: str, series_uid: str) -> Volume:
+    """Fetch a series by its UIDs and read it as a volume (sorted, rescaled, with its geometry)."""
+    datasets = fetch_instances(endpoint, study_uid, series_uid)
+    items = [Labelled(f"instance {ds.get('SOPInstanceUID', i)}", ds) for i, ds in enumerate(datasets)]
+    return volume_from_datasets(items, f"series {series_uid} on PACS {endpoint.name}", series_uid)
+
+
+def store_instances(endpoint: PacsEndpoint, datasets: Sequence[Dataset]) -> list[str]:
+    """STOW-RS a set of instances of one study; returns the SOPInstanceUIDs the PACS accepted."""
+    if not datasets:
+        return []
+    studies = {str(ds.StudyInstanceUID) for ds in datasets}
+    if len(studies) != 1:
+        raise InvalidInput(f"one STOW-RS request stores one study; got {len(studies)}: {sorted(studies)}")
+    client = connect(endpoint)
+    with pacs_errors(endpoint, f"store {len(datasets)} instance(s)"):
+        response = client.store_instances(list(datasets), study_instance_uid=next(iter(studies)))
+    failed = response.get("FailedSOPSequence", [])
+    if failed:
+        reasons = "; ".join(f"{i.get('ReferencedSOPInstanceUID', '?')}: reason {i.get('FailureReason', '?')}"
+                            for i in failed)
+        raise PacsRejected(f"PACS {endpoint.name} refused {len(failed)} of {len(datasets)} instance(s): {reasons}")
+    return [str(i.ReferencedSOPInstanceUID) for i in response.get("ReferencedSOPSequence", [])]
+
+
+def store_seg(endpoint: PacsEndpoint, seg: Dataset, source: DicomSource | None = None) -> str:
+    """Validate a SEG, check its source series is on the PACS, then STOW-RS it; returns its SOPInstanceUID."""
+    validate_seg(seg, source)
+    series_uids = [str(s.SeriesInstanceUID) for s in seg.get("ReferencedSeriesSequence", [])]
+    client = connect(endpoint)
+    for series_uid in series_uids:
+        with pacs_errors(endpoint, f"search for the SEG's source series {series_uid}"):
+            found = client.search_for_series(study_instance_uid=str(seg.StudyInstanceUID),
+                                             search_filters={"SeriesInstanceUID": series_uid})
+        if not found:
+            raise InvalidSegmentation(
+                f"SEG {seg.SOPInstanceUID} references series {series_uid}, which PACS {endpoint.name} does not "
+                "hold; store the source series first"
+            )
+    stored = store_instances(endpoint, [seg])
+    if str(seg.SOPInstanceUID) not in stored:
+        raise PacsRejected(f"PACS {endpoint.name} did not confirm storing SEG {seg.SOPInstanceUID}")
+    return str(seg.SOPInstanceUID)
+
+
+def export_seg(
+    endpoint: PacsEndpoint,
+    masks: Mapping[int, np.ndarray],
+    like: Volume,
+    model_version: str,
+    segments: Sequence[SegmentSpec] | None = None,
+) -> str:
+    """Build a SEG of ``masks`` over ``like``'s source series and store it on ``endpoint``; returns its UID."""
+    seg = build_seg(masks, like, Algorithm(model_version), segments)
+    return store_seg(endpoint, seg, like.dicom)
