@@ -13,7 +13,7 @@ import pytest
 
 from medsam2 import graphs
 from medsam2.errors import ConfigError, OutputNotWritable
-from medsam2.graphs import GRAPHS, Stage
+from medsam2.graphs import ENSEMBLES, GRAPHS, TRACK_STEP, TRACK_STEP_WIRING, Stage
 from medsam2_export import model_repository as mr
 from medsam2_export.tensorrt_build import profile_shapes
 
@@ -190,17 +190,21 @@ def test_writes_configs_and_binaries(tmp_path: Path, backend: str, suffix: str, 
         files[stage].write_bytes(stage.value.encode())
     out = tmp_path / "repo"
     written = mr.write_model_repository(out, backend, files)
-    assert len(written) == 2 * len(Stage)
+    assert len(written) == 2 * len(GRAPHS) + len(ENSEMBLES)
     for stage in GRAPHS:
         assert (out / stage.value / "config.pbtxt").read_text() == mr.render_config(GRAPHS[stage], backend)
         assert (out / stage.value / "1" / model_name).read_bytes() == stage.value.encode()
         assert (out / stage.value / "config.pbtxt").stat().st_mode & 0o777 == 0o644
+    for stage, spec in ENSEMBLES.items():
+        assert (out / stage.value / "config.pbtxt").read_text() == mr.render_config(spec, backend)
+        # Triton loads no model without a version folder, an ensemble's stays empty.
+        assert (out / stage.value / "1").is_dir() and not any((out / stage.value / "1").iterdir())
     assert not list(out.rglob("*.tmp"))
 
 
 def test_configs_only_without_model_files(tmp_path: Path) -> None:
     written = mr.write_model_repository(tmp_path, "tensorrt")
-    assert written == [tmp_path / s.value / "config.pbtxt" for s in GRAPHS]
+    assert written == [tmp_path / s.value / "config.pbtxt" for s in (*GRAPHS, *ENSEMBLES)]
     assert not any(p.name == "1" for p in tmp_path.rglob("*"))
 
 
@@ -252,7 +256,7 @@ def test_missing_model_file_is_named_and_nothing_is_written(tmp_path: Path) -> N
     files = {stage: tmp_path / f"{stage.value}.onnx" for stage in GRAPHS}
     for path in list(files.values())[:-1]:
         path.write_bytes(b"onnx")
-    with pytest.raises(ConfigError, match=re.escape(str(files[Stage.MASK_DOWNSAMPLER]))):
+    with pytest.raises(ConfigError, match=re.escape(str(list(files.values())[-1]))):
         mr.write_model_repository(tmp_path / "out", "onnxruntime", files)
     assert not (tmp_path / "out").exists()
 
@@ -287,3 +291,81 @@ def test_modules_import_without_torch_onnx_or_tensorrt() -> None:
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "services"), str(REPO / "export")])}
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
+
+
+# ---------------------------------------------------------------------------------------------
+# The track_step ensemble
+
+
+def _map(entries: list[dict[str, Any]]) -> dict[str, str]:
+    return {_only(e, "key"): _only(e, "value") for e in entries}
+
+
+@pytest.mark.parametrize("backend", mr.BACKENDS)
+def test_track_step_ensemble_follows_the_wiring(backend: str) -> None:
+    cfg = _parse(mr.render_config(TRACK_STEP, backend))
+    assert _only(cfg, "name") == "track_step"
+    assert _only(cfg, "platform") == "ensemble"
+    assert _only(cfg, "max_batch_size") == 16
+    for entries, tensors in ((cfg["input"], TRACK_STEP.inputs), (cfg["output"], TRACK_STEP.outputs)):
+        assert [_only(e, "name") for e in entries] == [t.name for t in tensors]
+        for entry, tensor in zip(entries, tensors, strict=True):
+            assert _only(entry, "data_type") == TRITON_TYPES[tensor.dtype.__name__]
+            # No reshape: the steps declare per-item scalars as [1], and Triton compares the ensemble with them.
+            assert entry["dims"] == _expected_dims(tensor.shape) and "reshape" not in entry
+    steps = _only(cfg, "ensemble_scheduling")["step"]
+    assert len(steps) == len(TRACK_STEP_WIRING)
+    for step, (stage, inputs, outputs) in zip(steps, TRACK_STEP_WIRING, strict=True):
+        assert _only(step, "model_name") == stage.value
+        assert _only(step, "model_version") == -1
+        assert _map(step["input_map"]) == inputs
+        assert _map(step["output_map"]) == outputs
+    # Batching and placement belong to the steps; an ensemble has none of its own.
+    assert not {"dynamic_batching", "instance_group", "model_warmup"} & set(cfg)
+
+
+def test_track_step_config_is_the_same_for_every_backend() -> None:
+    assert len({mr.render_config(TRACK_STEP, b) for b in mr.BACKENDS}) == 1
+
+
+@pytest.mark.parametrize("backend", mr.BACKENDS)
+def test_ensemble_parses_as_triton_model_config(backend: str) -> None:
+    pb2 = _triton_model_config()
+    if pb2 is None:
+        pytest.skip("tritonclient[grpc] is not installed")
+    from google.protobuf import text_format
+
+    cfg = text_format.Parse(mr.render_config(TRACK_STEP, backend), pb2.ModelConfig())
+    assert cfg.platform == "ensemble"
+    assert [s.model_name for s in cfg.ensemble_scheduling.step] == [s.value for s, _, _ in TRACK_STEP_WIRING]
+    for step, (_, inputs, outputs) in zip(cfg.ensemble_scheduling.step, TRACK_STEP_WIRING, strict=True):
+        assert dict(step.input_map) == inputs and dict(step.output_map) == outputs
+
+
+def test_every_model_has_a_committed_config() -> None:
+    for backend in mr.BACKENDS:
+        names = {p.parent.name for p in (COMMITTED / backend).glob("*/config.pbtxt")}
+        assert names == {s.value for s in (*GRAPHS, *ENSEMBLES)}, backend
+
+
+def _rewired(stage: Stage, inputs: dict[str, str] | None = None, outputs: dict[str, str] | None = None):  # noqa: ANN202
+    return tuple(
+        (s, inputs if s is stage and inputs is not None else i, outputs if s is stage and outputs is not None else o)
+        for s, i, o in TRACK_STEP_WIRING
+    )
+
+
+@pytest.mark.parametrize(
+    ("wiring", "match"),
+    [
+        (TRACK_STEP_WIRING[1:], "pix_feat|feat_s2"),  # no encoder: its features come from nowhere
+        (_rewired(Stage.MASK_SELECT, {**TRACK_STEP_WIRING[3][1], "obj_ptrs": "obj_ptrs"}), "obj_ptrs"),  # [19,256]
+        (_rewired(Stage.SAM_HEADS, outputs={**TRACK_STEP_WIRING[2][2], "obj_ptrs": "obj_ptrs"}), "already exists"),
+        (_rewired(Stage.MEMORY_ENCODER, outputs={}), "maskmem_features"),
+        (_rewired(Stage.IMAGE_ENCODER, {"pixels": "image"}), "image_encoder"),
+        (TRACK_STEP_WIRING[:-1] + ((Stage.TRACK_STEP, {}, {}),), "not a stage graph"),
+    ],
+)
+def test_broken_wiring_is_a_config_error(wiring: Any, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        mr.check_wiring(TRACK_STEP, wiring)

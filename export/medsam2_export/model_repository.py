@@ -2,7 +2,9 @@
 
 The configs come from the contract in ``medsam2.graphs`` alone, so the copies
 committed under ``model_repository/`` can be regenerated (and checked for
-freshness) without torch, onnx or tritonclient.
+freshness) without torch, onnx or tritonclient.  Besides one model per stage
+graph, the repository holds the ensembles of ``graphs.ENSEMBLES`` (the
+``track_step``), wired as ``graphs.TRACK_STEP_WIRING`` says.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import numpy as np
 
 from medsam2 import graphs
 from medsam2.errors import ConfigError, OutputNotWritable
-from medsam2.graphs import GRAPHS, GraphSpec, Stage, TensorSpec
+from medsam2.graphs import ENSEMBLES, GRAPHS, GraphSpec, Stage, TensorSpec
 
 BACKENDS = ("onnxruntime", "tensorrt")
 """Backends a repository can be written for, in the order the committed copies are generated."""
@@ -41,6 +43,10 @@ _HEADER = (
     "# Regenerate with: PYTHONPATH=services:export python -m medsam2_export.model_repository\n"
 )
 _WARMUP_NAME = "zero_inputs"
+
+Wiring = tuple[tuple[Stage, Mapping[str, str], Mapping[str, str]], ...]
+ENSEMBLE_WIRING: dict[Stage, Wiring] = {Stage.TRACK_STEP: graphs.TRACK_STEP_WIRING}
+"""How each ensemble of ``graphs.ENSEMBLES`` is composed of stage graphs."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,13 +80,13 @@ def warmup_dims(tensor: TensorSpec) -> tuple[int, ...]:
     return tuple(graphs.NUM_MASKMEM if d < 0 else d for d in triton_dims(tensor))
 
 
-def _tensor_entry(tensor: TensorSpec) -> dict[str, Any]:
+def _tensor_entry(tensor: TensorSpec, reshape: bool = True) -> dict[str, Any]:
     entry: dict[str, Any] = {
         "name": tensor.name,
         "data_type": _triton_type(tensor),
         "dims": list(triton_dims(tensor)),
     }
-    if len(tensor.shape) == 1:
+    if reshape and len(tensor.shape) == 1:
         entry["reshape"] = {"shape": []}
     return entry
 
@@ -121,8 +127,87 @@ def config_fields(spec: GraphSpec, backend: str, options: RepositoryOptions = Re
 
 
 def render_config(spec: GraphSpec, backend: str, options: RepositoryOptions = RepositoryOptions()) -> str:
-    """The ``config.pbtxt`` text of one stage."""
-    return _HEADER + "\n".join(_render_fields(config_fields(spec, backend, options), 0)) + "\n"
+    """The ``config.pbtxt`` text of one stage graph or ensemble."""
+    if spec.stage in ENSEMBLES:
+        _check_backend(backend)
+        _check_options(options, backend)
+        return render_fields(ensemble_config_fields(spec, options))
+    return render_fields(config_fields(spec, backend, options))
+
+
+def render_fields(fields: Mapping[str, Any]) -> str:
+    """``config.pbtxt`` text, with the generated-file header, for fields as ``config_fields`` returns them."""
+    return _HEADER + "\n".join(_render_fields(fields, 0)) + "\n"
+
+
+def ensemble_config_fields(spec: GraphSpec, options: RepositoryOptions = RepositoryOptions()) -> dict[str, Any]:
+    """The ``ModelConfig`` of an ensemble of ``graphs.ENSEMBLES``; the same for every backend."""
+    wiring = ENSEMBLE_WIRING.get(spec.stage)
+    if wiring is None:
+        raise ConfigError(f"no wiring for ensemble {spec.stage.value}")
+    check_wiring(spec, wiring)
+    return {
+        "name": spec.stage.value,
+        "platform": "ensemble",
+        # Triton refuses an ensemble whose batch exceeds a step's; every step has options.max_batch_size.
+        "max_batch_size": options.max_batch_size,
+        # Per-item scalars stay [1] here, without the steps' reshape: Triton checks the ensemble's tensors against
+        # the steps' declared dims, and a reshaped [] would not match their [1].
+        "input": [_tensor_entry(t, reshape=False) for t in spec.inputs],
+        "output": [_tensor_entry(t, reshape=False) for t in spec.outputs],
+        "ensemble_scheduling": {
+            "step": [
+                {
+                    "model_name": stage.value,
+                    "model_version": -1,
+                    "input_map": [{"key": k, "value": v} for k, v in inputs.items()],
+                    "output_map": [{"key": k, "value": v} for k, v in outputs.items()],
+                }
+                for stage, inputs, outputs in wiring
+            ]
+        },
+    }
+
+
+def check_wiring(spec: GraphSpec, wiring: Wiring) -> None:
+    """Raise ``ConfigError`` unless ``wiring`` composes stage graphs into exactly ``spec``'s inputs and outputs."""
+    name = spec.stage.value
+    available = {t.name: t for t in spec.inputs}
+    consumed: set[str] = set()
+    for stage, inputs, outputs in wiring:
+        step = GRAPHS.get(stage)
+        if step is None:
+            raise ConfigError(f"{name}: step {stage.value} is not a stage graph")
+        if set(inputs) != {t.name for t in step.inputs} or set(outputs) - {t.name for t in step.outputs}:
+            raise ConfigError(f"{name}: step {stage.value} maps {sorted(inputs)} -> {sorted(outputs)}, "
+                              f"which does not match its graph's inputs and outputs")
+        for port, tensor in inputs.items():
+            if tensor not in available:
+                raise ConfigError(f"{name}: {stage.value}.{port} reads {tensor!r}, which no earlier step produces")
+            _check_same_tensor(name, available[tensor], step.input(port), f"{stage.value}.{port}")
+            consumed.add(tensor)
+        for port, tensor in outputs.items():
+            if tensor in available:
+                raise ConfigError(f"{name}: {stage.value}.{port} writes {tensor!r}, which already exists")
+            available[tensor] = step.output(port)
+    unused = [t.name for t in spec.inputs if t.name not in consumed]
+    if unused:
+        raise ConfigError(f"{name}: inputs {unused} are not read by any step")
+    for t in spec.outputs:
+        if t.name not in available:
+            raise ConfigError(f"{name}: output {t.name!r} is not produced by any step")
+        _check_same_tensor(name, available[t.name], t, f"output {t.name}")
+
+
+def _check_same_tensor(ensemble: str, have: TensorSpec, want: TensorSpec, where: str) -> None:
+    if np.dtype(have.dtype) != np.dtype(want.dtype) or have.shape != want.shape:
+        raise ConfigError(f"{ensemble}: {where} expects {np.dtype(want.dtype).name}{list(want.shape)}, "
+                          f"gets {have.name} {np.dtype(have.dtype).name}{list(have.shape)}")
+
+
+def repository_specs() -> dict[Stage, GraphSpec]:
+    """Every model of a repository: the stage graphs, then the ensembles built on them."""
+    return {**GRAPHS, **ENSEMBLES}
 
 
 def _render_fields(fields: Mapping[str, Any], depth: int) -> list[str]:
@@ -261,17 +346,29 @@ def write_model_repository(
     out_dir = Path(out_dir)
     check_output_dir(out_dir)
     # Render everything first so that a bad spec fails before any file is touched.
-    configs = {stage: render_config(spec, backend, options) for stage, spec in GRAPHS.items()}
+    configs = {stage: render_config(spec, backend, options) for stage, spec in repository_specs().items()}
     written: list[Path] = []
     for stage, text in configs.items():
         config_path = out_dir / stage.value / "config.pbtxt"
         write_atomic(config_path, text.encode("utf-8"))
         written.append(config_path)
-        if files is not None:
+        if files is None:
+            continue
+        if stage in ENSEMBLES:
+            make_version_dir(out_dir / stage.value)
+        else:
             model_path = out_dir / stage.value / "1" / _MODEL_FILE[backend]
             copy_atomic(files[stage], model_path)
             written.append(model_path)
     return written
+
+
+def make_version_dir(model_dir: Path) -> None:
+    """Create ``model_dir/1``: Triton loads no model, ensembles included, without a version folder."""
+    try:
+        (Path(model_dir) / "1").mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputNotWritable(f"cannot write {model_dir}/1: {e}") from e
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from medsam2.graphs import GRAPHS, Stage
+from medsam2.graphs import ENSEMBLES, GRAPHS, Stage
 
 
 @runtime_checkable
@@ -27,8 +27,8 @@ class StageBackend(Protocol):
 
 
 def check_inputs(stage: Stage, inputs: Mapping[str, np.ndarray]) -> None:
-    """Raise ``ValueError`` naming the first input that does not fit the contract."""
-    spec = GRAPHS[stage]
+    """Raise ``ValueError`` naming the first input that does not fit the contract (a stage graph's or an ensemble's)."""
+    spec = GRAPHS[stage] if stage in GRAPHS else ENSEMBLES[stage]
     missing = [t.name for t in spec.inputs if t.name not in inputs]
     if missing:
         raise ValueError(f"{stage.value}: missing inputs {missing}")

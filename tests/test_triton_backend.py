@@ -1,0 +1,134 @@
+"""The Triton backend against a real tritonserver: every graph and the track-step ensemble equal ONNX Runtime."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from triton_server import triton_repository, triton_server, triton_url  # noqa: F401 - session fixtures
+
+from medsam2.backends.onnxruntime_backend import OnnxRuntimeBackend
+from medsam2.engine.backend import StageBackend
+from medsam2.errors import BackendUnavailable, InvalidInput
+from medsam2.graphs import ENSEMBLES, GRAPHS, TRACK_STEP, TRACK_STEP_WIRING, Stage
+from medsam2_export.onnx_export import sample_inputs
+from medsam2_export.triton_cpu import free_port
+
+TOLERANCE = 1e-5
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def triton(triton_url: str):  # noqa: ANN201, F811 - a TritonBackend; tritonclient is imported lazily
+    from medsam2.backends.triton_backend import TritonBackend
+
+    backend = TritonBackend(triton_url)
+    yield backend
+    backend.close()
+
+
+@pytest.fixture(scope="module")
+def embedded(graphs: dict[str, Path]) -> OnnxRuntimeBackend:
+    return OnnxRuntimeBackend(graphs["present"])
+
+
+def _max_errors(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> dict[str, float]:
+    assert sorted(got) == sorted(want)
+    for name in want:
+        assert got[name].shape == want[name].shape, name
+        assert got[name].dtype == want[name].dtype, name
+    return {name: float(np.max(np.abs(got[name] - want[name]))) for name in want}
+
+
+def test_backend_protocol_and_readiness(triton) -> None:  # noqa: ANN001
+    assert isinstance(triton, StageBackend)
+    assert triton.name == "triton"
+    assert triton.fused_track_step is True
+    assert triton.is_ready()
+
+
+@pytest.mark.parametrize("stage", list(GRAPHS), ids=lambda s: s.value)
+def test_each_graph_matches_onnxruntime(triton, embedded: OnnxRuntimeBackend, stage: Stage) -> None:  # noqa: ANN001
+    inputs = sample_inputs(GRAPHS[stage], batch=2, seed=3)
+    got = triton.run(stage, inputs)
+    errors = _max_errors(got, embedded.run(stage, inputs))
+    assert max(errors.values()) <= TOLERANCE, errors
+    assert all(a.flags.writeable for a in got.values())  # like ONNX Runtime's, callers may update them in place
+
+
+def _composed_track_step(backend: OnnxRuntimeBackend, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The ensemble's wiring, run stage by stage in ONNX Runtime."""
+    tensors = dict(inputs)
+    for stage, input_map, output_map in TRACK_STEP_WIRING:
+        outputs = backend.run(stage, {port: tensors[name] for port, name in input_map.items()})
+        tensors |= {name: outputs[port] for port, name in output_map.items()}
+    return {t.name: tensors[t.name] for t in TRACK_STEP.outputs}
+
+
+def test_wiring_is_the_documented_stage_order() -> None:
+    # image_encoder -> memory_attention -> sam_heads -> mask_select -> memory_encoder, as the engine runs it.
+    assert [s for s, _, _ in TRACK_STEP_WIRING] == [
+        Stage.IMAGE_ENCODER, Stage.MEMORY_ATTENTION, Stage.SAM_HEADS, Stage.MASK_SELECT, Stage.MEMORY_ENCODER]
+
+
+def test_track_step_ensemble_matches_the_stage_by_stage_composition(
+    triton, embedded: OnnxRuntimeBackend  # noqa: ANN001
+) -> None:
+    inputs = sample_inputs(ENSEMBLES[Stage.TRACK_STEP], batch=2, seed=5)
+    inputs["no_memory"][:] = 0.0  # a tracked frame: attend to the memories
+    errors = _max_errors(triton.run(Stage.TRACK_STEP, inputs), _composed_track_step(embedded, inputs))
+    assert max(errors.values()) <= TOLERANCE, errors
+
+
+def test_memory_slot_axis_is_dynamic_through_triton(triton, embedded: OnnxRuntimeBackend) -> None:  # noqa: ANN001
+    inputs = sample_inputs(GRAPHS[Stage.MEMORY_ATTENTION], batch=1, slots=3, seed=8)
+    errors = _max_errors(triton.run(Stage.MEMORY_ATTENTION, inputs), embedded.run(Stage.MEMORY_ATTENTION, inputs))
+    assert max(errors.values()) <= TOLERANCE, errors
+
+
+def test_wrong_dtype_is_invalid_input_before_any_call(triton) -> None:  # noqa: ANN001
+    inputs = sample_inputs(GRAPHS[Stage.MASK_DOWNSAMPLER], batch=1)
+    inputs["mask"] = inputs["mask"].astype(np.float64)
+    with pytest.raises(InvalidInput, match="mask: expected dtype float32"):
+        triton.run(Stage.MASK_DOWNSAMPLER, inputs)
+
+
+def test_request_triton_refuses_is_invalid_input(triton) -> None:  # noqa: ANN001
+    inputs = sample_inputs(GRAPHS[Stage.MASK_SELECT], batch=17)  # above max_batch_size 16
+    with pytest.raises(InvalidInput, match="mask_select"):
+        triton.run(Stage.MASK_SELECT, inputs)
+    assert triton.is_ready()
+
+
+def test_unreachable_server_is_backend_unavailable_naming_url_and_model() -> None:
+    from medsam2.backends.triton_backend import TritonBackend
+
+    url = f"127.0.0.1:{free_port()}"
+    backend = TritonBackend(url, timeout_s=2, retries=2, backoff_s=0.05)
+    start = time.monotonic()
+    with pytest.raises(BackendUnavailable) as info:
+        backend.run(Stage.MASK_DOWNSAMPLER, sample_inputs(GRAPHS[Stage.MASK_DOWNSAMPLER], batch=1))
+    assert time.monotonic() - start < 5
+    assert url in str(info.value) and "mask_downsampler" in str(info.value)
+    assert not backend.is_ready()
+    backend.close()
+    with pytest.raises(BackendUnavailable, match="closed"):
+        backend.run(Stage.MASK_DOWNSAMPLER, sample_inputs(GRAPHS[Stage.MASK_DOWNSAMPLER], batch=1))
+
+
+def test_concurrent_requests_batched_by_triton_keep_their_own_results(
+    triton, embedded: OnnxRuntimeBackend  # noqa: ANN001
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    # Requests that reach the dynamic batcher together are run as one batch inside the Python model and split
+    # again; each caller must get exactly its own rows.
+    requests = [sample_inputs(GRAPHS[Stage.MEMORY_ENCODER], batch=1 + i % 2, seed=20 + i) for i in range(6)]
+    with ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(lambda x: triton.run(Stage.MEMORY_ENCODER, x), requests))
+    for inputs, got in zip(requests, results, strict=True):
+        errors = _max_errors(got, embedded.run(Stage.MEMORY_ENCODER, inputs))
+        assert max(errors.values()) <= TOLERANCE, errors
