@@ -34,3 +34,7 @@ def graphs(checkpoints: dict[str, Path], tmp_path_factory: pytest.TempPathFactor
         export_all(load_model(ckpt), folder)
         out[objects] = folder
     return out
+
+
+# A real Triton (CPU, Python backend running the same ONNX files), shared by the whole session.
+from triton_server import triton_repository, triton_server, triton_url  # noqa: E402,F401

@@ -33,6 +33,7 @@ class MaskSelectGraph(nn.Module):
         chosen = torch.gather(low_res_masks, 1, best.view(-1, 1, 1, 1).expand(-1, 1, size, size))
         present = object_score_logits.view(-1, 1, 1, 1) > 0
         chosen = torch.where(present, chosen, torch.full_like(chosen, NO_OBJECT_SCORE))
-        ptr = torch.gather(obj_ptrs, 1, best.view(-1, 1, 1).expand(-1, 1, obj_ptrs.shape[-1])).squeeze(1)
+        # Indexing, not squeeze: squeezing a traced dynamic axis exports as an If node.
+        ptr = torch.gather(obj_ptrs, 1, best.view(-1, 1, 1).expand(-1, 1, obj_ptrs.shape[-1]))[:, 0]
         mask_logits = F.interpolate(chosen, size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear", align_corners=False)
         return chosen, ptr, mask_logits, torch.zeros_like(iou_scores[:, 0])
