@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from medsam2.backends.onnxruntime_backend import make_session
 from medsam2.engine.mask_choice import choose_mask, use_multimask
 from medsam2.engine.resize import resize_bilinear
 from medsam2.engine.memory_bank import FrameMemory, batch_memory, empty_memory, gather_memory
@@ -75,14 +76,8 @@ class VerifyReport:
 
 
 def ort_session(path: Path, threads: int | None = None):  # noqa: ANN201 - onnxruntime is optional at import
-    """An ONNX Runtime CPU session for one graph."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    if threads:
-        opts.intra_op_num_threads = threads
-    opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    """An ONNX Runtime CPU session for one graph (on the process's shared pool, as the backend's)."""
+    return make_session(path, threads or 0)
 
 
 def verify(checkpoint: Path, onnx_dir: Path | None = None, seed: int = 0, threads: int | None = None) -> VerifyReport:

@@ -56,6 +56,23 @@ def locate_graph(folder: Path, stage: Stage) -> Path:
     )
 
 
+def make_session(path: Path, threads: int = 0):  # noqa: ANN201 - onnxruntime.InferenceSession
+    """An ONNX Runtime CPU session on the process's shared thread pool (or, failing that, a non-spinning own one)."""
+    import onnxruntime
+
+    opts = onnxruntime.SessionOptions()
+    if _shared_thread_pool(onnxruntime, threads):
+        opts.use_per_session_threads = False
+    else:
+        # Separate pools must not spin, or they starve each other on a small machine.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        if threads:
+            opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    return onnxruntime.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+
+
 class OnnxRuntimeBackend:
     """Runs each stage graph with an ONNX Runtime CPU session, created on first use."""
 
@@ -63,14 +80,12 @@ class OnnxRuntimeBackend:
 
     def __init__(self, graphs_dir: Path, threads: int = 0) -> None:
         try:
-            import onnxruntime
+            import onnxruntime  # noqa: F401 - a clear error here beats one at the first call
         except ImportError as exc:  # pragma: no cover - onnxruntime is a base dependency
             raise BackendUnavailable("onnxruntime is not installed") from exc
-        self._ort = onnxruntime
         self._graphs_dir = Path(graphs_dir)
         locate_graph(self._graphs_dir, Stage.IMAGE_ENCODER)  # fail early on a wrong folder
         self._threads = threads
-        self._shared_pool = _shared_thread_pool(onnxruntime, threads)
         self._sessions: dict[Stage, object] = {}
         self._session_lock = threading.Lock()
 
@@ -89,18 +104,7 @@ class OnnxRuntimeBackend:
             return self._sessions.get(stage) or self._create_session(stage)
 
     def _create_session(self, stage: Stage):  # noqa: ANN202 - onnxruntime.InferenceSession
-        opts = self._ort.SessionOptions()
-        if self._shared_pool:
-            opts.use_per_session_threads = False
-        else:
-            # Separate pools must not spin, or they starve each other on a small machine.
-            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            if self._threads:
-                opts.intra_op_num_threads = self._threads
-            opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3
-        session = self._ort.InferenceSession(str(locate_graph(self._graphs_dir, stage)), sess_options=opts,
-                                             providers=["CPUExecutionProvider"])
+        session = make_session(locate_graph(self._graphs_dir, stage), self._threads)
         self._sessions[stage] = session
         return session
 
