@@ -68,32 +68,47 @@ def _time_reference(checkpoint: Path, frames: np.ndarray, prompt: ObjectPrompt, 
     return time.perf_counter() - started, count
 
 
-def run_bench(checkpoint: Path, graphs: Path, backends: list[str], slices: int = 16, size: int = 256,
-              threads: int | None = None, reference_device: str = "cpu") -> dict:
-    """Run every backend and the reference on one volume; ratios are backend time / reference time."""
+def run_bench(checkpoint: Path, graphs: Path, backends: list[str], slices: int = 40, size: int = 512,
+              threads: int | None = None, reference_device: str = "cpu", rounds: int = 2) -> dict:
+    """Run the reference and every backend in alternating rounds on one volume; ratios are per round, then median.
+
+    This machine's speed drifts by tens of percent over minutes, so each ratio compares
+    runs made back to back, and the report gives every round.
+    """
     if threads:
         torch.set_num_threads(threads)
     frames, boxes = synthetic_volume(seed=1, slices=slices, height=size, width=size)
     prompt = ObjectPrompt(1, slices // 2, box=boxes[0])
-    ref_seconds, ref_count = _time_reference(checkpoint, frames, prompt, reference_device)
-    reference = ref_seconds / ref_count
+    made = {name: _make_backend(name, checkpoint, graphs, threads) for name in backends}
+    per_round: list[dict] = []
+    trackers: dict[str, Tracker] = {}
+    for _ in range(rounds):
+        ref_seconds, ref_count = _time_reference(checkpoint, frames, prompt, reference_device)
+        row = {"reference_s_per_slice": ref_seconds / ref_count, "backends": {}}
+        for name, backend in made.items():
+            seconds, count, trackers[name] = _time_ours(backend, frames, prompt)
+            row["backends"][backend.name] = seconds / count
+        per_round.append(row)
+    reference = float(np.median([r["reference_s_per_slice"] for r in per_round]))
     report: dict = {
         "volume": {"slices": slices, "rows": size, "columns": size, "objects": 1, "protocol": "medsam2-3d"},
         "threads": threads or torch.get_num_threads(),
         "reference_device": reference_device,
+        "rounds": rounds,
         "reference_s_per_slice": reference,
         "backends": {},
+        "per_round": per_round,
     }
-    for name in backends:
-        backend = _make_backend(name, checkpoint, graphs, threads)
-        seconds, count, tracker = _time_ours(backend, frames, prompt)
-        per_slice = seconds / count
+    for name, backend in made.items():
+        times = [r["backends"][backend.name] for r in per_round]
+        ratios = [r["backends"][backend.name] / r["reference_s_per_slice"] for r in per_round]
+        tracker = trackers[name]
         report["backends"][backend.name] = {
-            "s_per_slice": per_slice,
-            "ratio_vs_reference": per_slice / reference,
-            "slices_timed": count,
+            "s_per_slice": float(np.median(times)),
+            "ratio_vs_reference": float(np.median(ratios)),
+            "ratios_per_round": ratios,
             "features_encoded": tracker.features.encoded,
-                "feature_bytes_per_slice": tracker.features.nbytes // max(1, len(tracker.features)),
+            "feature_bytes_per_slice": tracker.features.nbytes // max(1, len(tracker.features)),
         }
         backend.close()
     report["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from medsam2.engine.backend import StageBackend
+from medsam2.errors import InvalidInput
 from medsam2.engine.prompts import Box
 from medsam2.engine.resize import resize_bilinear
 from medsam2.engine.tracker import Direction, FrameResult, Tracker, TrackerOptions
@@ -121,6 +122,8 @@ PARITY_OPTIONS = TrackerOptions(fill_hole_area=0)
 def run_parity(backend: StageBackend, checkpoint: Path, seed: int = 0, slices: int = 16,
                scenarios: tuple[str, ...] = ("medsam2-3d", "in-state")) -> ParityReport:
     """Run the scenarios on a seeded volume and report the worst differences."""
+    if slices < 4:
+        raise InvalidInput(f"parity needs at least 4 slices, got {slices}")
     frames, boxes = synthetic_volume(seed, slices)
     key = slices // 2
     report = ParityReport()
@@ -136,7 +139,7 @@ def run_parity(backend: StageBackend, checkpoint: Path, seed: int = 0, slices: i
         for obj_id, box in enumerate(boxes, start=1):
             pair.prompt("in-state/box", obj_id, key, box=box)
         pair.propagate("in-state/forward", key, False)
-        fix = key + 3
+        fix = key + max(1, min(3, slices - key - 2))  # a tracked slice with at least one after it
         cx, cy = (boxes[0].x0 + boxes[0].x1) / 2, (boxes[0].y0 + boxes[0].y1) / 2
         pair.prompt("in-state/correction", 1, fix, points=np.array([[cx, cy]], np.float32),
                     labels=np.array([0], np.int32), clear_old=False)

@@ -45,7 +45,7 @@ POINT_LABEL_POSITIVE = 1
 POINT_LABEL_BOX_TOP_LEFT = 2
 POINT_LABEL_BOX_BOTTOM_RIGHT = 3
 
-GRAPHS_REVISION = 3
+GRAPHS_REVISION = 4
 """Bumped whenever the exported graphs change numerically or structurally, so cached exports are redone."""
 
 BATCH = -1

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
+from sam2.modeling.backbones.hieradet import do_pool
+from sam2.modeling.backbones.utils import window_partition, window_unpartition
 from torch import Tensor, nn
 
 from medsam2.graphs import IMAGE_SIZE
 
 PATCH_STRIDE = 4
+# Hiera pads windows with zero tokens; their qkv is just the bias, so the projection runs on
+# real tokens only and the padding gets the bias afterwards. Exact, and about a tenth less work.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -45,8 +50,44 @@ class ImageEncoderGraph(nn.Module):
         x = trunk.patch_embed(x) + self.trunk_pos_embed
         levels = []
         for i, block in enumerate(trunk.blocks):
-            x = block(x)
+            x = _block(block, x)
             if i == trunk.stage_ends[-1] or (i in trunk.stage_ends and trunk.return_interm_layers):
                 levels.append(x.permute(0, 3, 1, 2))
         features, _ = encoder.neck(levels)
         return features[: len(features) - encoder.scalp] if encoder.scalp > 0 else features
+
+
+def _block(block: nn.Module, x: Tensor) -> Tensor:
+    """sam2's ``MultiScaleBlock.forward`` (eval), with the qkv projection before window padding."""
+    shortcut = x
+    x = block.norm1(x)
+    if block.dim != block.dim_out:
+        shortcut = do_pool(block.proj(x), block.pool)
+    height, width = x.shape[1], x.shape[2]
+    qkv = F.linear(x, block.attn.qkv.weight)
+    window_size = block.window_size
+    if window_size > 0:
+        qkv, pad_hw = window_partition(qkv, window_size)
+    x = _attention(block.attn, qkv + block.attn.qkv.bias)
+    if block.q_stride:
+        window_size = block.window_size // block.q_stride[0]
+        height, width = shortcut.shape[1:3]
+        pad_h = (window_size - height % window_size) % window_size
+        pad_w = (window_size - width % window_size) % window_size
+        pad_hw = (height + pad_h, width + pad_w)
+    if block.window_size > 0:
+        x = window_unpartition(x, window_size, pad_hw, (height, width))
+    x = shortcut + x
+    return x + block.mlp(block.norm2(x))
+
+
+def _attention(attn: nn.Module, qkv: Tensor) -> Tensor:
+    """sam2's ``MultiScaleAttention.forward`` from an already projected qkv [B, H, W, 3 * dim_out]."""
+    batch, height, width, _ = qkv.shape
+    q, k, v = torch.unbind(qkv.reshape(batch, height * width, 3, attn.num_heads, -1), 2)
+    if attn.q_pool:
+        q = do_pool(q.reshape(batch, height, width, -1), attn.q_pool)
+        height, width = q.shape[1:3]
+        q = q.reshape(batch, height * width, attn.num_heads, -1)
+    x = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+    return attn.proj(x.transpose(1, 2).reshape(batch, height, width, -1))

@@ -31,6 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     ben.add_argument("--backends", default="onnxruntime,torch-cpu-fp32",
                      help="comma list of onnxruntime, torch-cpu-fp32, torch-cuda-fp32, torch-cuda-bf16")
     ben.add_argument("--reference-device", default="cpu", help="device of the sam2 reference [cpu]")
+    ben.add_argument("--rounds", type=int, default=2, help="alternating rounds of reference and backends [2]")
     ben.add_argument("--json", action="store_true", help="print the report as JSON")
     ben.set_defaults(run=run_bench)
 
@@ -62,6 +63,7 @@ def run_bench(args: argparse.Namespace, settings: Settings) -> int:
     report = bench.run_bench(
         args.checkpoint, graphs, backends=[b.strip() for b in args.backends.split(",") if b.strip()],
         slices=args.slices, size=args.size, threads=settings.threads or None, reference_device=args.reference_device,
+        rounds=args.rounds,
     )
     if args.json:
         print(json.dumps(report, indent=2))
