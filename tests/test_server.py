@@ -118,6 +118,8 @@ def test_bad_requests_get_clear_statuses(client: Client, study) -> None:
          "limit"),
         (pb.StudyHeader(shape=[1, 2, 2], dtype=pb.DATA_TYPE_FLOAT32), [np.array([1, np.nan, 2, 3], "<f4").tobytes()],
          grpc.StatusCode.INVALID_ARGUMENT, "NaN"),
+        (pb.StudyHeader(pacs=pb.PacsReference(endpoint="hospital", study_uid="1.2", series_uid="1.2.3")), [],
+         grpc.StatusCode.FAILED_PRECONDITION, "no PACS endpoint"),
     ],
 )
 def test_bad_uploads(client: Client, header, chunks, status, message) -> None:  # noqa: ANN001

@@ -72,6 +72,22 @@ def make_backend(settings: ServerSettings, threads: int) -> StageBackend:
     return OnnxRuntimeBackend(settings.model_repository, threads=threads)
 
 
+def pacs_fetcher():  # noqa: ANN201 - a StudyFetcher or None
+    """Fetch studies named in CreateSession from the PACS endpoints configured in the environment, if any."""
+    from medsam2.pacs.config import load_config
+    from medsam2.pacs.transfer import fetch_series
+
+    config = load_config()
+    if not config.endpoints:
+        return None
+
+    def fetch(reference: pb.PacsReference):  # noqa: ANN202
+        volume = fetch_series(config.get(reference.endpoint), reference.study_uid, reference.series_uid)
+        return volume.voxels, volume.spacing
+
+    return fetch
+
+
 @dataclass
 class RunningServer:
     """A started server and what it needs to stop cleanly."""
@@ -106,7 +122,8 @@ def start_server(settings: ServerSettings, backend: StageBackend, metrics_server
         options=[("grpc.max_receive_message_length", settings.max_message_bytes),
                  ("grpc.max_send_message_length", settings.max_message_bytes)],
     )
-    pb_grpc.add_SegmentationServiceServicer_to_server(SegmentationServicer(registry, instrumented, options), server)
+    servicer = SegmentationServicer(registry, instrumented, options, fetch_study=pacs_fetcher())
+    pb_grpc.add_SegmentationServiceServicer_to_server(servicer, server)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
