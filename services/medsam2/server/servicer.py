@@ -161,6 +161,8 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
         origin = start if start is not None else min(t for o in tracker.objects.values() for t in (*o.cond, *o.pending_cond))
         passes = [False, True] if direction is Direction.BOTH else [direction is Direction.BACKWARD]
         first, last = slice_range if slice_range is not None else (0, tracker.num_frames - 1)
+        if not first <= origin <= last:
+            raise InvalidInput(f"start slice {origin} is outside the slice range {first},{last}")
         total = 0
         for reverse in passes:
             total += (origin - first + 1 if origin > 0 else 0) if reverse else (last - origin + 1)
