@@ -17,7 +17,7 @@ from medsam2.api.client import Client, slice_masks
 from medsam2.api.pb.medsam2.v1 import segmentation_pb2 as pb
 from medsam2.backends.onnxruntime_backend import OnnxRuntimeBackend
 from medsam2.engine.protocols import ObjectPrompt, segment_volume
-from medsam2.engine.tracker import Tracker, TrackerOptions
+from medsam2.engine.tracker import Direction, Tracker, TrackerOptions
 from medsam2.server.app import start_server
 from medsam2.server.config import ServerSettings
 from medsam2_export.parity import synthetic_volume
@@ -247,3 +247,30 @@ def test_shutdown_drains_a_stream_in_flight(graphs, study) -> None:  # noqa: ANN
     stopper.join(60)
     assert first.total == 1 + len(rest) == SLICES
     c.close()
+
+
+def test_in_state_protocol_with_a_correction(client: Client, study, graphs) -> None:  # noqa: ANN001
+    frames, boxes = study
+    box = boxes[0]
+    sid = client.create_session(frames, preset="none").session_id
+    client.add_box(sid, 1, 1, (box.x0, box.y0, box.x1, box.y1))
+    forward = list(client.propagate(sid, protocol=pb.PROTOCOL_IN_STATE, direction=pb.DIRECTION_FORWARD,
+                                    start_slice=1))
+    assert [r.slice for r in forward] == [1, 2, 3, 4, 5]
+    click = pb.Point(x=(box.x0 + box.x1) / 2, y=(box.y0 + box.y1) / 2, positive=False)
+    client.stub.AddPrompt(pb.AddPromptRequest(session_id=sid, object_id=1, slice=3, points=[click]))
+    resumed = list(client.propagate(sid, protocol=pb.PROTOCOL_IN_STATE, direction=pb.DIRECTION_FORWARD,
+                                    start_slice=4))
+    assert [r.slice for r in resumed] == [4, 5]
+    code, details = _code(lambda: client.propagate(sid, protocol=pb.PROTOCOL_IN_STATE, start_slice=0,
+                                                   first_slice=2, last_slice=5))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "outside the slice range" in details
+    client.close_session(sid)
+
+    tracker = Tracker(OnnxRuntimeBackend(graphs["present"], threads=2), frames, TrackerOptions())
+    tracker.add_prompt(1, 1, box=box)
+    list(tracker.propagate(Direction.FORWARD, start=1))
+    tracker.add_prompt(1, 3, points=np.array([[click.x, click.y]]), labels=np.array([0]))
+    direct = list(tracker.propagate(Direction.FORWARD, start=4))
+    for got, want in zip(resumed, direct):
+        assert np.array_equal(slice_masks(got)[1], want.masks(ROWS, COLS)[0])
