@@ -22,6 +22,7 @@ import torch
 from medsam2.backends.onnxruntime_backend import make_session
 from medsam2.engine.mask_choice import choose_mask, use_multimask
 from medsam2.engine.resize import resize_bilinear
+from medsam2.engine.prompts import ModelPoints, prompt_inputs
 from medsam2.engine.memory_bank import FrameMemory, batch_memory, empty_memory, gather_memory
 from medsam2.graphs import (
     GRAPHS,
@@ -29,10 +30,7 @@ from medsam2.graphs import (
     HIDDEN_DIM,
     IMAGE_SIZE,
     LOW_RES,
-    MAX_POINTS,
     MEM_DIM,
-    POINT_LABEL_PAD,
-    POINT_LABEL_UNUSED,
     Stage,
 )
 from medsam2_export.model import OBJECT_SCORE_BIAS_KEY, load_model
@@ -334,18 +332,6 @@ class _Checker:
 
 
 def sam_heads_prompt_inputs(points: tuple[np.ndarray, np.ndarray] | None, mask: np.ndarray | None) -> dict[str, np.ndarray]:
-    """Pack one object's prompt into the SAM heads' fixed slots, as the engine does."""
-    coords = np.zeros((1, MAX_POINTS, 2), np.float32)
-    labels = np.full((1, MAX_POINTS), POINT_LABEL_UNUSED, np.int32)
-    if points is None:
-        labels[0, 0] = POINT_LABEL_PAD  # sam2 pads a prompt-less call with one "not a point"
-    else:
-        n = points[1].shape[1]
-        coords[0, :n], labels[0, :n] = points[0][0], points[1][0]
-    has_mask = mask is not None
-    return {
-        "point_coords": coords,
-        "point_labels": labels,
-        "mask_input": mask if has_mask else np.zeros((1, 1, LOW_RES, LOW_RES), np.float32),
-        "has_mask_input": np.array([1.0 if has_mask else 0.0], np.float32),
-    }
+    """One object's prompt packed by the engine's own ``prompt_inputs`` (points [1, N, 2]/[1, N], mask [1, 1, H, W])."""
+    prompt = None if points is None else ModelPoints(points[0][0], points[1][0])
+    return prompt_inputs([prompt], [None if mask is None else mask[0, 0]])

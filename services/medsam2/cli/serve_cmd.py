@@ -7,7 +7,6 @@ import logging
 import time
 from pathlib import Path
 
-import numpy as np
 
 from medsam2.errors import BackendUnavailable, InvalidInput, NotFound
 from medsam2.server.config import ServerSettings

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -9,11 +10,14 @@ import numpy as np
 from medsam2.errors import InvalidPrompt
 from medsam2.graphs import (
     IMAGE_SIZE,
+    LOW_RES,
     MAX_POINTS,
     POINT_LABEL_BOX_BOTTOM_RIGHT,
     POINT_LABEL_BOX_TOP_LEFT,
     POINT_LABEL_NEGATIVE,
+    POINT_LABEL_PAD,
     POINT_LABEL_POSITIVE,
+    POINT_LABEL_UNUSED,
 )
 
 
@@ -127,3 +131,22 @@ def check_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:
     if not binary.any():
         raise InvalidPrompt("mask is empty: a mask prompt needs at least one foreground pixel")
     return binary
+
+
+def prompt_inputs(prompts: Sequence[ModelPoints | None], masks: Sequence[np.ndarray | None]) -> dict[str, np.ndarray]:
+    """Pack one prompt (or none) and one low-res mask prompt (or none) per object into the SAM heads' slots."""
+    batch = len(prompts)
+    coords = np.zeros((batch, MAX_POINTS, 2), np.float32)
+    labels = np.full((batch, MAX_POINTS), POINT_LABEL_UNUSED, np.int32)
+    mask_input = np.zeros((batch, 1, LOW_RES, LOW_RES), np.float32)
+    has_mask = np.zeros(batch, np.float32)
+    for i, (prompt, mask) in enumerate(zip(prompts, masks)):
+        if prompt is None:
+            labels[i, 0] = POINT_LABEL_PAD  # sam2 feeds one "not a point" when there are no clicks
+        else:
+            coords[i, : prompt.count] = prompt.coords
+            labels[i, : prompt.count] = prompt.labels
+        if mask is not None:
+            mask_input[i, 0] = mask
+            has_mask[i] = 1.0
+    return {"point_coords": coords, "point_labels": labels, "mask_input": mask_input, "has_mask_input": has_mask}

@@ -27,10 +27,10 @@ from medsam2.engine.feature_cache import FeatureCache, FrameFeatures
 from medsam2.engine.holes import fill_holes
 from medsam2.engine.mask_choice import NO_OBJECT_SCORE, choose_mask, use_multimask
 from medsam2.engine.memory_bank import FrameMemory, batch_memory, empty_memory, gather_memory
-from medsam2.engine.prompts import Box, ModelPoints, check_frame, check_mask, to_model_points
+from medsam2.engine.prompts import Box, ModelPoints, check_frame, check_mask, prompt_inputs, to_model_points
 from medsam2.engine.resize import resize_antialiased, resize_bilinear, to_bfloat16_bits
 from medsam2.errors import InvalidInput, NotFound, PreconditionFailed
-from medsam2.graphs import IMAGE_SIZE, LOW_RES, MAX_POINTS, POINT_LABEL_PAD, POINT_LABEL_UNUSED, Stage
+from medsam2.graphs import IMAGE_SIZE, LOW_RES, MAX_POINTS, Stage
 
 MASK_PROMPT_SCALE, MASK_PROMPT_BIAS = 20.0, -10.0  # sam2 turns a binary mask into +-10 logits
 PREV_LOGITS_CLAMP = 32.0
@@ -309,7 +309,7 @@ class Tracker:
             "pix_feat": pix_feat,
             "feat_s0": _repeat(features.feat_s0, batch),
             "feat_s1": _repeat(features.feat_s1, batch),
-            **_prompt_inputs(prompts, prev_logits),
+            **prompt_inputs(prompts, prev_logits),
         })
         # All rows of a batch share the point count: propagation has none, a prompt is one object.
         num_points = 0 if prompts[0] is None else prompts[0].count
@@ -332,7 +332,7 @@ class Tracker:
         out = self.backend.run(Stage.TRACK_STEP, {
             "image": _repeat(self._inputs[frame: frame + 1], batch),
             **memory_inputs,
-            **_prompt_inputs([None] * batch, [None] * batch),
+            **prompt_inputs([None] * batch, [None] * batch),
         })
         memories = to_bfloat16_bits(out["maskmem_features"])
         stored = fill_holes(out["chosen_mask"], self.options.fill_hole_area)
@@ -350,7 +350,7 @@ class Tracker:
             "pix_feat": features.feat_s2,  # no memory conditioning on this path
             "feat_s0": features.feat_s0,
             "feat_s1": features.feat_s1,
-            **_prompt_inputs([None], [mask_input[0, 0]]),
+            **prompt_inputs([None], [mask_input[0, 0]]),
         })
         # The mask is non-empty (checked), so sam2 keeps the decoder's token-0 pointer and scores +10.
         low_res = fill_holes(low_res, self.options.fill_hole_area)
@@ -407,21 +407,3 @@ def _memories(store: dict[int, FrameOutput]) -> dict[int, FrameMemory]:
 
 def _repeat(x: np.ndarray, batch: int) -> np.ndarray:
     return x if batch == 1 else np.repeat(x, batch, axis=0)
-
-
-def _prompt_inputs(prompts: Sequence[ModelPoints | None], masks: Sequence[np.ndarray | None]) -> dict[str, np.ndarray]:
-    batch = len(prompts)
-    coords = np.zeros((batch, MAX_POINTS, 2), np.float32)
-    labels = np.full((batch, MAX_POINTS), POINT_LABEL_UNUSED, np.int32)
-    mask_input = np.zeros((batch, 1, LOW_RES, LOW_RES), np.float32)
-    has_mask = np.zeros(batch, np.float32)
-    for i, (prompt, mask) in enumerate(zip(prompts, masks)):
-        if prompt is None:
-            labels[i, 0] = POINT_LABEL_PAD  # sam2 feeds one "not a point" when there are no clicks
-        else:
-            coords[i, : prompt.count] = prompt.coords
-            labels[i, : prompt.count] = prompt.labels
-        if mask is not None:
-            mask_input[i, 0] = mask
-            has_mask[i] = 1.0
-    return {"point_coords": coords, "point_labels": labels, "mask_input": mask_input, "has_mask_input": has_mask}
