@@ -65,7 +65,7 @@ def make_backend(settings: ServerSettings, threads: int) -> StageBackend:
         from medsam2.backends.triton_backend import TritonBackend
 
         return TritonBackend(settings.triton_url)
-    if not str(settings.model_repository) or str(settings.model_repository) == ".":
+    if not _given(settings.model_repository):
         raise ConfigError("the embedded backend needs --model-repository (exported graphs); or set --triton-url")
     from medsam2.backends.onnxruntime_backend import OnnxRuntimeBackend
 
@@ -128,7 +128,7 @@ def start_server(settings: ServerSettings, backend: StageBackend, metrics_server
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     address = f"{settings.host}:{settings.port}"
-    port = server.add_secure_port(address, _credentials(settings)) if str(settings.tls_cert) not in ("", ".") \
+    port = server.add_secure_port(address, _credentials(settings)) if _given(settings.tls_cert) \
         else server.add_insecure_port(address)
     if metrics_server and settings.metrics_port:
         from prometheus_client import start_http_server
@@ -148,10 +148,15 @@ def _credentials(settings: ServerSettings) -> grpc.ServerCredentials:
     if not key.is_file() or not Path(settings.tls_cert).is_file():
         raise ConfigError(f"TLS needs both --tls-cert and --tls-key files (got {settings.tls_cert}, {settings.tls_key})")
     pair = [(key.read_bytes(), Path(settings.tls_cert).read_bytes())]
-    if str(settings.tls_client_ca) not in ("", "."):
+    if _given(settings.tls_client_ca):
         return grpc.ssl_server_credentials(pair, root_certificates=Path(settings.tls_client_ca).read_bytes(),
                                            require_client_auth=True)
     return grpc.ssl_server_credentials(pair)
+
+
+def _given(path: Path) -> bool:
+    # An unset path setting defaults to Path(""), which Python spells ".".
+    return str(path) not in ("", ".")
 
 
 def _set_health(servicer: health.HealthServicer, status: int) -> None:
