@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -10,16 +13,53 @@ TEST_SEED = 11
 """Seed of the tests' own checkpoints (the README's demo uses another)."""
 
 
+def _export_cache() -> Path | None:
+    """A folder that keeps checkpoints and graphs between runs (``MEDSAM2_TEST_CACHE``), keyed by the export code.
+
+    Unset (as in CI) every run builds its own. The key hashes every file of the export package and the graph
+    contract, so a change to either makes a new entry instead of reusing stale graphs.
+    """
+    root = os.environ.get("MEDSAM2_TEST_CACHE")
+    if not root:
+        return None
+    repo = Path(__file__).resolve().parent.parent
+    digest = hashlib.sha256(str(TEST_SEED).encode())
+    for path in sorted([*(repo / "export").rglob("*.py"), *(repo / "export").rglob("*.yaml"),
+                        repo / "services" / "medsam2" / "graphs.py"]):
+        digest.update(path.read_bytes())
+    return Path(root) / digest.hexdigest()[:16]
+
+
+def _cached(folder: Path, build) -> Path:
+    """Build ``folder`` once through a temporary sibling, so a crash never leaves a half-written entry."""
+    if not folder.exists():
+        tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        build(tmp)
+        try:
+            tmp.rename(folder)
+        except OSError:  # another run finished first
+            shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Random checkpoints with the object head biased present and absent."""
     from medsam2_export.model import write_random_checkpoint
 
-    folder = tmp_path_factory.mktemp("checkpoints")
-    return {
-        objects: write_random_checkpoint(TEST_SEED, folder / f"seed{TEST_SEED}-{objects}.pt", objects).path
-        for objects in ("present", "absent")
-    }
+    cache = _export_cache()
+    out = {}
+    for objects in ("present", "absent"):
+        name = f"seed{TEST_SEED}-{objects}.pt"
+        if cache is None:
+            out[objects] = write_random_checkpoint(TEST_SEED, tmp_path_factory.mktemp("checkpoints") / name, objects).path
+        else:
+            folder = _cached(cache / f"checkpoint-{objects}",
+                             lambda tmp, o=objects, n=name: write_random_checkpoint(TEST_SEED, tmp / n, o))
+            out[objects] = folder / name
+    return out
 
 
 @pytest.fixture(scope="session")
@@ -28,10 +68,14 @@ def graphs(checkpoints: dict[str, Path], tmp_path_factory: pytest.TempPathFactor
     from medsam2_export.model import load_model
     from medsam2_export.onnx_export import export_all
 
+    cache = _export_cache()
     out = {}
     for objects, ckpt in checkpoints.items():
-        folder = tmp_path_factory.mktemp(f"graphs-{objects}")
-        export_all(load_model(ckpt), folder)
+        if cache is None:
+            folder = tmp_path_factory.mktemp(f"graphs-{objects}")
+            export_all(load_model(ckpt), folder)
+        else:
+            folder = _cached(cache / f"graphs-{objects}", lambda tmp, c=ckpt: export_all(load_model(c), tmp))
         out[objects] = folder
     return out
 

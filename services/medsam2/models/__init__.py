@@ -1,0 +1,1 @@
+"""Model artefacts: published checkpoints, versions in a model repository, and their provenance."""
