@@ -2,8 +2,9 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 WORK ?= work
+LINTED := services export tests benchmarks scripts
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test test-fast lint clean
 
 setup:
 	@scripts/bootstrap.sh
@@ -12,9 +13,21 @@ setup:
 demo: setup
 	@scripts/demo.sh
 
+# Everything: set-up, the test services, lint and types, then both tiers (what .ci/run runs).
 test: setup
 	@scripts/test_deps.sh
+	@$(MAKE) --no-print-directory lint
 	@$(PY) -m pytest -q
+
+# The inner loop: the unit tier only (no torch, no servers); sets up only when there is no .venv yet.
+test-fast:
+	@[ -x $(PY) ] || scripts/bootstrap.sh
+	@$(PY) -m pytest -q tests/unit
+
+lint:
+	@$(VENV)/bin/ruff check $(LINTED)
+	@$(VENV)/bin/ruff format --check $(LINTED)
+	@$(VENV)/bin/mypy
 
 clean:
 	rm -rf $(WORK)
