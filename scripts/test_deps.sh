@@ -69,3 +69,24 @@ libpython="$("$TRITON_HOME/env/bin/python" -c 'import os, sysconfig as s; print(
 if [ -f "$libpython" ] && [ ! -e "$TRITON_HOME/env/lib/$(basename "$libpython")" ]; then
     ln -s "$libpython" "$TRITON_HOME/env/lib/"
 fi
+
+# --- Redis (the durable session store) ---------------------------------------------------
+# Debian's redis-server; the tests start their own instances on loopback (tests/redis_server.py) and stop them.
+# The package's own service must not start: the same policy-rc.d guard as for Orthanc.
+if ! command -v redis-server >/dev/null 2>&1; then
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "test_deps.sh: Redis tests need: apt-get install redis-server (as root)" >&2
+    else
+        export DEBIAN_FRONTEND=noninteractive
+        policy=/usr/sbin/policy-rc.d
+        own_policy=0
+        if [ ! -e "$policy" ]; then
+            printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod 755 "$policy" && own_policy=1
+        fi
+        apt-get update -qq
+        apt-get install -y -qq --no-install-recommends redis-server >/dev/null
+        if [ "$own_policy" = 1 ]; then rm -f "$policy"; fi
+        # Debian starts the service on install where no policy forbids it; the tests run their own.
+        if command -v service >/dev/null 2>&1; then service redis-server stop >/dev/null 2>&1 || true; fi
+    fi
+fi
