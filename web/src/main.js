@@ -182,6 +182,7 @@ async function propagate() {
   $("propagate").disabled = true;
   const progress = $("progress");
   progress.value = 0;
+  $("progress-label").textContent = "";
   const started = performance.now();
   // A correction resumes in the tracker's state from its slice; otherwise MedSAM2's 3D protocol from the box.
   const correcting = state.propagatedOnce && state.lastPrompt?.kind === "click";
