@@ -2,7 +2,7 @@
 
 One study, one session: sign in, open a NIfTI, drag a box on the key slice, propagate, check the overlay's pixels on
 the key slice and on a propagated slice, add a negative click and check the overlay changes, propagate again; then
-the bad inputs (a file that is not an image, a wrong token, the server gone mid-propagation) each show a message.
+a DICOM folder opens; the bad inputs (a file that is not an image, a wrong token, the server gone mid-propagation) each show a message.
 Screenshots go to artifacts/browser/ (gitignored). The page's strict CSP forbids eval, so every wait is a selector
 or a text match (Playwright's string predicates would be refused, which is part of what this checks).
 """
@@ -15,6 +15,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pydicom.data
 import pytest
 
 from browser_page import ARTIFACTS, CHROMIUM, REPO, Service, drag, go_to_slice, launch, overlay_pixels
@@ -26,6 +27,8 @@ pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debia
 TOKEN = "browser-test-token"
 SLICES, ROWS, COLS = 6, 72, 84
 KEY = SLICES // 2
+# A real 5-slice CT series (16 x 16) that ships with pydicom.
+CT5N = Path(pydicom.data.__file__).parent / "test_files" / "dicomdirtests" / "98892001" / "CT5N"
 
 
 @pytest.fixture(scope="module")
@@ -157,6 +160,15 @@ def test_bad_inputs_show_clear_messages(graphs, study, page, tmp_path: Path) -> 
         page.wait_for_selector("#status.error")
         assert "notes.nii is not a NIfTI image" in _status(page)
         (ARTIFACTS / "not-an-image.png").write_bytes(page.screenshot())
+
+        folder = tmp_path / "not-dicom"
+        folder.mkdir()
+        (folder / "readme.txt").write_text("no images here\n")
+        page.set_input_files("#dicom", str(folder))
+        page.locator("#status.error", has_text="no DICOM slices").wait_for()
+        page.set_input_files("#dicom", str(CT5N))
+        page.locator("#status", has_text="Opened a DICOM series of 5 files").wait_for(timeout=60_000)
+        assert page.get_attribute("#slice", "max") == "4"
 
         _open_and_box(page, study)
         page.click("#propagate")

@@ -220,3 +220,34 @@ def test_a_browser_leaving_mid_propagation_stops_it_and_frees_the_session(server
                                             "points": [{"x": box.x0 + 2, "y": box.y0 + 2, "positive": False}]})
     assert status == 200, "the session is not usable after the browser left"
     _post(server, "CloseSession", {"sessionId": sid})
+
+
+def test_any_grpc_service_becomes_routes_through_the_same_interceptors() -> None:
+    """Nothing in the gateway names an RPC: grpc.health.v1 served through it works the same way."""
+    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+    from medsam2.gateway.server import Gateway, GatewayOptions, start_gateway
+    from medsam2.server.app import BearerTokenInterceptor
+
+    servicer = health.HealthServicer()
+    servicer.set("scanner", health_pb2.HealthCheckResponse.SERVING)
+    gateway = Gateway([(health_pb2.DESCRIPTOR.services_by_name["Health"], health_pb2_grpc.add_HealthServicer_to_server,
+                        servicer)], [BearerTokenInterceptor("t0ken")], title="health", version="v1")
+    server = start_gateway(gateway, GatewayOptions(host="127.0.0.1", port=0, max_json_bytes=1 << 16,
+                                                   max_upload_bytes=1 << 16))
+    try:
+        class Running:
+            http_port = server.server_address[1]
+
+        assert _post(Running, "Check", {"service": "scanner"}, token="t0ken") == (200, {"status": "SERVING"})
+        status, body = _post(Running, "Check", {"service": "printer"}, token="t0ken")
+        assert (status, body["error"]["status"]) == (404, "NOT_FOUND")
+        # The interceptor's own rule holds here as on the gRPC port: health stays open for probes.
+        assert _post(Running, "Check", {"service": "scanner"}, token="wrong")[0] == 200
+        paths = json.loads(_call(Running, "GET", "/openapi.json")[2])["paths"]
+        assert {"/v1/Check", "/v1/Watch"} <= set(paths)
+        assert "text/event-stream" in paths["/v1/Watch"]["post"]["responses"]["200"]["content"]
+        assert _call(Running, "GET", "/")[0] in (200, 503)
+    finally:
+        server.shutdown()
+        server.server_close()
