@@ -51,7 +51,7 @@ def _page_run(context, service: Service, study: Path, box, key: int) -> float:  
         page.click("#propagate")
         page.wait_for_selector("body[data-propagation=done]", timeout=600_000)
         seconds = float(page.get_attribute("body", "data-propagation-seconds"))
-        page.evaluate("sid => fetch('/v1/CloseSession', {method: 'POST', headers: {Authorization: 'Bearer "
+        page.evaluate("sid => fetch('/v1/CloseSession', {method: 'POST', headers: {'Content-Type': 'application/json', Authorization: 'Bearer "
                       + TOKEN + "'}, body: JSON.stringify({sessionId: sid})})",
                       page.get_attribute("body", "data-session"))
         return seconds

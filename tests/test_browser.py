@@ -9,7 +9,6 @@ or a text match (Playwright's string predicates would be refused, which is part 
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -17,8 +16,8 @@ import nibabel as nib
 import numpy as np
 import pydicom.data
 import pytest
-
 from browser_page import ARTIFACTS, CHROMIUM, REPO, Service, drag, go_to_slice, launch, overlay_pixels
+
 from medsam2_export.parity import synthetic_volume
 
 playwright_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the dev extra)")

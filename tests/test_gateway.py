@@ -136,7 +136,7 @@ def test_upload_prompt_propagate_and_download_match_grpc(server, study) -> None:
     voxels = int((over_http == 1).sum())
     assert measured["objects"][0]["voxels"] == voxels
     assert measured["objects"][0]["volumeMl"] == pytest.approx(voxels * 2.0 * 0.5 * 0.5 / 1000)
-    _, nifti_headers, nifti = _call(server, "POST", "/v1/GetResult:download",
+    _, _, nifti = _call(server, "POST", "/v1/GetResult:download",
                                     json.dumps({"sessionId": sid, "format": "RESULT_FORMAT_NIFTI_GZ"}))
     assert nifti[:2] == b"\x1f\x8b"
     assert _post(server, "CloseSession", {"sessionId": sid}) == (200, {"closed": True})
@@ -147,7 +147,7 @@ def test_wrong_or_missing_token_is_refused_everywhere_but_the_page(server, study
         status, body = _post(server, "ListSessions", {}, token=token)
         assert (status, body["error"]["status"]) == (401, "UNAUTHENTICATED")
         assert "bearer token" in body["error"]["message"]
-        status, headers, data = _call(server, "POST", "/v1/Propagate", json.dumps({"sessionId": "x"}), token=token)
+        status, _, data = _call(server, "POST", "/v1/Propagate", json.dumps({"sessionId": "x"}), token=token)
         assert status == 401 and b"bearer token" in data
         status, body = _upload(server, study[0], token=token)
         assert status == 401
@@ -169,6 +169,13 @@ def test_bad_requests_get_http_statuses_and_messages(server, path, body, status,
     error = json.loads(data)["error"]
     assert (got, error["status"]) == (status, grpc_status)
     assert message in error["message"]
+
+
+def test_simple_cross_site_posts_are_refused(server) -> None:  # noqa: ANN001
+    # A form or text/plain POST needs no CORS preflight: another site could send it from a browser.
+    for kind in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"):
+        status, _, data = _call(server, "POST", "/v1/ListSessions", "{}", headers={"Content-Type": kind})
+        assert status == 415 and b"application/json" in data
 
 
 def test_bad_uploads_and_preconditions(server, study) -> None:  # noqa: ANN001

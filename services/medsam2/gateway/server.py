@@ -216,6 +216,14 @@ class _RequestHandler(BaseHTTPRequestHandler):
     # -- POST: the API ------------------------------------------------------------------
     def do_POST(self) -> None:  # noqa: N802 - the base class's name
         path = self.path.split("?", 1)[0]
+        kind = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+        if kind not in ("application/json", "application/octet-stream"):
+            # Browsers send the "simple" types (text/plain, forms) cross-origin without asking first; ours need
+            # a CORS preflight, which this origin never grants, so other sites cannot call the API from a browser.
+            self.close_connection = True
+            self._error(415, "INVALID_ARGUMENT", "send Content-Type: application/json (or application/octet-stream "
+                                                 "with X-Medsam2-Header for an upload)")
+            return
         if path == "/gateway/v1/Measurements":
             self._measurements()
             return
