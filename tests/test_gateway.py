@@ -258,3 +258,50 @@ def test_any_grpc_service_becomes_routes_through_the_same_interceptors() -> None
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.mark.skipif(__import__("shutil").which("openssl") is None, reason="openssl makes the test certificates")
+def test_the_gateway_speaks_mutual_tls_with_the_grpc_certificates(graphs, tmp_path: Path) -> None:  # noqa: ANN001
+    import ssl
+    import subprocess
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=ca", "-keyout", "ca.key",
+            "-out", "ca.pem")
+    (tmp_path / "server.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    for name in ("server", "reader"):
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}", "-keyout", f"{name}.key",
+                "-out", f"{name}.csr")
+        extra = ["-extfile", "server.ext"] if name == "server" else []
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+                "-days", "1", "-out", f"{name}.pem", *extra)
+    settings = ServerSettings(port=0, metrics_port=0, http_port=_free_port(), model_repository=graphs["present"],
+                              tls_cert=tmp_path / "server.pem", tls_key=tmp_path / "server.key",
+                              tls_client_ca=tmp_path / "ca.pem")
+    running = start_server(settings, OnnxRuntimeBackend(graphs["present"], threads=1))
+    try:
+        context = ssl.create_default_context(cafile=tmp_path / "ca.pem")
+        context.load_cert_chain(tmp_path / "reader.pem", tmp_path / "reader.key")
+        connection = http.client.HTTPSConnection("localhost", running.http_port, context=context, timeout=30)
+        connection.request("POST", "/v1/ListSessions", body="{}", headers={"Content-Type": "application/json"})
+        assert connection.getresponse().status == 200
+        connection.close()
+        anonymous = ssl.create_default_context(cafile=tmp_path / "ca.pem")
+        with pytest.raises((ssl.SSLError, ConnectionError, http.client.RemoteDisconnected)):
+            connection = http.client.HTTPSConnection("localhost", running.http_port, context=anonymous, timeout=30)
+            connection.request("POST", "/v1/ListSessions", body="{}", headers={"Content-Type": "application/json"})
+            connection.getresponse()
+        with pytest.raises((ConnectionError, http.client.RemoteDisconnected, http.client.BadStatusLine)):
+            plain = http.client.HTTPConnection("127.0.0.1", running.http_port, timeout=30)
+            plain.request("GET", "/openapi.json")
+            plain.getresponse()
+    finally:
+        running.stop(1)
+    # What the servicer sees of that client: grpc's auth_context keys, from the same certificate.
+    from medsam2.gateway.context import HttpCallContext
+
+    seen = HttpCallContext((), "ipv4:127.0.0.1:1", certificate=ssl._ssl._test_decode_cert(str(tmp_path / "reader.pem")))
+    assert seen.auth_context()["x509_common_name"] == [b"reader"]
+    assert seen.peer_identities() == [b"reader"] and seen.peer_identity_key() == "x509_common_name"

@@ -28,6 +28,18 @@ HTTP_STATUS: dict[grpc.StatusCode, int] = {
 }
 
 
+def _auth_context(certificate: dict | None) -> dict[str, list[bytes]]:
+    """The keys grpc's auth_context() gives for a verified client certificate, so principals match on both ports."""
+    if not certificate:
+        return {}
+    names = [value.encode() for rdn in certificate.get("subject", ()) for key, value in rdn if key == "commonName"]
+    alternative = [value.encode() for _, value in certificate.get("subjectAltName", ())]
+    auth = {"transport_security_type": [b"ssl"], "x509_common_name": names}
+    if alternative:
+        auth["x509_subject_alternative_name"] = alternative
+    return auth
+
+
 class Aborted(Exception):
     """Raised by ``abort``, as grpc does, to end the handler."""
 
@@ -35,9 +47,11 @@ class Aborted(Exception):
 class HttpCallContext(grpc.ServicerContext):
     """The part of a servicer context that handlers and interceptors use, for one HTTP request."""
 
-    def __init__(self, metadata: tuple[tuple[str, str], ...], peer: str) -> None:
+    def __init__(self, metadata: tuple[tuple[str, str], ...], peer: str, *, certificate: dict | None = None) -> None:
+        """``certificate``: the verified client certificate (``ssl.getpeercert()``) under mutual TLS."""
         self._metadata = metadata
         self._peer = peer
+        self._auth = _auth_context(certificate)
         self._code: grpc.StatusCode | None = None
         self._details = ""
         self._active = True
@@ -51,13 +65,17 @@ class HttpCallContext(grpc.ServicerContext):
         return self._peer
 
     def peer_identities(self):  # noqa: ANN201
-        return None
+        key = self.peer_identity_key()
+        return self._auth[key] if key else None
 
     def peer_identity_key(self):  # noqa: ANN201
+        for key in ("x509_subject_alternative_name", "x509_common_name"):
+            if self._auth.get(key):
+                return key
         return None
 
     def auth_context(self) -> dict:
-        return {}
+        return dict(self._auth)
 
     def is_active(self) -> bool:
         return self._active

@@ -110,11 +110,12 @@ def start_gateway(gateway: Gateway, options: GatewayOptions) -> ThreadingHTTPSer
     server = _Server((options.host, options.port), handler)
     if options.tls_cert is not None and options.tls_key is not None:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
         context.load_cert_chain(options.tls_cert, options.tls_key)
         if options.tls_client_ca is not None:
             context.load_verify_locations(options.tls_client_ca)
             context.verify_mode = ssl.CERT_REQUIRED
-        server.socket = context.wrap_socket(server.socket, server_side=True)
+        server.tls = context
     threading.Thread(target=server.serve_forever, name="medsam2-http", daemon=True).start()
     log.info("HTTP gateway and web viewer on %s:%d", options.host, server.server_address[1])
     return server
@@ -124,12 +125,25 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     # Requests in flight do not keep the process alive at shutdown; the registry closes their sessions.
     block_on_close = False
+    tls: ssl.SSLContext | None = None
+
+    def finish_request(self, request, client_address) -> None:  # noqa: ANN001
+        # The TLS handshake runs in the connection's own thread: a slow client never stalls accept().
+        if self.tls is not None:
+            request.settimeout(30)
+            try:
+                request = self.tls.wrap_socket(request, server_side=True)
+            except (ssl.SSLError, OSError) as exc:
+                log.info("TLS handshake with %s failed: %s", client_address[0], exc)
+                return
+        super().finish_request(request, client_address)
 
 
 class _RequestHandler(BaseHTTPRequestHandler):
     gateway: Gateway
     options: GatewayOptions
     protocol_version = "HTTP/1.1"
+    timeout = 120  # seconds a connection may sit idle (or a client may stall an upload)
     server_version = "medsam2-gateway"
     sys_version = ""
 
@@ -169,7 +183,8 @@ class _RequestHandler(BaseHTTPRequestHandler):
 
     def _context(self) -> HttpCallContext:
         host, port = self.client_address[:2]
-        return HttpCallContext(self._metadata(), f"ipv4:{host}:{port}")
+        certificate = self.connection.getpeercert() if isinstance(self.connection, ssl.SSLSocket) else None
+        return HttpCallContext(self._metadata(), f"ipv4:{host}:{port}", certificate=certificate or None)
 
     def _body(self, limit: int) -> bytes | None:
         length = self.headers.get("Content-Length")
