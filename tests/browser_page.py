@@ -78,12 +78,14 @@ def launch(playwright, user_data_dir: Path):  # noqa: ANN001, ANN201
         viewport={"width": 1100, "height": 720})
 
 
-def overlay_pixels(png: bytes) -> int:
-    """Pixels of a screenshot that show the red overlay of object 1 (the grey study has R == G == B)."""
+def overlay_pixels(png: bytes, colour: str = "red") -> int:
+    """Pixels of a screenshot tinted by an object's overlay: red (object 1) or green (object 2); the study is grey."""
     from PIL import Image
 
     rgb = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
-    return int(((rgb[..., 0] - rgb[..., 1] > 60) & (rgb[..., 0] - rgb[..., 2] > 60)).sum())
+    main = {"red": 0, "green": 1}[colour]
+    others = [c for c in range(3) if c != main]
+    return int(((rgb[..., main] - rgb[..., others[0]] > 60) & (rgb[..., main] - rgb[..., others[1]] > 60)).sum())
 
 
 def drag(page, start: tuple[float, float], end: tuple[float, float]) -> None:  # noqa: ANN001
