@@ -30,7 +30,7 @@ BOX="8,10,25,32"
     --out "$WORK/anatomical_seg.nii.gz"
 
 PORT="$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
-HTTP_PORT="${MEDSAM2_HTTP_PORT:-8080}"
+HTTP_PORT="${MEDSAM2_HTTP_PORT:-$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}"
 "$MEDSAM2" serve --model-repository "$WORK/model_repository" --port "$PORT" --metrics-port 0 --http-port "$HTTP_PORT" &
 SERVER=$!
 trap 'kill "$SERVER" 2>/dev/null; wait "$SERVER" 2>/dev/null || true' EXIT

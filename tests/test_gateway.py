@@ -305,3 +305,15 @@ def test_the_gateway_speaks_mutual_tls_with_the_grpc_certificates(graphs, tmp_pa
     seen = HttpCallContext((), "ipv4:127.0.0.1:1", certificate=ssl._ssl._test_decode_cert(str(tmp_path / "reader.pem")))
     assert seen.auth_context()["x509_common_name"] == [b"reader"]
     assert seen.peer_identities() == [b"reader"] and seen.peer_identity_key() == "x509_common_name"
+
+
+def test_a_busy_http_port_is_a_clear_configuration_error(graphs) -> None:  # noqa: ANN001
+    from medsam2.errors import ConfigError
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        settings = ServerSettings(port=0, metrics_port=0, http_port=taken.getsockname()[1],
+                                  model_repository=graphs["present"])
+        with pytest.raises(ConfigError, match=r"cannot serve HTTP on 127\.0\.0\.1:\d+ \(--http-port\)"):
+            start_server(settings, OnnxRuntimeBackend(graphs["present"], threads=1))

@@ -164,11 +164,14 @@ def _start_gateway(settings: ServerSettings, servicer: SegmentationServicer,
                         pb_grpc.add_SegmentationServiceServicer_to_server, servicer)],
                       interceptors, title="MedSAM2 session service", version="v1")
     tls = _given(settings.tls_cert)
-    return start_gateway(gateway, GatewayOptions(
-        host=settings.host, port=settings.http_port, max_json_bytes=settings.max_message_bytes,
-        max_upload_bytes=settings.max_study_voxels * 8,
-        tls_cert=settings.tls_cert if tls else None, tls_key=settings.tls_key if tls else None,
-        tls_client_ca=settings.tls_client_ca if tls and _given(settings.tls_client_ca) else None))
+    try:
+        return start_gateway(gateway, GatewayOptions(
+            host=settings.host, port=settings.http_port, max_json_bytes=settings.max_message_bytes,
+            max_upload_bytes=settings.max_study_voxels * 8,
+            tls_cert=settings.tls_cert if tls else None, tls_key=settings.tls_key if tls else None,
+            tls_client_ca=settings.tls_client_ca if tls and _given(settings.tls_client_ca) else None))
+    except OSError as exc:
+        raise ConfigError(f"cannot serve HTTP on {settings.host}:{settings.http_port} (--http-port): {exc}") from None
 
 
 def _credentials(settings: ServerSettings) -> grpc.ServerCredentials:
