@@ -20,4 +20,5 @@ if ! "$VENV/bin/python" -c "import sam2" 2>/dev/null; then
     SAM2_BUILD_CUDA=0 pip install --no-build-isolation --no-deps "sam2==1.1.0"
 fi
 pip install -e ".[export,dev]"
+scripts/build_web.sh
 echo "environment ready: $VENV"

@@ -30,7 +30,8 @@ BOX="8,10,25,32"
     --out "$WORK/anatomical_seg.nii.gz"
 
 PORT="$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
-"$MEDSAM2" serve --model-repository "$WORK/model_repository" --port "$PORT" --metrics-port 0 &
+HTTP_PORT="${MEDSAM2_HTTP_PORT:-$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}"
+"$MEDSAM2" serve --model-repository "$WORK/model_repository" --port "$PORT" --metrics-port 0 --http-port "$HTTP_PORT" &
 SERVER=$!
 trap 'kill "$SERVER" 2>/dev/null; wait "$SERVER" 2>/dev/null || true' EXIT
 "$PY" - "$PORT" <<'PYEOF'
@@ -49,3 +50,10 @@ sys.exit("the service did not become ready")
 PYEOF
 "$MEDSAM2" client "$SAMPLE" --server "127.0.0.1:$PORT" --box "$BOX" --slice 12 --preset percentile \
     --out "$WORK/anatomical_seg_via_service.nii.gz"
+
+# The web viewer on the same service: open the URL, choose the sample (printed below) as the NIfTI file.
+echo "web viewer: http://127.0.0.1:$HTTP_PORT/   (sample study: $SAMPLE)"
+if [ -t 0 ] && [ -z "${CI:-}" ]; then
+    echo "the service keeps running for the viewer: press Ctrl-C to stop it"
+    wait "$SERVER" || true
+fi

@@ -90,3 +90,16 @@ if ! command -v redis-server >/dev/null 2>&1; then
         if command -v service >/dev/null 2>&1; then service redis-server stop >/dev/null 2>&1 || true; fi
     fi
 fi
+# --- Chromium (the web viewer's browser test) -------------------------------------------
+# (owned by the web viewer work) Debian's chromium, driven by the playwright Python package (a dev extra) through
+# executable_path: Playwright's own browser download is never used.
+if ! command -v chromium >/dev/null 2>&1; then
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "test_deps.sh: the browser test needs: apt-get install chromium (as root)" >&2
+    else
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        apt-get install -y -qq --no-install-recommends chromium >/dev/null
+    fi
+fi
+scripts/build_web.sh

@@ -7,6 +7,7 @@ import signal
 import threading
 from concurrent import futures
 from dataclasses import dataclass
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import grpc
@@ -98,11 +99,21 @@ class RunningServer:
     registry: SessionRegistry
     backend: metrics.InstrumentedBackend
     stop_event: threading.Event
+    http: ThreadingHTTPServer | None = None
+    """The HTTP gateway, when ``http_port`` is set."""
+
+    @property
+    def http_port(self) -> int:
+        """The HTTP gateway's port (0: off)."""
+        return self.http.server_address[1] if self.http is not None else 0
 
     def stop(self, grace_s: float) -> None:
         """Report NOT_SERVING, drain streams in flight for up to ``grace_s``, then close everything."""
         self.stop_event.set()
         self.health.enter_graceful_shutdown()
+        if self.http is not None:
+            self.http.shutdown()
+            self.http.server_close()
         self.server.stop(grace_s).wait()
         self.registry.close_all()
         self.backend.close()
@@ -137,10 +148,30 @@ def start_server(settings: ServerSettings, backend: StageBackend, metrics_server
     stop_event = threading.Event()
     _set_health(health_servicer, health_pb2.HealthCheckResponse.NOT_SERVING)
     server.start()
-    running = RunningServer(server, port, health_servicer, registry, instrumented, stop_event)
+    http = _start_gateway(settings, servicer, interceptors) if settings.http_port else None
+    running = RunningServer(server, port, health_servicer, registry, instrumented, stop_event, http)
     threading.Thread(target=_watch, args=(running,), name="medsam2-watch", daemon=True).start()
     log.info("serving %s on %s:%d with the %s backend", SERVICE_NAME, settings.host, port, backend.name)
     return running
+
+
+def _start_gateway(settings: ServerSettings, servicer: SegmentationServicer,
+                   interceptors: list[grpc.ServerInterceptor]) -> ThreadingHTTPServer:
+    """The HTTP gateway on the same servicer and interceptors (so the same auth, audit and metrics)."""
+    from medsam2.gateway.server import Gateway, GatewayOptions, start_gateway
+
+    gateway = Gateway([(pb.DESCRIPTOR.services_by_name["SegmentationService"],
+                        pb_grpc.add_SegmentationServiceServicer_to_server, servicer)],
+                      interceptors, title="MedSAM2 session service", version="v1")
+    tls = _given(settings.tls_cert)
+    try:
+        return start_gateway(gateway, GatewayOptions(
+            host=settings.host, port=settings.http_port, max_json_bytes=settings.max_message_bytes,
+            max_upload_bytes=settings.max_study_voxels * 8,
+            tls_cert=settings.tls_cert if tls else None, tls_key=settings.tls_key if tls else None,
+            tls_client_ca=settings.tls_client_ca if tls and _given(settings.tls_client_ca) else None))
+    except OSError as exc:
+        raise ConfigError(f"cannot serve HTTP on {settings.host}:{settings.http_port} (--http-port): {exc}") from None
 
 
 def _credentials(settings: ServerSettings) -> grpc.ServerCredentials:
@@ -199,6 +230,9 @@ def serve_forever(settings: ServerSettings, backend: StageBackend) -> int:
     signal.signal(signal.SIGINT, on_signal)
     print(f"medsam2 serve: listening on {settings.host}:{running.port} (metrics on :{settings.metrics_port})",
           flush=True)
+    if running.http is not None:
+        scheme = "https" if _given(settings.tls_cert) else "http"
+        print(f"medsam2 serve: web viewer at {scheme}://{settings.host}:{running.http_port}/", flush=True)
     stopping.wait()
     running.stop(settings.grace_s)
     return 0

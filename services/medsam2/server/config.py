@@ -18,6 +18,7 @@ class ServerSettings:
     host: str = setting("127.0.0.1", "MEDSAM2_HOST", "address to listen on (0.0.0.0 in containers)")
     port: int = setting(GRPC_PORT, "MEDSAM2_PORT", "gRPC port")
     metrics_port: int = setting(METRICS_PORT, "MEDSAM2_METRICS_PORT", "Prometheus /metrics port (0: off)")
+    http_port: int = setting(0, "MEDSAM2_HTTP_PORT", "HTTP gateway (REST/JSON, OpenAPI) and web viewer port (0: off)")
     model_repository: Path = setting(Path(""), "MEDSAM2_MODEL_REPOSITORY",
                                      "exported graphs (a model repository or <stage>.onnx folder) for the embedded backend")
     triton_url: str = setting("", "MEDSAM2_TRITON_URL", "Triton gRPC HOST:PORT; empty runs the embedded ONNX Runtime")

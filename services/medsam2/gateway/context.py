@@ -1,0 +1,143 @@
+"""A ``grpc.ServicerContext`` for calls that arrive over HTTP, and gRPC status codes as HTTP statuses."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import grpc
+
+# Google's HTTP mapping of the canonical codes (google/rpc/code.proto), as grpc-gateway uses it.
+HTTP_STATUS: dict[grpc.StatusCode, int] = {
+    grpc.StatusCode.OK: 200,
+    grpc.StatusCode.CANCELLED: 499,
+    grpc.StatusCode.UNKNOWN: 500,
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.FAILED_PRECONDITION: 400,
+    grpc.StatusCode.ABORTED: 409,
+    grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.INTERNAL: 500,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DATA_LOSS: 500,
+}
+
+
+def _auth_context(certificate: dict | None) -> dict[str, list[bytes]]:
+    """The keys grpc's auth_context() gives for a verified client certificate, so principals match on both ports."""
+    if not certificate:
+        return {}
+    names = [value.encode() for rdn in certificate.get("subject", ()) for key, value in rdn if key == "commonName"]
+    alternative = [value.encode() for _, value in certificate.get("subjectAltName", ())]
+    auth = {"transport_security_type": [b"ssl"], "x509_common_name": names}
+    if alternative:
+        auth["x509_subject_alternative_name"] = alternative
+    return auth
+
+
+class Aborted(Exception):
+    """Raised by ``abort``, as grpc does, to end the handler."""
+
+
+class HttpCallContext(grpc.ServicerContext):
+    """The part of a servicer context that handlers and interceptors use, for one HTTP request."""
+
+    def __init__(self, metadata: tuple[tuple[str, str], ...], peer: str, *, certificate: dict | None = None) -> None:
+        """``certificate``: the verified client certificate (``ssl.getpeercert()``) under mutual TLS."""
+        self._metadata = metadata
+        self._peer = peer
+        self._auth = _auth_context(certificate)
+        self._code: grpc.StatusCode | None = None
+        self._details = ""
+        self._active = True
+        self._callbacks: list[Callable[[], None]] = []
+
+    # -- what the servicer reads and sets ---------------------------------------------
+    def invocation_metadata(self):  # noqa: ANN201
+        return self._metadata
+
+    def peer(self) -> str:
+        return self._peer
+
+    def peer_identities(self):  # noqa: ANN201
+        key = self.peer_identity_key()
+        return self._auth[key] if key else None
+
+    def peer_identity_key(self):  # noqa: ANN201
+        for key in ("x509_subject_alternative_name", "x509_common_name"):
+            if self._auth.get(key):
+                return key
+        return None
+
+    def auth_context(self) -> dict:
+        return dict(self._auth)
+
+    def is_active(self) -> bool:
+        return self._active
+
+    def time_remaining(self):  # noqa: ANN201
+        return None
+
+    def cancel(self) -> None:
+        """The HTTP client went away: handlers see ``is_active() == False``."""
+        self._active = False
+
+    def add_callback(self, callback: Callable[[], None]) -> bool:
+        self._callbacks.append(callback)
+        return True
+
+    def run_callbacks(self) -> None:
+        """Call what handlers registered for the end of the call."""
+        for callback in self._callbacks:
+            callback()
+        self._callbacks.clear()
+
+    def set_code(self, code: grpc.StatusCode) -> None:
+        self._code = code
+
+    def set_details(self, details: str) -> None:
+        self._details = details
+
+    def code(self) -> grpc.StatusCode | None:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+    def abort(self, code: grpc.StatusCode, details: str) -> None:
+        self._code, self._details = code, details
+        raise Aborted(details)
+
+    def abort_with_status(self, status) -> None:  # noqa: ANN001
+        self.abort(status.code, status.details)
+
+    def send_initial_metadata(self, initial_metadata) -> None:  # noqa: ANN001
+        pass
+
+    def set_trailing_metadata(self, trailing_metadata) -> None:  # noqa: ANN001
+        pass
+
+    def trailing_metadata(self):  # noqa: ANN201
+        return ()
+
+    def set_compression(self, compression) -> None:  # noqa: ANN001
+        pass
+
+    def disable_next_message_compression(self) -> None:
+        pass
+
+    # -- what the gateway reads --------------------------------------------------------
+    def failed(self) -> bool:
+        """True when the handler ended with a status other than OK."""
+        return self._code not in (None, grpc.StatusCode.OK)
+
+    def error(self) -> tuple[int, dict]:
+        """The HTTP status and JSON error body of a failed call."""
+        code = self._code or grpc.StatusCode.UNKNOWN
+        return HTTP_STATUS.get(code, 500), {"error": {"code": HTTP_STATUS.get(code, 500), "status": code.name,
+                                                      "message": self._details}}

@@ -1,0 +1,39 @@
+"""Volume and RECIST of each object in a session's result, for the viewer: two calls through the gateway's routes."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from medsam2.gateway.context import HttpCallContext
+from medsam2.io.measurements import measure
+
+
+def measurements(gateway, session_id: str, context: HttpCallContext) -> tuple[int, dict]:  # noqa: ANN001 - a Gateway
+    """(HTTP status, JSON body): each object's voxels, volume in mL, slice span and RECIST axes."""
+    get_session, get_result = gateway.routes.get("GetSession"), gateway.routes.get("GetResult")
+    if get_session is None or get_result is None:
+        return 501, {"error": {"code": 501, "status": "UNIMPLEMENTED", "message": "this server has no results"}}
+    session = gateway.unary(get_session, get_session.request_class()(session_id=session_id), context)
+    if session is None or context.failed():
+        return context.error()
+    result_request = get_result.request_class()(session_id=session_id, format="RESULT_FORMAT_RAW_LABELS")
+    data, first = bytearray(), None
+    for chunk in gateway.stream(get_result, result_request, context):
+        first = first or chunk
+        data += chunk.data
+    if context.failed() or first is None:
+        return context.error()
+    labels = np.frombuffer(bytes(data), "<u2").reshape(tuple(first.shape))
+    spacing = tuple(session.spacing_mm) if len(session.spacing_mm) == 3 else (1.0, 1.0, 1.0)
+    objects = []
+    for index, obj_id in enumerate(first.object_ids, start=1):
+        m = measure(labels == index, spacing, obj_id=obj_id)
+        recist = None
+        if m.recist is not None:
+            recist = {"slice": m.recist.slice, "longAxisMm": m.recist.long_axis_mm,
+                      "shortAxisMm": m.recist.short_axis_mm,
+                      "longAxisEndpoints": m.recist.long_axis_endpoints,
+                      "shortAxisEndpoints": m.recist.short_axis_endpoints}
+        objects.append({"objectId": obj_id, "voxels": m.voxels, "volumeMl": m.volume_ml,
+                        "slices": list(m.slices) if m.slices else None, "recist": recist})
+    return 200, {"spacingMm": list(spacing), "objects": objects}

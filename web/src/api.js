@@ -1,0 +1,158 @@
+// The gateway's REST/JSON API (see /openapi.json): unary calls, uploads, server-sent events, downloads.
+
+/** An error the page shows as is: the gateway's gRPC status and message, or what went wrong on the way. */
+export class ApiError extends Error {
+  constructor(message, { status = "", httpStatus = 0 } = {}) {
+    super(message);
+    this.status = status;
+    this.httpStatus = httpStatus;
+  }
+}
+
+export class Api {
+  constructor() {
+    this.token = sessionStorage.getItem("medsam2-token") ?? "";
+    this.openapi = null;
+  }
+
+  setToken(token) {
+    this.token = token;
+    sessionStorage.setItem("medsam2-token", token);
+  }
+
+  headers(extra = {}) {
+    const headers = { ...extra };
+    if (this.token) headers.Authorization = `Bearer ${this.token}`;
+    return headers;
+  }
+
+  /** The OpenAPI document: which methods and result formats this server has. */
+  async describe() {
+    const response = await this.fetch("/openapi.json", {});
+    this.openapi = await response.json();
+    return this.openapi;
+  }
+
+  has(method) {
+    return Boolean(this.openapi?.paths?.[`/v1/${method}`]);
+  }
+
+  enumValues(name) {
+    return this.openapi?.components?.schemas?.[name]?.enum ?? [];
+  }
+
+  async fetch(path, init) {
+    let response;
+    try {
+      response = await fetch(path, init);
+    } catch (error) {
+      throw new ApiError(`Cannot reach the server (${error.message}). Is medsam2 serve still running?`,
+        { status: "UNAVAILABLE" });
+    }
+    if (!response.ok) throw await errorOf(response);
+    return response;
+  }
+
+  /** A unary RPC: POST /v1/<method> with a proto-JSON body. */
+  async call(method, body = {}) {
+    const response = await this.fetch(`/v1/${method}`, {
+      method: "POST", headers: this.headers({ "Content-Type": "application/json" }), body: JSON.stringify(body),
+    });
+    return response.json();
+  }
+
+  /** CreateSession: the study header as JSON in a request header, the voxels as the body. */
+  async upload(header, voxels) {
+    const response = await this.fetch("/v1/CreateSession", {
+      method: "POST",
+      headers: this.headers({ "Content-Type": "application/octet-stream",
+                              "X-Medsam2-Header": encodeURIComponent(JSON.stringify(header)) }),
+      body: voxels,
+    });
+    return response.json();
+  }
+
+  /** CreateSession without voxels (a PACS reference). */
+  async open(header) {
+    const response = await this.fetch("/v1/CreateSession", {
+      method: "POST", headers: this.headers({ "Content-Type": "application/json" }), body: JSON.stringify(header),
+    });
+    return response.json();
+  }
+
+  /** A server-streaming RPC as server-sent events; calls onMessage per message; resolves at `event: end`. */
+  async stream(method, body, onMessage) {
+    const response = await this.fetch(`/v1/${method}`, {
+      method: "POST",
+      headers: this.headers({ "Content-Type": "application/json", Accept: "text/event-stream" }),
+      body: JSON.stringify(body),
+    });
+    const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+    let buffer = "";
+    for (;;) {
+      let chunk;
+      try {
+        chunk = await reader.read();
+      } catch (error) {
+        throw new ApiError(`Lost the connection to the server mid-stream (${error.message}).`,
+          { status: "UNAVAILABLE" });
+      }
+      if (chunk.done) {
+        throw new ApiError("The server closed the stream before it finished: it may have stopped or restarted.",
+          { status: "UNAVAILABLE" });
+      }
+      buffer += chunk.value;
+      let end;
+      while ((end = buffer.indexOf("\n\n")) >= 0) {
+        const block = buffer.slice(0, end);
+        buffer = buffer.slice(end + 2);
+        let kind = "message";
+        let data = "";
+        for (const line of block.split("\n")) {
+          if (line.startsWith("event: ")) kind = line.slice(7);
+          else if (line.startsWith("data: ")) data += line.slice(6);
+        }
+        const payload = data ? JSON.parse(data) : {};
+        if (kind === "end") return;
+        if (kind === "error") {
+          throw new ApiError(`${payload.error?.status}: ${payload.error?.message}`, { status: payload.error?.status });
+        }
+        await onMessage(payload);
+      }
+    }
+  }
+
+  /** A file-chunk stream as one file (POST /v1/<method>:download). */
+  async download(method, body) {
+    const response = await this.fetch(`/v1/${method}:download`, {
+      method: "POST", headers: this.headers({ "Content-Type": "application/json" }), body: JSON.stringify(body),
+    });
+    return response.blob();
+  }
+
+  async measurements(sessionId) {
+    const response = await this.fetch("/gateway/v1/Measurements", {
+      method: "POST", headers: this.headers({ "Content-Type": "application/json" }),
+      body: JSON.stringify({ sessionId }),
+    });
+    return response.json();
+  }
+}
+
+async function errorOf(response) {
+  let status = "";
+  let message = `${response.status} ${response.statusText}`;
+  try {
+    const body = await response.json();
+    status = body.error?.status ?? "";
+    message = body.error?.message ?? message;
+  } catch {
+    // Not the gateway's JSON error (a proxy's page): keep the HTTP status line.
+  }
+  if (response.status === 401) {
+    message = `The server refused the token (${status || "UNAUTHENTICATED"}: ${message}). Sign in with a valid token.`;
+  } else if (status) {
+    message = `${status}: ${message}`;
+  }
+  return new ApiError(message, { status, httpStatus: response.status });
+}

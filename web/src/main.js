@@ -1,0 +1,356 @@
+// The MedSAM2 web viewer: NiiVue for display, the service's HTTP gateway for everything else.
+import { Niivue } from "@niivue/niivue";
+import { Api, ApiError } from "./api.js";
+import { readDicomFolder } from "./dicom.js";
+import { decodeMask, displayNifti, readNifti } from "./volume.js";
+
+const $ = (id) => document.getElementById(id);
+// NiiVue's default drawing colours ("$itksnap"): pen 1 red, 2 green, 3 blue, 4 yellow, 5 cyan, 6 magenta.
+const PEN_COLOURS = ["#ff0000", "#00ff00", "#0000ff", "#ffff00", "#00ffff", "#ff00ff"];
+const FILE_EXTENSIONS = { RESULT_FORMAT_NIFTI_GZ: ".nii.gz", RESULT_FORMAT_NPZ: ".npz", RESULT_FORMAT_RAW_LABELS: ".raw",
+                          RESULT_FORMAT_DICOM_SEG: ".dcm" };
+
+const api = new Api();
+const nv = new Niivue({ backColor: [0, 0, 0, 1], show3Dcrosshair: false, crosshairWidth: 0, isOrientCube: false,
+                        dragModePrimary: 6 /* roiSelection: a box while dragging, then onDragRelease */ });
+const state = { volume: null, session: null, propagating: false, propagatedOnce: false, lastSlice: null };
+
+function status(message, { error = false } = {}) {
+  const line = $("status");
+  line.textContent = message;
+  line.classList.toggle("error", error);
+}
+
+function fail(error) {
+  console.error(error);
+  status(error instanceof ApiError || error instanceof Error ? error.message : String(error), { error: true });
+}
+
+function pen(objectId) {
+  return ((objectId - 1) % PEN_COLOURS.length) + 1;
+}
+
+function currentObject() {
+  return Math.max(1, Math.min(255, Number($("object").value) || 1));
+}
+
+function currentSlice() {
+  return Number($("slice").value);
+}
+
+// -- display ----------------------------------------------------------------------------------
+async function show(volume, session) {
+  state.volume = volume;
+  state.session = session;
+  state.propagatedOnce = false;
+  while (nv.volumes.length) nv.removeVolume(nv.volumes[0]);
+  await nv.loadFromArrayBuffer(displayNifti(volume), "study.nii");
+  nv.setSliceType(nv.sliceTypeAxial);
+  nv.createEmptyDrawing();
+  nv.setDrawOpacity(0.45);
+  applyWindow();
+  const slider = $("slice");
+  slider.max = String(volume.slices - 1);
+  slider.disabled = false;
+  goToSlice(Math.floor(volume.slices / 2));
+  $("propagate").disabled = true;
+  $("download").disabled = true;
+  $("store").disabled = true;
+  $("measurements").tBodies[0].replaceChildren();
+  document.body.dataset.session = session.sessionId;
+}
+
+function goToSlice(slice) {
+  const { columns, rows } = state.volume;
+  const frac = nv.vox2frac([Math.floor(columns / 2), Math.floor(rows / 2), slice]);
+  nv.scene.crosshairPos = frac;
+  nv.drawScene();
+  syncSlice(slice);
+}
+
+function syncSlice(slice) {
+  $("slice").value = String(slice);
+  $("slice-label").textContent = `${slice + 1} / ${state.volume.slices}`;
+  document.body.dataset.slice = String(slice);
+}
+
+function applyWindow() {
+  const volume = nv.volumes[0];
+  if (!volume) return;
+  const choice = $("window").value;
+  if (choice === "auto") {
+    volume.cal_min = volume.robust_min;
+    volume.cal_max = volume.robust_max;
+  } else {
+    const [width, level] = choice.replace("m", "").split("/").map(Number);
+    volume.cal_min = level - width / 2;
+    volume.cal_max = level + width / 2;
+  }
+  nv.updateGLVolume();
+}
+
+/** Paint one slice's object masks into NiiVue's drawing layer (rows flipped like the display copy). */
+function paint(result) {
+  const { columns, rows } = state.volume;
+  const bitmap = nv.drawBitmap;
+  const base = result.slice * columns * rows;
+  for (const object of result.objects ?? []) {
+    const mask = decodeMask(object.mask);
+    const value = pen(object.objectId);
+    for (let y = 0; y < rows; y++) {
+      const row = base + (rows - 1 - y) * columns;
+      for (let x = 0; x < columns; x++) {
+        const i = row + x;
+        if (mask[y * columns + x]) bitmap[i] = value;
+        else if (bitmap[i] === value) bitmap[i] = 0;
+      }
+    }
+  }
+}
+
+function redraw() {
+  nv.refreshDrawing(true);
+  nv.drawScene();
+}
+
+// -- opening studies --------------------------------------------------------------------------
+async function openVolume(volume, label) {
+  status(`Uploading ${label} (${volume.columns}×${volume.rows}×${volume.slices})…`);
+  const header = { shape: [volume.slices, volume.rows, volume.columns], dtype: volume.dtype,
+                   spacingMm: volume.spacing, preprocessing: { preset: $("preset").value }, kind: "STUDY_KIND_VOLUME" };
+  const session = await api.upload(header, volume.voxels);
+  await show(volume, session);
+  status(`Opened ${label}: ${volume.slices} slices. Drag a box around the object on its key slice.`);
+}
+
+async function openFile(file) {
+  let volume;
+  try {
+    volume = await readNifti(file);
+  } catch (error) {
+    throw new ApiError(error.message);
+  }
+  await openVolume(volume, file.name);
+}
+
+async function openDicom(files) {
+  const volume = await readDicomFolder(files);
+  await openVolume(volume, `a DICOM series of ${volume.slices} files`);
+}
+
+// -- prompts ----------------------------------------------------------------------------------
+async function prompt(request) {
+  const result = await api.call("AddPrompt", { sessionId: state.session.sessionId, ...request });
+  paint(result);
+  redraw();
+  $("propagate").disabled = false;
+  return result;
+}
+
+async function onDragRelease(params) {
+  if (!state.session || state.propagating || params.tileIdx < 0) return;
+  const { rows } = state.volume;
+  const [x0, y0, z] = params.voxStart.map(Math.round);
+  const [x1, y1] = params.voxEnd.map(Math.round);
+  const mode = document.querySelector("input[name=mode]:checked").value;
+  const objectId = currentObject();
+  syncSlice(z);
+  // Display rows are flipped: the service's row is rows - 1 - display row.
+  if (mode === "box") {
+    if (Math.abs(x1 - x0) < 2 || Math.abs(y1 - y0) < 2) {
+      status("Drag to draw a box (a click is too small); or choose + click / − click.");
+      return;
+    }
+    const box = { x0: Math.min(x0, x1), x1: Math.max(x0, x1) + 1,
+                  y0: rows - 1 - Math.max(y0, y1), y1: rows - Math.min(y0, y1) };
+    status(`Box on slice ${z + 1} for object ${objectId}…`);
+    await prompt({ objectId, slice: z, box, mask: undefined });
+    state.lastPrompt = { slice: z, kind: "box" };
+    status(`Box on slice ${z + 1}: object ${objectId} segmented there. Propagate to track it through the study.`);
+  } else {
+    const positive = mode === "positive";
+    const point = { x: x1 + 0.5, y: rows - 1 - y1 + 0.5, positive };
+    await prompt({ objectId, slice: z, points: [point], keepPreviousPoints: true });
+    state.lastPrompt = { slice: z, kind: "click" };
+    status(`${positive ? "Positive" : "Negative"} click on slice ${z + 1}. Propagate again to carry the correction.`);
+  }
+}
+
+async function propagate() {
+  if (!state.session || state.propagating) return;
+  state.propagating = true;
+  $("propagate").disabled = true;
+  const progress = $("progress");
+  progress.value = 0;
+  $("progress-label").textContent = "";
+  const started = performance.now();
+  // A correction resumes in the tracker's state from its slice; otherwise MedSAM2's 3D protocol from the box.
+  const correcting = state.propagatedOnce && state.lastPrompt?.kind === "click";
+  const request = { sessionId: state.session.sessionId, encoding: "MASK_ENCODING_BITPACKED" };
+  if (correcting) Object.assign(request, { protocol: "PROTOCOL_IN_STATE", direction: "DIRECTION_BOTH",
+                                           startSlice: state.lastPrompt.slice });
+  let done = 0;
+  let total = 0;
+  let pending = false;
+  document.body.dataset.propagation = "running";
+  status("Propagating…");
+  try {
+    await api.stream("Propagate", request, (result) => {
+      done = result.done;
+      total = result.total;
+      paint(result);
+      progress.max = total;
+      progress.value = done;
+      $("progress-label").textContent = `${done} / ${total} slices (${result.pass})`;
+      if (!pending) {
+        pending = true;
+        requestAnimationFrame(() => { pending = false; redraw(); });
+      }
+    });
+    redraw();
+    await new Promise((resolve) => requestAnimationFrame(resolve));
+    const seconds = (performance.now() - started) / 1000;
+    document.body.dataset.propagation = "done";
+    document.body.dataset.propagationSeconds = seconds.toFixed(3);
+    state.propagatedOnce = true;
+    status(`Propagated ${total} slices in ${seconds.toFixed(1)} s.`);
+    $("download").disabled = false;
+    $("store").disabled = false;
+    await measure();
+  } catch (error) {
+    document.body.dataset.propagation = "failed";
+    const where = total ? ` after ${done} of ${total} slices` : "";
+    throw new ApiError(`Propagation stopped${where}: ${error.message}`);
+  } finally {
+    state.propagating = false;
+    $("propagate").disabled = false;
+  }
+}
+
+async function measure() {
+  const body = $("measurements").tBodies[0];
+  const result = await api.measurements(state.session.sessionId);
+  body.replaceChildren(...result.objects.map((o) => {
+    const row = document.createElement("tr");
+    const recist = o.recist ? `${o.recist.longAxisMm.toFixed(1)} × ${o.recist.shortAxisMm.toFixed(1)}` : "–";
+    for (const text of [o.objectId, o.volumeMl.toFixed(2), recist, o.recist ? o.recist.slice + 1 : "–"]) {
+      const cell = document.createElement("td");
+      cell.textContent = String(text);
+      row.append(cell);
+    }
+    return row;
+  }));
+}
+
+// -- results ----------------------------------------------------------------------------------
+async function download() {
+  const format = $("format").value;
+  const blob = await api.download("GetResult", { sessionId: state.session.sessionId, format });
+  const link = document.createElement("a");
+  link.href = URL.createObjectURL(blob);
+  link.download = `segmentation${FILE_EXTENSIONS[format] ?? ".bin"}`;
+  link.click();
+  setTimeout(() => URL.revokeObjectURL(link.href), 10000);
+  status(`Downloaded ${link.download} (${blob.size} bytes).`);
+}
+
+async function store() {
+  const schema = api.openapi.components.schemas;
+  const input = Object.keys(schema["medsam2.v1.StoreResultRequest"]?.properties ?? {});
+  const body = { sessionId: state.session.sessionId };
+  if (input.includes("endpoint") && $("pacs-endpoint").value) body.endpoint = $("pacs-endpoint").value;
+  const answer = await api.call("StoreResult", body);
+  status(`Stored to PACS: ${JSON.stringify(answer)}`);
+}
+
+async function openPacs(event) {
+  event.preventDefault();
+  const header = { pacs: { endpoint: $("pacs-endpoint").value, studyUid: $("pacs-study").value,
+                           seriesUid: $("pacs-series").value }, preprocessing: { preset: $("preset").value } };
+  status("Fetching the study from PACS…");
+  const session = await api.open({ ...header });
+  status(`Opened session ${session.sessionId} on the PACS study (${session.shape.join("×")}); this server does ` +
+         "not send the study's pixels to the page, so open the same series as a DICOM folder to see it.");
+}
+
+// -- start ------------------------------------------------------------------------------------
+async function checkServer() {
+  await api.describe();
+  const formats = api.enumValues("medsam2.v1.ResultFormat").filter((f) => !f.endsWith("UNSPECIFIED"));
+  $("format").replaceChildren(...formats.map((f) => new Option(f.replace("RESULT_FORMAT_", "").toLowerCase(), f)));
+  if (formats.includes("RESULT_FORMAT_NIFTI_GZ")) $("format").value = "RESULT_FORMAT_NIFTI_GZ";
+  $("store").hidden = !api.has("StoreResult");
+  $("pacs-form").hidden = false;
+  try {
+    await api.call("ListSessions");
+  } catch (error) {
+    if (error.httpStatus === 401) {
+      status(api.token ? error.message : "This server needs a token: sign in above.", { error: Boolean(api.token) });
+      document.body.dataset.auth = "needed";
+      return;
+    }
+    throw error;
+  }
+  document.body.dataset.auth = "ok";
+  if (api.has("GetServerInfo")) {
+    const info = await api.call("GetServerInfo").catch(() => null);
+    if (info) $("server-info").textContent = JSON.stringify(info);
+  }
+}
+
+function guard(fn) {
+  return (...args) => Promise.resolve().then(() => fn(...args)).catch(fail);
+}
+
+async function main() {
+  await nv.attachToCanvas($("gl"));
+  nv.onDragRelease = guard(onDragRelease);
+  nv.onLocationChange = (location) => {
+    if (state.volume && location?.vox) syncSlice(Math.round(location.vox[2]));
+  };
+  $("token").value = api.token;
+  $("signin").addEventListener("submit", guard(async (event) => {
+    event.preventDefault();
+    api.setToken($("token").value.trim());
+    status("Signing in…");
+    await checkServer();
+    if (document.body.dataset.auth === "ok") status("Signed in. Open a study to start.");
+  }));
+  $("file").addEventListener("change", guard(async (event) => {
+    if (event.target.files.length) await openFile(event.target.files[0]);
+  }));
+  $("dicom").addEventListener("change", guard(async (event) => {
+    if (event.target.files.length) await openDicom(Array.from(event.target.files));
+  }));
+  $("pacs-form").addEventListener("submit", guard(openPacs));
+  $("slice").addEventListener("input", () => state.volume && goToSlice(currentSlice()));
+  $("window").addEventListener("change", applyWindow);
+  $("object").addEventListener("input", () => { $("swatch").dataset.colour = String(pen(currentObject())); swatch(); });
+  $("propagate").addEventListener("click", guard(propagate));
+  $("download").addEventListener("click", guard(download));
+  $("store").addEventListener("click", guard(store));
+  swatch();
+  await guard(checkServer)();
+  // For tests and automation: where a voxel of the current slice is on the page (CSS pixels).
+  window.medsam2Viewer = {
+    voxelToPage(x, y) {
+      const { rows } = state.volume;
+      const frac = nv.vox2frac([x, rows - 1 - y, currentSlice()]);
+      const { pos } = nv.frac2canvasPosWithTile(frac, nv.sliceTypeAxial);
+      const rect = $("gl").getBoundingClientRect();
+      const scale = window.devicePixelRatio || 1;
+      return [rect.left + pos[0] / scale, rect.top + pos[1] / scale];
+    },
+    overlayVoxels(slice) {
+      const { columns, rows } = state.volume;
+      return nv.drawBitmap.subarray(slice * columns * rows, (slice + 1) * columns * rows).reduce((n, v) => n + (v > 0), 0);
+    },
+  };
+  document.body.dataset.ready = "true";
+}
+
+function swatch() {
+  $("swatch").style.background = PEN_COLOURS[pen(currentObject()) - 1];
+}
+
+main().catch(fail);
