@@ -54,8 +54,10 @@ class RepositoryOptions:
     """Batching and placement settings written into every stage's ``config.pbtxt``."""
 
     max_batch_size: int = 16
-    preferred_batch_sizes: tuple[int, ...] = (4, 8)
-    max_queue_delay_us: int = 2000
+    preferred_batch_sizes: tuple[int, ...] = ()
+    """None by default, as Triton advises for most models: the scheduler then sends the largest batch it has."""
+    max_queue_delay_us: int = 200
+    """Wait at most this long for more requests; per step, so a five-step ensemble adds up to five times this."""
     instance_count: int = 1
     instance_kind: str = "GPU"
 
@@ -117,13 +119,18 @@ def config_fields(spec: GraphSpec, backend: str, options: RepositoryOptions = Re
         "version_policy": {"latest": {"num_versions": 1}},
         "input": [_tensor_entry(t) for t in spec.inputs],
         "output": [_tensor_entry(t) for t in spec.outputs],
-        "dynamic_batching": {
-            "preferred_batch_size": list(options.preferred_batch_sizes),
-            "max_queue_delay_microseconds": options.max_queue_delay_us,
-        },
+        "dynamic_batching": _dynamic_batching(options),
         "instance_group": [{"count": options.instance_count, "kind": _Enum(f"KIND_{options.instance_kind}")}],
         "model_warmup": [_warmup(spec)],
     }
+
+
+def _dynamic_batching(options: RepositoryOptions) -> dict[str, Any]:
+    fields: dict[str, Any] = {}
+    if options.preferred_batch_sizes:
+        fields["preferred_batch_size"] = list(options.preferred_batch_sizes)
+    fields["max_queue_delay_microseconds"] = options.max_queue_delay_us
+    return fields
 
 
 def render_config(spec: GraphSpec, backend: str, options: RepositoryOptions = RepositoryOptions()) -> str:

@@ -15,7 +15,7 @@ def export_repository(checkpoint: Path, out_dir: Path, backend: str, max_batch: 
     """Write a complete Triton model repository for ``backend`` from ``checkpoint``."""
     if backend not in model_repository.BACKENDS:
         raise ConfigError(f"unknown backend {backend!r}: choose one of {', '.join(model_repository.BACKENDS)}")
-    options = model_repository.RepositoryOptions(max_batch_size=max_batch, preferred_batch_sizes=_preferred(max_batch))
+    options = model_repository.RepositoryOptions(max_batch_size=max_batch)
     out_dir = Path(out_dir)
     model_repository.check_output_dir(out_dir)
     if backend == "tensorrt":
@@ -27,7 +27,3 @@ def export_repository(checkpoint: Path, out_dir: Path, backend: str, max_batch: 
             files = tensorrt_build.build_engines(Path(tmp) / "onnx", Path(tmp) / "plans", max_batch=max_batch,
                                                  opt_batch=min(4, max_batch))
         return model_repository.write_model_repository(out_dir, backend, files, options)
-
-
-def _preferred(max_batch: int) -> tuple[int, ...]:
-    return tuple(b for b in (4, 8) if b <= max_batch) or (max_batch,)

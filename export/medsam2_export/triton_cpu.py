@@ -342,14 +342,14 @@ class TritonProcess:
 @contextlib.contextmanager
 def serve_cpu_repository(
     onnx_dir: Path, work_dir: Path, install: TritonInstall | None = None, *, threads: int = 2,
-    ports: TritonPorts | None = None, timeout_s: float = 90.0,
+    ports: TritonPorts | None = None, timeout_s: float = 90.0, options: RepositoryOptions = CPU_OPTIONS,
 ) -> Iterator[TritonProcess]:
     """Build the CPU repository of ``onnx_dir`` under ``work_dir``, serve it, and always stop the server after."""
     install = install or TritonInstall()
     repo = Path(work_dir) / "repository"
     if repo.exists():
         shutil.rmtree(repo)
-    write_cpu_repository(onnx_dir, repo, install.env, threads=threads)
+    write_cpu_repository(onnx_dir, repo, install.env, threads=threads, options=options)
     server = TritonProcess(repo, install, ports=ports, log_path=Path(work_dir) / "tritonserver.log")
     try:
         server.start(timeout_s)
