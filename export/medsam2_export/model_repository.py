@@ -212,6 +212,31 @@ def _check_same_tensor(ensemble: str, have: TensorSpec, want: TensorSpec, where:
                           f"gets {have.name} {np.dtype(have.dtype).name}{list(have.shape)}")
 
 
+def ensemble_intermediate_bytes(stage: Stage = Stage.TRACK_STEP) -> dict[str, int]:
+    """Bytes per batch item of every tensor the steps of ensemble ``stage`` produce, memory slots at the trained 7.
+
+    These live in Triton's CUDA memory pool while a request is in flight; what does not fit falls back to pinned
+    host memory without a word.
+    """
+    sizes: dict[str, int] = {}
+    for step, _, outputs in ENSEMBLE_WIRING[stage]:
+        spec = GRAPHS[step]
+        for port, tensor in outputs.items():
+            t = spec.output(port)
+            dims = [graphs.NUM_MASKMEM if d < 0 else d for d in t.shape[1:]]
+            sizes[tensor] = int(np.prod(dims, dtype=np.int64)) * np.dtype(t.dtype).itemsize
+    return sizes
+
+
+def cuda_memory_pool_bytes(options: RepositoryOptions = RepositoryOptions(), stage: Stage = Stage.TRACK_STEP) -> int:
+    """``--cuda-memory-pool-byte-size`` for one GPU: a full batch in flight in every step of the ensemble at once.
+
+    Per-item intermediates x ``max_batch_size`` x steps, rounded up to a MiB.
+    """
+    total = sum(ensemble_intermediate_bytes(stage).values()) * options.max_batch_size * len(ENSEMBLE_WIRING[stage])
+    return -(-total // 2**20) * 2**20
+
+
 def repository_specs() -> dict[Stage, GraphSpec]:
     """Every model of a repository: the stage graphs, then the ensembles built on them."""
     return {**GRAPHS, **ENSEMBLES}

@@ -26,4 +26,10 @@ def export_repository(checkpoint: Path, out_dir: Path, backend: str, max_batch: 
         if backend == "tensorrt":
             files = tensorrt_build.build_engines(Path(tmp) / "onnx", Path(tmp) / "plans", max_batch=max_batch,
                                                  opt_batch=min(4, max_batch))
-        return model_repository.write_model_repository(out_dir, backend, files, options)
+        written = model_repository.write_model_repository(out_dir, backend, files, options)
+        if backend == "tensorrt":
+            # The TensorRT that built the plans, for the serving side's check (tensorrt_build.check_plan_version).
+            version_file = out_dir / tensorrt_build.PLAN_VERSION_FILE
+            model_repository.copy_atomic(Path(tmp) / "plans" / tensorrt_build.PLAN_VERSION_FILE, version_file)
+            written.append(version_file)
+        return written

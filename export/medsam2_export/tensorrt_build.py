@@ -32,6 +32,15 @@ TENSORRT_WRONG_VERSION = (
     "(FP16 builder flag with precision constraints, INT64 tensors); install 'tensorrt-cu12>=10,<11'"
 )
 
+TRITON_RELEASE = "24.12"
+"""The Triton release that serves the plans: ``nvcr.io/nvidia/tritonserver:<release>-py3``."""
+TENSORRT_VERSION = "10.7.0"
+"""TensorRT inside that Triton image. A plan loads only in the TensorRT release that built it, so this is the one
+place the version is written: the Dockerfiles, pyproject's ``tensorrt`` extra and the chart must agree with it
+(tests/test_tensorrt_versions.py checks them)."""
+PLAN_VERSION_FILE = "tensorrt_version"
+"""Written next to the plans and at the root of a TensorRT model repository: the TensorRT that built them."""
+
 Shape = tuple[int, ...]
 ProfileShapes = dict[str, tuple[Shape, Shape, Shape]]
 
@@ -200,8 +209,13 @@ def build_engines(
     opt_batch: int = 4,
     workspace_gib: float | None = None,
     stages: Iterable[Stage] | None = None,
+    expected_version: str | None = TENSORRT_VERSION,
 ) -> dict[Stage, Path]:
-    """Build one FP16 engine per stage from ``<onnx_dir>/<stage>.onnx`` into ``<out_dir>/<stage>.plan``."""
+    """Build one FP16 engine per stage from ``<onnx_dir>/<stage>.onnx`` into ``<out_dir>/<stage>.plan``.
+
+    Refuses a TensorRT other than ``expected_version`` (Triton's; ``None`` accepts any 10.x) and records the one
+    used in ``<out_dir>/tensorrt_version``.
+    """
     chosen = list(stages) if stages is not None else list(GRAPHS)
     # Everything that can be checked without TensorRT is, so mistakes surface on any machine and nothing is written.
     profiles = {stage: profile_shapes(GRAPHS[stage], max_batch, opt_batch) for stage in chosen}
@@ -210,7 +224,7 @@ def build_engines(
         if not path.is_file():
             raise ConfigError(f"ONNX graph for {stage.value} not found: {path}")
     check_output_dir(Path(out_dir))
-    trt = import_tensorrt()
+    trt = import_tensorrt(expected_version)
     logger = _collecting_logger(trt)
     builder = _create_builder(trt, logger)
     built = {}
@@ -219,11 +233,48 @@ def build_engines(
         built[stage] = engine_path(out_dir, stage)
         write_atomic(built[stage], plan)
         log.info("wrote %s (%.1f MiB)", built[stage], len(plan) / 2**20)
+    write_atomic(Path(out_dir) / PLAN_VERSION_FILE, f"{trt.__version__}\n".encode())
     return built
 
 
-def import_tensorrt() -> ModuleType:
-    """The ``tensorrt`` module, or ``BackendUnavailable`` if it is missing or not a usable 10.x."""
+def same_release(plan_version: str, server_version: str) -> bool:
+    """Whether plans built by TensorRT ``plan_version`` load in ``server_version``: the same major.minor.patch."""
+    return _release(plan_version) == _release(server_version)
+
+
+def _release(version: str) -> tuple[str, ...]:
+    parts = tuple(version.strip().split("."))[:3]
+    if len(parts) < 3 or not all(p.isdigit() for p in parts):
+        raise ConfigError(f"not a TensorRT version: {version!r} (expected major.minor.patch, e.g. {TENSORRT_VERSION})")
+    return parts
+
+
+def check_build_version(version: str, expected: str = TENSORRT_VERSION) -> None:
+    """Raise ``BackendUnavailable`` unless TensorRT ``version`` builds plans that Triton's ``expected`` loads."""
+    if not same_release(version, expected):
+        raise BackendUnavailable(
+            f"TensorRT {version} would build plans that Triton {TRITON_RELEASE} (TensorRT {expected}) cannot load: "
+            f"install 'tensorrt-cu12=={expected}' (pip install 'medsam2-serving[tensorrt]')"
+        )
+
+
+def check_plan_version(repository: Path, server_version: str) -> str:
+    """The TensorRT that built ``repository``'s plans; ``ConfigError`` if unrecorded or not ``server_version``'s."""
+    path = Path(repository) / PLAN_VERSION_FILE
+    try:
+        plan_version = path.read_text().strip()
+    except OSError as e:
+        raise ConfigError(f"{path} is missing: the plans' TensorRT version is unknown; rebuild the repository "
+                          f"with `medsam2 export --backend tensorrt` ({e.strerror})") from e
+    if not same_release(plan_version, server_version):
+        raise ConfigError(f"the plans in {repository} were built with TensorRT {plan_version}, but the server has "
+                          f"TensorRT {server_version}: rebuild them with TensorRT {server_version} "
+                          "(a new model version)")
+    return plan_version
+
+
+def import_tensorrt(expected_version: str | None = TENSORRT_VERSION) -> ModuleType:
+    """The ``tensorrt`` module, or ``BackendUnavailable`` if it is missing, not a usable 10.x, or not Triton's."""
     try:
         import tensorrt as trt
     except ImportError as e:
@@ -236,6 +287,8 @@ def import_tensorrt() -> ModuleType:
     )
     if not needed:
         raise BackendUnavailable(TENSORRT_WRONG_VERSION.format(version=getattr(trt, "__version__", "?")))
+    if expected_version is not None:
+        check_build_version(str(getattr(trt, "__version__", "?")), expected_version)
     return trt
 
 
