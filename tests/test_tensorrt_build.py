@@ -252,7 +252,7 @@ def _fake_trt(
     trt.float32 = "float32"
     trt.DataType = types.SimpleNamespace(INT64="INT64")
     # TensorRT 11 dropped the weak-typing flags.
-    flags = {"FP16": "FP16", "OBEY_PRECISION_CONSTRAINTS": "OBEY"} if version == 10 else {}
+    flags = {"FP16": "FP16", "OBEY_PRECISION_CONSTRAINTS": "OBEY", "BF16": "BF16"} if version == 10 else {}
     trt.BuilderFlag = types.SimpleNamespace(**flags)
     trt.MemoryPoolType = types.SimpleNamespace(WORKSPACE="WORKSPACE")
     trt.IElementWiseLayer, trt.IReduceLayer, trt.IUnaryLayer = _ElementWise, _Layer, _Layer
@@ -305,8 +305,9 @@ def _fake_trt(
         def parse_from_file(self, path: str) -> bool:
             stage = Stage(Path(path).stem)
             self.network.stage = stage
-            self.network.inputs = [t.name for t in GRAPHS[stage].inputs]
-            self.network.outputs = [t.name for t in GRAPHS[stage].outputs]
+            spec = {**GRAPHS, **graphs.TRITON_GRAPHS}[stage]
+            self.network.inputs = [t.name for t in spec.inputs]
+            self.network.outputs = [t.name for t in spec.outputs]
             return not parse_errors
 
         num_errors = property(lambda self: len(parse_errors))
@@ -404,3 +405,17 @@ def test_plan_version_check_names_both_versions(tmp_path: Path) -> None:
         tb.check_plan_version(tmp_path, "10.7.0")
     with pytest.raises(ConfigError, match="not a TensorRT version: 'ten'"):
         tb.check_plan_version(tmp_path, "ten")
+
+
+def test_the_bfloat16_wire_cast_builds_with_bf16_allowed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from medsam2_export.model_repository import triton_graph_onnx
+
+    record = _fake_trt(monkeypatch)
+    onnx_dir = tmp_path / "onnx"
+    onnx_dir.mkdir()
+    (onnx_dir / "memory_unpack.onnx").write_bytes(triton_graph_onnx(Stage.MEMORY_UNPACK))
+    built = tb.build_engines(onnx_dir, tmp_path / "engines", stages=[Stage.MEMORY_UNPACK])
+    assert built[Stage.MEMORY_UNPACK].read_bytes() == b"plan:memory_unpack"
+    assert record.flags == {"FP16", "OBEY", "BF16"}
+    lo, opt, hi = record.profiles[Stage.MEMORY_UNPACK]["memory"]
+    assert (lo[1], opt[1], hi[1]) == (1, graphs.NUM_MASKMEM, graphs.MAX_MEMORY_SLOTS)

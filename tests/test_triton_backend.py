@@ -11,6 +11,7 @@ from triton_server import triton_repository, triton_server, triton_url  # noqa: 
 
 from medsam2.backends.onnxruntime_backend import OnnxRuntimeBackend
 from medsam2.engine.backend import StageBackend
+from medsam2.engine.resize import from_bfloat16_bits, to_bfloat16_bits
 from medsam2.errors import BackendUnavailable, InvalidInput
 from medsam2.graphs import ENSEMBLES, GRAPHS, TRACK_STEP, TRACK_STEP_WIRING, Stage
 from medsam2_export.onnx_export import sample_inputs
@@ -79,8 +80,16 @@ def test_track_step_ensemble_matches_the_stage_by_stage_composition(
 ) -> None:
     inputs = sample_inputs(ENSEMBLES[Stage.TRACK_STEP], batch=2, seed=5)
     inputs["no_memory"][:] = 0.0  # a tracked frame: attend to the memories
+    # Memories as the engine keeps them: bfloat16 values, which travel to Triton as bfloat16 and back exactly.
+    inputs["memory"] = from_bfloat16_bits(to_bfloat16_bits(inputs["memory"]))
     errors = _max_errors(triton.run(Stage.TRACK_STEP, inputs), _composed_track_step(embedded, inputs))
     assert max(errors.values()) <= TOLERANCE, errors
+
+
+def test_memories_that_are_not_bfloat16_are_refused_not_rounded(triton) -> None:  # noqa: ANN001
+    inputs = sample_inputs(ENSEMBLES[Stage.TRACK_STEP], batch=1, seed=6)  # float32 noise: not bfloat16 values
+    with pytest.raises(InvalidInput, match="memory must hold bfloat16 values"):
+        triton.run(Stage.TRACK_STEP, inputs)
 
 
 def test_memory_slot_axis_is_dynamic_through_triton(triton, embedded: OnnxRuntimeBackend) -> None:  # noqa: ANN001

@@ -6,6 +6,7 @@ import tempfile
 from pathlib import Path
 
 from medsam2.errors import ConfigError
+from medsam2.graphs import GRAPHS, TRITON_GRAPHS
 from medsam2_export import model_repository, tensorrt_build
 from medsam2_export.model import load_model
 from medsam2_export.onnx_export import export_all
@@ -24,8 +25,11 @@ def export_repository(checkpoint: Path, out_dir: Path, backend: str, max_batch: 
     with tempfile.TemporaryDirectory(prefix="medsam2-export-") as tmp:
         files = export_all(model, Path(tmp) / "onnx")
         if backend == "tensorrt":
+            for stage in TRITON_GRAPHS:  # the wire casts need plans too
+                model_repository.write_atomic(tensorrt_build.onnx_path(Path(tmp) / "onnx", stage),
+                                              model_repository.triton_graph_onnx(stage))
             files = tensorrt_build.build_engines(Path(tmp) / "onnx", Path(tmp) / "plans", max_batch=max_batch,
-                                                 opt_batch=min(4, max_batch))
+                                                 opt_batch=min(4, max_batch), stages=[*GRAPHS, *TRITON_GRAPHS])
         written = model_repository.write_model_repository(out_dir, backend, files, options)
         if backend == "tensorrt":
             # The TensorRT that built the plans, for the serving side's check (tensorrt_build.check_plan_version).

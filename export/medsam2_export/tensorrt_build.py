@@ -18,7 +18,7 @@ from typing import Any
 
 from medsam2 import graphs
 from medsam2.errors import BackendUnavailable, ConfigError
-from medsam2.graphs import GRAPHS, GraphSpec, Stage
+from medsam2.graphs import BF16, GRAPHS, TRITON_GRAPHS, GraphSpec, Stage
 from medsam2_export.model_repository import check_output_dir, write_atomic
 
 log = logging.getLogger(__name__)
@@ -217,8 +217,9 @@ def build_engines(
     used in ``<out_dir>/tensorrt_version``.
     """
     chosen = list(stages) if stages is not None else list(GRAPHS)
+    specs = {**GRAPHS, **TRITON_GRAPHS}
     # Everything that can be checked without TensorRT is, so mistakes surface on any machine and nothing is written.
-    profiles = {stage: profile_shapes(GRAPHS[stage], max_batch, opt_batch) for stage in chosen}
+    profiles = {stage: profile_shapes(specs[stage], max_batch, opt_batch) for stage in chosen}
     sources = {stage: onnx_path(onnx_dir, stage) for stage in chosen}
     for stage, path in sources.items():
         if not path.is_file():
@@ -229,7 +230,7 @@ def build_engines(
     builder = _create_builder(trt, logger)
     built = {}
     for stage in chosen:
-        plan = _build_one(trt, builder, logger, sources[stage], GRAPHS[stage], profiles[stage], workspace_gib)
+        plan = _build_one(trt, builder, logger, sources[stage], specs[stage], profiles[stage], workspace_gib)
         built[stage] = engine_path(out_dir, stage)
         write_atomic(built[stage], plan)
         log.info("wrote %s (%.1f MiB)", built[stage], len(plan) / 2**20)
@@ -349,6 +350,8 @@ def _build_one(
     config = builder.create_builder_config()
     config.set_flag(trt.BuilderFlag.FP16)
     config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
+    if any(t.dtype is BF16 for t in spec.inputs):  # the wire casts (graphs.TRITON_GRAPHS) read bfloat16
+        config.set_flag(trt.BuilderFlag.BF16)
     if workspace_gib is not None:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * 2**30))
     opt_profile = builder.create_optimization_profile()
