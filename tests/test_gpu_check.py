@@ -22,6 +22,7 @@ def _load():  # noqa: ANN202 - the script as a module
     return module
 
 
+@pytest.mark.slow
 def test_cpu_dry_run_writes_the_report(checkpoints: dict[str, Path], tmp_path: Path) -> None:
     gpu_check = _load()
     out = tmp_path / "report.json"

@@ -39,7 +39,8 @@ class TritonBackend:
     fused_track_step = True
     """Tracked frames go through the ``track_step`` ensemble in one call, so features never leave Triton."""
 
-    def __init__(self, url: str, *, timeout_s: float = 30, retries: int = 4, backoff_s: float = 0.25) -> None:
+    def __init__(self, url: str, *, timeout_s: float = 30, retries: int = 4, backoff_s: float = 0.25,
+                 max_batch: int = 16) -> None:
         try:
             import tritonclient.grpc as grpcclient
             from tritonclient.utils import InferenceServerException
@@ -47,15 +48,17 @@ class TritonBackend:
             raise BackendUnavailable(
                 "tritonclient is not installed: pip install 'tritonclient[grpc]>=2.73,<3' 'protobuf>=6.30,<7'"
             ) from exc
-        if timeout_s <= 0 or retries < 0 or backoff_s < 0:
+        if timeout_s <= 0 or retries < 0 or backoff_s < 0 or max_batch < 1:
             raise InvalidInput(f"bad Triton client settings: timeout_s={timeout_s}, retries={retries}, "
-                               f"backoff_s={backoff_s}")
+                               f"backoff_s={backoff_s}, max_batch={max_batch}")
         self._grpc = grpcclient
         self._server_error = InferenceServerException
         self.url = url
         self.timeout_s = float(timeout_s)
         self.retries = retries
         self.backoff_s = backoff_s
+        self.max_batch = max_batch
+        """The repository's max_batch_size: larger batches (more objects on a slice) go as several requests."""
         self._lock = threading.Lock()
         self._client: Any = None
         self._closed = False
@@ -69,6 +72,14 @@ class TritonBackend:
             check_inputs(stage, inputs)
         except ValueError as exc:
             raise InvalidInput(str(exc)) from exc
+        batch = inputs[spec.inputs[0].name].shape[0]
+        if batch > self.max_batch:
+            chunks = [self._run_checked(stage, spec, {k: v[i: i + self.max_batch] for k, v in inputs.items()})
+                      for i in range(0, batch, self.max_batch)]
+            return {t.name: np.concatenate([c[t.name] for c in chunks]) for t in spec.outputs}
+        return self._run_checked(stage, spec, inputs)
+
+    def _run_checked(self, stage: Stage, spec: GraphSpec, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         batch = inputs[spec.inputs[0].name].shape[0]
         request = self._infer_inputs(TRITON_ENSEMBLES.get(stage, spec), inputs)
         wanted = [self._grpc.InferRequestedOutput(t.name) for t in spec.outputs]
