@@ -61,9 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     seconds: dict[int, list[float]] = {0: [], args.slots: []}
     logits: dict[int, np.ndarray] = {}
     for _ in range(args.runs):
-        for slots in seconds:
+        for slots, times in seconds.items():
             s, logits[slots] = track(backend, frames, slots)
-            seconds[slots].append(s)
+            times.append(s)
     plain, padded = (float(np.median(seconds[k])) for k in seconds)
     print(json.dumps({"slices": args.slices, "runs": args.runs, "threads": args.threads,
                       "s_per_slice_unpadded": plain, f"s_per_slice_padded_to_{args.slots}": padded,

@@ -246,7 +246,7 @@ def test_plan_version_check_runs(tools: dict[str, Path], tmp_path: Path, plans: 
         (repo / "tensorrt_version").write_text(plans + "\n")
     script = _plan_check(tools).replace("/models/medsam2-latest-v1", str(repo))
     # No libnvinfer here: the script falls back to TRT_VERSION, which NGC images set.
-    done = subprocess.run(["sh", "-ec", script], capture_output=True, text=True, timeout=30,
+    done = subprocess.run(["sh", "-ec", script], check=False, capture_output=True, text=True, timeout=30,
                           env={"PATH": os.environ["PATH"], "TRT_VERSION": server})
     assert (done.returncode == 0) is passes, done.stdout + done.stderr
     if plans is not None and not passes:

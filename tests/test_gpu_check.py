@@ -14,7 +14,7 @@ torch = pytest.importorskip("torch")
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "gpu_check.py"
 
 
-def _load():  # noqa: ANN202 - the script as a module
+def _load():  # the script as a module
     spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up there
@@ -68,7 +68,7 @@ def test_micro_batcher_merges_concurrent_calls_and_returns_each_its_rows() -> No
     lock = threading.Lock()
 
     class Recording:
-        def run(self, stage, inputs):  # noqa: ANN001, ANN202
+        def run(self, stage, inputs):
             with lock:
                 calls.append(next(iter(inputs.values())).shape[0])
             return {k: v * 2 for k, v in inputs.items()}

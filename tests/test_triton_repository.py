@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from medsam2.errors import ConfigError, NotFound
 from medsam2 import graphs
+from medsam2.errors import ConfigError, NotFound
 from medsam2.graphs import ENSEMBLES, GRAPHS, Stage
 from medsam2_export import model_repository as mr
 from medsam2_export import triton_cpu
