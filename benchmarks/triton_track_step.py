@@ -30,6 +30,7 @@ import numpy as np
 
 from medsam2.backends.onnxruntime_backend import OnnxRuntimeBackend
 from medsam2.backends.triton_backend import TritonBackend
+from medsam2.engine.resize import from_bfloat16_bits, to_bfloat16_bits
 from medsam2.graphs import NUM_MASKMEM, TRACK_STEP, TRACK_STEP_WIRING, Stage
 from medsam2_export.triton_cpu import free_port, serve_cpu_repository
 
@@ -98,6 +99,8 @@ def tracked_inputs(memories: int, seed: int) -> dict[str, np.ndarray]:
     inputs["point_labels"][:] = -2  # tracked frames carry no clicks
     inputs["has_mask_input"][:] = 0.0
     inputs["mask_input"][:] = 0.0
+    # Memories as the engine keeps them (bfloat16 values): they travel to Triton as bfloat16.
+    inputs["memory"] = from_bfloat16_bits(to_bfloat16_bits(inputs["memory"]))
     return inputs
 
 

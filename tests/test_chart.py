@@ -35,10 +35,10 @@ VARIANTS: dict[str, list[str]] = {
 }
 # What each variant must render, by kind (names are checked where it matters, below).
 EXPECTED_KINDS = {
-    "default": {"Deployment": 2, "Service": 3, "HorizontalPodAutoscaler": 2, "PodDisruptionBudget": 2, "Job": 1,
+    "default": {"Deployment": 2, "Service": 3, "HorizontalPodAutoscaler": 2, "PodDisruptionBudget": 2, "Job": 0,
                 "PersistentVolumeClaim": 1, "NetworkPolicy": 2, "ServiceMonitor": 1, "PrometheusRule": 1,
                 "ConfigMap": 1, "ServiceAccount": 1},
-    "gpu": {"Deployment": 2, "Service": 3, "HorizontalPodAutoscaler": 2, "Job": 1, "DestinationRule": 1,
+    "gpu": {"Deployment": 2, "Service": 3, "HorizontalPodAutoscaler": 2, "Job": 0, "DestinationRule": 1,
             "ConfigMap": 2},
     "cpu": {"Deployment": 1, "Service": 2, "Job": 1, "PersistentVolumeClaim": 1, "NetworkPolicy": 1,
             "HorizontalPodAutoscaler": 0, "PodDisruptionBudget": 0, "DestinationRule": 0},
@@ -176,13 +176,20 @@ def test_gpu_install(tools: dict[str, Path]) -> None:
     assert t["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
     assert t["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
     assert "--model-repository=/models/medsam2-latest-v1" in t["args"]
-    assert {v["name"] for v in pod["volumes"]} == {"dshm", "models"}
-    # The pods wait for the build Job's marker; the Job builds TensorRT engines on a GPU node.
-    assert "/models/medsam2-latest-v1/.medsam2-ready" in pod["initContainers"][0]["command"][-1]
-    job = by_kind(docs, "Job")[0]
-    build = container(job, "build")
-    assert "--backend tensorrt" in build["args"][0] and build["resources"]["limits"]["nvidia.com/gpu"] == 1
-    assert job["spec"]["template"]["spec"]["nodeSelector"] == pod["nodeSelector"]
+    assert {v["name"] for v in pod["volumes"]} == {"dshm", "models", "build-tmp"}
+    # The Triton pod builds the plans itself, on the GPU it holds, then checks their TensorRT against its own:
+    # no separate Job that would wait for a second GPU while this pod holds the first.
+    assert not by_kind(docs, "Job")
+    build, check = pod["initContainers"]
+    assert build["name"] == "build-model-repository" and check["name"] == "check-tensorrt-version"
+    assert "--backend tensorrt" in build["args"][0] and "/models/medsam2-latest-v1" in build["args"][0]
+    assert build["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert {m["mountPath"]: m.get("readOnly", False) for m in build["volumeMounts"]}["/models"] is False
+    assert check["image"] == t["image"] and "tensorrt_version" in check["args"][0]
+    assert {m["mountPath"]: m.get("readOnly") for m in t["volumeMounts"]}["/models"] is True
+    # The CUDA memory pool holds the ensemble's intermediates (sized from graphs.py, see test_cuda_memory_pool).
+    from medsam2_export.model_repository import cuda_memory_pool_bytes
+    assert f"--cuda-memory-pool-byte-size=0:{cuda_memory_pool_bytes()}" in t["args"]
 
     server = one(docs, "Deployment", f"{RELEASE}-medsam2")
     s = container(server, "server")
@@ -205,6 +212,51 @@ def test_gpu_install(tools: dict[str, Path]) -> None:
     assert services[f"{RELEASE}-medsam2-triton"] == {"http": 8000, "grpc": 8001, "metrics": 8002}
     dashboard = by_kind(docs, "ConfigMap")[0]
     assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+
+
+def test_onnxruntime_repository_for_triton_is_built_by_a_job(tools: dict[str, Path]) -> None:
+    """Only TensorRT needs the GPU: an ONNX Runtime repository is still built by a Job, which the pods wait for."""
+    docs = helm_template(tools, ["--set", "modelRepository.buildJob.backend=onnxruntime,triton.cudaMemoryPoolBytes=0"])
+    job = by_kind(docs, "Job")[0]
+    assert "--backend onnxruntime" in container(job, "build")["args"][0]
+    triton = one(docs, "Deployment", f"{RELEASE}-medsam2-triton")
+    (wait,) = triton["spec"]["template"]["spec"]["initContainers"]
+    assert "/models/medsam2-latest-v1/.medsam2-ready" in wait["command"][-1]
+    assert not [a for a in container(triton, "triton")["args"] if "cuda-memory-pool" in a]
+
+
+def _plan_check(tools: dict[str, Path]) -> str:
+    triton = one(helm_template(tools, VARIANTS["default"]), "Deployment", f"{RELEASE}-medsam2-triton")
+    return triton["spec"]["template"]["spec"]["initContainers"][1]["args"][0]
+
+
+@pytest.mark.parametrize(("plans", "server", "passes"), [
+    ("10.7.0.23", "10.7.0.23", True), ("10.7.0", "10.7.0.23", True), ("10.16.0.72", "10.7.0.23", False),
+    (None, "10.7.0.23", False),
+])
+def test_plan_version_check_runs(tools: dict[str, Path], tmp_path: Path, plans: str | None, server: str,
+                                 passes: bool) -> None:
+    """The rendered init-container script, run against a repository folder; it agrees with check_plan_version."""
+    from medsam2.errors import ConfigError
+    from medsam2_export.tensorrt_build import check_plan_version
+
+    repo = tmp_path / "medsam2-latest-v1"
+    repo.mkdir()
+    if plans is not None:
+        (repo / "tensorrt_version").write_text(plans + "\n")
+    script = _plan_check(tools).replace("/models/medsam2-latest-v1", str(repo))
+    # No libnvinfer here: the script falls back to TRT_VERSION, which NGC images set.
+    done = subprocess.run(["sh", "-ec", script], check=False, capture_output=True, text=True, timeout=30,
+                          env={"PATH": os.environ["PATH"], "TRT_VERSION": server})
+    assert (done.returncode == 0) is passes, done.stdout + done.stderr
+    if plans is not None and not passes:
+        assert f"built with TensorRT {plans}, but this Triton has TensorRT {server}" in done.stderr
+        with pytest.raises(ConfigError, match="but the server has"):
+            check_plan_version(repo, server)
+    elif plans is None:
+        assert "tensorrt_version is missing" in done.stderr
+    else:
+        check_plan_version(repo, server)
 
 
 def test_cpu_only_install(tools: dict[str, Path]) -> None:

@@ -13,13 +13,24 @@ import pytest
 
 from medsam2 import graphs
 from medsam2.errors import ConfigError, OutputNotWritable
-from medsam2.graphs import ENSEMBLES, GRAPHS, TRACK_STEP, TRACK_STEP_WIRING, Stage
+from medsam2.graphs import (
+    ENSEMBLES,
+    GRAPHS,
+    TRACK_STEP,
+    TRACK_STEP_WIRING,
+    TRITON_ENSEMBLES,
+    TRITON_GRAPHS,
+    TRITON_TRACK_STEP_WIRING,
+    Stage,
+)
 from medsam2_export import model_repository as mr
 from medsam2_export.tensorrt_build import profile_shapes
 
 REPO = Path(__file__).resolve().parents[1]
 COMMITTED = REPO / "model_repository"
-TRITON_TYPES = {"uint8": "TYPE_UINT8", "float32": "TYPE_FP32", "int32": "TYPE_INT32", "int64": "TYPE_INT64"}
+TRITON_TYPES = {"uint8": "TYPE_UINT8", "float32": "TYPE_FP32", "int32": "TYPE_INT32", "int64": "TYPE_INT64",
+                "bfloat16": "TYPE_BF16"}
+WIRE_TRACK_STEP = TRITON_ENSEMBLES[Stage.TRACK_STEP]
 
 
 # A tiny protobuf-text reader, enough for the configs the writer produces, so structure checks need no tritonclient.
@@ -106,8 +117,9 @@ def test_config_structure_follows_the_contract(backend: str, stage: Stage) -> No
             if "reshape" in entry:
                 assert _only(entry, "reshape").get("shape", []) == []
     batching = _only(cfg, "dynamic_batching")
-    assert batching["preferred_batch_size"] == [4, 8]
-    assert _only(batching, "max_queue_delay_microseconds") == 2000
+    # No preferred sizes (Triton's advice) and a short queue delay: a lone slice waits at most 200 us per step.
+    assert "preferred_batch_size" not in batching
+    assert _only(batching, "max_queue_delay_microseconds") == 200
     group = _only(cfg, "instance_group")
     assert (_only(group, "count"), _only(group, "kind")) == (1, "KIND_GPU")
     warmup = _only(cfg, "model_warmup")
@@ -133,7 +145,7 @@ def test_memory_slot_axis_stays_dynamic() -> None:
 def test_tensorrt_config_is_consistent_with_the_engine_profile(stage: Stage) -> None:
     spec = GRAPHS[stage]
     options = mr.RepositoryOptions()
-    profiles = profile_shapes(spec, max_batch=options.max_batch_size, opt_batch=options.preferred_batch_sizes[0])
+    profiles = profile_shapes(spec, max_batch=options.max_batch_size, opt_batch=4)
     for tensor in spec.inputs:
         lo, _, hi = profiles[tensor.name]
         assert hi[0] == options.max_batch_size
@@ -184,18 +196,20 @@ def test_options_change_the_config() -> None:
 )
 def test_writes_configs_and_binaries(tmp_path: Path, backend: str, suffix: str, model_name: str) -> None:
     files = {}
-    for stage in GRAPHS:
+    # TensorRT needs plans of the wire casts too; for ONNX Runtime the writer builds them from the contract.
+    for stage in (*GRAPHS, *(TRITON_GRAPHS if backend == "tensorrt" else ())):
         files[stage] = tmp_path / "src" / f"{stage.value}{suffix}"
         files[stage].parent.mkdir(exist_ok=True)
         files[stage].write_bytes(stage.value.encode())
     out = tmp_path / "repo"
     written = mr.write_model_repository(out, backend, files)
-    assert len(written) == 2 * len(GRAPHS) + len(ENSEMBLES)
-    for stage in GRAPHS:
-        assert (out / stage.value / "config.pbtxt").read_text() == mr.render_config(GRAPHS[stage], backend)
-        assert (out / stage.value / "1" / model_name).read_bytes() == stage.value.encode()
+    assert len(written) == 2 * (len(GRAPHS) + len(TRITON_GRAPHS)) + len(ENSEMBLES)
+    for stage, spec in {**GRAPHS, **TRITON_GRAPHS}.items():
+        assert (out / stage.value / "config.pbtxt").read_text() == mr.render_config(spec, backend)
+        binary = (out / stage.value / "1" / model_name).read_bytes()
+        assert binary == (mr.triton_graph_onnx(stage) if stage not in files else stage.value.encode())
         assert (out / stage.value / "config.pbtxt").stat().st_mode & 0o777 == 0o644
-    for stage, spec in ENSEMBLES.items():
+    for stage, spec in TRITON_ENSEMBLES.items():
         assert (out / stage.value / "config.pbtxt").read_text() == mr.render_config(spec, backend)
         # Triton loads no model without a version folder, an ensemble's stays empty.
         assert (out / stage.value / "1").is_dir() and not any((out / stage.value / "1").iterdir())
@@ -204,7 +218,7 @@ def test_writes_configs_and_binaries(tmp_path: Path, backend: str, suffix: str, 
 
 def test_configs_only_without_model_files(tmp_path: Path) -> None:
     written = mr.write_model_repository(tmp_path, "tensorrt")
-    assert written == [tmp_path / s.value / "config.pbtxt" for s in (*GRAPHS, *ENSEMBLES)]
+    assert written == [tmp_path / s.value / "config.pbtxt" for s in (*GRAPHS, *TRITON_GRAPHS, *ENSEMBLES)]
     assert not any(p.name == "1" for p in tmp_path.rglob("*"))
 
 
@@ -268,8 +282,12 @@ def test_missing_stage_and_wrong_kind_of_model_file(tmp_path: Path) -> None:
     partial = {s: p for s, p in files.items() if s is not Stage.SAM_HEADS}
     with pytest.raises(ConfigError, match="sam_heads"):
         mr.write_model_repository(tmp_path / "out", "onnxruntime", partial)
-    with pytest.raises(ConfigError, match="tensorrt"):
+    with pytest.raises(ConfigError, match="no model file given for stage.*memory_unpack"):
         mr.write_model_repository(tmp_path / "out", "tensorrt", files)
+    (tmp_path / "memory_unpack.onnx").write_bytes(b"onnx")
+    with pytest.raises(ConfigError, match="tensorrt"):
+        mr.write_model_repository(tmp_path / "out", "tensorrt", {**files, Stage.MEMORY_UNPACK: tmp_path /
+                                                                  "memory_unpack.onnx"})
     assert not (tmp_path / "out").exists()
 
 
@@ -303,19 +321,19 @@ def _map(entries: list[dict[str, Any]]) -> dict[str, str]:
 
 @pytest.mark.parametrize("backend", mr.BACKENDS)
 def test_track_step_ensemble_follows_the_wiring(backend: str) -> None:
-    cfg = _parse(mr.render_config(TRACK_STEP, backend))
+    cfg = _parse(mr.render_config(WIRE_TRACK_STEP, backend))
     assert _only(cfg, "name") == "track_step"
     assert _only(cfg, "platform") == "ensemble"
     assert _only(cfg, "max_batch_size") == 16
-    for entries, tensors in ((cfg["input"], TRACK_STEP.inputs), (cfg["output"], TRACK_STEP.outputs)):
+    for entries, tensors in ((cfg["input"], WIRE_TRACK_STEP.inputs), (cfg["output"], TRACK_STEP.outputs)):
         assert [_only(e, "name") for e in entries] == [t.name for t in tensors]
         for entry, tensor in zip(entries, tensors, strict=True):
             assert _only(entry, "data_type") == TRITON_TYPES[tensor.dtype.__name__]
             # No reshape: the steps declare per-item scalars as [1], and Triton compares the ensemble with them.
             assert entry["dims"] == _expected_dims(tensor.shape) and "reshape" not in entry
     steps = _only(cfg, "ensemble_scheduling")["step"]
-    assert len(steps) == len(TRACK_STEP_WIRING)
-    for step, (stage, inputs, outputs) in zip(steps, TRACK_STEP_WIRING, strict=True):
+    assert len(steps) == len(TRITON_TRACK_STEP_WIRING)
+    for step, (stage, inputs, outputs) in zip(steps, TRITON_TRACK_STEP_WIRING, strict=True):
         assert _only(step, "model_name") == stage.value
         assert _only(step, "model_version") == -1
         assert _map(step["input_map"]) == inputs
@@ -325,7 +343,7 @@ def test_track_step_ensemble_follows_the_wiring(backend: str) -> None:
 
 
 def test_track_step_config_is_the_same_for_every_backend() -> None:
-    assert len({mr.render_config(TRACK_STEP, b) for b in mr.BACKENDS}) == 1
+    assert len({mr.render_config(WIRE_TRACK_STEP, b) for b in mr.BACKENDS}) == 1
 
 
 @pytest.mark.parametrize("backend", mr.BACKENDS)
@@ -335,17 +353,18 @@ def test_ensemble_parses_as_triton_model_config(backend: str) -> None:
         pytest.skip("tritonclient[grpc] is not installed")
     from google.protobuf import text_format
 
-    cfg = text_format.Parse(mr.render_config(TRACK_STEP, backend), pb2.ModelConfig())
+    cfg = text_format.Parse(mr.render_config(WIRE_TRACK_STEP, backend), pb2.ModelConfig())
     assert cfg.platform == "ensemble"
-    assert [s.model_name for s in cfg.ensemble_scheduling.step] == [s.value for s, _, _ in TRACK_STEP_WIRING]
-    for step, (_, inputs, outputs) in zip(cfg.ensemble_scheduling.step, TRACK_STEP_WIRING, strict=True):
+    wiring = TRITON_TRACK_STEP_WIRING
+    assert [s.model_name for s in cfg.ensemble_scheduling.step] == [s.value for s, _, _ in wiring]
+    for step, (_, inputs, outputs) in zip(cfg.ensemble_scheduling.step, wiring, strict=True):
         assert dict(step.input_map) == inputs and dict(step.output_map) == outputs
 
 
 def test_every_model_has_a_committed_config() -> None:
     for backend in mr.BACKENDS:
         names = {p.parent.name for p in (COMMITTED / backend).glob("*/config.pbtxt")}
-        assert names == {s.value for s in (*GRAPHS, *ENSEMBLES)}, backend
+        assert names == {s.value for s in (*GRAPHS, *TRITON_GRAPHS, *ENSEMBLES)}, backend
 
 
 def _rewired(stage: Stage, inputs: dict[str, str] | None = None, outputs: dict[str, str] | None = None):  # noqa: ANN202
@@ -369,3 +388,51 @@ def _rewired(stage: Stage, inputs: dict[str, str] | None = None, outputs: dict[s
 def test_broken_wiring_is_a_config_error(wiring: Any, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         mr.check_wiring(TRACK_STEP, wiring)
+
+
+# ---------------------------------------------------------------------------------------------
+# Memories on the wire in bfloat16, and the CUDA memory pool
+
+
+def test_memories_travel_as_bfloat16_and_are_cast_back_first() -> None:
+    assert WIRE_TRACK_STEP.input("memory").dtype is graphs.BF16
+    # Everything but the memories keeps the contract's dtype.
+    assert [(t.name, t.shape) for t in WIRE_TRACK_STEP.inputs] == [(t.name, t.shape) for t in TRACK_STEP.inputs]
+    assert [t.dtype for t in WIRE_TRACK_STEP.inputs if t.name != "memory"] == \
+        [t.dtype for t in TRACK_STEP.inputs if t.name != "memory"]
+    first, *rest = TRITON_TRACK_STEP_WIRING
+    assert first == (Stage.MEMORY_UNPACK, {"memory": "memory"}, {"memory_f32": "memory_f32"})
+    attention = next(i for s, i, _ in rest if s is Stage.MEMORY_ATTENTION)
+    assert attention["memory"] == "memory_f32"
+    mr.check_wiring(WIRE_TRACK_STEP, TRITON_TRACK_STEP_WIRING)
+
+
+def test_memory_unpack_graph_is_an_exact_cast() -> None:
+    import ml_dtypes
+    import numpy as np
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(mr.triton_graph_onnx(Stage.MEMORY_UNPACK), providers=["CPUExecutionProvider"])
+    values = np.random.default_rng(0).standard_normal((2, 3, graphs.MEM_DIM, graphs.FEAT, graphs.FEAT))
+    memory = values.astype(ml_dtypes.bfloat16)
+    feed = ort.OrtValue.ortvalue_from_numpy_with_onnx_type(memory.view(np.uint16), 16)  # 16: ONNX BFLOAT16
+    (out,) = session.run_with_ort_values(["memory_f32"], {"memory": feed})
+    assert np.array_equal(out.numpy(), memory.astype(np.float32))
+
+
+def test_cuda_memory_pool_holds_a_full_batch_in_every_step() -> None:
+    per_item = mr.ensemble_intermediate_bytes()
+    # Every tensor a step produces, the float32 memories (7 slots) among them, and nothing else.
+    produced = {t for _, _, outputs in TRITON_TRACK_STEP_WIRING for t in outputs.values()}
+    assert set(per_item) == produced
+    assert per_item["memory_f32"] == graphs.NUM_MASKMEM * graphs.MEM_DIM * graphs.FEAT ** 2 * 4
+    assert per_item["feat_s0"] == 32 * graphs.LOW_RES ** 2 * 4
+    pool = mr.cuda_memory_pool_bytes()
+    need = sum(per_item.values()) * 16 * len(TRITON_TRACK_STEP_WIRING)
+    assert need <= pool < need + 2**20 and pool % 2**20 == 0
+    # The chart and the deployment guide carry this very number, so a change of the graphs cannot leave them behind.
+    import yaml
+
+    values = yaml.safe_load((REPO / "deploy" / "helm" / "medsam2" / "values.yaml").read_text())
+    assert values["triton"]["cudaMemoryPoolBytes"] == pool
+    assert f"{pool:,}" in (REPO / "docs" / "deploy.md").read_text()

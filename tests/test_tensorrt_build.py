@@ -242,15 +242,17 @@ class _Network:
 
 
 def _fake_trt(
-    monkeypatch: pytest.MonkeyPatch, *, parse_errors: tuple[str, ...] = (), no_gpu: bool = False, version: int = 10
+    monkeypatch: pytest.MonkeyPatch, *, parse_errors: tuple[str, ...] = (), no_gpu: bool = False, version: int = 10,
+    version_string: str | None = None,
 ) -> types.SimpleNamespace:
     """Install a stand-in ``tensorrt`` module; returns what the build asked of it."""
     trt = types.ModuleType("tensorrt")
-    trt.__version__ = f"{version}.0.0"
+    # Triton's TensorRT unless told otherwise, as the build requires.
+    trt.__version__ = version_string or (tb.TENSORRT_VERSION + ".23" if version == 10 else f"{version}.0.0")
     trt.float32 = "float32"
     trt.DataType = types.SimpleNamespace(INT64="INT64")
     # TensorRT 11 dropped the weak-typing flags.
-    flags = {"FP16": "FP16", "OBEY_PRECISION_CONSTRAINTS": "OBEY"} if version == 10 else {}
+    flags = {"FP16": "FP16", "OBEY_PRECISION_CONSTRAINTS": "OBEY", "BF16": "BF16"} if version == 10 else {}
     trt.BuilderFlag = types.SimpleNamespace(**flags)
     trt.MemoryPoolType = types.SimpleNamespace(WORKSPACE="WORKSPACE")
     trt.IElementWiseLayer, trt.IReduceLayer, trt.IUnaryLayer = _ElementWise, _Layer, _Layer
@@ -303,8 +305,9 @@ def _fake_trt(
         def parse_from_file(self, path: str) -> bool:
             stage = Stage(Path(path).stem)
             self.network.stage = stage
-            self.network.inputs = [t.name for t in GRAPHS[stage].inputs]
-            self.network.outputs = [t.name for t in GRAPHS[stage].outputs]
+            spec = {**GRAPHS, **graphs.TRITON_GRAPHS}[stage]
+            self.network.inputs = [t.name for t in spec.inputs]
+            self.network.outputs = [t.name for t in spec.outputs]
             return not parse_errors
 
         num_errors = property(lambda self: len(parse_errors))
@@ -329,7 +332,7 @@ def test_builds_every_stage_with_fp16_profiles_and_pinning(tmp_path: Path, monke
     softmax, norm_div, conv = record.networks[0].layers
     assert softmax.precision == norm_div.precision == "float32" and conv.precision is None
     assert norm_div.output_types == {0: "float32"} and conv.output_types == {}
-    assert sorted(p.name for p in out.iterdir()) == sorted(f"{s.value}.plan" for s in GRAPHS)
+    assert sorted(p.name for p in out.iterdir()) == sorted([*(f"{s.value}.plan" for s in GRAPHS), tb.PLAN_VERSION_FILE])
 
 
 def test_parser_errors_are_all_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -358,3 +361,61 @@ def test_tensorrt_11_is_refused_with_the_version_to_install(tmp_path: Path, monk
     with pytest.raises(BackendUnavailable, match=r"TensorRT 11\.0\.0 .*TensorRT 10\.x"):
         tb.build_engines(_onnx_dir(tmp_path), tmp_path / "engines")
     assert not (tmp_path / "engines").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# The TensorRT release: pinned to Triton's, checked at build time and against the serving side
+
+
+def test_builds_record_the_tensorrt_version(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _fake_trt(monkeypatch, version_string=tb.TENSORRT_VERSION + ".23")
+    out = tmp_path / "engines"
+    tb.build_engines(_onnx_dir(tmp_path), out, stages=[Stage.MASK_SELECT])
+    assert (out / tb.PLAN_VERSION_FILE).read_text().strip() == tb.TENSORRT_VERSION + ".23"
+    assert tb.check_plan_version(out, tb.TENSORRT_VERSION) == tb.TENSORRT_VERSION + ".23"
+
+
+def test_a_tensorrt_other_than_tritons_is_refused_before_building(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _fake_trt(monkeypatch, version_string="10.16.0.72")
+    out, onnx_dir = tmp_path / "engines", _onnx_dir(tmp_path)
+    with pytest.raises(BackendUnavailable, match=rf"TensorRT 10\.16\.0\.72 .*Triton {tb.TRITON_RELEASE} "
+                                                 rf"\(TensorRT {re.escape(tb.TENSORRT_VERSION)}\).*tensorrt-cu12=="):
+        tb.build_engines(onnx_dir, out)
+    assert not out.exists()
+    # Opting out of the pin (a Triton other than the chart's) still builds.
+    tb.build_engines(onnx_dir, out, stages=[Stage.MASK_SELECT], expected_version=None)
+    assert (out / "mask_select.plan").is_file()
+
+
+@pytest.mark.parametrize(("plan", "server", "loads"), [
+    ("10.7.0.23", "10.7.0", True), ("10.7.0", "10.7.0.23", True), ("10.7.0", "10.7.1", False),
+    ("10.16.0.72", "10.7.0.23", False), ("9.7.0", "10.7.0", False),
+])
+def test_plan_and_server_versions_must_be_one_release(plan: str, server: str, loads: bool) -> None:
+    assert tb.same_release(plan, server) is loads
+
+
+def test_plan_version_check_names_both_versions(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"tensorrt_version is missing.*medsam2 export --backend tensorrt"):
+        tb.check_plan_version(tmp_path, "10.7.0")
+    (tmp_path / tb.PLAN_VERSION_FILE).write_text("10.16.0.72\n")
+    with pytest.raises(ConfigError, match=r"built with TensorRT 10\.16\.0\.72, but the server has TensorRT 10\.7\.0"):
+        tb.check_plan_version(tmp_path, "10.7.0")
+    with pytest.raises(ConfigError, match="not a TensorRT version: 'ten'"):
+        tb.check_plan_version(tmp_path, "ten")
+
+
+def test_the_bfloat16_wire_cast_builds_with_bf16_allowed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from medsam2_export.model_repository import triton_graph_onnx
+
+    record = _fake_trt(monkeypatch)
+    onnx_dir = tmp_path / "onnx"
+    onnx_dir.mkdir()
+    (onnx_dir / "memory_unpack.onnx").write_bytes(triton_graph_onnx(Stage.MEMORY_UNPACK))
+    built = tb.build_engines(onnx_dir, tmp_path / "engines", stages=[Stage.MEMORY_UNPACK])
+    assert built[Stage.MEMORY_UNPACK].read_bytes() == b"plan:memory_unpack"
+    assert record.flags == {"FP16", "OBEY", "BF16"}
+    lo, opt, hi = record.profiles[Stage.MEMORY_UNPACK]["memory"]
+    assert (lo[1], opt[1], hi[1]) == (1, graphs.NUM_MASKMEM, graphs.MAX_MEMORY_SLOTS)

@@ -11,6 +11,7 @@ from triton_server import triton_repository, triton_server, triton_url  # noqa: 
 
 from medsam2.backends.onnxruntime_backend import OnnxRuntimeBackend
 from medsam2.engine.backend import StageBackend
+from medsam2.engine.resize import from_bfloat16_bits, to_bfloat16_bits
 from medsam2.errors import BackendUnavailable, InvalidInput
 from medsam2.graphs import ENSEMBLES, GRAPHS, TRACK_STEP, TRACK_STEP_WIRING, Stage
 from medsam2_export.onnx_export import sample_inputs
@@ -79,8 +80,16 @@ def test_track_step_ensemble_matches_the_stage_by_stage_composition(
 ) -> None:
     inputs = sample_inputs(ENSEMBLES[Stage.TRACK_STEP], batch=2, seed=5)
     inputs["no_memory"][:] = 0.0  # a tracked frame: attend to the memories
+    # Memories as the engine keeps them: bfloat16 values, which travel to Triton as bfloat16 and back exactly.
+    inputs["memory"] = from_bfloat16_bits(to_bfloat16_bits(inputs["memory"]))
     errors = _max_errors(triton.run(Stage.TRACK_STEP, inputs), _composed_track_step(embedded, inputs))
     assert max(errors.values()) <= TOLERANCE, errors
+
+
+def test_memories_that_are_not_bfloat16_are_refused_not_rounded(triton) -> None:  # noqa: ANN001
+    inputs = sample_inputs(ENSEMBLES[Stage.TRACK_STEP], batch=1, seed=6)  # float32 noise: not bfloat16 values
+    with pytest.raises(InvalidInput, match="memory must hold bfloat16 values"):
+        triton.run(Stage.TRACK_STEP, inputs)
 
 
 def test_memory_slot_axis_is_dynamic_through_triton(triton, embedded: OnnxRuntimeBackend) -> None:  # noqa: ANN001
@@ -96,11 +105,22 @@ def test_wrong_dtype_is_invalid_input_before_any_call(triton) -> None:  # noqa: 
         triton.run(Stage.MASK_DOWNSAMPLER, inputs)
 
 
-def test_request_triton_refuses_is_invalid_input(triton) -> None:  # noqa: ANN001
-    inputs = sample_inputs(GRAPHS[Stage.MASK_SELECT], batch=17)  # above max_batch_size 16
+def test_request_triton_refuses_is_invalid_input(triton_url: str) -> None:  # noqa: F811
+    from medsam2.backends.triton_backend import TritonBackend
+
+    # A client that believes in a larger max batch than the repository's 16 sends 17 at once; Triton refuses.
+    backend = TritonBackend(triton_url, max_batch=32)
+    inputs = sample_inputs(GRAPHS[Stage.MASK_SELECT], batch=17)
     with pytest.raises(InvalidInput, match="mask_select"):
-        triton.run(Stage.MASK_SELECT, inputs)
-    assert triton.is_ready()
+        backend.run(Stage.MASK_SELECT, inputs)
+    assert backend.is_ready()
+    backend.close()
+
+
+def test_more_objects_than_max_batch_go_as_several_requests(triton, embedded: OnnxRuntimeBackend) -> None:  # noqa: ANN001
+    inputs = sample_inputs(GRAPHS[Stage.MASK_SELECT], batch=triton.max_batch + 3, seed=11)
+    errors = _max_errors(triton.run(Stage.MASK_SELECT, inputs), embedded.run(Stage.MASK_SELECT, inputs))
+    assert max(errors.values()) <= TOLERANCE, errors
 
 
 def test_unreachable_server_is_backend_unavailable_naming_url_and_model() -> None:
@@ -132,3 +152,16 @@ def test_concurrent_requests_batched_by_triton_keep_their_own_results(
     for inputs, got in zip(requests, results, strict=True):
         errors = _max_errors(got, embedded.run(Stage.MEMORY_ENCODER, inputs))
         assert max(errors.values()) <= TOLERANCE, errors
+
+
+def test_track_step_with_more_objects_than_max_batch(triton_url: str, embedded: OnnxRuntimeBackend) -> None:  # noqa: F811
+    """The ensemble chunked: a client capped at 2 rows sends 3 objects as two requests, with the same results."""
+    from medsam2.backends.triton_backend import TritonBackend
+
+    backend = TritonBackend(triton_url, max_batch=2)
+    inputs = sample_inputs(ENSEMBLES[Stage.TRACK_STEP], batch=3, slots=2, seed=12)
+    inputs["no_memory"][:] = 0.0
+    inputs["memory"] = from_bfloat16_bits(to_bfloat16_bits(inputs["memory"]))
+    errors = _max_errors(backend.run(Stage.TRACK_STEP, inputs), _composed_track_step(embedded, inputs))
+    assert max(errors.values()) <= TOLERANCE, errors
+    backend.close()

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from medsam2 import graphs
 from medsam2.errors import ConfigError, NotFound
 from medsam2.graphs import ENSEMBLES, GRAPHS, Stage
 from medsam2_export import model_repository as mr
@@ -59,7 +60,7 @@ def test_without_an_environment_no_execution_env_path() -> None:
 def test_writes_a_complete_repository(fake_onnx_dir: Path, fake_env: Path, tmp_path: Path) -> None:
     out = tmp_path / "repo"
     written = triton_cpu.write_cpu_repository(fake_onnx_dir, out, fake_env)
-    assert len(written) == 3 * len(GRAPHS) + len(ENSEMBLES)
+    assert len(written) == 3 * (len(GRAPHS) + len(graphs.TRITON_GRAPHS)) + len(ENSEMBLES)
     model_py = triton_cpu.MODEL_PY.read_text()
     for stage in GRAPHS:
         assert (out / stage.value / "1" / "model.onnx").read_bytes() == stage.value.encode()

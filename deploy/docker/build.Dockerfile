@@ -13,7 +13,8 @@ FROM ${PYTHON_IMAGE}
 ARG TORCH_VERSION=2.13.0
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 ARG SAM2_VERSION=1.1.0
-# Must be the TensorRT of the Triton image that loads the engines (tritonserver 24.12: TensorRT 10.7).
+# Must be the TensorRT of the Triton image that loads the engines (tritonserver 24.12: TensorRT 10.7.0); pinned in
+# export/medsam2_export/tensorrt_build.py (TENSORRT_VERSION), which the build checks, and tested to agree.
 ARG TENSORRT_VERSION=10.7.0
 
 ENV PYTHONDONTWRITEBYTECODE=1 \

@@ -3,8 +3,9 @@
 The configs come from the contract in ``medsam2.graphs`` alone, so the copies
 committed under ``model_repository/`` can be regenerated (and checked for
 freshness) without torch, onnx or tritonclient.  Besides one model per stage
-graph, the repository holds the ensembles of ``graphs.ENSEMBLES`` (the
-``track_step``), wired as ``graphs.TRACK_STEP_WIRING`` says.
+graph, the repository holds the casts of ``graphs.TRITON_GRAPHS`` (memories
+cross the network in bfloat16) and the ensembles of ``graphs.TRITON_ENSEMBLES``
+(the ``track_step``), wired as ``graphs.TRITON_TRACK_STEP_WIRING`` says.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import numpy as np
 
 from medsam2 import graphs
 from medsam2.errors import ConfigError, OutputNotWritable
-from medsam2.graphs import ENSEMBLES, GRAPHS, GraphSpec, Stage, TensorSpec
+from medsam2.graphs import GRAPHS, TRITON_ENSEMBLES, TRITON_GRAPHS, GraphSpec, Stage, TensorSpec
 
 BACKENDS = ("onnxruntime", "tensorrt")
 """Backends a repository can be written for, in the order the committed copies are generated."""
@@ -36,6 +37,7 @@ _TRITON_TYPE = {
     np.dtype(np.float32): "TYPE_FP32",
     np.dtype(np.int32): "TYPE_INT32",
     np.dtype(np.int64): "TYPE_INT64",
+    np.dtype(graphs.BF16): "TYPE_BF16",
 }
 _INSTANCE_KINDS = ("GPU", "CPU")
 _HEADER = (
@@ -45,8 +47,10 @@ _HEADER = (
 _WARMUP_NAME = "zero_inputs"
 
 Wiring = tuple[tuple[Stage, Mapping[str, str], Mapping[str, str]], ...]
-ENSEMBLE_WIRING: dict[Stage, Wiring] = {Stage.TRACK_STEP: graphs.TRACK_STEP_WIRING}
-"""How each ensemble of ``graphs.ENSEMBLES`` is composed of stage graphs."""
+ENSEMBLE_WIRING: dict[Stage, Wiring] = {Stage.TRACK_STEP: graphs.TRITON_TRACK_STEP_WIRING}
+"""How each ensemble of ``graphs.TRITON_ENSEMBLES`` is composed of stage graphs and ``graphs.TRITON_GRAPHS``."""
+STEP_GRAPHS: dict[Stage, GraphSpec] = {**GRAPHS, **TRITON_GRAPHS}
+"""Every model an ensemble step can run: the stage graphs and the wire-dtype casts."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,8 +58,10 @@ class RepositoryOptions:
     """Batching and placement settings written into every stage's ``config.pbtxt``."""
 
     max_batch_size: int = 16
-    preferred_batch_sizes: tuple[int, ...] = (4, 8)
-    max_queue_delay_us: int = 2000
+    preferred_batch_sizes: tuple[int, ...] = ()
+    """None by default, as Triton advises for most models: the scheduler then sends the largest batch it has."""
+    max_queue_delay_us: int = 200
+    """Wait at most this long for more requests; per step, so a five-step ensemble adds up to five times this."""
     instance_count: int = 1
     instance_kind: str = "GPU"
 
@@ -117,18 +123,23 @@ def config_fields(spec: GraphSpec, backend: str, options: RepositoryOptions = Re
         "version_policy": {"latest": {"num_versions": 1}},
         "input": [_tensor_entry(t) for t in spec.inputs],
         "output": [_tensor_entry(t) for t in spec.outputs],
-        "dynamic_batching": {
-            "preferred_batch_size": list(options.preferred_batch_sizes),
-            "max_queue_delay_microseconds": options.max_queue_delay_us,
-        },
+        "dynamic_batching": _dynamic_batching(options),
         "instance_group": [{"count": options.instance_count, "kind": _Enum(f"KIND_{options.instance_kind}")}],
         "model_warmup": [_warmup(spec)],
     }
 
 
+def _dynamic_batching(options: RepositoryOptions) -> dict[str, Any]:
+    fields: dict[str, Any] = {}
+    if options.preferred_batch_sizes:
+        fields["preferred_batch_size"] = list(options.preferred_batch_sizes)
+    fields["max_queue_delay_microseconds"] = options.max_queue_delay_us
+    return fields
+
+
 def render_config(spec: GraphSpec, backend: str, options: RepositoryOptions = RepositoryOptions()) -> str:
     """The ``config.pbtxt`` text of one stage graph or ensemble."""
-    if spec.stage in ENSEMBLES:
+    if spec.stage in TRITON_ENSEMBLES:
         _check_backend(backend)
         _check_options(options, backend)
         return render_fields(ensemble_config_fields(spec, options))
@@ -141,7 +152,7 @@ def render_fields(fields: Mapping[str, Any]) -> str:
 
 
 def ensemble_config_fields(spec: GraphSpec, options: RepositoryOptions = RepositoryOptions()) -> dict[str, Any]:
-    """The ``ModelConfig`` of an ensemble of ``graphs.ENSEMBLES``; the same for every backend."""
+    """The ``ModelConfig`` of an ensemble of ``graphs.TRITON_ENSEMBLES``; the same for every backend."""
     wiring = ENSEMBLE_WIRING.get(spec.stage)
     if wiring is None:
         raise ConfigError(f"no wiring for ensemble {spec.stage.value}")
@@ -175,7 +186,7 @@ def check_wiring(spec: GraphSpec, wiring: Wiring) -> None:
     available = {t.name: t for t in spec.inputs}
     consumed: set[str] = set()
     for stage, inputs, outputs in wiring:
-        step = GRAPHS.get(stage)
+        step = STEP_GRAPHS.get(stage)
         if step is None:
             raise ConfigError(f"{name}: step {stage.value} is not a stage graph")
         if set(inputs) != {t.name for t in step.inputs} or set(outputs) - {t.name for t in step.outputs}:
@@ -205,9 +216,56 @@ def _check_same_tensor(ensemble: str, have: TensorSpec, want: TensorSpec, where:
                           f"gets {have.name} {np.dtype(have.dtype).name}{list(have.shape)}")
 
 
+def ensemble_intermediate_bytes(stage: Stage = Stage.TRACK_STEP) -> dict[str, int]:
+    """Bytes per batch item of every tensor the steps of ensemble ``stage`` produce, memory slots at the trained 7.
+
+    These live in Triton's CUDA memory pool while a request is in flight; what does not fit falls back to pinned
+    host memory without a word.
+    """
+    sizes: dict[str, int] = {}
+    for step, _, outputs in ENSEMBLE_WIRING[stage]:
+        spec = STEP_GRAPHS[step]
+        for port, tensor in outputs.items():
+            t = spec.output(port)
+            dims = [graphs.NUM_MASKMEM if d < 0 else d for d in t.shape[1:]]
+            sizes[tensor] = int(np.prod(dims, dtype=np.int64)) * np.dtype(t.dtype).itemsize
+    return sizes
+
+
+def cuda_memory_pool_bytes(options: RepositoryOptions = RepositoryOptions(), stage: Stage = Stage.TRACK_STEP) -> int:
+    """``--cuda-memory-pool-byte-size`` for one GPU: a full batch in flight in every step of the ensemble at once.
+
+    Per-item intermediates x ``max_batch_size`` x steps, rounded up to a MiB.
+    """
+    total = sum(ensemble_intermediate_bytes(stage).values()) * options.max_batch_size * len(ENSEMBLE_WIRING[stage])
+    return -(-total // 2**20) * 2**20
+
+
 def repository_specs() -> dict[Stage, GraphSpec]:
-    """Every model of a repository: the stage graphs, then the ensembles built on them."""
-    return {**GRAPHS, **ENSEMBLES}
+    """Every model of a repository: the stage graphs, the wire-dtype casts, then the ensembles built on them."""
+    return {**GRAPHS, **TRITON_GRAPHS, **TRITON_ENSEMBLES}
+
+
+def triton_graph_onnx(stage: Stage) -> bytes:
+    """The ONNX graph of one of ``graphs.TRITON_GRAPHS`` (a Cast), built from the contract; needs ``onnx``."""
+    import onnx
+    from onnx import helper
+
+    spec = TRITON_GRAPHS[stage]
+    (source,), (target,) = spec.inputs, spec.outputs
+
+    def value_info(t: TensorSpec) -> Any:
+        dims = ["batch" if i == 0 else ("slots" if d < 0 else d) for i, d in enumerate(t.shape)]
+        return helper.make_tensor_value_info(t.name, helper.np_dtype_to_tensor_dtype(np.dtype(t.dtype)), dims)
+
+    cast = helper.make_node("Cast", [source.name], [target.name],
+                            to=helper.np_dtype_to_tensor_dtype(np.dtype(target.dtype)))
+    graph = helper.make_graph([cast], stage.value, [value_info(source)], [value_info(target)])
+    # Opset 17 and IR 8, like the exported stage graphs: read by every ONNX Runtime and TensorRT 10 parser.
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="medsam2")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
 
 
 def _render_fields(fields: Mapping[str, Any], depth: int) -> list[str]:
@@ -271,10 +329,12 @@ def _check_options(options: RepositoryOptions, backend: str) -> None:
 
 
 def _check_model_files(model_files: Mapping[Stage, Path], backend: str) -> dict[Stage, Path]:
-    missing = [s.value for s in GRAPHS if s not in model_files]
+    # ONNX casts for the wire dtypes are written from the contract; TensorRT needs their plans too.
+    needed = [*GRAPHS, *(TRITON_GRAPHS if backend == "tensorrt" else ())]
+    missing = [s.value for s in needed if s not in model_files]
     if missing:
         raise ConfigError(f"no model file given for stage(s): {', '.join(missing)}")
-    files = {stage: Path(model_files[stage]) for stage in GRAPHS}
+    files = {stage: Path(model_files[stage]) for stage in needed}
     for stage, path in files.items():
         if not path.is_file():
             raise ConfigError(f"model file for {stage.value} not found: {path}")
@@ -354,11 +414,14 @@ def write_model_repository(
         written.append(config_path)
         if files is None:
             continue
-        if stage in ENSEMBLES:
+        model_path = out_dir / stage.value / "1" / _MODEL_FILE[backend]
+        if stage in TRITON_ENSEMBLES:
             make_version_dir(out_dir / stage.value)
-        else:
-            model_path = out_dir / stage.value / "1" / _MODEL_FILE[backend]
+        elif stage in files:
             copy_atomic(files[stage], model_path)
+            written.append(model_path)
+        else:  # a wire-dtype cast, built here from the contract (TensorRT plans of them come with model_files)
+            write_atomic(model_path, triton_graph_onnx(stage))
             written.append(model_path)
     return written
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from medsam2 import graphs
 from medsam2.errors import BackendUnavailable, ConfigError
-from medsam2.graphs import GRAPHS, GraphSpec, Stage
+from medsam2.graphs import BF16, GRAPHS, TRITON_GRAPHS, GraphSpec, Stage
 from medsam2_export.model_repository import check_output_dir, write_atomic
 
 log = logging.getLogger(__name__)
@@ -31,6 +31,15 @@ TENSORRT_WRONG_VERSION = (
     "TensorRT {version} cannot build these engines: they need TensorRT 10.x "
     "(FP16 builder flag with precision constraints, INT64 tensors); install 'tensorrt-cu12>=10,<11'"
 )
+
+TRITON_RELEASE = "24.12"
+"""The Triton release that serves the plans: ``nvcr.io/nvidia/tritonserver:<release>-py3``."""
+TENSORRT_VERSION = "10.7.0"
+"""TensorRT inside that Triton image. A plan loads only in the TensorRT release that built it, so this is the one
+place the version is written: the Dockerfiles, pyproject's ``tensorrt`` extra and the chart must agree with it
+(tests/test_tensorrt_versions.py checks them)."""
+PLAN_VERSION_FILE = "tensorrt_version"
+"""Written next to the plans and at the root of a TensorRT model repository: the TensorRT that built them."""
 
 Shape = tuple[int, ...]
 ProfileShapes = dict[str, tuple[Shape, Shape, Shape]]
@@ -200,30 +209,73 @@ def build_engines(
     opt_batch: int = 4,
     workspace_gib: float | None = None,
     stages: Iterable[Stage] | None = None,
+    expected_version: str | None = TENSORRT_VERSION,
 ) -> dict[Stage, Path]:
-    """Build one FP16 engine per stage from ``<onnx_dir>/<stage>.onnx`` into ``<out_dir>/<stage>.plan``."""
+    """Build one FP16 engine per stage from ``<onnx_dir>/<stage>.onnx`` into ``<out_dir>/<stage>.plan``.
+
+    Refuses a TensorRT other than ``expected_version`` (Triton's; ``None`` accepts any 10.x) and records the one
+    used in ``<out_dir>/tensorrt_version``.
+    """
     chosen = list(stages) if stages is not None else list(GRAPHS)
+    specs = {**GRAPHS, **TRITON_GRAPHS}
     # Everything that can be checked without TensorRT is, so mistakes surface on any machine and nothing is written.
-    profiles = {stage: profile_shapes(GRAPHS[stage], max_batch, opt_batch) for stage in chosen}
+    profiles = {stage: profile_shapes(specs[stage], max_batch, opt_batch) for stage in chosen}
     sources = {stage: onnx_path(onnx_dir, stage) for stage in chosen}
     for stage, path in sources.items():
         if not path.is_file():
             raise ConfigError(f"ONNX graph for {stage.value} not found: {path}")
     check_output_dir(Path(out_dir))
-    trt = import_tensorrt()
+    trt = import_tensorrt(expected_version)
     logger = _collecting_logger(trt)
     builder = _create_builder(trt, logger)
     built = {}
     for stage in chosen:
-        plan = _build_one(trt, builder, logger, sources[stage], GRAPHS[stage], profiles[stage], workspace_gib)
+        plan = _build_one(trt, builder, logger, sources[stage], specs[stage], profiles[stage], workspace_gib)
         built[stage] = engine_path(out_dir, stage)
         write_atomic(built[stage], plan)
         log.info("wrote %s (%.1f MiB)", built[stage], len(plan) / 2**20)
+    write_atomic(Path(out_dir) / PLAN_VERSION_FILE, f"{trt.__version__}\n".encode())
     return built
 
 
-def import_tensorrt() -> ModuleType:
-    """The ``tensorrt`` module, or ``BackendUnavailable`` if it is missing or not a usable 10.x."""
+def same_release(plan_version: str, server_version: str) -> bool:
+    """Whether plans built by TensorRT ``plan_version`` load in ``server_version``: the same major.minor.patch."""
+    return _release(plan_version) == _release(server_version)
+
+
+def _release(version: str) -> tuple[str, ...]:
+    parts = tuple(version.strip().split("."))[:3]
+    if len(parts) < 3 or not all(p.isdigit() for p in parts):
+        raise ConfigError(f"not a TensorRT version: {version!r} (expected major.minor.patch, e.g. {TENSORRT_VERSION})")
+    return parts
+
+
+def check_build_version(version: str, expected: str = TENSORRT_VERSION) -> None:
+    """Raise ``BackendUnavailable`` unless TensorRT ``version`` builds plans that Triton's ``expected`` loads."""
+    if not same_release(version, expected):
+        raise BackendUnavailable(
+            f"TensorRT {version} would build plans that Triton {TRITON_RELEASE} (TensorRT {expected}) cannot load: "
+            f"install 'tensorrt-cu12=={expected}' (pip install 'medsam2-serving[tensorrt]')"
+        )
+
+
+def check_plan_version(repository: Path, server_version: str) -> str:
+    """The TensorRT that built ``repository``'s plans; ``ConfigError`` if unrecorded or not ``server_version``'s."""
+    path = Path(repository) / PLAN_VERSION_FILE
+    try:
+        plan_version = path.read_text().strip()
+    except OSError as e:
+        raise ConfigError(f"{path} is missing: the plans' TensorRT version is unknown; rebuild the repository "
+                          f"with `medsam2 export --backend tensorrt` ({e.strerror})") from e
+    if not same_release(plan_version, server_version):
+        raise ConfigError(f"the plans in {repository} were built with TensorRT {plan_version}, but the server has "
+                          f"TensorRT {server_version}: rebuild them with TensorRT {server_version} "
+                          "(a new model version)")
+    return plan_version
+
+
+def import_tensorrt(expected_version: str | None = TENSORRT_VERSION) -> ModuleType:
+    """The ``tensorrt`` module, or ``BackendUnavailable`` if it is missing, not a usable 10.x, or not Triton's."""
     try:
         import tensorrt as trt
     except ImportError as e:
@@ -236,6 +288,8 @@ def import_tensorrt() -> ModuleType:
     )
     if not needed:
         raise BackendUnavailable(TENSORRT_WRONG_VERSION.format(version=getattr(trt, "__version__", "?")))
+    if expected_version is not None:
+        check_build_version(str(getattr(trt, "__version__", "?")), expected_version)
     return trt
 
 
@@ -296,6 +350,8 @@ def _build_one(
     config = builder.create_builder_config()
     config.set_flag(trt.BuilderFlag.FP16)
     config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
+    if any(t.dtype is BF16 for t in spec.inputs):  # the wire casts (graphs.TRITON_GRAPHS) read bfloat16
+        config.set_flag(trt.BuilderFlag.BF16)
     if workspace_gib is not None:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * 2**30))
     opt_profile = builder.create_optimization_profile()

@@ -30,7 +30,7 @@ from typing import Any
 
 from medsam2.backends.onnxruntime_backend import locate_graph
 from medsam2.errors import BackendUnavailable, ConfigError
-from medsam2.graphs import ENSEMBLES, GRAPHS, GraphSpec
+from medsam2.graphs import GRAPHS, TRITON_ENSEMBLES, TRITON_GRAPHS, GraphSpec
 from medsam2_export.model_repository import (
     RepositoryOptions,
     check_output_dir,
@@ -39,6 +39,7 @@ from medsam2_export.model_repository import (
     make_version_dir,
     render_config,
     render_fields,
+    triton_graph_onnx,
     write_atomic,
 )
 from medsam2_export.triton_cpu_model import THREADS_PARAMETER
@@ -98,8 +99,8 @@ def write_cpu_repository(
         env_path = check_env(env_path)
     sources = {stage: locate_graph(Path(onnx_dir), stage) for stage in GRAPHS}
     configs = {stage: render_fields(cpu_config_fields(spec, env_path, threads, options))
-               for stage, spec in GRAPHS.items()}
-    configs |= {stage: render_config(spec, "onnxruntime", options) for stage, spec in ENSEMBLES.items()}
+               for stage, spec in {**GRAPHS, **TRITON_GRAPHS}.items()}
+    configs |= {stage: render_config(spec, "onnxruntime", options) for stage, spec in TRITON_ENSEMBLES.items()}
     out_dir = Path(out_dir)
     check_output_dir(out_dir)
     model_py = MODEL_PY.read_bytes()
@@ -108,10 +109,13 @@ def write_cpu_repository(
         model_dir = out_dir / stage.value
         write_atomic(model_dir / "config.pbtxt", text.encode("utf-8"))
         written.append(model_dir / "config.pbtxt")
-        if stage in ENSEMBLES:
+        if stage in TRITON_ENSEMBLES:
             make_version_dir(model_dir)
             continue
-        copy_atomic(sources[stage], model_dir / "1" / "model.onnx")
+        if stage in TRITON_GRAPHS:
+            write_atomic(model_dir / "1" / "model.onnx", triton_graph_onnx(stage))
+        else:
+            copy_atomic(sources[stage], model_dir / "1" / "model.onnx")
         write_atomic(model_dir / "1" / "model.py", model_py)
         written += [model_dir / "1" / "model.onnx", model_dir / "1" / "model.py"]
     return written
@@ -342,14 +346,14 @@ class TritonProcess:
 @contextlib.contextmanager
 def serve_cpu_repository(
     onnx_dir: Path, work_dir: Path, install: TritonInstall | None = None, *, threads: int = 2,
-    ports: TritonPorts | None = None, timeout_s: float = 90.0,
+    ports: TritonPorts | None = None, timeout_s: float = 90.0, options: RepositoryOptions = CPU_OPTIONS,
 ) -> Iterator[TritonProcess]:
     """Build the CPU repository of ``onnx_dir`` under ``work_dir``, serve it, and always stop the server after."""
     install = install or TritonInstall()
     repo = Path(work_dir) / "repository"
     if repo.exists():
         shutil.rmtree(repo)
-    write_cpu_repository(onnx_dir, repo, install.env, threads=threads)
+    write_cpu_repository(onnx_dir, repo, install.env, threads=threads, options=options)
     server = TritonProcess(repo, install, ports=ports, log_path=Path(work_dir) / "tritonserver.log")
     try:
         server.start(timeout_s)

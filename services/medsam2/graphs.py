@@ -8,9 +8,10 @@ memory attention, the number of memory slots.  Everything else is static.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 
+import ml_dtypes
 import numpy as np
 
 IMAGE_SIZE = 512
@@ -62,6 +63,7 @@ class Stage(str, Enum):
     MASK_DOWNSAMPLER = "mask_downsampler"
     MASK_SELECT = "mask_select"
     TRACK_STEP = "track_step"
+    MEMORY_UNPACK = "memory_unpack"
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +110,8 @@ class GraphSpec:
 
 
 F32, I32, I64, U8 = np.float32, np.int32, np.int64, np.uint8
+BF16: type[np.generic] = ml_dtypes.bfloat16
+"""bfloat16 (``ml_dtypes``, as tritonclient takes it): only on the wire to Triton, never in a stage graph."""
 
 _FEAT_S0 = TensorSpec("feat_s0", F32, (BATCH, 32, LOW_RES, LOW_RES), "stride-4 features, projected by the decoder's conv_s0")
 _FEAT_S1 = TensorSpec("feat_s1", F32, (BATCH, 64, 2 * FEAT, 2 * FEAT), "stride-8 features, projected by the decoder's conv_s1")
@@ -228,3 +232,36 @@ TRACK_STEP_WIRING: tuple[tuple[Stage, dict[str, str], dict[str, str]], ...] = (
     (Stage.MEMORY_ENCODER, {t.name: t.name for t in MEMORY_ENCODER.inputs}, {"maskmem_features": "maskmem_features"}),
 )
 """The track-step ensemble: (stage, {stage input: ensemble tensor}, {stage output: ensemble tensor}) in order."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Triton's wire: the dtypes tensors cross the network in, where they are narrower than the graphs compute in.
+# The stage graphs above stay as they are (every backend runs them); Triton casts back inside the ensemble.
+
+MEMORY_UNPACK = GraphSpec(
+    Stage.MEMORY_UNPACK,
+    inputs=(TensorSpec("memory", BF16, (BATCH, SLOTS, MEM_DIM, FEAT, FEAT), "spatial memories in bfloat16"),),
+    outputs=(TensorSpec("memory_f32", F32, (BATCH, SLOTS, MEM_DIM, FEAT, FEAT), "the same memories in float32"),),
+    doc="A Cast, exact: the engine stores memories in bfloat16 (as sam2 does), so they travel as bfloat16.",
+)
+
+TRITON_GRAPHS: dict[Stage, GraphSpec] = {MEMORY_UNPACK.stage: MEMORY_UNPACK}
+"""Graphs only Triton's repository has (built from this table, no checkpoint): they turn wire dtypes back."""
+
+WIRE_DTYPES: dict[Stage, dict[str, type[np.generic]]] = {Stage.TRACK_STEP: {"memory": BF16}}
+"""Per ensemble, inputs that cross the network narrower than the contract: 2.5 MB of memories per object and
+slice in float32 with 7 memories, half of that in bfloat16."""
+
+TRITON_ENSEMBLES: dict[Stage, GraphSpec] = {
+    stage: replace(spec, inputs=tuple(replace(t, dtype=WIRE_DTYPES.get(stage, {}).get(t.name, t.dtype))
+                                      for t in spec.inputs))
+    for stage, spec in ENSEMBLES.items()
+}
+"""The ensembles as Triton declares them: ``ENSEMBLES`` with the wire dtypes of ``WIRE_DTYPES``."""
+
+TRITON_TRACK_STEP_WIRING: tuple[tuple[Stage, dict[str, str], dict[str, str]], ...] = (
+    (Stage.MEMORY_UNPACK, {"memory": "memory"}, {"memory_f32": "memory_f32"}),
+    *((stage, {**inputs, "memory": "memory_f32"} if stage is Stage.MEMORY_ATTENTION else inputs, outputs)
+      for stage, inputs, outputs in TRACK_STEP_WIRING),
+)
+"""The track-step ensemble in Triton: the memories are cast back to float32 first, then ``TRACK_STEP_WIRING``."""

@@ -12,7 +12,7 @@ import numpy as np
 
 from medsam2.engine.backend import check_inputs
 from medsam2.errors import BackendUnavailable, InvalidInput
-from medsam2.graphs import ENSEMBLES, GRAPHS, GraphSpec, Stage
+from medsam2.graphs import BF16, ENSEMBLES, GRAPHS, TRITON_ENSEMBLES, TRITON_GRAPHS, GraphSpec, Stage
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +23,7 @@ _TRITON_DTYPE = {
     np.dtype(np.float32): "FP32",
     np.dtype(np.int32): "INT32",
     np.dtype(np.int64): "INT64",
+    np.dtype(BF16): "BF16",
 }
 _RETRYABLE = {"StatusCode.UNAVAILABLE"}
 """gRPC codes worth another try: the server is down, restarting or not reachable (connection refused or reset)."""
@@ -38,7 +39,8 @@ class TritonBackend:
     fused_track_step = True
     """Tracked frames go through the ``track_step`` ensemble in one call, so features never leave Triton."""
 
-    def __init__(self, url: str, *, timeout_s: float = 30, retries: int = 4, backoff_s: float = 0.25) -> None:
+    def __init__(self, url: str, *, timeout_s: float = 30, retries: int = 4, backoff_s: float = 0.25,
+                 max_batch: int = 16) -> None:
         try:
             import tritonclient.grpc as grpcclient
             from tritonclient.utils import InferenceServerException
@@ -46,15 +48,17 @@ class TritonBackend:
             raise BackendUnavailable(
                 "tritonclient is not installed: pip install 'tritonclient[grpc]>=2.73,<3' 'protobuf>=6.30,<7'"
             ) from exc
-        if timeout_s <= 0 or retries < 0 or backoff_s < 0:
+        if timeout_s <= 0 or retries < 0 or backoff_s < 0 or max_batch < 1:
             raise InvalidInput(f"bad Triton client settings: timeout_s={timeout_s}, retries={retries}, "
-                               f"backoff_s={backoff_s}")
+                               f"backoff_s={backoff_s}, max_batch={max_batch}")
         self._grpc = grpcclient
         self._server_error = InferenceServerException
         self.url = url
         self.timeout_s = float(timeout_s)
         self.retries = retries
         self.backoff_s = backoff_s
+        self.max_batch = max_batch
+        """The repository's max_batch_size: larger batches (more objects on a slice) go as several requests."""
         self._lock = threading.Lock()
         self._client: Any = None
         self._closed = False
@@ -69,7 +73,15 @@ class TritonBackend:
         except ValueError as exc:
             raise InvalidInput(str(exc)) from exc
         batch = inputs[spec.inputs[0].name].shape[0]
-        request = self._infer_inputs(spec, inputs)
+        if batch > self.max_batch:
+            chunks = [self._run_checked(stage, spec, {k: v[i: i + self.max_batch] for k, v in inputs.items()})
+                      for i in range(0, batch, self.max_batch)]
+            return {t.name: np.concatenate([c[t.name] for c in chunks]) for t in spec.outputs}
+        return self._run_checked(stage, spec, inputs)
+
+    def _run_checked(self, stage: Stage, spec: GraphSpec, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        batch = inputs[spec.inputs[0].name].shape[0]
+        request = self._infer_inputs(TRITON_ENSEMBLES.get(stage, spec), inputs)
         wanted = [self._grpc.InferRequestedOutput(t.name) for t in spec.outputs]
         result = self._call(stage.value, lambda client: client.infer(
             stage.value, request, outputs=wanted, client_timeout=self.timeout_s))
@@ -85,10 +97,13 @@ class TritonBackend:
             outputs[t.name] = array if array.flags.writeable else array.copy()
         return outputs
 
-    def _infer_inputs(self, spec: GraphSpec, inputs: Mapping[str, np.ndarray]) -> list[Any]:
+    def _infer_inputs(self, wire: GraphSpec, inputs: Mapping[str, np.ndarray]) -> list[Any]:
+        """Triton inputs in the wire dtypes of ``wire`` (``graphs.TRITON_ENSEMBLES``), cast only where exact."""
         infer_inputs = []
-        for t in spec.inputs:
+        for t in wire.inputs:
             array = np.ascontiguousarray(inputs[t.name])
+            if array.dtype != t.dtype:
+                array = _narrow_exactly(t.name, array, np.dtype(t.dtype))
             if array.ndim == 1:
                 array = array.reshape(-1, 1)
             item = self._grpc.InferInput(t.name, list(array.shape), _TRITON_DTYPE[np.dtype(t.dtype)])
@@ -105,7 +120,8 @@ class TritonBackend:
             timeout = min(self.timeout_s, 5.0)
             if not (client.is_server_live(client_timeout=timeout) and client.is_server_ready(client_timeout=timeout)):
                 return False
-            return all(client.is_model_ready(s.value, client_timeout=timeout) for s in (*GRAPHS, *ENSEMBLES))
+            models = (*GRAPHS, *TRITON_GRAPHS, *ENSEMBLES)
+            return all(client.is_model_ready(s.value, client_timeout=timeout) for s in models)
         except Exception:  # noqa: BLE001 - any failure to answer means not ready
             self._reset()
             return False
@@ -181,6 +197,19 @@ class TritonBackend:
         raise BackendUnavailable(
             f"Triton at {self.url} is unavailable for model {model} after {self.retries + 1} attempts: {error}"
         ) from error
+
+
+def _narrow_exactly(name: str, array: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """``array`` in the narrower wire ``dtype``; ``InvalidInput`` if that would change a number.
+
+    The engine stores memories in bfloat16 and widens them for the graphs, so narrowing them back is exact;
+    anything else would silently round, which the ONNX Runtime path would not.
+    """
+    narrow = array.astype(dtype)
+    if not np.array_equal(narrow.astype(array.dtype), array):
+        raise InvalidInput(f"{name} must hold {dtype.name} values to travel to Triton as {dtype.name} "
+                           "(the engine stores memories in bfloat16)")
+    return narrow
 
 
 def _spec(stage: Stage) -> GraphSpec:

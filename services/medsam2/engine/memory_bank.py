@@ -130,9 +130,9 @@ def empty_memory() -> MemoryInputs:
     )
 
 
-def batch_memory(items: list[MemoryInputs], no_memory: list[bool]) -> dict[str, np.ndarray]:
-    """Stack several objects' inputs, padding the slot axis with invalid memories."""
-    slots = max(m.num_memories for m in items)
+def batch_memory(items: list[MemoryInputs], no_memory: list[bool], *, min_slots: int = 0) -> dict[str, np.ndarray]:
+    """Stack several objects' inputs, padding the slot axis with invalid memories (to at least ``min_slots``)."""
+    slots = max(min_slots, *(m.num_memories for m in items))
     batch = len(items)
     memory = np.zeros((batch, slots, MEM_DIM, FEAT, FEAT), np.float32)
     tpos = np.zeros((batch, slots), np.int64)

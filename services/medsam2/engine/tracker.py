@@ -30,7 +30,7 @@ from medsam2.engine.memory_bank import FrameMemory, batch_memory, empty_memory, 
 from medsam2.engine.prompts import Box, ModelPoints, check_frame, check_mask, prompt_inputs, to_model_points
 from medsam2.engine.resize import resize_antialiased, resize_bilinear, to_bfloat16_bits
 from medsam2.errors import InvalidInput, NotFound, PreconditionFailed
-from medsam2.graphs import IMAGE_SIZE, LOW_RES, MAX_POINTS, Stage
+from medsam2.graphs import IMAGE_SIZE, LOW_RES, MAX_MEMORY_SLOTS, MAX_POINTS, Stage
 
 MASK_PROMPT_SCALE, MASK_PROMPT_BIAS = 20.0, -10.0  # sam2 turns a binary mask into +-10 logits
 PREV_LOGITS_CLAMP = 32.0
@@ -119,6 +119,10 @@ class TrackerOptions:
     """Make a prompt on an already tracked slice a conditioning frame (sam2's add_all_frames_to_correct_as_cond).
 
     Off by default, as in the reference: a correction replaces the slice's tracked output instead."""
+    memory_slots: int = 0
+    """Pad every memory bank to at least this many slots (invalid ones, masked out: no number changes), so that
+    Triton's dynamic batcher can merge the requests of sessions whose banks differ in size. 0 pads nothing: on the
+    CPU the empty slots only cost attention work (benchmarks/memory_padding.py)."""
 
 
 def prepare_frames(frames: np.ndarray) -> np.ndarray:
@@ -147,6 +151,8 @@ class Tracker:
 
     def __init__(self, backend: StageBackend, frames: np.ndarray, options: TrackerOptions = TrackerOptions()) -> None:
         check_frames(frames)
+        if not 0 <= options.memory_slots <= MAX_MEMORY_SLOTS:
+            raise InvalidInput(f"memory_slots must be between 0 and {MAX_MEMORY_SLOTS}, got {options.memory_slots}")
         self.backend = backend
         self.options = options
         self.num_frames, self.height, self.width = frames.shape
@@ -298,7 +304,7 @@ class Tracker:
         batch = len(tracks)
         banks = [empty_memory() if is_init else gather_memory(frame, _memories(t.cond), _memories(t.non_cond),
                                                                self.num_frames, reverse) for t in tracks]
-        memory_inputs = batch_memory(banks, [is_init] * batch)
+        memory_inputs = batch_memory(banks, [is_init] * batch, min_slots=self.options.memory_slots)
         if encode_memory and getattr(self.backend, "fused_track_step", False):
             return self._fused_track_step(frame, batch, memory_inputs)
         features = self.features.get(frame)

@@ -105,6 +105,53 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- if eq .Values.modelRepository.source "pvc" -}}true{{- end -}}
 {{- end -}}
 
+{{/* True ("true") when Triton's own pods build the TensorRT plans in an init container, on the GPU they hold:
+     a separate Job would need a second GPU while the pod that waits for it holds the first. */}}
+{{- define "medsam2.buildInTritonPod" -}}
+{{- if and (include "medsam2.usesPvc" .) .Values.triton.enabled .Values.modelRepository.buildJob.enabled (eq (include "medsam2.buildJob.backend" .) "tensorrt") -}}true{{- end -}}
+{{- end -}}
+
+{{/* The build: checkpoint, export (and plans), then the finished folder renamed into place with its marker.
+     Several pods may build at once (Triton replicas): each works in its own folder and the first rename wins. */}}
+{{- define "medsam2.buildScript" -}}
+{{- $job := .Values.modelRepository.buildJob -}}
+{{- $backend := include "medsam2.buildJob.backend" . -}}
+dest={{ include "medsam2.models.versionPath" . | quote }}
+if [ -f "$dest/.medsam2-ready" ]; then echo "model repository $dest is already built"; exit 0; fi
+{{- if $job.checkpointFile }}
+ckpt={{ $job.checkpointFile | quote }}
+{{- else }}
+mkdir -p /models/.checkpoints
+medsam2 checkpoint download {{ $job.checkpoint | quote }} --out /models/.checkpoints{{ if $job.checkpointSha256 }} --sha256 {{ $job.checkpointSha256 | quote }}{{ end }}
+ckpt=/models/.checkpoints/{{ $job.checkpoint }}.pt
+{{- end }}
+work="$dest.partial-$(hostname)"
+rm -rf "$work"
+medsam2 export --checkpoint "$ckpt" --out "$work" --backend {{ $backend }} --max-batch {{ $job.maxBatch }}
+date -u +%Y-%m-%dT%H:%M:%SZ > "$work/.medsam2-ready"
+if [ -f "$dest/.medsam2-ready" ]; then rm -rf "$work"; echo "model repository $dest was built by another pod"; exit 0; fi
+rm -rf "$dest"
+mv -T "$work" "$dest" || { rm -rf "$work"; [ -f "$dest/.medsam2-ready" ]; }
+echo "model repository $dest is ready ({{ $backend }})"
+{{- end -}}
+
+{{/* The TensorRT of the Triton image against the one that built the plans (tensorrt_build.check_plan_version):
+     the same major.minor.patch, or Triton would fail to deserialize them. */}}
+{{- define "medsam2.checkPlanScript" -}}
+repo={{ include "medsam2.models.versionPath" . | quote }}
+plans="$(cat "$repo/tensorrt_version" 2>/dev/null || true)"
+if [ -z "$plans" ]; then echo "$repo/tensorrt_version is missing: the plans' TensorRT is unknown; build a new model version" >&2; exit 1; fi
+lib="$(ls /usr/lib/*-linux-gnu/libnvinfer.so.*.*.* 2>/dev/null | head -n 1)"
+server="${lib##*libnvinfer.so.}"
+server="${server:-${TRT_VERSION:-}}"
+if [ -z "$server" ]; then echo "cannot find this Triton image's TensorRT (libnvinfer.so.X.Y.Z or TRT_VERSION)" >&2; exit 1; fi
+if [ "$(echo "$plans" | cut -d. -f1-3)" != "$(echo "$server" | cut -d. -f1-3)" ]; then
+  echo "the plans in $repo were built with TensorRT $plans, but this Triton has TensorRT $server: rebuild them with TensorRT $server (a new modelRepository.version)" >&2
+  exit 1
+fi
+echo "plans in $repo: TensorRT $plans, server: TensorRT $server"
+{{- end -}}
+
 {{/* Marker the build Job writes last; pods wait for it before they start. */}}
 {{- define "medsam2.models.readyMarker" -}}{{ include "medsam2.models.versionPath" . }}/.medsam2-ready{{- end -}}
 

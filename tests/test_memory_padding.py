@@ -1,0 +1,44 @@
+"""Padding memory banks to a fixed capacity (``TrackerOptions.memory_slots``) changes no number."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medsam2.backends.onnxruntime_backend import OnnxRuntimeBackend
+from medsam2.engine.memory_bank import batch_memory, empty_memory
+from medsam2.engine.prompts import Box
+from medsam2.engine.tracker import Direction, Tracker, TrackerOptions
+from medsam2.errors import InvalidInput
+from medsam2.graphs import MAX_MEMORY_SLOTS
+
+
+def _logits(backend: OnnxRuntimeBackend, frames: np.ndarray, slots: int) -> np.ndarray:
+    tracker = Tracker(backend, frames, TrackerOptions(fill_hole_area=0, memory_slots=slots))
+    tracker.add_prompt(1, 0, box=Box(20, 20, 44, 44))
+    tracker.add_prompt(2, 0, box=Box(8, 30, 30, 56))
+    return np.stack([r.low_res for r in tracker.propagate(Direction.FORWARD, start=0)])
+
+
+@pytest.mark.slow
+def test_padded_banks_track_exactly_as_unpadded(graphs: dict[str, Path]) -> None:
+    rng = np.random.default_rng(4)
+    frames = rng.integers(0, 256, (4, 64, 64), dtype=np.uint8)
+    backend = OnnxRuntimeBackend(graphs["present"], 2)
+    plain, padded = _logits(backend, frames, 0), _logits(backend, frames, MAX_MEMORY_SLOTS)
+    assert plain.shape == padded.shape == (4, 2, 128, 128)
+    assert float(np.max(np.abs(plain - padded))) <= 1e-5
+
+
+def test_padding_makes_every_bank_one_shape() -> None:
+    inputs = batch_memory([empty_memory()], [True], min_slots=MAX_MEMORY_SLOTS)
+    assert inputs["memory"].shape[1] == MAX_MEMORY_SLOTS
+    assert inputs["memory_valid"].sum() == 0  # the padding is masked out
+
+
+def test_capacity_beyond_the_graphs_is_refused() -> None:
+    frames = np.zeros((2, 16, 16), np.uint8)
+    with pytest.raises(InvalidInput, match=f"memory_slots must be between 0 and {MAX_MEMORY_SLOTS}, got 11"):
+        Tracker(object(), frames, TrackerOptions(memory_slots=MAX_MEMORY_SLOTS + 1))  # type: ignore[arg-type]
