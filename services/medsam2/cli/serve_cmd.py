@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -39,7 +40,7 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
     from medsam2.server.app import make_backend, serve_forever
 
     server_settings = resolve(ServerSettings, args)
-    return serve_forever(server_settings, make_backend(server_settings, settings.threads))
+    return serve_forever(server_settings, make_backend(server_settings, settings.threads), environ=os.environ)
 
 
 def run_client(args: argparse.Namespace, settings: Settings) -> int:
