@@ -221,8 +221,14 @@ class Tracker:
         direction: Direction = Direction.FORWARD,
         start: int | None = None,
         limit: int | None = None,
+        *,
+        reverse_from_zero: bool = False,
     ) -> Iterator[FrameResult]:
-        """Track every object frame by frame from ``start``; ``limit`` bounds how many frames past it."""
+        """Track every object frame by frame from ``start``; ``limit`` bounds how many frames past it.
+
+        sam2 skips a backward pass that starts at frame 0; ``reverse_from_zero`` tracks frame 0
+        instead (a correction on slice 1 re-tracking slice 0 needs it).
+        """
         direction = Direction(direction)
         if start is not None:
             check_frame(start, self.num_frames)
@@ -233,13 +239,14 @@ class Tracker:
             start = min(t for track in self.objects.values() for t in track.cond)
         passes = [False, True] if direction is Direction.BOTH else [direction is Direction.BACKWARD]
         for reverse in passes:
-            yield from self._propagate_pass(start, limit, reverse)
+            yield from self._propagate_pass(start, limit, reverse, reverse_from_zero)
 
-    def _propagate_pass(self, start: int, limit: int | None, reverse: bool) -> Iterator[FrameResult]:
+    def _propagate_pass(self, start: int, limit: int | None, reverse: bool,
+                        reverse_from_zero: bool = False) -> Iterator[FrameResult]:
         self._preflight()
         limit = self.num_frames if limit is None else limit
         if reverse:
-            order = range(start, max(start - limit, 0) - 1, -1) if start > 0 else range(0)
+            order = range(start, max(start - limit, 0) - 1, -1) if start > 0 or reverse_from_zero else range(0)
         else:
             order = range(start, min(start + limit, self.num_frames - 1) + 1)
         absent_run = {obj_id: 0 for obj_id in self.objects}
