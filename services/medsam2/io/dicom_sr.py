@@ -12,7 +12,6 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 
-import pydicom
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
@@ -105,8 +104,7 @@ def encode_report(sr: Dataset) -> bytes:
     buffer = io.BytesIO()
     try:
         sr.save_as(buffer, enforce_file_format=True)
-        hd.sr.srread(io.BytesIO(buffer.getvalue())) if hasattr(hd.sr, "srread") else \
-            pydicom.dcmread(io.BytesIO(buffer.getvalue()))
+        hd.sr.srread(io.BytesIO(buffer.getvalue()))
     except Exception as exc:  # any failure to encode or decode means the object must not leave
         raise InvalidSegmentation(f"SR {sr.SOPInstanceUID} does not survive encoding and decoding: {exc}") from exc
     return buffer.getvalue()
