@@ -99,6 +99,8 @@ class FrameResult:
     frame: int
     obj_ids: tuple[int, ...]
     low_res: np.ndarray  # [K, 128, 128] float32
+    object_scores: tuple[float, ...] = ()
+    """Each object's object-score logit on this frame (> 0: present; -1024 where it has no output)."""
 
     def masks(self, height: int, width: int) -> np.ndarray:
         """Boolean masks [K, height, width] at the slice's size (bilinear upsampling, then > 0)."""
@@ -383,11 +385,13 @@ class Tracker:
         """Every object's current logits on ``frame`` (-1024 where it has none)."""
         ids = tuple(self.objects)
         logits = np.full((len(ids), LOW_RES, LOW_RES), NO_OBJECT_SCORE, np.float32)
+        scores = [float(NO_OBJECT_SCORE)] * len(ids)
         for i, obj_id in enumerate(ids):
             out = None if obj_id in skip else self.objects[obj_id].output(frame)
             if out is not None:
                 logits[i] = out.low_res
-        return FrameResult(frame, ids, logits)
+                scores[i] = out.object_score
+        return FrameResult(frame, ids, logits, tuple(scores))
 
     def reset(self, obj_id: int | None = None) -> None:
         """Forget one object (prompts and results), or every object."""
