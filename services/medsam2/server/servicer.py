@@ -442,7 +442,10 @@ def _slice_message(result: FrameResult, masks: np.ndarray, tracker: Tracker, pas
                    encoding: int) -> pb.SliceResult:
     objects = []
     for i, obj_id in enumerate(result.obj_ids):
-        out = tracker.objects[obj_id].output(result.frame) if obj_id in tracker.objects else None
-        score = out.object_score if out is not None else -1024.0
+        if result.object_scores:
+            score = result.object_scores[i]
+        else:
+            out = tracker.objects[obj_id].output(result.frame) if obj_id in tracker.objects else None
+            score = out.object_score if out is not None else -1024.0
         objects.append(pb.ObjectMask(object_id=obj_id, mask=encode_mask(masks[i], encoding), object_score=score))
     return pb.SliceResult(slice=result.frame, objects=objects, done=done, total=total, **{"pass": pass_name})
