@@ -40,7 +40,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     client.add_argument("--slice", type=int, help="key slice K (with --box)")
     client.add_argument("--actions", type=Path, metavar="FILE",
                         help="JSON list of steps (box, click, mask, propagate) instead of --box/--slice")
-    client.add_argument("--range", dest="slice_range", help="FIRST,LAST slices to propagate through")
+    client.add_argument("--range", dest="slice_range",
+                        help="FIRST,LAST slices to propagate through (with --actions: for propagate steps without one)")
     client.add_argument("--preset", default="auto", help="intensity preset [auto: by modality]")
     client.add_argument("--window", help="custom CT window WIDTH,LEVEL in HU (overrides --preset)")
     client.add_argument("--modality", help="DICOM Modality for inputs that do not say (CT, MR, PT, US, ...)")
@@ -137,7 +138,8 @@ def run_client(args: argparse.Namespace, settings: Settings) -> int:
     }
     if stored is not None:
         summary["stored"] = {"study_uid": stored.study_uid, "seg": stored.seg_sop_instance_uid,
-                             "sr": stored.sr_sop_instance_uid}
+                             "seg_series": stored.seg_series_uid, "sr": stored.sr_sop_instance_uid,
+                             "sr_series": stored.sr_series_uid}
     if args.json:
         print(json.dumps(summary))
     else:
@@ -169,7 +171,7 @@ def _run_steps(client, session, steps: list, mask_images: dict[int, np.ndarray],
     from medsam2.cli.segment_cmd import _slice_range
     from medsam2.engine.actions import BoxStep, ClickStep, MaskStep, PropagateStep, check_actions
 
-    default_range = _slice_range(args.slice_range) if args.actions is None else None
+    default_range = _slice_range(args.slice_range)  # for propagate steps that name no range, as in segment
     steps = [PropagateStep(s.index, default_range) if isinstance(s, PropagateStep) and s.slice_range is None
              and default_range is not None else s for s in steps]
     check_actions(steps, tuple(session.shape), mask_images)  # before the model runs
