@@ -47,8 +47,8 @@ def test_a_full_file_parses_into_typed_steps(tmp_path: Path) -> None:
     [
         ({"op": "box"}, "must hold a JSON list of steps, got a object"),
         ([], "has no steps"),
-        ([{"op": "propagate"}, {"op": "erase", "object": 1}], r"actions\[1\]: unknown op 'erase': choose one of box, "
-                                                              "click, mask, propagate"),
+        ([{"op": "propagate"}, {"op": "erase", "object": 1}],
+         r"actions\[1\]: unknown op 'erase': choose one of box, click, mask, propagate"),
         ([{"object": 1}], r"actions\[0\]: unknown op none"),
         ([["box"]], r"actions\[0\]: each step must be a JSON object"),
         ([{"op": "click", "object": 1, "slice": 3, "point": [1, 2], "positve": False}],

@@ -279,5 +279,7 @@ def shorthand_steps(obj_id: int, frame: int, *, box: Box | None = None, mask_pat
     """``--box``/``--mask`` with ``--slice``: a box (or mask, index 0) step followed by a propagate step."""
     if (box is None) == (mask_path is None):
         raise InvalidInput("give either a box or a mask")
-    first: Step = BoxStep(0, obj_id, frame, box) if box is not None else MaskStep(0, obj_id, frame, Path(mask_path))
-    return [first, PropagateStep(1, slice_range)]
+    if box is not None:
+        return [BoxStep(0, obj_id, frame, box), PropagateStep(1, slice_range)]
+    assert mask_path is not None
+    return [MaskStep(0, obj_id, frame, Path(mask_path)), PropagateStep(1, slice_range)]

@@ -286,7 +286,7 @@ class VolumeAnnotation:
     def _set_key(self, obj: _Annotated | None, given: _Given) -> FrameResult:
         prompt = given.prompt
         adds = obj is not None and given.keep_previous_points and prompt.frame == obj.key_frame
-        key = [*obj.key, given] if adds else [_Given(prompt, False)]
+        key = [*obj.key, given] if adds and obj is not None else [_Given(prompt, False)]
         self._check_point_count(prompt.frame, key)
         result = self._decode_key(prompt.obj_id, key)
         if obj is None:
@@ -307,7 +307,7 @@ class VolumeAnnotation:
         self.tracker.reset()
         try:
             self.tracker.objects[obj.obj_id] = _copy_track(state)
-            result = None
+            result: FrameResult | None = None
             for earlier in (*same_slice, given):
                 result = _apply_given(self.tracker, earlier)
         finally:
@@ -320,7 +320,7 @@ class VolumeAnnotation:
     def _decode_key(self, obj_id: int, key: Sequence[_Given]) -> FrameResult:
         self.tracker.reset()
         try:
-            result = None
+            result: FrameResult | None = None
             for given in key:
                 result = _apply_given(self.tracker, given)
             assert result is not None
@@ -401,11 +401,11 @@ class VolumeAnnotation:
                     tracker.reset()
                     tracker.objects[obj_id] = _copy_track(obj.passes[side])
                     for step in side_steps:
-                        result = None
+                        decoded: FrameResult | None = None
                         for given in step.given:
-                            result = _apply_given(tracker, given)
-                        assert result is not None
-                        yield PASS_CORRECTION, result
+                            decoded = _apply_given(tracker, given)
+                        assert decoded is not None
+                        yield PASS_CORRECTION, decoded
                         if step.stop != step.frame:
                             direction = side
                             start = step.frame + (1 if side is Direction.FORWARD else -1)
