@@ -81,6 +81,51 @@ def fetch_instances(endpoint: PacsEndpoint, study_uid: str, series_uid: str) -> 
             return client.retrieve_series(study_uid, series_uid, media_types=_AS_STORED)
 
 
+NON_IMAGE_MODALITIES = frozenset({"SEG", "SR", "RTSTRUCT", "RTPLAN", "RTDOSE", "KO", "PR", "DOC", "REG"})
+"""Series a session cannot be opened on: results, reports and presentation states beside the images."""
+
+
+def choose_series(endpoint: PacsEndpoint, study_uid: str, series_uid: str = "") -> SeriesInfo:
+    """The series to open: ``series_uid`` when given, else the study's only image series."""
+    found = list_series(endpoint, study_uid)
+    if not found:
+        raise NotFound(f"study {study_uid} is not on PACS {endpoint.name} ({endpoint.url})")
+    if series_uid:
+        for info in found:
+            if info.series_uid == series_uid:
+                return info
+        raise NotFound(f"series {series_uid} is not in study {study_uid} on PACS {endpoint.name}; it has "
+                       + ", ".join(f"{s.series_uid} ({s.modality})" for s in found))
+    images = [s for s in found if s.modality.upper() not in NON_IMAGE_MODALITIES]
+    if len(images) != 1:
+        listing = ", ".join(f"{s.series_uid} ({s.modality}, {s.instances} instances, {s.description!r})"
+                            for s in images) or "none"
+        raise InvalidInput(f"study {study_uid} on PACS {endpoint.name} has {len(images)} image series; "
+                           f"name one with its series UID: {listing}")
+    return images[0]
+
+
+def series_voxels(endpoint: PacsEndpoint, info: SeriesInfo) -> int:
+    """Voxels of a series from QIDO-RS metadata alone (instances x rows x columns x frames), before any download."""
+    client = connect(endpoint)
+    with pacs_errors(endpoint, f"search for the instances of series {info.series_uid}"):
+        first = client.search_for_instances(study_instance_uid=info.study_uid, series_instance_uid=info.series_uid,
+                                            fields=["Rows", "Columns", "NumberOfFrames"], limit=1)
+    if not first:
+        raise NotFound(f"series {info.series_uid} of study {info.study_uid} has no instances on PACS {endpoint.name}")
+    rows, columns = _value(first[0], "00280010"), _value(first[0], "00280011")
+    frames = _value(first[0], "00280008") or "1"
+    instances = info.instances
+    if instances is None:
+        with pacs_errors(endpoint, f"count the instances of series {info.series_uid}"):
+            instances = len(client.search_for_instances(study_instance_uid=info.study_uid,
+                                                        series_instance_uid=info.series_uid, get_remaining=True))
+    if not (rows.isdigit() and columns.isdigit() and frames.isdigit()):
+        raise InvalidInput(f"PACS {endpoint.name} does not report Rows/Columns for series {info.series_uid}, so its "
+                           "size cannot be checked before download")
+    return int(instances) * int(rows) * int(columns) * int(frames)
+
+
 def fetch_series(endpoint: PacsEndpoint, study_uid: str, series_uid: str) -> Volume:
     """Fetch a series by its UIDs and read it as a volume (sorted, rescaled, with its geometry)."""
     datasets = fetch_instances(endpoint, study_uid, series_uid)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from collections.abc import Mapping
 from concurrent import futures
 from dataclasses import dataclass
 from http.server import ThreadingHTTPServer
@@ -19,6 +20,8 @@ from medsam2.api.pb.medsam2.v1 import segmentation_pb2_grpc as pb_grpc
 from medsam2.engine.backend import StageBackend
 from medsam2.engine.tracker import TrackerOptions
 from medsam2.errors import ConfigError
+from medsam2.models.provenance import ModelProvenance, read_provenance
+from medsam2.pacs.service import PacsStudies
 from medsam2.server import metrics
 from medsam2.server.config import ServerSettings
 from medsam2.server.servicer import SegmentationServicer
@@ -73,20 +76,20 @@ def make_backend(settings: ServerSettings, threads: int) -> StageBackend:
     return OnnxRuntimeBackend(settings.model_repository, threads=threads)
 
 
-def pacs_fetcher():  # noqa: ANN201 - a StudyFetcher or None
-    """Fetch studies named in CreateSession from the PACS endpoints configured in the environment, if any."""
+def pacs_studies(environ: Mapping[str, str]) -> PacsStudies | None:
+    """The PACS endpoints configured in ``environ`` (``MEDSAM2_PACS_CONFIG``, ``MEDSAM2_PACS_<NAME>_*``), if any."""
     from medsam2.pacs.config import load_config
-    from medsam2.pacs.transfer import fetch_series
+    from medsam2.pacs.service import PacsStudies
 
-    config = load_config()
-    if not config.endpoints:
-        return None
+    config = load_config(None, environ)
+    return PacsStudies(config) if config.endpoints else None
 
-    def fetch(reference: pb.PacsReference):  # noqa: ANN202
-        volume = fetch_series(config.get(reference.endpoint), reference.study_uid, reference.series_uid)
-        return volume.voxels, volume.spacing
 
-    return fetch
+def served_model(settings: ServerSettings) -> ModelProvenance:
+    """Provenance of the embedded backend's model (unknown for Triton, whose repository is not local)."""
+    if settings.triton_url or not _given(settings.model_repository):
+        return ModelProvenance(version=1)
+    return read_provenance(settings.model_repository)
 
 
 @dataclass
@@ -119,8 +122,9 @@ class RunningServer:
         self.backend.close()
 
 
-def start_server(settings: ServerSettings, backend: StageBackend, metrics_server: bool = True) -> RunningServer:
-    """Start serving on ``settings.host:settings.port`` (port 0 picks a free one)."""
+def start_server(settings: ServerSettings, backend: StageBackend, metrics_server: bool = True,
+                 environ: Mapping[str, str] | None = None) -> RunningServer:
+    """Start serving on ``settings.host:settings.port`` (port 0 picks a free one); PACS endpoints from ``environ``."""
     concurrency = settings.backend_concurrency or (0 if settings.triton_url else 1)
     instrumented = metrics.InstrumentedBackend(backend, max_concurrent=concurrency)
     registry = SessionRegistry(Limits(settings.max_sessions, settings.max_study_voxels, settings.max_state_bytes,
@@ -133,7 +137,8 @@ def start_server(settings: ServerSettings, backend: StageBackend, metrics_server
         options=[("grpc.max_receive_message_length", settings.max_message_bytes),
                  ("grpc.max_send_message_length", settings.max_message_bytes)],
     )
-    servicer = SegmentationServicer(registry, instrumented, options, fetch_study=pacs_fetcher())
+    servicer = SegmentationServicer(registry, instrumented, options, pacs=pacs_studies(environ or {}),
+                                    model=served_model(settings), max_message_bytes=settings.max_message_bytes)
     pb_grpc.add_SegmentationServiceServicer_to_server(servicer, server)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -217,9 +222,9 @@ def _ready(backend: metrics.InstrumentedBackend) -> bool:
         return False
 
 
-def serve_forever(settings: ServerSettings, backend: StageBackend) -> int:
+def serve_forever(settings: ServerSettings, backend: StageBackend, environ: Mapping[str, str] | None = None) -> int:
     """Serve until SIGTERM/SIGINT, then drain."""
-    running = start_server(settings, backend)
+    running = start_server(settings, backend, environ=environ)
     stopping = threading.Event()
 
     def on_signal(signum, frame):  # noqa: ANN001, ANN202

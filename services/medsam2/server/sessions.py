@@ -13,12 +13,14 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
-from medsam2.engine.protocols import ObjectPrompt
 from medsam2.engine.tracker import Tracker
 from medsam2.errors import CapacityExceeded, NotFound
+from medsam2.io.dicom_source import DicomSource
+from medsam2.io.geometry import Geometry
 from medsam2.server import metrics
 from medsam2.server.results import ResultStore
 from medsam2.server.status import SessionBusy
@@ -44,6 +46,22 @@ class StudyInfo:
     spacing: tuple[float, float, float]
     label: str
     is_video: bool
+    modality: str = ""
+    geometry: Geometry | None = None
+    """Patient-space geometry (LPS mm), when the study carried it."""
+    frame_of_reference_uid: str = ""
+    study_uid: str = ""
+    series_uid: str = ""
+    sop_instance_uids: tuple[str, ...] = ()
+    """SOPInstanceUID of each slice, when known."""
+    external_id: str = field(default="", repr=False)
+    """The client's own id (e.g. an accession number): echoed back, never logged."""
+    preset: str = ""
+    """The intensity preset the study was prepared with, resolved ('auto' becomes a concrete one)."""
+    dicom: DicomSource | None = field(default=None, repr=False)
+    """Headers of the source objects (PACS studies): what a DICOM SEG references."""
+    pacs_endpoint: str = ""
+    """The PACS endpoint the study came from, if any."""
 
 
 @dataclass(slots=True)
@@ -54,7 +72,12 @@ class SessionEntry:
     tracker: Tracker
     study: StudyInfo
     results: ResultStore
-    prompts: dict[int, list[ObjectPrompt]] = field(default_factory=dict)
+    annotation: Any = None
+    """The volume protocol's state (``engine.protocols.VolumeAnnotation``); None for videos."""
+    objects: dict[int, Any] = field(default_factory=dict)
+    """Per-object DICOM metadata (label, colour, codes) that AddPrompt set."""
+    replies: dict[str, Any] = field(default_factory=dict)
+    """Replies by client request id, so a retried AddPrompt or StoreResult repeats nothing."""
     lock: threading.Lock = field(default_factory=threading.Lock)
     last_used: float = field(default_factory=time.monotonic)
     busy: bool = False
@@ -63,7 +86,8 @@ class SessionEntry:
     @property
     def state_bytes(self) -> int:
         """Memory held by this session."""
-        return self.tracker.state_bytes + self.results.nbytes
+        annotation = self.annotation.state_bytes if self.annotation is not None else 0
+        return self.tracker.state_bytes + self.results.nbytes + annotation
 
     def idle_seconds(self, now: float | None = None) -> float:
         """Seconds since the last request."""

@@ -18,6 +18,7 @@ from medsam2.errors import (
     InvalidInput,
     Medsam2Error,
     NotFound,
+    OutputNotWritable,
     PreconditionFailed,
 )
 from medsam2.server import metrics
@@ -43,6 +44,7 @@ _CODES: list[tuple[type[Exception], grpc.StatusCode]] = [
     (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
     (CheckpointError, grpc.StatusCode.FAILED_PRECONDITION),
     (ConfigError, grpc.StatusCode.FAILED_PRECONDITION),
+    (OutputNotWritable, grpc.StatusCode.FAILED_PRECONDITION),  # e.g. a PACS refused to store a result
 ]
 
 
