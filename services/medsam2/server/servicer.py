@@ -13,8 +13,6 @@ import numpy as np
 from medsam2.api.convert import (
     DIRECTIONS,
     encode_mask,
-    header_dtype,
-    header_shape,
     header_spacing,
     prompt_from_pb,
 )
@@ -26,8 +24,11 @@ from medsam2.engine.tracker import Direction, FrameResult, Tracker, TrackerOptio
 from medsam2.errors import InvalidInput, NotFound, PreconditionFailed
 from medsam2.imaging.windowing import Window, to_uint8
 from medsam2.server import metrics
-from medsam2.server.sessions import SessionEntry, SessionRegistry, StudyInfo, study_voxels
+from medsam2.server.auth import Authenticator
+from medsam2.server.request_checks import check_prompt_mask
+from medsam2.server.sessions import SessionEntry, SessionRegistry, StudyInfo
 from medsam2.server.status import rpc
+from medsam2.server.uploads import UploadGuard, UploadLimits
 
 log = logging.getLogger(__name__)
 
@@ -39,55 +40,41 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
     """Thin RPC layer over the session registry and the tracking engine."""
 
     def __init__(self, registry: SessionRegistry, backend: StageBackend, tracker_options: TrackerOptions,
-                 fetch_study: StudyFetcher | None = None) -> None:
+                 fetch_study: StudyFetcher | None = None, *, auth: Authenticator | None = None,
+                 uploads: UploadGuard | None = None) -> None:
         self.registry = registry
         self.backend = backend
         self.tracker_options = tracker_options
         self.fetch_study = fetch_study
+        self.auth = auth or Authenticator()
+        """Who is calling (used by ``@rpc``; the registry scopes sessions to that principal)."""
+        self.uploads = uploads or UploadGuard(UploadLimits(), registry)
 
     # -- sessions -----------------------------------------------------------------------
     @rpc("CreateSession")
     def CreateSession(self, request_iterator: Iterator[pb.CreateSessionRequest], context) -> pb.Session:  # noqa: N802, ANN001
-        first = next(request_iterator, None)
-        if first is None or first.WhichOneof("part") != "header":
-            raise InvalidInput("the first CreateSession message must be the study header")
-        header = first.header
-        if header.HasField("pacs"):
-            voxels, spacing = self._fetch(header.pacs)
-        else:
-            voxels = self._receive(header, request_iterator)
-            spacing = header_spacing(header)
-        window = None
-        if header.preprocessing.window_width > 0:
-            window = Window(header.preprocessing.window_width, header.preprocessing.window_level)
-        is_video = header.kind == pb.STUDY_KIND_VIDEO
-        slices = to_uint8(voxels, header.preprocessing.preset or ("none" if is_video else "auto"), window)
-        tracker = Tracker(self.backend, slices, self.tracker_options)
-        entry = self.registry.add(tracker, StudyInfo(spacing, header.label, is_video))
+        with self.uploads.upload(request_iterator, context) as requests:
+            header = self.uploads.header(next(requests, None))
+            if header.HasField("pacs"):
+                voxels, spacing = self._fetch(header.pacs)
+            else:
+                voxels = self.uploads.receive(header, requests)
+                spacing = header_spacing(header)
+            window = None
+            if header.preprocessing.window_width > 0:
+                window = Window(header.preprocessing.window_width, header.preprocessing.window_level)
+            is_video = header.kind == pb.STUDY_KIND_VIDEO
+            slices = to_uint8(voxels, header.preprocessing.preset or ("none" if is_video else "auto"), window)
+            del voxels  # the raw upload is not needed once windowed
+            tracker = Tracker(self.backend, slices, self.tracker_options)
+            entry = self.registry.add(tracker, StudyInfo(spacing, header.label, is_video))
         return self._describe(entry)
-
-    def _receive(self, header: pb.StudyHeader, chunks: Iterator[pb.CreateSessionRequest]) -> np.ndarray:
-        shape = header_shape(header)
-        dtype = header_dtype(header)
-        self.registry.check_study_size(study_voxels(shape))
-        expected = study_voxels(shape) * dtype.itemsize
-        buffer = bytearray()
-        for message in chunks:
-            if message.WhichOneof("part") != "voxels":
-                raise InvalidInput("only voxel chunks may follow the header")
-            buffer += message.voxels
-            if len(buffer) > expected:
-                raise InvalidInput(f"upload is larger than the header says: more than {expected} bytes "
-                                   f"for shape {list(shape)} of {dtype.name}")
-        if len(buffer) != expected:
-            raise InvalidInput(f"upload ended after {len(buffer)} of {expected} bytes: the stream was truncated")
-        return np.frombuffer(bytes(buffer), dtype).reshape(shape)
 
     def _fetch(self, reference: pb.PacsReference) -> tuple[np.ndarray, tuple[float, float, float]]:
         if self.fetch_study is None:
             raise PreconditionFailed("no PACS endpoint is configured on this server: upload the voxels instead")
         voxels, spacing = self.fetch_study(reference)
-        self.registry.check_study_size(voxels.size)
+        self.uploads.check_study(voxels.shape)
         return voxels, spacing
 
     @rpc("GetSession")
@@ -105,6 +92,7 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
     # -- prompts and propagation --------------------------------------------------------
     @rpc("AddPrompt")
     def AddPrompt(self, request: pb.AddPromptRequest, context) -> pb.SliceResult:  # noqa: N802, ANN001
+        check_prompt_mask(request, self.registry.get(request.session_id).tracker)
         prompt = prompt_from_pb(request)
         with self.registry.claim(request.session_id) as entry:
             tracker = entry.tracker
@@ -132,6 +120,7 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
             done = 0
             started = time.perf_counter()
             for pass_name, result in stream:
+                self.registry.account(entry)  # state caps; ends here within a slice if the session was closed
                 if not context.is_active():
                     log.info("session %s: propagation cancelled after %d slices", entry.session_id, done)
                     return
