@@ -159,8 +159,10 @@ class _Call:
     def classify(self, exc: Exception) -> tuple[grpc.StatusCode, str, Exception]:
         """The status, client-facing message and error to report for ``exc`` (logs INTERNAL ones)."""
         code = status_for(exc)
-        if code is grpc.StatusCode.INTERNAL and not self.context.is_active():
-            # The client went away (a disconnect mid-upload surfaces as an RpcError from the request iterator).
+        if not isinstance(exc, UploadTimedOut) and not self.context.is_active():
+            # The client went away: a disconnect mid-upload surfaces as an RpcError or a short stream, and
+            # whatever error followed from it is the client's leaving, not a fault (only our own watchdog's
+            # cancel of a stalled upload keeps its status).
             code, exc = grpc.StatusCode.CANCELLED, ClientCancelled("the client cancelled or disconnected")
         if code is grpc.StatusCode.INTERNAL:
             log.exception("%s failed", self.method)
