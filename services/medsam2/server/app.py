@@ -140,7 +140,7 @@ def start_server(settings: ServerSettings, backend: StageBackend, metrics_server
                                   else None, token=settings.auth_token, mtls=_given(settings.tls_client_ca))
     audit.configure(Path(settings.audit_log) if _given(settings.audit_log) else None)
     uploads = UploadGuard(UploadLimits(settings.max_concurrent_uploads, settings.upload_idle_timeout_s,
-                                       settings.upload_deadline_s), registry)
+                                       settings.upload_deadline_s, settings.max_uploads_per_principal), registry)
     interceptors = [AuthInterceptor(authenticator)] if authenticator.tokens_required else []
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="medsam2-rpc"),

@@ -257,6 +257,8 @@ class SessionRegistry:
             metrics.BUSY_SESSIONS.set(sum(1 for s in self._all() if s.busy))
             yield entry
         finally:
+            if not entry.closed and self._over(entry.owner):
+                entry.tracker.features.clear()  # a prompt can grow the state too: the cache goes first
             entry.busy = False
             entry.holder = ""
             entry.held_since = 0.0

@@ -3,7 +3,8 @@ computed before anything is allocated.
 
 A stalled client holds a worker thread for as long as it waits; without a
 guard, as many stalled uploads as there are workers wedge the whole server.
-Here at most ``max_concurrent`` uploads run at once (the next one is refused
+Here at most ``max_concurrent`` uploads run at once, ``max_per_principal`` of any one
+caller (the next one is refused
 at once with RESOURCE_EXHAUSTED and retry info), and a watchdog cancels an
 upload that sent nothing for ``idle_timeout_s`` or is still running after
 ``deadline_s``.
@@ -31,6 +32,7 @@ import numpy as np
 from medsam2.api.convert import header_dtype, header_shape
 from medsam2.errors import CapacityExceeded, ClientCancelled, InvalidInput, UploadTimedOut
 from medsam2.graphs import IMAGE_SIZE
+from medsam2.server import auth
 from medsam2.server.request_checks import check_request
 from medsam2.server.sessions import SessionRegistry, study_voxels
 
@@ -43,9 +45,11 @@ RETRY_UPLOAD_S = 5.0
 class UploadLimits:
     """Bounds of CreateSession streams."""
 
-    max_concurrent: int = 4
+    max_concurrent: int = 8
     idle_timeout_s: float = 30.0
     deadline_s: float = 900.0
+    max_per_principal: int = 2
+    """Uploads of one principal at once, so one tenant's stalled clients cannot take every slot."""
 
 
 def study_cost(shape: tuple[int, int, int]) -> tuple[int, int]:
@@ -76,6 +80,7 @@ class UploadGuard:
         self.registry = registry
         self._slots = threading.BoundedSemaphore(max(1, limits.max_concurrent))
         self._watches: set[_Watch] = set()  # guarded by _lock
+        self._per_principal: dict[str, int] = {}  # guarded by _lock
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._monitor: threading.Thread | None = None
@@ -83,11 +88,17 @@ class UploadGuard:
     @contextmanager
     def upload(self, requests: Iterator[Any], context: Any) -> Iterator[Iterator[Any]]:
         """Take an upload slot and watch ``requests`` for stalls while the caller reads them."""
-        if not self._slots.acquire(blocking=False):
-            raise CapacityExceeded(f"{self.limits.max_concurrent} uploads are already in flight (the limit): "
-                                   f"retry in a few seconds", reason="UPLOADS_FULL", retry_after_s=RETRY_UPLOAD_S)
-        watch = _Watch(context, time.monotonic())
+        principal = auth.current_principal() or auth.ANONYMOUS
         with self._lock:
+            mine = self._per_principal.get(principal, 0)
+            if mine >= self.limits.max_per_principal:
+                raise CapacityExceeded(f"you have {mine} uploads in flight (the limit per principal): finish one "
+                                       f"first", reason="UPLOADS_FULL", retry_after_s=RETRY_UPLOAD_S)
+            if not self._slots.acquire(blocking=False):
+                raise CapacityExceeded(f"{self.limits.max_concurrent} uploads are already in flight (the limit): "
+                                       f"retry in a few seconds", reason="UPLOADS_FULL", retry_after_s=RETRY_UPLOAD_S)
+            self._per_principal[principal] = mine + 1
+            watch = _Watch(context, time.monotonic())
             self._watches.add(watch)
             self._start_monitor()
         try:
@@ -95,6 +106,9 @@ class UploadGuard:
         finally:
             with self._lock:
                 self._watches.discard(watch)
+                self._per_principal[principal] -= 1
+                if not self._per_principal[principal]:
+                    del self._per_principal[principal]
             self._slots.release()
 
     def _watched(self, requests: Iterator[Any], watch: _Watch) -> Iterator[Any]:
