@@ -95,6 +95,10 @@ def test_stalled_uploads_leave_health_and_other_tenants_served(graphs, frames: n
                 started = time.monotonic()
                 health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
                 assert time.monotonic() - started < 1.0, f"health on port {port} took too long"
+        with grpc.insecure_channel(f"127.0.0.1:{running.ops_port}") as channel:  # the chart's liveness probe
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service="medsam2.liveness"), timeout=1)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
         sid = bob.create_session(frames, preset="none").session_id
         bob.add_box(sid, 1, 2, (10, 10, 40, 40))
         assert [r.slice for r in bob.propagate(sid)] == [2, 3, 4, 5, 2, 1, 0]

@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SegmentationService"].full_name
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
+LIVENESS_SERVICE = "medsam2.liveness"
+"""Health service name that is SERVING while the process serves, whatever the backend (the chart's liveness probe)."""
 
 
 OPS_METHODS = ("GetServerInfo",)
@@ -170,6 +172,7 @@ def start_server(settings: ServerSettings, backend: StageBackend, metrics_server
         start_http_server(settings.metrics_port, addr=settings.host)
     stop_event = threading.Event()
     _set_health(health_servicer, health_pb2.HealthCheckResponse.NOT_SERVING)
+    health_servicer.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
     server.start()
     if ops_server is not None:
         ops_server.start()
