@@ -4,7 +4,7 @@ Two loops against one in-process server on the embedded backend (RSS is this pro
 
 - ``cycles``: create and close ``--cycles`` sessions of ``--slices``-slice studies from ``--threads`` threads;
   prints RSS after the first ``--warmup`` cycles and at the end (after a garbage collection), and their ratio.
-- ``work``: ``--threads`` threads loop create, box prompt, propagate, result, close for ``--seconds``;
+- ``work``: ``--threads`` threads (each its own principal) loop create, box prompt, propagate, result, close for ``--seconds``;
   prints sessions and slices per second, errors by status code, and RSS at the start and the end.
 
     .venv/bin/python benchmarks/soak.py --model-repository GRAPHS cycles --cycles 1000 --slices 64
@@ -21,6 +21,7 @@ import collections
 import gc
 import json
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -48,6 +49,14 @@ def settled_rss() -> int:
     return rss_bytes()
 
 
+def tokens_file(folder: Path, count: int) -> tuple[Path, list[str]]:
+    """A tokens file of ``count`` principals (soak0..), and their tokens: each soak thread is its own tenant."""
+    tokens = [f"soak-token-{i}" for i in range(count)]
+    path = folder / "tokens"
+    path.write_text("".join(f"soak{i}:{token}\n" for i, token in enumerate(tokens)))
+    return path, tokens
+
+
 def start(model_repository: Path, **overrides) -> tuple[RunningServer, str]:  # noqa: ANN003
     """An in-process server on a free port."""
     settings = ServerSettings(port=0, metrics_port=0, health_port=-1, model_repository=model_repository, **overrides)
@@ -66,7 +75,7 @@ def study(slices: int, rows: int, columns: int, seed: int = 0) -> np.ndarray:
 
 
 def run_cycles(target: str, *, cycles: int, warmup: int, slices: int, rows: int, columns: int,
-               threads: int = 1) -> dict[str, object]:
+               threads: int = 1, tokens: list[str] | None = None) -> dict[str, object]:
     """Create and close ``cycles`` sessions; RSS after ``warmup`` cycles and at the end."""
     volume = study(slices, rows, columns)
     done = 0
@@ -75,9 +84,9 @@ def run_cycles(target: str, *, cycles: int, warmup: int, slices: int, rows: int,
     marks: dict[str, int] = {}
     errors: collections.Counter[str] = collections.Counter()
 
-    def loop() -> None:
+    def loop(token: str) -> None:
         nonlocal done
-        client = Client(target)
+        client = Client(target, token=token)
         try:
             while True:
                 with lock:
@@ -96,7 +105,7 @@ def run_cycles(target: str, *, cycles: int, warmup: int, slices: int, rows: int,
             client.close()
 
     started = time.perf_counter()
-    workers = [threading.Thread(target=loop) for _ in range(threads)]
+    workers = [threading.Thread(target=loop, args=((tokens or [""] * threads)[i],)) for i in range(threads)]
     for w in workers:
         w.start()
     warm.wait()
@@ -111,17 +120,19 @@ def run_cycles(target: str, *, cycles: int, warmup: int, slices: int, rows: int,
             "rss_ratio_end_to_warmup": round(marks["rss_end"] / marks["rss_after_warmup"], 4)}
 
 
-def run_work(target: str, *, threads: int, seconds: float, slices: int, rows: int, columns: int) -> dict[str, object]:
-    """Loop create/prompt/propagate/result/close from ``threads`` threads for ``seconds``."""
+def run_work(target: str, *, threads: int, seconds: float, slices: int, rows: int, columns: int,
+             tokens: list[str] | None = None) -> dict[str, object]:
+    """Loop create/prompt/propagate/result/close from ``threads`` threads (thread i with ``tokens[i]``)."""
     volume = study(slices, rows, columns)
     box = (columns // 4, rows // 4, 3 * columns // 4, 3 * rows // 4)
     stop = time.monotonic() + seconds
     counts: collections.Counter[str] = collections.Counter()
     errors: collections.Counter[str] = collections.Counter()
     lock = threading.Lock()
+    marks: dict[str, int] = {}
 
-    def loop() -> None:
-        client = Client(target)
+    def loop(token: str) -> None:
+        client = Client(target, token=token)
         try:
             while time.monotonic() < stop:
                 try:
@@ -133,6 +144,8 @@ def run_work(target: str, *, threads: int, seconds: float, slices: int, rows: in
                     with lock:
                         counts["sessions"] += 1
                         counts["slices"] += streamed
+                        if counts["sessions"] == threads:  # every thread has been through once: warm
+                            marks["rss_after_first_round"] = rss_bytes()
                 except grpc.RpcError as exc:
                     with lock:
                         errors[exc.code().name] += 1
@@ -141,7 +154,7 @@ def run_work(target: str, *, threads: int, seconds: float, slices: int, rows: in
 
     rss_start = settled_rss()
     started = time.perf_counter()
-    workers = [threading.Thread(target=loop) for _ in range(threads)]
+    workers = [threading.Thread(target=loop, args=((tokens or [""] * threads)[i],)) for i in range(threads)]
     for w in workers:
         w.start()
     for w in workers:
@@ -150,7 +163,7 @@ def run_work(target: str, *, threads: int, seconds: float, slices: int, rows: in
     return {"threads": threads, "seconds": round(elapsed, 1), "shape": [slices, rows, columns],
             "sessions": counts["sessions"], "slices": counts["slices"],
             "sessions_per_s": round(counts["sessions"] / elapsed, 3), "slices_per_s": round(counts["slices"] / elapsed, 2),
-            "errors": dict(errors), "rss_start": rss_start, "rss_end": settled_rss()}
+            "errors": dict(errors), "rss_start": rss_start, **marks, "rss_end": settled_rss()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -170,16 +183,18 @@ def main(argv: list[str] | None = None) -> int:
     work.add_argument("--seconds", type=float, default=120.0)
     work.add_argument("--slices", type=int, default=8)
     args = parser.parse_args(argv)
-    running, target = start(args.model_repository)
-    try:
-        if args.mode == "cycles":
-            report = run_cycles(target, cycles=args.cycles, warmup=args.warmup, slices=args.slices, rows=args.rows,
-                                columns=args.columns, threads=args.threads)
-        else:
-            report = run_work(target, threads=args.threads, seconds=args.seconds, slices=args.slices,
-                              rows=args.rows, columns=args.columns)
-    finally:
-        running.stop(1)
+    with tempfile.TemporaryDirectory() as folder:
+        tokens_path, tokens = tokens_file(Path(folder), args.threads)
+        running, target = start(args.model_repository, auth_tokens=tokens_path)
+        try:
+            if args.mode == "cycles":
+                report = run_cycles(target, cycles=args.cycles, warmup=args.warmup, slices=args.slices,
+                                    rows=args.rows, columns=args.columns, threads=args.threads, tokens=tokens)
+            else:
+                report = run_work(target, threads=args.threads, seconds=args.seconds, slices=args.slices,
+                                  rows=args.rows, columns=args.columns, tokens=tokens)
+        finally:
+            running.stop(1)
     json.dump({"mode": args.mode, **report}, sys.stdout, indent=1)
     print()
     return 0

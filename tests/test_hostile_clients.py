@@ -38,7 +38,7 @@ def _start(graphs: dict[str, Path], tmp_path: Path | None = None, **overrides): 
     if tmp_path is not None:
         tokens = tmp_path / "tokens"
         tokens.write_text("alice:alice-secret\nbob:bob-secret\n")
-        overrides["auth_tokens_file"] = tokens
+        overrides["auth_tokens"] = tokens
     settings = ServerSettings(port=0, metrics_port=0, model_repository=graphs["present"], **overrides)
     running = start_server(settings, OnnxRuntimeBackend(graphs["present"], threads=2))
     return running, f"127.0.0.1:{running.port}"

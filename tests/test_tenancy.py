@@ -39,7 +39,7 @@ def tenants(graphs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory): 
     tokens = folder / "tokens"
     tokens.write_text("# principal:token\nalice:alice-secret\nbob:bob-secret\n\ncarol:carol-secret\n")
     audit_log = folder / "audit.jsonl"
-    settings = ServerSettings(port=0, metrics_port=0, model_repository=graphs["present"], auth_tokens_file=tokens,
+    settings = ServerSettings(port=0, metrics_port=0, model_repository=graphs["present"], auth_tokens=tokens,
                               audit_log=audit_log, max_sessions=4, max_sessions_per_principal=2)
     running = start_server(settings, OnnxRuntimeBackend(graphs["present"], threads=1))
     target = f"127.0.0.1:{running.port}"
@@ -228,3 +228,14 @@ def test_client_certificate_subject_is_the_principal(graphs, frames: np.ndarray,
         cb.close()
     finally:
         running.stop(1)
+
+
+def test_a_late_unbind_keeps_another_rpcs_caller() -> None:
+    from medsam2.server import auth
+
+    abandoned = auth.bind("alice", "Propagate")
+    current = auth.bind("bob", "GetSession")  # the same thread now serves bob
+    auth.unbind(abandoned)  # alice's stream is finalised late
+    assert auth.current_principal() == "bob"
+    auth.unbind(current)
+    assert auth.current_principal() is None

@@ -138,7 +138,7 @@ def start_server(settings: ServerSettings, backend: StageBackend, metrics_server
                                       max_sessions_per_principal=settings.max_sessions_per_principal,
                                       max_state_bytes_per_principal=settings.max_state_bytes_per_principal))
     options = TrackerOptions(early_stop_absent=settings.early_stop_absent, fill_hole_area=settings.fill_hole_area)
-    authenticator = Authenticator(tokens_file=Path(settings.auth_tokens_file) if _given(settings.auth_tokens_file)
+    authenticator = Authenticator(tokens_file=Path(settings.auth_tokens) if _given(settings.auth_tokens)
                                   else None, token=settings.auth_token, mtls=_given(settings.tls_client_ca))
     audit.configure(Path(settings.audit_log) if _given(settings.audit_log) else None)
     uploads = UploadGuard(UploadLimits(settings.max_concurrent_uploads, settings.upload_idle_timeout_s,

@@ -132,14 +132,21 @@ def reload_on_sighup(authenticator: Authenticator) -> Any:
     return signal.signal(signal.SIGHUP, on_hup)
 
 
-def bind(principal: str, rpc: str) -> None:
-    """Make ``principal`` the caller of the RPC running on this thread."""
-    _caller.set((principal, rpc))
+def bind(principal: str, rpc: str) -> object:
+    """Make ``principal`` the caller of the RPC running on this thread; returns the binding for ``unbind``."""
+    binding = (principal, rpc)
+    _caller.set(binding)
+    return binding
 
 
-def unbind() -> None:
-    """Forget this thread's caller."""
-    _caller.set(None)
+def unbind(binding: object) -> None:
+    """Forget this thread's caller if it is still ``binding``.
+
+    A stream abandoned by its client is finalised later, possibly on a thread already serving another RPC:
+    that RPC's caller must survive the late clean-up.
+    """
+    if _caller.get() is binding:
+        _caller.set(None)
 
 
 def current_principal() -> str | None:

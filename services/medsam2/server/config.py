@@ -37,7 +37,7 @@ class ServerSettings:
     early_stop_absent: int = setting(0, "MEDSAM2_EARLY_STOP", "stop after K slices without the object (0: never)")
     fill_hole_area: int = setting(8, "MEDSAM2_FILL_HOLE_AREA", "fill mask holes up to this area (0: off)")
     # Tenancy and hostile clients (see server/auth.py, sessions.py, uploads.py, audit.py).
-    auth_tokens_file: Path = setting(Path(""), "MEDSAM2_AUTH_TOKENS_FILE",
+    auth_tokens: Path = setting(Path(""), "MEDSAM2_AUTH_TOKENS_FILE",
                                      "file of 'principal:token' lines, reloaded on SIGHUP (empty: none)")
     audit_log: Path = setting(Path(""), "MEDSAM2_AUDIT_LOG",
                               "append the audit log (JSON lines) to this file (empty: the 'medsam2.audit' logger)")

@@ -147,12 +147,13 @@ class _Call:
         self.method = method
         self.context = context
         self.principal = ""
+        self.binding: object = None
         self.started = time.perf_counter()
 
     def begin(self, request: Any) -> None:
         """Identify the caller (bound for the registry's ownership checks) and check the request's surface."""
         self.principal = self.servicer.auth.principal_of(self.context)
-        auth.bind(self.principal, self.method)
+        self.binding = auth.bind(self.principal, self.method)
         if request is not None and not inspect.isgenerator(request) and hasattr(request, "ListFields"):
             check_request(request)
 
@@ -176,7 +177,7 @@ class _Call:
         """Write the audit line and forget the caller's identity."""
         audit.record(principal=self.principal or "-", rpc=self.method, session_id=session_id, outcome=outcome,
                      duration_s=time.perf_counter() - self.started)
-        auth.unbind()
+        auth.unbind(self.binding)
 
 
 def _session_id(message: Any) -> str:
