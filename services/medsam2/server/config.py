@@ -47,8 +47,8 @@ class ServerSettings:
                                                  "session memory per principal at most (0: --max-state-bytes)")
     max_concurrent_uploads: int = setting(8, "MEDSAM2_MAX_CONCURRENT_UPLOADS",
                                           "CreateSession streams at once; more are refused with retry info")
-    max_uploads_per_principal: int = setting(2, "MEDSAM2_MAX_UPLOADS_PER_PRINCIPAL",
-                                             "CreateSession streams of one principal at once")
+    max_uploads_per_principal: int = setting(0, "MEDSAM2_MAX_UPLOADS_PER_PRINCIPAL",
+                                             "CreateSession streams of one principal at once (0: half the cap)")
     upload_idle_timeout_s: float = setting(30.0, "MEDSAM2_UPLOAD_IDLE_TIMEOUT_S",
                                            "cancel an upload that sends nothing for this long")
     upload_deadline_s: float = setting(900.0, "MEDSAM2_UPLOAD_DEADLINE_S", "cancel an upload still running after this")

@@ -48,8 +48,13 @@ class UploadLimits:
     max_concurrent: int = 8
     idle_timeout_s: float = 30.0
     deadline_s: float = 900.0
-    max_per_principal: int = 2
-    """Uploads of one principal at once, so one tenant's stalled clients cannot take every slot."""
+    max_per_principal: int = 0
+    """Uploads of one principal at once, so one tenant's stalled clients cannot take every slot (0: half the cap)."""
+
+    @property
+    def per_principal(self) -> int:
+        """Effective per-principal cap."""
+        return self.max_per_principal or max(1, self.max_concurrent // 2)
 
 
 def study_cost(shape: tuple[int, int, int]) -> tuple[int, int]:
@@ -91,7 +96,7 @@ class UploadGuard:
         principal = auth.current_principal() or auth.ANONYMOUS
         with self._lock:
             mine = self._per_principal.get(principal, 0)
-            if mine >= self.limits.max_per_principal:
+            if mine >= self.limits.per_principal:
                 raise CapacityExceeded(f"you have {mine} uploads in flight (the limit per principal): finish one "
                                        f"first", reason="UPLOADS_FULL", retry_after_s=RETRY_UPLOAD_S)
             if not self._slots.acquire(blocking=False):
