@@ -406,10 +406,25 @@ class Tracker:
             for frame in (*track.points, *track.masks):
                 self.features.pin(frame)
 
+    def close(self) -> None:
+        """Free the frames, features and object state now; the tracker cannot track afterwards.
+
+        The feature cache calls back into the tracker (``self._encode``): a reference cycle that, left alone,
+        keeps a closed study's arrays until a full garbage collection.
+        """
+        self.objects.clear()
+        self.features.clear()
+        self.features = FeatureCache(_closed_study, 0)
+        self._inputs = np.empty((0, 1, IMAGE_SIZE, IMAGE_SIZE), np.uint8)
+
     @property
     def state_bytes(self) -> int:
         """Bytes of per-object state plus cached features."""
         return sum(t.nbytes for t in self.objects.values()) + self.features.nbytes + self._inputs.nbytes
+
+
+def _closed_study(frame: int) -> FrameFeatures:
+    raise PreconditionFailed(f"the study was closed: frame {frame} is gone")
 
 
 def _memories(store: dict[int, FrameOutput]) -> dict[int, FrameMemory]:

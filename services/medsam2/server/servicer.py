@@ -43,7 +43,10 @@ from medsam2.server import metrics
 from medsam2.server.dicom_results import DicomResults, build_dicom_results, require_dicom_source
 from medsam2.server.results import encode_labels, encode_object_masks
 from medsam2.server.sessions import SessionEntry, SessionRegistry, StudyInfo, study_voxels
+from medsam2.server.auth import Authenticator
+from medsam2.server.request_checks import check_prompt_mask
 from medsam2.server.status import rpc
+from medsam2.server.uploads import UploadGuard, UploadLimits
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +64,8 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
 
     def __init__(self, registry: SessionRegistry, backend: StageBackend, tracker_options: TrackerOptions,
                  pacs: PacsStudies | None = None, model: ModelProvenance | None = None,
-                 max_message_bytes: int = 0) -> None:
+                 max_message_bytes: int = 0, *, auth: Authenticator | None = None,
+                 uploads: UploadGuard | None = None) -> None:
         self.registry = registry
         self.backend = backend
         self.tracker_options = tracker_options
@@ -70,47 +74,49 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
         self.max_message_bytes = max_message_bytes
         self._created: OrderedDict[str, str] = OrderedDict()
         self._created_lock = threading.Lock()
+        self.auth = auth or Authenticator()
+        """Who is calling (used by ``@rpc``; the registry scopes sessions to that principal)."""
+        self.uploads = uploads or UploadGuard(UploadLimits(), registry)
 
     # -- sessions -----------------------------------------------------------------------
     @rpc("CreateSession")
     def CreateSession(self, request_iterator: Iterator[pb.CreateSessionRequest], context) -> pb.Session:  # noqa: N802, ANN001
-        first = next(request_iterator, None)
-        if first is None or first.WhichOneof("part") != "header":
-            raise InvalidInput("the first CreateSession message must be the study header")
-        header = first.header
-        if header.request_id:
-            with self._created_lock:
-                earlier = self._created.get(header.request_id)
-            if earlier is not None:
-                try:
-                    return self._describe(self.registry.get(earlier))
-                except NotFound:
-                    pass  # closed or expired since: open it again
-        if header.kind not in pb.StudyKind.values():
-            raise InvalidInput(f"header.kind {header.kind} is not a known StudyKind: use {sorted(pb.StudyKind.keys())}")
-        is_video = header.kind == pb.STUDY_KIND_VIDEO
-        if header.HasField("pacs"):
-            voxels, study = self._fetch(header, is_video)
-        else:
-            voxels = self._receive(header, request_iterator)
-            study = self._uploaded_study(header, voxels.shape, is_video)
-        window = None
-        if header.preprocessing.window_width > 0:
-            window = Window(header.preprocessing.window_width, header.preprocessing.window_level)
-        preset = header.preprocessing.preset or ("none" if is_video else "auto")
-        modality = study.modality or None
-        study.preset = (f"window {window.width:g}/{window.level:g}" if window is not None
-                        else resolve_preset(preset, modality, voxels.dtype).value)
-        slices = to_uint8(voxels, preset, window, modality=modality)
-        tracker = Tracker(self.backend, slices, self.tracker_options)
-        entry = self.registry.add(tracker, study)
-        if not is_video:
-            entry.annotation = VolumeAnnotation(tracker)
-        if header.request_id:
-            with self._created_lock:
-                self._created[header.request_id] = entry.session_id
-                while len(self._created) > REMEMBERED_CREATES:
-                    self._created.popitem(last=False)
+        with self.uploads.upload(request_iterator, context) as requests:
+            header = self.uploads.header(next(requests, None))
+            if header.request_id:
+                with self._created_lock:
+                    earlier = self._created.get(header.request_id)
+                if earlier is not None:
+                    try:
+                        return self._describe(self.registry.get(earlier))
+                    except NotFound:
+                        pass  # closed or expired since: open it again
+            if header.kind not in pb.StudyKind.values():
+                raise InvalidInput(f"header.kind {header.kind} is not a known StudyKind: use {sorted(pb.StudyKind.keys())}")
+            is_video = header.kind == pb.STUDY_KIND_VIDEO
+            if header.HasField("pacs"):
+                voxels, study = self._fetch(header, is_video)
+            else:
+                voxels = self.uploads.receive(header, requests)
+                study = self._uploaded_study(header, voxels.shape, is_video)
+            window = None
+            if header.preprocessing.window_width > 0:
+                window = Window(header.preprocessing.window_width, header.preprocessing.window_level)
+            preset = header.preprocessing.preset or ("none" if is_video else "auto")
+            modality = study.modality or None
+            study.preset = (f"window {window.width:g}/{window.level:g}" if window is not None
+                            else resolve_preset(preset, modality, voxels.dtype).value)
+            slices = to_uint8(voxels, preset, window, modality=modality)
+            del voxels  # the raw upload is not needed once windowed
+            tracker = Tracker(self.backend, slices, self.tracker_options)
+            entry = self.registry.add(tracker, study)
+            if not is_video:
+                entry.annotation = VolumeAnnotation(tracker)
+            if header.request_id:
+                with self._created_lock:
+                    self._created[header.request_id] = entry.session_id
+                    while len(self._created) > REMEMBERED_CREATES:
+                        self._created.popitem(last=False)
         return self._describe(entry)
 
     def _uploaded_study(self, header: pb.StudyHeader, shape: tuple[int, ...], is_video: bool) -> StudyInfo:
@@ -118,23 +124,6 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
         return StudyInfo(spacing, header.label, is_video, modality=header.modality.strip().upper(),
                          geometry=geometry_from_pb(header, spacing), external_id=header.external_id,
                          **identity_from_pb(header, shape[0]))
-
-    def _receive(self, header: pb.StudyHeader, chunks: Iterator[pb.CreateSessionRequest]) -> np.ndarray:
-        shape = header_shape(header)
-        dtype = header_dtype(header)
-        self.registry.check_study_size(study_voxels(shape))
-        expected = study_voxels(shape) * dtype.itemsize
-        buffer = bytearray()
-        for message in chunks:
-            if message.WhichOneof("part") != "voxels":
-                raise InvalidInput("only voxel chunks may follow the header")
-            buffer += message.voxels
-            if len(buffer) > expected:
-                raise InvalidInput(f"upload is larger than the header says: more than {expected} bytes "
-                                   f"for shape {list(shape)} of {dtype.name}")
-        if len(buffer) != expected:
-            raise InvalidInput(f"upload ended after {len(buffer)} of {expected} bytes: the stream was truncated")
-        return np.frombuffer(bytes(buffer), dtype).reshape(shape)
 
     def _fetch(self, header: pb.StudyHeader, is_video: bool) -> tuple[np.ndarray, StudyInfo]:
         reference = header.pacs
@@ -145,7 +134,7 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
             raise InvalidInput("header.pacs needs an endpoint and a study_uid")
         volume = self.pacs.open(reference.endpoint, reference.study_uid, reference.series_uid,
                                 self.registry.check_study_size)
-        self.registry.check_study_size(volume.voxels.size)
+        self.uploads.check_study(volume.voxels.shape)
         source = volume.dicom
         first = source.datasets[0] if source is not None else None
         study = StudyInfo(
@@ -175,6 +164,7 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
     # -- prompts and propagation --------------------------------------------------------
     @rpc("AddPrompt")
     def AddPrompt(self, request: pb.AddPromptRequest, context) -> pb.SliceResult:  # noqa: N802, ANN001
+        check_prompt_mask(request, self.registry.get(request.session_id).tracker)
         prompt = prompt_from_pb(request)
         check_mask_encoding(request.encoding, "encoding")
         with self.registry.claim(request.session_id) as entry:
@@ -239,6 +229,7 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
         done = 0
         started = time.perf_counter()
         for pass_name, result in stream:
+            self.registry.account(entry)  # state caps; ends here within a slice if the session was closed
             if not context.is_active():
                 log.info("session %s: propagation cancelled after %d slices", entry.session_id, done)
                 return
