@@ -51,7 +51,7 @@ def repository(graphs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
 @pytest.fixture(scope="module")
 def server(repository: Path):  # noqa: ANN201
     settings = ServerSettings(port=0, metrics_port=0, model_repository=repository, max_sessions=6,
-                              max_study_voxels=SLICES * ROWS * COLS * 4)
+                              max_study_voxels=SLICES * 512 * 512 * 2)
     running = start_server(settings, OnnxRuntimeBackend(repository, threads=2),
                            environ={"MEDSAM2_PACS_DOWN_URL": UNREACHABLE, "MEDSAM2_PACS_DOWN_TIMEOUT_S": "2"})
     yield running, f"127.0.0.1:{running.port}"
@@ -173,15 +173,15 @@ def test_bad_requests_leave_the_session_unchanged(client: Client, study) -> None
         (lambda: client.add_prompt(sid, 7, 4, points=[(x, y, False)], correction=True),
          grpc.StatusCode.NOT_FOUND, "correction for unknown object 7"),
         (lambda: client.add_prompt(sid, 1, 4, points=[(x, y, False)], encoding=9),
-         grpc.StatusCode.INVALID_ARGUMENT, "MaskEncoding"),
+         grpc.StatusCode.INVALID_ARGUMENT, "encoding has the unknown value 9"),
         (lambda: client.add_prompt(sid, 1, 4, points=[(x, y, True)] * (MAX_POINTS + 1)),
          grpc.StatusCode.INVALID_ARGUMENT, "too many points"),
         (lambda: client.add_prompt(sid, 1, 4, points=[(x, y, True)],
                                    object_info=pb.ObjectInfo(colour_rgb=[300, 0, 0])),
          grpc.StatusCode.INVALID_ARGUMENT, "colour"),
-        (lambda: client.result(sid, 42), grpc.StatusCode.INVALID_ARGUMENT, "result format 42"),
-        (lambda: client.propagate(sid, protocol=5), grpc.StatusCode.INVALID_ARGUMENT, "Protocol 5"),
-        (lambda: client.propagate(sid, direction=8), grpc.StatusCode.INVALID_ARGUMENT, "Direction 8"),
+        (lambda: client.result(sid, 42), grpc.StatusCode.INVALID_ARGUMENT, "format has the unknown value 42"),
+        (lambda: client.propagate(sid, protocol=5), grpc.StatusCode.INVALID_ARGUMENT, "protocol has the unknown value 5"),
+        (lambda: client.propagate(sid, direction=8), grpc.StatusCode.INVALID_ARGUMENT, "direction has the unknown value 8"),
     ]
     for call, status, message in cases:
         code, details = _code(call)
@@ -195,7 +195,7 @@ def test_bad_requests_leave_the_session_unchanged(client: Client, study) -> None
 def test_server_info(client: Client, server) -> None:  # noqa: ANN001
     info = client.server_info()
     assert info.model == pb.ModelInfo(version=1, checkpoint_sha256=SHA, short_sha=SHA[:12], untrained=True)
-    assert info.limits.max_sessions == 6 and info.limits.max_study_voxels == SLICES * ROWS * COLS * 4
+    assert info.limits.max_sessions == 6 and info.limits.max_study_voxels == SLICES * 512 * 512 * 2
     assert info.limits.max_points == MAX_POINTS and info.limits.max_message_bytes == 64 * 2**20
     assert {"auto", "abdomen", "percentile", "none"} <= set(info.presets)
     assert list(info.pacs_endpoints) == ["down"] and "store-result" in info.capabilities
