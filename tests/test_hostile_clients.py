@@ -220,8 +220,8 @@ def test_close_and_eviction_free_memory_with_the_collector_off(graphs, frames: n
     gc.disable()
     try:
         def open_tracked() -> tuple[str, weakref.ref]:
-            sid = c.create_session(frames, preset="none").session_id
-            c.add_box(sid, 1, 2, (10, 10, 40, 40))
+            sid = c.create_session(frames[:3], preset="none").session_id
+            c.add_box(sid, 1, 1, (10, 10, 40, 40))
             list(c.propagate(sid))
             return sid, weakref.ref(running.registry.get(sid, principal="anonymous").tracker)
 

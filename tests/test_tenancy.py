@@ -20,8 +20,8 @@ from medsam2.api.pb.medsam2.v1 import segmentation_pb2 as pb
 from medsam2.api.pb.medsam2.v1 import segmentation_pb2_grpc as pb_grpc
 from medsam2.backends.onnxruntime_backend import OnnxRuntimeBackend
 from medsam2.errors import ConfigError
-from medsam2.server.auth import Authenticator, certificate_subject, reload_on_sighup
 from medsam2.server.app import start_server
+from medsam2.server.auth import Authenticator, certificate_subject, reload_on_sighup
 from medsam2.server.config import ServerSettings
 from medsam2_export.parity import synthetic_volume
 

@@ -12,8 +12,8 @@ from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from google.protobuf import message_factory
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from medsam2.api.pb.medsam2.v1 import segmentation_pb2 as pb
