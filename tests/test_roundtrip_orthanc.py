@@ -134,6 +134,7 @@ def scenario_round_trip(server: orthanc.OrthancServer, folder: str, big: str, gr
 def _store_twice(target: str, study: str, series: list, endpoint) -> dict[str, Any]:  # noqa: ANN001
     """StoreResult twice with one request id stores once; new results under a new id store a new pair."""
     from medsam2.api.client import Client
+    from medsam2.api.pb.medsam2.v1 import segmentation_pb2 as pb
     from medsam2.pacs.client import connect
 
     client = Client(target, routing_key="idempotency")
@@ -141,10 +142,22 @@ def _store_twice(target: str, study: str, series: list, endpoint) -> dict[str, A
     try:
         sid = client.open_pacs("orthanc", study).session_id
         k = len(series) // 2
-        client.add_prompt(sid, 1, k, box=(20, 20, 44, 44))
+        info = pb.ObjectInfo(label="liver lesion", colour_rgb=[0, 200, 255],
+                             category=pb.CodedConcept(value="49755003", scheme="SCT",
+                                                      meaning="Morphologically Altered Structure"),
+                             type=pb.CodedConcept(value="52988006", scheme="SCT", meaning="Lesion"))
+        client.add_prompt(sid, 1, k, box=(20, 20, 44, 44), object_info=info)
         list(client.propagate(sid, first_slice=k, last_slice=k + 1))
         before = count()
         first = client.store_result(sid, "orthanc", request_id="store-once")
+        seg = connect(endpoint).retrieve_instance(study, first.seg_series_uid, first.seg_sop_instance_uid)
+        segment = seg.SegmentSequence[0]
+        described = {"label": str(segment.SegmentLabel),
+                     "category": str(segment.SegmentedPropertyCategoryCodeSequence[0].CodeValue),
+                     "type": str(segment.SegmentedPropertyTypeCodeSequence[0].CodeValue),
+                     "lab": [int(v) for v in segment.RecommendedDisplayCIELabValue],
+                     "algorithm": [str(segment.SegmentAlgorithmName),
+                                   str(segment.SegmentationAlgorithmIdentificationSequence[0].AlgorithmVersion)]}
         again = client.store_result(sid, "orthanc", request_id="store-once")
         middle = count()
         unchanged = client.store_result(sid, "orthanc", request_id="store-unchanged")
@@ -153,6 +166,7 @@ def _store_twice(target: str, study: str, series: list, endpoint) -> dict[str, A
         list(client.propagate(sid, first_slice=k, last_slice=k + 1))
         changed = client.store_result(sid, "orthanc", request_id="store-changed")
         return {"before": before, "middle": middle, "after_unchanged": after_unchanged, "after": count(),
+                "described": described,
                 "same": first == again, "unchanged_same_uids": unchanged == first,
                 "new_uid": changed.seg_sop_instance_uid != first.seg_sop_instance_uid}
     finally:
@@ -202,14 +216,29 @@ def seg_masks(path: Path, sop_uids: tuple[str, ...], shape: tuple[int, int, int]
     return masks, references
 
 
+SHA = "5eed" * 16
+
+
+def _repository(graphs: Path, folder: Path) -> Path:
+    """The test graphs with a provenance record, as an exported model repository carries one."""
+    from medsam2.models.provenance import ModelProvenance, write_provenance
+
+    folder.mkdir()
+    for onnx in graphs.glob("*.onnx"):
+        (folder / onnx.name).symlink_to(onnx)
+    write_provenance(folder, ModelProvenance(version=1, checkpoint_sha256=SHA, untrained=True))
+    return folder
+
+
 def test_client_round_trip_through_orthanc(tmp_path: Path, graphs: dict[str, Path]) -> None:
     series = write_synthetic_ct(tmp_path / "ct", slices=12, size=64, seed=21)
+    repository = _repository(graphs["present"], tmp_path / "repository")
     big = write_synthetic_ct(tmp_path / "big", slices=14, size=64, seed=22)  # another study, over the limit
     actions, key = _actions(series, tmp_path)
     out = tmp_path / "out"
     out.mkdir()
     report = orthanc.run_isolated(scenario_round_trip, timeout_s=1500, folder=str(series.folder),
-                                  big=str(big.folder), graphs=str(graphs["present"]), actions=str(actions),
+                                  big=str(big.folder), graphs=str(repository), actions=str(actions),
                                   out=str(out))
     assert report["client"]["rc"] == 0, report["client"]
     summary = report["summary"]
@@ -260,4 +289,12 @@ def test_client_round_trip_through_orthanc(tmp_path: Path, graphs: dict[str, Pat
     assert twice["unchanged_same_uids"] and twice["after_unchanged"] == twice["middle"]
     # ... and a corrected segmentation is a new pair.
     assert twice["new_uid"] and twice["after"] == twice["middle"] + 2
+    # The SEG names what AddPrompt's object_info said, and the model's provenance as the algorithm version.
+    described = twice["described"]
+    assert (described["label"], described["category"], described["type"]) == ("liver lesion", "49755003", "52988006")
+    from medsam2.io.dicom_seg import _cielab
+
+    assert described["algorithm"] == ["MedSAM2", SHA[:12]]
+    assert described["lab"] == list(_cielab((0, 200, 255)).value)  # the colour asked for, not the palette's
+    assert summary["model_version"] == SHA[:12]
     print(json.dumps({"seconds": report["seconds"], "summary": summary}))
