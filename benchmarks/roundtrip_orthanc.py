@@ -66,7 +66,8 @@ def main() -> int:
         print(json.dumps(report), file=sys.stderr)  # the raw figures, whatever happens below
         seg_bytes = (out / "result.dcm").stat().st_size
         sr_bytes = (out / "result.sr.dcm").stat().st_size
-    stored = int(report["orthanc_after"]["TotalUncompressedSize"]) - int(report["orthanc_before"]["TotalUncompressedSize"])
+    before, after = (int(report[k]["TotalUncompressedSize"]) for k in ("orthanc_before", "orthanc_after"))
+    stored = after - before
     print(json.dumps({
         "slices": args.slices, "size": args.size, "key_slice": key,
         "round_trip_seconds": round(report["seconds"], 2),

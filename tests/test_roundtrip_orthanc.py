@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orthanc
 import pytest
 
-import orthanc
 from medsam2.io.synthetic import SyntheticSeries, write_synthetic_ct
 
 REASON = orthanc.unavailable_reason()

@@ -155,7 +155,8 @@ def _code(concept: pb.CodedConcept, name: str) -> Code:
         raise InvalidInput(f"object_info.{name} needs value, scheme and meaning, got "
                            f"({concept.value!r}, {concept.scheme!r}, {concept.meaning!r})")
     if len(concept.value) > 64 or len(concept.scheme) > 16 or len(concept.meaning) > 64:
-        raise InvalidInput(f"object_info.{name} is too long: value and meaning at most 64, scheme at most 16 characters")
+        raise InvalidInput(f"object_info.{name} is too long: value and meaning at most 64 characters, "
+                           "scheme at most 16")
     return Code(concept.value, concept.scheme, concept.meaning)
 
 
