@@ -40,7 +40,12 @@ from medsam2.io.dicom_seg import default_segments
 from medsam2.models.provenance import ModelProvenance
 from medsam2.pacs.service import PacsStudies
 from medsam2.server import metrics
-from medsam2.server.dicom_results import DicomResults, build_dicom_results, require_dicom_source
+from medsam2.server.dicom_results import (
+    DicomResults,
+    build_dicom_results,
+    check_headers_match,
+    require_dicom_source,
+)
 from medsam2.server.results import encode_labels, encode_object_masks
 from medsam2.server.sessions import SessionEntry, SessionRegistry, StudyInfo, study_voxels
 from medsam2.server.status import rpc
@@ -340,7 +345,20 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
             replay = f"store:{request.request_id}"
             if request.request_id and replay in entry.replies:
                 return entry.replies[replay]
-            built = self._dicom_results(entry)
+            study = entry.study
+            fetched = study.dicom is None and bool(study.sop_instance_uids and study.study_uid and study.series_uid)
+            if fetched:
+                # An upload that named its DICOM instances: their headers come from the PACS that holds them.
+                source = self.pacs.headers(request.endpoint, study.study_uid, study.series_uid,
+                                           study.sop_instance_uids)
+                check_headers_match(study, source, entry.results.shape)
+                study.dicom = source
+            try:
+                built = self._dicom_results(entry)
+            except Exception:
+                if fetched:
+                    study.dicom = None  # a refused request leaves the session as it was
+                raise
             self.pacs.store(request.endpoint, [built.seg, built.sr])
             reply = pb.StoreResultResponse(
                 study_uid=str(built.seg.StudyInstanceUID), seg_series_uid=str(built.seg.SeriesInstanceUID),
