@@ -63,9 +63,11 @@ def main() -> int:
         series_bytes = sum(p.stat().st_size for p in series.paths)
         report = orthanc.run_isolated(scenario_measure, timeout_s=3600, folder=str(series.folder),
                                       graphs=str(args.graphs), actions=str(actions), out=str(out))
+        print(json.dumps(report), file=sys.stderr)  # the raw figures, whatever happens below
         seg_bytes = (out / "result.dcm").stat().st_size
         sr_bytes = (out / "result.sr.dcm").stat().st_size
-    stored = report["orthanc_after"]["TotalUncompressedSize"] - report["orthanc_before"]["TotalUncompressedSize"]
+    before, after = (int(report[k]["TotalUncompressedSize"]) for k in ("orthanc_before", "orthanc_after"))
+    stored = after - before
     print(json.dumps({
         "slices": args.slices, "size": args.size, "key_slice": key,
         "round_trip_seconds": round(report["seconds"], 2),

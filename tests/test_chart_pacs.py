@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from test_chart import CHART, NAMESPACE, RELEASE, container, env_of, helm_template, install_tools, one, run
 
 from medsam2.pacs.config import load_config
-from test_chart import RELEASE, container, env_of, helm_template, install_tools, one, run, CHART, NAMESPACE
 
 
 @pytest.fixture(scope="module")

@@ -76,7 +76,7 @@ def test_client_and_segment_give_identical_masks(ct: Path, server: str, graphs, 
 @pytest.mark.parametrize(
     ("extra", "code", "message"),
     [
-        (["--store", "hospital"], 2, "--store stores the study's SEG and SR from the server"),
+        (["--store", "hospital"], 2, "--store: the server stores a SEG and SR over the DICOM series it came from"),
         (["--pacs", "hospital"], 2, "give either an INPUT file or folder, or --pacs"),
         (["--box", "1,1,5,5"], 2, "--actions replaces --box and --slice"),
     ],

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orthanc
 import pytest
 
-import orthanc
 from medsam2.io.synthetic import SyntheticSeries, write_synthetic_ct
 
 REASON = orthanc.unavailable_reason()
@@ -119,6 +119,7 @@ def scenario_round_trip(server: orthanc.OrthancServer, folder: str, big: str, gr
             run = _client(service.target, *flags, "--actions", actions, "--out", str(workdir / f"{name}.nii.gz"))
             outcome["bad"][name] = {"rc": run.returncode, "stderr": run.stderr[-2000:]}
         outcome["idempotent"] = _store_twice(service.target, study, series, endpoint)
+        outcome["upload"] = _store_upload(service.target, folder, study, endpoint)
     client = connect(endpoint)
     found = client.search_for_series(study_instance_uid=study, fields=["Modality"])
     outcome["series"] = sorted((_tag(s, "00080060"), _tag(s, "0020000E")) for s in found)
@@ -134,6 +135,7 @@ def scenario_round_trip(server: orthanc.OrthancServer, folder: str, big: str, gr
 def _store_twice(target: str, study: str, series: list, endpoint) -> dict[str, Any]:  # noqa: ANN001
     """StoreResult twice with one request id stores once; new results under a new id store a new pair."""
     from medsam2.api.client import Client
+    from medsam2.api.pb.medsam2.v1 import segmentation_pb2 as pb
     from medsam2.pacs.client import connect
 
     client = Client(target, routing_key="idempotency")
@@ -141,10 +143,22 @@ def _store_twice(target: str, study: str, series: list, endpoint) -> dict[str, A
     try:
         sid = client.open_pacs("orthanc", study).session_id
         k = len(series) // 2
-        client.add_prompt(sid, 1, k, box=(20, 20, 44, 44))
+        info = pb.ObjectInfo(label="liver lesion", colour_rgb=[0, 200, 255],
+                             category=pb.CodedConcept(value="49755003", scheme="SCT",
+                                                      meaning="Morphologically Altered Structure"),
+                             type=pb.CodedConcept(value="52988006", scheme="SCT", meaning="Lesion"))
+        client.add_prompt(sid, 1, k, box=(20, 20, 44, 44), object_info=info)
         list(client.propagate(sid, first_slice=k, last_slice=k + 1))
         before = count()
         first = client.store_result(sid, "orthanc", request_id="store-once")
+        seg = connect(endpoint).retrieve_instance(study, first.seg_series_uid, first.seg_sop_instance_uid)
+        segment = seg.SegmentSequence[0]
+        described = {"label": str(segment.SegmentLabel),
+                     "category": str(segment.SegmentedPropertyCategoryCodeSequence[0].CodeValue),
+                     "type": str(segment.SegmentedPropertyTypeCodeSequence[0].CodeValue),
+                     "lab": [int(v) for v in segment.RecommendedDisplayCIELabValue],
+                     "algorithm": [str(segment.SegmentAlgorithmName),
+                                   str(segment.SegmentationAlgorithmIdentificationSequence[0].AlgorithmVersion)]}
         again = client.store_result(sid, "orthanc", request_id="store-once")
         middle = count()
         unchanged = client.store_result(sid, "orthanc", request_id="store-unchanged")
@@ -153,10 +167,58 @@ def _store_twice(target: str, study: str, series: list, endpoint) -> dict[str, A
         list(client.propagate(sid, first_slice=k, last_slice=k + 1))
         changed = client.store_result(sid, "orthanc", request_id="store-changed")
         return {"before": before, "middle": middle, "after_unchanged": after_unchanged, "after": count(),
+                "described": described,
                 "same": first == again, "unchanged_same_uids": unchanged == first,
                 "new_uid": changed.seg_sop_instance_uid != first.seg_sop_instance_uid}
     finally:
         client.close()
+
+
+def _store_upload(target: str, folder: str, study: str, endpoint) -> dict[str, Any]:  # noqa: ANN001
+    """An upload that names its DICOM instances is stored over the series the PACS holds; wrong geometry is refused."""
+    import dataclasses
+
+    import grpc
+
+    from medsam2.api.client import Client
+    from medsam2.api.convert import geometry_to_pb
+    from medsam2.io.volumes import read_volume
+    from medsam2.pacs.client import connect
+
+    volume = read_volume(Path(folder))
+    source = volume.dicom
+    identity = {"study_uid": source.study_uid, "series_uid": source.series_uid,
+                "frame_of_reference_uid": str(source.datasets[0].FrameOfReferenceUID),
+                "sop_instance_uids": list(source.slice_uids)}
+    count = lambda: len(connect(endpoint).search_for_instances(study_instance_uid=study, get_remaining=True))  # noqa: E731
+    k = volume.voxels.shape[0] // 2
+    client = Client(target, routing_key="upload")
+    outcome: dict[str, Any] = {}
+    try:
+        shifted = dataclasses.replace(volume.geometry, origin=tuple(v + 5.0 for v in volume.geometry.origin))
+        for name, geometry in (("shifted", shifted), ("right", volume.geometry)):
+            sid = client.create_session(volume.voxels, volume.spacing, modality="CT",
+                                        geometry=geometry_to_pb(geometry), identity=identity).session_id
+            client.add_prompt(sid, 1, k, box=(20, 20, 44, 44))
+            list(client.propagate(sid, first_slice=k, last_slice=k + 1))
+            before = count()
+            try:
+                stored = client.store_result(sid, "orthanc")
+                seg = connect(endpoint).retrieve_instance(study, stored.seg_series_uid, stored.seg_sop_instance_uid)
+                frames = seg.PerFrameFunctionalGroupsSequence
+                outcome[name] = {
+                    "added": count() - before,
+                    "references": [str(f.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID)
+                                   for f in frames],
+                    "patient": [str(seg.PatientID), str(seg.StudyInstanceUID)],
+                }
+            except grpc.RpcError as exc:
+                outcome[name] = {"code": exc.code().name, "details": exc.details(), "added": count() - before,
+                                 "dicom_results_after": client.get_session(sid).dicom_results}
+            client.close_session(sid)
+    finally:
+        client.close()
+    return outcome
 
 
 def _tag(item: dict, tag: str) -> str:
@@ -202,14 +264,29 @@ def seg_masks(path: Path, sop_uids: tuple[str, ...], shape: tuple[int, int, int]
     return masks, references
 
 
+SHA = "5eed" * 16
+
+
+def _repository(graphs: Path, folder: Path) -> Path:
+    """The test graphs with a provenance record, as an exported model repository carries one."""
+    from medsam2.models.provenance import ModelProvenance, write_provenance
+
+    folder.mkdir()
+    for onnx in graphs.glob("*.onnx"):
+        (folder / onnx.name).symlink_to(onnx)
+    write_provenance(folder, ModelProvenance(version=1, checkpoint_sha256=SHA, untrained=True))
+    return folder
+
+
 def test_client_round_trip_through_orthanc(tmp_path: Path, graphs: dict[str, Path]) -> None:
     series = write_synthetic_ct(tmp_path / "ct", slices=12, size=64, seed=21)
+    repository = _repository(graphs["present"], tmp_path / "repository")
     big = write_synthetic_ct(tmp_path / "big", slices=14, size=64, seed=22)  # another study, over the limit
     actions, key = _actions(series, tmp_path)
     out = tmp_path / "out"
     out.mkdir()
     report = orthanc.run_isolated(scenario_round_trip, timeout_s=1500, folder=str(series.folder),
-                                  big=str(big.folder), graphs=str(graphs["present"]), actions=str(actions),
+                                  big=str(big.folder), graphs=str(repository), actions=str(actions),
                                   out=str(out))
     assert report["client"]["rc"] == 0, report["client"]
     summary = report["summary"]
@@ -260,4 +337,20 @@ def test_client_round_trip_through_orthanc(tmp_path: Path, graphs: dict[str, Pat
     assert twice["unchanged_same_uids"] and twice["after_unchanged"] == twice["middle"]
     # ... and a corrected segmentation is a new pair.
     assert twice["new_uid"] and twice["after"] == twice["middle"] + 2
+    # An upload that names its instances is stored over the series on the PACS (patient module and all) ...
+    upload = report["upload"]
+    assert upload["right"]["added"] == 2 and upload["right"]["patient"][1] == series.study_uid
+    assert set(upload["right"]["references"]) <= set(series.sop_uids) and upload["right"]["references"]
+    # ... unless its geometry disagrees with the instances it names: refused, nothing stored, session unchanged.
+    shifted = upload["shifted"]
+    assert shifted["code"] == "FAILED_PRECONDITION" and "on PACS but at" in shifted["details"]
+    assert shifted["added"] == 0 and shifted["dicom_results_after"] is False
+    # The SEG names what AddPrompt's object_info said, and the model's provenance as the algorithm version.
+    described = twice["described"]
+    assert (described["label"], described["category"], described["type"]) == ("liver lesion", "49755003", "52988006")
+    from medsam2.io.dicom_seg import _cielab
+
+    assert described["algorithm"] == ["MedSAM2", SHA[:12]]
+    assert described["lab"] == list(_cielab((0, 200, 255)).value)  # the colour asked for, not the palette's
+    assert summary["model_version"] == SHA[:12]
     print(json.dumps({"seconds": report["seconds"], "summary": summary}))

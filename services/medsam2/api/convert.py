@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TypedDict
+
 import numpy as np
 from pydicom.sr.coding import Code
 
@@ -114,7 +116,16 @@ def geometry_to_pb(geometry: Geometry | None) -> pb.PatientGeometry | None:
                               column_direction=list(geometry.column_cosine), slice_step=list(geometry.slice_step))
 
 
-def identity_from_pb(header: pb.StudyHeader, slices: int) -> dict[str, object]:
+class StudyIdentity(TypedDict):
+    """The DICOM identity an upload header may state."""
+
+    frame_of_reference_uid: str
+    study_uid: str
+    series_uid: str
+    sop_instance_uids: tuple[str, ...]
+
+
+def identity_from_pb(header: pb.StudyHeader, slices: int) -> StudyIdentity:
     """The DICOM identity fields of an upload header, checked against its slice count."""
     uids = tuple(header.sop_instance_uids)
     if uids and len(uids) != slices:
@@ -125,8 +136,8 @@ def identity_from_pb(header: pb.StudyHeader, slices: int) -> dict[str, object]:
         _check_uid(uid, "header.sop_instance_uids")
     if len(set(uids)) != len(uids):
         raise InvalidInput("header.sop_instance_uids repeats a UID: each slice is its own instance")
-    return {"frame_of_reference_uid": header.frame_of_reference_uid, "study_uid": header.study_uid,
-            "series_uid": header.series_uid, "sop_instance_uids": uids}
+    return StudyIdentity(frame_of_reference_uid=header.frame_of_reference_uid, study_uid=header.study_uid,
+                         series_uid=header.series_uid, sop_instance_uids=uids)
 
 
 def _check_uid(uid: str, where: str) -> None:
@@ -155,7 +166,8 @@ def _code(concept: pb.CodedConcept, name: str) -> Code:
         raise InvalidInput(f"object_info.{name} needs value, scheme and meaning, got "
                            f"({concept.value!r}, {concept.scheme!r}, {concept.meaning!r})")
     if len(concept.value) > 64 or len(concept.scheme) > 16 or len(concept.meaning) > 64:
-        raise InvalidInput(f"object_info.{name} is too long: value and meaning at most 64, scheme at most 16 characters")
+        raise InvalidInput(f"object_info.{name} is too long: value and meaning at most 64 characters, "
+                           "scheme at most 16")
     return Code(concept.value, concept.scheme, concept.meaning)
 
 

@@ -70,9 +70,6 @@ def _check_args(args: argparse.Namespace) -> None:
         raise InvalidInput("give --box X0,Y0,X1,Y1 with --slice K, or --actions FILE")
     if args.actions is not None and (args.box is not None or args.slice is not None):
         raise InvalidInput("--actions replaces --box and --slice: give one or the other")
-    if args.store is not None and args.pacs is None:
-        raise InvalidInput("--store stores the study's SEG and SR from the server, which needs a study it opened "
-                           "from PACS: use --pacs ENDPOINT --study UID")
 
 
 def _steps(args: argparse.Namespace) -> tuple[list, dict[int, np.ndarray]]:
@@ -105,6 +102,10 @@ def run_client(args: argparse.Namespace, settings: Settings) -> int:
 
         volume = read_volume(args.input, args.series)
         check_output(args.out, volume)
+        if args.store is not None and (volume.dicom is None or volume.dicom.multiframe):
+            raise InvalidInput(f"--store: the server stores a SEG and SR over the DICOM series it came from, but "
+                               f"{args.input.name} is {volume.source_format} without per-slice DICOM instances; "
+                               "use --pacs ENDPOINT --study UID, or a DICOM series folder")
     client = Client(args.server, token=args.token, routing_key=uuid.uuid4().hex)
     started = time.perf_counter()
     try:

@@ -14,10 +14,11 @@ from dataclasses import dataclass
 
 from pydicom.dataset import Dataset
 
+from medsam2.io.dicom_source import DicomSource
 from medsam2.io.volumes import Volume
 from medsam2.pacs.config import PacsConfig
 from medsam2.pacs.errors import PacsRejected
-from medsam2.pacs.transfer import choose_series, fetch_series, series_voxels, store_instances
+from medsam2.pacs.transfer import choose_series, fetch_series, series_voxels, source_headers, store_instances
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,10 @@ class PacsStudies:
         info = choose_series(endpoint, study_uid, series_uid)
         check_size(series_voxels(endpoint, info))
         return fetch_series(endpoint, info.study_uid, info.series_uid)
+
+    def headers(self, endpoint_name: str, study_uid: str, series_uid: str, slice_uids: Sequence[str]) -> DicomSource:
+        """The source headers of an uploaded study that named its UIDs, from the endpoint that holds the series."""
+        return source_headers(self.config.get(endpoint_name), study_uid, series_uid, slice_uids)
 
     def store(self, endpoint_name: str, datasets: Sequence[Dataset]) -> list[str]:
         """STOW-RS ``datasets`` (already validated) in one request; every one must be confirmed."""

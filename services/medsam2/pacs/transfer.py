@@ -126,6 +126,25 @@ def series_voxels(endpoint: PacsEndpoint, info: SeriesInfo) -> int:
     return int(instances) * int(rows) * int(columns) * int(frames)
 
 
+def source_headers(endpoint: PacsEndpoint, study_uid: str, series_uid: str, slice_uids: Sequence[str]) -> DicomSource:
+    """The headers (WADO-RS metadata, no pixels) of a series' instances, in the order ``slice_uids`` names them."""
+    client = connect(endpoint)
+    with pacs_errors(endpoint, f"retrieve the metadata of series {series_uid}"):
+        items = client.retrieve_series_metadata(study_uid, series_uid)
+    by_uid = {}
+    for item in items:
+        ds = Dataset.from_json(item, bulk_data_uri_handler=lambda *_: None)
+        for keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
+            if keyword in ds:
+                del ds[keyword]
+        by_uid[str(ds.get("SOPInstanceUID", ""))] = ds
+    missing = [uid for uid in slice_uids if uid not in by_uid]
+    if missing:
+        raise NotFound(f"{len(missing)} of the study's {len(slice_uids)} slice instances (e.g. {missing[0]}) are not "
+                       f"in series {series_uid} on PACS {endpoint.name}")
+    return DicomSource(tuple(by_uid[uid] for uid in slice_uids), tuple(slice_uids))
+
+
 def fetch_series(endpoint: PacsEndpoint, study_uid: str, series_uid: str) -> Volume:
     """Fetch a series by its UIDs and read it as a volume (sorted, rescaled, with its geometry)."""
     datasets = fetch_instances(endpoint, study_uid, series_uid)

@@ -15,10 +15,13 @@ from pydicom.dataset import Dataset
 
 from medsam2.errors import PreconditionFailed
 from medsam2.io.dicom_seg import Algorithm, SegmentSpec, build_seg, default_segments, validate_seg
+from medsam2.io.dicom_source import DicomSource
 from medsam2.io.dicom_sr import build_measurement_report, encode_report
 from medsam2.io.measurements import measure_all
 from medsam2.io.volumes import Volume
 from medsam2.server.sessions import StudyInfo
+
+_POSITION_TOLERANCE_MM = 0.01
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,12 +41,31 @@ def require_dicom_source(study: StudyInfo) -> None:
     if study.sop_instance_uids:
         raise PreconditionFailed(
             "this study was uploaded with DICOM UIDs but without its source headers (patient and study modules), "
-            "so a SEG or SR would not file under the right patient: open the study from PACS (StudyHeader.pacs)"
+            "so a SEG or SR would not file under the right patient: StoreResult to the PACS that holds the series "
+            "(it reads the headers from there), or open the study from PACS (StudyHeader.pacs)"
         )
     raise PreconditionFailed(
         "this study was uploaded without DICOM identity (no study, series or SOP instance UIDs), so there is no "
         "source series for a SEG or SR to reference: open the study from PACS (StudyHeader.pacs), or fetch NIfTI"
     )
+
+
+def check_headers_match(study: StudyInfo, source: DicomSource, shape: tuple[int, int, int]) -> None:
+    """``PreconditionFailed`` unless PACS headers describe the uploaded voxels (size, and positions when known)."""
+    first = source.datasets[0]
+    rows, columns = int(first.get("Rows", 0)), int(first.get("Columns", 0))
+    if (rows, columns) != shape[1:]:
+        raise PreconditionFailed(f"series {source.series_uid} on PACS has {rows}x{columns} slices, the upload "
+                                 f"{shape[1]}x{shape[2]}: the UIDs in the header do not describe these voxels")
+    if study.geometry is None:
+        return
+    for k, ds in enumerate(source.datasets):
+        position = np.asarray(ds.get("ImagePositionPatient", [np.nan] * 3), float)
+        error = float(np.max(np.abs(position - study.geometry.position(k))))
+        if not error <= _POSITION_TOLERANCE_MM:
+            raise PreconditionFailed(
+                f"slice {k} ({source.slice_uids[k]}) lies at {position.tolist()} on PACS but at "
+                f"{study.geometry.position(k).tolist()} in the upload: the header's UIDs or geometry are wrong")
 
 
 def build_dicom_results(masks: Mapping[int, np.ndarray], study: StudyInfo, shape: tuple[int, int, int],

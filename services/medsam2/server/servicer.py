@@ -40,7 +40,12 @@ from medsam2.io.dicom_seg import default_segments
 from medsam2.models.provenance import ModelProvenance
 from medsam2.pacs.service import PacsStudies
 from medsam2.server import metrics
-from medsam2.server.dicom_results import DicomResults, build_dicom_results, require_dicom_source
+from medsam2.server.dicom_results import (
+    DicomResults,
+    build_dicom_results,
+    check_headers_match,
+    require_dicom_source,
+)
 from medsam2.server.results import encode_labels, encode_object_masks
 from medsam2.server.sessions import SessionEntry, SessionRegistry, StudyInfo, study_voxels
 from medsam2.server.auth import Authenticator
@@ -53,6 +58,8 @@ log = logging.getLogger(__name__)
 DEFAULT_CHUNK_BYTES = 1 << 20
 REMEMBERED_CREATES = 1024
 """CreateSession request ids remembered for retries (oldest forgotten first)."""
+REMEMBERED_REPLIES = 32
+"""AddPrompt and StoreResult replies kept per session for retries, each (oldest forgotten first)."""
 LABEL_FORMATS = {pb.RESULT_FORMAT_NPZ: "npz", pb.RESULT_FORMAT_NIFTI_GZ: "nifti_gz",
                  pb.RESULT_FORMAT_RAW_LABELS: "raw"}
 RESULT_FORMATS = (*LABEL_FORMATS, pb.RESULT_FORMAT_OBJECT_MASKS_NPZ, pb.RESULT_FORMAT_DICOM_SEG,
@@ -94,19 +101,21 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
             if header.kind not in pb.StudyKind.values():
                 raise InvalidInput(f"header.kind {header.kind} is not a known StudyKind: use {sorted(pb.StudyKind.keys())}")
             is_video = header.kind == pb.STUDY_KIND_VIDEO
-            if header.HasField("pacs"):
-                voxels, study = self._fetch(header, is_video)
-            else:
-                voxels = self.uploads.receive(header, requests)
-                study = self._uploaded_study(header, voxels.shape, is_video)
             window = None
             if header.preprocessing.window_width > 0:
                 window = Window(header.preprocessing.window_width, header.preprocessing.window_level)
             preset = header.preprocessing.preset or ("none" if is_video else "auto")
+            resolve_preset(preset, None, is_video=is_video)  # an unknown preset fails before any transfer
+            if header.HasField("pacs"):
+                voxels, study = self._fetch(header, is_video)
+            else:
+                # Everything the header states is checked before a voxel is received.
+                study = self._uploaded_study(header, header_shape(header), is_video)
+                voxels = self.uploads.receive(header, requests)
             modality = study.modality or None
             study.preset = (f"window {window.width:g}/{window.level:g}" if window is not None
-                            else resolve_preset(preset, modality, voxels.dtype).value)
-            slices = to_uint8(voxels, preset, window, modality=modality)
+                            else resolve_preset(preset, modality, voxels.dtype, is_video=is_video).value)
+            slices = to_uint8(voxels, preset, window, modality=modality, is_video=is_video)
             del voxels  # the raw upload is not needed once windowed
             tracker = Tracker(self.backend, slices, self.tracker_options)
             entry = self.registry.add(tracker, study)
@@ -190,7 +199,7 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
             entry.results.store(result, masks)
             reply = _slice_message(result, masks, tracker, "prompt", 1, 1, request.encoding)
             if request.request_id:
-                entry.replies[replay] = reply
+                _remember(entry.replies, replay, reply)
             return reply
 
     @rpc("Propagate")
@@ -327,7 +336,20 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
             replay = f"store:{request.request_id}"
             if request.request_id and replay in entry.replies:
                 return entry.replies[replay]
-            built = self._dicom_results(entry)
+            study = entry.study
+            fetched = study.dicom is None and bool(study.sop_instance_uids and study.study_uid and study.series_uid)
+            if fetched:
+                # An upload that named its DICOM instances: their headers come from the PACS that holds them.
+                source = self.pacs.headers(request.endpoint, study.study_uid, study.series_uid,
+                                           study.sop_instance_uids)
+                check_headers_match(study, source, entry.results.shape)
+                study.dicom = source
+            try:
+                built = self._dicom_results(entry)
+            except Exception:
+                if fetched:
+                    study.dicom = None  # a refused request leaves the session as it was
+                raise
             self.pacs.store(request.endpoint, [built.seg, built.sr])
             reply = pb.StoreResultResponse(
                 study_uid=str(built.seg.StudyInstanceUID), seg_series_uid=str(built.seg.SeriesInstanceUID),
@@ -335,7 +357,7 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
                 sr_sop_instance_uid=str(built.sr.SOPInstanceUID),
             )
             if request.request_id:
-                entry.replies[replay] = reply
+                _remember(entry.replies, replay, reply)
             log.info("session %s: stored SEG and SR on PACS %s", entry.session_id, request.endpoint)
             return reply
 
@@ -404,6 +426,15 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
             dicom_results=study.dicom is not None,
             model_version=self.model.short_sha,
         )
+
+
+def _remember(replies: dict, key: str, reply: object) -> None:
+    """Keep a reply for retries of its request id; only the latest few per kind (a retry follows its request)."""
+    replies[key] = reply
+    kind = key.split(":", 1)[0] + ":"
+    keys = [k for k in replies if k.startswith(kind)]
+    for old in keys[:-REMEMBERED_REPLIES]:
+        del replies[old]
 
 
 def _object_ids(entry: SessionEntry) -> list[int]:
