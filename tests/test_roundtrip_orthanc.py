@@ -98,7 +98,8 @@ def scenario_round_trip(server: orthanc.OrthancServer, folder: str, big: str, gr
     oversized = [pydicom.dcmread(p) for p in sorted(Path(big).glob("*.dcm"))]
     store_instances(endpoint, oversized)
     study = str(series[0].StudyInstanceUID)
-    voxel_limit = len(series) * int(series[0].Rows) * int(series[0].Columns)
+    # The limit counts slices as the model holds them (at least 512x512): room for this series, not one more slice.
+    voxel_limit = (len(series) + 1) * 512 * 512
     outcome: dict[str, Any] = {"study": study, "before": _stats(server)}
     workdir = Path(out)
     with Service(graphs, workdir, MEDSAM2_PACS_ORTHANC_URL=server.dicomweb_url,
@@ -327,9 +328,10 @@ def test_client_round_trip_through_orthanc(tmp_path: Path, graphs: dict[str, Pat
     bad = report["bad"]
     assert bad["unknown_endpoint"]["rc"] == 3 and "no PACS endpoint 'nowhere'" in bad["unknown_endpoint"]["stderr"]
     assert bad["missing_study"]["rc"] == 3 and "is not on PACS orthanc" in bad["missing_study"]["stderr"]
-    limit = 12 * 64 * 64
+    limit = 13 * 512 * 512
     assert bad["over_the_limit"]["rc"] == 8
-    assert f"study has {14 * 64 * 64} voxels, the limit is {limit}" in bad["over_the_limit"]["stderr"]
+    assert f"becomes {14 * 512 * 512} voxels once each slice is resized" in bad["over_the_limit"]["stderr"]
+    assert f"the limit is {limit}" in bad["over_the_limit"]["stderr"]
     # StoreResult is idempotent by request id: a retry stores nothing; a new id stores a new pair.
     twice = report["idempotent"]
     assert twice["same"] and twice["middle"] == twice["before"] + 2

@@ -18,12 +18,12 @@ from medsam2.io.dicom_source import DicomSource
 from medsam2.io.volumes import Volume
 from medsam2.pacs.config import PacsConfig
 from medsam2.pacs.errors import PacsRejected
-from medsam2.pacs.transfer import choose_series, fetch_series, series_voxels, source_headers, store_instances
+from medsam2.pacs.transfer import choose_series, fetch_series, series_shape, source_headers, store_instances
 
 log = logging.getLogger(__name__)
 
-SizeCheck = Callable[[int], None]
-"""Raises when a study of that many voxels may not be opened."""
+SizeCheck = Callable[[tuple[int, int, int]], None]
+"""Raises when a study of that shape (slices, rows, columns) may not be opened."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +41,7 @@ class PacsStudies:
         """Fetch one series (the study's only image series when ``series_uid`` is empty) as a volume."""
         endpoint = self.config.get(endpoint_name)
         info = choose_series(endpoint, study_uid, series_uid)
-        check_size(series_voxels(endpoint, info))
+        check_size(series_shape(endpoint, info))
         return fetch_series(endpoint, info.study_uid, info.series_uid)
 
     def headers(self, endpoint_name: str, study_uid: str, series_uid: str, slice_uids: Sequence[str]) -> DicomSource:

@@ -105,8 +105,8 @@ def choose_series(endpoint: PacsEndpoint, study_uid: str, series_uid: str = "") 
     return images[0]
 
 
-def series_voxels(endpoint: PacsEndpoint, info: SeriesInfo) -> int:
-    """Voxels of a series from QIDO-RS metadata alone (instances x rows x columns x frames), before any download."""
+def series_shape(endpoint: PacsEndpoint, info: SeriesInfo) -> tuple[int, int, int]:
+    """(planes, rows, columns) of a series from QIDO-RS metadata alone (planes: instances x frames), before download."""
     client = connect(endpoint)
     with pacs_errors(endpoint, f"search for the instances of series {info.series_uid}"):
         first = client.search_for_instances(study_instance_uid=info.study_uid, series_instance_uid=info.series_uid,
@@ -123,7 +123,7 @@ def series_voxels(endpoint: PacsEndpoint, info: SeriesInfo) -> int:
     if not (rows.isdigit() and columns.isdigit() and frames.isdigit()):
         raise InvalidInput(f"PACS {endpoint.name} does not report Rows/Columns for series {info.series_uid}, so its "
                            "size cannot be checked before download")
-    return int(instances) * int(rows) * int(columns) * int(frames)
+    return int(instances) * int(frames), int(rows), int(columns)
 
 
 def source_headers(endpoint: PacsEndpoint, study_uid: str, series_uid: str, slice_uids: Sequence[str]) -> DicomSource:

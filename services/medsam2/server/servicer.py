@@ -142,7 +142,7 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
         if not reference.endpoint or not reference.study_uid:
             raise InvalidInput("header.pacs needs an endpoint and a study_uid")
         volume = self.pacs.open(reference.endpoint, reference.study_uid, reference.series_uid,
-                                self.registry.check_study_size)
+                                self.uploads.check_study)
         self.uploads.check_study(volume.voxels.shape)
         source = volume.dicom
         first = source.datasets[0] if source is not None else None
