@@ -193,8 +193,11 @@ def test_gpu_install(tools: dict[str, Path]) -> None:
 
     server = one(docs, "Deployment", f"{RELEASE}-medsam2")
     s = container(server, "server")
-    assert {p["name"]: p["containerPort"] for p in s["ports"]} == {"grpc": 50051, "metrics": 9464}
+    assert {p["name"]: p["containerPort"] for p in s["ports"]} == {"grpc": 50051, "metrics": 9464, "health": 50052}
     assert s["readinessProbe"]["grpc"] == {"port": 50051, "service": ""}
+    # A wedged pod restarts: liveness is the native gRPC probe on the health port's own threads.
+    assert s["livenessProbe"]["grpc"] == {"port": 50052, "service": "medsam2.liveness"}
+    assert env_of(s)["MEDSAM2_HEALTH_PORT"] == "50052"
     assert env_of(s)["MEDSAM2_TRITON_URL"] == f"{RELEASE}-medsam2-triton:8001"
     assert "MEDSAM2_MODEL_REPOSITORY" not in env_of(s)
     grace = float(env_of(s)["MEDSAM2_GRACE_S"])
@@ -309,7 +312,7 @@ def test_chart_settings_match_the_service() -> None:
     from medsam2.settings import Settings
 
     values = yaml.safe_load((CHART / "values.yaml").read_text())["server"]
-    assert values["ports"] == {"grpc": GRPC_PORT, "metrics": METRICS_PORT}
+    assert values["ports"] == {"grpc": GRPC_PORT, "metrics": METRICS_PORT, "health": GRPC_PORT + 1}  # --health-port 0
     defaults = ServerSettings()
     chart_to_field = {"maxSessions": "max_sessions", "maxStudyVoxels": "max_study_voxels",
                       "maxStateBytes": "max_state_bytes", "sessionTtlSeconds": "session_ttl_s",

@@ -38,7 +38,7 @@ def study() -> tuple[np.ndarray, list]:
 @pytest.fixture(scope="module")
 def server(graphs: dict[str, Path]):  # noqa: ANN201
     settings = ServerSettings(port=0, metrics_port=0, http_port=_free_port(), model_repository=graphs["present"],
-                              auth_token=TOKEN, max_study_voxels=16 * ROWS * COLS)
+                              auth_token=TOKEN, max_study_voxels=16 * 512 * 512)
     running = start_server(settings, OnnxRuntimeBackend(graphs["present"], threads=2))
     yield running
     running.stop(2)
@@ -234,12 +234,13 @@ def test_any_grpc_service_becomes_routes_through_the_same_interceptors() -> None
     from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
     from medsam2.gateway.server import Gateway, GatewayOptions, start_gateway
-    from medsam2.server.app import BearerTokenInterceptor
+    from medsam2.server.app import AuthInterceptor
+    from medsam2.server.auth import Authenticator
 
     servicer = health.HealthServicer()
     servicer.set("scanner", health_pb2.HealthCheckResponse.SERVING)
     gateway = Gateway([(health_pb2.DESCRIPTOR.services_by_name["Health"], health_pb2_grpc.add_HealthServicer_to_server,
-                        servicer)], [BearerTokenInterceptor("t0ken")], title="health", version="v1")
+                        servicer)], [AuthInterceptor(Authenticator(token="t0ken"))], title="health", version="v1")
     server = start_gateway(gateway, GatewayOptions(host="127.0.0.1", port=0, max_json_bytes=1 << 16,
                                                    max_upload_bytes=1 << 16))
     try:

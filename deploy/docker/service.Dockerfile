@@ -28,7 +28,7 @@ RUN pip install --no-cache-dir /tmp/wheels/*.whl \
  && useradd --uid 10001 --user-group --no-create-home --home-dir /tmp --shell /usr/sbin/nologin medsam2
 COPY --chmod=0755 deploy/docker/medsam2_health_probe.py /usr/local/bin/medsam2-health-probe
 USER 10001:10001
-EXPOSE 50051 9464
+EXPOSE 50051 50052 9464
 HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 CMD ["medsam2-health-probe", "--timeout", "4"]
 ENTRYPOINT ["medsam2"]
 CMD ["serve"]

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import io
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import grpc
 import numpy as np
 
-from medsam2.api.convert import DTYPE_OF, decode_mask
+from medsam2.api.convert import DTYPE_OF, decode_mask, encode_mask
 from medsam2.api.pb.medsam2.v1 import segmentation_pb2 as pb
 from medsam2.api.pb.medsam2.v1 import segmentation_pb2_grpc as pb_grpc
 
@@ -25,6 +27,10 @@ class Client:
     root_certificates: bytes | None = None
     routing_key: str = ""
     """Sent as x-medsam2-session on every call, so a consistent-hash router keeps a study on one replica."""
+    bytes_sent: int = 0
+    """Voxel bytes uploaded so far (for round-trip accounting)."""
+    bytes_received: int = 0
+    """Result bytes downloaded so far."""
 
     def __post_init__(self) -> None:
         options = [("grpc.max_receive_message_length", self.max_message_bytes),
@@ -42,19 +48,26 @@ class Client:
 
     def create_session(self, voxels: np.ndarray, spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),
                        preset: str = "", window: tuple[float, float] | None = None, video: bool = False,
-                       label: str = "") -> pb.Session:
-        """Upload a volume [slices, rows, columns] in chunks and open a session on it."""
+                       label: str = "", *, modality: str = "", geometry: pb.PatientGeometry | None = None,
+                       identity: dict[str, object] | None = None, external_id: str = "",
+                       request_id: str = "") -> pb.Session:
+        """Upload a volume [slices, rows, columns] in chunks and open a session on it.
+
+        ``identity`` may carry study_uid, series_uid, frame_of_reference_uid and sop_instance_uids.
+        """
         dtype = np.dtype(voxels.dtype).newbyteorder("<")
         if dtype not in DTYPE_OF:
             voxels = voxels.astype(np.float32)
             dtype = np.dtype("<f4")
         header = pb.StudyHeader(
             shape=list(voxels.shape), dtype=DTYPE_OF[dtype], spacing_mm=list(spacing),
-            preprocessing=pb.Preprocessing(preset=preset, window_width=window[0] if window else 0,
-                                           window_level=window[1] if window else 0),
-            kind=pb.STUDY_KIND_VIDEO if video else pb.STUDY_KIND_VOLUME, label=label,
+            preprocessing=_preprocessing(preset, window),
+            kind=pb.STUDY_KIND_VIDEO if video else pb.STUDY_KIND_VOLUME, label=label, modality=modality,
+            geometry=geometry, external_id=external_id, request_id=request_id or new_request_id(),
+            **(identity or {}),
         )
         data = np.ascontiguousarray(voxels, dtype=dtype).tobytes()
+        self.bytes_sent += len(data)
 
         def messages() -> Iterator[pb.CreateSessionRequest]:
             yield pb.CreateSessionRequest(header=header)
@@ -63,25 +76,86 @@ class Client:
 
         return self.stub.CreateSession(messages(), metadata=self.metadata)
 
+    def open_pacs(self, endpoint: str, study_uid: str, series_uid: str = "", *, preset: str = "",
+                  window: tuple[float, float] | None = None, modality: str = "", label: str = "",
+                  external_id: str = "", request_id: str = "") -> pb.Session:
+        """Open a session on a study the server fetches from one of its PACS endpoints."""
+        header = pb.StudyHeader(
+            pacs=pb.PacsReference(endpoint=endpoint, study_uid=study_uid, series_uid=series_uid),
+            preprocessing=_preprocessing(preset, window), kind=pb.STUDY_KIND_VOLUME, label=label, modality=modality,
+            external_id=external_id, request_id=request_id or new_request_id(),
+        )
+        return self.stub.CreateSession(iter([pb.CreateSessionRequest(header=header)]), metadata=self.metadata)
+
+    def add_prompt(self, session_id: str, object_id: int, slice_index: int, *,
+                   box: tuple[float, float, float, float] | None = None,
+                   points: list[tuple[float, float, bool]] | None = None, mask: np.ndarray | None = None,
+                   keep_previous_points: bool = False, correction: bool = False,
+                   object_info: pb.ObjectInfo | None = None, encoding: int = pb.MASK_ENCODING_UNSPECIFIED,
+                   request_id: str = "") -> pb.SliceResult:
+        """A box, clicks (x, y, positive) or a mask for one object on one slice; returns that slice's masks."""
+        request = pb.AddPromptRequest(
+            session_id=session_id, object_id=object_id, slice=slice_index,
+            points=[pb.Point(x=x, y=y, positive=positive) for x, y, positive in points or []],
+            keep_previous_points=keep_previous_points, correction=correction, object_info=object_info,
+            encoding=encoding, request_id=request_id or new_request_id(),
+        )
+        if box is not None:
+            request.box.CopyFrom(pb.Box(x0=box[0], y0=box[1], x1=box[2], y1=box[3]))
+        if mask is not None:
+            request.mask.CopyFrom(encode_mask(np.asarray(mask, bool), pb.MASK_ENCODING_RLE))
+        return self.stub.AddPrompt(request, metadata=self.metadata)
+
     def add_box(self, session_id: str, object_id: int, slice_index: int,
                 box: tuple[float, float, float, float]) -> pb.SliceResult:
         """A box prompt."""
-        request = pb.AddPromptRequest(session_id=session_id, object_id=object_id, slice=slice_index,
-                                      box=pb.Box(x0=box[0], y0=box[1], x1=box[2], y1=box[3]))
-        return self.stub.AddPrompt(request, metadata=self.metadata)
+        return self.add_prompt(session_id, object_id, slice_index, box=box)
 
     def propagate(self, session_id: str, **fields) -> Iterator[pb.SliceResult]:  # noqa: ANN003
         """Stream per-slice results (fields as in PropagateRequest)."""
         return self.stub.Propagate(pb.PropagateRequest(session_id=session_id, **fields), metadata=self.metadata)
 
-    def result_labels(self, session_id: str) -> tuple[np.ndarray, list[int]]:
-        """The label volume and the object id of each label."""
-        chunks = list(self.stub.GetResult(pb.GetResultRequest(session_id=session_id,
-                                                              format=pb.RESULT_FORMAT_RAW_LABELS),
+    def result(self, session_id: str, fmt: int) -> tuple[bytes, pb.ResultChunk]:
+        """The whole result file in format ``fmt`` and its first chunk (shape, object ids)."""
+        chunks = list(self.stub.GetResult(pb.GetResultRequest(session_id=session_id, format=fmt),
                                           metadata=self.metadata))
         data = b"".join(c.data for c in chunks)
-        shape = tuple(chunks[0].shape)
-        return np.frombuffer(data, "<u2").reshape(shape).copy(), list(chunks[0].object_ids)
+        self.bytes_received += len(data)
+        return data, chunks[0]
+
+    def result_labels(self, session_id: str) -> tuple[np.ndarray, list[int]]:
+        """The label volume and the object id of each label."""
+        data, first = self.result(session_id, pb.RESULT_FORMAT_RAW_LABELS)
+        return np.frombuffer(data, "<u2").reshape(tuple(first.shape)).copy(), list(first.object_ids)
+
+    def object_masks(self, session_id: str) -> dict[int, np.ndarray]:
+        """Each object's boolean mask [slices, rows, columns] (overlaps kept)."""
+        data, first = self.result(session_id, pb.RESULT_FORMAT_OBJECT_MASKS_NPZ)
+        with np.load(io.BytesIO(data)) as npz:
+            return {i: npz[f"object_{i}"] for i in first.object_ids}
+
+    def store_result(self, session_id: str, endpoint: str, request_id: str = "") -> pb.StoreResultResponse:
+        """Send the session's SEG and SR to a PACS endpoint the server knows."""
+        request = pb.StoreResultRequest(session_id=session_id, endpoint=endpoint,
+                                        request_id=request_id or new_request_id())
+        return self.stub.StoreResult(request, metadata=self.metadata)
+
+    def reset_objects(self, session_id: str, object_ids: list[int] | None = None) -> pb.Session:
+        """Forget some objects, or all of them (None)."""
+        request = pb.ResetObjectsRequest(session_id=session_id, object_ids=object_ids or [], all=object_ids is None)
+        return self.stub.ResetObjects(request, metadata=self.metadata)
+
+    def get_session(self, session_id: str) -> pb.Session:
+        """Describe a session."""
+        return self.stub.GetSession(pb.GetSessionRequest(session_id=session_id), metadata=self.metadata)
+
+    def list_sessions(self) -> list[pb.Session]:
+        """Every open session."""
+        return list(self.stub.ListSessions(pb.ListSessionsRequest(), metadata=self.metadata).sessions)
+
+    def server_info(self) -> pb.ServerInfo:
+        """What the server runs and allows."""
+        return self.stub.GetServerInfo(pb.GetServerInfoRequest(), metadata=self.metadata)
 
     def close_session(self, session_id: str) -> bool:
         """Close a session."""
@@ -95,3 +169,13 @@ class Client:
 def slice_masks(result: pb.SliceResult) -> dict[int, np.ndarray]:
     """Boolean mask per object of a streamed slice result."""
     return {o.object_id: decode_mask(o.mask) for o in result.objects}
+
+
+def new_request_id() -> str:
+    """A fresh request id; reuse one only to retry the same request."""
+    return uuid.uuid4().hex
+
+
+def _preprocessing(preset: str, window: tuple[float, float] | None) -> pb.Preprocessing:
+    return pb.Preprocessing(preset=preset, window_width=window[0] if window else 0,
+                            window_level=window[1] if window else 0)

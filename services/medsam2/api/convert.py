@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import TypedDict
+
 import numpy as np
+from pydicom.sr.coding import Code
 
 from medsam2.api.masks import decode_rle, encode_rle, pack_bits, unpack_bits
 from medsam2.api.pb.medsam2.v1 import segmentation_pb2 as pb
@@ -10,6 +13,8 @@ from medsam2.engine.prompts import Box
 from medsam2.engine.protocols import ObjectPrompt
 from medsam2.engine.tracker import Direction
 from medsam2.errors import InvalidInput, InvalidPrompt
+from medsam2.io.dicom_seg import SegmentSpec
+from medsam2.io.geometry import Geometry
 
 DTYPES: dict[int, np.dtype] = {
     pb.DATA_TYPE_UINT8: np.dtype("<u1"),
@@ -87,3 +92,86 @@ def prompt_from_pb(request: pb.AddPromptRequest) -> ObjectPrompt:
         labels = np.array([1 if p.positive else 0 for p in request.points], np.int32)
     mask = decode_mask(request.mask) if has_mask else None
     return ObjectPrompt(int(request.object_id), int(request.slice), box=box, points=points, labels=labels, mask=mask)
+
+
+def geometry_from_pb(header: pb.StudyHeader, spacing: tuple[float, float, float]) -> Geometry | None:
+    """The patient geometry an upload header states, or None; ``InvalidInput`` naming a bad vector."""
+    if not header.HasField("geometry"):
+        return None
+    g = header.geometry
+    vectors = {"origin": g.origin, "row_direction": g.row_direction, "column_direction": g.column_direction,
+               "slice_step": g.slice_step}
+    for name, values in vectors.items():
+        if len(values) != 3 or not all(np.isfinite(values)):
+            raise InvalidInput(f"header.geometry.{name} must be three finite numbers, got {list(values)}")
+    return Geometry.from_dicom(np.asarray(g.origin), np.asarray([*g.row_direction, *g.column_direction]),
+                               np.asarray(spacing[1:]), np.asarray(g.slice_step))
+
+
+def geometry_to_pb(geometry: Geometry | None) -> pb.PatientGeometry | None:
+    """A geometry as its message (None stays unset)."""
+    if geometry is None:
+        return None
+    return pb.PatientGeometry(origin=list(geometry.origin), row_direction=list(geometry.row_cosine),
+                              column_direction=list(geometry.column_cosine), slice_step=list(geometry.slice_step))
+
+
+class StudyIdentity(TypedDict):
+    """The DICOM identity an upload header may state."""
+
+    frame_of_reference_uid: str
+    study_uid: str
+    series_uid: str
+    sop_instance_uids: tuple[str, ...]
+
+
+def identity_from_pb(header: pb.StudyHeader, slices: int) -> StudyIdentity:
+    """The DICOM identity fields of an upload header, checked against its slice count."""
+    uids = tuple(header.sop_instance_uids)
+    if uids and len(uids) != slices:
+        raise InvalidInput(f"header.sop_instance_uids has {len(uids)} UIDs for {slices} slices: give one per slice")
+    for name in ("frame_of_reference_uid", "study_uid", "series_uid"):
+        _check_uid(getattr(header, name), f"header.{name}")
+    for uid in uids:
+        _check_uid(uid, "header.sop_instance_uids")
+    if len(set(uids)) != len(uids):
+        raise InvalidInput("header.sop_instance_uids repeats a UID: each slice is its own instance")
+    return StudyIdentity(frame_of_reference_uid=header.frame_of_reference_uid, study_uid=header.study_uid,
+                         series_uid=header.series_uid, sop_instance_uids=uids)
+
+
+def _check_uid(uid: str, where: str) -> None:
+    if uid and (len(uid) > 64 or not all(part.isdigit() for part in uid.split("."))):
+        raise InvalidInput(f"{where} {uid!r} is not a DICOM UID (digits and dots, at most 64 characters)")
+
+
+def segment_spec_from_pb(obj_id: int, info: pb.ObjectInfo, default: SegmentSpec) -> SegmentSpec:
+    """An object's SEG segment from AddPrompt's object_info, over ``default`` for what it leaves unset."""
+    colour = default.colour
+    if info.colour_rgb:
+        if len(info.colour_rgb) != 3:
+            raise InvalidInput(f"object_info.colour_rgb must be [r, g, b], got {list(info.colour_rgb)}")
+        colour = tuple(int(c) for c in info.colour_rgb)  # type: ignore[assignment]
+    return SegmentSpec(
+        obj_id=obj_id,
+        label=info.label or default.label,
+        colour=colour,
+        category=_code(info.category, "category") if info.HasField("category") else default.category,
+        property_type=_code(info.type, "type") if info.HasField("type") else default.property_type,
+    )
+
+
+def _code(concept: pb.CodedConcept, name: str) -> Code:
+    if not (concept.value and concept.scheme and concept.meaning):
+        raise InvalidInput(f"object_info.{name} needs value, scheme and meaning, got "
+                           f"({concept.value!r}, {concept.scheme!r}, {concept.meaning!r})")
+    if len(concept.value) > 64 or len(concept.scheme) > 16 or len(concept.meaning) > 64:
+        raise InvalidInput(f"object_info.{name} is too long: value and meaning at most 64 characters, "
+                           "scheme at most 16")
+    return Code(concept.value, concept.scheme, concept.meaning)
+
+
+def check_mask_encoding(encoding: int, field: str) -> None:
+    """``InvalidInput`` for a mask encoding this server does not know."""
+    if encoding not in pb.MaskEncoding.values():
+        raise InvalidInput(f"{field} {encoding} is not a known MaskEncoding: use {sorted(pb.MaskEncoding.keys())}")

@@ -12,12 +12,14 @@ import numpy as np
 
 from medsam2.backends.onnxruntime_backend import OnnxRuntimeBackend
 from medsam2.cli.model_source import graphs_for_checkpoint, is_untrained, resolve_default_checkpoint, warn_untrained
+from medsam2.engine.actions import Step, check_actions, run_actions, shorthand_steps
 from medsam2.engine.backend import StageBackend
 from medsam2.engine.prompts import Box
-from medsam2.engine.protocols import ObjectPrompt, segment_volume, volume_protocol_length
+from medsam2.engine.protocols import VolumeAnnotation
 from medsam2.engine.tracker import Tracker, TrackerOptions
 from medsam2.errors import InvalidInput
-from medsam2.imaging.windowing import Preset, Window, to_uint8
+from medsam2.imaging.windowing import MODALITY_PRESETS, Preset, Window, normalize_modality, to_uint8
+from medsam2.io.actions_file import read_actions
 from medsam2.io.outputs import OUTPUT_SUFFIXES, check_output, write_result
 from medsam2.io.volumes import Volume, read_volume
 from medsam2.settings import Settings
@@ -34,15 +36,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     seg.add_argument("--out", type=Path, required=True,
                      help=f"result by extension ({', '.join(OUTPUT_SUFFIXES)}): .dcm is a DICOM SEG; "
                           "measurements go beside it as NAME.measurements.json")
-    seg.add_argument("--slice", type=int, required=True,
-                     help="key slice K; for DICOM, counted along the series sorted by position")
+    seg.add_argument("--slice", type=int,
+                     help="key slice K for --box/--mask; for DICOM, counted along the series sorted by position")
     prompt = seg.add_mutually_exclusive_group(required=True)
     prompt.add_argument("--box", help="X0,Y0,X1,Y1 in pixels of the key slice (x = column, y = row)")
     prompt.add_argument("--mask", type=Path, help="label volume at the input's geometry; its key slice is the prompt")
-    seg.add_argument("--range", dest="slice_range", help="FIRST,LAST: slices to propagate through (default: all)")
+    prompt.add_argument("--actions", type=Path, metavar="FILE",
+                        help="JSON list of steps (box, click, mask, propagate; see the README's actions-file "
+                             "section); --box B --slice K is the same as a box step and a propagate step")
+    seg.add_argument("--range", dest="slice_range",
+                     help="FIRST,LAST: slices to propagate through (default: all; with --actions, for propagate "
+                          "steps without their own range)")
     seg.add_argument("--preset", choices=[p.value for p in Preset], default=Preset.AUTO.value,
                      help="intensity preset: CT windows, 'percentile' for MR/PET, 'none' for uint8 "
-                          "[auto: from the DICOM Modality, CT->abdomen, MR/PT->percentile, US/XC/ES->none]")
+                          "[auto: from the Modality, CT->abdomen, MR/PT->percentile, US/XC/ES->none]")
+    seg.add_argument("--modality", type=str.upper, choices=sorted(MODALITY_PRESETS),
+                     help="the input's DICOM Modality, for inputs that carry none (NIfTI, npz); picks the 'auto' "
+                          "preset; a DICOM input's own Modality must agree")
+    seg.add_argument("--no-largest-component", dest="largest_component", action="store_false",
+                     help="keep every connected part of each object's mask (default: only the largest 3D "
+                          "component, 26-connected, as MedSAM2's script does)")
     seg.add_argument("--window", help="custom CT window WIDTH,LEVEL in HU (overrides --preset)")
     source = seg.add_mutually_exclusive_group()
     source.add_argument("--checkpoint", type=Path, help="MedSAM2 checkpoint; its graphs are exported once and cached")
@@ -94,15 +107,32 @@ def _model_version(args: argparse.Namespace) -> str:
     return (source.name if source is not None else "MedSAM2 default checkpoint")[:64]
 
 
-def _prompt(args: argparse.Namespace, volume: Volume) -> ObjectPrompt:
+def _steps(args: argparse.Namespace, volume: Volume) -> tuple[list[Step], dict[int, np.ndarray]]:
+    """The steps to run: the actions file's, or the --box/--mask shorthand (a prompt step and a propagate step)."""
+    if args.actions is not None:
+        if args.slice is not None:
+            raise InvalidInput("--slice goes with --box or --mask: the steps of an actions file name their slices")
+        actions = read_actions(args.actions)
+        return actions.steps, actions.masks
+    if args.slice is None:
+        raise InvalidInput(f"--{'box' if args.box is not None else 'mask'} needs --slice K, the key slice")
+    slice_range = _slice_range(args.slice_range)
     if args.box is not None:
-        return ObjectPrompt(obj_id=1, frame=args.slice, box=parse_box(args.box))
+        return shorthand_steps(1, args.slice, box=parse_box(args.box), slice_range=slice_range), {}
     labels = read_volume(args.mask).voxels
     if labels.shape != volume.voxels.shape:
         raise InvalidInput(f"--mask has shape {labels.shape}, the volume is {volume.voxels.shape}")
     if not 0 <= args.slice < labels.shape[0]:
         raise InvalidInput(f"slice {args.slice} is out of range: the study has {labels.shape[0]} slices")
-    return ObjectPrompt(obj_id=1, frame=args.slice, mask=labels[args.slice] > 0)
+    return shorthand_steps(1, args.slice, mask_path=args.mask, slice_range=slice_range), {0: labels[args.slice] > 0}
+
+
+def _modality(args: argparse.Namespace, volume: Volume) -> str | None:
+    """The input's Modality, or --modality for inputs without one; a contradiction is an error."""
+    own = normalize_modality(volume.modality)
+    if own is not None and args.modality is not None and own != args.modality:
+        raise InvalidInput(f"--modality {args.modality} contradicts the input's DICOM Modality {own}")
+    return own or args.modality
 
 
 def make_backend(args: argparse.Namespace, settings: Settings) -> StageBackend:
@@ -126,32 +156,41 @@ def make_backend(args: argparse.Namespace, settings: Settings) -> StageBackend:
 
 
 def run_segment(args: argparse.Namespace, settings: Settings) -> int:
-    """Segment one volume with MedSAM2's 3D protocol and write the mask."""
+    """Segment one volume with MedSAM2's 3D protocol (and any corrections an actions file gives); write the mask."""
     check_output(args.out)
     volume = read_volume(args.input, args.series)
     check_output(args.out, volume)
     window = Window(*parse_pair(args.window, "--window", "WIDTH,LEVEL")) if args.window else None
-    slices = to_uint8(volume.voxels, args.preset, window, modality=volume.modality)
-    prompt = _prompt(args, volume)
-    slice_range = _slice_range(args.slice_range)
+    modality = _modality(args, volume)
+    steps, step_masks = _steps(args, volume)
+    default_range = _slice_range(args.slice_range) if args.actions is not None else None
+    check_actions(steps, volume.voxels.shape, step_masks)  # every step fits the study before a model loads
+    slices = to_uint8(volume.voxels, args.preset, window, modality=modality)
     backend = make_backend(args, settings)
     tracker = Tracker(backend, slices, TrackerOptions(early_stop_absent=args.early_stop))
+    annotation = VolumeAnnotation(tracker, keep_largest_component=args.largest_component)
     started = time.perf_counter()
-    progress = None if args.no_progress else _progress_bar(tracker, prompt, slice_range)
-    masks = segment_volume(tracker, [prompt], slice_range,
-                           on_frame=(lambda *_: progress.update(1)) if progress is not None else None)
+    progress = None if args.no_progress else _progress_bar()
+    run_actions(annotation, steps, step_masks, default_range=default_range,
+                on_plan=(lambda n: _grow(progress, n)) if progress is not None else None,
+                on_frame=(lambda *_: progress.update(1)) if progress is not None else None)
     if progress is not None:
         progress.close()
     seconds = time.perf_counter() - started
-    labels = masks[prompt.obj_id].astype(np.uint8)
-    written = write_result(args.out, {prompt.obj_id: masks[prompt.obj_id]}, volume,
-                           model_version=_model_version(args), display=slices)
-    voxels = int(labels.sum())
+    masks = annotation.masks()
+    written = write_result(args.out, masks, volume, model_version=_model_version(args), display=slices)
+    per_object = {
+        str(obj_id): {"voxels": int(mask.sum()), "volume_ml": round(int(mask.sum()) * volume.voxel_ml, 4),
+                      "slices_with_mask": int(mask.any(axis=(1, 2)).sum())}
+        for obj_id, mask in masks.items()
+    }
+    voxels = sum(o["voxels"] for o in per_object.values())
     summary = {
         "input": str(args.input), "output": str(args.out), "slices": int(tracker.num_frames),
-        "slices_with_mask": int(labels.any(axis=(1, 2)).sum()), "seconds": round(seconds, 3),
-        "voxels": voxels, "volume_ml": round(voxels * volume.voxel_ml, 4), "backend": backend.name,
-        "features_encoded": tracker.features.encoded, "measurements": str(written[-1]),
+        "slices_with_mask": int(np.logical_or.reduce(list(masks.values())).any(axis=(1, 2)).sum()),
+        "seconds": round(seconds, 3), "voxels": voxels, "volume_ml": round(voxels * volume.voxel_ml, 4),
+        "objects": per_object, "backend": backend.name, "features_encoded": tracker.features.encoded,
+        "measurements": str(written[-1]),
     }
     if args.json:
         print(json.dumps(summary))
@@ -162,7 +201,12 @@ def run_segment(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _progress_bar(tracker: Tracker, prompt: ObjectPrompt, slice_range: tuple[int, int] | None):  # noqa: ANN202
+def _progress_bar():  # noqa: ANN202
     from tqdm import tqdm
 
-    return tqdm(total=volume_protocol_length(tracker, [prompt], slice_range), unit="slice", desc="propagating")
+    return tqdm(total=0, unit="slice", desc="propagating")
+
+
+def _grow(progress, planned: int) -> None:  # noqa: ANN001
+    progress.total += planned
+    progress.refresh()

@@ -99,6 +99,8 @@ class FrameResult:
     frame: int
     obj_ids: tuple[int, ...]
     low_res: np.ndarray  # [K, 128, 128] float32
+    object_scores: tuple[float, ...] = ()
+    """Each object's object-score logit on this frame (> 0: present; -1024 where it has no output)."""
 
     def masks(self, height: int, width: int) -> np.ndarray:
         """Boolean masks [K, height, width] at the slice's size (bilinear upsampling, then > 0)."""
@@ -227,8 +229,14 @@ class Tracker:
         direction: Direction = Direction.FORWARD,
         start: int | None = None,
         limit: int | None = None,
+        *,
+        reverse_from_zero: bool = False,
     ) -> Iterator[FrameResult]:
-        """Track every object frame by frame from ``start``; ``limit`` bounds how many frames past it."""
+        """Track every object frame by frame from ``start``; ``limit`` bounds how many frames past it.
+
+        sam2 skips a backward pass that starts at frame 0; ``reverse_from_zero`` tracks frame 0
+        instead (a correction on slice 1 re-tracking slice 0 needs it).
+        """
         direction = Direction(direction)
         if start is not None:
             check_frame(start, self.num_frames)
@@ -239,13 +247,14 @@ class Tracker:
             start = min(t for track in self.objects.values() for t in track.cond)
         passes = [False, True] if direction is Direction.BOTH else [direction is Direction.BACKWARD]
         for reverse in passes:
-            yield from self._propagate_pass(start, limit, reverse)
+            yield from self._propagate_pass(start, limit, reverse, reverse_from_zero)
 
-    def _propagate_pass(self, start: int, limit: int | None, reverse: bool) -> Iterator[FrameResult]:
+    def _propagate_pass(self, start: int, limit: int | None, reverse: bool,
+                        reverse_from_zero: bool = False) -> Iterator[FrameResult]:
         self._preflight()
         limit = self.num_frames if limit is None else limit
         if reverse:
-            order = range(start, max(start - limit, 0) - 1, -1) if start > 0 else range(0)
+            order = range(start, max(start - limit, 0) - 1, -1) if start > 0 or reverse_from_zero else range(0)
         else:
             order = range(start, min(start + limit, self.num_frames - 1) + 1)
         absent_run = {obj_id: 0 for obj_id in self.objects}
@@ -382,11 +391,13 @@ class Tracker:
         """Every object's current logits on ``frame`` (-1024 where it has none)."""
         ids = tuple(self.objects)
         logits = np.full((len(ids), LOW_RES, LOW_RES), NO_OBJECT_SCORE, np.float32)
+        scores = [float(NO_OBJECT_SCORE)] * len(ids)
         for i, obj_id in enumerate(ids):
             out = None if obj_id in skip else self.objects[obj_id].output(frame)
             if out is not None:
                 logits[i] = out.low_res
-        return FrameResult(frame, ids, logits)
+                scores[i] = out.object_score
+        return FrameResult(frame, ids, logits, tuple(scores))
 
     def reset(self, obj_id: int | None = None) -> None:
         """Forget one object (prompts and results), or every object."""
@@ -401,10 +412,25 @@ class Tracker:
             for frame in (*track.points, *track.masks):
                 self.features.pin(frame)
 
+    def close(self) -> None:
+        """Free the frames, features and object state now; the tracker cannot track afterwards.
+
+        The feature cache calls back into the tracker (``self._encode``): a reference cycle that, left alone,
+        keeps a closed study's arrays until a full garbage collection.
+        """
+        self.objects.clear()
+        self.features.clear()
+        self.features = FeatureCache(_closed_study, 0)
+        self._inputs = np.empty((0, 1, IMAGE_SIZE, IMAGE_SIZE), np.uint8)
+
     @property
     def state_bytes(self) -> int:
         """Bytes of per-object state plus cached features."""
         return sum(t.nbytes for t in self.objects.values()) + self.features.nbytes + self._inputs.nbytes
+
+
+def _closed_study(frame: int) -> FrameFeatures:
+    raise PreconditionFailed(f"the study was closed: frame {frame} is gone")
 
 
 def _memories(store: dict[int, FrameOutput]) -> dict[int, FrameMemory]:

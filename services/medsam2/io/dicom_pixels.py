@@ -30,9 +30,12 @@ def check_decodable(ds: Dataset, label: str) -> None:
     """Raise ``UnsupportedTransferSyntax`` if no installed plug-in decodes this object's pixel data."""
     from pydicom.pixels.decoders.base import get_decoder
 
-    uid = transfer_syntax(ds)
-    if uid is None or not uid.is_compressed:
-        return
+    try:
+        uid = transfer_syntax(ds)
+        if uid is None or not uid.is_compressed:
+            return
+    except (TypeError, ValueError) as exc:  # a corrupt file meta: not a string, or not a transfer syntax
+        raise CorruptDicom(f"{label}: the file meta's Transfer Syntax UID is unusable ({exc})") from exc
     try:
         decoder = get_decoder(uid)
     except NotImplementedError:
@@ -52,7 +55,8 @@ def stored_frames(ds: Dataset, label: str) -> np.ndarray:
     check_decodable(ds, label)
     try:
         pixels = ds.pixel_array
-    except (ValueError, EOFError, OSError) as exc:
+    except (ValueError, EOFError, OSError, AttributeError, TypeError, KeyError, IndexError) as exc:
+        # pydicom reports missing or malformed elements of a corrupt file with any of these.
         raise CorruptDicom(f"{label}: cannot decode the pixel data ({exc}); the file is truncated or corrupt") from exc
     except RuntimeError as exc:  # pydicom's decoders report missing plug-ins and codec failures this way
         raise UnsupportedTransferSyntax(f"{label}: cannot decode the pixel data: {exc}") from exc

@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 
-from medsam2.errors import NotFound
+from medsam2.errors import Medsam2Error, NotFound
 from medsam2.io.dicom_files import ObjectKind, check_image, kind_of, read_file, skippable, sop_class_name
 from medsam2.io.dicom_multiframe import frame_planes, frame_rescale, frame_thickness, number_of_frames
 from medsam2.io.dicom_pixels import check_decodable, is_grey, rescale, stored_frames, to_grey_uint8
 from medsam2.io.dicom_source import DicomSource
-from medsam2.io.errors import IrregularStack, MixedSeries, NotAnImage, NotDicom
+from medsam2.io.errors import CorruptDicom, IrregularStack, MixedSeries, NotAnImage, NotDicom
 from medsam2.io.stacking import PlaneInfo, stack_planes
 from medsam2.io.volumes import Volume
 
@@ -44,17 +44,23 @@ class Labelled:
 def read_dicom(path: Path, series_uid: str | None = None) -> Volume:
     """Read a DICOM folder (recursively) or one DICOM file as a volume."""
     path = Path(path)
-    if path.is_dir():
-        items = scan_folder(path)
-        if not items:
-            raise NotFound(f"{path} holds no DICOM files")
-    elif path.is_file():
-        ds = read_file(path)
-        check_image(ds, str(path))
-        items = [Labelled(path.name, ds)]
-    else:
-        raise NotFound(f"DICOM input not found: {path}")
-    return volume_from_datasets(items, str(path), series_uid)
+    try:
+        if path.is_dir():
+            items = scan_folder(path)
+            if not items:
+                raise NotFound(f"{path} holds no DICOM files")
+        elif path.is_file():
+            ds = read_file(path)
+            check_image(ds, str(path))
+            items = [Labelled(path.name, ds)]
+        else:
+            raise NotFound(f"DICOM input not found: {path}")
+        return volume_from_datasets(items, str(path), series_uid)
+    except Medsam2Error:
+        raise
+    except (NotImplementedError, KeyError, AttributeError, TypeError, ValueError, IndexError) as exc:
+        # pydicom parses elements lazily: a corrupt one surfaces wherever it is first read (found by fuzzing).
+        raise CorruptDicom(f"{path}: malformed DICOM element ({type(exc).__name__}: {exc})") from exc
 
 
 def scan_folder(folder: Path) -> list[Labelled]:

@@ -81,6 +81,70 @@ def fetch_instances(endpoint: PacsEndpoint, study_uid: str, series_uid: str) -> 
             return client.retrieve_series(study_uid, series_uid, media_types=_AS_STORED)
 
 
+NON_IMAGE_MODALITIES = frozenset({"SEG", "SR", "RTSTRUCT", "RTPLAN", "RTDOSE", "KO", "PR", "DOC", "REG"})
+"""Series a session cannot be opened on: results, reports and presentation states beside the images."""
+
+
+def choose_series(endpoint: PacsEndpoint, study_uid: str, series_uid: str = "") -> SeriesInfo:
+    """The series to open: ``series_uid`` when given, else the study's only image series."""
+    found = list_series(endpoint, study_uid)
+    if not found:
+        raise NotFound(f"study {study_uid} is not on PACS {endpoint.name} ({endpoint.url})")
+    if series_uid:
+        for info in found:
+            if info.series_uid == series_uid:
+                return info
+        raise NotFound(f"series {series_uid} is not in study {study_uid} on PACS {endpoint.name}; it has "
+                       + ", ".join(f"{s.series_uid} ({s.modality})" for s in found))
+    images = [s for s in found if s.modality.upper() not in NON_IMAGE_MODALITIES]
+    if len(images) != 1:
+        listing = ", ".join(f"{s.series_uid} ({s.modality}, {s.instances} instances, {s.description!r})"
+                            for s in images) or "none"
+        raise InvalidInput(f"study {study_uid} on PACS {endpoint.name} has {len(images)} image series; "
+                           f"name one with its series UID: {listing}")
+    return images[0]
+
+
+def series_shape(endpoint: PacsEndpoint, info: SeriesInfo) -> tuple[int, int, int]:
+    """(planes, rows, columns) of a series from QIDO-RS metadata alone (planes: instances x frames), before download."""
+    client = connect(endpoint)
+    with pacs_errors(endpoint, f"search for the instances of series {info.series_uid}"):
+        first = client.search_for_instances(study_instance_uid=info.study_uid, series_instance_uid=info.series_uid,
+                                            fields=["Rows", "Columns", "NumberOfFrames"], limit=1)
+    if not first:
+        raise NotFound(f"series {info.series_uid} of study {info.study_uid} has no instances on PACS {endpoint.name}")
+    rows, columns = _value(first[0], "00280010"), _value(first[0], "00280011")
+    frames = _value(first[0], "00280008") or "1"
+    instances = info.instances
+    if instances is None:
+        with pacs_errors(endpoint, f"count the instances of series {info.series_uid}"):
+            instances = len(client.search_for_instances(study_instance_uid=info.study_uid,
+                                                        series_instance_uid=info.series_uid, get_remaining=True))
+    if not (rows.isdigit() and columns.isdigit() and frames.isdigit()):
+        raise InvalidInput(f"PACS {endpoint.name} does not report Rows/Columns for series {info.series_uid}, so its "
+                           "size cannot be checked before download")
+    return int(instances) * int(frames), int(rows), int(columns)
+
+
+def source_headers(endpoint: PacsEndpoint, study_uid: str, series_uid: str, slice_uids: Sequence[str]) -> DicomSource:
+    """The headers (WADO-RS metadata, no pixels) of a series' instances, in the order ``slice_uids`` names them."""
+    client = connect(endpoint)
+    with pacs_errors(endpoint, f"retrieve the metadata of series {series_uid}"):
+        items = client.retrieve_series_metadata(study_uid, series_uid)
+    by_uid = {}
+    for item in items:
+        ds = Dataset.from_json(item, bulk_data_uri_handler=lambda *_: None)
+        for keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
+            if keyword in ds:
+                del ds[keyword]
+        by_uid[str(ds.get("SOPInstanceUID", ""))] = ds
+    missing = [uid for uid in slice_uids if uid not in by_uid]
+    if missing:
+        raise NotFound(f"{len(missing)} of the study's {len(slice_uids)} slice instances (e.g. {missing[0]}) are not "
+                       f"in series {series_uid} on PACS {endpoint.name}")
+    return DicomSource(tuple(by_uid[uid] for uid in slice_uids), tuple(slice_uids))
+
+
 def fetch_series(endpoint: PacsEndpoint, study_uid: str, series_uid: str) -> Volume:
     """Fetch a series by its UIDs and read it as a volume (sorted, rescaled, with its geometry)."""
     datasets = fetch_instances(endpoint, study_uid, series_uid)

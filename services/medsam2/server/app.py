@@ -5,12 +5,14 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from collections.abc import Mapping
 from concurrent import futures
 from dataclasses import dataclass
 from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import grpc
+from google.protobuf import message_factory
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -18,37 +20,50 @@ from medsam2.api.pb.medsam2.v1 import segmentation_pb2 as pb
 from medsam2.api.pb.medsam2.v1 import segmentation_pb2_grpc as pb_grpc
 from medsam2.engine.backend import StageBackend
 from medsam2.engine.tracker import TrackerOptions
-from medsam2.errors import ConfigError
-from medsam2.server import metrics
+from medsam2.errors import ConfigError, Unauthenticated
+from medsam2.models.provenance import ModelProvenance, read_provenance
+from medsam2.pacs.service import PacsStudies
+from medsam2.server import audit, metrics, status
+from medsam2.server.auth import Authenticator, reload_on_sighup
 from medsam2.server.config import ServerSettings
 from medsam2.server.servicer import SegmentationServicer
 from medsam2.server.sessions import Limits, SessionRegistry
+from medsam2.server.uploads import UploadGuard, UploadLimits
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SegmentationService"].full_name
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
+LIVENESS_SERVICE = "medsam2.liveness"
+"""Health service name that is SERVING while the process serves, whatever the backend (the chart's liveness probe)."""
 
 
-class BearerTokenInterceptor(grpc.ServerInterceptor):
-    """Reject calls without ``authorization: Bearer <token>``; health checks stay open for probes."""
+OPS_METHODS = ("GetServerInfo",)
+"""SegmentationService methods also served on the health port (when the proto has them)."""
 
-    def __init__(self, token: str) -> None:
-        self._expected = f"Bearer {token}"
+
+class AuthInterceptor(grpc.ServerInterceptor):
+    """Reject calls with a missing or wrong bearer token before they take a worker; health stays open for probes.
+
+    Calls with a verified client certificate (mTLS) and no token pass; ``@rpc`` then names their principal.
+    """
+
+    def __init__(self, authenticator: Authenticator) -> None:
+        self._auth = authenticator
 
     def intercept_service(self, continuation, handler_call_details):  # noqa: ANN001, ANN201
         handler = continuation(handler_call_details)
         if handler is None or handler_call_details.method.startswith(HEALTH_PREFIX):
             return handler
-        metadata = dict(handler_call_details.invocation_metadata or ())
-        if metadata.get("authorization") == self._expected:
+        if self._auth.admits(handler_call_details.invocation_metadata):
             return handler
         return _deny_like(handler)
 
 
 def _deny_like(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
     def deny(request, context):  # noqa: ANN001, ANN202
-        context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
+        status.abort(context, grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token",
+                     Unauthenticated("missing or wrong bearer token"))
 
     make = {
         (False, False): grpc.unary_unary_rpc_method_handler,
@@ -73,20 +88,20 @@ def make_backend(settings: ServerSettings, threads: int) -> StageBackend:
     return OnnxRuntimeBackend(settings.model_repository, threads=threads)
 
 
-def pacs_fetcher():  # noqa: ANN201 - a StudyFetcher or None
-    """Fetch studies named in CreateSession from the PACS endpoints configured in the environment, if any."""
+def pacs_studies(environ: Mapping[str, str]) -> PacsStudies | None:
+    """The PACS endpoints configured in ``environ`` (``MEDSAM2_PACS_CONFIG``, ``MEDSAM2_PACS_<NAME>_*``), if any."""
     from medsam2.pacs.config import load_config
-    from medsam2.pacs.transfer import fetch_series
+    from medsam2.pacs.service import PacsStudies
 
-    config = load_config()
-    if not config.endpoints:
-        return None
+    config = load_config(None, environ)
+    return PacsStudies(config) if config.endpoints else None
 
-    def fetch(reference: pb.PacsReference):  # noqa: ANN202
-        volume = fetch_series(config.get(reference.endpoint), reference.study_uid, reference.series_uid)
-        return volume.voxels, volume.spacing
 
-    return fetch
+def served_model(settings: ServerSettings) -> ModelProvenance:
+    """Provenance of the embedded backend's model (unknown for Triton, whose repository is not local)."""
+    if settings.triton_url or not _given(settings.model_repository):
+        return ModelProvenance(version=1)
+    return read_provenance(settings.model_repository)
 
 
 @dataclass
@@ -101,6 +116,11 @@ class RunningServer:
     stop_event: threading.Event
     http: ThreadingHTTPServer | None = None
     """The HTTP gateway, when ``http_port`` is set."""
+    ops_server: grpc.Server | None = None
+    """Health and GetServerInfo on their own port and threads (None when --health-port is -1)."""
+    ops_port: int = 0
+    auth: Authenticator | None = None
+    uploads: UploadGuard | None = None
 
     @property
     def http_port(self) -> int:
@@ -115,43 +135,69 @@ class RunningServer:
             self.http.shutdown()
             self.http.server_close()
         self.server.stop(grace_s).wait()
+        if self.ops_server is not None:
+            self.ops_server.stop(0).wait()
+        if self.uploads is not None:
+            self.uploads.close()
         self.registry.close_all()
         self.backend.close()
 
 
-def start_server(settings: ServerSettings, backend: StageBackend, metrics_server: bool = True) -> RunningServer:
-    """Start serving on ``settings.host:settings.port`` (port 0 picks a free one)."""
+def start_server(settings: ServerSettings, backend: StageBackend, metrics_server: bool = True,
+                 environ: Mapping[str, str] | None = None) -> RunningServer:
+    """Start serving on ``settings.host:settings.port`` (port 0 picks a free one); PACS endpoints from ``environ``."""
     concurrency = settings.backend_concurrency or (0 if settings.triton_url else 1)
     instrumented = metrics.InstrumentedBackend(backend, max_concurrent=concurrency)
     registry = SessionRegistry(Limits(settings.max_sessions, settings.max_study_voxels, settings.max_state_bytes,
-                                      settings.session_ttl_s))
+                                      settings.session_ttl_s,
+                                      max_sessions_per_principal=settings.max_sessions_per_principal,
+                                      max_state_bytes_per_principal=settings.max_state_bytes_per_principal))
     options = TrackerOptions(early_stop_absent=settings.early_stop_absent, fill_hole_area=settings.fill_hole_area)
-    interceptors = [BearerTokenInterceptor(settings.auth_token)] if settings.auth_token else []
+    authenticator = Authenticator(tokens_file=Path(settings.auth_tokens) if _given(settings.auth_tokens)
+                                  else None, token=settings.auth_token, mtls=_given(settings.tls_client_ca))
+    audit.configure(Path(settings.audit_log) if _given(settings.audit_log) else None)
+    uploads = UploadGuard(UploadLimits(settings.max_concurrent_uploads, settings.upload_idle_timeout_s,
+                                       settings.upload_deadline_s, settings.max_uploads_per_principal), registry)
+    interceptors = [AuthInterceptor(authenticator)] if authenticator.tokens_required else []
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="medsam2-rpc"),
         interceptors=interceptors,
-        options=[("grpc.max_receive_message_length", settings.max_message_bytes),
-                 ("grpc.max_send_message_length", settings.max_message_bytes)],
+        options=_channel_options(settings),
+        maximum_concurrent_rpcs=settings.max_concurrent_rpcs or 4 * settings.workers,
     )
-    servicer = SegmentationServicer(registry, instrumented, options, fetch_study=pacs_fetcher())
+    servicer = SegmentationServicer(registry, instrumented, options, pacs=pacs_studies(environ or {}),
+                                    model=served_model(settings), max_message_bytes=settings.max_message_bytes,
+                                    auth=authenticator, uploads=uploads)
     pb_grpc.add_SegmentationServiceServicer_to_server(servicer, server)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     address = f"{settings.host}:{settings.port}"
-    port = server.add_secure_port(address, _credentials(settings)) if _given(settings.tls_cert) \
-        else server.add_insecure_port(address)
+    port = _bind(server, address, settings)
+    ops_server, ops_port = None, 0
+    if settings.health_port >= 0:
+        ops_server = grpc.server(futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="medsam2-ops"),
+                                 options=_channel_options(settings), maximum_concurrent_rpcs=16)
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, ops_server)
+        ops_server.add_generic_rpc_handlers(_ops_handlers(servicer))
+        wanted = settings.health_port or (settings.port + 1 if settings.port else 0)
+        ops_port = _bind(ops_server, f"{settings.host}:{wanted}", settings)
     if metrics_server and settings.metrics_port:
         from prometheus_client import start_http_server
 
         start_http_server(settings.metrics_port, addr=settings.host)
     stop_event = threading.Event()
     _set_health(health_servicer, health_pb2.HealthCheckResponse.NOT_SERVING)
+    health_servicer.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
     server.start()
+    if ops_server is not None:
+        ops_server.start()
     http = _start_gateway(settings, servicer, interceptors) if settings.http_port else None
-    running = RunningServer(server, port, health_servicer, registry, instrumented, stop_event, http)
+    running = RunningServer(server, port, health_servicer, registry, instrumented, stop_event, http=http,
+                            ops_server=ops_server, ops_port=ops_port, auth=authenticator, uploads=uploads)
     threading.Thread(target=_watch, args=(running,), name="medsam2-watch", daemon=True).start()
-    log.info("serving %s on %s:%d with the %s backend", SERVICE_NAME, settings.host, port, backend.name)
+    log.info("serving %s on %s:%d (health also on :%d) with the %s backend", SERVICE_NAME, settings.host, port,
+             ops_port, backend.name)
     return running
 
 
@@ -172,6 +218,40 @@ def _start_gateway(settings: ServerSettings, servicer: SegmentationServicer,
             tls_client_ca=settings.tls_client_ca if tls and _given(settings.tls_client_ca) else None))
     except OSError as exc:
         raise ConfigError(f"cannot serve HTTP on {settings.host}:{settings.http_port} (--http-port): {exc}") from None
+
+
+def _bind(server: grpc.Server, address: str, settings: ServerSettings) -> int:
+    return server.add_secure_port(address, _credentials(settings)) if _given(settings.tls_cert) \
+        else server.add_insecure_port(address)
+
+
+def _channel_options(settings: ServerSettings) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        # Find dead peers (a client that vanished mid-stream holds a worker until then).
+        ("grpc.keepalive_time_ms", int(settings.keepalive_time_s * 1000)),
+        ("grpc.keepalive_timeout_ms", int(settings.keepalive_timeout_s * 1000)),
+        ("grpc.keepalive_permit_without_calls", 1),
+        # Let clients keep idle connections alive with pings every 10 s or more, without being cut off.
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+
+
+def _ops_handlers(servicer: SegmentationServicer) -> tuple[grpc.GenericRpcHandler, ...]:
+    """The unary ``OPS_METHODS`` of the servicer as handlers for the health port."""
+    service = pb.DESCRIPTOR.services_by_name["SegmentationService"]
+    handlers = {}
+    for name in OPS_METHODS:
+        method = service.methods_by_name.get(name)
+        if method is None or method.client_streaming or method.server_streaming:
+            continue
+        request_type = message_factory.GetMessageClass(method.input_type)
+        handlers[name] = grpc.unary_unary_rpc_method_handler(
+            getattr(servicer, name), request_deserializer=request_type.FromString,
+            response_serializer=lambda message: message.SerializeToString())
+    return (grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),) if handlers else ()
 
 
 def _credentials(settings: ServerSettings) -> grpc.ServerCredentials:
@@ -217,9 +297,9 @@ def _ready(backend: metrics.InstrumentedBackend) -> bool:
         return False
 
 
-def serve_forever(settings: ServerSettings, backend: StageBackend) -> int:
+def serve_forever(settings: ServerSettings, backend: StageBackend, environ: Mapping[str, str] | None = None) -> int:
     """Serve until SIGTERM/SIGINT, then drain."""
-    running = start_server(settings, backend)
+    running = start_server(settings, backend, environ=environ)
     stopping = threading.Event()
 
     def on_signal(signum, frame):  # noqa: ANN001, ANN202
@@ -228,6 +308,8 @@ def serve_forever(settings: ServerSettings, backend: StageBackend) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    if running.auth is not None:
+        reload_on_sighup(running.auth)
     print(f"medsam2 serve: listening on {settings.host}:{running.port} (metrics on :{settings.metrics_port})",
           flush=True)
     if running.http is not None:

@@ -37,3 +37,27 @@ class ServerSettings:
     auth_token: str = setting("", "MEDSAM2_AUTH_TOKEN", "bearer token required on every call but health (empty: none)")
     early_stop_absent: int = setting(0, "MEDSAM2_EARLY_STOP", "stop after K slices without the object (0: never)")
     fill_hole_area: int = setting(8, "MEDSAM2_FILL_HOLE_AREA", "fill mask holes up to this area (0: off)")
+    # Tenancy and hostile clients (see server/auth.py, sessions.py, uploads.py, audit.py).
+    auth_tokens: Path = setting(Path(""), "MEDSAM2_AUTH_TOKENS_FILE",
+                                     "file of 'principal:token' lines, reloaded on SIGHUP (empty: none)")
+    audit_log: Path = setting(Path(""), "MEDSAM2_AUDIT_LOG",
+                              "append the audit log (JSON lines) to this file (empty: the 'medsam2.audit' logger)")
+    max_sessions_per_principal: int = setting(0, "MEDSAM2_MAX_SESSIONS_PER_PRINCIPAL",
+                                              "open sessions per principal at most (0: --max-sessions)")
+    max_state_bytes_per_principal: int = setting(0, "MEDSAM2_MAX_STATE_BYTES_PER_PRINCIPAL",
+                                                 "session memory per principal at most (0: --max-state-bytes)")
+    max_concurrent_uploads: int = setting(8, "MEDSAM2_MAX_CONCURRENT_UPLOADS",
+                                          "CreateSession streams at once; more are refused with retry info")
+    max_uploads_per_principal: int = setting(0, "MEDSAM2_MAX_UPLOADS_PER_PRINCIPAL",
+                                             "CreateSession streams of one principal at once (0: half the cap)")
+    upload_idle_timeout_s: float = setting(30.0, "MEDSAM2_UPLOAD_IDLE_TIMEOUT_S",
+                                           "cancel an upload that sends nothing for this long")
+    upload_deadline_s: float = setting(900.0, "MEDSAM2_UPLOAD_DEADLINE_S", "cancel an upload still running after this")
+    max_concurrent_rpcs: int = setting(0, "MEDSAM2_MAX_CONCURRENT_RPCS",
+                                       "RPCs in flight or queued at most; more get RESOURCE_EXHAUSTED (0: 4 x workers)")
+    keepalive_time_s: float = setting(60.0, "MEDSAM2_KEEPALIVE_TIME_S", "seconds between keepalive pings to clients")
+    keepalive_timeout_s: float = setting(20.0, "MEDSAM2_KEEPALIVE_TIMEOUT_S",
+                                         "close a connection whose keepalive ping is not answered within this")
+    health_port: int = setting(0, "MEDSAM2_HEALTH_PORT",
+                               "separate port for health and GetServerInfo, with its own threads, answering while "
+                               "every worker is busy (0: --port + 1, or any free port when --port is 0; -1: off)")

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import gzip
+import io
+
 import numpy as np
 
 from medsam2.engine.tracker import FrameResult
+from medsam2.io.geometry import Geometry
 
 
 class ResultStore:
@@ -13,6 +17,8 @@ class ResultStore:
     def __init__(self, num_slices: int, rows: int, columns: int) -> None:
         self.shape = (num_slices, rows, columns)
         self._masks: dict[int, np.ndarray] = {}  # object id -> [slices, packed bytes]
+        self.version = 0
+        """Counts changes, so results derived from the masks (SEG, SR) can be cached until the next one."""
 
     def _planes(self, obj_id: int) -> np.ndarray:
         if obj_id not in self._masks:
@@ -22,6 +28,7 @@ class ResultStore:
     def set_slice(self, obj_id: int, slice_index: int, mask: np.ndarray, union: bool = False) -> None:
         """Store one object's mask on one slice (or OR it into what is there)."""
         packed = np.packbits(mask.ravel())
+        self.version += 1
         planes = self._planes(obj_id)
         planes[slice_index] = planes[slice_index] | packed if union else packed
 
@@ -30,8 +37,22 @@ class ResultStore:
         for obj_id, mask in zip(result.obj_ids, masks):
             self.set_slice(obj_id, result.frame, mask, union)
 
+    def set_object(self, obj_id: int, mask: np.ndarray) -> None:
+        """Replace one object's whole mask [slices, rows, columns]."""
+        if mask.shape != self.shape:
+            raise ValueError(f"object {obj_id}'s mask has shape {mask.shape}, the study {self.shape}")
+        self.version += 1
+        self._masks[obj_id] = np.packbits(np.asarray(mask, bool).reshape(self.shape[0], -1), axis=1)
+
+    def masks(self) -> dict[int, np.ndarray]:
+        """Every object's boolean mask [slices, rows, columns]."""
+        voxels = self.shape[1] * self.shape[2]
+        return {obj_id: np.unpackbits(planes, axis=1, count=voxels).astype(bool).reshape(self.shape)
+                for obj_id, planes in sorted(self._masks.items())}
+
     def clear(self, obj_ids: list[int] | None = None) -> None:
         """Forget some objects' masks, or all."""
+        self.version += 1
         if obj_ids is None:
             self._masks.clear()
         for obj_id in obj_ids or []:
@@ -55,3 +76,31 @@ class ResultStore:
     def nbytes(self) -> int:
         """Bytes held."""
         return sum(m.nbytes for m in self._masks.values())
+
+
+def encode_labels(labels: np.ndarray, spacing: tuple[float, float, float], geometry: Geometry | None,
+                  fmt: str) -> bytes:
+    """A label volume as 'npz', 'nifti_gz' (with the study's affine when known) or 'raw' bytes."""
+    if fmt == "raw":
+        return labels.astype("<u2").tobytes()
+    if fmt == "nifti_gz":
+        import nibabel as nib
+
+        data = np.ascontiguousarray(labels.transpose(2, 1, 0))
+        if geometry is not None:
+            image = nib.Nifti1Image(data, geometry.affine_ras())
+            image.set_sform(geometry.affine_ras(), code=1)  # scanner coordinates, as the DICOM source states
+        else:
+            z, y, x = spacing
+            image = nib.Nifti1Image(data, np.diag([x, y, z, 1.0]))
+        return gzip.compress(image.to_bytes(), compresslevel=6)
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, segs=labels, spacing=np.asarray(spacing))
+    return buffer.getvalue()
+
+
+def encode_object_masks(masks: dict[int, np.ndarray], spacing: tuple[float, float, float]) -> bytes:
+    """An .npz with one bool array 'object_<id>' per object (overlaps kept) and 'spacing'."""
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, spacing=np.asarray(spacing), **{f"object_{i}": m for i, m in masks.items()})
+    return buffer.getvalue()

@@ -1,94 +1,162 @@
-"""The SegmentationService: each RPC converts, calls the engine under the session's lock, converts back."""
+"""The SegmentationService: each RPC converts, calls the engine under the session's lock, converts back.
+
+Volumes follow the 3D protocol of ``engine.protocols.VolumeAnnotation`` (the one
+source of truth for prompts and corrections); videos are tracked in-state.
+"""
 
 from __future__ import annotations
 
-import gzip
-import io
 import logging
+import threading
 import time
-from collections.abc import Callable, Iterator
+from collections import OrderedDict
+from collections.abc import Iterator
+from importlib import metadata
 
 import numpy as np
 
 from medsam2.api.convert import (
     DIRECTIONS,
+    check_mask_encoding,
     encode_mask,
+    geometry_from_pb,
+    geometry_to_pb,
     header_dtype,
     header_shape,
     header_spacing,
+    identity_from_pb,
     prompt_from_pb,
+    segment_spec_from_pb,
 )
 from medsam2.api.pb.medsam2.v1 import segmentation_pb2 as pb
 from medsam2.api.pb.medsam2.v1 import segmentation_pb2_grpc as pb_grpc
 from medsam2.engine.backend import StageBackend
-from medsam2.engine.protocols import ObjectPrompt, apply_prompt, iter_volume, volume_protocol_length
+from medsam2.engine.protocols import VolumeAnnotation, apply_prompt
 from medsam2.engine.tracker import Direction, FrameResult, Tracker, TrackerOptions
 from medsam2.errors import InvalidInput, NotFound, PreconditionFailed
-from medsam2.imaging.windowing import Window, to_uint8
+from medsam2.graphs import MAX_POINTS
+from medsam2.imaging.windowing import Preset, Window, resolve_preset, to_uint8
+from medsam2.io.dicom_seg import default_segments
+from medsam2.models.provenance import ModelProvenance
+from medsam2.pacs.service import PacsStudies
 from medsam2.server import metrics
+from medsam2.server.dicom_results import (
+    DicomResults,
+    build_dicom_results,
+    check_headers_match,
+    require_dicom_source,
+)
+from medsam2.server.results import encode_labels, encode_object_masks
 from medsam2.server.sessions import SessionEntry, SessionRegistry, StudyInfo, study_voxels
+from medsam2.server.auth import Authenticator
+from medsam2.server.request_checks import check_prompt_mask
 from medsam2.server.status import rpc
+from medsam2.server.uploads import UploadGuard, UploadLimits
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CHUNK_BYTES = 1 << 20
-StudyFetcher = Callable[[pb.PacsReference], tuple[np.ndarray, tuple[float, float, float]]]
+REMEMBERED_CREATES = 1024
+"""CreateSession request ids remembered for retries (oldest forgotten first)."""
+REMEMBERED_REPLIES = 32
+"""AddPrompt and StoreResult replies kept per session for retries, each (oldest forgotten first)."""
+LABEL_FORMATS = {pb.RESULT_FORMAT_NPZ: "npz", pb.RESULT_FORMAT_NIFTI_GZ: "nifti_gz",
+                 pb.RESULT_FORMAT_RAW_LABELS: "raw"}
+RESULT_FORMATS = (*LABEL_FORMATS, pb.RESULT_FORMAT_OBJECT_MASKS_NPZ, pb.RESULT_FORMAT_DICOM_SEG,
+                  pb.RESULT_FORMAT_DICOM_SR)
 
 
 class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
     """Thin RPC layer over the session registry and the tracking engine."""
 
     def __init__(self, registry: SessionRegistry, backend: StageBackend, tracker_options: TrackerOptions,
-                 fetch_study: StudyFetcher | None = None) -> None:
+                 pacs: PacsStudies | None = None, model: ModelProvenance | None = None,
+                 max_message_bytes: int = 0, *, auth: Authenticator | None = None,
+                 uploads: UploadGuard | None = None) -> None:
         self.registry = registry
         self.backend = backend
         self.tracker_options = tracker_options
-        self.fetch_study = fetch_study
+        self.pacs = pacs
+        self.model = model or ModelProvenance(version=1)
+        self.max_message_bytes = max_message_bytes
+        self._created: OrderedDict[str, str] = OrderedDict()
+        self._created_lock = threading.Lock()
+        self.auth = auth or Authenticator()
+        """Who is calling (used by ``@rpc``; the registry scopes sessions to that principal)."""
+        self.uploads = uploads or UploadGuard(UploadLimits(), registry)
 
     # -- sessions -----------------------------------------------------------------------
     @rpc("CreateSession")
     def CreateSession(self, request_iterator: Iterator[pb.CreateSessionRequest], context) -> pb.Session:  # noqa: N802, ANN001
-        first = next(request_iterator, None)
-        if first is None or first.WhichOneof("part") != "header":
-            raise InvalidInput("the first CreateSession message must be the study header")
-        header = first.header
-        if header.HasField("pacs"):
-            voxels, spacing = self._fetch(header.pacs)
-        else:
-            voxels = self._receive(header, request_iterator)
-            spacing = header_spacing(header)
-        window = None
-        if header.preprocessing.window_width > 0:
-            window = Window(header.preprocessing.window_width, header.preprocessing.window_level)
-        is_video = header.kind == pb.STUDY_KIND_VIDEO
-        slices = to_uint8(voxels, header.preprocessing.preset or ("none" if is_video else "auto"), window)
-        tracker = Tracker(self.backend, slices, self.tracker_options)
-        entry = self.registry.add(tracker, StudyInfo(spacing, header.label, is_video))
+        with self.uploads.upload(request_iterator, context) as requests:
+            header = self.uploads.header(next(requests, None))
+            if header.request_id:
+                with self._created_lock:
+                    earlier = self._created.get(header.request_id)
+                if earlier is not None:
+                    try:
+                        return self._describe(self.registry.get(earlier))
+                    except NotFound:
+                        pass  # closed or expired since: open it again
+            if header.kind not in pb.StudyKind.values():
+                raise InvalidInput(f"header.kind {header.kind} is not a known StudyKind: use {sorted(pb.StudyKind.keys())}")
+            is_video = header.kind == pb.STUDY_KIND_VIDEO
+            window = None
+            if header.preprocessing.window_width > 0:
+                window = Window(header.preprocessing.window_width, header.preprocessing.window_level)
+            preset = header.preprocessing.preset or ("none" if is_video else "auto")
+            resolve_preset(preset, None, is_video=is_video)  # an unknown preset fails before any transfer
+            if header.HasField("pacs"):
+                voxels, study = self._fetch(header, is_video)
+            else:
+                # Everything the header states is checked before a voxel is received.
+                study = self._uploaded_study(header, header_shape(header), is_video)
+                voxels = self.uploads.receive(header, requests)
+            modality = study.modality or None
+            study.preset = (f"window {window.width:g}/{window.level:g}" if window is not None
+                            else resolve_preset(preset, modality, voxels.dtype, is_video=is_video).value)
+            slices = to_uint8(voxels, preset, window, modality=modality, is_video=is_video)
+            del voxels  # the raw upload is not needed once windowed
+            tracker = Tracker(self.backend, slices, self.tracker_options)
+            entry = self.registry.add(tracker, study)
+            if not is_video:
+                entry.annotation = VolumeAnnotation(tracker)
+            if header.request_id:
+                with self._created_lock:
+                    self._created[header.request_id] = entry.session_id
+                    while len(self._created) > REMEMBERED_CREATES:
+                        self._created.popitem(last=False)
         return self._describe(entry)
 
-    def _receive(self, header: pb.StudyHeader, chunks: Iterator[pb.CreateSessionRequest]) -> np.ndarray:
-        shape = header_shape(header)
-        dtype = header_dtype(header)
-        self.registry.check_study_size(study_voxels(shape))
-        expected = study_voxels(shape) * dtype.itemsize
-        buffer = bytearray()
-        for message in chunks:
-            if message.WhichOneof("part") != "voxels":
-                raise InvalidInput("only voxel chunks may follow the header")
-            buffer += message.voxels
-            if len(buffer) > expected:
-                raise InvalidInput(f"upload is larger than the header says: more than {expected} bytes "
-                                   f"for shape {list(shape)} of {dtype.name}")
-        if len(buffer) != expected:
-            raise InvalidInput(f"upload ended after {len(buffer)} of {expected} bytes: the stream was truncated")
-        return np.frombuffer(bytes(buffer), dtype).reshape(shape)
+    def _uploaded_study(self, header: pb.StudyHeader, shape: tuple[int, ...], is_video: bool) -> StudyInfo:
+        spacing = header_spacing(header)
+        return StudyInfo(spacing, header.label, is_video, modality=header.modality.strip().upper(),
+                         geometry=geometry_from_pb(header, spacing), external_id=header.external_id,
+                         **identity_from_pb(header, shape[0]))
 
-    def _fetch(self, reference: pb.PacsReference) -> tuple[np.ndarray, tuple[float, float, float]]:
-        if self.fetch_study is None:
-            raise PreconditionFailed("no PACS endpoint is configured on this server: upload the voxels instead")
-        voxels, spacing = self.fetch_study(reference)
-        self.registry.check_study_size(voxels.size)
-        return voxels, spacing
+    def _fetch(self, header: pb.StudyHeader, is_video: bool) -> tuple[np.ndarray, StudyInfo]:
+        reference = header.pacs
+        if self.pacs is None:
+            raise PreconditionFailed("no PACS endpoint is configured on this server: upload the voxels instead "
+                                     "(or set MEDSAM2_PACS_<NAME>_URL or MEDSAM2_PACS_CONFIG)")
+        if not reference.endpoint or not reference.study_uid:
+            raise InvalidInput("header.pacs needs an endpoint and a study_uid")
+        volume = self.pacs.open(reference.endpoint, reference.study_uid, reference.series_uid,
+                                self.uploads.check_study)
+        self.uploads.check_study(volume.voxels.shape)
+        source = volume.dicom
+        first = source.datasets[0] if source is not None else None
+        study = StudyInfo(
+            volume.spacing, header.label, is_video,
+            modality=(header.modality or volume.modality or "").strip().upper(),
+            geometry=volume.geometry, external_id=header.external_id, dicom=source,
+            frame_of_reference_uid=str(first.get("FrameOfReferenceUID", "")) if first is not None else "",
+            study_uid=source.study_uid if source is not None else reference.study_uid,
+            series_uid=source.series_uid if source is not None else reference.series_uid,
+            sop_instance_uids=tuple(source.slice_uids) if source is not None else (),
+            pacs_endpoint=reference.endpoint,
+        )
+        return volume.voxels, study
 
     @rpc("GetSession")
     def GetSession(self, request: pb.GetSessionRequest, context) -> pb.Session:  # noqa: N802, ANN001
@@ -105,52 +173,96 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
     # -- prompts and propagation --------------------------------------------------------
     @rpc("AddPrompt")
     def AddPrompt(self, request: pb.AddPromptRequest, context) -> pb.SliceResult:  # noqa: N802, ANN001
+        check_prompt_mask(request, self.registry.get(request.session_id).tracker)
         prompt = prompt_from_pb(request)
+        check_mask_encoding(request.encoding, "encoding")
         with self.registry.claim(request.session_id) as entry:
+            replay = f"prompt:{request.request_id}"
+            if request.request_id and replay in entry.replies:
+                return entry.replies[replay]
+            spec = None
+            if request.HasField("object_info"):
+                default = entry.objects.get(prompt.obj_id) or default_segments([prompt.obj_id])[0]
+                spec = segment_spec_from_pb(prompt.obj_id, request.object_info, default)
             tracker = entry.tracker
-            if prompt.points is not None and prompt.box is None and request.keep_previous_points:
+            if entry.annotation is not None:
+                result = entry.annotation.add_prompt(prompt, keep_previous_points=request.keep_previous_points,
+                                                      correction=request.correction)
+            elif prompt.points is not None and prompt.box is None and request.keep_previous_points:
                 result = tracker.add_prompt(prompt.obj_id, prompt.frame, points=prompt.points, labels=prompt.labels,
                                             clear_old=False)
             else:
                 result = apply_prompt(tracker, prompt)
-            entry.prompts.setdefault(prompt.obj_id, []).append(prompt)
+            if spec is not None:
+                entry.objects[prompt.obj_id] = spec
             masks = result.masks(tracker.height, tracker.width)
             entry.results.store(result, masks)
-            return _slice_message(result, masks, tracker, "prompt", 1, 1, request.mask.encoding)
+            reply = _slice_message(result, masks, tracker, "prompt", 1, 1, request.encoding)
+            if request.request_id:
+                _remember(entry.replies, replay, reply)
+            return reply
 
     @rpc("Propagate")
     def Propagate(self, request: pb.PropagateRequest, context) -> Iterator[pb.SliceResult]:  # noqa: N802, ANN001
+        for value, name in ((request.protocol, "Protocol"), (request.direction, "Direction"),
+                            (request.encoding, "MaskEncoding")):
+            if value not in getattr(pb, name).values():
+                raise InvalidInput(f"{name} {value} is not known: use {sorted(getattr(pb, name).keys())}")
         with self.registry.claim(request.session_id, busy=True) as entry:
             protocol = request.protocol
             if protocol == pb.PROTOCOL_UNSPECIFIED:
                 protocol = pb.PROTOCOL_IN_STATE if entry.study.is_video else pb.PROTOCOL_MEDSAM2_3D
             slice_range = _range(request, entry.tracker.num_frames)
             if protocol == pb.PROTOCOL_MEDSAM2_3D:
-                stream, total, union = self._volume_protocol(entry, slice_range)
+                if entry.annotation is None:
+                    raise InvalidInput("the MedSAM2 3D protocol is for volumes, and this session propagates in-state "
+                                       "(it is a video, or its first propagation was IN_STATE)")
+                if not entry.annotation.object_ids:
+                    raise PreconditionFailed("no prompts yet: add a box, points or a mask before propagating")
+                total = entry.annotation.planned_slices(slice_range)
+                stream = entry.annotation.propagate(slice_range)
             else:
-                stream, total, union = self._in_state(entry, request, slice_range)
-            done = 0
-            started = time.perf_counter()
-            for pass_name, result in stream:
-                if not context.is_active():
-                    log.info("session %s: propagation cancelled after %d slices", entry.session_id, done)
-                    return
-                done += 1
-                masks = result.masks(entry.tracker.height, entry.tracker.width)
-                entry.results.store(result, masks, union=union)
-                now = time.perf_counter()
-                metrics.SLICE_SECONDS.labels(backend=self.backend.name).observe(now - started)
-                metrics.SLICES.labels(backend=self.backend.name).inc()
-                started = now
-                yield _slice_message(result, masks, entry.tracker, pass_name, done, total, request.encoding)
+                if entry.annotation is not None:
+                    self._switch_to_in_state(entry)
+                stream, total = self._in_state(entry, request, slice_range)
+            try:
+                yield from self._stream(entry, stream, total, request.encoding, context)
+            finally:
+                if protocol == pb.PROTOCOL_MEDSAM2_3D:
+                    # The annotation's masks are the result: passes merged, corrections applied, largest component.
+                    for obj_id, mask in entry.annotation.masks().items():
+                        entry.results.set_object(obj_id, mask)
 
-    def _volume_protocol(self, entry: SessionEntry, slice_range: tuple[int, int] | None):  # noqa: ANN202
-        keys = [_key_prompt(obj_id, prompts) for obj_id, prompts in entry.prompts.items()]
-        if not keys:
-            raise PreconditionFailed("no prompts yet: add a box, points or a mask before propagating")
-        entry.results.clear([p.obj_id for p in keys])
-        total = volume_protocol_length(entry.tracker, keys, slice_range)
-        return iter_volume(entry.tracker, keys, slice_range), total, True
+    def _stream(self, entry: SessionEntry, stream: Iterator[tuple[str, FrameResult]], total: int, encoding: int,
+                context) -> Iterator[pb.SliceResult]:  # noqa: ANN001
+        done = 0
+        started = time.perf_counter()
+        for pass_name, result in stream:
+            self.registry.account(entry)  # state caps; ends here within a slice if the session was closed
+            if not context.is_active():
+                log.info("session %s: propagation cancelled after %d slices", entry.session_id, done)
+                return
+            done += 1
+            masks = result.masks(entry.tracker.height, entry.tracker.width)
+            entry.results.store(result, masks, union=entry.annotation is not None)
+            now = time.perf_counter()
+            metrics.SLICE_SECONDS.labels(backend=self.backend.name).observe(now - started)
+            metrics.SLICES.labels(backend=self.backend.name).inc()
+            started = now
+            yield _slice_message(result, masks, entry.tracker, pass_name, done, total, encoding)
+
+    @staticmethod
+    def _switch_to_in_state(entry: SessionEntry) -> None:
+        """A volume's first IN_STATE propagation hands its prompts to the tracker; the session stays in-state."""
+        annotation = entry.annotation
+        propagated = [o for o in annotation.object_ids if annotation.is_propagated(o)]
+        if propagated:
+            raise InvalidInput(f"objects {propagated} were propagated with the MedSAM2 3D protocol: keep using it "
+                               "(corrections re-track from their slice), or reset them before propagating in-state")
+        for prompts in annotation.prompts().values():
+            for prompt in prompts:
+                apply_prompt(entry.tracker, prompt)
+        entry.annotation = None
 
     def _in_state(self, entry: SessionEntry, request: pb.PropagateRequest, slice_range: tuple[int, int] | None):  # noqa: ANN202
         tracker = entry.tracker
@@ -174,62 +286,168 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
                 for result in tracker.propagate(chosen, start=origin, limit=max(limit, 0)):
                     yield chosen.value, result
 
-        return stream(), total, False
+        return stream(), total
 
-    # -- results and resets -------------------------------------------------------------
+    # -- results, storing and resets ----------------------------------------------------
     @rpc("GetResult")
     def GetResult(self, request: pb.GetResultRequest, context) -> Iterator[pb.ResultChunk]:  # noqa: N802, ANN001
-        with self.registry.claim(request.session_id) as entry:
-            labels = entry.results.labels()
-            object_ids = entry.results.object_ids
-            spacing = entry.study.spacing
         fmt = request.format or pb.RESULT_FORMAT_NPZ
-        data = _encode_result(labels, spacing, fmt)
+        if fmt not in RESULT_FORMATS:
+            raise InvalidInput(f"result format {fmt} is not known: use {sorted(pb.ResultFormat.keys())[1:]}")
+        with self.registry.claim(request.session_id) as entry:
+            study = entry.study
+            if fmt in (pb.RESULT_FORMAT_DICOM_SEG, pb.RESULT_FORMAT_DICOM_SR):
+                built = self._dicom_results(entry)
+                data = built.seg_bytes if fmt == pb.RESULT_FORMAT_DICOM_SEG else built.sr_bytes
+                object_ids = entry.results.object_ids
+                shape = list(entry.results.shape)
+            elif fmt == pb.RESULT_FORMAT_OBJECT_MASKS_NPZ:
+                masks = entry.results.masks()
+                data, object_ids, shape = encode_object_masks(masks, study.spacing), sorted(masks), \
+                    list(entry.results.shape)
+            else:
+                labels = entry.results.labels()
+                object_ids, shape = entry.results.object_ids, list(labels.shape)
+                data = encode_labels(labels, study.spacing, study.geometry, LABEL_FORMATS[fmt])
         size = request.chunk_bytes or DEFAULT_CHUNK_BYTES
         for offset in range(0, max(len(data), 1), size):
             yield pb.ResultChunk(data=data[offset: offset + size], offset=offset, total_bytes=len(data), format=fmt,
-                                 shape=list(labels.shape), object_ids=object_ids)
+                                 shape=shape, object_ids=object_ids)
+
+    def _dicom_results(self, entry: SessionEntry) -> DicomResults:
+        """The session's SEG and SR, built once per state of the results (so the SR always names that SEG)."""
+        cached = entry.replies.get("dicom")
+        if cached is not None and cached[0] == entry.results.version:
+            return cached[1]
+        require_dicom_source(entry.study)
+        masks = {i: m for i, m in entry.results.masks().items() if m.any()}
+        built = build_dicom_results(masks, entry.study, entry.results.shape, entry.objects, self.model.short_sha)
+        entry.replies["dicom"] = (entry.results.version, built)
+        return built
+
+    @rpc("StoreResult")
+    def StoreResult(self, request: pb.StoreResultRequest, context) -> pb.StoreResultResponse:  # noqa: N802, ANN001
+        if self.pacs is None:
+            raise PreconditionFailed("no PACS endpoint is configured on this server (MEDSAM2_PACS_<NAME>_URL)")
+        if not request.endpoint:
+            raise InvalidInput("StoreResult needs the name of a configured PACS endpoint")
+        self.pacs.config.get(request.endpoint)  # an unknown endpoint fails before any work
+        with self.registry.claim(request.session_id) as entry:
+            replay = f"store:{request.request_id}"
+            if request.request_id and replay in entry.replies:
+                return entry.replies[replay]
+            study = entry.study
+            fetched = study.dicom is None and bool(study.sop_instance_uids and study.study_uid and study.series_uid)
+            if fetched:
+                # An upload that named its DICOM instances: their headers come from the PACS that holds them.
+                source = self.pacs.headers(request.endpoint, study.study_uid, study.series_uid,
+                                           study.sop_instance_uids)
+                check_headers_match(study, source, entry.results.shape)
+                study.dicom = source
+            try:
+                built = self._dicom_results(entry)
+            except Exception:
+                if fetched:
+                    study.dicom = None  # a refused request leaves the session as it was
+                raise
+            self.pacs.store(request.endpoint, [built.seg, built.sr])
+            reply = pb.StoreResultResponse(
+                study_uid=str(built.seg.StudyInstanceUID), seg_series_uid=str(built.seg.SeriesInstanceUID),
+                seg_sop_instance_uid=str(built.seg.SOPInstanceUID), sr_series_uid=str(built.sr.SeriesInstanceUID),
+                sr_sop_instance_uid=str(built.sr.SOPInstanceUID),
+            )
+            if request.request_id:
+                _remember(entry.replies, replay, reply)
+            log.info("session %s: stored SEG and SR on PACS %s", entry.session_id, request.endpoint)
+            return reply
+
+    @rpc("GetServerInfo")
+    def GetServerInfo(self, request: pb.GetServerInfoRequest, context) -> pb.ServerInfo:  # noqa: N802, ANN001
+        limits = self.registry.limits
+        capabilities = ["corrections", "request-ids", "object-masks", "dicom-seg", "dicom-sr"]
+        if self.pacs is not None:
+            capabilities += ["pacs", "store-result"]
+        return pb.ServerInfo(
+            server_version=_package_version(), api_version=pb.DESCRIPTOR.package, backend=self.backend.name,
+            model=pb.ModelInfo(version=self.model.version, checkpoint_sha256=self.model.checkpoint_sha256 or "",
+                               short_sha=self.model.short_sha, untrained=bool(self.model.untrained)),
+            limits=pb.ServerLimits(max_sessions=limits.max_sessions, max_study_voxels=limits.max_study_voxels,
+                                   max_state_bytes=limits.max_state_bytes, session_ttl_seconds=limits.idle_ttl_s,
+                                   max_message_bytes=self.max_message_bytes, max_points=MAX_POINTS),
+            presets=[p.value for p in Preset],
+            pacs_endpoints=self.pacs.endpoint_names if self.pacs is not None else [],
+            result_formats=list(RESULT_FORMATS),
+            capabilities=capabilities,
+        )
 
     @rpc("ResetObjects")
     def ResetObjects(self, request: pb.ResetObjectsRequest, context) -> pb.Session:  # noqa: N802, ANN001
         with self.registry.claim(request.session_id) as entry:
+            known = _object_ids(entry)
             if request.all:
-                entry.tracker.reset()
-                entry.prompts.clear()
-                entry.results.clear()
+                ids = None
             else:
-                unknown = [o for o in request.object_ids if o not in entry.tracker.objects and o not in entry.prompts]
+                unknown = [o for o in request.object_ids if o not in known]
                 if unknown:
-                    raise NotFound(f"unknown object ids {unknown}: known ids are {sorted(entry.prompts)}")
-                for obj_id in request.object_ids:
+                    raise NotFound(f"unknown object ids {unknown}: known ids are {known}")
+                ids = list(request.object_ids)
+            if entry.annotation is not None:
+                entry.annotation.reset(ids)
+            elif ids is None:
+                entry.tracker.reset()
+            else:
+                for obj_id in ids:
                     if obj_id in entry.tracker.objects:
                         entry.tracker.reset(obj_id)
-                    entry.prompts.pop(obj_id, None)
-                entry.results.clear(list(request.object_ids))
+            entry.results.clear(ids)
             return self._describe(entry)
 
     def _describe(self, entry: SessionEntry) -> pb.Session:
         tracker = entry.tracker
+        study = entry.study
         return pb.Session(
             session_id=entry.session_id,
             shape=[tracker.num_frames, tracker.height, tracker.width],
-            spacing_mm=list(entry.study.spacing),
-            object_ids=sorted(set(entry.prompts) | set(tracker.objects)),
+            spacing_mm=list(study.spacing),
+            object_ids=_object_ids(entry),
             state_bytes=entry.state_bytes,
             idle_seconds=entry.idle_seconds(),
             expires_in_seconds=self.registry.expires_in(entry),
-            label=entry.study.label,
+            label=study.label,
             backend=self.backend.name,
             busy=entry.busy,
+            modality=study.modality,
+            geometry=geometry_to_pb(study.geometry),
+            frame_of_reference_uid=study.frame_of_reference_uid,
+            study_uid=study.study_uid,
+            series_uid=study.series_uid,
+            external_id=study.external_id,
+            preset=study.preset,
+            dicom_results=study.dicom is not None,
+            model_version=self.model.short_sha,
         )
 
 
-def _key_prompt(obj_id: int, prompts: list[ObjectPrompt]) -> ObjectPrompt:
-    # The 3D protocol restarts from each object's latest box or mask; clicks are in-state corrections.
-    for prompt in reversed(prompts):
-        if prompt.box is not None or prompt.mask is not None:
-            return prompt
-    return prompts[-1]
+def _remember(replies: dict, key: str, reply: object) -> None:
+    """Keep a reply for retries of its request id; only the latest few per kind (a retry follows its request)."""
+    replies[key] = reply
+    kind = key.split(":", 1)[0] + ":"
+    keys = [k for k in replies if k.startswith(kind)]
+    for old in keys[:-REMEMBERED_REPLIES]:
+        del replies[old]
+
+
+def _object_ids(entry: SessionEntry) -> list[int]:
+    if entry.annotation is not None:
+        return sorted(entry.annotation.object_ids)
+    return sorted(entry.tracker.objects)
+
+
+def _package_version() -> str:
+    try:
+        return metadata.version("medsam2-serving")
+    except metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def _range(request: pb.PropagateRequest, num_frames: int) -> tuple[int, int] | None:
@@ -246,21 +464,10 @@ def _slice_message(result: FrameResult, masks: np.ndarray, tracker: Tracker, pas
                    encoding: int) -> pb.SliceResult:
     objects = []
     for i, obj_id in enumerate(result.obj_ids):
-        out = tracker.objects[obj_id].output(result.frame) if obj_id in tracker.objects else None
-        score = out.object_score if out is not None else -1024.0
+        if result.object_scores:
+            score = result.object_scores[i]
+        else:
+            out = tracker.objects[obj_id].output(result.frame) if obj_id in tracker.objects else None
+            score = out.object_score if out is not None else -1024.0
         objects.append(pb.ObjectMask(object_id=obj_id, mask=encode_mask(masks[i], encoding), object_score=score))
     return pb.SliceResult(slice=result.frame, objects=objects, done=done, total=total, **{"pass": pass_name})
-
-
-def _encode_result(labels: np.ndarray, spacing: tuple[float, float, float], fmt: int) -> bytes:
-    if fmt == pb.RESULT_FORMAT_RAW_LABELS:
-        return labels.astype("<u2").tobytes()
-    if fmt == pb.RESULT_FORMAT_NIFTI_GZ:
-        import nibabel as nib
-
-        z, y, x = spacing
-        image = nib.Nifti1Image(np.ascontiguousarray(labels.transpose(2, 1, 0)), np.diag([x, y, z, 1.0]))
-        return gzip.compress(image.to_bytes(), compresslevel=6)
-    buffer = io.BytesIO()
-    np.savez_compressed(buffer, segs=labels, spacing=np.asarray(spacing))
-    return buffer.getvalue()

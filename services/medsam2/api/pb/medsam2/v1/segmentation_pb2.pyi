@@ -48,6 +48,9 @@ class ResultFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     RESULT_FORMAT_NPZ: _ClassVar[ResultFormat]
     RESULT_FORMAT_NIFTI_GZ: _ClassVar[ResultFormat]
     RESULT_FORMAT_RAW_LABELS: _ClassVar[ResultFormat]
+    RESULT_FORMAT_DICOM_SEG: _ClassVar[ResultFormat]
+    RESULT_FORMAT_DICOM_SR: _ClassVar[ResultFormat]
+    RESULT_FORMAT_OBJECT_MASKS_NPZ: _ClassVar[ResultFormat]
 DATA_TYPE_UNSPECIFIED: DataType
 DATA_TYPE_UINT8: DataType
 DATA_TYPE_INT16: DataType
@@ -72,6 +75,9 @@ RESULT_FORMAT_UNSPECIFIED: ResultFormat
 RESULT_FORMAT_NPZ: ResultFormat
 RESULT_FORMAT_NIFTI_GZ: ResultFormat
 RESULT_FORMAT_RAW_LABELS: ResultFormat
+RESULT_FORMAT_DICOM_SEG: ResultFormat
+RESULT_FORMAT_DICOM_SR: ResultFormat
+RESULT_FORMAT_OBJECT_MASKS_NPZ: ResultFormat
 
 class Preprocessing(_message.Message):
     __slots__ = ("preset", "window_width", "window_level")
@@ -93,8 +99,20 @@ class PacsReference(_message.Message):
     series_uid: str
     def __init__(self, endpoint: _Optional[str] = ..., study_uid: _Optional[str] = ..., series_uid: _Optional[str] = ...) -> None: ...
 
+class PatientGeometry(_message.Message):
+    __slots__ = ("origin", "row_direction", "column_direction", "slice_step")
+    ORIGIN_FIELD_NUMBER: _ClassVar[int]
+    ROW_DIRECTION_FIELD_NUMBER: _ClassVar[int]
+    COLUMN_DIRECTION_FIELD_NUMBER: _ClassVar[int]
+    SLICE_STEP_FIELD_NUMBER: _ClassVar[int]
+    origin: _containers.RepeatedScalarFieldContainer[float]
+    row_direction: _containers.RepeatedScalarFieldContainer[float]
+    column_direction: _containers.RepeatedScalarFieldContainer[float]
+    slice_step: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, origin: _Optional[_Iterable[float]] = ..., row_direction: _Optional[_Iterable[float]] = ..., column_direction: _Optional[_Iterable[float]] = ..., slice_step: _Optional[_Iterable[float]] = ...) -> None: ...
+
 class StudyHeader(_message.Message):
-    __slots__ = ("shape", "dtype", "spacing_mm", "preprocessing", "kind", "label", "pacs")
+    __slots__ = ("shape", "dtype", "spacing_mm", "preprocessing", "kind", "label", "pacs", "modality", "geometry", "frame_of_reference_uid", "study_uid", "series_uid", "sop_instance_uids", "external_id", "request_id")
     SHAPE_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     SPACING_MM_FIELD_NUMBER: _ClassVar[int]
@@ -102,6 +120,14 @@ class StudyHeader(_message.Message):
     KIND_FIELD_NUMBER: _ClassVar[int]
     LABEL_FIELD_NUMBER: _ClassVar[int]
     PACS_FIELD_NUMBER: _ClassVar[int]
+    MODALITY_FIELD_NUMBER: _ClassVar[int]
+    GEOMETRY_FIELD_NUMBER: _ClassVar[int]
+    FRAME_OF_REFERENCE_UID_FIELD_NUMBER: _ClassVar[int]
+    STUDY_UID_FIELD_NUMBER: _ClassVar[int]
+    SERIES_UID_FIELD_NUMBER: _ClassVar[int]
+    SOP_INSTANCE_UIDS_FIELD_NUMBER: _ClassVar[int]
+    EXTERNAL_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     shape: _containers.RepeatedScalarFieldContainer[int]
     dtype: DataType
     spacing_mm: _containers.RepeatedScalarFieldContainer[float]
@@ -109,7 +135,15 @@ class StudyHeader(_message.Message):
     kind: StudyKind
     label: str
     pacs: PacsReference
-    def __init__(self, shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[_Union[DataType, str]] = ..., spacing_mm: _Optional[_Iterable[float]] = ..., preprocessing: _Optional[_Union[Preprocessing, _Mapping]] = ..., kind: _Optional[_Union[StudyKind, str]] = ..., label: _Optional[str] = ..., pacs: _Optional[_Union[PacsReference, _Mapping]] = ...) -> None: ...
+    modality: str
+    geometry: PatientGeometry
+    frame_of_reference_uid: str
+    study_uid: str
+    series_uid: str
+    sop_instance_uids: _containers.RepeatedScalarFieldContainer[str]
+    external_id: str
+    request_id: str
+    def __init__(self, shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[_Union[DataType, str]] = ..., spacing_mm: _Optional[_Iterable[float]] = ..., preprocessing: _Optional[_Union[Preprocessing, _Mapping]] = ..., kind: _Optional[_Union[StudyKind, str]] = ..., label: _Optional[str] = ..., pacs: _Optional[_Union[PacsReference, _Mapping]] = ..., modality: _Optional[str] = ..., geometry: _Optional[_Union[PatientGeometry, _Mapping]] = ..., frame_of_reference_uid: _Optional[str] = ..., study_uid: _Optional[str] = ..., series_uid: _Optional[str] = ..., sop_instance_uids: _Optional[_Iterable[str]] = ..., external_id: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class CreateSessionRequest(_message.Message):
     __slots__ = ("header", "voxels")
@@ -120,7 +154,7 @@ class CreateSessionRequest(_message.Message):
     def __init__(self, header: _Optional[_Union[StudyHeader, _Mapping]] = ..., voxels: _Optional[bytes] = ...) -> None: ...
 
 class Session(_message.Message):
-    __slots__ = ("session_id", "shape", "spacing_mm", "object_ids", "state_bytes", "idle_seconds", "expires_in_seconds", "label", "backend", "busy")
+    __slots__ = ("session_id", "shape", "spacing_mm", "object_ids", "state_bytes", "idle_seconds", "expires_in_seconds", "label", "backend", "busy", "modality", "geometry", "frame_of_reference_uid", "study_uid", "series_uid", "external_id", "preset", "dicom_results", "model_version")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     SHAPE_FIELD_NUMBER: _ClassVar[int]
     SPACING_MM_FIELD_NUMBER: _ClassVar[int]
@@ -131,6 +165,15 @@ class Session(_message.Message):
     LABEL_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     BUSY_FIELD_NUMBER: _ClassVar[int]
+    MODALITY_FIELD_NUMBER: _ClassVar[int]
+    GEOMETRY_FIELD_NUMBER: _ClassVar[int]
+    FRAME_OF_REFERENCE_UID_FIELD_NUMBER: _ClassVar[int]
+    STUDY_UID_FIELD_NUMBER: _ClassVar[int]
+    SERIES_UID_FIELD_NUMBER: _ClassVar[int]
+    EXTERNAL_ID_FIELD_NUMBER: _ClassVar[int]
+    PRESET_FIELD_NUMBER: _ClassVar[int]
+    DICOM_RESULTS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     shape: _containers.RepeatedScalarFieldContainer[int]
     spacing_mm: _containers.RepeatedScalarFieldContainer[float]
@@ -141,7 +184,16 @@ class Session(_message.Message):
     label: str
     backend: str
     busy: bool
-    def __init__(self, session_id: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., spacing_mm: _Optional[_Iterable[float]] = ..., object_ids: _Optional[_Iterable[int]] = ..., state_bytes: _Optional[int] = ..., idle_seconds: _Optional[float] = ..., expires_in_seconds: _Optional[float] = ..., label: _Optional[str] = ..., backend: _Optional[str] = ..., busy: _Optional[bool] = ...) -> None: ...
+    modality: str
+    geometry: PatientGeometry
+    frame_of_reference_uid: str
+    study_uid: str
+    series_uid: str
+    external_id: str
+    preset: str
+    dicom_results: bool
+    model_version: str
+    def __init__(self, session_id: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., spacing_mm: _Optional[_Iterable[float]] = ..., object_ids: _Optional[_Iterable[int]] = ..., state_bytes: _Optional[int] = ..., idle_seconds: _Optional[float] = ..., expires_in_seconds: _Optional[float] = ..., label: _Optional[str] = ..., backend: _Optional[str] = ..., busy: _Optional[bool] = ..., modality: _Optional[str] = ..., geometry: _Optional[_Union[PatientGeometry, _Mapping]] = ..., frame_of_reference_uid: _Optional[str] = ..., study_uid: _Optional[str] = ..., series_uid: _Optional[str] = ..., external_id: _Optional[str] = ..., preset: _Optional[str] = ..., dicom_results: _Optional[bool] = ..., model_version: _Optional[str] = ...) -> None: ...
 
 class Box(_message.Message):
     __slots__ = ("x0", "y0", "x1", "y1")
@@ -177,8 +229,30 @@ class Mask(_message.Message):
     data: bytes
     def __init__(self, rows: _Optional[int] = ..., columns: _Optional[int] = ..., encoding: _Optional[_Union[MaskEncoding, str]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
+class CodedConcept(_message.Message):
+    __slots__ = ("value", "scheme", "meaning")
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    SCHEME_FIELD_NUMBER: _ClassVar[int]
+    MEANING_FIELD_NUMBER: _ClassVar[int]
+    value: str
+    scheme: str
+    meaning: str
+    def __init__(self, value: _Optional[str] = ..., scheme: _Optional[str] = ..., meaning: _Optional[str] = ...) -> None: ...
+
+class ObjectInfo(_message.Message):
+    __slots__ = ("label", "colour_rgb", "category", "type")
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    COLOUR_RGB_FIELD_NUMBER: _ClassVar[int]
+    CATEGORY_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    label: str
+    colour_rgb: _containers.RepeatedScalarFieldContainer[int]
+    category: CodedConcept
+    type: CodedConcept
+    def __init__(self, label: _Optional[str] = ..., colour_rgb: _Optional[_Iterable[int]] = ..., category: _Optional[_Union[CodedConcept, _Mapping]] = ..., type: _Optional[_Union[CodedConcept, _Mapping]] = ...) -> None: ...
+
 class AddPromptRequest(_message.Message):
-    __slots__ = ("session_id", "object_id", "slice", "box", "points", "mask", "keep_previous_points")
+    __slots__ = ("session_id", "object_id", "slice", "box", "points", "mask", "keep_previous_points", "object_info", "request_id", "encoding", "correction")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     OBJECT_ID_FIELD_NUMBER: _ClassVar[int]
     SLICE_FIELD_NUMBER: _ClassVar[int]
@@ -186,6 +260,10 @@ class AddPromptRequest(_message.Message):
     POINTS_FIELD_NUMBER: _ClassVar[int]
     MASK_FIELD_NUMBER: _ClassVar[int]
     KEEP_PREVIOUS_POINTS_FIELD_NUMBER: _ClassVar[int]
+    OBJECT_INFO_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    ENCODING_FIELD_NUMBER: _ClassVar[int]
+    CORRECTION_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     object_id: int
     slice: int
@@ -193,7 +271,11 @@ class AddPromptRequest(_message.Message):
     points: _containers.RepeatedCompositeFieldContainer[Point]
     mask: Mask
     keep_previous_points: bool
-    def __init__(self, session_id: _Optional[str] = ..., object_id: _Optional[int] = ..., slice: _Optional[int] = ..., box: _Optional[_Union[Box, _Mapping]] = ..., points: _Optional[_Iterable[_Union[Point, _Mapping]]] = ..., mask: _Optional[_Union[Mask, _Mapping]] = ..., keep_previous_points: _Optional[bool] = ...) -> None: ...
+    object_info: ObjectInfo
+    request_id: str
+    encoding: MaskEncoding
+    correction: bool
+    def __init__(self, session_id: _Optional[str] = ..., object_id: _Optional[int] = ..., slice: _Optional[int] = ..., box: _Optional[_Union[Box, _Mapping]] = ..., points: _Optional[_Iterable[_Union[Point, _Mapping]]] = ..., mask: _Optional[_Union[Mask, _Mapping]] = ..., keep_previous_points: _Optional[bool] = ..., object_info: _Optional[_Union[ObjectInfo, _Mapping]] = ..., request_id: _Optional[str] = ..., encoding: _Optional[_Union[MaskEncoding, str]] = ..., correction: _Optional[bool] = ...) -> None: ...
 
 class PropagateRequest(_message.Message):
     __slots__ = ("session_id", "direction", "start_slice", "first_slice", "last_slice", "protocol", "encoding")
@@ -299,3 +381,81 @@ class CloseSessionResponse(_message.Message):
     CLOSED_FIELD_NUMBER: _ClassVar[int]
     closed: bool
     def __init__(self, closed: _Optional[bool] = ...) -> None: ...
+
+class StoreResultRequest(_message.Message):
+    __slots__ = ("session_id", "endpoint", "request_id")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    endpoint: str
+    request_id: str
+    def __init__(self, session_id: _Optional[str] = ..., endpoint: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class StoreResultResponse(_message.Message):
+    __slots__ = ("study_uid", "seg_series_uid", "seg_sop_instance_uid", "sr_series_uid", "sr_sop_instance_uid")
+    STUDY_UID_FIELD_NUMBER: _ClassVar[int]
+    SEG_SERIES_UID_FIELD_NUMBER: _ClassVar[int]
+    SEG_SOP_INSTANCE_UID_FIELD_NUMBER: _ClassVar[int]
+    SR_SERIES_UID_FIELD_NUMBER: _ClassVar[int]
+    SR_SOP_INSTANCE_UID_FIELD_NUMBER: _ClassVar[int]
+    study_uid: str
+    seg_series_uid: str
+    seg_sop_instance_uid: str
+    sr_series_uid: str
+    sr_sop_instance_uid: str
+    def __init__(self, study_uid: _Optional[str] = ..., seg_series_uid: _Optional[str] = ..., seg_sop_instance_uid: _Optional[str] = ..., sr_series_uid: _Optional[str] = ..., sr_sop_instance_uid: _Optional[str] = ...) -> None: ...
+
+class GetServerInfoRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ServerLimits(_message.Message):
+    __slots__ = ("max_sessions", "max_study_voxels", "max_state_bytes", "session_ttl_seconds", "max_message_bytes", "max_points")
+    MAX_SESSIONS_FIELD_NUMBER: _ClassVar[int]
+    MAX_STUDY_VOXELS_FIELD_NUMBER: _ClassVar[int]
+    MAX_STATE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SESSION_TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAX_POINTS_FIELD_NUMBER: _ClassVar[int]
+    max_sessions: int
+    max_study_voxels: int
+    max_state_bytes: int
+    session_ttl_seconds: float
+    max_message_bytes: int
+    max_points: int
+    def __init__(self, max_sessions: _Optional[int] = ..., max_study_voxels: _Optional[int] = ..., max_state_bytes: _Optional[int] = ..., session_ttl_seconds: _Optional[float] = ..., max_message_bytes: _Optional[int] = ..., max_points: _Optional[int] = ...) -> None: ...
+
+class ModelInfo(_message.Message):
+    __slots__ = ("version", "checkpoint_sha256", "short_sha", "untrained")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_SHA256_FIELD_NUMBER: _ClassVar[int]
+    SHORT_SHA_FIELD_NUMBER: _ClassVar[int]
+    UNTRAINED_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    checkpoint_sha256: str
+    short_sha: str
+    untrained: bool
+    def __init__(self, version: _Optional[int] = ..., checkpoint_sha256: _Optional[str] = ..., short_sha: _Optional[str] = ..., untrained: _Optional[bool] = ...) -> None: ...
+
+class ServerInfo(_message.Message):
+    __slots__ = ("server_version", "backend", "model", "limits", "presets", "pacs_endpoints", "result_formats", "capabilities", "api_version")
+    SERVER_VERSION_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    LIMITS_FIELD_NUMBER: _ClassVar[int]
+    PRESETS_FIELD_NUMBER: _ClassVar[int]
+    PACS_ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FORMATS_FIELD_NUMBER: _ClassVar[int]
+    CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
+    API_VERSION_FIELD_NUMBER: _ClassVar[int]
+    server_version: str
+    backend: str
+    model: ModelInfo
+    limits: ServerLimits
+    presets: _containers.RepeatedScalarFieldContainer[str]
+    pacs_endpoints: _containers.RepeatedScalarFieldContainer[str]
+    result_formats: _containers.RepeatedScalarFieldContainer[ResultFormat]
+    capabilities: _containers.RepeatedScalarFieldContainer[str]
+    api_version: str
+    def __init__(self, server_version: _Optional[str] = ..., backend: _Optional[str] = ..., model: _Optional[_Union[ModelInfo, _Mapping]] = ..., limits: _Optional[_Union[ServerLimits, _Mapping]] = ..., presets: _Optional[_Iterable[str]] = ..., pacs_endpoints: _Optional[_Iterable[str]] = ..., result_formats: _Optional[_Iterable[_Union[ResultFormat, str]]] = ..., capabilities: _Optional[_Iterable[str]] = ..., api_version: _Optional[str] = ...) -> None: ...

@@ -75,6 +75,16 @@ class SegmentationServiceStub:
                 request_serializer=medsam2_dot_v1_dot_segmentation__pb2.CloseSessionRequest.SerializeToString,
                 response_deserializer=medsam2_dot_v1_dot_segmentation__pb2.CloseSessionResponse.FromString,
                 _registered_method=True)
+        self.StoreResult = channel.unary_unary(
+                '/medsam2.v1.SegmentationService/StoreResult',
+                request_serializer=medsam2_dot_v1_dot_segmentation__pb2.StoreResultRequest.SerializeToString,
+                response_deserializer=medsam2_dot_v1_dot_segmentation__pb2.StoreResultResponse.FromString,
+                _registered_method=True)
+        self.GetServerInfo = channel.unary_unary(
+                '/medsam2.v1.SegmentationService/GetServerInfo',
+                request_serializer=medsam2_dot_v1_dot_segmentation__pb2.GetServerInfoRequest.SerializeToString,
+                response_deserializer=medsam2_dot_v1_dot_segmentation__pb2.ServerInfo.FromString,
+                _registered_method=True)
 
 
 class SegmentationServiceServicer:
@@ -137,6 +147,20 @@ class SegmentationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StoreResult(self, request, context):
+        """Send the session's DICOM SEG and SR (TID 1500) to a configured PACS endpoint over STOW-RS.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetServerInfo(self, request, context):
+        """What this server runs and allows: versions, model provenance, limits, presets, capabilities.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SegmentationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -179,6 +203,16 @@ def add_SegmentationServiceServicer_to_server(servicer, server):
                     servicer.CloseSession,
                     request_deserializer=medsam2_dot_v1_dot_segmentation__pb2.CloseSessionRequest.FromString,
                     response_serializer=medsam2_dot_v1_dot_segmentation__pb2.CloseSessionResponse.SerializeToString,
+            ),
+            'StoreResult': grpc.unary_unary_rpc_method_handler(
+                    servicer.StoreResult,
+                    request_deserializer=medsam2_dot_v1_dot_segmentation__pb2.StoreResultRequest.FromString,
+                    response_serializer=medsam2_dot_v1_dot_segmentation__pb2.StoreResultResponse.SerializeToString,
+            ),
+            'GetServerInfo': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetServerInfo,
+                    request_deserializer=medsam2_dot_v1_dot_segmentation__pb2.GetServerInfoRequest.FromString,
+                    response_serializer=medsam2_dot_v1_dot_segmentation__pb2.ServerInfo.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -398,6 +432,60 @@ class SegmentationService:
             '/medsam2.v1.SegmentationService/CloseSession',
             medsam2_dot_v1_dot_segmentation__pb2.CloseSessionRequest.SerializeToString,
             medsam2_dot_v1_dot_segmentation__pb2.CloseSessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StoreResult(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/medsam2.v1.SegmentationService/StoreResult',
+            medsam2_dot_v1_dot_segmentation__pb2.StoreResultRequest.SerializeToString,
+            medsam2_dot_v1_dot_segmentation__pb2.StoreResultResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetServerInfo(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/medsam2.v1.SegmentationService/GetServerInfo',
+            medsam2_dot_v1_dot_segmentation__pb2.GetServerInfoRequest.SerializeToString,
+            medsam2_dot_v1_dot_segmentation__pb2.ServerInfo.FromString,
             options,
             channel_credentials,
             insecure,

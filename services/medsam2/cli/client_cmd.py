@@ -1,0 +1,272 @@
+"""``medsam2 client``: the ``segment`` workflow through a running service, from a file or from PACS.
+
+    medsam2 client --server HOST:PORT (INPUT | --pacs ENDPOINT --study UID [--series UID])
+                   (--box X0,Y0,X1,Y1 --slice K | --actions FILE) [--range FIRST,LAST] --out PATH [--store ENDPOINT]
+
+Every flag is checked, and the server asked whether it can do what the output
+needs (PACS endpoints, DICOM results), before the model runs.  Each call
+carries one routing key per run (``x-medsam2-session``, see docs/deploy.md) so a
+consistent-hash router keeps the study on one replica.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+from medsam2.errors import BackendUnavailable, CapacityExceeded, InvalidInput, NotFound, OutputNotWritable
+from medsam2.settings import Settings
+
+SR_SUFFIX = ".sr.dcm"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``client`` command."""
+    client = sub.add_parser("client", help="segment one study through a running service (mirrors 'segment')")
+    client.add_argument("input", type=Path, nargs="?",
+                        help="volume: DICOM folder or file, .nii, .nii.gz or MedSAM-style .npz (or use --pacs)")
+    client.add_argument("--server", required=True, help="HOST:PORT of the service")
+    client.add_argument("--pacs", metavar="ENDPOINT", help="open the study from this PACS endpoint of the server")
+    client.add_argument("--study", metavar="UID", help="StudyInstanceUID on --pacs")
+    client.add_argument("--series", metavar="UID",
+                        help="SeriesInstanceUID (default: the study's only image series; for a DICOM folder, "
+                             "the series to read)")
+    client.add_argument("--box", help="X0,Y0,X1,Y1 in pixels of the key slice (x = column, y = row)")
+    client.add_argument("--slice", type=int, help="key slice K (with --box)")
+    client.add_argument("--actions", type=Path, metavar="FILE",
+                        help="JSON list of steps (box, click, mask, propagate) instead of --box/--slice")
+    client.add_argument("--range", dest="slice_range",
+                        help="FIRST,LAST slices to propagate through (with --actions: for propagate steps without one)")
+    client.add_argument("--preset", default="auto", help="intensity preset [auto: by modality]")
+    client.add_argument("--window", help="custom CT window WIDTH,LEVEL in HU (overrides --preset)")
+    client.add_argument("--modality", help="DICOM Modality for inputs that do not say (CT, MR, PT, US, ...)")
+    client.add_argument("--out", type=Path, required=True,
+                        help=f"result: .dcm is a DICOM SEG with its SR beside it (NAME{SR_SUFFIX}); .nii.gz, .npz")
+    client.add_argument("--store", metavar="ENDPOINT", help="store the SEG and SR on this PACS endpoint of the server")
+    client.add_argument("--token", default="", help="bearer token, if the server wants one")
+    client.add_argument("--json", action="store_true", help="print the summary as JSON")
+    client.add_argument("--no-progress", action="store_true", help="no progress bar")
+    client.set_defaults(run=run_client)
+
+
+def sr_path(out: Path) -> Path:
+    """Where the SR goes beside a SEG: ``x.dcm`` -> ``x.sr.dcm``."""
+    return out.with_name(out.name[: -len(".dcm")] + SR_SUFFIX)
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    if (args.input is None) == (args.pacs is None):
+        raise InvalidInput("give either an INPUT file or folder, or --pacs ENDPOINT --study UID")
+    if args.pacs is not None and not args.study:
+        raise InvalidInput("--pacs needs --study UID")
+    if args.pacs is None and args.study:
+        raise InvalidInput("--study goes with --pacs ENDPOINT")
+    if args.actions is None and (args.box is None or args.slice is None):
+        raise InvalidInput("give --box X0,Y0,X1,Y1 with --slice K, or --actions FILE")
+    if args.actions is not None and (args.box is not None or args.slice is not None):
+        raise InvalidInput("--actions replaces --box and --slice: give one or the other")
+
+
+def _steps(args: argparse.Namespace) -> tuple[list, dict[int, np.ndarray]]:
+    """The steps to run (the actions file's, or box + propagate) and the mask images they name, by step index."""
+    from medsam2.cli.segment_cmd import _slice_range, parse_box
+    from medsam2.engine.actions import shorthand_steps
+    from medsam2.io.actions_file import read_actions
+
+    if args.actions is None:
+        return shorthand_steps(1, args.slice, box=parse_box(args.box), slice_range=_slice_range(args.slice_range)), {}
+    actions = read_actions(args.actions)
+    return actions.steps, actions.masks
+
+
+def run_client(args: argparse.Namespace, settings: Settings) -> int:
+    """Open the study, run the steps, save the result (and store it), always closing the session."""
+    import grpc
+
+    from medsam2.api.client import Client
+    from medsam2.cli.segment_cmd import parse_pair
+    from medsam2.io.outputs import check_output
+
+    _check_args(args)
+    check_output(args.out)
+    steps, mask_images = _steps(args)
+    window = parse_pair(args.window, "--window", "WIDTH,LEVEL") if args.window else None
+    volume = None
+    if args.input is not None:
+        from medsam2.io.volumes import read_volume
+
+        volume = read_volume(args.input, args.series)
+        check_output(args.out, volume)
+        if args.store is not None and (volume.dicom is None or volume.dicom.multiframe):
+            raise InvalidInput(f"--store: the server stores a SEG and SR over the DICOM series it came from, but "
+                               f"{args.input.name} is {volume.source_format} without per-slice DICOM instances; "
+                               "use --pacs ENDPOINT --study UID, or a DICOM series folder")
+    client = Client(args.server, token=args.token, routing_key=uuid.uuid4().hex)
+    started = time.perf_counter()
+    try:
+        info = client.server_info()
+        for endpoint in {e for e in (args.pacs, args.store) if e}:
+            if endpoint not in info.pacs_endpoints:
+                known = ", ".join(info.pacs_endpoints) or "none"
+                raise NotFound(f"the server has no PACS endpoint {endpoint!r}; it has: {known}")
+        if volume is not None:
+            session = _upload(client, volume, args, window)
+        else:
+            session = client.open_pacs(args.pacs, args.study, args.series or "", preset=args.preset, window=window,
+                                       modality=(args.modality or "").upper(), label="medsam2 client")
+        if args.out.name.lower().endswith(".dcm") and not session.dicom_results and volume is None:
+            raise InvalidInput(f"--out {args.out.name}: the server cannot make a DICOM SEG of this study")
+        try:
+            slices = _run_steps(client, session, steps, mask_images, args)
+            written = _save(client, session, args, volume)
+            stored = client.store_result(session.session_id, args.store) if args.store else None
+        finally:
+            client.close_session(session.session_id)
+    except grpc.RpcError as exc:
+        raise _client_error(exc) from None
+    finally:
+        client.close()
+    summary = {
+        "server": args.server, "session_slices": list(session.shape), "slices_streamed": slices,
+        "seconds": round(time.perf_counter() - started, 3), "bytes_sent": client.bytes_sent,
+        "bytes_received": client.bytes_received, "written": [str(p) for p in written],
+        "model_version": session.model_version, "preset": session.preset,
+    }
+    if stored is not None:
+        summary["stored"] = {"study_uid": stored.study_uid, "seg": stored.seg_sop_instance_uid,
+                             "seg_series": stored.seg_series_uid, "sr": stored.sr_sop_instance_uid,
+                             "sr_series": stored.sr_series_uid}
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"segmented {session.shape[0]} slices in {summary['seconds']:.1f} s via {args.server} "
+              f"(preset {session.preset}, model {session.model_version}) -> {', '.join(summary['written'])}"
+              + (f"; stored SEG {stored.seg_sop_instance_uid} and SR {stored.sr_sop_instance_uid} on {args.store}"
+                 if stored is not None else ""))
+    return 0
+
+
+def _upload(client, volume, args: argparse.Namespace, window):  # noqa: ANN001, ANN202
+    from medsam2.api.convert import geometry_to_pb
+
+    identity: dict[str, object] = {}
+    if volume.dicom is not None:
+        first = volume.dicom.datasets[0]
+        identity = {"study_uid": volume.dicom.study_uid, "series_uid": volume.dicom.series_uid,
+                    "frame_of_reference_uid": str(first.get("FrameOfReferenceUID", "")),
+                    "sop_instance_uids": [] if volume.dicom.multiframe else list(volume.dicom.slice_uids)}
+    modality = (args.modality or volume.modality or "").upper()
+    return client.create_session(volume.voxels, volume.spacing, preset=args.preset, window=window,
+                                 label=args.input.name, modality=modality, geometry=geometry_to_pb(volume.geometry),
+                                 identity=identity)
+
+
+def _run_steps(client, session, steps: list, mask_images: dict[int, np.ndarray],  # noqa: ANN001
+               args: argparse.Namespace) -> int:
+    """Check every step against the study, then send them in order; returns the slice results streamed."""
+    from medsam2.cli.segment_cmd import _slice_range
+    from medsam2.engine.actions import BoxStep, ClickStep, MaskStep, PropagateStep, check_actions
+
+    default_range = _slice_range(args.slice_range)  # for propagate steps that name no range, as in segment
+    steps = [PropagateStep(s.index, default_range) if isinstance(s, PropagateStep) and s.slice_range is None
+             and default_range is not None else s for s in steps]
+    check_actions(steps, tuple(session.shape), mask_images)  # before the model runs
+    sid = session.session_id
+    streamed = 0
+    for step in steps:
+        if isinstance(step, BoxStep):
+            b = step.box
+            client.add_prompt(sid, step.obj_id, step.slice, box=(b.x0, b.y0, b.x1, b.y1))
+        elif isinstance(step, ClickStep):
+            # Clicks on one slice accumulate, as in ``segment`` (engine.actions.to_prompt).
+            client.add_prompt(sid, step.obj_id, step.slice, points=[(*step.point, step.positive)],
+                              keep_previous_points=True)
+        elif isinstance(step, MaskStep):
+            client.add_prompt(sid, step.obj_id, step.slice, mask=mask_images[step.index])
+        else:
+            fields = {} if step.slice_range is None else {"first_slice": step.slice_range[0],
+                                                          "last_slice": step.slice_range[1]}
+            streamed += _propagate(client, sid, fields, args.no_progress)
+    return streamed
+
+
+def _propagate(client, session_id: str, fields: dict, quiet: bool) -> int:  # noqa: ANN001
+    from tqdm import tqdm
+
+    progress = None
+    count = 0
+    for result in client.propagate(session_id, **fields):
+        count += 1
+        if progress is None and not quiet:
+            progress = tqdm(total=result.total, unit="slice", desc="propagating")
+        if progress is not None:
+            progress.update(1)
+    if progress is not None:
+        progress.close()
+    return count
+
+
+def _save(client, session, args: argparse.Namespace, volume) -> list[Path]:  # noqa: ANN001
+    """Write the result: from the local source when there is one, else the server's files."""
+    from medsam2.api.pb.medsam2.v1 import segmentation_pb2 as pb
+    from medsam2.io.outputs import write_result
+
+    out: Path = args.out
+    name = out.name.lower()
+    if volume is not None:
+        masks = client.object_masks(session.session_id)
+        written = write_result(out, masks, volume, model_version=session.model_version)
+        if name.endswith(".dcm"):
+            written.append(_write_local_sr(out, masks, volume, session.model_version))
+        return written
+    if name.endswith(".dcm"):
+        seg, _ = client.result(session.session_id, pb.RESULT_FORMAT_DICOM_SEG)
+        sr, _ = client.result(session.session_id, pb.RESULT_FORMAT_DICOM_SR)
+        return [_write_atomic(out, seg), _write_atomic(sr_path(out), sr)]
+    fmt = pb.RESULT_FORMAT_NPZ if name.endswith(".npz") else pb.RESULT_FORMAT_NIFTI_GZ
+    if name.endswith(".nii"):
+        raise InvalidInput("--out from PACS: write .nii.gz, .npz or .dcm")
+    data, _ = client.result(session.session_id, fmt)
+    return [_write_atomic(out, data)]
+
+
+def _write_local_sr(out: Path, masks: dict[int, np.ndarray], volume, model_version: str) -> Path:  # noqa: ANN001
+    import pydicom
+
+    from medsam2.io.dicom_sr import build_measurement_report, encode_report
+    from medsam2.io.measurements import measure_all
+
+    seg = pydicom.dcmread(out)
+    labels = {int(s.TrackingID.split()[-1]): str(s.SegmentLabel) for s in seg.SegmentSequence}
+    report = build_measurement_report(seg, measure_all(masks, volume.spacing, labels), model_version=model_version)
+    return _write_atomic(sr_path(out), encode_report(report))
+
+
+def _write_atomic(path: Path, data: bytes) -> Path:
+    tmp = path.with_name(f".{path.name}.partial")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_bytes(data)
+        tmp.replace(path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise OutputNotWritable(f"cannot write {path}: {exc.strerror or exc}") from exc
+    return path
+
+
+def _client_error(exc) -> Exception:  # noqa: ANN001 - grpc.RpcError
+    import grpc
+
+    code, details = exc.code(), exc.details()
+    if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION):
+        return InvalidInput(f"server refused the request ({code.name}): {details}")
+    if code == grpc.StatusCode.NOT_FOUND:
+        return NotFound(f"server: {details}")
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return CapacityExceeded(f"server: {details}")
+    return BackendUnavailable(f"server error ({code.name}): {details}")
