@@ -54,8 +54,19 @@ def check_decodable(ds: Dataset, label: str) -> None:
     if not decoder.is_available:
         raise UnsupportedTransferSyntax(
             f"{label}: pixel data is compressed as {uid.name} ({uid}) and no installed plug-in decodes it; "
-            f"{CODECS_EXTRA_HINT}"
+            f"{_install_hint(decoder)}"
         )
+
+
+def _codecs_extra_missing(decoder: object) -> bool:
+    """True when pylibjpeg (the codecs extra) is one of the plug-ins this decoder lacks."""
+    return any("pylibjpeg" in missing for missing in getattr(decoder, "missing_dependencies", []))
+
+
+def _install_hint(decoder: object) -> str:
+    if _codecs_extra_missing(decoder):
+        return CODECS_EXTRA_HINT
+    return "the codecs extra does not decode it either: ask the sender (or PACS) for an uncompressed transfer syntax"
 
 
 def stored_frames(ds: Dataset, label: str) -> np.ndarray:
@@ -67,10 +78,19 @@ def stored_frames(ds: Dataset, label: str) -> np.ndarray:
     except (ValueError, EOFError, OSError) as exc:
         raise CorruptDicom(f"{label}: cannot decode the pixel data ({exc}); the file is truncated or corrupt") from exc
     except RuntimeError as exc:  # pydicom's decoders report missing plug-ins and codec failures this way
+        from pydicom.pixels.decoders.base import get_decoder
+
         uid = transfer_syntax(ds)
         syntax = f"{uid.name} ({uid})" if uid is not None else "an unknown transfer syntax"
-        raise UnsupportedTransferSyntax(
-            f"{label}: no installed plug-in decodes this {syntax} pixel data ({_first_line(exc)}); {CODECS_EXTRA_HINT}"
+        decoder = get_decoder(uid) if uid is not None and uid.is_compressed else None
+        if decoder is not None and _codecs_extra_missing(decoder):
+            raise UnsupportedTransferSyntax(
+                f"{label}: no installed plug-in decodes this {syntax} pixel data ({_first_line(exc)}); "
+                f"{CODECS_EXTRA_HINT}"
+            ) from exc
+        raise CorruptDicom(
+            f"{label}: every installed decoder failed on this {syntax} pixel data ({_first_line(exc)}); the "
+            "compressed data is damaged or uses a feature no plug-in supports"
         ) from exc
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     samples = int(ds.get("SamplesPerPixel", 1) or 1)
