@@ -107,7 +107,12 @@ def volume_from_datasets(items: Sequence[Labelled], where: str, series_uid: str 
     if series_uid is not None:
         # Objects of other series are never looked at, however broken they are.
         mine = [item for item in items if str(item.dataset.get("SeriesInstanceUID", "")) == series_uid]
-        items = mine or items  # none: the listing of what is there is the useful error
+        if not mine:
+            images = [item for item in items if kind_of(item.dataset) is ObjectKind.IMAGE
+                      and "SeriesInstanceUID" in item.dataset]
+            listing = "; ".join(_describe(uid, members) for uid, members in _by_series(images).items())
+            raise NotFound(f"series {series_uid} is not in {where}; it holds: {listing or 'no image series'}")
+        items = mine
     images = [item for item in items if kind_of(item.dataset) is ObjectKind.IMAGE]
     others = [item for item in items if kind_of(item.dataset) is not ObjectKind.IMAGE]
     for other in others:
@@ -144,10 +149,15 @@ def _describe(uid: str, members: list[Labelled]) -> str:
     return f"{uid} ({ds.get('Modality', '?')}, '{description}', {len(members)} object(s))"
 
 
-def _choose_series(images: list[Labelled], where: str, series_uid: str | None) -> list[Labelled]:
+def _by_series(images: list[Labelled]) -> dict[str, list[Labelled]]:
     series: dict[str, list[Labelled]] = {}
     for item in images:
         series.setdefault(str(item.dataset.SeriesInstanceUID), []).append(item)
+    return series
+
+
+def _choose_series(images: list[Labelled], where: str, series_uid: str | None) -> list[Labelled]:
+    series = _by_series(images)
     if series_uid is not None:
         if series_uid not in series:
             listing = "; ".join(_describe(uid, members) for uid, members in series.items())
