@@ -48,8 +48,8 @@ def check_decodable(ds: Dataset, label: str) -> None:
         decoder = get_decoder(uid)
     except NotImplementedError:
         raise UnsupportedTransferSyntax(
-            f"{label}: pixel data is compressed as {uid.name} ({uid}), which no pydicom plug-in decodes, not even "
-            "the codecs extra's; ask the sender (or PACS) for an uncompressed transfer syntax"
+            f"{label}: pixel data is compressed as {uid.name} ({uid}), which pydicom has no decoder for, not even "
+            "with the codecs extra; ask the sender (or PACS) for an uncompressed transfer syntax"
         ) from None
     if not decoder.is_available:
         raise UnsupportedTransferSyntax(

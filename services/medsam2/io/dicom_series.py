@@ -40,6 +40,7 @@ from medsam2.io.dicom_pixels import (
     stored_frames,
     to_grey_uint8,
 )
+from medsam2.io.dicom_privacy import library_messages_redacted
 from medsam2.io.dicom_source import DicomSource
 from medsam2.io.errors import CorruptDicom, IrregularStack, MixedSeries, NotAnImage, NotDicom
 from medsam2.io.stacking import PlaneInfo, stack_planes
@@ -61,7 +62,11 @@ class Labelled:
 
 def read_dicom(path: Path, series_uid: str | None = None) -> Volume:
     """Read a DICOM folder (recursively) or one DICOM file as a volume."""
-    path = Path(path)
+    with library_messages_redacted():  # pydicom warns, quoting values, as it converts them on first use
+        return _read_dicom(Path(path), series_uid)
+
+
+def _read_dicom(path: Path, series_uid: str | None) -> Volume:
     if path.is_dir():
         items = scan_folder(path, series_uid)
         if not items:
@@ -104,6 +109,12 @@ def scan_folder(folder: Path, series_uid: str | None = None) -> list[Labelled]:
 
 def volume_from_datasets(items: Sequence[Labelled], where: str, series_uid: str | None = None) -> Volume:
     """Build the volume of one image series out of labelled datasets."""
+    # pydicom validates values as it first converts them, and its warnings quote them.
+    with library_messages_redacted([item.dataset for item in items[:1]]):
+        return _volume_from_datasets(items, where, series_uid)
+
+
+def _volume_from_datasets(items: Sequence[Labelled], where: str, series_uid: str | None) -> Volume:
     if series_uid is not None:
         # Objects of other series are never looked at, however broken they are.
         mine = [item for item in items if str(item.dataset.get("SeriesInstanceUID", "")) == series_uid]
