@@ -40,7 +40,7 @@ def central_box(volume: Volume) -> Box:
     return Box(x0, y0, max(3 * columns // 4, x0 + 1), max(3 * rows // 4, y0 + 1))
 
 
-def segment_in_process(source: Path, outputs: dict[str, Path], backend, series: str | None = None) -> Outcome:  # noqa: ANN001
+def segment_in_process(source: Path, outputs: dict[str, Path], backend, series: str | None = None) -> Outcome:
     """Read ``source``, check each output, segment the middle slice, and write the outputs that passed."""
     outcome = Outcome(written={}, refused={})
     try:
@@ -73,7 +73,7 @@ _RESULTS: dict[tuple[str, str, int], dict[int, np.ndarray]] = {}
 """Masks by (backend, input slices' digest, key slice): the corpus holds the same image in many transfer syntaxes."""
 
 
-def _segment(backend, slices: np.ndarray, prompt: ObjectPrompt, key: int) -> dict[int, np.ndarray]:  # noqa: ANN001
+def _segment(backend, slices: np.ndarray, prompt: ObjectPrompt, key: int) -> dict[int, np.ndarray]:
     # The engine is deterministic, so identical slices and prompt give identical masks: a lossless variant of
     # a file already segmented reuses that real result instead of running the model again.
     digest = hashlib.sha256(slices.tobytes() + str(slices.shape).encode() + repr(prompt.box).encode()).hexdigest()
@@ -90,7 +90,7 @@ def dciodvfy_errors(path: Path) -> list[str]:
     return [line for line in (run.stdout + run.stderr).splitlines() if line.startswith("Error")]
 
 
-def itk_geometry(image) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int, ...]]:  # noqa: ANN001
+def itk_geometry(image) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int, ...]]:
     """(origin, spacing, direction 3x3, size) of a SimpleITK image, in ITK's LPS."""
     return (np.asarray(image.GetOrigin()), np.asarray(image.GetSpacing()),
             np.asarray(image.GetDirection()).reshape(3, 3), tuple(image.GetSize()))

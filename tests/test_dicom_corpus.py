@@ -17,8 +17,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from dicom_conformance import assert_same_itk_geometry, dciodvfy_errors, segment_in_process
+
 from medsam2.errors import InvalidInput
 from medsam2.io.errors import CorruptDicom, InvalidSegmentation, IrregularStack, NotAnImage, NotDicom
 
@@ -39,7 +39,7 @@ SC_rgb_small_odd_big_endian.dcm SC_rgb_small_odd_jpeg.dcm SC_ybr_full_422_uncomp
 SC_ybr_full_uncompressed.dcm US1_J2KI.dcm US1_J2KR.dcm US1_UNCI.dcm US1_UNCR.dcm eCT_Supplemental.dcm
 examples_jpeg2k.dcm examples_overlay.dcm examples_palette.dcm examples_rgb_color.dcm explicit_VR-UN.dcm
 gdcm-US-ALOKA-16.dcm gdcm-US-ALOKA-16_big.dcm image_dfl.dcm mlut_18.dcm vlut_04.dcm CT5N
-""".split())
+""".split())  # noqa: SIM905 - a table is easier to read as words
 """Files that give both a SEG (dciodvfy: no errors) and a NIfTI at SimpleITK's geometry."""
 
 _NO_GEOMETRY = (InvalidInput, r"frames have no patient geometry .* write \.nii\.gz")
@@ -130,7 +130,7 @@ def test_the_table_covers_the_corpus() -> None:
 
 
 @pytest.fixture(scope="module")
-def backend(graphs: dict[str, Path]):  # noqa: ANN201
+def backend(graphs: dict[str, Path]):
     from medsam2.backends.onnxruntime_backend import OnnxRuntimeBackend
 
     backend = OnnxRuntimeBackend(graphs["present"], threads=2)
@@ -146,13 +146,13 @@ def dciodvfy() -> str:
     return path
 
 
-def _cases(names) -> list:  # noqa: ANN001
+def _cases(names) -> list:
     files = corpus()
     return [pytest.param(name, id=name) for name in sorted(names) if name in files]
 
 
 @pytest.mark.parametrize("name", _cases(SEG_AND_NIFTI))
-def test_seg_and_nifti(name: str, backend, dciodvfy: str, tmp_path: Path) -> None:  # noqa: ANN001
+def test_seg_and_nifti(name: str, backend, dciodvfy: str, tmp_path: Path) -> None:
     source = corpus()[name]
     outcome = segment_in_process(source, {"seg": tmp_path / "r.dcm", "nifti": tmp_path / "r.nii.gz"}, backend)
     assert outcome.read_error is None and not outcome.refused, (outcome.read_error, outcome.refused)
@@ -161,7 +161,7 @@ def test_seg_and_nifti(name: str, backend, dciodvfy: str, tmp_path: Path) -> Non
 
 
 @pytest.mark.parametrize("name", _cases(NIFTI_ONLY))
-def test_seg_refused_before_inference_nifti_written(name: str, backend, tmp_path: Path) -> None:  # noqa: ANN001
+def test_seg_refused_before_inference_nifti_written(name: str, backend, tmp_path: Path) -> None:
     error, match = NIFTI_ONLY[name]
     source = corpus()[name]
     outcome = segment_in_process(source, {"seg": tmp_path / "r.dcm", "nifti": tmp_path / "r.nii.gz"}, backend)
@@ -174,7 +174,7 @@ def test_seg_refused_before_inference_nifti_written(name: str, backend, tmp_path
 
 
 @pytest.mark.parametrize("name", _cases(REFUSED))
-def test_refused_on_reading(name: str, backend, tmp_path: Path) -> None:  # noqa: ANN001
+def test_refused_on_reading(name: str, backend, tmp_path: Path) -> None:
     error, match = REFUSED[name]
     outcome = segment_in_process(corpus()[name], {"nifti": tmp_path / "r.nii.gz"}, backend)
     assert isinstance(outcome.read_error, error) and re.search(match, str(outcome.read_error)), outcome.read_error

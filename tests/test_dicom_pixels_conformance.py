@@ -77,7 +77,7 @@ def test_zero_pixel_spacing_is_refused_for_an_image(tmp_path: Path) -> None:
         read_volume(tmp_path / "zero.dcm")
 
 
-def test_zero_pixel_spacing_in_a_video_becomes_1_mm_with_a_warning(tmp_path: Path, caplog) -> None:  # noqa: ANN001
+def test_zero_pixel_spacing_in_a_video_becomes_1_mm_with_a_warning(tmp_path: Path, caplog) -> None:
     ds = pydicom.dcmread(get_testdata_file("SC_rgb_rle_2frame.dcm"))
     ds.PixelSpacing = [0, 0]
     ds.save_as(tmp_path / "cine.dcm")

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-
 from dicom_conformance import dciodvfy_errors
+
 from medsam2.cli import exit_codes
 from medsam2.cli.main import main
 from medsam2.io.synthetic import write_synthetic_ct
@@ -25,7 +25,7 @@ DROPPED = ("PatientBirthDate", "PatientSex", "StudyTime", "ReferringPhysicianNam
 
 
 @pytest.fixture(scope="module")
-def anonymized_ct(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+def anonymized_ct(tmp_path_factory: pytest.TempPathFactory):
     """60 slices, every dropped attribute absent, SliceThickness present but empty, a name highdicom warns on."""
     series = write_synthetic_ct(tmp_path_factory.mktemp("anon") / "ct", slices=60, size=64, seed=4)
     for path in series.paths:
@@ -40,15 +40,15 @@ def anonymized_ct(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
     return series
 
 
-def _segment(series, out: Path, graphs: dict[str, Path], *extra: str) -> int:  # noqa: ANN001
+def _segment(series, out: Path, graphs: dict[str, Path], *extra: str) -> int:
     key = 30
     return main(["--threads", "2", *extra, "segment", str(series.folder), "--out", str(out), "--slice", str(key),
                  "--box", "16,16,48,48", "--range", f"{key - 1},{key + 1}", "--graphs", str(graphs["present"]),
                  "--no-progress", "--json"])
 
 
-def test_a_60_slice_ct_without_type2_attributes_gives_a_valid_seg(anonymized_ct, graphs: dict[str, Path],  # noqa: ANN001
-                                                                  tmp_path: Path, capsys) -> None:  # noqa: ANN001
+def test_a_60_slice_ct_without_type2_attributes_gives_a_valid_seg(anonymized_ct, graphs: dict[str, Path],
+                                                                  tmp_path: Path, capsys) -> None:
     if shutil.which("dciodvfy") is None:
         pytest.skip("dciodvfy (Debian's dicom3tools) is not installed: run scripts/test_deps.sh")
     first = pydicom.dcmread(anonymized_ct.paths[0])
@@ -76,8 +76,8 @@ class _RootRecords(logging.Handler):
         self.records.append(record)
 
 
-def test_no_identifiers_on_stderr_or_in_logs_and_uids_only_at_debug(anonymized_ct, graphs: dict[str, Path],  # noqa: ANN001
-                                                                    tmp_path: Path, capsys) -> None:  # noqa: ANN001
+def test_no_identifiers_on_stderr_or_in_logs_and_uids_only_at_debug(anonymized_ct, graphs: dict[str, Path],
+                                                                    tmp_path: Path, capsys) -> None:
     # pytest hangs its own capture handlers on every logger; the root logger is where the CLI's handler lives.
     root = logging.getLogger()
     handler, level = _RootRecords(), root.level
@@ -104,8 +104,8 @@ def test_no_identifiers_on_stderr_or_in_logs_and_uids_only_at_debug(anonymized_c
     assert not [line for line in err.splitlines() if any(uid in line for uid in uids)]
 
 
-def test_a_seg_that_cannot_be_written_is_refused_before_inference(anonymized_ct, tmp_path: Path,  # noqa: ANN001
-                                                                  capsys) -> None:  # noqa: ANN001
+def test_a_seg_that_cannot_be_written_is_refused_before_inference(anonymized_ct, tmp_path: Path,
+                                                                  capsys) -> None:
     folder = tmp_path / "no-for"
     shutil.copytree(anonymized_ct.folder, folder)
     for path in folder.iterdir():

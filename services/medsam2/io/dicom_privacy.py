@@ -14,6 +14,7 @@ import re
 import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from typing import ClassVar
 
 from pydicom.dataset import Dataset
 
@@ -59,7 +60,7 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
 class _Redirect(logging.Handler):
     """Takes a library's records (its loggers no longer propagate) and re-logs them, redacted, at DEBUG."""
 
-    secrets: set[str] = set()
+    secrets: ClassVar[set[str]] = set()
 
     def emit(self, record: logging.LogRecord) -> None:
         log.debug("%s %s: %s", record.name, record.levelname.lower(), redact(record.getMessage(), self.secrets))

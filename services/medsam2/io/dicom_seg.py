@@ -287,10 +287,10 @@ def check_seg_possible(like: Volume, algorithm: Algorithm | None = None) -> None
 
 def _without_where(message: str, where: str) -> str:
     prefix = f"{where}: "
-    return message[len(prefix):] if message.startswith(prefix) else message
+    return message.removeprefix(prefix)
 
 
-def _cielab(rgb: tuple[int, int, int]):  # noqa: ANN202 (highdicom type imported lazily)
+def _cielab(rgb: tuple[int, int, int]):
     import highdicom as hd
 
     r, g, b = (_linear(c / 255.0) for c in rgb)
