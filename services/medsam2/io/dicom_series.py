@@ -244,9 +244,9 @@ def _from_multiframe(item: Labelled) -> Volume:
     order, geometry = stack_planes(planes, item.label, frame_thickness(ds))
     if not is_grey(ds):
         raise IrregularStack(f"{item.label}: a {ds.get('PhotometricInterpretation')} stack; expected grey images")
-    frames = stored_frames(ds, item.label)
+    stored = stored_frames(ds, item.label)
     slopes, intercepts = frame_rescale(ds)
-    voxels = modality_values(frames[order], ds, [slopes[i] for i in order], [intercepts[i] for i in order],
+    voxels = modality_values(stored[order], ds, [slopes[i] for i in order], [intercepts[i] for i in order],
                              item.label)
     source = DicomSource((_header(ds),), (str(ds.SOPInstanceUID),) * len(order), tuple(i + 1 for i in order),
                          where=item.label)
