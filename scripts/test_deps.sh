@@ -103,3 +103,20 @@ if ! command -v chromium >/dev/null 2>&1; then
     fi
 fi
 scripts/build_web.sh
+# --- DICOM conformance (corpus, validator, codecs) ----------------------------------------
+# (owned by the DICOM I/O work) dicom3tools' dciodvfy checks every SEG the corpus test writes; pydicom-data is
+# the corpus beside pydicom's own files; the codecs extra (pylibjpeg and its plug-ins) decodes 12-bit JPEG and
+# the JPEG 2000 files Pillow cannot; SimpleITK reads geometry as ITK does, for comparison.
+if ! command -v dciodvfy >/dev/null 2>&1; then
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "test_deps.sh: the DICOM conformance tests need: apt-get install dicom3tools (as root)" >&2
+    else
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        apt-get install -y -qq --no-install-recommends dicom3tools >/dev/null
+    fi
+fi
+if ! .venv/bin/python -c "import data_store, SimpleITK, pylibjpeg, libjpeg, openjpeg, rle" 2>/dev/null; then
+    .venv/bin/python -m pip --disable-pip-version-check -q install "pydicom-data>=1.0" "SimpleITK>=2.3" \
+        "pylibjpeg>=2.0" "pylibjpeg-libjpeg>=2.1" "pylibjpeg-openjpeg>=2.0" "pylibjpeg-rle>=2.0"
+fi

@@ -121,15 +121,16 @@ def test_build_refuses_bad_arguments(volume: Volume) -> None:
         build_seg(masks, npz_like, Algorithm("v"))
 
 
-def test_a_cine_loop_without_frame_of_reference_gets_no_seg() -> None:
+def test_a_cine_loop_without_geometry_gets_no_seg() -> None:
     from pydicom.data import get_testdata_file
 
     from medsam2.io.outputs import check_output
 
     cine = read_volume(Path(get_testdata_file("examples_ybr_color.dcm")))
-    with pytest.raises(InvalidInput, match=r"\(dicom-cine, 30 frames\) has no frame of reference, .* write \.nii\.gz"):
+    with pytest.raises(InvalidInput, match=r"examples_ybr_color\.dcm: its 30 frames have no patient geometry .*"
+                                           r"dicom-cine.* write \.nii\.gz"):
         check_output(Path("x.dcm"), cine)
-    with pytest.raises(InvalidInput, match="has no frame of reference"):
+    with pytest.raises(InvalidInput, match="have no patient geometry"):
         build_seg({1: np.zeros(cine.voxels.shape, bool)}, cine, Algorithm("v"))
 
 

@@ -13,9 +13,10 @@ from enum import Enum
 from pathlib import Path
 
 import pydicom
-from pydicom.dataset import Dataset
-from pydicom.uid import UID
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from medsam2.io.dicom_privacy import library_messages_redacted
 from medsam2.io.errors import CorruptDicom, NotAnImage, NotDicom
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,8 @@ def read_file(path: Path) -> Dataset:
             handle.seek(0)
             # Without the 'DICM' prefix only a parse that succeeds completely says it is DICOM at all.
             error = CorruptDicom if preamble[128:132] == b"DICM" else NotDicom
-            ds = pydicom.dcmread(handle, defer_size=_DEFER, force=True)
+            with library_messages_redacted():
+                ds = pydicom.dcmread(handle, defer_size=_DEFER, force=True)
             end = handle.tell()
     except OSError as exc:
         raise CorruptDicom(f"cannot read {path}: {exc.strerror or exc}") from exc
@@ -76,7 +78,42 @@ def read_file(path: Path) -> Dataset:
         return ds
     if len(ds) == 0 or "SOPClassUID" not in ds:
         raise error(f"{path} is truncated or not DICOM: it has no SOPClassUID ({len(ds)} elements read)")
+    _name_transfer_syntax(ds)
     return ds
+
+
+def _name_transfer_syntax(ds: Dataset) -> None:
+    """Give a file without file meta (old ACR-NEMA style, some anonymizers) the syntax it was parsed with."""
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None and meta.get("TransferSyntaxUID"):
+        return
+    implicit, little = getattr(ds, "original_encoding", (None, None))
+    if implicit is None:
+        return
+    if meta is None:
+        ds.file_meta = meta = FileMetaDataset()
+    # Without file meta the pixel data can only be native (uncompressed): encapsulation needs a named syntax.
+    meta.TransferSyntaxUID = (
+        ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+    )
+    log.debug("%s has no transfer syntax in its file meta; read as %s", ds.get("SOPClassUID", "?"),
+              meta.TransferSyntaxUID.name)
+
+
+def is_enhanced(ds: Dataset) -> bool:
+    """True for the enhanced (functional-group) image classes: Enhanced CT/MR/PET/US, Legacy Converted, ..."""
+    return "Enhanced" in sop_class_name(ds) and kind_of(ds) is ObjectKind.IMAGE
+
+
+def series_of_unreadable(path: Path) -> str | None:
+    """The SeriesInstanceUID a corrupt file still states, if its header gets that far; else None."""
+    try:
+        with library_messages_redacted():
+            ds = pydicom.dcmread(path, force=True, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"])
+    except Exception:  # noqa: BLE001 - a file this broken simply has no series we can name
+        return None
+    uid = ds.get("SeriesInstanceUID")
+    return str(uid) if uid else None
 
 
 def sop_class_name(ds: Dataset) -> str:

@@ -83,7 +83,10 @@ def frame_thickness(ds: Dataset) -> float | None:
     """SliceThickness of the first frame, if stated."""
     measures = _functional(ds, 0, "PixelMeasuresSequence")
     value = measures.get("SliceThickness") if measures is not None else ds.get("SliceThickness")
-    return float(value) if value not in (None, "") else None
+    try:
+        return float(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None  # an unreadable thickness is as good as none: the geometry's spacing is used
 
 
 def frame_rescale(ds: Dataset) -> tuple[list[float], list[float]]:

@@ -12,6 +12,7 @@ partial or inconsistent is ever written or stored to PACS.
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -25,6 +26,8 @@ from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
 
 from medsam2.errors import InvalidInput, OutputNotWritable
+from medsam2.io.dicom_files import sop_class_name
+from medsam2.io.dicom_privacy import library_messages_redacted
 from medsam2.io.dicom_source import DicomSource
 from medsam2.io.errors import InvalidSegmentation
 from medsam2.io.volumes import Volume
@@ -36,6 +39,13 @@ PALETTE: tuple[tuple[int, int, int], ...] = (
 )
 """Default segment colours (sRGB), distinct on grey images; reused in turn past ten objects."""
 _POSITION_TOLERANCE_MM = 0.01
+_DA_FORM = re.compile(r"\d{8}")
+_TM_FORM = re.compile(r"\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?")
+TYPE2_SOURCE_ATTRIBUTES = (
+    "PatientName", "PatientID", "PatientBirthDate", "PatientSex",
+    "StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber",
+)
+"""Type 2 Patient and General Study attributes the SEG copies from its source: anonymizers often drop them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,27 +138,110 @@ def build_seg(
         )
         for number, obj_id in enumerate(obj_ids, start=1)
     ]
+    sources = [_seg_source_copy(ds, like) for ds in source.datasets]
     try:
-        seg = hd.seg.Segmentation(
-            source_images=list(source.datasets),
-            pixel_array=pixels,
-            segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-            segment_descriptions=descriptions,
-            series_instance_uid=generate_uid(),
-            series_number=series_number,
-            sop_instance_uid=generate_uid(),
-            instance_number=1,
-            manufacturer="medsam2-serving",
-            manufacturer_model_name=algorithm.name,
-            software_versions=software_version(),
-            device_serial_number="none",
-            content_label="MEDSAM2",
-            content_description=f"{algorithm.name} {algorithm.version}"[:64],
-        )
+        with library_messages_redacted(sources):
+            seg = hd.seg.Segmentation(
+                source_images=sources,
+                pixel_array=pixels,
+                segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+                segment_descriptions=descriptions,
+                series_instance_uid=generate_uid(),
+                series_number=series_number,
+                sop_instance_uid=generate_uid(),
+                instance_number=1,
+                manufacturer="medsam2-serving",
+                manufacturer_model_name=algorithm.name,
+                software_versions=software_version(),
+                device_serial_number="none",
+                content_label="MEDSAM2",
+                content_description=f"{algorithm.name} {algorithm.version}"[:64],
+            )
+    except KeyError as exc:  # highdicom looks the source's IOD up by its SOP class
+        name = sop_class_name(source.datasets[0])
+        raise InvalidSegmentation(
+            f"{source.where}: its SOP class, {name}, is one highdicom has no IOD for (retired or private), so a "
+            f"SEG cannot reference it ({exc})"
+        ) from exc
     except (ValueError, TypeError, AttributeError) as exc:
-        raise InvalidSegmentation(f"highdicom cannot build a SEG over series {source.series_uid}: {exc}") from exc
+        raise InvalidSegmentation(f"{source.where}: highdicom cannot build a SEG over it: {exc}") from exc
+    if like.geometry is None and "PatientOrientation" not in seg:
+        # General Image's PatientOrientation is Type 2C: required when frames carry no plane orientation.
+        seg.PatientOrientation = source.datasets[0].get("PatientOrientation") or None
     seg.SeriesDescription = series_description[:64]
     return seg
+
+
+def _seg_source_copy(ds: Dataset, like: Volume) -> Dataset:
+    """A copy of a source header as highdicom needs it; the source itself is never changed.
+
+    Missing Type 2 attributes are present and empty, dates and times an old writer gave in
+    ACR-NEMA form ('15:18:59') are in DICOM form or empty, and a missing slice thickness is the
+    computed one.
+    """
+    copy = Dataset()
+    copy.file_meta = getattr(ds, "file_meta", None) or pydicom.dataset.FileMetaDataset()
+    for tag in ds.keys():  # noqa: SIM118 - the headers hold no pixel data, but never load it either way
+        copy.add(ds[tag])
+    for keyword in TYPE2_SOURCE_ATTRIBUTES:
+        if keyword not in copy:
+            setattr(copy, keyword, None)
+    for keyword, form in (("StudyDate", "DA"), ("StudyTime", "TM"), ("PatientBirthDate", "DA")):
+        copy[keyword].value = _dicom_date_time(copy[keyword].value, form)
+    _add_slice_thickness(copy, like)
+    return copy
+
+
+def _dicom_date_time(value: object, form: str) -> str | None:
+    """A DA/TM value in DICOM form ('19941105', '151859.5'), or None (empty) when it cannot be one."""
+    from pydicom.valuerep import DA, TM
+
+    if value in (None, ""):
+        return None
+    text = str(value).strip()
+    pattern = _DA_FORM if form == "DA" else _TM_FORM
+    for candidate in (text, text.replace(":", "") if form == "TM" else text.replace(".", "").replace("-", "")):
+        if not pattern.fullmatch(candidate):
+            continue
+        try:
+            (DA if form == "DA" else TM)(candidate)
+        except (ValueError, TypeError):
+            continue
+        return candidate
+    return None
+
+
+def _add_slice_thickness(copy: Dataset, like: Volume) -> None:
+    """Give the copy a SliceThickness (highdicom copies it into the SEG) when the source states none."""
+    from copy import deepcopy
+
+    thickness = _slice_thickness(like)
+    if "SharedFunctionalGroupsSequence" in copy:
+        shared = copy.SharedFunctionalGroupsSequence[0]
+        measures = shared.get("PixelMeasuresSequence")
+        if measures and _positive(measures[0].get("SliceThickness")) is None:
+            copy.SharedFunctionalGroupsSequence = deepcopy(copy.SharedFunctionalGroupsSequence)
+            copy.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].SliceThickness = thickness
+        return
+    if _positive(copy.get("SliceThickness")) is None and (like.geometry is not None or "PixelSpacing" in copy):
+        copy.SliceThickness = thickness
+
+
+def _positive(value: object) -> float | None:
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return number if number > 0 else None
+
+
+def _slice_thickness(like: Volume) -> float:
+    """The source's SliceThickness when it states a positive one, else the slice spacing of the volume."""
+    from medsam2.io.dicom_multiframe import frame_thickness
+
+    assert like.dicom is not None
+    stated = frame_thickness(like.dicom.datasets[0])
+    return stated if stated is not None and stated > 0 else float(like.spacing[0])
 
 
 def require_seg_source(like: Volume) -> DicomSource:
@@ -158,17 +251,46 @@ def require_seg_source(like: Volume) -> DicomSource:
             f"a DICOM SEG references its source images, but this volume was read from {like.source_format}; "
             "write NIfTI (.nii.gz) or .npz instead, or read the study from DICOM"
         )
-    if len(like.dicom.slice_uids) > 1 and "FrameOfReferenceUID" not in like.dicom.datasets[0]:
-        # highdicom (and the SEG IOD's plane position rules) need a patient frame of reference for many frames.
+    source = like.dicom
+    alternative = "write .nii.gz, .npz or a .gif overlay instead"
+    if len(source.slice_uids) > 1 and like.geometry is None:
+        # A SEG of many frames places each one in patient space; without positions it cannot.
         raise InvalidInput(
-            f"series {like.dicom.series_uid} ({like.source_format}, {len(like.dicom.slice_uids)} frames) has no "
-            "frame of reference, so a multi-frame DICOM SEG cannot be placed on it; write .nii.gz, .npz or a "
-            ".gif overlay instead"
+            f"{source.where}: its {len(source.slice_uids)} frames have no patient geometry (no image position and "
+            f"orientation: {like.source_format}), so a multi-frame DICOM SEG cannot be placed on them; {alternative}"
         )
-    return like.dicom
+    if len(source.slice_uids) > 1 and "FrameOfReferenceUID" not in source.datasets[0]:
+        raise InvalidInput(
+            f"{source.where}: it has no FrameOfReferenceUID, which a multi-frame DICOM SEG must share with its "
+            f"source; {alternative}"
+        )
+    return source
 
 
-def _cielab(rgb: tuple[int, int, int]):  # noqa: ANN202 (highdicom type imported lazily)
+def check_seg_possible(like: Volume, algorithm: Algorithm | None = None) -> None:
+    """Build and validate a probe SEG (one pixel per slice) now, so a SEG never fails after inference.
+
+    Raises ``InvalidInput`` naming the source and suggesting another output; nothing is written.
+    """
+    source = require_seg_source(like)
+    probe = np.zeros(like.voxels.shape, bool)
+    probe[:, 0, 0] = True  # every frame present, as in the largest possible result
+    try:
+        seg = build_seg({1: probe}, like, algorithm or Algorithm("probe"))
+        validate_seg(seg, source)
+    except InvalidSegmentation as exc:
+        raise InvalidSegmentation(
+            f"a DICOM SEG cannot be written for {source.where}: {_without_where(str(exc), source.where)}; "
+            "write .nii.gz or .npz instead"
+        ) from exc
+
+
+def _without_where(message: str, where: str) -> str:
+    prefix = f"{where}: "
+    return message.removeprefix(prefix)
+
+
+def _cielab(rgb: tuple[int, int, int]):
     import highdicom as hd
 
     r, g, b = (_linear(c / 255.0) for c in rgb)
@@ -224,9 +346,10 @@ def validate_seg(seg: Dataset, source: DicomSource | None = None) -> bytes:
         )
     buffer = io.BytesIO()
     try:
-        seg.save_as(buffer, enforce_file_format=True)
-        decoded = hd.seg.Segmentation.from_dataset(pydicom.dcmread(io.BytesIO(buffer.getvalue())))
-        decoded.get_source_image_uids()
+        with library_messages_redacted([seg]):
+            seg.save_as(buffer, enforce_file_format=True)
+            decoded = hd.seg.Segmentation.from_dataset(pydicom.dcmread(io.BytesIO(buffer.getvalue())))
+            decoded.get_source_image_uids()
     except Exception as exc:  # any failure to encode or decode means the object must not leave
         raise InvalidSegmentation(f"SEG {seg.SOPInstanceUID} does not survive encoding and decoding: {exc}") from exc
     return buffer.getvalue()

@@ -19,6 +19,8 @@ class DicomSource:
     """SOPInstanceUID of the object each volume slice came from."""
     frame_numbers: tuple[int, ...] | None = None
     """For a multi-frame source, the 1-based frame number of each volume slice."""
+    where: str = "the DICOM source"
+    """How messages name the source: the file or folder it was read from, or the PACS series."""
 
     def __post_init__(self) -> None:
         if not self.datasets:

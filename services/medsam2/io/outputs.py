@@ -19,12 +19,12 @@ from medsam2.io.dicom_seg import (
     Algorithm,
     SegmentSpec,
     build_seg,
+    check_seg_possible,
     default_segments,
-    require_seg_source,
     write_seg,
 )
 from medsam2.io.measurements import measure_all, write_measurements
-from medsam2.io.volumes import NIFTI_SUFFIXES, NPZ_SUFFIXES, Volume, write_mask
+from medsam2.io.volumes import NIFTI_SUFFIXES, NPZ_SUFFIXES, Volume, check_mask_geometry, write_mask
 
 SEG_SUFFIXES = (".dcm",)
 OVERLAY_SUFFIXES = (".png", ".gif")
@@ -39,16 +39,25 @@ def _kind(path: Path) -> str:
     raise InvalidInput(f"--out {Path(path).name}: the extension must be one of {', '.join(OUTPUT_SUFFIXES)}")
 
 
-def check_output(path: Path, like: Volume | None = None) -> None:
-    """Refuse an output name (or a SEG for a non-DICOM source) before any work is done."""
+def check_output(path: Path, like: Volume | None = None, *, probe: bool = True) -> None:
+    """Refuse an output name, or an output the volume cannot have, before any work is done.
+
+    With ``like``, everything the output needs is checked: for a SEG, that a probe SEG over the source builds
+    and validates (geometry, frame of reference, identity); ``probe=False`` skips that (used when writing).
+    """
     kind = _kind(path)
-    if kind in SEG_SUFFIXES and like is not None:
+    if like is None:
+        return
+    if kind in SEG_SUFFIXES:
         if like.dicom is None:
             raise InvalidInput(
                 f"--out {Path(path).name}: a DICOM SEG needs a DICOM source, but the input is {like.source_format}; "
                 "write .nii.gz or .npz instead"
             )
-        require_seg_source(like)
+        if probe:
+            check_seg_possible(like)
+    elif kind in (*NIFTI_SUFFIXES, *NPZ_SUFFIXES):
+        check_mask_geometry(like)
 
 
 def measurements_path(path: Path) -> Path:
@@ -83,7 +92,7 @@ def write_result(
     """Write the result and its measurements; returns the paths written."""
     path = Path(path)
     kind = _kind(path)
-    check_output(path, like)
+    check_output(path, like, probe=False)
     specs = {s.obj_id: s for s in (segments if segments is not None else default_segments(sorted(masks)))}
     if kind in SEG_SUFFIXES:
         seg = build_seg(masks, like, Algorithm(model_version), list(specs.values()))

@@ -10,6 +10,7 @@ which bundles FFmpeg.
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 
@@ -20,6 +21,8 @@ from medsam2.errors import InvalidInput, NotFound
 from medsam2.io.dicom_pixels import stored_frames, to_grey_uint8
 from medsam2.io.errors import CorruptDicom, IrregularStack
 from medsam2.io.volumes import Volume
+
+log = logging.getLogger(__name__)
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".m4v")
 FRAME_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -89,13 +92,27 @@ def cine_volume(ds: Dataset, label: str) -> Volume:
     frames = stored_frames(ds, label)
     if frames.shape[0] < 1:
         raise CorruptDicom(f"{label} has no frames")
-    spacing = ds.get("PixelSpacing")
-    row_col = (float(spacing[0]), float(spacing[1])) if spacing else (1.0, 1.0)
+    row_col = _video_pixel_spacing(ds, label)
     frame_time = ds.get("FrameTime")
     fps = 1000.0 / float(frame_time) if frame_time else 0.0
     volume = _video_volume(to_grey_uint8(frames), "dicom-cine", fps=fps, row_col=row_col)
     volume.modality = str(ds.get("Modality", "")) or None
     return volume
+
+
+def _video_pixel_spacing(ds: Dataset, label: str) -> tuple[float, float]:
+    """A cine's PixelSpacing; 1 mm (with a warning) when it is absent, zero or unreadable, as video has no scale."""
+    spacing = ds.get("PixelSpacing")
+    if not spacing:
+        return (1.0, 1.0)
+    try:
+        pair = (float(spacing[0]), float(spacing[1]))
+    except (TypeError, ValueError, IndexError):
+        pair = (0.0, 0.0)
+    if min(pair) > 0 and all(np.isfinite(pair)):
+        return pair
+    log.warning("%s: PixelSpacing %s is not a positive size; using 1 mm per pixel for this video", label, pair)
+    return (1.0, 1.0)
 
 
 def _video_volume(

@@ -131,6 +131,25 @@ def _read_npz(path: Path) -> Volume:
     return Volume(imgs, tuple(float(s) for s in spacing), "npz", extras=arrays)
 
 
+def check_mask_geometry(like: Volume) -> None:
+    """Refuse (before any work) a volume whose spacing no label map can carry: zero, negative or not finite."""
+    spacing = np.asarray(like.spacing, float)
+    if spacing.shape != (3,) or not np.all(np.isfinite(spacing)) or np.any(spacing <= 0):
+        raise InvalidInput(
+            f"the volume's voxel spacing (slice, row, column) is {list(like.spacing)} mm: a label map needs three "
+            "positive sizes"
+        )
+
+
+def itk_default_affine(spacing: tuple[float, float, float]) -> np.ndarray:
+    """NIfTI affine of a volume without patient geometry, as ITK places one: origin 0, identity direction in LPS.
+
+    ITK turns a NIfTI's RAS affine into LPS by negating x and y, so identity in LPS is diag(-x, -y, z) in RAS.
+    """
+    z, y, x = spacing
+    return np.diag([-x, -y, z, 1.0])
+
+
 def write_mask(path: Path, labels: np.ndarray, like: Volume) -> Path:
     """Write a label map [slices, rows, columns] in the format the extension names, at ``like``'s geometry."""
     path = Path(path)
@@ -167,7 +186,9 @@ def _write_nifti(path: Path, labels: np.ndarray, like: Volume) -> None:
         image = nib.Nifti1Image(data, like.geometry.affine_ras())
         image.set_sform(like.geometry.affine_ras(), code=1)
     else:
-        z, y, x = like.spacing
-        image = nib.Nifti1Image(data, np.diag([x, y, z, 1.0]))
+        affine = itk_default_affine(like.spacing)
+        image = nib.Nifti1Image(data, affine)
+        image.set_sform(affine, code=2)  # aligned to the image's own frame (NIFTI_XFORM_ALIGNED_ANAT), not scanner
+        image.set_qform(affine, code=2)
     image.header.set_slope_inter(1, 0)
     nib.save(image, str(path))
