@@ -77,6 +77,8 @@ class OnnxRuntimeBackend:
     """Runs each stage graph with an ONNX Runtime CPU session, created on first use."""
 
     name = "onnxruntime"
+    precision = "fp32"
+    """The graphs' own precision: ONNX Runtime's CPU provider runs them as exported."""
 
     def __init__(self, graphs_dir: Path, threads: int = 0) -> None:
         try:
