@@ -29,7 +29,7 @@ def setting(default: Any, env: str, help: str, choices: tuple[str, ...] = ()) ->
 
 EMBEDDED_BACKENDS = ("onnxruntime", "openvino")
 """In-process runtimes of the ONNX graphs; ONNX Runtime is the portable default, OpenVINO an optional extra."""
-PRECISIONS = ("auto", "fp32", "bf16", "int8")
+PRECISIONS = ("auto", "fp32", "bf16", "mixed")
 """Compute precisions; ``auto`` is the backend's default on this CPU (``medsam2.backends.select``)."""
 
 
@@ -41,8 +41,9 @@ def backend_setting(choices: tuple[str, ...] = EMBEDDED_BACKENDS) -> Any:
 def precision_setting() -> Any:
     """The ``precision`` field, shared by ``serve`` and ``segment`` (MEDSAM2_PRECISION)."""
     return setting("auto", "MEDSAM2_PRECISION",
-                   "compute precision: auto (fp32 for onnxruntime, bf16 for openvino where the CPU has it), "
-                   "fp32, bf16 (openvino on AVX-512 BF16/AMX), int8", PRECISIONS)
+                   "compute precision: auto (the backend's default on this CPU), fp32, bf16 (openvino, on CPUs "
+                   "with AVX-512 BF16 or AMX), mixed (openvino: bf16 encoder and memory attention, fp32 heads)",
+                   PRECISIONS)
 
 
 @dataclass(frozen=True, slots=True)

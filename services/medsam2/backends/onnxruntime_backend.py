@@ -56,8 +56,9 @@ def locate_graph(folder: Path, stage: Stage) -> Path:
     )
 
 
-def make_session(path: Path, threads: int = 0):  # noqa: ANN201 - onnxruntime.InferenceSession
-    """An ONNX Runtime CPU session on the process's shared thread pool (or, failing that, a non-spinning own one)."""
+def make_session(path: Path | bytes, threads: int = 0):  # noqa: ANN201 - onnxruntime.InferenceSession
+    """An ONNX Runtime CPU session (of a file, or a serialized model) on the process's shared thread pool (or,
+    failing that, a non-spinning own one)."""
     import onnxruntime
 
     opts = onnxruntime.SessionOptions()
@@ -70,7 +71,8 @@ def make_session(path: Path, threads: int = 0):  # noqa: ANN201 - onnxruntime.In
             opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
-    return onnxruntime.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    model = path if isinstance(path, bytes) else str(path)
+    return onnxruntime.InferenceSession(model, sess_options=opts, providers=["CPUExecutionProvider"])
 
 
 class OnnxRuntimeBackend:
