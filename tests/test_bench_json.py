@@ -33,7 +33,7 @@ def test_bench_reports_every_backend_with_flops_and_agreement(checkpoints: dict[
     assert set(report["backends"]) == {"onnxruntime", "openvino"}
     peak = report["peak_flops_per_s"]["fp32"]
     assert peak > 0 and "matmul" in report["peak_method"]["fp32"]
-    for name, row in report["backends"].items():
+    for row in report["backends"].values():
         assert row["precision"] == "fp32"
         assert abs(row["ratio_vs_reference"] - row["s_per_slice"] / report["reference_s_per_slice"]) < 1e-9
         assert set(row["stages"]) == STAGES

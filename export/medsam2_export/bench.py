@@ -7,6 +7,8 @@ warmed up first (sessions, allocator), so the timings are steady-state.
 For each backend the report also gives where the time goes (seconds and FLOPs per slice for each stage
 graph, the rest being numpy work outside the graphs), the fraction of this CPU's measured peak FLOP/s that
 the graphs reach, and, for every path but the fp32 ONNX Runtime one, its agreement with that fp32 path.
+A path's fraction of peak is the time its graphs' FLOPs would take at the peak of each stage's own precision
+(fp32 or bf16), divided by its measured time per slice.
 """
 
 from __future__ import annotations
@@ -119,6 +121,16 @@ def _precision(backend: StageBackend) -> str:
     return getattr(backend, "precision", "fp32")
 
 
+def _stage_precision(backend: StageBackend, stage: Stage) -> str:
+    """What one stage computes in (``fp32`` or ``bf16``): ``mixed`` differs by stage."""
+    precision = _precision(backend)
+    if precision == "mixed":
+        from medsam2.backends.openvino_backend import stage_precision
+
+        return stage_precision(precision, stage)
+    return precision
+
+
 def run_bench(checkpoint: Path, graphs: Path, backends: list[str], slices: int = 40, size: int = 512,
               threads: int | None = None, reference_device: str = "cpu", rounds: int = 2,
               agreement_slices: int = 16) -> dict:
@@ -132,7 +144,7 @@ def run_bench(checkpoint: Path, graphs: Path, backends: list[str], slices: int =
     frames, boxes = synthetic_volume(seed=1, slices=slices, height=size, width=size)
     prompt = ObjectPrompt(1, slices // 2, box=boxes[0])
     clocks = {name: _StageClock(_make_backend(name, checkpoint, graphs, threads)) for name in backends}
-    precisions = sorted({_precision(c.backend) for c in clocks.values()} | {"fp32"})
+    precisions = sorted({_stage_precision(c.backend, s) for c in clocks.values() for s in Stage} | {"fp32"})
     peaks: dict[str, list[dict]] = {p: [] for p in precisions}
 
     def measure_peaks() -> None:
@@ -183,13 +195,16 @@ def run_bench(checkpoint: Path, graphs: Path, backends: list[str], slices: int =
         ratios = [r["backends"][clock.name] / r["reference_s_per_slice"] for r in per_round]
         s_per_slice = float(np.median(times))
         flops = _flops_by_stage(clock, counter)
-        stage_peak = peak[_precision(backend)]
         stages = {}
+        ideal_seconds = 0.0  # the slice's time if every stage ran at the peak of its own precision
         for stage in sorted(flops, key=lambda s: s.value):
             seconds = float(np.median([r.get(stage, 0.0) for r in stage_rounds[name]]))
             per_slice = flops[stage] / count
+            stage_ideal = per_slice / peak[_stage_precision(backend, stage)]
+            ideal_seconds += stage_ideal
             stages[stage.value] = {"s_per_slice": seconds, "gflop_per_slice": per_slice / 1e9,
-                                   "fraction_of_peak": per_slice / seconds / stage_peak if seconds else 0.0}
+                                   "precision": _stage_precision(backend, stage),
+                                   "fraction_of_peak": stage_ideal / seconds if seconds else 0.0}
         flops_per_slice = sum(flops.values()) / count
         entry = {
             "precision": _precision(backend),
@@ -198,7 +213,7 @@ def run_bench(checkpoint: Path, graphs: Path, backends: list[str], slices: int =
             "ratios_per_round": ratios,
             "gflop_per_slice": flops_per_slice / 1e9,
             "achieved_gflop_per_s": flops_per_slice / s_per_slice / 1e9,
-            "fraction_of_peak": flops_per_slice / s_per_slice / stage_peak,
+            "fraction_of_peak": ideal_seconds / s_per_slice,
             "stages": stages,
             "features_encoded": runs[name].tracker.features.encoded,
             "feature_bytes_per_slice": runs[name].tracker.features.nbytes // max(1, len(runs[name].tracker.features)),
