@@ -25,7 +25,7 @@ def _bench(*args: str, home: Path) -> subprocess.CompletedProcess:
 
 def test_bench_reports_every_backend_with_flops_and_agreement(checkpoints: dict[str, Path],
                                                               graphs: dict[str, Path], tmp_path: Path) -> None:
-    out = _bench("--checkpoint", str(checkpoints["present"]), "--graphs", str(graphs["present"]), "--slices", "2",
+    out = _bench("--checkpoint", str(checkpoints["present"]), "--graphs", str(graphs["present"]), "--slices", "3",
                  "--size", "48", "--rounds", "1", "--agreement-slices", "4", "--backends", "onnxruntime,openvino",
                  "--json", home=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
