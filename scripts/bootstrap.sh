@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Create or update the project's virtual environment. Safe to run again.
-#   scripts/bootstrap.sh            runtime + export + dev tools
+#   scripts/bootstrap.sh            runtime + export + dev tools + OpenVINO (CPU backend, bf16)
 # torch must come first and pinned: this machine keeps the CPU wheel of 2.13.0 on disk,
 # while an unpinned torch pulls a multi-GB CUDA build.
 set -euo pipefail
@@ -19,6 +19,6 @@ if ! "$VENV/bin/python" -c "import sam2" 2>/dev/null; then
     # No CUDA extension and no build isolation: otherwise pip builds it against a fresh torch download.
     SAM2_BUILD_CUDA=0 pip install --no-build-isolation --no-deps "sam2==1.1.0"
 fi
-pip install -e ".[export,dev]"
+pip install -e ".[export,dev,openvino]"
 scripts/build_web.sh
 echo "environment ready: $VENV"

@@ -22,9 +22,36 @@ T = TypeVar("T")
 _LOG_LEVELS = {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}
 
 
-def setting(default: Any, env: str, help: str) -> Any:  # noqa: A002 - mirrors argparse
-    """A settings field with its environment variable and help text."""
-    return field(default=default, metadata={"env": env, "help": help})
+def setting(default: Any, env: str, help: str, choices: tuple[str, ...] = ()) -> Any:  # noqa: A002 - mirrors argparse
+    """A settings field with its environment variable, help text and (for text settings) its allowed values."""
+    return field(default=default, metadata={"env": env, "help": help, "choices": choices})
+
+
+EMBEDDED_BACKENDS = ("onnxruntime", "openvino")
+"""In-process runtimes of the ONNX graphs; ONNX Runtime is the portable default, OpenVINO an optional extra."""
+PRECISIONS = ("auto", "fp32", "bf16", "mixed")
+"""Compute precisions; ``auto`` is the backend's default on this CPU (``medsam2.backends.select``)."""
+
+
+def backend_setting(choices: tuple[str, ...] = EMBEDDED_BACKENDS) -> Any:
+    """The ``backend`` field, shared by ``serve`` and ``segment`` so both read MEDSAM2_BACKEND alike."""
+    return setting("onnxruntime", "MEDSAM2_BACKEND", f"inference backend: {'|'.join(choices)}", choices)
+
+
+def precision_setting() -> Any:
+    """The ``precision`` field, shared by ``serve`` and ``segment`` (MEDSAM2_PRECISION)."""
+    return setting("auto", "MEDSAM2_PRECISION",
+                   "compute precision: auto (the backend's default on this CPU), fp32, bf16 (openvino, on CPUs "
+                   "with AVX-512 BF16 or AMX), mixed (openvino: bf16 encoder and memory attention, fp32 heads)",
+                   PRECISIONS)
+
+
+@dataclass(frozen=True, slots=True)
+class BackendChoice:
+    """Which in-process backend runs the graphs, and in which precision (``segment``)."""
+
+    backend: str = backend_setting(("onnxruntime", "openvino", "torch"))
+    precision: str = precision_setting()
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +88,10 @@ def resolve(cls: type[T], args: argparse.Namespace, environ: Mapping[str, str] |
         if raw is None:
             continue
         values[f.name] = _convert(f.name, f.metadata["env"], raw, f.default)
+        choices = f.metadata.get("choices") or ()
+        if choices and values[f.name] not in choices:
+            raise ConfigError(f"setting {f.name} ({f.metadata['env']}) must be one of {', '.join(choices)}, "
+                              f"got {raw!r}")
     return cls(**values)
 
 

@@ -56,8 +56,9 @@ def locate_graph(folder: Path, stage: Stage) -> Path:
     )
 
 
-def make_session(path: Path, threads: int = 0):  # noqa: ANN201 - onnxruntime.InferenceSession
-    """An ONNX Runtime CPU session on the process's shared thread pool (or, failing that, a non-spinning own one)."""
+def make_session(path: Path | bytes, threads: int = 0):  # noqa: ANN201 - onnxruntime.InferenceSession
+    """An ONNX Runtime CPU session (of a file, or a serialized model) on the process's shared thread pool (or,
+    failing that, a non-spinning own one)."""
     import onnxruntime
 
     opts = onnxruntime.SessionOptions()
@@ -70,13 +71,16 @@ def make_session(path: Path, threads: int = 0):  # noqa: ANN201 - onnxruntime.In
             opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
-    return onnxruntime.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    model = path if isinstance(path, bytes) else str(path)
+    return onnxruntime.InferenceSession(model, sess_options=opts, providers=["CPUExecutionProvider"])
 
 
 class OnnxRuntimeBackend:
     """Runs each stage graph with an ONNX Runtime CPU session, created on first use."""
 
     name = "onnxruntime"
+    precision = "fp32"
+    """The graphs' own precision: ONNX Runtime's CPU provider runs them as exported."""
 
     def __init__(self, graphs_dir: Path, threads: int = 0) -> None:
         try:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medsam2.backends.onnxruntime_backend import OnnxRuntimeBackend
+from medsam2.backends.select import make_embedded_backend
 from medsam2.cli.model_source import graphs_for_checkpoint, is_untrained, resolve_default_checkpoint, warn_untrained
 from medsam2.engine.actions import Step, check_actions, run_actions, shorthand_steps
 from medsam2.engine.backend import StageBackend
@@ -22,7 +22,7 @@ from medsam2.imaging.windowing import MODALITY_PRESETS, Preset, Window, normaliz
 from medsam2.io.actions_file import read_actions
 from medsam2.io.outputs import OUTPUT_SUFFIXES, check_output, write_result
 from medsam2.io.volumes import Volume, read_volume
-from medsam2.settings import Settings
+from medsam2.settings import BackendChoice, Settings, add_arguments, resolve
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +60,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     source = seg.add_mutually_exclusive_group()
     source.add_argument("--checkpoint", type=Path, help="MedSAM2 checkpoint; its graphs are exported once and cached")
     source.add_argument("--graphs", type=Path, help="folder of exported ONNX graphs (or a model repository)")
-    seg.add_argument("--backend", choices=["onnxruntime", "torch"], default="onnxruntime",
-                     help="inference backend [onnxruntime]")
+    add_arguments(seg, BackendChoice, "backend")
     seg.add_argument("--early-stop", type=int, default=0, metavar="K",
                      help="stop after K consecutive slices without the object (0: never, as the reference)")
     seg.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -144,15 +143,17 @@ def make_backend(args: argparse.Namespace, settings: Settings) -> StageBackend:
             warn_untrained(checkpoint)
     elif checkpoint is not None and is_untrained(checkpoint):
         warn_untrained(checkpoint)
-    if args.backend == "torch":
+    choice = resolve(BackendChoice, args)
+    if choice.backend == "torch":
         if checkpoint is None:
             raise InvalidInput("the torch backend needs --checkpoint (it runs the PyTorch modules, not ONNX graphs)")
         from medsam2.cli.extras import require_export_extra
 
         torch_backend = require_export_extra("medsam2_export.torch_backend")
-        return torch_backend.TorchBackend(checkpoint, threads=settings.threads)
+        precision = "fp32" if choice.precision == "auto" else choice.precision
+        return torch_backend.TorchBackend(checkpoint, precision=precision, threads=settings.threads)
     graphs = args.graphs if args.graphs is not None else graphs_for_checkpoint(checkpoint, settings)
-    return OnnxRuntimeBackend(graphs, threads=settings.threads)
+    return make_embedded_backend(graphs, backend=choice.backend, precision=choice.precision, threads=settings.threads)
 
 
 def run_segment(args: argparse.Namespace, settings: Settings) -> int:

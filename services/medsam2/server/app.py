@@ -76,16 +76,20 @@ def _deny_like(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
 
 
 def make_backend(settings: ServerSettings, threads: int) -> StageBackend:
-    """The embedded ONNX Runtime backend, or Triton when a URL is set."""
+    """The embedded backend (``--backend``, ``--precision``), or Triton when a URL is set."""
     if settings.triton_url:
         from medsam2.backends.triton_backend import TritonBackend
 
+        if settings.backend != "onnxruntime" or settings.precision not in ("auto", "fp32"):
+            raise ConfigError("--backend and --precision choose the embedded backend; with --triton-url the "
+                              "precision is the Triton model repository's")
         return TritonBackend(settings.triton_url)
     if not _given(settings.model_repository):
         raise ConfigError("the embedded backend needs --model-repository (exported graphs); or set --triton-url")
-    from medsam2.backends.onnxruntime_backend import OnnxRuntimeBackend
+    from medsam2.backends.select import make_embedded_backend
 
-    return OnnxRuntimeBackend(settings.model_repository, threads=threads)
+    return make_embedded_backend(settings.model_repository, backend=settings.backend, precision=settings.precision,
+                                 threads=threads)
 
 
 def pacs_studies(environ: Mapping[str, str]) -> PacsStudies | None:

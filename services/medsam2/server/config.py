@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from medsam2.settings import setting
+from medsam2.settings import backend_setting, precision_setting, setting
 
 GRPC_PORT = 50051
 METRICS_PORT = 9464
@@ -37,6 +37,8 @@ class ServerSettings:
     auth_token: str = setting("", "MEDSAM2_AUTH_TOKEN", "bearer token required on every call but health (empty: none)")
     early_stop_absent: int = setting(0, "MEDSAM2_EARLY_STOP", "stop after K slices without the object (0: never)")
     fill_hole_area: int = setting(8, "MEDSAM2_FILL_HOLE_AREA", "fill mask holes up to this area (0: off)")
+    backend: str = backend_setting()
+    precision: str = precision_setting()
     # Tenancy and hostile clients (see server/auth.py, sessions.py, uploads.py, audit.py).
     auth_tokens: Path = setting(Path(""), "MEDSAM2_AUTH_TOKENS_FILE",
                                      "file of 'principal:token' lines, reloaded on SIGHUP (empty: none)")
