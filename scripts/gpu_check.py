@@ -90,6 +90,8 @@ class MicroBatcher:
 
     def __init__(self, backend: Any, *, max_batch: int = 32, max_wait_s: float = 0.0005) -> None:
         self._backend = backend
+        self.precision = getattr(backend, "precision", "")  # test doubles may have none
+        self.fused_track_step = False  # it merges single stages; a fused step would hide them from the batcher
         self.max_batch, self.max_wait_s = max_batch, max_wait_s
         self._pending: list[_Call] = []
         self._cv = threading.Condition()

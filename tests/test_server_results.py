@@ -194,6 +194,7 @@ def test_bad_requests_leave_the_session_unchanged(client: Client, study) -> None
 
 def test_server_info(client: Client, server) -> None:  # noqa: ANN001
     info = client.server_info()
+    assert (info.backend, info.precision) == ("onnxruntime", "fp32")
     assert info.model == pb.ModelInfo(version=1, checkpoint_sha256=SHA, short_sha=SHA[:12], untrained=True)
     assert info.limits.max_sessions == 6 and info.limits.max_study_voxels == SLICES * 512 * 512 * 2
     assert info.limits.max_points == MAX_POINTS and info.limits.max_message_bytes == 64 * 2**20

@@ -59,6 +59,8 @@ class _StageClock:
     def __init__(self, backend: StageBackend) -> None:
         self.backend = backend
         self.name = backend.name
+        self.precision = backend.precision
+        self.fused_track_step = backend.fused_track_step
         self.seconds: dict[Stage, float] = defaultdict(float)
         self.calls: list[tuple[Stage, dict[str, tuple[tuple[int, ...], np.dtype]]]] = []
 

@@ -21,6 +21,8 @@ DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 class TorchBackend:
     """Runs each stage wrapper with torch, optionally under autocast (bf16/fp16) on CUDA."""
 
+    fused_track_step = False
+
     def __init__(self, checkpoint: Path, device: str = "cpu", precision: str = "fp32", threads: int = 0) -> None:
         if precision not in DTYPES:
             raise BackendUnavailable(f"unknown precision {precision!r}: choose one of {', '.join(DTYPES)}")

@@ -19,6 +19,7 @@ class ComposedTrackStep:
     """Adds ``Stage.TRACK_STEP`` to a backend by chaining its graphs as the ensemble would."""
 
     fused_track_step = True
+    precision = "fp32"
 
     def __init__(self, backend: StageBackend) -> None:
         self._backend = backend

@@ -81,6 +81,7 @@ class OnnxRuntimeBackend:
     name = "onnxruntime"
     precision = "fp32"
     """The graphs' own precision: ONNX Runtime's CPU provider runs them as exported."""
+    fused_track_step = False
 
     def __init__(self, graphs_dir: Path, threads: int = 0) -> None:
         try:

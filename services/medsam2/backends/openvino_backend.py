@@ -82,6 +82,8 @@ def compile_config(precision: str, threads: int) -> dict[str, Any]:
 class OpenVinoBackend:
     """Runs each stage graph compiled by OpenVINO's CPU plug-in, compiled on first use."""
 
+    fused_track_step = False
+
     def __init__(self, graphs_dir: Path, *, precision: str = "fp32", threads: int = 0) -> None:
         self._core = _core()
         check_precision(precision, list(self._core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")))

@@ -36,6 +36,8 @@ class TritonBackend:
     """Runs stage graphs and ensembles in a Triton server; retries with exponential backoff while it is unavailable."""
 
     name = "triton"
+    precision = ""
+    """The model repository's precision (ONNX Runtime fp32, or TensorRT FP16): the server's to say, not ours."""
     fused_track_step = True
     """Tracked frames go through the ``track_step`` ensemble in one call, so features never leave Triton."""
 

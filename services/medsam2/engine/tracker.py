@@ -314,7 +314,7 @@ class Tracker:
         banks = [empty_memory() if is_init else gather_memory(frame, _memories(t.cond), _memories(t.non_cond),
                                                                self.num_frames, reverse) for t in tracks]
         memory_inputs = batch_memory(banks, [is_init] * batch, min_slots=self.options.memory_slots)
-        if encode_memory and getattr(self.backend, "fused_track_step", False):
+        if encode_memory and self.backend.fused_track_step:
             return self._fused_track_step(frame, batch, memory_inputs)
         features = self.features.get(frame)
         pix_feat = self.backend.run(

@@ -60,10 +60,8 @@ class InstrumentedBackend:
     def __init__(self, backend, max_concurrent: int = 0) -> None:  # noqa: ANN001 - any StageBackend
         self._backend = backend
         self.name = backend.name
-        # What the service reports (GetServerInfo): embedded backends say their compute precision; Triton's is
-        # the model repository's, which the backend does not know.
-        self.precision = getattr(backend, "precision", "")
-        self.fused_track_step = getattr(backend, "fused_track_step", False)
+        self.precision = backend.precision
+        self.fused_track_step = backend.fused_track_step
         self._slots = threading.Semaphore(max_concurrent) if max_concurrent > 0 else None
 
     def run(self, stage: Stage, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -369,6 +369,7 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
             capabilities += ["pacs", "store-result"]
         return pb.ServerInfo(
             server_version=_package_version(), api_version=pb.DESCRIPTOR.package, backend=self.backend.name,
+            precision=self.backend.precision,
             model=pb.ModelInfo(version=self.model.version, checkpoint_sha256=self.model.checkpoint_sha256 or "",
                                short_sha=self.model.short_sha, untrained=bool(self.model.untrained)),
             limits=pb.ServerLimits(max_sessions=limits.max_sessions, max_study_voxels=limits.max_study_voxels,

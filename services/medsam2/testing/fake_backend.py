@@ -54,6 +54,8 @@ class FakeBackend:
     """Implements ``StageBackend`` with cheap numpy stand-ins for each stage (see the module docstring)."""
 
     name = "fake"
+    precision = "fp32"
+    fused_track_step = False
 
     def __init__(self, *, object_score: float = 5.0) -> None:
         self.object_score = np.float32(object_score)

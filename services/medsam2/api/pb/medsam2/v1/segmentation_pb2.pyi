@@ -439,7 +439,7 @@ class ModelInfo(_message.Message):
     def __init__(self, version: _Optional[int] = ..., checkpoint_sha256: _Optional[str] = ..., short_sha: _Optional[str] = ..., untrained: _Optional[bool] = ...) -> None: ...
 
 class ServerInfo(_message.Message):
-    __slots__ = ("server_version", "backend", "model", "limits", "presets", "pacs_endpoints", "result_formats", "capabilities", "api_version")
+    __slots__ = ("server_version", "backend", "model", "limits", "presets", "pacs_endpoints", "result_formats", "capabilities", "api_version", "precision")
     SERVER_VERSION_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -449,6 +449,7 @@ class ServerInfo(_message.Message):
     RESULT_FORMATS_FIELD_NUMBER: _ClassVar[int]
     CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
     API_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_FIELD_NUMBER: _ClassVar[int]
     server_version: str
     backend: str
     model: ModelInfo
@@ -458,4 +459,5 @@ class ServerInfo(_message.Message):
     result_formats: _containers.RepeatedScalarFieldContainer[ResultFormat]
     capabilities: _containers.RepeatedScalarFieldContainer[str]
     api_version: str
-    def __init__(self, server_version: _Optional[str] = ..., backend: _Optional[str] = ..., model: _Optional[_Union[ModelInfo, _Mapping]] = ..., limits: _Optional[_Union[ServerLimits, _Mapping]] = ..., presets: _Optional[_Iterable[str]] = ..., pacs_endpoints: _Optional[_Iterable[str]] = ..., result_formats: _Optional[_Iterable[_Union[ResultFormat, str]]] = ..., capabilities: _Optional[_Iterable[str]] = ..., api_version: _Optional[str] = ...) -> None: ...
+    precision: str
+    def __init__(self, server_version: _Optional[str] = ..., backend: _Optional[str] = ..., model: _Optional[_Union[ModelInfo, _Mapping]] = ..., limits: _Optional[_Union[ServerLimits, _Mapping]] = ..., presets: _Optional[_Iterable[str]] = ..., pacs_endpoints: _Optional[_Iterable[str]] = ..., result_formats: _Optional[_Iterable[_Union[ResultFormat, str]]] = ..., capabilities: _Optional[_Iterable[str]] = ..., api_version: _Optional[str] = ..., precision: _Optional[str] = ...) -> None: ...
