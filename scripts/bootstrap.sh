@@ -19,5 +19,5 @@ if ! "$VENV/bin/python" -c "import sam2" 2>/dev/null; then
     # No CUDA extension and no build isolation: otherwise pip builds it against a fresh torch download.
     SAM2_BUILD_CUDA=0 pip install --no-build-isolation --no-deps "sam2==1.1.0"
 fi
-pip install -e ".[export,dev]"
+pip install -e ".[export,eval,dev]"
 echo "environment ready: $VENV"
