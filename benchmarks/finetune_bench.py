@@ -35,6 +35,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--work", type=Path, required=True)
     parser.add_argument("--checkpoint", type=Path, help="base checkpoint [a seeded random one]")
+    parser.add_argument("--base-graphs", type=Path, help="exported graphs of the base checkpoint [export them]")
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--clip-length", type=int, default=4)
     parser.add_argument("--size", type=int, default=48)
@@ -56,9 +57,13 @@ def main() -> None:
     base = args.checkpoint or write_random_checkpoint(11, work / "base.pt").path
     timings = {}
     t = time.perf_counter()
-    export_all(load_model(base), work / "graphs-base")
-    before = _score(work / "graphs-base", held_out)
+    base_graphs = args.base_graphs
+    if base_graphs is None:
+        base_graphs = work / "graphs-base"
+        export_all(load_model(base), base_graphs)
+    before = _score(base_graphs, held_out)
     timings["score_base_s"] = round(time.perf_counter() - t, 1)
+    print(json.dumps({"before": before, **timings}), flush=True)
     t = time.perf_counter()
     result = finetune(base, train, work / "new.pt",
                       FinetuneOptions(steps=args.steps, clip_length=args.clip_length, freeze_encoder=True,

@@ -176,9 +176,19 @@ def test_evaluate_locally_and_through_the_service_agree(tmp_path: Path, graphs, 
     try:
         assert main(["evaluate", str(tmp_path / "data"), "--server", f"127.0.0.1:{running.port}", "--out",
                      str(tmp_path / "remote"), "--json", "--no-progress", "--jitter", "2", "--seed", "1"]) == 0
+        remote = json.loads(capsys.readouterr().out)
+        # SaveAnnotation on the client: the image as the service saw it and the final mask, as training data.
+        first = remote["cases"][0]
+        assert main(["client", str(tmp_path / "data" / "ct_000.npz"), "--server", f"127.0.0.1:{running.port}",
+                     "--box", first["box"], "--slice", str(first["key_slice"]), "--out", str(tmp_path / "r.npz"),
+                     "--no-progress", "--save-annotation", str(tmp_path / "annotations")]) == 0
     finally:
         running.stop(1)
-    remote = json.loads(capsys.readouterr().out)
+    (saved,) = sorted((tmp_path / "annotations").glob("*.npz"))
+    case = read_training_case(saved)
+    np.testing.assert_array_equal(case.imgs, read_training_case(tmp_path / "data" / "ct_000.npz").imgs)
+    np.testing.assert_array_equal(case.gts > 0, np.load(tmp_path / "r.npz")["segs"] > 0)
+    assert case.provenance["server"] == f"127.0.0.1:{running.port}" and "saved_at" in case.provenance
     assert [(c["dsc"], c["nsd"], c["box"]) for c in remote["cases"]] == \
         [(c["dsc"], c["nsd"], c["box"]) for c in local["cases"]]
     assert remote["summary"]["model"] == {"server": f"127.0.0.1:{running.port}"}

@@ -31,6 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     client.add_argument("--out", type=Path, required=True, help="result to write (.dcm SEG for DICOM input, .nii.gz, .npz)")
     client.add_argument("--token", default="", help="bearer token, if the server wants one")
     client.add_argument("--no-progress", action="store_true", help="no progress bar")
+    client.add_argument("--save-annotation", type=Path, metavar="DIR",
+                        help="also save the image and final masks as a MedSAM2 training case in DIR (for finetune)")
     client.set_defaults(run=run_client)
 
 
@@ -53,6 +55,10 @@ def run_client(args: argparse.Namespace, settings: Settings) -> int:
     from medsam2.io.volumes import read_volume
 
     check_output(args.out)
+    if args.save_annotation is not None:
+        from medsam2.datasets.annotations import check_annotation_folder
+
+        check_annotation_folder(args.save_annotation)
     volume = read_volume(args.input)
     check_output(args.out, volume)
     box = parse_box(args.box)
@@ -81,6 +87,17 @@ def run_client(args: argparse.Namespace, settings: Settings) -> int:
         client.close()
     mask = labels > 0
     write_result(args.out, {1: mask}, volume, model_version=f"MedSAM2 via {args.server}")
+    if args.save_annotation is not None:
+        from medsam2.datasets.annotations import save_annotation
+        from medsam2.imaging.windowing import to_uint8
+
+        saved = save_annotation(args.save_annotation, args.input.name.split(".")[0],
+                                to_uint8(volume.voxels, args.preset), mask.astype("uint8"),
+                                volume.spacing, modality=volume.modality or "CT",
+                                provenance={"source": "medsam2 client", "server": args.server,
+                                            "prompt": {"slice": args.slice, "box": args.box},
+                                            "input": args.input.name})
+        print(f"saved the annotation as training data: {saved}")
     voxels = int(mask.sum())
     print(f"segmented {mask.shape[0]} slices in {time.perf_counter() - started:.1f} s via {args.server}: "
           f"{voxels} voxels, {voxels * volume.voxel_ml:.2f} mL -> {args.out}")

@@ -22,6 +22,7 @@ from medsam2.server import metrics
 from medsam2.server.config import ServerSettings
 from medsam2.server.servicer import SegmentationServicer
 from medsam2.server.sessions import Limits, SessionRegistry
+from medsam2.server.versions import VersionedBackends
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,14 @@ def make_backend(settings: ServerSettings, threads: int) -> StageBackend:
         return TritonBackend(settings.triton_url)
     if not _given(settings.model_repository):
         raise ConfigError("the embedded backend needs --model-repository (exported graphs); or set --triton-url")
+    from medsam2.models.provenance import list_versions
+
+    if list_versions(settings.model_repository):
+        from medsam2.server.versions import VersionedBackends, onnxruntime_loader
+
+        # Numbered versions: load the newest; SIGHUP switches, open sessions keep theirs.
+        return VersionedBackends(settings.model_repository, onnxruntime_loader(threads),
+                                 max_concurrent=settings.backend_concurrency or 1)
     from medsam2.backends.onnxruntime_backend import OnnxRuntimeBackend
 
     return OnnxRuntimeBackend(settings.model_repository, threads=threads)
@@ -111,9 +120,11 @@ class RunningServer:
 def start_server(settings: ServerSettings, backend: StageBackend, metrics_server: bool = True) -> RunningServer:
     """Start serving on ``settings.host:settings.port`` (port 0 picks a free one)."""
     concurrency = settings.backend_concurrency or (0 if settings.triton_url else 1)
-    instrumented = metrics.InstrumentedBackend(backend, max_concurrent=concurrency)
+    versions = backend if isinstance(backend, VersionedBackends) else None
+    # A VersionedBackends instruments each version itself.
+    instrumented = backend if versions is not None else metrics.InstrumentedBackend(backend, max_concurrent=concurrency)
     registry = SessionRegistry(Limits(settings.max_sessions, settings.max_study_voxels, settings.max_state_bytes,
-                                      settings.session_ttl_s))
+                                      settings.session_ttl_s), versions=versions)
     options = TrackerOptions(early_stop_absent=settings.early_stop_absent, fill_hole_area=settings.fill_hole_area)
     interceptors = [BearerTokenInterceptor(settings.auth_token)] if settings.auth_token else []
     server = grpc.server(
@@ -186,6 +197,17 @@ def _ready(backend: metrics.InstrumentedBackend) -> bool:
         return False
 
 
+def _switch_version(versions: VersionedBackends) -> None:
+    """SIGHUP: serve the repository's newest version to new sessions (in a thread: loading takes a while)."""
+    def switch() -> None:
+        try:
+            versions.switch()
+        except Exception:  # noqa: BLE001 - a bad new version must not stop the server; the old one stays
+            log.exception("could not switch the model version; still serving version %s", versions.current_version)
+
+    threading.Thread(target=switch, name="medsam2-version-switch", daemon=True).start()
+
+
 def serve_forever(settings: ServerSettings, backend: StageBackend) -> int:
     """Serve until SIGTERM/SIGINT, then drain."""
     running = start_server(settings, backend)
@@ -197,6 +219,8 @@ def serve_forever(settings: ServerSettings, backend: StageBackend) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    if isinstance(backend, VersionedBackends):
+        signal.signal(signal.SIGHUP, lambda signum, frame: _switch_version(backend))
     print(f"medsam2 serve: listening on {settings.host}:{running.port} (metrics on :{settings.metrics_port})",
           flush=True)
     stopping.wait()

@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -22,6 +23,9 @@ from medsam2.errors import CapacityExceeded, NotFound
 from medsam2.server import metrics
 from medsam2.server.results import ResultStore
 from medsam2.server.status import SessionBusy
+
+if TYPE_CHECKING:
+    from medsam2.server.versions import VersionedBackends
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +63,8 @@ class SessionEntry:
     last_used: float = field(default_factory=time.monotonic)
     busy: bool = False
     closed: bool = False
+    model_version: int | None = None
+    """The model repository version this session runs on, pinned at open until close (None: unversioned)."""
 
     @property
     def state_bytes(self) -> int:
@@ -73,9 +79,11 @@ class SessionEntry:
 class SessionRegistry:
     """Sessions by id, within ``Limits``."""
 
-    def __init__(self, limits: Limits, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, limits: Limits, clock: Callable[[], float] = time.monotonic, *,
+                 versions: VersionedBackends | None = None) -> None:
         self.limits = limits
         self._clock = clock
+        self._versions = versions
         self._sessions: dict[str, SessionEntry] = {}
         self._lock = threading.Lock()
 
@@ -88,6 +96,9 @@ class SessionRegistry:
         """Register a new session, evicting idle ones (least recently used first) to make room."""
         entry = SessionEntry(uuid.uuid4().hex, tracker, study, ResultStore(*tracker_shape(tracker)))
         entry.last_used = self._clock()
+        if self._versions is not None:
+            # The tracker has not run yet: bind it to the current model version for its whole life.
+            entry.model_version, tracker.backend = self._versions.pin()
         with self._lock:
             self._make_room(entry.state_bytes)
             self._sessions[entry.session_id] = entry
@@ -174,6 +185,8 @@ class SessionRegistry:
         self._publish()
 
     def _drop(self, entry: SessionEntry, reason: str | None) -> None:
+        if self._versions is not None and not entry.closed:
+            self._versions.release(entry.model_version)
         entry.closed = True
         self._sessions.pop(entry.session_id, None)
         entry.tracker.features.clear()
