@@ -107,7 +107,6 @@ def test_short_cpu_run_lowers_the_loss_and_records_provenance(checkpoints, tmp_p
 
     resumed = json.loads(capsys.readouterr().out)
     assert resumed["steps"] == 4 and len(resumed["losses"]) == 4
-    return None
 
 
 def test_finetuned_checkpoint_exports_as_version_2_next_to_1(checkpoints, graphs, tmp_path: Path) -> None:  # noqa: ANN001

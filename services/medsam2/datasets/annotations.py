@@ -34,7 +34,7 @@ def save_annotation(folder: Path, name: str, imgs: np.ndarray, labels: np.ndarra
     """Write ``folder/<name>-<UTC time>.npz`` with the image, the label map and provenance; returns the path."""
     if imgs.shape != labels.shape:
         raise InvalidInput(f"annotation masks {labels.shape} do not match the image {imgs.shape}")
-    stamp = dt.datetime.now(dt.timezone.utc)
+    stamp = dt.datetime.now(dt.UTC)
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "study"
     record = {"saved_at": stamp.isoformat(timespec="seconds")} | dict(provenance or {})
     case = TrainingCase(f"{safe}-{stamp:%Y%m%dT%H%M%S%fZ}", np.ascontiguousarray(imgs, np.uint8), labels,

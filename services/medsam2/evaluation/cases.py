@@ -97,7 +97,7 @@ def _seg_file(folder: Path) -> Path | None:
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["Modality"])
-        except Exception:  # not DICOM
+        except Exception:  # noqa: BLE001, S112 - any unreadable file is simply not the SEG
             continue
         if str(ds.get("Modality", "")) == "SEG":
             return path

@@ -71,7 +71,7 @@ def make_backend(settings: ServerSettings, threads: int) -> StageBackend:
     from medsam2.models.provenance import list_versions
 
     if list_versions(settings.model_repository):
-        from medsam2.server.versions import VersionedBackends, onnxruntime_loader
+        from medsam2.server.versions import onnxruntime_loader
 
         # Numbered versions: load the newest; SIGHUP switches, open sessions keep theirs.
         return VersionedBackends(settings.model_repository, onnxruntime_loader(threads),

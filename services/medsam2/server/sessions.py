@@ -96,11 +96,12 @@ class SessionRegistry:
         """Register a new session, evicting idle ones (least recently used first) to make room."""
         entry = SessionEntry(uuid.uuid4().hex, tracker, study, ResultStore(*tracker_shape(tracker)))
         entry.last_used = self._clock()
-        if self._versions is not None:
-            # The tracker has not run yet: bind it to the current model version for its whole life.
-            entry.model_version, tracker.backend = self._versions.pin()
         with self._lock:
             self._make_room(entry.state_bytes)
+            if self._versions is not None:
+                # The tracker has not run yet: bind it to the current model version for its whole life
+                # (pinned only once the session is admitted, so a refused session holds no version).
+                entry.model_version, tracker.backend = self._versions.pin()
             self._sessions[entry.session_id] = entry
         self._publish()
         log.info("session %s opened (%d slices)", entry.session_id, tracker.num_frames)
