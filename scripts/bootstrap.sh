@@ -19,6 +19,6 @@ if ! "$VENV/bin/python" -c "import sam2" 2>/dev/null; then
     # No CUDA extension and no build isolation: otherwise pip builds it against a fresh torch download.
     SAM2_BUILD_CUDA=0 pip install --no-build-isolation --no-deps "sam2==1.1.0"
 fi
-pip install -e ".[export,dev,openvino]"
+pip install -e ".[export,eval,dev,openvino]"
 scripts/build_web.sh
 echo "environment ready: $VENV"

@@ -116,6 +116,7 @@ def test_export_writes_a_triton_repository_that_verify_accepts(
     expected = sorted(
         [out / s.value / "config.pbtxt" for s in (*GRAPHS, *ENSEMBLES)]
         + [out / s.value / "1" / "model.onnx" for s in GRAPHS]
+        + [out / "image_encoder" / "1" / "provenance.json"]  # version 1's provenance record
     )
     assert files_under(out) == expected
     assert sorted(Path(line) for line in result.stdout.splitlines()[:-1]) == expected

@@ -398,8 +398,13 @@ def write_model_repository(
     backend: str,
     model_files: Mapping[Stage, Path] | None = None,
     options: RepositoryOptions = RepositoryOptions(),
+    *,
+    version: int = 1,
 ) -> list[Path]:
-    """Write ``<out_dir>/<stage>/config.pbtxt`` per stage, plus ``1/model.onnx|plan`` when ``model_files`` is given."""
+    """Write ``<out_dir>/<stage>/config.pbtxt`` per stage, plus ``<version>/model.onnx|plan`` when ``model_files``
+    is given (every version folder of every graph and ensemble; other versions are left in place)."""
+    if version < 1:
+        raise ConfigError(f"model version must be 1 or more, got {version}")
     _check_backend(backend)
     _check_options(options, backend)
     files = _check_model_files(model_files, backend) if model_files is not None else None
@@ -414,9 +419,9 @@ def write_model_repository(
         written.append(config_path)
         if files is None:
             continue
-        model_path = out_dir / stage.value / "1" / _MODEL_FILE[backend]
+        model_path = out_dir / stage.value / str(version) / _MODEL_FILE[backend]
         if stage in TRITON_ENSEMBLES:
-            make_version_dir(out_dir / stage.value)
+            make_version_dir(out_dir / stage.value, version)
         elif stage in files:
             copy_atomic(files[stage], model_path)
             written.append(model_path)
@@ -426,12 +431,12 @@ def write_model_repository(
     return written
 
 
-def make_version_dir(model_dir: Path) -> None:
-    """Create ``model_dir/1``: Triton loads no model, ensembles included, without a version folder."""
+def make_version_dir(model_dir: Path, version: int = 1) -> None:
+    """Create ``model_dir/<version>``: Triton loads no model, ensembles included, without a version folder."""
     try:
-        (Path(model_dir) / "1").mkdir(parents=True, exist_ok=True)
+        (Path(model_dir) / str(version)).mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise OutputNotWritable(f"cannot write {model_dir}/1: {e}") from e
+        raise OutputNotWritable(f"cannot write {model_dir}/{version}: {e}") from e
 
 
 # ---------------------------------------------------------------------------------------------

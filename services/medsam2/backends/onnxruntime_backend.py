@@ -45,14 +45,21 @@ def _shared_thread_pool(ort, threads: int) -> bool:  # noqa: ANN001 - the onnxru
     return True
 
 
-def locate_graph(folder: Path, stage: Stage) -> Path:
-    """A stage's ONNX file in a folder of ``<stage>.onnx`` files or in a Triton model repository."""
+def locate_graph(folder: Path, stage: Stage, *, version: int | None = None) -> Path:
+    """A stage's ONNX file in a folder of ``<stage>.onnx`` files or in a Triton model repository.
+
+    ``version`` picks a numbered version of a repository; without it, the flat file or version 1.
+    """
     folder = Path(folder)
-    for candidate in (folder / f"{stage.value}.onnx", folder / stage.value / "1" / "model.onnx"):
+    if version is not None:
+        candidates: tuple[Path, ...] = (folder / stage.value / str(version) / "model.onnx",)
+    else:
+        candidates = (folder / f"{stage.value}.onnx", folder / stage.value / "1" / "model.onnx")
+    for candidate in candidates:
         if candidate.is_file():
             return candidate
     raise NotFound(
-        f"no ONNX graph for {stage.value} in {folder} (looked for {stage.value}.onnx and {stage.value}/1/model.onnx)"
+        f"no ONNX graph for {stage.value} in {folder} (looked for {', '.join(str(c.relative_to(folder)) for c in candidates)})"
     )
 
 
@@ -83,13 +90,15 @@ class OnnxRuntimeBackend:
     """The graphs' own precision: ONNX Runtime's CPU provider runs them as exported."""
     fused_track_step = False
 
-    def __init__(self, graphs_dir: Path, threads: int = 0) -> None:
+    def __init__(self, graphs_dir: Path, threads: int = 0, *, version: int | None = None) -> None:
         try:
             import onnxruntime  # noqa: F401 - a clear error here beats one at the first call
         except ImportError as exc:  # pragma: no cover - onnxruntime is a base dependency
             raise BackendUnavailable("onnxruntime is not installed") from exc
         self._graphs_dir = Path(graphs_dir)
-        locate_graph(self._graphs_dir, Stage.IMAGE_ENCODER)  # fail early on a wrong folder
+        self.version = version
+        """The model repository version these graphs come from (None: a flat folder or version 1)."""
+        locate_graph(self._graphs_dir, Stage.IMAGE_ENCODER, version=version)  # fail early on a wrong folder
         self._threads = threads
         self._sessions: dict[Stage, object] = {}
         self._session_lock = threading.Lock()
@@ -109,7 +118,7 @@ class OnnxRuntimeBackend:
             return self._sessions.get(stage) or self._create_session(stage)
 
     def _create_session(self, stage: Stage):  # noqa: ANN202 - onnxruntime.InferenceSession
-        session = make_session(locate_graph(self._graphs_dir, stage), self._threads)
+        session = make_session(locate_graph(self._graphs_dir, stage, version=self.version), self._threads)
         self._sessions[stage] = session
         return session
 

@@ -51,6 +51,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     client.add_argument("--token", default="", help="bearer token, if the server wants one")
     client.add_argument("--json", action="store_true", help="print the summary as JSON")
     client.add_argument("--no-progress", action="store_true", help="no progress bar")
+    client.add_argument("--save-annotation", type=Path, metavar="DIR",
+                        help="also save the image and final masks as a MedSAM2 training case in DIR (for finetune)")
     client.set_defaults(run=run_client)
 
 
@@ -94,6 +96,12 @@ def run_client(args: argparse.Namespace, settings: Settings) -> int:
 
     _check_args(args)
     check_output(args.out)
+    if args.save_annotation is not None:
+        from medsam2.datasets.annotations import check_annotation_folder
+
+        if args.input is None:
+            raise InvalidInput("--save-annotation needs a local INPUT: the client does not download PACS images")
+        check_annotation_folder(args.save_annotation)
     steps, mask_images = _steps(args)
     window = parse_pair(args.window, "--window", "WIDTH,LEVEL") if args.window else None
     volume = None
@@ -124,6 +132,8 @@ def run_client(args: argparse.Namespace, settings: Settings) -> int:
         try:
             slices = _run_steps(client, session, steps, mask_images, args)
             written = _save(client, session, args, volume)
+            if args.save_annotation is not None:
+                written.append(_save_annotation(client, session, args, volume, window))
             stored = client.store_result(session.session_id, args.store) if args.store else None
         finally:
             client.close_session(session.session_id)
@@ -209,6 +219,23 @@ def _propagate(client, session_id: str, fields: dict, quiet: bool) -> int:  # no
     if progress is not None:
         progress.close()
     return count
+
+
+def _save_annotation(client, session, args: argparse.Namespace, volume, window) -> Path:  # noqa: ANN001
+    """The image as the service prepared it and the final label map, as a MedSAM2 npz training case."""
+    from medsam2.datasets.annotations import save_annotation
+    from medsam2.imaging.windowing import to_uint8
+
+    masks = client.object_masks(session.session_id)
+    labels = np.zeros(volume.voxels.shape, np.uint16)
+    for obj_id, mask in sorted(masks.items()):
+        labels[mask & (labels == 0)] = obj_id
+    modality = (args.modality or volume.modality or "").upper() or None
+    image = to_uint8(volume.voxels, args.preset, window, modality=modality)
+    return save_annotation(args.save_annotation, args.input.name.split(".")[0], image, labels, volume.spacing,
+                           modality=modality or "CT",
+                           provenance={"source": "medsam2 client", "server": args.server,
+                                       "model_version": session.model_version, "input": args.input.name})
 
 
 def _save(client, session, args: argparse.Namespace, volume) -> list[Path]:  # noqa: ANN001

@@ -20,6 +20,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     exp.add_argument("--backend", choices=["onnxruntime", "tensorrt"], default="onnxruntime",
                      help="Triton backend of the repository [onnxruntime]")
     exp.add_argument("--max-batch", type=int, default=16, help="largest batch the graphs and engines accept [16]")
+    exp.add_argument("--version", type=int, default=None,
+                     help="model version N: writes OUT/<graph>/N/ for every graph and ensemble, next to the "
+                          "versions already there (an existing N is refused) [1, replaced]")
     exp.set_defaults(run=run_export)
 
     ver = sub.add_parser("verify", help="compare every ONNX graph with the sam2 PyTorch modules")
@@ -35,7 +38,8 @@ def run_export(args: argparse.Namespace, settings: Settings) -> int:
     """Export graphs (and TensorRT engines) into a Triton model repository."""
     exporter = require_export_extra("medsam2_export.repository_export")
     started = time.perf_counter()
-    written = exporter.export_repository(args.checkpoint, args.out, args.backend, max_batch=args.max_batch)
+    written = exporter.export_repository(args.checkpoint, args.out, args.backend, max_batch=args.max_batch,
+                                         version=args.version)
     for path in written:
         print(path)
     print(f"exported {args.backend} model repository to {args.out} in {time.perf_counter() - started:.1f} s")

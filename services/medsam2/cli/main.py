@@ -7,12 +7,23 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from medsam2.cli import checkpoint_cmd, export_cmd, pacs_cmd, reference_cmd, segment_cmd, serve_cmd
+from medsam2.cli import (
+    checkpoint_cmd,
+    dataset_cmd,
+    evaluate_cmd,
+    export_cmd,
+    finetune_cmd,
+    pacs_cmd,
+    reference_cmd,
+    segment_cmd,
+    serve_cmd,
+)
 from medsam2.cli.exit_codes import exit_code_for
 from medsam2.errors import Medsam2Error
 from medsam2.settings import add_settings_arguments, settings_from
 
-COMMANDS = (checkpoint_cmd, export_cmd, segment_cmd, serve_cmd, pacs_cmd, reference_cmd)
+COMMANDS = (checkpoint_cmd, export_cmd, segment_cmd, serve_cmd, pacs_cmd, reference_cmd,
+            dataset_cmd, evaluate_cmd, finetune_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -29,6 +29,7 @@ from medsam2.server.config import ServerSettings
 from medsam2.server.servicer import SegmentationServicer
 from medsam2.server.sessions import Limits, SessionRegistry
 from medsam2.server.uploads import UploadGuard, UploadLimits
+from medsam2.server.versions import VersionedBackends
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,14 @@ def make_backend(settings: ServerSettings, threads: int) -> StageBackend:
         return TritonBackend(settings.triton_url)
     if not _given(settings.model_repository):
         raise ConfigError("the embedded backend needs --model-repository (exported graphs); or set --triton-url")
+    from medsam2.models.provenance import list_versions
+
+    if settings.backend == "onnxruntime" and list_versions(settings.model_repository):
+        from medsam2.server.versions import onnxruntime_loader
+
+        # Numbered versions: load the newest; SIGHUP switches, open sessions keep theirs.
+        return VersionedBackends(settings.model_repository, onnxruntime_loader(threads),
+                                 max_concurrent=settings.backend_concurrency or 1)
     from medsam2.backends.select import make_embedded_backend
 
     return make_embedded_backend(settings.model_repository, backend=settings.backend, precision=settings.precision,
@@ -151,11 +160,14 @@ def start_server(settings: ServerSettings, backend: StageBackend, metrics_server
                  environ: Mapping[str, str] | None = None) -> RunningServer:
     """Start serving on ``settings.host:settings.port`` (port 0 picks a free one); PACS endpoints from ``environ``."""
     concurrency = settings.backend_concurrency or (0 if settings.triton_url else 1)
-    instrumented = metrics.InstrumentedBackend(backend, max_concurrent=concurrency)
+    versions = backend if isinstance(backend, VersionedBackends) else None
+    # A VersionedBackends instruments each version itself.
+    instrumented = backend if versions is not None else metrics.InstrumentedBackend(backend, max_concurrent=concurrency)
     registry = SessionRegistry(Limits(settings.max_sessions, settings.max_study_voxels, settings.max_state_bytes,
                                       settings.session_ttl_s,
                                       max_sessions_per_principal=settings.max_sessions_per_principal,
-                                      max_state_bytes_per_principal=settings.max_state_bytes_per_principal))
+                                      max_state_bytes_per_principal=settings.max_state_bytes_per_principal),
+                               versions=versions)
     options = TrackerOptions(early_stop_absent=settings.early_stop_absent, fill_hole_area=settings.fill_hole_area)
     authenticator = Authenticator(tokens_file=Path(settings.auth_tokens) if _given(settings.auth_tokens)
                                   else None, token=settings.auth_token, mtls=_given(settings.tls_client_ca))
@@ -301,6 +313,17 @@ def _ready(backend: metrics.InstrumentedBackend) -> bool:
         return False
 
 
+def _switch_version(versions: VersionedBackends) -> None:
+    """SIGHUP: serve the repository's newest version to new sessions (in a thread: loading takes a while)."""
+    def switch() -> None:
+        try:
+            versions.switch()
+        except Exception:  # noqa: BLE001 - a bad new version must not stop the server; the old one stays
+            log.exception("could not switch the model version; still serving version %s", versions.current_version)
+
+    threading.Thread(target=switch, name="medsam2-version-switch", daemon=True).start()
+
+
 def serve_forever(settings: ServerSettings, backend: StageBackend, environ: Mapping[str, str] | None = None) -> int:
     """Serve until SIGTERM/SIGINT, then drain."""
     running = start_server(settings, backend, environ=environ)
@@ -312,8 +335,9 @@ def serve_forever(settings: ServerSettings, backend: StageBackend, environ: Mapp
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    if running.auth is not None:
-        reload_on_sighup(running.auth)
+    # SIGHUP reloads the tokens file and, with numbered model versions, serves the newest to new sessions.
+    versions = backend if isinstance(backend, VersionedBackends) else None
+    reload_on_sighup(running.auth, also=(lambda: _switch_version(versions)) if versions is not None else None)
     print(f"medsam2 serve: listening on {settings.host}:{running.port} (metrics on :{settings.metrics_port})",
           flush=True)
     if running.http is not None:

@@ -22,6 +22,7 @@ import logging
 import signal
 import threading
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from medsam2.errors import ConfigError, Unauthenticated
@@ -120,14 +121,17 @@ def certificate_subject(auth_context: dict[str, list[bytes]] | None) -> str:
     return ""
 
 
-def reload_on_sighup(authenticator: Authenticator) -> Any:
-    """Reload the tokens file on SIGHUP (main thread only); returns the previous handler."""
+def reload_on_sighup(authenticator: Authenticator | None, *, also: Callable[[], None] | None = None) -> Any:
+    """Reload the tokens file on SIGHUP (main thread only), then run ``also``; returns the previous handler."""
 
     def on_hup(signum: int, frame: Any) -> None:  # noqa: ARG001
-        try:
-            authenticator.reload()
-        except ConfigError as exc:
-            log.error("auth: tokens file not reloaded, keeping the previous tokens: %s", exc)
+        if authenticator is not None:
+            try:
+                authenticator.reload()
+            except ConfigError as exc:
+                log.error("auth: tokens file not reloaded, keeping the previous tokens: %s", exc)
+        if also is not None:
+            also()
 
     return signal.signal(signal.SIGHUP, on_hup)
 

@@ -321,7 +321,8 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
             return cached[1]
         require_dicom_source(entry.study)
         masks = {i: m for i, m in entry.results.masks().items() if m.any()}
-        built = build_dicom_results(masks, entry.study, entry.results.shape, entry.objects, self.model.short_sha)
+        built = build_dicom_results(masks, entry.study, entry.results.shape, entry.objects,
+                                    self._model_of(entry).short_sha)
         entry.replies["dicom"] = (entry.results.version, built)
         return built
 
@@ -364,14 +365,16 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
     @rpc("GetServerInfo")
     def GetServerInfo(self, request: pb.GetServerInfoRequest, context) -> pb.ServerInfo:  # noqa: N802, ANN001
         limits = self.registry.limits
+        versions = self.registry.versions
+        model = (versions.provenance(versions.current_version) if versions is not None else None) or self.model
         capabilities = ["corrections", "request-ids", "object-masks", "dicom-seg", "dicom-sr"]
         if self.pacs is not None:
             capabilities += ["pacs", "store-result"]
         return pb.ServerInfo(
             server_version=_package_version(), api_version=pb.DESCRIPTOR.package, backend=self.backend.name,
             precision=self.backend.precision,
-            model=pb.ModelInfo(version=self.model.version, checkpoint_sha256=self.model.checkpoint_sha256 or "",
-                               short_sha=self.model.short_sha, untrained=bool(self.model.untrained)),
+            model=pb.ModelInfo(version=model.version, checkpoint_sha256=model.checkpoint_sha256 or "",
+                               short_sha=model.short_sha, untrained=bool(model.untrained)),
             limits=pb.ServerLimits(max_sessions=limits.max_sessions, max_study_voxels=limits.max_study_voxels,
                                    max_state_bytes=limits.max_state_bytes, session_ttl_seconds=limits.idle_ttl_s,
                                    max_message_bytes=self.max_message_bytes, max_points=MAX_POINTS),
@@ -403,6 +406,13 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
             entry.results.clear(ids)
             return self._describe(entry)
 
+    def _model_of(self, entry: SessionEntry) -> ModelProvenance:
+        """The model a session runs on: its pinned version's provenance when numbered versions are served."""
+        versions = self.registry.versions
+        if versions is None or entry.model_version is None:
+            return self.model
+        return versions.provenance(entry.model_version) or ModelProvenance(version=entry.model_version)
+
     def _describe(self, entry: SessionEntry) -> pb.Session:
         tracker = entry.tracker
         study = entry.study
@@ -425,7 +435,7 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
             external_id=study.external_id,
             preset=study.preset,
             dicom_results=study.dicom is not None,
-            model_version=self.model.short_sha,
+            model_version=self._model_of(entry).short_sha,
         )
 
 

@@ -34,7 +34,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -52,6 +52,9 @@ from medsam2.io.dicom_source import DicomSource
 from medsam2.io.geometry import Geometry
 from medsam2.server import auth, metrics
 from medsam2.server.results import ResultStore
+
+if TYPE_CHECKING:
+    from medsam2.server.versions import VersionedBackends
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +135,8 @@ class SessionEntry:
     holder: str = ""
     """The RPC holding the session's lock (for the ABORTED message), '' when free."""
     held_since: float = 0.0
+    model_version: int | None = None
+    """The model repository version this session runs on, pinned at open until close (None: unversioned)."""
 
     @property
     def state_bytes(self) -> int:
@@ -156,12 +161,19 @@ class _Tombstone:
 class SessionRegistry:
     """Sessions by id, within ``Limits``, each visible to its owner only."""
 
-    def __init__(self, limits: Limits, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, limits: Limits, clock: Callable[[], float] = time.monotonic, *,
+                 versions: VersionedBackends | None = None) -> None:
         self.limits = limits
         self._clock = clock
+        self._versions = versions
         self._sessions: dict[str, SessionEntry] = {}
         self._tombstones: OrderedDict[str, _Tombstone] = OrderedDict()
         self._lock = threading.Lock()
+
+    @property
+    def versions(self) -> VersionedBackends | None:
+        """The served model versions, when the repository has numbered ones."""
+        return self._versions
 
     # -- admission ------------------------------------------------------------------------
     def check_study_size(self, voxels: int) -> None:
@@ -198,6 +210,10 @@ class SessionRegistry:
         try:
             with self._lock:
                 self._make_room(entry.owner, entry.state_bytes, evicted)
+                if self._versions is not None:
+                    # The tracker has not run yet: bind it to the current model version for its whole life
+                    # (pinned only once the session is admitted, so a refused session holds no version).
+                    entry.model_version, tracker.backend = self._versions.pin()
                 self._sessions[entry.session_id] = entry
         except CapacityExceeded:
             _free(entry)
@@ -382,6 +398,8 @@ class SessionRegistry:
 
     def _drop(self, entry: SessionEntry, reason: str) -> SessionEntry:
         """Unlist ``entry`` and leave a tombstone (registry lock held); the caller frees it after unlocking."""
+        if self._versions is not None and not entry.closed:
+            self._versions.release(entry.model_version)
         entry.closed = True
         self._sessions.pop(entry.session_id, None)
         self._tombstones[entry.session_id] = _Tombstone(entry.owner, reason, entry.idle_seconds(self._clock()))

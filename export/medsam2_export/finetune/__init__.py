@@ -1,0 +1,1 @@
+"""Fine-tuning MedSAM2 on labelled npz cases with the paper's recipe (torch; never imported by the runtime)."""

@@ -1,0 +1,122 @@
+"""The embedded backend per model version: new sessions get the current version, open sessions keep theirs.
+
+A model repository holds numbered versions (``<graph>/<N>/model.onnx``). At start the newest is loaded;
+``switch`` (on SIGHUP) loads the newest again, or a given version, and makes it current. A session pins the
+version that was current when it opened and keeps it until it is closed or evicted; a version that is no
+longer current is closed when its last session goes. Each version's backend is wrapped in its own
+``InstrumentedBackend`` (metrics, and the CPU concurrency bound).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import numpy as np
+
+from medsam2.engine.backend import StageBackend
+from medsam2.graphs import Stage
+from medsam2.models.provenance import ModelProvenance
+from medsam2.models.versions import choose_version
+from medsam2.server import metrics
+
+log = logging.getLogger(__name__)
+
+BackendLoader = Callable[[Path, int | None], StageBackend]
+
+
+def onnxruntime_loader(threads: int) -> BackendLoader:
+    """Load one version of a repository into ONNX Runtime."""
+    def load(repository: Path, version: int | None) -> StageBackend:
+        from medsam2.backends.onnxruntime_backend import OnnxRuntimeBackend
+
+        return OnnxRuntimeBackend(repository, threads=threads, version=version)
+
+    return load
+
+
+class VersionedBackends:
+    """Backends by model version, with the current one for new sessions; itself a backend (the current one)."""
+
+    def __init__(self, repository: Path, load: BackendLoader, *, max_concurrent: int = 1,
+                 version: int | None = None) -> None:
+        self.repository = Path(repository)
+        self._load = load
+        self._max_concurrent = max_concurrent
+        self._lock = threading.Lock()
+        self._backends: dict[int | None, metrics.InstrumentedBackend] = {}
+        self._provenance: dict[int | None, ModelProvenance | None] = {}
+        self._sessions: dict[int | None, int] = {}
+        self.current_version: int | None = None
+        self.switch(version)
+        self.name = self._backends[self.current_version].name
+
+    # -- versions ---------------------------------------------------------------------------
+    def switch(self, version: int | None = None) -> int | None:
+        """Make ``version`` (default: the newest in the repository) current; load it first if needed."""
+        chosen, provenance = choose_version(self.repository, version)
+        with self._lock:
+            loaded = chosen in self._backends
+        if not loaded:
+            backend = metrics.InstrumentedBackend(self._load(self.repository, chosen),
+                                                  max_concurrent=self._max_concurrent)
+        with self._lock:
+            if chosen not in self._backends:
+                self._backends[chosen] = backend
+                self._provenance[chosen] = provenance
+            previous, self.current_version = self.current_version, chosen
+            self._close_unused(previous)
+        log.info("model version %s is current (was %s)", chosen, previous)
+        return chosen
+
+    def pin(self) -> tuple[int | None, StageBackend]:
+        """The current version and its backend, held for one session until ``release``."""
+        with self._lock:
+            version = self.current_version
+            self._sessions[version] = self._sessions.get(version, 0) + 1
+            return version, self._backends[version]
+
+    def release(self, version: int | None) -> None:
+        """A session on ``version`` has closed."""
+        with self._lock:
+            self._sessions[version] = max(0, self._sessions.get(version, 0) - 1)
+            self._close_unused(version)
+
+    def provenance(self, version: int | None) -> ModelProvenance | None:
+        """What is known of a loaded version's making (None for a flat folder of graphs)."""
+        return self._provenance.get(version)
+
+    def loaded(self) -> dict[int | None, int]:
+        """Loaded versions and how many sessions hold each."""
+        with self._lock:
+            return {v: self._sessions.get(v, 0) for v in self._backends}
+
+    def _close_unused(self, version: int | None) -> None:
+        if version == self.current_version or self._sessions.get(version, 0) > 0 or version not in self._backends:
+            return
+        self._backends.pop(version).close()
+        self._provenance.pop(version, None)
+        log.info("model version %s unloaded: no session uses it", version)
+
+    # -- the StageBackend of the current version -------------------------------------------------
+    @property
+    def fused_track_step(self) -> bool:
+        """Whether the current backend runs whole track steps (the embedded one does not)."""
+        return self._backends[self.current_version].fused_track_step
+
+    def run(self, stage: Stage, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run one stage on the current version (sessions run on the version they pinned)."""
+        return self._backends[self.current_version].run(stage, inputs)
+
+    def is_ready(self) -> bool:
+        """The current version's readiness."""
+        return self._backends[self.current_version].is_ready()
+
+    def close(self) -> None:
+        """Close every loaded version."""
+        with self._lock:
+            for backend in self._backends.values():
+                backend.close()
+            self._backends.clear()
