@@ -35,10 +35,18 @@ RANDOM_SEED = 2026
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The benchmark's flags."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", type=Path, default=None,
-                        help="MedSAM2 checkpoint (default: an untrained random one in a temporary folder)")
-    parser.add_argument("--onnx-dir", type=Path, default=None,
-                        help="folder with image_encoder.onnx or a model repository (default: export afresh)")
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        help="MedSAM2 checkpoint (default: an untrained random one in a temporary folder)",
+    )
+    parser.add_argument(
+        "--onnx-dir",
+        type=Path,
+        default=None,
+        help="folder with image_encoder.onnx or a model repository (default: export afresh)",
+    )
     parser.add_argument("--threads", type=int, default=2, help="intra-op threads for both backends [2]")
     parser.add_argument("--runs", type=int, default=10, help="timed runs per backend [10]")
     parser.add_argument("--warmup", type=int, default=2, help="untimed runs per backend first [2]")
@@ -126,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
                 times[name].append(timed(backends[name]))
 
         # A benchmark of a wrong graph means nothing: check the outputs agree before reporting.
-        agree = max(float(np.max(np.abs(o - r.numpy()))) for o, r in zip(run_ort(image), run_torch(x)))
+        agree = max(float(np.max(np.abs(o - r.numpy()))) for o, r in zip(run_ort(image), run_torch(x), strict=False))
 
     ours, ref = summary(times["onnxruntime"]), summary(times["pytorch"])
     report = {
@@ -142,8 +150,12 @@ def main(argv: list[str] | None = None) -> int:
         "max_abs_diff": agree,
         "versions": {"onnxruntime": ort.__version__, "torch": torch.__version__, "python": platform.python_version()},
         # Other work on the machine skews both sides; the load says how quiet it was.
-        "cpu": {"machine": platform.machine(), "logical_cores": os.cpu_count(),
-                "load_1m_before": load_before, "load_1m_after": os.getloadavg()[0]},
+        "cpu": {
+            "machine": platform.machine(),
+            "logical_cores": os.cpu_count(),
+            "load_1m_before": load_before,
+            "load_1m_after": os.getloadavg()[0],
+        },
     }
     print(json.dumps(report, indent=2))
     return 0

@@ -26,8 +26,12 @@ def _score(graphs: Path, held_out: Path) -> dict:
 
     rows = evaluate(find_cases(held_out), EnginePredictor(OnnxRuntimeBackend(graphs, threads=2)))
     overall = summarise(rows)["overall"]
-    return {"dsc_median": overall["dsc"]["median"], "dsc_mean": overall["dsc"]["mean"],
-            "nsd_median": overall["nsd"]["median"], "objects": len(rows)}
+    return {
+        "dsc_median": overall["dsc"]["median"],
+        "dsc_mean": overall["dsc"]["mean"],
+        "nsd_median": overall["nsd"]["median"],
+        "objects": len(rows),
+    }
 
 
 def main() -> None:
@@ -52,8 +56,7 @@ def main() -> None:
     work = args.work
     train, held_out = work / "train", work / "held_out"
     write_synthetic_dataset(train, SyntheticOptions(volumes=4, videos=0, slices=args.slices, size=args.size, seed=1))
-    write_synthetic_dataset(held_out, SyntheticOptions(volumes=2, videos=0, slices=args.slices, size=args.size,
-                                                       seed=2))
+    write_synthetic_dataset(held_out, SyntheticOptions(volumes=2, videos=0, slices=args.slices, size=args.size, seed=2))
     base = args.checkpoint or write_random_checkpoint(11, work / "base.pt").path
     timings = {}
     t = time.perf_counter()
@@ -65,21 +68,32 @@ def main() -> None:
     timings["score_base_s"] = round(time.perf_counter() - t, 1)
     print(json.dumps({"before": before, **timings}), flush=True)
     t = time.perf_counter()
-    result = finetune(base, train, work / "new.pt",
-                      FinetuneOptions(steps=args.steps, clip_length=args.clip_length, freeze_encoder=True,
-                                      save_every=10),
-                      on_step=lambda s, l: print(f"step {s} loss {l:.4f} {time.perf_counter() - t:.0f} s",
-                                                 flush=True))
+    result = finetune(
+        base,
+        train,
+        work / "new.pt",
+        FinetuneOptions(steps=args.steps, clip_length=args.clip_length, freeze_encoder=True, save_every=10),
+        on_step=lambda s, l: print(f"step {s} loss {l:.4f} {time.perf_counter() - t:.0f} s", flush=True),  # noqa: E741
+    )
     timings["finetune_s"] = round(time.perf_counter() - t, 1)
     t = time.perf_counter()
     export_all(load_model(work / "new.pt"), work / "graphs-new")
     after = _score(work / "graphs-new", held_out)
     timings["score_new_s"] = round(time.perf_counter() - t, 1)
     losses = result.losses
-    print(json.dumps({"steps": args.steps, "clip_length": args.clip_length,
-                      "loss_first5": round(float(np.mean(losses[:5])), 4),
-                      "loss_last5": round(float(np.mean(losses[-5:])), 4),
-                      "before": before, "after": after, **timings}))
+    print(
+        json.dumps(
+            {
+                "steps": args.steps,
+                "clip_length": args.clip_length,
+                "loss_first5": round(float(np.mean(losses[:5])), 4),
+                "loss_last5": round(float(np.mean(losses[-5:])), 4),
+                "before": before,
+                "after": after,
+                **timings,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

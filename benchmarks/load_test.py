@@ -32,8 +32,9 @@ def synthetic_study(seed: int, slices: int, size: int) -> tuple[np.ndarray, Box]
     """A uint8 volume with one bright ellipsoid and its box on the middle slice."""
     rng = np.random.default_rng(seed)
     z, y, x = np.meshgrid(np.arange(slices), np.arange(size), np.arange(size), indexing="ij")
-    inside = ((z - slices / 2) / (slices * 0.45)) ** 2 + ((y - size / 2) / (size * 0.2)) ** 2 \
-        + ((x - size / 2) / (size * 0.25)) ** 2 <= 1
+    inside = ((z - slices / 2) / (slices * 0.45)) ** 2 + ((y - size / 2) / (size * 0.2)) ** 2 + (
+        (x - size / 2) / (size * 0.25)
+    ) ** 2 <= 1
     volume = rng.normal(60, 10, (slices, size, size))
     volume[inside] = 190
     ys, xs = np.nonzero(inside[slices // 2])
@@ -64,7 +65,7 @@ def _wait_ready(target: str, timeout_s: float = 60) -> None:
             try:
                 if stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=2).status == 1:
                     return
-            except Exception:  # noqa: BLE001 - not up yet
+            except Exception:
                 pass
             time.sleep(0.2)
     raise TimeoutError(f"server at {target} not ready")
@@ -74,9 +75,25 @@ def run(graphs: Path, sessions: int, slices: int, size: int, threads: int) -> di
     """Start a server, load it, stop it; return the figures."""
     port = _free_port()
     env = {**os.environ, "MEDSAM2_THREADS": str(threads)}
-    server = subprocess.Popen([sys.executable, "-m", "medsam2.cli.main", "serve", "--model-repository", str(graphs),
-                               "--port", str(port), "--metrics-port", "0", "--max-sessions", str(sessions + 2)],
-                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "medsam2.cli.main",
+            "serve",
+            "--model-repository",
+            str(graphs),
+            "--port",
+            str(port),
+            "--metrics-port",
+            "0",
+            "--max-sessions",
+            str(sessions + 2),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     target = f"127.0.0.1:{port}"
     try:
         _wait_ready(target)
@@ -104,7 +121,7 @@ def run(graphs: Path, sessions: int, slices: int, size: int, threads: int) -> di
                         latencies.append(now - last)
                         peak[0] = max(peak[0], _rss(server.pid))
                     last = now
-            except Exception as exc:  # noqa: BLE001 - counted and printed
+            except Exception as exc:
                 errors.append(repr(exc))
 
         started = time.perf_counter()
@@ -133,16 +150,27 @@ def run(graphs: Path, sessions: int, slices: int, size: int, threads: int) -> di
     tracker.add_prompt(1, slices // 2, box=box)
     count = [0]
     t = time.perf_counter()
-    segment_volume(tracker, [ObjectPrompt(1, slices // 2, box=box)], on_frame=lambda *_: count.__setitem__(0, count[0] + 1))
+    segment_volume(
+        tracker, [ObjectPrompt(1, slices // 2, box=box)], on_frame=lambda *_: count.__setitem__(0, count[0] + 1)
+    )
     engine_s = (time.perf_counter() - t) / count[0]
     lat = np.array(latencies)
     return {
-        "sessions": sessions, "slices_per_session": grpc_slices, "slice_size": size, "threads": threads,
-        "errors": errors, "throughput_slices_per_s": len(lat) / wall,
-        "latency_s": {"p50": float(np.percentile(lat, 50)), "p95": float(np.percentile(lat, 95)),
-                      "p99": float(np.percentile(lat, 99))},
-        "rss_per_idle_session_bytes": int(idle_rss), "rss_per_active_session_bytes": int(active_rss),
-        "engine_s_per_slice": engine_s, "grpc_s_per_slice": grpc_s,
+        "sessions": sessions,
+        "slices_per_session": grpc_slices,
+        "slice_size": size,
+        "threads": threads,
+        "errors": errors,
+        "throughput_slices_per_s": len(lat) / wall,
+        "latency_s": {
+            "p50": float(np.percentile(lat, 50)),
+            "p95": float(np.percentile(lat, 95)),
+            "p99": float(np.percentile(lat, 99)),
+        },
+        "rss_per_idle_session_bytes": int(idle_rss),
+        "rss_per_active_session_bytes": int(active_rss),
+        "engine_s_per_slice": engine_s,
+        "grpc_s_per_slice": grpc_s,
         "grpc_overhead_fraction": (grpc_s - engine_s) / engine_s,
     }
 

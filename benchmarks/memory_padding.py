@@ -65,11 +65,22 @@ def main(argv: list[str] | None = None) -> int:
             s, logits[slots] = track(backend, frames, slots)
             times.append(s)
     plain, padded = (float(np.median(seconds[k])) for k in seconds)
-    print(json.dumps({"slices": args.slices, "runs": args.runs, "threads": args.threads,
-                      "s_per_slice_unpadded": plain, f"s_per_slice_padded_to_{args.slots}": padded,
-                      "padded_over_unpadded": padded / plain,
-                      "max_abs_logit_diff": float(np.max(np.abs(logits[0] - logits[args.slots]))),
-                      "loadavg_before": loadavg, "loadavg_after": os.getloadavg()}, indent=2))
+    print(
+        json.dumps(
+            {
+                "slices": args.slices,
+                "runs": args.runs,
+                "threads": args.threads,
+                "s_per_slice_unpadded": plain,
+                f"s_per_slice_padded_to_{args.slots}": padded,
+                "padded_over_unpadded": padded / plain,
+                "max_abs_logit_diff": float(np.max(np.abs(logits[0] - logits[args.slots]))),
+                "loadavg_before": loadavg,
+                "loadavg_after": os.getloadavg(),
+            },
+            indent=2,
+        )
+    )
     return 0
 
 

@@ -37,8 +37,20 @@ def scenario_measure(server: orthanc.OrthancServer, folder: str, graphs: str, ac
     before = _stats(server)
     with Service(graphs, Path(out), MEDSAM2_PACS_ORTHANC_URL=server.dicomweb_url) as service:
         started = time.perf_counter()
-        done = _client(service.target, "--pacs", "orthanc", "--study", str(series[0].StudyInstanceUID), "--actions",
-                       actions, "--out", str(Path(out) / "result.dcm"), "--store", "orthanc", "--json")
+        done = _client(
+            service.target,
+            "--pacs",
+            "orthanc",
+            "--study",
+            str(series[0].StudyInstanceUID),
+            "--actions",
+            actions,
+            "--out",
+            str(Path(out) / "result.dcm"),
+            "--store",
+            "orthanc",
+            "--json",
+        )
         seconds = time.perf_counter() - started
     after = _stats(server)
     if done.returncode != 0:
@@ -61,25 +73,39 @@ def main() -> int:
         out = folder / "out"
         out.mkdir()
         series_bytes = sum(p.stat().st_size for p in series.paths)
-        report = orthanc.run_isolated(scenario_measure, timeout_s=3600, folder=str(series.folder),
-                                      graphs=str(args.graphs), actions=str(actions), out=str(out))
+        report = orthanc.run_isolated(
+            scenario_measure,
+            timeout_s=3600,
+            folder=str(series.folder),
+            graphs=str(args.graphs),
+            actions=str(actions),
+            out=str(out),
+        )
         print(json.dumps(report), file=sys.stderr)  # the raw figures, whatever happens below
         seg_bytes = (out / "result.dcm").stat().st_size
         sr_bytes = (out / "result.sr.dcm").stat().st_size
     before, after = (int(report[k]["TotalUncompressedSize"]) for k in ("orthanc_before", "orthanc_after"))
     stored = after - before
-    print(json.dumps({
-        "slices": args.slices, "size": args.size, "key_slice": key,
-        "round_trip_seconds": round(report["seconds"], 2),
-        "slices_streamed": report["client"]["slices_streamed"],
-        "bytes": {
-            "series_files (WADO-RS, PACS -> service)": series_bytes,
-            "client_sent (gRPC upload)": report["client"]["bytes_sent"],
-            "client_received (gRPC SEG + SR)": report["client"]["bytes_received"],
-            "stored_on_pacs (STOW-RS SEG + SR, Orthanc's count)": int(stored),
-            "seg_file": seg_bytes, "sr_file": sr_bytes,
-        },
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "slices": args.slices,
+                "size": args.size,
+                "key_slice": key,
+                "round_trip_seconds": round(report["seconds"], 2),
+                "slices_streamed": report["client"]["slices_streamed"],
+                "bytes": {
+                    "series_files (WADO-RS, PACS -> service)": series_bytes,
+                    "client_sent (gRPC upload)": report["client"]["bytes_sent"],
+                    "client_received (gRPC SEG + SR)": report["client"]["bytes_received"],
+                    "stored_on_pacs (STOW-RS SEG + SR, Orthanc's count)": int(stored),
+                    "seg_file": seg_bytes,
+                    "sr_file": sr_bytes,
+                },
+            },
+            indent=2,
+        )
+    )
     return 0
 
 

@@ -12,7 +12,7 @@ Two loops against one in-process server on the embedded backend (RSS is this pro
 
 GRAPHS is a folder of exported graphs (``medsam2 export``; the tests' ``graphs`` fixture makes one).
 Prints one JSON object. Not run in CI (tests/test_soak.py runs a short version with a bound).
-"""
+"""  # noqa: E501
 
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ def tokens_file(folder: Path, count: int) -> tuple[Path, list[str]]:
     return path, tokens
 
 
-def start(model_repository: Path, **overrides) -> tuple[RunningServer, str]:  # noqa: ANN003
+def start(model_repository: Path, **overrides) -> tuple[RunningServer, str]:
     """An in-process server on a free port."""
     settings = ServerSettings(port=0, metrics_port=0, health_port=-1, model_repository=model_repository, **overrides)
     running = start_server(settings, OnnxRuntimeBackend(model_repository, threads=2), metrics_server=False)
@@ -74,8 +74,17 @@ def study(slices: int, rows: int, columns: int, seed: int = 0) -> np.ndarray:
     return volume
 
 
-def run_cycles(target: str, *, cycles: int, warmup: int, slices: int, rows: int, columns: int,
-               threads: int = 1, tokens: list[str] | None = None) -> dict[str, object]:
+def run_cycles(
+    target: str,
+    *,
+    cycles: int,
+    warmup: int,
+    slices: int,
+    rows: int,
+    columns: int,
+    threads: int = 1,
+    tokens: list[str] | None = None,
+) -> dict[str, object]:
     """Create and close ``cycles`` sessions; RSS after ``warmup`` cycles and at the end."""
     volume = study(slices, rows, columns)
     done = 0
@@ -114,14 +123,23 @@ def run_cycles(target: str, *, cycles: int, warmup: int, slices: int, rows: int,
         w.join()
     marks["rss_end"] = settled_rss()
     seconds = time.perf_counter() - started
-    return {"cycles": cycles, "warmup": warmup, "slices": slices, "shape": [slices, rows, columns],
-            "threads": threads, "seconds": round(seconds, 1), "cycles_per_s": round(cycles / seconds, 2),
-            "errors": dict(errors), **marks,
-            "rss_ratio_end_to_warmup": round(marks["rss_end"] / marks["rss_after_warmup"], 4)}
+    return {
+        "cycles": cycles,
+        "warmup": warmup,
+        "slices": slices,
+        "shape": [slices, rows, columns],
+        "threads": threads,
+        "seconds": round(seconds, 1),
+        "cycles_per_s": round(cycles / seconds, 2),
+        "errors": dict(errors),
+        **marks,
+        "rss_ratio_end_to_warmup": round(marks["rss_end"] / marks["rss_after_warmup"], 4),
+    }
 
 
-def run_work(target: str, *, threads: int, seconds: float, slices: int, rows: int, columns: int,
-             tokens: list[str] | None = None) -> dict[str, object]:
+def run_work(
+    target: str, *, threads: int, seconds: float, slices: int, rows: int, columns: int, tokens: list[str] | None = None
+) -> dict[str, object]:
     """Loop create/prompt/propagate/result/close from ``threads`` threads (thread i with ``tokens[i]``)."""
     volume = study(slices, rows, columns)
     box = (columns // 4, rows // 4, 3 * columns // 4, 3 * rows // 4)
@@ -160,10 +178,19 @@ def run_work(target: str, *, threads: int, seconds: float, slices: int, rows: in
     for w in workers:
         w.join()
     elapsed = time.perf_counter() - started
-    return {"threads": threads, "seconds": round(elapsed, 1), "shape": [slices, rows, columns],
-            "sessions": counts["sessions"], "slices": counts["slices"],
-            "sessions_per_s": round(counts["sessions"] / elapsed, 3), "slices_per_s": round(counts["slices"] / elapsed, 2),
-            "errors": dict(errors), "rss_start": rss_start, **marks, "rss_end": settled_rss()}
+    return {
+        "threads": threads,
+        "seconds": round(elapsed, 1),
+        "shape": [slices, rows, columns],
+        "sessions": counts["sessions"],
+        "slices": counts["slices"],
+        "sessions_per_s": round(counts["sessions"] / elapsed, 3),
+        "slices_per_s": round(counts["slices"] / elapsed, 2),
+        "errors": dict(errors),
+        "rss_start": rss_start,
+        **marks,
+        "rss_end": settled_rss(),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -188,11 +215,26 @@ def main(argv: list[str] | None = None) -> int:
         running, target = start(args.model_repository, auth_tokens=tokens_path)
         try:
             if args.mode == "cycles":
-                report = run_cycles(target, cycles=args.cycles, warmup=args.warmup, slices=args.slices,
-                                    rows=args.rows, columns=args.columns, threads=args.threads, tokens=tokens)
+                report = run_cycles(
+                    target,
+                    cycles=args.cycles,
+                    warmup=args.warmup,
+                    slices=args.slices,
+                    rows=args.rows,
+                    columns=args.columns,
+                    threads=args.threads,
+                    tokens=tokens,
+                )
             else:
-                report = run_work(target, threads=args.threads, seconds=args.seconds, slices=args.slices,
-                                  rows=args.rows, columns=args.columns, tokens=tokens)
+                report = run_work(
+                    target,
+                    threads=args.threads,
+                    seconds=args.seconds,
+                    slices=args.slices,
+                    rows=args.rows,
+                    columns=args.columns,
+                    tokens=tokens,
+                )
         finally:
             running.stop(1)
     json.dump({"mode": args.mode, **report}, sys.stdout, indent=1)

@@ -43,8 +43,9 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
 
-def run_concurrent(backend: TritonBackend, inputs: list[dict[str, np.ndarray]], clients: int,
-                   slices: int) -> dict[str, float]:
+def run_concurrent(
+    backend: TritonBackend, inputs: list[dict[str, np.ndarray]], clients: int, slices: int
+) -> dict[str, float]:
     """``clients`` threads each send ``slices`` tracked slices back to back; per-slice latency and throughput."""
     latencies: list[float] = []
     lock = threading.Lock()
@@ -59,7 +60,7 @@ def run_concurrent(backend: TritonBackend, inputs: list[dict[str, np.ndarray]], 
                 backend.run(Stage.TRACK_STEP, inputs[(k + i) % len(inputs)])
                 with lock:
                     latencies.append(time.perf_counter() - start)
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
@@ -71,9 +72,14 @@ def run_concurrent(backend: TritonBackend, inputs: list[dict[str, np.ndarray]], 
     wall = time.perf_counter() - start
     if errors:
         raise errors[0]
-    return {"clients": clients, "slices": len(latencies), "p50_s": percentile(latencies, 50),
-            "p99_s": percentile(latencies, 99), "mean_s": float(np.mean(latencies)),
-            "slices_per_s": len(latencies) / wall}
+    return {
+        "clients": clients,
+        "slices": len(latencies),
+        "p50_s": percentile(latencies, 50),
+        "p99_s": percentile(latencies, 99),
+        "mean_s": float(np.mean(latencies)),
+        "slices_per_s": len(latencies) / wall,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,13 +87,21 @@ def main(argv: list[str] | None = None) -> int:
     from triton_track_step import export_graphs, tracked_inputs
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--onnx-dir", type=Path, help="folder of <stage>.onnx files or a model repository "
-                        "(default: export an untrained checkpoint afresh)")
+    parser.add_argument(
+        "--onnx-dir",
+        type=Path,
+        help="folder of <stage>.onnx files or a model repository (default: export an untrained checkpoint afresh)",
+    )
     parser.add_argument("--slices", type=int, default=8, help="timed slices per client [8]")
     parser.add_argument("--memories", type=int, default=NUM_MASKMEM, help=f"memory slots in use [{NUM_MASKMEM}]")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8], help="client counts [1 8]")
-    parser.add_argument("--settings", nargs="+", choices=sorted(SETTINGS), default=list(SETTINGS),
-                        help="batching settings to compare [before after]")
+    parser.add_argument(
+        "--settings",
+        nargs="+",
+        choices=sorted(SETTINGS),
+        default=list(SETTINGS),
+        help="batching settings to compare [before after]",
+    )
     parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads per Triton model [2]")
     args = parser.parse_args(argv)
     if args.slices < 1 or args.memories < 1 or args.threads < 1 or min(args.concurrency) < 1:
@@ -106,15 +120,32 @@ def main(argv: list[str] | None = None) -> int:
                     backend.run(Stage.TRACK_STEP, inputs[0])  # untimed warm-up
                     for clients in args.concurrency:
                         row = run_concurrent(backend, inputs, clients, args.slices)
-                        row |= {"setting": name, "preferred_batch_sizes": list(options.preferred_batch_sizes),
-                                "max_queue_delay_us": options.max_queue_delay_us}
+                        row |= {
+                            "setting": name,
+                            "preferred_batch_sizes": list(options.preferred_batch_sizes),
+                            "max_queue_delay_us": options.max_queue_delay_us,
+                        }
                         results.append(row)
-                        print(f"{name:7s} c={clients:<3d} p50 {row['p50_s']:.3f} s  p99 {row['p99_s']:.3f} s  "
-                              f"{row['slices_per_s']:.2f} slices/s", flush=True)
+                        print(
+                            f"{name:7s} c={clients:<3d} p50 {row['p50_s']:.3f} s  p99 {row['p99_s']:.3f} s  "
+                            f"{row['slices_per_s']:.2f} slices/s",
+                            flush=True,
+                        )
                 finally:
                     backend.close()
-    print(json.dumps({"memories": args.memories, "slices_per_client": args.slices, "threads": args.threads,
-                      "loadavg_before": loadavg, "loadavg_after": os.getloadavg(), "results": results}, indent=2))
+    print(
+        json.dumps(
+            {
+                "memories": args.memories,
+                "slices_per_client": args.slices,
+                "threads": args.threads,
+                "loadavg_before": loadavg,
+                "loadavg_after": os.getloadavg(),
+                "results": results,
+            },
+            indent=2,
+        )
+    )
     return 0
 
 

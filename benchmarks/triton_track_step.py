@@ -106,12 +106,14 @@ def tracked_inputs(memories: int, seed: int) -> dict[str, np.ndarray]:
 
 def stage_by_stage(run: Callable[[Stage, dict[str, np.ndarray]], dict[str, np.ndarray]]) -> Step:
     """The ensemble's wiring executed as one call per stage."""
+
     def step(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         tensors = dict(inputs)
         for stage, input_map, output_map in TRACK_STEP_WIRING:
             outputs = run(stage, {port: tensors[name] for port, name in input_map.items()})
             tensors |= {name: outputs[port] for port, name in output_map.items()}
         return {t.name: tensors[t.name] for t in TRACK_STEP.outputs}
+
     return step
 
 
@@ -139,14 +141,21 @@ class Route:
     def summary(self) -> dict[str, object]:
         """Per-slice figures: median and minimum seconds, round trips and bytes."""
         n = len(self.seconds)
-        out: dict[str, object] = {"path": self.name, "s_per_slice_median": statistics.median(self.seconds),
-                                  "s_per_slice_min": min(self.seconds)}
+        out: dict[str, object] = {
+            "path": self.name,
+            "s_per_slice_median": statistics.median(self.seconds),
+            "s_per_slice_min": min(self.seconds),
+        }
         if self.counter is not None:
             sent = sum(s for s, _ in self.wire) / n
             received = sum(r for _, r in self.wire) / n
-            out |= {"round_trips_per_slice": self.counter.calls / n, "bytes_sent_per_slice": sent,
-                    "bytes_received_per_slice": received, "wire_bytes_per_slice": sent + received,
-                    "payload_bytes_per_slice": self.counter.payload / n}
+            out |= {
+                "round_trips_per_slice": self.counter.calls / n,
+                "bytes_sent_per_slice": sent,
+                "bytes_received_per_slice": received,
+                "wire_bytes_per_slice": sent + received,
+                "payload_bytes_per_slice": self.counter.payload / n,
+            }
         return out
 
 
@@ -179,8 +188,11 @@ def export_graphs(folder: Path, checkpoint: Path | None) -> Path:
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and print its figures."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--onnx-dir", type=Path, help="folder of <stage>.onnx files or a model repository "
-                        "(default: export an untrained checkpoint afresh)")
+    parser.add_argument(
+        "--onnx-dir",
+        type=Path,
+        help="folder of <stage>.onnx files or a model repository (default: export an untrained checkpoint afresh)",
+    )
     parser.add_argument("--checkpoint", type=Path, help="checkpoint to export when --onnx-dir is not given")
     parser.add_argument("--slices", type=int, default=8, help="timed slices per path [8]")
     parser.add_argument("--memories", type=int, default=NUM_MASKMEM, help=f"memory slots in use [{NUM_MASKMEM}]")
@@ -213,13 +225,26 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'path':30s} {'s/slice':>8s} {'round trips':>12s} {'sent MB':>8s} {'recv MB':>8s} {'wire MB':>8s}")
     for r in rows:
         if "wire_bytes_per_slice" in r:
-            print(f"{r['path']:30s} {r['s_per_slice_median']:8.3f} {r['round_trips_per_slice']:12.0f} "
-                  f"{r['bytes_sent_per_slice'] / 1e6:8.3f} {r['bytes_received_per_slice'] / 1e6:8.3f} "
-                  f"{r['wire_bytes_per_slice'] / 1e6:8.3f}")
+            print(
+                f"{r['path']:30s} {r['s_per_slice_median']:8.3f} {r['round_trips_per_slice']:12.0f} "
+                f"{r['bytes_sent_per_slice'] / 1e6:8.3f} {r['bytes_received_per_slice'] / 1e6:8.3f} "
+                f"{r['wire_bytes_per_slice'] / 1e6:8.3f}"
+            )
         else:
             print(f"{r['path']:30s} {r['s_per_slice_median']:8.3f}")
-    print(json.dumps({"memories": args.memories, "slices": args.slices, "threads": args.threads,
-                      "loadavg_before": loadavg, "loadavg_after": os.getloadavg(), "paths": rows}, indent=2))
+    print(
+        json.dumps(
+            {
+                "memories": args.memories,
+                "slices": args.slices,
+                "threads": args.threads,
+                "loadavg_before": loadavg,
+                "loadavg_after": os.getloadavg(),
+                "paths": rows,
+            },
+            indent=2,
+        )
+    )
     return 0
 
 

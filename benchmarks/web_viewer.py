@@ -24,16 +24,16 @@ sys.path[:0] = [str(REPO / "tests"), str(REPO / "services"), str(REPO / "export"
 
 import nibabel as nib  # noqa: E402
 import numpy as np  # noqa: E402
-from browser_page import Service, drag, go_to_slice, launch  # noqa: E402
 from playwright.sync_api import sync_playwright  # noqa: E402
 
+from browser_page import Service, drag, go_to_slice, launch  # noqa: E402
 from medsam2.api.client import Client  # noqa: E402
 from medsam2_export.parity import synthetic_volume  # noqa: E402
 
 TOKEN = "benchmark"
 
 
-def _page_run(context, service: Service, study: Path, box, key: int) -> float:  # noqa: ANN001
+def _page_run(context, service: Service, study: Path, box, key: int) -> float:
     page = context.new_page()
     try:
         page.goto(service.url)
@@ -51,15 +51,18 @@ def _page_run(context, service: Service, study: Path, box, key: int) -> float:  
         page.click("#propagate")
         page.wait_for_selector("body[data-propagation=done]", timeout=600_000)
         seconds = float(page.get_attribute("body", "data-propagation-seconds"))
-        page.evaluate("sid => fetch('/v1/CloseSession', {method: 'POST', headers: {'Content-Type': 'application/json', Authorization: 'Bearer "
-                      + TOKEN + "'}, body: JSON.stringify({sessionId: sid})})",
-                      page.get_attribute("body", "data-session"))
+        page.evaluate(
+            "sid => fetch('/v1/CloseSession', {method: 'POST', headers: {'Content-Type': 'application/json', Authorization: 'Bearer "  # noqa: E501
+            + TOKEN
+            + "'}, body: JSON.stringify({sessionId: sid})})",
+            page.get_attribute("body", "data-session"),
+        )
         return seconds
     finally:
         page.close()
 
 
-def _client_run(service: Service, frames: np.ndarray, spacing, box, key: int) -> float:  # noqa: ANN001
+def _client_run(service: Service, frames: np.ndarray, spacing, box, key: int) -> float:
     client = Client(service.grpc_target, token=TOKEN)
     try:
         session = client.create_session(frames, spacing, preset="auto")
@@ -86,8 +89,7 @@ def main() -> None:
     key = args.slices // 2
     with tempfile.TemporaryDirectory() as tmp:
         study = Path(tmp) / "study.nii.gz"
-        nib.save(nib.Nifti1Image(np.ascontiguousarray(frames.transpose(2, 1, 0)), np.diag([0.7, 0.7, 2.5, 1.0])),
-                 study)
+        nib.save(nib.Nifti1Image(np.ascontiguousarray(frames.transpose(2, 1, 0)), np.diag([0.7, 0.7, 2.5, 1.0])), study)
         service = Service(args.graphs, token=TOKEN, log=Path(tmp) / "serve.log")
         load_before = os.getloadavg()[0]
         page_times, client_times = [], []
@@ -100,13 +102,20 @@ def main() -> None:
                 context.close()
         finally:
             service.stop()
-    print(json.dumps({
-        "slices": args.slices, "propagated_slices": args.slices + 1, "runs": args.runs,
-        "page_s": {"median": statistics.median(page_times), "all": page_times},
-        "client_s": {"median": statistics.median(client_times), "all": client_times},
-        "ratio_page_over_client": statistics.median(page_times) / statistics.median(client_times),
-        "load_average": [load_before, os.getloadavg()[0]],
-    }, indent=1))
+    print(
+        json.dumps(
+            {
+                "slices": args.slices,
+                "propagated_slices": args.slices + 1,
+                "runs": args.runs,
+                "page_s": {"median": statistics.median(page_times), "all": page_times},
+                "client_s": {"median": statistics.median(client_times), "all": client_times},
+                "ratio_page_over_client": statistics.median(page_times) / statistics.median(client_times),
+                "load_average": [load_before, os.getloadavg()[0]],
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

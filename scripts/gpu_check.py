@@ -131,7 +131,7 @@ class MicroBatcher:
         try:
             merged = {k: np.concatenate([c.inputs[k] for c in group]) for k in group[0].inputs}
             out = self._backend.run(group[0].stage, merged)
-        except BaseException as exc:  # noqa: BLE001 - every caller of the group gets the error
+        except BaseException as exc:
             for call in group:
                 call.future.set_exception(exc)
             return
@@ -139,7 +139,7 @@ class MicroBatcher:
         self.calls += len(group)
         start = 0
         for call in group:
-            call.future.set_result({k: v[start:start + call.rows] for k, v in out.items()})
+            call.future.set_result({k: v[start : start + call.rows] for k, v in out.items()})
             start += call.rows
 
     def close(self) -> None:
@@ -154,8 +154,13 @@ class MicroBatcher:
 # Measurements
 
 
-def track(backend: Any, volume: np.ndarray, box: tuple[float, float, float, float],
-          on_slice: Callable[[], None] | None = None, on_prompted: Callable[[], None] | None = None) -> np.ndarray:
+def track(
+    backend: Any,
+    volume: np.ndarray,
+    box: tuple[float, float, float, float],
+    on_slice: Callable[[], None] | None = None,
+    on_prompted: Callable[[], None] | None = None,
+) -> np.ndarray:
     """Low-resolution logits [slices, 128, 128] of one object tracked both ways from the key slice.
 
     ``on_slice`` is called after every tracked slice (the prompted key slice, decoded once, is not one).
@@ -180,9 +185,11 @@ def agreement(got: np.ndarray, want: np.ndarray) -> dict[str, float]:
     """Worst logit difference, fraction of pixels whose mask (logit > 0) agrees, and the masks' Dice."""
     a, b = got > 0, want > 0
     total = a.sum() + b.sum()
-    return {"max_abs_logit_diff": float(np.max(np.abs(got - want))),
-            "mask_agreement": float(np.mean(a == b)),
-            "mask_dice": float(2 * np.logical_and(a, b).sum() / total) if total else 1.0}
+    return {
+        "max_abs_logit_diff": float(np.max(np.abs(got - want))),
+        "mask_agreement": float(np.mean(a == b)),
+        "mask_dice": float(2 * np.logical_and(a, b).sum() / total) if total else 1.0,
+    }
 
 
 def throughput(backend: Any, sessions: int, slices: int, seed: int) -> dict[str, Any]:
@@ -211,7 +218,7 @@ def throughput(backend: Any, sessions: int, slices: int, seed: int) -> dict[str,
             # The clock starts after the prompt, so each latency is one propagated slice (both passes start at
             # the key slice, which is not re-tracked).
             track(batcher, volume, box, tick, start_clock)
-        except BaseException as exc:  # noqa: BLE001 - re-raised below
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=session, args=study) for study in studies]
@@ -224,11 +231,15 @@ def throughput(backend: Any, sessions: int, slices: int, seed: int) -> dict[str,
     batcher.close()
     if errors:
         raise errors[0]
-    return {"sessions": sessions, "slices": len(latencies), "wall_s": wall,
-            "slices_per_s": len(latencies) / wall,
-            "p50_s_per_slice": float(np.percentile(latencies, 50)),
-            "p99_s_per_slice": float(np.percentile(latencies, 99)),
-            "mean_stage_calls_per_batch": batcher.calls / max(batcher.batches, 1)}
+    return {
+        "sessions": sessions,
+        "slices": len(latencies),
+        "wall_s": wall,
+        "slices_per_s": len(latencies) / wall,
+        "p50_s_per_slice": float(np.percentile(latencies, 50)),
+        "p99_s_per_slice": float(np.percentile(latencies, 99)),
+        "mean_stage_calls_per_batch": batcher.calls / max(batcher.batches, 1),
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -237,15 +248,22 @@ def throughput(backend: Any, sessions: int, slices: int, seed: int) -> dict[str,
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("gpu_check.json"), help="JSON file to write [gpu_check.json]")
-    parser.add_argument("--checkpoint", type=Path,
-                        help="MedSAM2 checkpoint (default: a seeded untrained one with the object head biased present)")
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        help="MedSAM2 checkpoint (default: a seeded untrained one with the object head biased present)",
+    )
     parser.add_argument("--device", default="cuda", help="torch device to check [cuda]; cpu for a dry run")
     parser.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=list(PRECISIONS))
     parser.add_argument("--parity-slices", type=int, default=12, help="slices of the agreement volume [12]")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32], help="sessions at once [1 8 32]")
     parser.add_argument("--slices", type=int, default=24, help="slices per session volume in the throughput runs [24]")
-    parser.add_argument("--throughput-precision", choices=PRECISIONS, default="bf16",
-                        help="precision of the throughput runs [bf16, MedSAM2's own]")
+    parser.add_argument(
+        "--throughput-precision",
+        choices=PRECISIONS,
+        default="bf16",
+        help="precision of the throughput runs [bf16, MedSAM2's own]",
+    )
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = parser.parse_args(argv)
     if min(args.concurrency) < 1 or args.slices < 2 or args.parity_slices < 2:
@@ -259,9 +277,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     import torch
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
-        print(f"gpu_check: device {args.device} was asked for, but torch {torch.__version__} sees no CUDA device "
-              f"(torch.version.cuda={torch.version.cuda}); install a CUDA build of torch on a GPU machine, "
-              "or pass --device cpu for a dry run", file=sys.stderr)
+        print(
+            f"gpu_check: device {args.device} was asked for, but torch {torch.__version__} sees no CUDA device "
+            f"(torch.version.cuda={torch.version.cuda}); install a CUDA build of torch on a GPU machine, "
+            "or pass --device cpu for a dry run",
+            file=sys.stderr,
+        )
         return EXIT_NO_DEVICE
     try:
         device = torch.device(args.device)
@@ -279,7 +300,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     report: dict[str, Any] = {
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if on_cuda else platform.processor() or "cpu",
-        "torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "python": platform.python_version(),
     }
 
     peaks: list[int] = []
@@ -294,8 +317,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="medsam2-gpu-check-") as tmp:
         checkpoint = args.checkpoint or write_random_checkpoint(2026, Path(tmp) / "untrained.pt", "present").path
-        report["checkpoint"] = "untrained (seed 2026, object head present)" if args.checkpoint is None \
-            else str(args.checkpoint)
+        report["checkpoint"] = (
+            "untrained (seed 2026, object head present)" if args.checkpoint is None else str(args.checkpoint)
+        )
         volume, box = synthetic_volume(7, args.parity_slices)
         reference_backend = TorchBackend(checkpoint, device="cpu", precision="fp32", threads=args.threads)
         reference = track(reference_backend, volume, box)
@@ -310,13 +334,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             t0 = time.perf_counter()
             logits = track(backend, volume, box)
             seconds = time.perf_counter() - t0
-            report["agreement"][precision] = {**agreement(logits, reference), "slices": args.parity_slices,
-                                              "s_per_slice_single_session": seconds / args.parity_slices,
-                                              "peak_gpu_memory_bytes": peak_and_reset()}
+            report["agreement"][precision] = {
+                **agreement(logits, reference),
+                "slices": args.parity_slices,
+                "s_per_slice_single_session": seconds / args.parity_slices,
+                "peak_gpu_memory_bytes": peak_and_reset(),
+            }
 
         precision = args.throughput_precision
-        backend = backends.get(precision) or TorchBackend(checkpoint, device=str(device), precision=precision,
-                                                          threads=args.threads)
+        backend = backends.get(precision) or TorchBackend(
+            checkpoint, device=str(device), precision=precision, threads=args.threads
+        )
         track(backend, *synthetic_volume(99, 2))  # warm-up: kernels and allocator, off the clock
         report["throughput"] = {"precision": precision, "runs": []}
         for sessions in args.concurrency:
@@ -324,8 +352,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             row = throughput(backend, sessions, args.slices, seed=100 * sessions)
             row["peak_gpu_memory_bytes"] = peak_and_reset()
             report["throughput"]["runs"].append(row)
-            print(f"{sessions:3d} sessions: {row['slices_per_s']:.2f} slices/s, p50 {row['p50_s_per_slice']:.4f} s, "
-                  f"p99 {row['p99_s_per_slice']:.4f} s", flush=True)
+            print(
+                f"{sessions:3d} sessions: {row['slices_per_s']:.2f} slices/s, p50 {row['p50_s_per_slice']:.4f} s, "
+                f"p99 {row['p99_s_per_slice']:.4f} s",
+                flush=True,
+            )
         for b in {id(b): b for b in (*backends.values(), backend)}.values():
             b.close()
 
@@ -333,8 +364,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     report["elapsed_s"] = time.perf_counter() - started
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     for precision, row in report["agreement"].items():
-        print(f"{precision}: max |logit diff| {row['max_abs_logit_diff']:.3g}, mask agreement "
-              f"{row['mask_agreement']:.5f}, Dice {row['mask_dice']:.5f}")
+        print(
+            f"{precision}: max |logit diff| {row['max_abs_logit_diff']:.3g}, mask agreement "
+            f"{row['mask_agreement']:.5f}, Dice {row['mask_dice']:.5f}"
+        )
     print(f"wrote {args.out} in {report['elapsed_s']:.0f} s")
     return 0
 

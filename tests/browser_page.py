@@ -17,22 +17,53 @@ REPO = Path(__file__).resolve().parent.parent
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = REPO / "artifacts" / "browser"
 # The flags a CI box needs: no sandbox (containers), no GPU, nothing that phones home.
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 class Service:
     """`medsam2 serve` with its HTTP gateway, as a child process (so a test can kill it mid-stream)."""
 
     def __init__(self, graphs: Path, *, token: str, log: Path) -> None:
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "services"), str(REPO / "export")]),
-               "MEDSAM2_THREADS": "2", "MEDSAM2_LOG_LEVEL": "INFO"}
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(REPO / "services"), str(REPO / "export")]),
+            "MEDSAM2_THREADS": "2",
+            "MEDSAM2_LOG_LEVEL": "INFO",
+        }
         self.log = log
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "medsam2.cli.main", "serve", "--host", "127.0.0.1", "--port", "0",
-             "--metrics-port", "0", "--http-port", str(_free_port()), "--model-repository", str(graphs),
-             "--auth-token", token],
-            stdout=subprocess.PIPE, stderr=log.open("wb"), env=env, text=True)
+            [
+                sys.executable,
+                "-m",
+                "medsam2.cli.main",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--metrics-port",
+                "0",
+                "--http-port",
+                str(_free_port()),
+                "--model-repository",
+                str(graphs),
+                "--auth-token",
+                token,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=log.open("wb"),
+            env=env,
+            text=True,
+        )
         self.url = self.grpc_target = ""
         deadline = time.monotonic() + 60
         while not self.url:
@@ -71,11 +102,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(playwright, user_data_dir: Path):  # noqa: ANN001, ANN201
+def launch(playwright, user_data_dir: Path):
     """A fresh Chromium profile; Playwright's own browser download is never used."""
     return playwright.chromium.launch_persistent_context(
-        str(user_data_dir), executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS,
-        viewport={"width": 1100, "height": 720})
+        str(user_data_dir),
+        executable_path=CHROMIUM,
+        headless=True,
+        args=CHROMIUM_FLAGS,
+        viewport={"width": 1100, "height": 720},
+    )
 
 
 def overlay_pixels(png: bytes, colour: str = "red") -> int:
@@ -88,7 +123,7 @@ def overlay_pixels(png: bytes, colour: str = "red") -> int:
     return int(((rgb[..., main] - rgb[..., others[0]] > 60) & (rgb[..., main] - rgb[..., others[1]] > 60)).sum())
 
 
-def drag(page, start: tuple[float, float], end: tuple[float, float]) -> None:  # noqa: ANN001
+def drag(page, start: tuple[float, float], end: tuple[float, float]) -> None:
     """A mouse drag in small steps, as a hand makes it."""
     page.mouse.move(*start)
     page.mouse.down()
@@ -97,7 +132,7 @@ def drag(page, start: tuple[float, float], end: tuple[float, float]) -> None:  #
     page.mouse.up()
 
 
-def go_to_slice(page, index: int) -> None:  # noqa: ANN001
+def go_to_slice(page, index: int) -> None:
     """Move the slice slider (as dragging it does)."""
     page.eval_on_selector("#slice", "(el, s) => { el.value = String(s); el.dispatchEvent(new Event('input')); }", index)
     page.wait_for_selector(f"body[data-slice='{index}']")

@@ -24,8 +24,13 @@ def _export_cache() -> Path | None:
         return None
     repo = Path(__file__).resolve().parent.parent
     digest = hashlib.sha256(str(TEST_SEED).encode())
-    for path in sorted([*(repo / "export").rglob("*.py"), *(repo / "export").rglob("*.yaml"),
-                        repo / "services" / "medsam2" / "graphs.py"]):
+    for path in sorted(
+        [
+            *(repo / "export").rglob("*.py"),
+            *(repo / "export").rglob("*.yaml"),
+            repo / "services" / "medsam2" / "graphs.py",
+        ]
+    ):
         digest.update(path.read_bytes())
     return Path(root) / digest.hexdigest()[:16]
 
@@ -54,10 +59,14 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     for objects in ("present", "absent"):
         name = f"seed{TEST_SEED}-{objects}.pt"
         if cache is None:
-            out[objects] = write_random_checkpoint(TEST_SEED, tmp_path_factory.mktemp("checkpoints") / name, objects).path
+            out[objects] = write_random_checkpoint(
+                TEST_SEED, tmp_path_factory.mktemp("checkpoints") / name, objects
+            ).path
         else:
-            folder = _cached(cache / f"checkpoint-{objects}",
-                             lambda tmp, o=objects, n=name: write_random_checkpoint(TEST_SEED, tmp / n, o))
+            folder = _cached(
+                cache / f"checkpoint-{objects}",
+                lambda tmp, o=objects, n=name: write_random_checkpoint(TEST_SEED, tmp / n, o),
+            )
             out[objects] = folder / name
     return out
 

@@ -45,7 +45,7 @@ def segment_in_process(source: Path, outputs: dict[str, Path], backend, series: 
     outcome = Outcome(written={}, refused={})
     try:
         volume = read_volume(source, series)
-    except Exception as exc:  # noqa: BLE001 - the test asserts which type it was
+    except Exception as exc:
         outcome.read_error = exc
         return outcome
     outcome.volume = volume
@@ -53,7 +53,7 @@ def segment_in_process(source: Path, outputs: dict[str, Path], backend, series: 
     for kind, path in outputs.items():
         try:
             check_output(path, volume)
-        except Exception as exc:  # noqa: BLE001 - the test asserts which type it was
+        except Exception as exc:
             outcome.refused[kind] = exc
         else:
             accepted[kind] = path
@@ -85,15 +85,20 @@ def _segment(backend, slices: np.ndarray, prompt: ObjectPrompt, key: int) -> dic
 
 def dciodvfy_errors(path: Path) -> list[str]:
     """The 'Error' lines dicom3tools' dciodvfy reports for a file (warnings are not errors)."""
-    run = subprocess.run([shutil.which("dciodvfy") or "dciodvfy", str(path)], capture_output=True, text=True,
-                         timeout=120, check=False)
+    run = subprocess.run(
+        [shutil.which("dciodvfy") or "dciodvfy", str(path)], capture_output=True, text=True, timeout=120, check=False
+    )
     return [line for line in (run.stdout + run.stderr).splitlines() if line.startswith("Error")]
 
 
 def itk_geometry(image) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int, ...]]:
     """(origin, spacing, direction 3x3, size) of a SimpleITK image, in ITK's LPS."""
-    return (np.asarray(image.GetOrigin()), np.asarray(image.GetSpacing()),
-            np.asarray(image.GetDirection()).reshape(3, 3), tuple(image.GetSize()))
+    return (
+        np.asarray(image.GetOrigin()),
+        np.asarray(image.GetSpacing()),
+        np.asarray(image.GetDirection()).reshape(3, 3),
+        tuple(image.GetSize()),
+    )
 
 
 def assert_same_itk_geometry(nifti: Path, dicom: Path, *, compare_slice_spacing: bool) -> None:
@@ -118,14 +123,16 @@ def assert_same_itk_geometry(nifti: Path, dicom: Path, *, compare_slice_spacing:
     if not compare_slice_spacing:
         np.testing.assert_allclose(origin, e_origin, atol=1e-3, err_msg=f"{nifti.name}: origin")
         return
-    np.testing.assert_allclose(_corners(origin, spacing, direction, size),
-                               _corners(e_origin, e_spacing, e_direction, e_size), atol=1e-3,
-                               err_msg=f"{nifti.name}: corner voxels")
+    np.testing.assert_allclose(
+        _corners(origin, spacing, direction, size),
+        _corners(e_origin, e_spacing, e_direction, e_size),
+        atol=1e-3,
+        err_msg=f"{nifti.name}: corner voxels",
+    )
 
 
 def _corners(origin: np.ndarray, spacing: np.ndarray, direction: np.ndarray, size: tuple[int, ...]) -> np.ndarray:
     """World positions (LPS) of the 8 corner voxel centres, sorted so that two orderings compare equal."""
-    corners = np.array([[i, j, k] for i in (0, size[0] - 1) for j in (0, size[1] - 1) for k in (0, size[2] - 1)],
-                       float)
+    corners = np.array([[i, j, k] for i in (0, size[0] - 1) for j in (0, size[1] - 1) for k in (0, size[2] - 1)], float)
     world = origin + (corners * spacing) @ direction.T
     return world[np.lexsort(np.round(world, 3).T[::-1])]

@@ -52,8 +52,15 @@ def run_isolated(scenario: Callable[..., dict[str, Any]], timeout_s: float, **kw
     """Run ``scenario(server, **kwargs)`` in a fresh network namespace with a fresh Orthanc; return its result."""
     module = Path(sys.modules[scenario.__module__].__file__ or "").resolve()
     command = [
-        "unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$0" "$@"',
-        sys.executable, str(Path(__file__).resolve()), f"{module}:{scenario.__name__}", json.dumps(kwargs),
+        "unshare",
+        "-n",
+        "sh",
+        "-c",
+        'ip link set lo up && exec "$0" "$@"',
+        sys.executable,
+        str(Path(__file__).resolve()),
+        f"{module}:{scenario.__name__}",
+        json.dumps(kwargs),
     ]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, check=False)
@@ -64,7 +71,7 @@ def run_isolated(scenario: Callable[..., dict[str, Any]], timeout_s: float, **kw
         if line.startswith(RESULT_MARKER):
             if done.returncode != 0:
                 break
-            return json.loads(line[len(RESULT_MARKER):])
+            return json.loads(line[len(RESULT_MARKER) :])
     raise AssertionError(
         f"Orthanc scenario {scenario.__name__} failed (exit {done.returncode}):\n"
         f"stdout:\n{done.stdout[-4000:]}\nstderr:\n{done.stderr[-8000:]}"
@@ -113,8 +120,9 @@ class OrthancServer:
         config_path = self.workdir / "orthanc.json"
         config_path.write_text(json.dumps(config, indent=2))
         log = (self.workdir / "orthanc.log").open("wb")
-        self.process = subprocess.Popen([ORTHANC, str(config_path)], stdout=log, stderr=subprocess.STDOUT,
-                                        preexec_fn=_die_with_parent)
+        self.process = subprocess.Popen(
+            [ORTHANC, str(config_path)], stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
+        )
         self._wait_ready()
         return self
 

@@ -47,12 +47,16 @@ def test_a_full_file_parses_into_typed_steps(tmp_path: Path) -> None:
     [
         ({"op": "box"}, "must hold a JSON list of steps, got a object"),
         ([], "has no steps"),
-        ([{"op": "propagate"}, {"op": "erase", "object": 1}],
-         r"actions\[1\]: unknown op 'erase': choose one of box, click, mask, propagate"),
+        (
+            [{"op": "propagate"}, {"op": "erase", "object": 1}],
+            r"actions\[1\]: unknown op 'erase': choose one of box, click, mask, propagate",
+        ),
         ([{"object": 1}], r"actions\[0\]: unknown op none"),
         ([["box"]], r"actions\[0\]: each step must be a JSON object"),
-        ([{"op": "click", "object": 1, "slice": 3, "point": [1, 2], "positve": False}],
-         r"actions\[0\] \(click\): unknown key 'positve': allowed keys are object, op, point, positive, slice"),
+        (
+            [{"op": "click", "object": 1, "slice": 3, "point": [1, 2], "positve": False}],
+            r"actions\[0\] \(click\): unknown key 'positve': allowed keys are object, op, point, positive, slice",
+        ),
         ([{"op": "box", "object": 1, "slice": 3}], r"actions\[0\] \(box\): missing 'box'"),
         ([{"op": "box", "object": 1, "slice": 3, "box": [1, 2, 3]}], r"\"box\" must be \[x0, y0, x1, y1\]"),
         ([{"op": "box", "object": 1, "slice": 2.5, "box": [1, 2, 3, 4]}], r"\"slice\" must be a whole number"),
@@ -73,17 +77,31 @@ def test_bad_steps_name_the_step_and_the_problem(data: object, message: str, tmp
     [
         ([{"op": "propagate"}], InvalidInput, r"actions\[0\] \(propagate\): nothing to propagate"),
         ([{"op": "box", "object": 1, "slice": 8, "box": [1, 2, 3, 4]}], InvalidInput, "slice 8 is out of range"),
-        ([{"op": "box", "object": 1, "slice": 2, "box": [1, 2, 300, 4]}], InvalidPrompt,
-         r"actions\[0\] \(box\): box .* is outside the 72x64 slice"),
-        ([{"op": "box", "object": 1, "slice": 5, "box": [1, 2, 30, 40]}, {"op": "propagate", "range": [0, 4]}],
-         InvalidInput, r"actions\[1\] \(propagate\): key slice 5 of object 1 is outside the range \[0, 4\]"),
-        ([{"op": "box", "object": 1, "slice": 2, "box": [1, 2, 30, 40]}, {"op": "propagate"},
-          {"op": "click", "object": 1, "slice": 7, "point": [3, 3]}, {"op": "propagate", "range": [0, 6]}],
-         InvalidInput, r"actions\[3\] \(propagate\): the correction on slice 7 of object 1 is outside"),
+        (
+            [{"op": "box", "object": 1, "slice": 2, "box": [1, 2, 300, 4]}],
+            InvalidPrompt,
+            r"actions\[0\] \(box\): box .* is outside the 72x64 slice",
+        ),
+        (
+            [{"op": "box", "object": 1, "slice": 5, "box": [1, 2, 30, 40]}, {"op": "propagate", "range": [0, 4]}],
+            InvalidInput,
+            r"actions\[1\] \(propagate\): key slice 5 of object 1 is outside the range \[0, 4\]",
+        ),
+        (
+            [
+                {"op": "box", "object": 1, "slice": 2, "box": [1, 2, 30, 40]},
+                {"op": "propagate"},
+                {"op": "click", "object": 1, "slice": 7, "point": [3, 3]},
+                {"op": "propagate", "range": [0, 6]},
+            ],
+            InvalidInput,
+            r"actions\[3\] \(propagate\): the correction on slice 7 of object 1 is outside",
+        ),
     ],
 )
-def test_steps_are_checked_against_the_study_before_running(data: list, error: type, message: str,
-                                                            tmp_path: Path) -> None:
+def test_steps_are_checked_against_the_study_before_running(
+    data: list, error: type, message: str, tmp_path: Path
+) -> None:
     with pytest.raises(error, match=message):
         check_actions(parse_actions(data, base_dir=tmp_path), (SLICES, ROWS, COLS), {})
 
@@ -110,7 +128,7 @@ def nifti(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Box]]:
     return path, boxes
 
 
-def _segment(args: list[str], graphs: dict[str, Path], capsys) -> tuple[int, dict]:  # noqa: ANN001
+def _segment(args: list[str], graphs: dict[str, Path], capsys) -> tuple[int, dict]:
     code = main(["--threads", "2", "segment", *args, "--graphs", str(graphs["present"]), "--no-progress", "--json"])
     out = capsys.readouterr().out.strip().splitlines()
     return code, (json.loads(out[-1]) if code == exit_codes.OK else {})
@@ -120,13 +138,22 @@ def _labels(path: Path) -> np.ndarray:
     return np.asarray(nib.load(path).dataobj).transpose(2, 1, 0)
 
 
-def test_an_unknown_step_fails_before_a_model_loads(nifti, tmp_path: Path, capsys) -> None:  # noqa: ANN001
+def test_an_unknown_step_fails_before_a_model_loads(nifti, tmp_path: Path, capsys) -> None:
     path, _ = nifti
     actions = tmp_path / "bad.json"
-    actions.write_text(json.dumps([{"op": "box", "object": 1, "slice": 2, "box": [1, 2, 30, 40]},
-                                   {"op": "undo"}]))
-    code = main(["segment", str(path), "--actions", str(actions), "--out", str(tmp_path / "x.nii.gz"),
-                 "--checkpoint", str(tmp_path / "no-such.pt")])
+    actions.write_text(json.dumps([{"op": "box", "object": 1, "slice": 2, "box": [1, 2, 30, 40]}, {"op": "undo"}]))
+    code = main(
+        [
+            "segment",
+            str(path),
+            "--actions",
+            str(actions),
+            "--out",
+            str(tmp_path / "x.nii.gz"),
+            "--checkpoint",
+            str(tmp_path / "no-such.pt"),
+        ]
+    )
     assert code == exit_codes.USAGE
     assert "actions[1]: unknown op 'undo'" in capsys.readouterr().err
     assert not (tmp_path / "x.nii.gz").exists()
@@ -136,36 +163,54 @@ def test_an_unknown_step_fails_before_a_model_loads(nifti, tmp_path: Path, capsy
     assert code == exit_codes.USAGE and "--box needs --slice K" in capsys.readouterr().err
 
 
-def test_modality_must_agree_with_dicom(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+def test_modality_must_agree_with_dicom(tmp_path: Path, capsys) -> None:
     series = write_synthetic_ct(tmp_path / "ct", slices=3, size=16, seed=1)
-    code = main(["segment", str(series.folder), "--modality", "mr", "--slice", "1", "--box", "1,1,8,8",
-                 "--out", str(tmp_path / "x.nii.gz")])
+    code = main(
+        [
+            "segment",
+            str(series.folder),
+            "--modality",
+            "mr",
+            "--slice",
+            "1",
+            "--box",
+            "1,1,8,8",
+            "--out",
+            str(tmp_path / "x.nii.gz"),
+        ]
+    )
     assert code == exit_codes.USAGE
     assert "--modality MR contradicts the input's DICOM Modality CT" in capsys.readouterr().err
 
 
-def test_segment_with_an_actions_file(nifti, graphs, tmp_path: Path, capsys) -> None:  # noqa: ANN001
+def test_segment_with_an_actions_file(nifti, graphs, tmp_path: Path, capsys) -> None:
     path, boxes = nifti
     box = boxes[0]
     box_text = f"{box.x0:g},{box.y0:g},{box.x1:g},{box.y1:g}"
     shorthand = tmp_path / "shorthand.nii.gz"
-    code, summary = _segment([str(path), "--box", box_text, "--slice", str(KEY), "--out", str(shorthand)],
-                             graphs, capsys)
+    code, summary = _segment(
+        [str(path), "--box", box_text, "--slice", str(KEY), "--out", str(shorthand)], graphs, capsys
+    )
     assert code == exit_codes.OK and summary["objects"]["1"]["voxels"] == summary["voxels"] > 0
 
     fix = KEY + 2
     click = [(box.x0 + box.x1) / 2, (box.y0 + box.y1) / 2]
-    steps = [{"op": "box", "object": 1, "slice": KEY, "box": [box.x0, box.y0, box.x1, box.y1]},
-             {"op": "propagate"}]
+    steps = [{"op": "box", "object": 1, "slice": KEY, "box": [box.x0, box.y0, box.x1, box.y1]}, {"op": "propagate"}]
     plain = tmp_path / "plain.json"
     plain.write_text(json.dumps(steps))
     corrected = tmp_path / "corrected.json"
-    corrected.write_text(json.dumps([*steps, {"op": "click", "object": 1, "slice": fix, "point": click,
-                                              "positive": False}, {"op": "propagate"}]))
+    corrected.write_text(
+        json.dumps(
+            [*steps, {"op": "click", "object": 1, "slice": fix, "point": click, "positive": False}, {"op": "propagate"}]
+        )
+    )
     code, _ = _segment([str(path), "--actions", str(plain), "--out", str(tmp_path / "plain.nii.gz")], graphs, capsys)
     assert code == exit_codes.OK
-    code, _ = _segment([str(path), "--actions", str(corrected), "--out", str(tmp_path / "fixed.nii.gz"),
-                        "--no-largest-component"], graphs, capsys)
+    code, _ = _segment(
+        [str(path), "--actions", str(corrected), "--out", str(tmp_path / "fixed.nii.gz"), "--no-largest-component"],
+        graphs,
+        capsys,
+    )
     assert code == exit_codes.OK
     base, fixed = _labels(shorthand), _labels(tmp_path / "fixed.nii.gz")
     # --box/--slice is a box step and a propagate step.
@@ -177,10 +222,17 @@ def test_segment_with_an_actions_file(nifti, graphs, tmp_path: Path, capsys) -> 
     mask_png = tmp_path / "key.png"
     Image.fromarray((base[KEY] > 0).astype(np.uint8) * 255).save(mask_png)
     by_mask = tmp_path / "by_mask.json"
-    by_mask.write_text(json.dumps([{"op": "mask", "object": 2, "slice": KEY, "path": "key.png"},
-                                   {"op": "propagate", "range": [KEY - 1, KEY + 1]}]))
-    code, summary = _segment([str(path), "--actions", str(by_mask), "--out", str(tmp_path / "mask.nii.gz")],
-                             graphs, capsys)
+    by_mask.write_text(
+        json.dumps(
+            [
+                {"op": "mask", "object": 2, "slice": KEY, "path": "key.png"},
+                {"op": "propagate", "range": [KEY - 1, KEY + 1]},
+            ]
+        )
+    )
+    code, summary = _segment(
+        [str(path), "--actions", str(by_mask), "--out", str(tmp_path / "mask.nii.gz")], graphs, capsys
+    )
     assert code == exit_codes.OK and set(summary["objects"]) == {"2"}
     labels = _labels(tmp_path / "mask.nii.gz")
-    assert set(np.unique(labels)) <= {0, 2} and not labels[: KEY - 1].any() and not labels[KEY + 2:].any()
+    assert set(np.unique(labels)) <= {0, 2} and not labels[: KEY - 1].any() and not labels[KEY + 2 :].any()

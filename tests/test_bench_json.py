@@ -19,15 +19,36 @@ STAGES = {"image_encoder", "memory_attention", "sam_heads", "memory_encoder"}
 
 def _bench(*args: str, home: Path) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MEDSAM2_")}
-    return subprocess.run([sys.executable, "-m", "medsam2.cli.main", "--home", str(home), "--threads", "2", "bench",
-                           *args], capture_output=True, text=True, env=env, timeout=900)
+    return subprocess.run(
+        [sys.executable, "-m", "medsam2.cli.main", "--home", str(home), "--threads", "2", "bench", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+    )
 
 
-def test_bench_reports_every_backend_with_flops_and_agreement(checkpoints: dict[str, Path],
-                                                              graphs: dict[str, Path], tmp_path: Path) -> None:
-    out = _bench("--checkpoint", str(checkpoints["present"]), "--graphs", str(graphs["present"]), "--slices", "3",
-                 "--size", "48", "--rounds", "1", "--agreement-slices", "4", "--backends", "onnxruntime,openvino",
-                 "--json", home=tmp_path)
+def test_bench_reports_every_backend_with_flops_and_agreement(
+    checkpoints: dict[str, Path], graphs: dict[str, Path], tmp_path: Path
+) -> None:
+    out = _bench(
+        "--checkpoint",
+        str(checkpoints["present"]),
+        "--graphs",
+        str(graphs["present"]),
+        "--slices",
+        "3",
+        "--size",
+        "48",
+        "--rounds",
+        "1",
+        "--agreement-slices",
+        "4",
+        "--backends",
+        "onnxruntime,openvino",
+        "--json",
+        home=tmp_path,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     report = json.loads(out.stdout)
     assert set(report["backends"]) == {"onnxruntime", "openvino"}
@@ -53,6 +74,5 @@ def test_bench_reports_every_backend_with_flops_and_agreement(checkpoints: dict[
 
 
 def test_bench_refuses_an_unknown_backend(checkpoints: dict[str, Path], tmp_path: Path) -> None:
-    out = _bench("--checkpoint", str(checkpoints["present"]), "--backends", "onnxruntime,openvino-fp16",
-                 home=tmp_path)
+    out = _bench("--checkpoint", str(checkpoints["present"]), "--backends", "onnxruntime,openvino-fp16", home=tmp_path)
     assert out.returncode == 2 and "openvino-fp16" in out.stderr

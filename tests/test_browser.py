@@ -5,7 +5,7 @@ the key slice and on a propagated slice, add a negative click and check the over
 a DICOM folder opens; the bad inputs (a file that is not an image, a wrong token, the server gone mid-propagation) each show a message.
 Screenshots go to artifacts/browser/ (gitignored). The page's strict CSP forbids eval, so every wait is a selector
 or a text match (Playwright's string predicates would be refused, which is part of what this checks).
-"""
+"""  # noqa: E501
 
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ import nibabel as nib
 import numpy as np
 import pydicom.data
 import pytest
-from browser_page import ARTIFACTS, CHROMIUM, REPO, Service, drag, go_to_slice, launch, overlay_pixels
 
+from browser_page import ARTIFACTS, CHROMIUM, REPO, Service, drag, go_to_slice, launch, overlay_pixels
 from medsam2_export.parity import synthetic_volume
 
 playwright_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the dev extra)")
@@ -51,7 +51,7 @@ def bundle() -> None:
 
 
 @pytest.fixture(scope="module")
-def browser(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+def browser(tmp_path_factory: pytest.TempPathFactory):
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with playwright_api.sync_playwright() as playwright:
         context = launch(playwright, tmp_path_factory.mktemp("chromium-profile"))
@@ -60,7 +60,7 @@ def browser(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
 
 
 @pytest.fixture
-def page(browser, bundle):  # noqa: ANN001, ANN201
+def page(browser, bundle):
     page = browser.new_page()
     problems: list[str] = []
     page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
@@ -70,22 +70,22 @@ def page(browser, bundle):  # noqa: ANN001, ANN201
     assert not problems, problems
 
 
-def _sign_in(page, service: Service, token: str = TOKEN) -> None:  # noqa: ANN001
+def _sign_in(page, service: Service, token: str = TOKEN) -> None:
     page.goto(service.url)
     page.wait_for_selector("body[data-ready=true]")
     page.fill("#token", token)
     page.click("#signin-button")
 
 
-def _status(page) -> str:  # noqa: ANN001
+def _status(page) -> str:
     return page.inner_text("#status")
 
 
-def _canvas(page) -> bytes:  # noqa: ANN001
+def _canvas(page) -> bytes:
     return page.locator("#gl").screenshot()
 
 
-def _open_and_box(page, study) -> None:  # noqa: ANN001
+def _open_and_box(page, study) -> None:
     path, boxes = study
     page.set_input_files("#file", str(path))
     page.wait_for_selector("body[data-session]", timeout=60_000)
@@ -93,19 +93,19 @@ def _open_and_box(page, study) -> None:  # noqa: ANN001
     _box(page, boxes[0])
 
 
-def _box(page, box, object_id: int = 1) -> None:  # noqa: ANN001
+def _box(page, box, object_id: int = 1) -> None:
     start = page.evaluate("([x, y]) => window.medsam2Viewer.voxelToPage(x, y)", [box.x0, box.y0])
     end = page.evaluate("([x, y]) => window.medsam2Viewer.voxelToPage(x, y)", [box.x1 - 1, box.y1 - 1])
     drag(page, start, end)
     page.locator("#status", has_text=f"object {object_id} segmented there").wait_for(timeout=60_000)
 
 
-def _propagate(page, *, state: str = "done") -> None:  # noqa: ANN001
+def _propagate(page, *, state: str = "done") -> None:
     page.click("#propagate")
     page.wait_for_selector(f"body[data-propagation={state}]", timeout=90_000)
 
 
-def test_box_propagate_correct_in_the_browser(graphs, study, page, tmp_path: Path) -> None:  # noqa: ANN001
+def test_box_propagate_correct_in_the_browser(graphs, study, page, tmp_path: Path) -> None:
     service = Service(graphs["present"], token=TOKEN, log=tmp_path / "serve.log")
     try:
         _sign_in(page, service)
@@ -144,8 +144,9 @@ def test_box_propagate_correct_in_the_browser(graphs, study, page, tmp_path: Pat
         page.fill("#object", "1")
         page.check("input[name=mode][value=negative]")
         box = study[1][0]
-        point = page.evaluate("([x, y]) => window.medsam2Viewer.voxelToPage(x, y)",
-                              [(box.x0 + box.x1) / 2, (box.y0 + box.y1) / 2])
+        point = page.evaluate(
+            "([x, y]) => window.medsam2Viewer.voxelToPage(x, y)", [(box.x0 + box.x1) / 2, (box.y0 + box.y1) / 2]
+        )
         page.mouse.click(*point)
         page.locator("#status", has_text="Negative click").wait_for(timeout=60_000)
         after = page.evaluate(f"window.medsam2Viewer.overlayVoxels({KEY})")
@@ -159,7 +160,7 @@ def test_box_propagate_correct_in_the_browser(graphs, study, page, tmp_path: Pat
         service.stop()
 
 
-def test_bad_inputs_show_clear_messages(graphs, study, page, tmp_path: Path) -> None:  # noqa: ANN001
+def test_bad_inputs_show_clear_messages(graphs, study, page, tmp_path: Path) -> None:
     service = Service(graphs["present"], token=TOKEN, log=tmp_path / "serve.log")
     try:
         page.goto(service.url)

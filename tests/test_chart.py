@@ -30,18 +30,47 @@ VARIANTS: dict[str, list[str]] = {
     "default": [],
     "gpu": ["-f", str(CHART / "ci" / "gpu-values.yaml")],
     "cpu": ["-f", str(CHART / "ci" / "cpu-values.yaml")],
-    "s3": ["--set", ("modelRepository.source=s3,modelRepository.s3.url=s3://models/medsam2,"
-                     "modelRepository.s3.credentialsSecret=medsam2-s3")],
+    "s3": [
+        "--set",
+        (
+            "modelRepository.source=s3,modelRepository.s3.url=s3://models/medsam2,"
+            "modelRepository.s3.credentialsSecret=medsam2-s3"
+        ),
+    ],
 }
 # What each variant must render, by kind (names are checked where it matters, below).
 EXPECTED_KINDS = {
-    "default": {"Deployment": 2, "Service": 3, "HorizontalPodAutoscaler": 2, "PodDisruptionBudget": 2, "Job": 0,
-                "PersistentVolumeClaim": 1, "NetworkPolicy": 2, "ServiceMonitor": 1, "PrometheusRule": 1,
-                "ConfigMap": 1, "ServiceAccount": 1},
-    "gpu": {"Deployment": 2, "Service": 3, "HorizontalPodAutoscaler": 2, "Job": 0, "DestinationRule": 1,
-            "ConfigMap": 2},
-    "cpu": {"Deployment": 1, "Service": 2, "Job": 1, "PersistentVolumeClaim": 1, "NetworkPolicy": 1,
-            "HorizontalPodAutoscaler": 0, "PodDisruptionBudget": 0, "DestinationRule": 0},
+    "default": {
+        "Deployment": 2,
+        "Service": 3,
+        "HorizontalPodAutoscaler": 2,
+        "PodDisruptionBudget": 2,
+        "Job": 0,
+        "PersistentVolumeClaim": 1,
+        "NetworkPolicy": 2,
+        "ServiceMonitor": 1,
+        "PrometheusRule": 1,
+        "ConfigMap": 1,
+        "ServiceAccount": 1,
+    },
+    "gpu": {
+        "Deployment": 2,
+        "Service": 3,
+        "HorizontalPodAutoscaler": 2,
+        "Job": 0,
+        "DestinationRule": 1,
+        "ConfigMap": 2,
+    },
+    "cpu": {
+        "Deployment": 1,
+        "Service": 2,
+        "Job": 1,
+        "PersistentVolumeClaim": 1,
+        "NetworkPolicy": 1,
+        "HorizontalPodAutoscaler": 0,
+        "PodDisruptionBudget": 0,
+        "DestinationRule": 0,
+    },
     "s3": {"Deployment": 2, "Job": 0, "PersistentVolumeClaim": 0},
 }
 CRD_KINDS = {"ServiceMonitor", "PrometheusRule", "DestinationRule"}
@@ -49,11 +78,17 @@ CRD_KINDS = {"ServiceMonitor", "PrometheusRule", "DestinationRule"}
 
 # --- tools and helpers ---------------------------------------------------------------------------
 
+
 def install_tools() -> dict[str, Path]:
     """helm, kubernetes-validate, hadolint and a Python with promql_parser; installed on first use."""
     home = Path(os.environ.get("MEDSAM2_TOOLS_HOME", ROOT / ".tools"))
-    subprocess.run(["bash", str(ROOT / "scripts" / "chart_tools.sh")], check=True, timeout=900,
-                   env={**os.environ, "MEDSAM2_TOOLS_HOME": str(home)}, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        ["bash", str(ROOT / "scripts" / "chart_tools.sh")],
+        check=True,
+        timeout=900,
+        env={**os.environ, "MEDSAM2_TOOLS_HOME": str(home)},
+        stdout=subprocess.DEVNULL,
+    )
     found = {name: home / "bin" / name for name in ("helm", "kubernetes-validate", "hadolint")}
     return {**found, "python": home / "venv" / "bin" / "python"}  # the tools' Python, with promql_parser
 
@@ -66,8 +101,7 @@ def tools() -> dict[str, Path]:
 
 def run(args: list, **kwargs) -> subprocess.CompletedProcess:
     """Run a tool, capturing its output as text."""
-    return subprocess.run([str(a) for a in args], check=False, capture_output=True, text=True, timeout=120,
-                          **kwargs)
+    return subprocess.run([str(a) for a in args], check=False, capture_output=True, text=True, timeout=120, **kwargs)
 
 
 def helm_template(tools: dict[str, Path], values: list[str]) -> list[dict]:
@@ -148,6 +182,7 @@ def check_crds(docs: list[dict]) -> None:
 
 # --- the checks CI runs -------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_helm_lint_strict(tools: dict[str, Path], variant: str) -> None:
     done = run([tools["helm"], "lint", "--strict", CHART, "--namespace", NAMESPACE, *VARIANTS[variant]])
@@ -189,6 +224,7 @@ def test_gpu_install(tools: dict[str, Path]) -> None:
     assert {m["mountPath"]: m.get("readOnly") for m in t["volumeMounts"]}["/models"] is True
     # The CUDA memory pool holds the ensemble's intermediates (sized from graphs.py, see test_cuda_memory_pool).
     from medsam2_export.model_repository import cuda_memory_pool_bytes
+
     assert f"--cuda-memory-pool-byte-size=0:{cuda_memory_pool_bytes()}" in t["args"]
 
     server = one(docs, "Deployment", f"{RELEASE}-medsam2")
@@ -204,12 +240,17 @@ def test_gpu_install(tools: dict[str, Path]) -> None:
     assert server["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > grace
     assert "replicas" not in server["spec"]  # the HPA owns it
 
-    hpas = {h["metadata"]["name"]: h["spec"]["metrics"][0]["pods"]["metric"]["name"]
-            for h in by_kind(docs, "HorizontalPodAutoscaler")}
-    assert hpas == {f"{RELEASE}-medsam2": "medsam2_active_sessions",
-                    f"{RELEASE}-medsam2-triton": "medsam2_triton_queue_time_us"}
-    services = {s["metadata"]["name"]: {p["name"]: p["port"] for p in s["spec"]["ports"]}
-                for s in by_kind(docs, "Service")}
+    hpas = {
+        h["metadata"]["name"]: h["spec"]["metrics"][0]["pods"]["metric"]["name"]
+        for h in by_kind(docs, "HorizontalPodAutoscaler")
+    }
+    assert hpas == {
+        f"{RELEASE}-medsam2": "medsam2_active_sessions",
+        f"{RELEASE}-medsam2-triton": "medsam2_triton_queue_time_us",
+    }
+    services = {
+        s["metadata"]["name"]: {p["name"]: p["port"] for p in s["spec"]["ports"]} for s in by_kind(docs, "Service")
+    }
     assert services[f"{RELEASE}-medsam2"] == {"grpc": 50051}
     assert services[f"{RELEASE}-medsam2-metrics"] == {"metrics": 9464}
     assert services[f"{RELEASE}-medsam2-triton"] == {"http": 8000, "grpc": 8001, "metrics": 8002}
@@ -233,12 +274,18 @@ def _plan_check(tools: dict[str, Path]) -> str:
     return triton["spec"]["template"]["spec"]["initContainers"][1]["args"][0]
 
 
-@pytest.mark.parametrize(("plans", "server", "passes"), [
-    ("10.7.0.23", "10.7.0.23", True), ("10.7.0", "10.7.0.23", True), ("10.16.0.72", "10.7.0.23", False),
-    (None, "10.7.0.23", False),
-])
-def test_plan_version_check_runs(tools: dict[str, Path], tmp_path: Path, plans: str | None, server: str,
-                                 passes: bool) -> None:
+@pytest.mark.parametrize(
+    ("plans", "server", "passes"),
+    [
+        ("10.7.0.23", "10.7.0.23", True),
+        ("10.7.0", "10.7.0.23", True),
+        ("10.16.0.72", "10.7.0.23", False),
+        (None, "10.7.0.23", False),
+    ],
+)
+def test_plan_version_check_runs(
+    tools: dict[str, Path], tmp_path: Path, plans: str | None, server: str, passes: bool
+) -> None:
     """The rendered init-container script, run against a repository folder; it agrees with check_plan_version."""
     from medsam2.errors import ConfigError
     from medsam2_export.tensorrt_build import check_plan_version
@@ -249,8 +296,14 @@ def test_plan_version_check_runs(tools: dict[str, Path], tmp_path: Path, plans: 
         (repo / "tensorrt_version").write_text(plans + "\n")
     script = _plan_check(tools).replace("/models/medsam2-latest-v1", str(repo))
     # No libnvinfer here: the script falls back to TRT_VERSION, which NGC images set.
-    done = subprocess.run(["sh", "-ec", script], check=False, capture_output=True, text=True, timeout=30,
-                          env={"PATH": os.environ["PATH"], "TRT_VERSION": server})
+    done = subprocess.run(
+        ["sh", "-ec", script],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={"PATH": os.environ["PATH"], "TRT_VERSION": server},
+    )
     assert (done.returncode == 0) is passes, done.stdout + done.stderr
     if plans is not None and not passes:
         assert f"built with TensorRT {plans}, but this Triton has TensorRT {server}" in done.stderr
@@ -314,10 +367,17 @@ def test_chart_settings_match_the_service() -> None:
     values = yaml.safe_load((CHART / "values.yaml").read_text())["server"]
     assert values["ports"] == {"grpc": GRPC_PORT, "metrics": METRICS_PORT, "health": GRPC_PORT + 1}  # --health-port 0
     defaults = ServerSettings()
-    chart_to_field = {"maxSessions": "max_sessions", "maxStudyVoxels": "max_study_voxels",
-                      "maxStateBytes": "max_state_bytes", "sessionTtlSeconds": "session_ttl_s",
-                      "workers": "workers", "maxMessageBytes": "max_message_bytes", "graceSeconds": "grace_s",
-                      "earlyStopAbsent": "early_stop_absent", "fillHoleArea": "fill_hole_area"}
+    chart_to_field = {
+        "maxSessions": "max_sessions",
+        "maxStudyVoxels": "max_study_voxels",
+        "maxStateBytes": "max_state_bytes",
+        "sessionTtlSeconds": "session_ttl_s",
+        "workers": "workers",
+        "maxMessageBytes": "max_message_bytes",
+        "graceSeconds": "grace_s",
+        "earlyStopAbsent": "early_stop_absent",
+        "fillHoleArea": "fill_hole_area",
+    }
     for key, field in chart_to_field.items():
         assert values["settings"][key] == getattr(defaults, field), key
     known = {f.metadata["env"] for cls in (ServerSettings, Settings) for f in dataclasses.fields(cls)}
@@ -343,8 +403,10 @@ BROKEN_BY_SCHEMA = {
 BROKEN_BY_TEMPLATE = {
     "cpu-only from s3": ["--set", "triton.enabled=false,modelRepository.source=s3,modelRepository.s3.url=s3://b/m"],
     "tls without secret": ["--set", "server.tls.enabled=true"],
-    "istio hash inside tls": ["--set", ("server.tls.enabled=true,server.tls.secretName=t,"
-                                        "stickySessions.istio.enabled=true")],
+    "istio hash inside tls": [
+        "--set",
+        ("server.tls.enabled=true,server.tls.secretName=t,stickySessions.istio.enabled=true"),
+    ],
 }
 
 
@@ -376,7 +438,8 @@ def test_broken_crd_objects_fail_the_structure_check(tools: dict[str, Path], bre
     breakers: dict[str, Callable[[], None]] = {
         "servicemonitor port": lambda: by_kind(docs, "ServiceMonitor")[0]["spec"]["endpoints"][0].update(port="web"),
         "alert without severity": lambda: by_kind(docs, "PrometheusRule")[0]["spec"]["groups"][0]["rules"][0][
-            "labels"].pop("severity"),
+            "labels"
+        ].pop("severity"),
         "sticky host": lambda: by_kind(docs, "DestinationRule")[0]["spec"].update(host="elsewhere"),
     }
     breakers[breakage]()

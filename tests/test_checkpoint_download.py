@@ -244,9 +244,7 @@ def test_stalled_download_times_out_and_cleans_up(server: Fixture, out: Path) ->
     assert names_in(out) == []
 
 
-def test_interrupt_mid_download_leaves_nothing(
-    server: Fixture, out: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_interrupt_mid_download_leaves_nothing(server: Fixture, out: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     class CtrlC:
         def update(self, n: int) -> None:
             raise KeyboardInterrupt
@@ -398,8 +396,7 @@ def test_parse_sha256_etag(header: str | None, expected: str | None) -> None:
 
 def test_module_imports_neither_torch_nor_requests() -> None:
     code = (
-        "import sys, medsam2.checkpoint_download; "
-        "bad = {'torch', 'requests'} & set(sys.modules); assert not bad, bad"
+        "import sys, medsam2.checkpoint_download; bad = {'torch', 'requests'} & set(sys.modules); assert not bad, bad"
     )
     env = {**os.environ, "PYTHONPATH": str(Path(cd.__file__).parents[1])}
     subprocess.run([sys.executable, "-c", code], check=True, env=env)

@@ -107,9 +107,7 @@ def test_verify_exports_afresh_for_another_seed(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_export_writes_a_triton_repository_that_verify_accepts(
-    checkpoints: dict[str, Path], tmp_path: Path
-) -> None:
+def test_export_writes_a_triton_repository_that_verify_accepts(checkpoints: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "repo"
     result = medsam2("export", "--checkpoint", checkpoints["present"], "--out", out, "--backend", "onnxruntime")
     assert result.returncode == exit_codes.OK, result.stderr
@@ -204,8 +202,9 @@ def _closed_port() -> int:
 def test_download_offline_fails_clearly_and_leaves_nothing(tmp_path: Path) -> None:
     out = tmp_path / "ckpts"
     url = f"http://127.0.0.1:{_closed_port()}/MedSAM2"
-    result = medsam2("--checkpoint-base-url", url, "checkpoint", "download", "MedSAM2_latest", "--out", out,
-                     "--timeout", "5")
+    result = medsam2(
+        "--checkpoint-base-url", url, "checkpoint", "download", "MedSAM2_latest", "--out", out, "--timeout", "5"
+    )
     assert result.returncode == DOWNLOAD_ERROR, result.stderr
     assert "cannot reach" in result.stderr and "offline" in result.stderr
     assert "MedSAM2_latest.pt" in result.stderr

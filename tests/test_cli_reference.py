@@ -13,13 +13,25 @@ MEDSAM2 = [sys.executable, "-m", "medsam2.cli.main"]
 
 def _run(*args: str, home: Path) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MEDSAM2_")}
-    return subprocess.run([*MEDSAM2, "--home", str(home), "--threads", "2", *args], capture_output=True, text=True,
-                          env=env, timeout=900)
+    return subprocess.run(
+        [*MEDSAM2, "--home", str(home), "--threads", "2", *args], capture_output=True, text=True, env=env, timeout=900
+    )
 
 
 def test_parity_json(checkpoints: dict[str, Path], graphs: dict[str, Path], tmp_path: Path) -> None:
-    out = _run("parity", "--checkpoint", str(checkpoints["present"]), "--graphs", str(graphs["present"]),
-               "--slices", "6", "--seed", "7", "--json", home=tmp_path)
+    out = _run(
+        "parity",
+        "--checkpoint",
+        str(checkpoints["present"]),
+        "--graphs",
+        str(graphs["present"]),
+        "--slices",
+        "6",
+        "--seed",
+        "7",
+        "--json",
+        home=tmp_path,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     report = json.loads(out.stdout)
     assert set(report) == {"max_abs_logit_diff", "max_mask_disagreement", "frames", "objects"}
@@ -28,8 +40,23 @@ def test_parity_json(checkpoints: dict[str, Path], graphs: dict[str, Path], tmp_
 
 
 def test_bench_json(checkpoints: dict[str, Path], graphs: dict[str, Path], tmp_path: Path) -> None:
-    out = _run("bench", "--checkpoint", str(checkpoints["present"]), "--graphs", str(graphs["present"]),
-               "--slices", "4", "--size", "64", "--rounds", "1", "--backends", "onnxruntime", "--json", home=tmp_path)
+    out = _run(
+        "bench",
+        "--checkpoint",
+        str(checkpoints["present"]),
+        "--graphs",
+        str(graphs["present"]),
+        "--slices",
+        "4",
+        "--size",
+        "64",
+        "--rounds",
+        "1",
+        "--backends",
+        "onnxruntime",
+        "--json",
+        home=tmp_path,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     report = json.loads(out.stdout)
     assert report["reference_s_per_slice"] > 0

@@ -38,7 +38,7 @@ def ct(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(graphs: dict[str, Path]):  # noqa: ANN201
+def server(graphs: dict[str, Path]):
     settings = ServerSettings(port=0, metrics_port=0, model_repository=graphs["present"])
     running = start_server(settings, OnnxRuntimeBackend(graphs["present"], threads=2))
     yield f"127.0.0.1:{running.port}"
@@ -51,21 +51,34 @@ def _actions(folder: Path, steps: list[dict]) -> Path:
     return path
 
 
-def test_client_and_segment_give_identical_masks(ct: Path, server: str, graphs, tmp_path: Path,  # noqa: ANN001
-                                                 capsys: pytest.CaptureFixture) -> None:
-    actions = _actions(tmp_path, [
-        {"op": "box", "object": 1, "slice": KEY, "box": BOX},
-        {"op": "propagate"},
-        {"op": "click", "object": 1, "slice": KEY + 2, "point": [21, 19], "positive": False},
-        {"op": "propagate"},
-    ])
+def test_client_and_segment_give_identical_masks(
+    ct: Path,
+    server: str,
+    graphs,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    actions = _actions(
+        tmp_path,
+        [
+            {"op": "box", "object": 1, "slice": KEY, "box": BOX},
+            {"op": "propagate"},
+            {"op": "click", "object": 1, "slice": KEY + 2, "point": [21, 19], "positive": False},
+            {"op": "propagate"},
+        ],
+    )
     common = ["--actions", str(actions), "--preset", "auto", "--modality", "CT", "--no-progress"]
-    assert main(["client", str(ct), "--server", server, "--out", str(tmp_path / "client.nii.gz"), "--json",
-                 *common]) == 0
+    assert (
+        main(["client", str(ct), "--server", server, "--out", str(tmp_path / "client.nii.gz"), "--json", *common]) == 0
+    )
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["preset"] == "abdomen" and summary["bytes_sent"] == 9 * 44 * 40 * 2
-    assert main(["segment", str(ct), "--graphs", str(graphs["present"]), "--out", str(tmp_path / "segment.nii.gz"),
-                 *common]) == 0
+    assert (
+        main(
+            ["segment", str(ct), "--graphs", str(graphs["present"]), "--out", str(tmp_path / "segment.nii.gz"), *common]
+        )
+        == 0
+    )
     via_client = nib.load(str(tmp_path / "client.nii.gz"))
     direct = nib.load(str(tmp_path / "segment.nii.gz"))
     assert np.asarray(direct.dataobj).any()
@@ -81,26 +94,45 @@ def test_client_and_segment_give_identical_masks(ct: Path, server: str, graphs, 
         (["--box", "1,1,5,5"], 2, "--actions replaces --box and --slice"),
     ],
 )
-def test_client_refuses_bad_flags_before_any_work(ct: Path, server: str, tmp_path: Path, extra: list[str],
-                                                  code: int, message: str, capsys: pytest.CaptureFixture) -> None:
+def test_client_refuses_bad_flags_before_any_work(
+    ct: Path, server: str, tmp_path: Path, extra: list[str], code: int, message: str, capsys: pytest.CaptureFixture
+) -> None:
     actions = _actions(tmp_path, [{"op": "box", "object": 1, "slice": KEY, "box": BOX}, {"op": "propagate"}])
-    assert main(["client", str(ct), "--server", server, "--actions", str(actions), "--out",
-                 str(tmp_path / "x.nii.gz"), *extra]) == code
+    assert (
+        main(
+            [
+                "client",
+                str(ct),
+                "--server",
+                server,
+                "--actions",
+                str(actions),
+                "--out",
+                str(tmp_path / "x.nii.gz"),
+                *extra,
+            ]
+        )
+        == code
+    )
     assert message in capsys.readouterr().err
     assert not (tmp_path / "x.nii.gz").exists()
 
 
-def test_client_names_a_bad_step_and_opens_nothing(ct: Path, server: str, tmp_path: Path,
-                                                   capsys: pytest.CaptureFixture) -> None:
+def test_client_names_a_bad_step_and_opens_nothing(
+    ct: Path, server: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     from medsam2.api.client import Client
 
     actions = _actions(tmp_path, [{"op": "box", "object": 1, "slice": KEY, "box": BOX}, {"op": "wiggle"}])
-    assert main(["client", str(ct), "--server", server, "--actions", str(actions), "--out",
-                 str(tmp_path / "x.nii.gz")]) == 2
+    assert (
+        main(["client", str(ct), "--server", server, "--actions", str(actions), "--out", str(tmp_path / "x.nii.gz")])
+        == 2
+    )
     assert "actions[1]: unknown op 'wiggle'" in capsys.readouterr().err
     far = _actions(tmp_path, [{"op": "box", "object": 1, "slice": 40, "box": BOX}, {"op": "propagate"}])
-    assert main(["client", str(ct), "--server", server, "--actions", str(far), "--out",
-                 str(tmp_path / "x.nii.gz")]) == 2
+    assert (
+        main(["client", str(ct), "--server", server, "--actions", str(far), "--out", str(tmp_path / "x.nii.gz")]) == 2
+    )
     assert "actions[0] (box): slice 40 is out of range" in capsys.readouterr().err
     client = Client(server)
     assert client.list_sessions() == []  # the session opened for the second file was closed again

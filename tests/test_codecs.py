@@ -43,8 +43,9 @@ def _file(name: str) -> Path:
 def _without_plugins(*args: str) -> subprocess.CompletedProcess[str]:
     repo = Path(__file__).resolve().parent.parent
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo / "services"), str(repo / "export")])}
-    return subprocess.run([sys.executable, "-c", _HIDE_PLUGINS, *args], capture_output=True, text=True,
-                          timeout=300, env=env, check=False)
+    return subprocess.run(
+        [sys.executable, "-c", _HIDE_PLUGINS, *args], capture_output=True, text=True, timeout=300, env=env, check=False
+    )
 
 
 def test_the_plugins_are_installed() -> None:
@@ -62,14 +63,27 @@ def test_with_the_extra_12_bit_and_lossless_jpeg_decode(name: str) -> None:
     assert np.issubdtype(volume.voxels.dtype, np.integer)
 
 
-@pytest.mark.parametrize(("name", "syntax", "uid"), [
-    ("JPGExtended.dcm", "JPEG Extended (Process 2 and 4)", "1.2.840.10008.1.2.4.51"),  # Pillow tries, fails
-    ("JPEG-LL.dcm", "JPEG Lossless, Non-Hierarchical, First-Order Prediction", "1.2.840.10008.1.2.4.70"),
-])
+@pytest.mark.parametrize(
+    ("name", "syntax", "uid"),
+    [
+        ("JPGExtended.dcm", "JPEG Extended (Process 2 and 4)", "1.2.840.10008.1.2.4.51"),  # Pillow tries, fails
+        ("JPEG-LL.dcm", "JPEG Lossless, Non-Hierarchical, First-Order Prediction", "1.2.840.10008.1.2.4.70"),
+    ],
+)
 def test_without_the_extra_the_error_names_syntax_and_extra(name: str, syntax: str, uid: str, tmp_path: Path) -> None:
     source = _file(name)
-    run = _without_plugins("segment", str(source), "--out", str(tmp_path / "r.nii.gz"), "--slice", "0",
-                           "--box", "1,1,5,5", "--graphs", str(tmp_path / "not-needed"))
+    run = _without_plugins(
+        "segment",
+        str(source),
+        "--out",
+        str(tmp_path / "r.nii.gz"),
+        "--slice",
+        "0",
+        "--box",
+        "1,1,5,5",
+        "--graphs",
+        str(tmp_path / "not-needed"),
+    )
     assert run.returncode == 2, run.stderr
     assert syntax in run.stderr and uid in run.stderr, run.stderr
     assert "pip install 'medsam2-serving[codecs]'" in run.stderr and str(source) in run.stderr

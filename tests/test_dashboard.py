@@ -32,12 +32,24 @@ PROBE = ROOT / "deploy" / "docker" / "medsam2_health_probe.py"
 # From Triton's metrics documentation (triton-inference-server/server, docs/user_guide/metrics.md): the
 # inference request counters and cumulative latencies (per model), and the GPU metrics (DCGM, per GPU).
 TRITON_METRICS = {
-    "nv_inference_request_success", "nv_inference_request_failure", "nv_inference_count",
-    "nv_inference_exec_count", "nv_inference_request_duration_us", "nv_inference_queue_duration_us",
-    "nv_inference_compute_input_duration_us", "nv_inference_compute_infer_duration_us",
-    "nv_inference_compute_output_duration_us", "nv_gpu_utilization", "nv_gpu_memory_total_bytes",
-    "nv_gpu_memory_used_bytes", "nv_gpu_power_usage", "nv_gpu_power_limit", "nv_energy_consumption",
-    "nv_cpu_utilization", "nv_cpu_memory_total_bytes", "nv_cpu_memory_used_bytes",
+    "nv_inference_request_success",
+    "nv_inference_request_failure",
+    "nv_inference_count",
+    "nv_inference_exec_count",
+    "nv_inference_request_duration_us",
+    "nv_inference_queue_duration_us",
+    "nv_inference_compute_input_duration_us",
+    "nv_inference_compute_infer_duration_us",
+    "nv_inference_compute_output_duration_us",
+    "nv_gpu_utilization",
+    "nv_gpu_memory_total_bytes",
+    "nv_gpu_memory_used_bytes",
+    "nv_gpu_power_usage",
+    "nv_gpu_power_limit",
+    "nv_energy_consumption",
+    "nv_cpu_utilization",
+    "nv_cpu_memory_total_bytes",
+    "nv_cpu_memory_used_bytes",
 }
 # Written by Prometheus itself for every scrape target.
 PROMETHEUS_METRICS = {"up"}
@@ -63,8 +75,14 @@ json.dump(out, sys.stdout)
 
 def promql_names(tools: dict[str, Path], exprs: list[str]) -> dict[str, dict]:
     """Parse PromQL expressions; {expr: {"names": [...]} or {"error": message}}."""
-    done = subprocess.run([str(tools["python"]), "-c", _PROMQL_NAMES], input=json.dumps(exprs), capture_output=True,
-                          text=True, timeout=60, check=True)
+    done = subprocess.run(
+        [str(tools["python"]), "-c", _PROMQL_NAMES],
+        input=json.dumps(exprs),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     return json.loads(done.stdout)
 
 
@@ -76,8 +94,11 @@ def grafana_to_promql(expr: str) -> str:
 def dashboard_queries() -> dict[str, str]:
     """Every query of the dashboard: panel targets and template variables, by where they come from."""
     dashboard = json.loads(DASHBOARD.read_text())
-    queries = {f"panel '{p['title']}' {t['refId']}": grafana_to_promql(t["expr"])
-               for p in dashboard["panels"] for t in p.get("targets", [])}
+    queries = {
+        f"panel '{p['title']}' {t['refId']}": grafana_to_promql(t["expr"])
+        for p in dashboard["panels"]
+        for t in p.get("targets", [])
+    }
     for var in dashboard["templating"]["list"]:
         if var["type"] == "query":  # label_values(<selector>, label): the selector is PromQL
             selector = re.fullmatch(r"label_values\((.+),\s*\w+\)", var["query"]["query"]).group(1)
@@ -88,8 +109,11 @@ def dashboard_queries() -> dict[str, str]:
 def alert_queries(tools: dict[str, Path]) -> dict[str, str]:
     """Every alert expression, rendered with Triton on (all alerts)."""
     docs = helm_template(tools, [])
-    return {f"alert {r['alert']}": r["expr"]
-            for g in by_kind(docs, "PrometheusRule")[0]["spec"]["groups"] for r in g["rules"]}
+    return {
+        f"alert {r['alert']}": r["expr"]
+        for g in by_kind(docs, "PrometheusRule")[0]["spec"]["groups"]
+        for r in g["rules"]
+    }
 
 
 def adapter_queries() -> dict[str, str]:
@@ -128,6 +152,7 @@ def tools() -> dict[str, Path]:
 
 # --- the live service ----------------------------------------------------------------------------
 
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -161,8 +186,11 @@ def live_service(graphs: dict[str, Path]):  # yields (grpc address, metric names
             # Sample names (x_bucket, x_total, ...) of the series present, plus those a family's type implies,
             # so a labelled counter that has not counted yet (evictions, errors) still counts as exported.
             names |= {s.name for s in family.samples}
-            names |= {"counter": {f"{family.name}_total"}, "gauge": {family.name},
-                      "histogram": {f"{family.name}_{x}" for x in ("bucket", "sum", "count")}}.get(family.type, set())
+            names |= {
+                "counter": {f"{family.name}_total"},
+                "gauge": {family.name},
+                "histogram": {f"{family.name}_{x}" for x in ("bucket", "sum", "count")},
+            }.get(family.type, set())
         yield f"127.0.0.1:{running.port}", names
     finally:
         running.stop(1.0)
@@ -170,14 +198,20 @@ def live_service(graphs: dict[str, Path]):  # yields (grpc address, metric names
 
 # --- tests ---------------------------------------------------------------------------------------
 
+
 def test_dashboard_parses_and_shows_what_operators_need() -> None:
     dashboard = json.loads(DASHBOARD.read_text())
     panels = [p for p in dashboard["panels"] if p["type"] != "row"]
     assert len({p["id"] for p in dashboard["panels"]}) == len(dashboard["panels"])
     assert all(p.get("targets") and all(t["expr"].strip() for t in p["targets"]) for p in panels)
     exprs = " ".join(t["expr"] for p in panels for t in p["targets"])
-    for needed in ("medsam2_slice_duration_seconds_bucket", "medsam2_propagated_slices_total",
-                   "medsam2_active_sessions", "nv_inference_queue_duration_us", "nv_gpu_utilization"):
+    for needed in (
+        "medsam2_slice_duration_seconds_bucket",
+        "medsam2_propagated_slices_total",
+        "medsam2_active_sessions",
+        "nv_inference_queue_duration_us",
+        "nv_gpu_utilization",
+    ):
         assert needed in exprs, needed
     assert "histogram_quantile(0.95" in exprs
     # The ConfigMap carries the file unchanged.
@@ -192,21 +226,33 @@ def test_rendered_dashboard_configmap_is_the_file(tools: dict[str, Path]) -> Non
 
 def test_every_queried_metric_exists(tools: dict[str, Path], live_service: tuple[str, set[str]]) -> None:
     _, exported = live_service
-    assert {"medsam2_slice_duration_seconds_bucket", "medsam2_propagated_slices_total",
-            "medsam2_active_sessions", "medsam2_backend_ready"} <= exported
+    assert {
+        "medsam2_slice_duration_seconds_bucket",
+        "medsam2_propagated_slices_total",
+        "medsam2_active_sessions",
+        "medsam2_backend_ready",
+    } <= exported
     queries = {**dashboard_queries(), **alert_queries(tools), **adapter_queries()}
     assert unknown_metrics(tools, queries, exported) == {}
     alerts = " ".join(alert_queries(tools).values())
-    for needed in ("medsam2_slice_duration_seconds_bucket", "medsam2_rpc_requests_total", "medsam2_active_sessions",
-                   "medsam2_session_state_bytes", "medsam2_backend_ready", "nv_inference_queue_duration_us"):
+    for needed in (
+        "medsam2_slice_duration_seconds_bucket",
+        "medsam2_rpc_requests_total",
+        "medsam2_active_sessions",
+        "medsam2_session_state_bytes",
+        "medsam2_backend_ready",
+        "nv_inference_queue_duration_us",
+    ):
         assert needed in alerts, needed
 
 
 def test_a_misspelt_or_broken_query_is_caught(tools: dict[str, Path], live_service: tuple[str, set[str]]) -> None:
     _, exported = live_service
-    queries = {"misspelt": "sum(rate(medsam2_propagated_slice_total[5m]))",
-               "broken": "sum(rate(medsam2_propagated_slices_total[5m])",
-               "fine": "sum(rate(medsam2_propagated_slices_total[5m]))"}
+    queries = {
+        "misspelt": "sum(rate(medsam2_propagated_slice_total[5m]))",
+        "broken": "sum(rate(medsam2_propagated_slices_total[5m])",
+        "fine": "sum(rate(medsam2_propagated_slices_total[5m]))",
+    }
     bad = unknown_metrics(tools, queries, exported)
     assert bad["misspelt"] == ["medsam2_propagated_slice_total"]
     assert bad["broken"][0].startswith("does not parse")
@@ -216,9 +262,15 @@ def test_a_misspelt_or_broken_query_is_caught(tools: dict[str, Path], live_servi
 def test_image_health_probe(live_service: tuple[str, set[str]]) -> None:
     """The probe the service image runs (HEALTHCHECK, and readiness under TLS) reads the real health service."""
     address, _ = live_service
-    ok = subprocess.run([sys.executable, str(PROBE), "--address", address], check=False, capture_output=True,
-                        text=True, timeout=30)
+    ok = subprocess.run(
+        [sys.executable, str(PROBE), "--address", address], check=False, capture_output=True, text=True, timeout=30
+    )
     assert ok.returncode == 0 and ok.stdout.strip() == "SERVING", ok.stdout + ok.stderr
-    down = subprocess.run([sys.executable, str(PROBE), "--address", f"127.0.0.1:{_free_port()}", "--timeout", "1"],
-                          check=False, capture_output=True, text=True, timeout=30)
+    down = subprocess.run(
+        [sys.executable, str(PROBE), "--address", f"127.0.0.1:{_free_port()}", "--timeout", "1"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert down.returncode == 1 and "health check failed" in down.stderr

@@ -17,12 +17,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from dicom_conformance import assert_same_itk_geometry, dciodvfy_errors, segment_in_process
 
+from dicom_conformance import assert_same_itk_geometry, dciodvfy_errors, segment_in_process
 from medsam2.errors import InvalidInput
 from medsam2.io.errors import CorruptDicom, InvalidSegmentation, IrregularStack, NotAnImage, NotDicom
 
-SEG_AND_NIFTI = frozenset("""
+SEG_AND_NIFTI = frozenset(
+    """
 CT_small.dcm ExplVR_BigEnd.dcm GDCMJ2K_TextGBR.dcm J2K_pixelrep_mismatch.dcm JPEG-LL.dcm JPEG2000.dcm
 JPEG2000_UNC.dcm JPGExtended.dcm JPGLosslessP14SV1_1s_1f_8b.dcm MR-SIEMENS-DICOM-WithOverlays.dcm MR2_J2KI.dcm
 MR2_J2KR.dcm MR2_UNCI.dcm MR2_UNCR.dcm MR_small.dcm MR_small_RLE.dcm MR_small_bigendian.dcm MR_small_expb.dcm
@@ -39,7 +40,8 @@ SC_rgb_small_odd_big_endian.dcm SC_rgb_small_odd_jpeg.dcm SC_ybr_full_422_uncomp
 SC_ybr_full_uncompressed.dcm US1_J2KI.dcm US1_J2KR.dcm US1_UNCI.dcm US1_UNCR.dcm eCT_Supplemental.dcm
 examples_jpeg2k.dcm examples_overlay.dcm examples_palette.dcm examples_rgb_color.dcm explicit_VR-UN.dcm
 gdcm-US-ALOKA-16.dcm gdcm-US-ALOKA-16_big.dcm image_dfl.dcm mlut_18.dcm vlut_04.dcm CT5N
-""".split())  # noqa: SIM905 - a table is easier to read as words
+""".split()
+)
 """Files that give both a SEG (dciodvfy: no errors) and a NIfTI at SimpleITK's geometry."""
 
 _NO_GEOMETRY = (InvalidInput, r"frames have no patient geometry .* write \.nii\.gz")
@@ -47,15 +49,30 @@ _NO_FRAME_OF_REFERENCE = (InvalidSegmentation, r"no Frame Of Reference UID, but 
 _RETIRED_CLASS = (InvalidSegmentation, r"Ultrasound Image Storage, is one highdicom has no IOD for.*\.nii\.gz")
 NIFTI_ONLY: dict[str, tuple[type[Exception], str]] = {
     # Cine loops (ultrasound, secondary capture) without positions: no multi-frame SEG can place them.
-    **{name: _NO_GEOMETRY for name in (
-        "OBXXXX1A_2frame.dcm", "OBXXXX1A_expb_2frame.dcm", "OBXXXX1A_rle_2frame.dcm", "SC_rgb_2frame.dcm",
-        "SC_rgb_16bit_2frame.dcm", "SC_rgb_32bit_2frame.dcm", "SC_rgb_expb_2frame.dcm",
-        "SC_rgb_expb_16bit_2frame.dcm", "SC_rgb_expb_32bit_2frame.dcm", "SC_rgb_rle_2frame.dcm",
-        "SC_rgb_rle_16bit_2frame.dcm", "SC_rgb_rle_32bit_2frame.dcm", "color3d_jpeg_baseline.dcm",
-        "examples_ybr_color.dcm")},
+    **{
+        name: _NO_GEOMETRY
+        for name in (
+            "OBXXXX1A_2frame.dcm",
+            "OBXXXX1A_expb_2frame.dcm",
+            "OBXXXX1A_rle_2frame.dcm",
+            "SC_rgb_2frame.dcm",
+            "SC_rgb_16bit_2frame.dcm",
+            "SC_rgb_32bit_2frame.dcm",
+            "SC_rgb_expb_2frame.dcm",
+            "SC_rgb_expb_16bit_2frame.dcm",
+            "SC_rgb_expb_32bit_2frame.dcm",
+            "SC_rgb_rle_2frame.dcm",
+            "SC_rgb_rle_16bit_2frame.dcm",
+            "SC_rgb_rle_32bit_2frame.dcm",
+            "color3d_jpeg_baseline.dcm",
+            "examples_ybr_color.dcm",
+        )
+    },
     # CT images that lack their (Type 1) FrameOfReferenceUID: a SEG over CT must share one.
-    **{name: _NO_FRAME_OF_REFERENCE for name in (
-        "693_J2KI.dcm", "693_J2KR.dcm", "693_UNCI.dcm", "693_UNCR.dcm", "bad_sequence.dcm")},
+    **{
+        name: _NO_FRAME_OF_REFERENCE
+        for name in ("693_J2KI.dcm", "693_J2KR.dcm", "693_UNCI.dcm", "693_UNCR.dcm", "bad_sequence.dcm")
+    },
     # The retired Ultrasound Image Storage class (1.2.840.10008.5.1.4.1.1.6), unknown to highdicom.
     "color-pl.dcm": _RETIRED_CLASS,
     "color-px.dcm": _RETIRED_CLASS,
@@ -69,23 +86,63 @@ _ZERO_SPACING = (IrregularStack, r"PixelSpacing is \[0\.0, 0\.0\]; a pixel needs
 _NO_GROUPS = (IrregularStack, r"Enhanced MR Image Storage object whose functional groups give no plane position")
 _UNDECODABLE = (CorruptDicom, r"every installed decoder failed on this JPEG")
 REFUSED: dict[str, tuple[type[Exception], str]] = {
-    **{name: _NOT_IMAGE for name in (
-        "ExplVR_BigEndNoMeta.dcm", "ExplVR_LitEndNoMeta.dcm", "badVR.dcm", "liver.dcm", "liver_1frame.dcm",
-        "liver_expb.dcm", "liver_expb_1frame.dcm", "reportsi.dcm", "reportsi_with_empty_number_tags.dcm",
-        "rtdose.dcm", "rtdose_1frame.dcm", "rtdose_expb.dcm", "rtdose_expb_1frame.dcm", "rtdose_rle.dcm",
-        "rtdose_rle_1frame.dcm", "rtplan.dcm", "rtplan_truncated.dcm", "rtstruct.dcm", "test-SR.dcm",
-        "waveform_ecg.dcm")},
-    **{name: _NO_SOP_CLASS for name in (
-        "UN_sequence.dcm", "empty_charset_LEI.dcm", "meta_missing_tsyntax.dcm", "nested_priv_SQ.dcm",
-        "no_meta_group_length.dcm", "priv_SQ.dcm")},
+    **{
+        name: _NOT_IMAGE
+        for name in (
+            "ExplVR_BigEndNoMeta.dcm",
+            "ExplVR_LitEndNoMeta.dcm",
+            "badVR.dcm",
+            "liver.dcm",
+            "liver_1frame.dcm",
+            "liver_expb.dcm",
+            "liver_expb_1frame.dcm",
+            "reportsi.dcm",
+            "reportsi_with_empty_number_tags.dcm",
+            "rtdose.dcm",
+            "rtdose_1frame.dcm",
+            "rtdose_expb.dcm",
+            "rtdose_expb_1frame.dcm",
+            "rtdose_rle.dcm",
+            "rtdose_rle_1frame.dcm",
+            "rtplan.dcm",
+            "rtplan_truncated.dcm",
+            "rtstruct.dcm",
+            "test-SR.dcm",
+            "waveform_ecg.dcm",
+        )
+    },
+    **{
+        name: _NO_SOP_CLASS
+        for name in (
+            "UN_sequence.dcm",
+            "empty_charset_LEI.dcm",
+            "meta_missing_tsyntax.dcm",
+            "nested_priv_SQ.dcm",
+            "no_meta_group_length.dcm",
+            "priv_SQ.dcm",
+        )
+    },
     # pydicom's JPEG-LS codec samples: pixel data with a bare header, no study or series.
-    **{name: _NO_UIDS for name in (
-        "JPEGLSNearLossless_08.dcm", "JPEGLSNearLossless_16.dcm", "SC_rgb_jls_lossy_line.dcm",
-        "SC_rgb_jls_lossy_sample.dcm")},
+    **{
+        name: _NO_UIDS
+        for name in (
+            "JPEGLSNearLossless_08.dcm",
+            "JPEGLSNearLossless_16.dcm",
+            "SC_rgb_jls_lossy_line.dcm",
+            "SC_rgb_jls_lossy_sample.dcm",
+        )
+    },
     **{name: _ZERO_SPACING for name in ("RG1_J2KI.dcm", "RG1_J2KR.dcm", "RG1_UNCI.dcm", "RG1_UNCR.dcm")},
-    **{name: _NO_GROUPS for name in (
-        "emri_small.dcm", "emri_small_RLE.dcm", "emri_small_big_endian.dcm", "emri_small_jpeg_2k_lossless.dcm",
-        "emri_small_jpeg_ls_lossless.dcm")},
+    **{
+        name: _NO_GROUPS
+        for name in (
+            "emri_small.dcm",
+            "emri_small_RLE.dcm",
+            "emri_small_big_endian.dcm",
+            "emri_small_jpeg_2k_lossless.dcm",
+            "emri_small_jpeg_ls_lossless.dcm",
+        )
+    },
     # Damaged on purpose in pydicom's tests: libjpeg and Pillow both fail; the J2K header is unreadable.
     "JPEG-lossy.dcm": _UNDECODABLE,
     "JPEG2000-embedded-sequence-delimiter.dcm": _UNDECODABLE,
@@ -192,8 +249,9 @@ CLI_CASES = [
 
 
 @pytest.mark.parametrize(("name", "suffix", "code", "message"), CLI_CASES, ids=[c[0] for c in CLI_CASES])
-def test_cli_exit_codes_without_tracebacks(name: str, suffix: str, code: int, message: str | None,
-                                           graphs: dict[str, Path], tmp_path: Path) -> None:
+def test_cli_exit_codes_without_tracebacks(
+    name: str, suffix: str, code: int, message: str | None, graphs: dict[str, Path], tmp_path: Path
+) -> None:
     files = corpus()
     if name not in files:
         pytest.skip(f"{name} is in pydicom-data, which is not installed")
@@ -201,9 +259,29 @@ def test_cli_exit_codes_without_tracebacks(name: str, suffix: str, code: int, me
     repo = Path(__file__).resolve().parent.parent
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo / "services"), str(repo / "export")])}
     run = subprocess.run(
-        [sys.executable, "-m", "medsam2.cli.main", "--threads", "2", "segment", str(files[name]), "--out", str(out),
-         "--slice", "0", "--box", "1,1,2,2", "--graphs", str(graphs["present"]), "--no-progress"],
-        capture_output=True, text=True, timeout=300, env=env, check=False,
+        [
+            sys.executable,
+            "-m",
+            "medsam2.cli.main",
+            "--threads",
+            "2",
+            "segment",
+            str(files[name]),
+            "--out",
+            str(out),
+            "--slice",
+            "0",
+            "--box",
+            "1,1,2,2",
+            "--graphs",
+            str(graphs["present"]),
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        check=False,
     )
     assert run.returncode == code, run.stderr
     assert "Traceback" not in run.stderr and "Warning" not in run.stderr, run.stderr

@@ -26,7 +26,7 @@ from medsam2.io.volumes import read_volume
 
 
 @pytest.fixture()
-def small_series(tmp_path: Path):  # noqa: ANN201
+def small_series(tmp_path: Path):
     return write_synthetic_ct(tmp_path / "ct", slices=8, size=32)
 
 
@@ -35,7 +35,7 @@ def test_errors_are_input_errors() -> None:
         assert issubclass(kind, InvalidInput)  # exit code 2 / INVALID_ARGUMENT without new mappings
 
 
-def test_truncated_pixel_data_is_named(small_series, tmp_path: Path) -> None:  # noqa: ANN001
+def test_truncated_pixel_data_is_named(small_series, tmp_path: Path) -> None:
     victim = small_series.paths[3]
     data = victim.read_bytes()
     victim.write_bytes(data[:-1000])
@@ -52,14 +52,14 @@ def test_truncated_large_pixel_data_is_caught_when_reading_the_file(tmp_path: Pa
         read_dicom(series.folder)
 
 
-def test_truncated_header_is_named(small_series) -> None:  # noqa: ANN001
+def test_truncated_header_is_named(small_series) -> None:
     victim = small_series.paths[0]
     victim.write_bytes(victim.read_bytes()[:700])  # cut inside the header, on an element boundary or not
     with pytest.raises(CorruptDicom, match=rf"{victim.name} .*(truncated|corrupt|not a readable)"):
         read_dicom(small_series.folder)
 
 
-def test_overwritten_header_is_named(small_series) -> None:  # noqa: ANN001
+def test_overwritten_header_is_named(small_series) -> None:
     victim = small_series.paths[2]
     data = bytearray(victim.read_bytes())
     data[400:440] = b"\xff" * 40
@@ -88,7 +88,7 @@ def test_pydicoms_scout_and_gated_series_are_two_series() -> None:
         read_dicom(Path(get_testdata_file("dicomdirtests/98892001/CT5N/2062")).parent.parent)
 
 
-def test_choosing_a_series_that_is_not_there(small_series) -> None:  # noqa: ANN001
+def test_choosing_a_series_that_is_not_there(small_series) -> None:
     with pytest.raises(NotFound, match=r"series 1\.2\.3 is not in .*synthetic phantom"):
         read_dicom(small_series.folder, series_uid="1.2.3")
 
@@ -100,7 +100,7 @@ def test_missing_slice_reports_the_gap(tmp_path: Path) -> None:
         read_dicom(tmp_path / "gap")
 
 
-def test_duplicate_positions_are_refused(small_series) -> None:  # noqa: ANN001
+def test_duplicate_positions_are_refused(small_series) -> None:
     copy = small_series.folder / "copy.dcm"
     ds = pydicom.dcmread(small_series.paths[5])
     ds.SOPInstanceUID = pydicom.uid.generate_uid()
@@ -109,7 +109,7 @@ def test_duplicate_positions_are_refused(small_series) -> None:  # noqa: ANN001
         read_dicom(small_series.folder)
 
 
-def test_a_localizer_of_another_orientation_is_refused(small_series) -> None:  # noqa: ANN001
+def test_a_localizer_of_another_orientation_is_refused(small_series) -> None:
     ds = pydicom.dcmread(small_series.paths[1])
     ds.ImageOrientationPatient = [0, 1, 0, 0, 0, -1]  # sagittal
     ds.save_as(small_series.paths[1], enforce_file_format=True)
@@ -117,7 +117,7 @@ def test_a_localizer_of_another_orientation_is_refused(small_series) -> None:  #
         read_dicom(small_series.folder)
 
 
-def test_positions_off_one_line_are_refused_not_misplaced(small_series) -> None:  # noqa: ANN001
+def test_positions_off_one_line_are_refused_not_misplaced(small_series) -> None:
     ds = pydicom.dcmread(small_series.paths[4])
     position = [float(v) for v in ds.ImagePositionPatient]
     ds.ImagePositionPatient = [position[0] + 7.0, position[1], position[2]]  # one slice shifted sideways
@@ -151,12 +151,14 @@ def test_jpeg_lossless_names_the_missing_plugins() -> None:
 
     if get_decoder(pydicom.uid.JPEGLosslessSV1).is_available:
         pytest.skip("a JPEG Lossless decoder (gdcm or pylibjpeg-libjpeg) is installed here")
-    with pytest.raises(UnsupportedTransferSyntax,
-                       match=r"JPEG Lossless.*\(1\.2\.840\.10008\.1\.2\.4\.70\).*install one of: .*pylibjpeg-libjpeg"):
+    with pytest.raises(
+        UnsupportedTransferSyntax,
+        match=r"JPEG Lossless.*\(1\.2\.840\.10008\.1\.2\.4\.70\).*install one of: .*pylibjpeg-libjpeg",
+    ):
         read_volume(Path(get_testdata_file("SC_rgb_jpeg_gdcm.dcm")))
 
 
-def test_a_compression_pydicom_cannot_decode_at_all_is_named(small_series) -> None:  # noqa: ANN001
+def test_a_compression_pydicom_cannot_decode_at_all_is_named(small_series) -> None:
     # An H.264 video transfer syntax: pydicom has no decoder for it, so no plug-in could help.
     victim = small_series.paths[0]
     ds = pydicom.dcmread(victim)
@@ -169,7 +171,7 @@ def test_a_compression_pydicom_cannot_decode_at_all_is_named(small_series) -> No
         read_dicom(small_series.folder)
 
 
-def test_unsupported_compression_fails_before_decoding_anything(small_series, monkeypatch) -> None:  # noqa: ANN001
+def test_unsupported_compression_fails_before_decoding_anything(small_series, monkeypatch) -> None:
     # The check runs on every file's header first: no slice is decoded when one cannot be.
     import medsam2.io.dicom_series as series_module
 

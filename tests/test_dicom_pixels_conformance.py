@@ -94,8 +94,9 @@ def test_an_enhanced_image_without_functional_groups_is_not_a_cine() -> None:
 
 def _ct5n(tmp_path: Path) -> Path:
     folder = tmp_path / "study"
-    shutil.copytree(Path(get_testdata_file("CT_small.dcm")).parent / "dicomdirtests" / "98892001" / "CT5N",
-                    folder / "ct")
+    shutil.copytree(
+        Path(get_testdata_file("CT_small.dcm")).parent / "dicomdirtests" / "98892001" / "CT5N", folder / "ct"
+    )
     return folder
 
 

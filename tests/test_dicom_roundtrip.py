@@ -35,8 +35,9 @@ def volume(series: SyntheticSeries) -> Volume:
     return read_volume(series.folder)
 
 
-def segment(volume: Volume, graphs_folder: Path, key: int, box: tuple[int, int, int, int],
-            slice_range: tuple[int, int]) -> dict[int, np.ndarray]:
+def segment(
+    volume: Volume, graphs_folder: Path, key: int, box: tuple[int, int, int, int], slice_range: tuple[int, int]
+) -> dict[int, np.ndarray]:
     """The real engine: ONNX Runtime over the exported graphs, MedSAM2's 3D protocol."""
     from medsam2.backends.onnxruntime_backend import OnnxRuntimeBackend
     from medsam2.engine.prompts import Box
@@ -97,8 +98,9 @@ def test_pydicom_reads_the_seg_and_every_frame_lands_on_its_source_slice(
     frames = seg.pixel_array.reshape(-1, 512, 512)
     covered = [k for k in range(100) if masks[1][k].any()]
     assert len(frames) == len(covered)  # empty frames omitted, one frame per covered slice
-    orientation = [float(v) for v in seg.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence[0]
-                   .ImageOrientationPatient]
+    orientation = [
+        float(v) for v in seg.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence[0].ImageOrientationPatient
+    ]
     np.testing.assert_allclose(orientation, series.geometry.image_orientation(), atol=1e-6)
     seen = []
     for index, item in enumerate(seg.PerFrameFunctionalGroupsSequence):
@@ -107,8 +109,11 @@ def test_pydicom_reads_the_seg_and_every_frame_lands_on_its_source_slice(
         seen.append(k)
         np.testing.assert_array_equal(frames[index].astype(bool), masks[1][k])
         source = pydicom.dcmread(series.paths[k], stop_before_pixels=True)
-        np.testing.assert_allclose([float(v) for v in item.PlanePositionSequence[0].ImagePositionPatient],
-                                   [float(v) for v in source.ImagePositionPatient], atol=1e-4)
+        np.testing.assert_allclose(
+            [float(v) for v in item.PlanePositionSequence[0].ImagePositionPatient],
+            [float(v) for v in source.ImagePositionPatient],
+            atol=1e-4,
+        )
     assert sorted(seen) == covered
 
 

@@ -78,7 +78,7 @@ def test_ct5n_series_sorts_along_the_normal_and_matches_highdicom(tmp_path: Path
     _assert_same_volume(volume, reference)
 
 
-def _assert_same_volume(volume, reference: hd.Volume) -> None:  # noqa: ANN001
+def _assert_same_volume(volume, reference: hd.Volume) -> None:
     """Our [slice, row, col] volume and affine equal highdicom's, whichever way it runs its slice axis."""
     ours = volume.geometry.affine_lps()[:, [2, 1, 0, 3]]  # reorder to highdicom's (slice, row, column) index
     theirs = reference.affine
@@ -119,8 +119,11 @@ def test_legacy_converted_enhanced_ct_reads_like_its_single_frames(tmp_path: Pat
     series = write_synthetic_ct(tmp_path / "ct", slices=10, size=48)
     singles = [pydicom.dcmread(p) for p in series.paths]
     enhanced = hd.legacy.LegacyConvertedEnhancedCTImage(
-        singles, series_instance_uid=pydicom.uid.generate_uid(), series_number=2,
-        sop_instance_uid=pydicom.uid.generate_uid(), instance_number=1,
+        singles,
+        series_instance_uid=pydicom.uid.generate_uid(),
+        series_number=2,
+        sop_instance_uid=pydicom.uid.generate_uid(),
+        instance_number=1,
     )
     enhanced.save_as(tmp_path / "enhanced.dcm", enforce_file_format=True)
     from_frames = read_volume(tmp_path / "enhanced.dcm")

@@ -35,8 +35,11 @@ def test_3d_protocol_encodes_each_slice_once(backend, volume) -> None:
     frames, boxes = volume
     tracker = Tracker(backend, frames)
     seen: list[tuple[str, int]] = []
-    masks = segment_volume(tracker, [ObjectPrompt(1, 4, box=boxes[0]), ObjectPrompt(2, 4, box=boxes[1])],
-                           on_frame=lambda name, r: seen.append((name, r.frame)))
+    masks = segment_volume(
+        tracker,
+        [ObjectPrompt(1, 4, box=boxes[0]), ObjectPrompt(2, 4, box=boxes[1])],
+        on_frame=lambda name, r: seen.append((name, r.frame)),
+    )
     assert tracker.features.encoded == frames.shape[0]  # the key slice is not encoded twice
     assert [f for n, f in seen if n == "forward"] == [4, 5, 6, 7]
     assert [f for n, f in seen if n == "backward"] == [4, 3, 2, 1, 0]
@@ -57,8 +60,9 @@ def test_slice_range_bounds_propagation(backend, volume) -> None:
 def test_video_protocol_runs_forward_from_frame_zero(backend, volume) -> None:
     frames, boxes = volume
     seen = []
-    segment_video(Tracker(backend, frames), [ObjectPrompt(1, 0, box=boxes[0])],
-                  on_frame=lambda name, r: seen.append(r.frame))
+    segment_video(
+        Tracker(backend, frames), [ObjectPrompt(1, 0, box=boxes[0])], on_frame=lambda name, r: seen.append(r.frame)
+    )
     assert seen == list(range(frames.shape[0]))
     with pytest.raises(InvalidPrompt, match="first frame"):
         segment_video(Tracker(backend, frames), [ObjectPrompt(1, 2, box=boxes[0])])
@@ -108,8 +112,13 @@ def test_correction_as_conditioning_option(backend, volume) -> None:
 
 def _snapshot(tracker: Tracker) -> dict:
     return {
-        obj: (sorted(t.points), sorted(t.cond), sorted(t.non_cond), sorted(t.pending_cond),
-              {f: o.low_res.copy() for f, o in t.pending_cond.items()})
+        obj: (
+            sorted(t.points),
+            sorted(t.cond),
+            sorted(t.non_cond),
+            sorted(t.pending_cond),
+            {f: o.low_res.copy() for f, o in t.pending_cond.items()},
+        )
         for obj, t in tracker.objects.items()
     }
 
@@ -182,5 +191,5 @@ def test_fused_track_step_matches_stage_by_stage(backend, volume) -> None:
         results.append([r.low_res for r in tracker.propagate(Direction.BOTH, start=2)])
         assert tracker.features.encoded == (1 if b is not backend else frames.shape[0])
     assert len(results[0]) == len(results[1]) == frames.shape[0] + 1
-    for plain, fused in zip(*results):
+    for plain, fused in zip(*results, strict=False):
         assert np.max(np.abs(plain - fused)) <= 1e-5

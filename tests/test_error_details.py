@@ -32,7 +32,7 @@ def frames() -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def server(graphs: dict[str, Path]):  # noqa: ANN201
+def server(graphs: dict[str, Path]):
     settings = ServerSettings(port=0, metrics_port=0, model_repository=graphs["present"], max_sessions=1)
     running = start_server(settings, OnnxRuntimeBackend(graphs["present"], threads=1))
     yield running, f"127.0.0.1:{running.port}"
@@ -40,13 +40,13 @@ def server(graphs: dict[str, Path]):  # noqa: ANN201
 
 
 @pytest.fixture
-def client(server) -> Client:  # noqa: ANN001
+def client(server) -> Client:
     c = Client(server[1])
     yield c
     c.close()
 
 
-def _failure(call) -> grpc.RpcError:  # noqa: ANN001
+def _failure(call) -> grpc.RpcError:
     with pytest.raises(grpc.RpcError) as info:
         result = call()
         if hasattr(result, "__iter__") and not hasattr(result, "ListFields"):
@@ -78,18 +78,27 @@ def test_invalid_argument_names_the_field(client: Client) -> None:
     assert "RetryInfo" not in details
 
 
-@pytest.mark.parametrize(("request_", "field"), [
-    (pb.GetResultRequest(session_id="x", format=9), "format"),
-    (pb.PropagateRequest(session_id="x", protocol=7), "protocol"),
-    (pb.PropagateRequest(session_id="x", encoding=5), "encoding"),
-    (pb.AddPromptRequest(session_id="x", object_id=1, mask=pb.Mask(rows=1, columns=1, encoding=4, data=b"\x80")),
-     "mask.encoding"),
-    (pb.GetResultRequest(session_id="x", chunk_bytes=1), "chunk_bytes"),
-    (pb.GetSessionRequest(session_id="s" * 129), "session_id"),
-])
-def test_unknown_enums_and_bad_sizes_are_invalid_argument(client: Client, request_, field: str) -> None:  # noqa: ANN001
-    method = {"GetResultRequest": client.stub.GetResult, "PropagateRequest": client.stub.Propagate,
-              "AddPromptRequest": client.stub.AddPrompt, "GetSessionRequest": client.stub.GetSession}
+@pytest.mark.parametrize(
+    ("request_", "field"),
+    [
+        (pb.GetResultRequest(session_id="x", format=9), "format"),
+        (pb.PropagateRequest(session_id="x", protocol=7), "protocol"),
+        (pb.PropagateRequest(session_id="x", encoding=5), "encoding"),
+        (
+            pb.AddPromptRequest(session_id="x", object_id=1, mask=pb.Mask(rows=1, columns=1, encoding=4, data=b"\x80")),
+            "mask.encoding",
+        ),
+        (pb.GetResultRequest(session_id="x", chunk_bytes=1), "chunk_bytes"),
+        (pb.GetSessionRequest(session_id="s" * 129), "session_id"),
+    ],
+)
+def test_unknown_enums_and_bad_sizes_are_invalid_argument(client: Client, request_, field: str) -> None:
+    method = {
+        "GetResultRequest": client.stub.GetResult,
+        "PropagateRequest": client.stub.Propagate,
+        "AddPromptRequest": client.stub.AddPrompt,
+        "GetSessionRequest": client.stub.GetSession,
+    }
     error = _failure(lambda: method[type(request_).__name__](request_))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert _details(error)["BadRequest"].field_violations[0].field == field
@@ -97,8 +106,11 @@ def test_unknown_enums_and_bad_sizes_are_invalid_argument(client: Client, reques
 
 def test_unknown_header_enum_in_an_upload(client: Client) -> None:
     header = pb.StudyHeader(shape=[1, 2, 2], dtype=pb.DATA_TYPE_UINT8, kind=42)
-    error = _failure(lambda: client.stub.CreateSession(iter([pb.CreateSessionRequest(header=header),
-                                                             pb.CreateSessionRequest(voxels=b"\0" * 4)])))
+    error = _failure(
+        lambda: client.stub.CreateSession(
+            iter([pb.CreateSessionRequest(header=header), pb.CreateSessionRequest(voxels=b"\0" * 4)])
+        )
+    )
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert _details(error)["BadRequest"].field_violations[0].field == "header.kind"
 
@@ -153,12 +165,12 @@ def _count(method: str, code: str) -> float:
     return REGISTRY.get_sample_value("medsam2_rpc_requests_total", {"method": method, "code": code}) or 0.0
 
 
-def test_a_disconnect_mid_upload_counts_as_cancelled(server) -> None:  # noqa: ANN001
+def test_a_disconnect_mid_upload_counts_as_cancelled(server) -> None:
     _, target = server
     before = {code: _count("CreateSession", code) for code in ("CANCELLED", "INTERNAL")}
     sent = threading.Event()
 
-    def requests():  # noqa: ANN202
+    def requests():
         yield pb.CreateSessionRequest(header=pb.StudyHeader(shape=[4, 64, 64], dtype=pb.DATA_TYPE_UINT8))
         yield pb.CreateSessionRequest(voxels=b"\0" * 1000)
         sent.set()

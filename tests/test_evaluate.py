@@ -62,7 +62,7 @@ def test_prompt_is_the_truth_box_on_the_middle_slice_and_jitter_is_seeded() -> N
     a = jitter_box(prompt.box, 3, np.random.default_rng(7), 20, 20)
     b = jitter_box(prompt.box, 3, np.random.default_rng(7), 20, 20)
     assert a == b and a != prompt.box
-    assert all(abs(u - v) <= 3 for u, v in zip((a.x0, a.y0, a.x1, a.y1), (3, 5, 11, 8)))
+    assert all(abs(u - v) <= 3 for u, v in zip((a.x0, a.y0, a.x1, a.y1), (3, 5, 11, 8), strict=False))
 
 
 def test_truth_as_prediction_scores_one(tmp_path: Path) -> None:
@@ -102,12 +102,18 @@ def test_dicom_series_with_a_seg(tmp_path: Path) -> None:
     from medsam2.io.synthetic import write_synthetic_ct
     from medsam2.io.volumes import read_volume
 
-    series = write_synthetic_ct(tmp_path / "case_a" / "ct", slices=10, size=48, pixel_spacing=(4.0, 4.0),
-                                slice_spacing=5.0, lesion_radius_mm=20.0)
+    series = write_synthetic_ct(
+        tmp_path / "case_a" / "ct",
+        slices=10,
+        size=48,
+        pixel_spacing=(4.0, 4.0),
+        slice_spacing=5.0,
+        lesion_radius_mm=20.0,
+    )
     volume = read_volume(series.folder)
     lesion = np.zeros(volume.voxels.shape, bool)
     k, r, c = series.lesion_voxel()
-    lesion[k - 1: k + 2, r - 2: r + 3, c - 2: c + 3] = True
+    lesion[k - 1 : k + 2, r - 2 : r + 3, c - 2 : c + 3] = True
     write_result(tmp_path / "case_a" / "seg.dcm", {1: lesion}, volume, model_version="test")
     (source,) = find_cases(tmp_path)
     case = source.load()
@@ -123,11 +129,14 @@ def _case(tmp_path: Path, imgs: np.ndarray, gts: np.ndarray, name: str = "bad") 
     return folder
 
 
-@pytest.mark.parametrize("gts_shape, fill, message", [
-    ((8, 32, 31), 1, r"label shape \(8, 32, 31\) does not match image shape \(8, 32, 32\)"),
-    ((8, 32, 32), 0, "label volume is empty"),
-])
-def test_bad_datasets_fail_before_the_model(tmp_path: Path, capsys, gts_shape, fill, message) -> None:  # noqa: ANN001
+@pytest.mark.parametrize(
+    "gts_shape, fill, message",
+    [
+        ((8, 32, 31), 1, r"label shape \(8, 32, 31\) does not match image shape \(8, 32, 32\)"),
+        ((8, 32, 32), 0, "label volume is empty"),
+    ],
+)
+def test_bad_datasets_fail_before_the_model(tmp_path: Path, capsys, gts_shape, fill, message) -> None:
     gts = np.zeros(gts_shape, np.uint8)
     gts[2:4, 5:9, 5:9] = fill
     folder = _case(tmp_path, np.zeros((8, 32, 32), np.uint8), gts)
@@ -137,11 +146,19 @@ def test_bad_datasets_fail_before_the_model(tmp_path: Path, capsys, gts_shape, f
     assert message.replace("\\", "") in capsys.readouterr().err.replace("\\", "")
 
 
-def test_unwritable_output_fails_first(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+def test_unwritable_output_fails_first(tmp_path: Path, capsys) -> None:
     write_synthetic_dataset(tmp_path / "data", TINY)
     (tmp_path / "a_file").write_text("")  # a folder below a file cannot be made, even by root
-    code = main(["evaluate", str(tmp_path / "data"), "--checkpoint", str(tmp_path / "none.pt"),
-                 "--out", str(tmp_path / "a_file" / "out")])
+    code = main(
+        [
+            "evaluate",
+            str(tmp_path / "data"),
+            "--checkpoint",
+            str(tmp_path / "none.pt"),
+            "--out",
+            str(tmp_path / "a_file" / "out"),
+        ]
+    )
     assert code == 5
     assert "cannot write the evaluation output folder" in capsys.readouterr().err
 
@@ -149,8 +166,15 @@ def test_unwritable_output_fails_first(tmp_path: Path, capsys) -> None:  # noqa:
 def test_training_npz_round_trip_keeps_provenance(tmp_path: Path) -> None:
     gts = np.zeros((4, 8, 8), np.uint8)
     gts[1:3, 2:5, 2:5] = 2
-    case = TrainingCase("c", np.full((4, 8, 8), 7, np.uint8), gts, (2.0, 0.5, 0.5), "MR", False,
-                        {"model_version": 3, "checkpoint_sha256": "ab" * 32})
+    case = TrainingCase(
+        "c",
+        np.full((4, 8, 8), 7, np.uint8),
+        gts,
+        (2.0, 0.5, 0.5),
+        "MR",
+        False,
+        {"model_version": 3, "checkpoint_sha256": "ab" * 32},
+    )
     back = read_training_case(write_training_case(tmp_path, case))
     assert back.provenance == case.provenance and back.modality == "MR" and back.spacing == (2.0, 0.5, 0.5)
     np.testing.assert_array_equal(back.gts, gts)
@@ -158,14 +182,31 @@ def test_training_npz_round_trip_keeps_provenance(tmp_path: Path) -> None:
         write_training_case(tmp_path, TrainingCase("e", case.imgs, np.zeros_like(gts)))
 
 
-def test_evaluate_locally_and_through_the_service_agree(tmp_path: Path, graphs, capsys) -> None:  # noqa: ANN001
+def test_evaluate_locally_and_through_the_service_agree(tmp_path: Path, graphs, capsys) -> None:
     from medsam2.backends.onnxruntime_backend import OnnxRuntimeBackend
     from medsam2.server.app import start_server
     from medsam2.server.config import ServerSettings
 
     write_synthetic_dataset(tmp_path / "data", SyntheticOptions(volumes=1, videos=0, slices=8, size=32, seed=5))
-    assert main(["evaluate", str(tmp_path / "data"), "--graphs", str(graphs["present"]), "--out",
-                 str(tmp_path / "local"), "--json", "--no-progress", "--jitter", "2", "--seed", "1"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                str(tmp_path / "data"),
+                "--graphs",
+                str(graphs["present"]),
+                "--out",
+                str(tmp_path / "local"),
+                "--json",
+                "--no-progress",
+                "--jitter",
+                "2",
+                "--seed",
+                "1",
+            ]
+        )
+        == 0
+    )
     local = json.loads(capsys.readouterr().out)
     assert {"case", "object", "dsc", "nsd"} <= set(local["cases"][0])
     assert set(local["summary"]["by_modality"]) == {"CT"} and local["summary"]["overall"]["dsc"]["n"] >= 1
@@ -174,14 +215,48 @@ def test_evaluate_locally_and_through_the_service_agree(tmp_path: Path, graphs, 
     settings = ServerSettings(port=0, metrics_port=0, model_repository=graphs["present"])
     running = start_server(settings, OnnxRuntimeBackend(graphs["present"], threads=2))
     try:
-        assert main(["evaluate", str(tmp_path / "data"), "--server", f"127.0.0.1:{running.port}", "--out",
-                     str(tmp_path / "remote"), "--json", "--no-progress", "--jitter", "2", "--seed", "1"]) == 0
+        assert (
+            main(
+                [
+                    "evaluate",
+                    str(tmp_path / "data"),
+                    "--server",
+                    f"127.0.0.1:{running.port}",
+                    "--out",
+                    str(tmp_path / "remote"),
+                    "--json",
+                    "--no-progress",
+                    "--jitter",
+                    "2",
+                    "--seed",
+                    "1",
+                ]
+            )
+            == 0
+        )
         remote = json.loads(capsys.readouterr().out)
         # SaveAnnotation on the client: the image as the service saw it and the final mask, as training data.
         first = remote["cases"][0]
-        assert main(["client", str(tmp_path / "data" / "ct_000.npz"), "--server", f"127.0.0.1:{running.port}",
-                     "--box", first["box"], "--slice", str(first["key_slice"]), "--out", str(tmp_path / "r.npz"),
-                     "--no-progress", "--save-annotation", str(tmp_path / "annotations")]) == 0
+        assert (
+            main(
+                [
+                    "client",
+                    str(tmp_path / "data" / "ct_000.npz"),
+                    "--server",
+                    f"127.0.0.1:{running.port}",
+                    "--box",
+                    first["box"],
+                    "--slice",
+                    str(first["key_slice"]),
+                    "--out",
+                    str(tmp_path / "r.npz"),
+                    "--no-progress",
+                    "--save-annotation",
+                    str(tmp_path / "annotations"),
+                ]
+            )
+            == 0
+        )
     finally:
         running.stop(1)
     (saved,) = sorted((tmp_path / "annotations").glob("*.npz"))
@@ -189,6 +264,7 @@ def test_evaluate_locally_and_through_the_service_agree(tmp_path: Path, graphs, 
     np.testing.assert_array_equal(case.imgs, read_training_case(tmp_path / "data" / "ct_000.npz").imgs)
     np.testing.assert_array_equal(case.gts > 0, np.load(tmp_path / "r.npz")["segs"] > 0)
     assert case.provenance["server"] == f"127.0.0.1:{running.port}" and "saved_at" in case.provenance
-    assert [(c["dsc"], c["nsd"], c["box"]) for c in remote["cases"]] == \
-        [(c["dsc"], c["nsd"], c["box"]) for c in local["cases"]]
+    assert [(c["dsc"], c["nsd"], c["box"]) for c in remote["cases"]] == [
+        (c["dsc"], c["nsd"], c["box"]) for c in local["cases"]
+    ]
     assert remote["summary"]["model"] == {"server": f"127.0.0.1:{running.port}"}

@@ -40,10 +40,15 @@ def _tiny_graph(path: Path) -> None:
         helper.make_node("Gemm", ["y", "z"], ["g"], transA=1),
     ]
     graph = helper.make_graph(
-        nodes, "tiny",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8]),
-         helper.make_tensor_value_info("z", TensorProto.FLOAT, ["M", 7])],
-        [helper.make_tensor_value_info("g", TensorProto.FLOAT, [5, 7])], inits)
+        nodes,
+        "tiny",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8]),
+            helper.make_tensor_value_info("z", TensorProto.FLOAT, ["M", 7]),
+        ],
+        [helper.make_tensor_value_info("g", TensorProto.FLOAT, [5, 7])],
+        inits,
+    )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
 
 

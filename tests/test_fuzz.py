@@ -25,13 +25,30 @@ from medsam2.server.config import ServerSettings
 from medsam2.server.request_checks import check_request
 
 EXAMPLES = int(os.environ.get("MEDSAM2_FUZZ_EXAMPLES", "30"))
-BUDGET = settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
-                  suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+BUDGET = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 # What a client may legitimately get back for a bad request; INTERNAL and UNKNOWN never.
-CLEAR_CODES = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION,
-               grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.OUT_OF_RANGE}
-REQUEST_TYPES = [pb.CreateSessionRequest, pb.GetSessionRequest, pb.ListSessionsRequest, pb.CloseSessionRequest,
-                 pb.AddPromptRequest, pb.PropagateRequest, pb.GetResultRequest, pb.ResetObjectsRequest]
+CLEAR_CODES = {
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.OUT_OF_RANGE,
+}
+REQUEST_TYPES = [
+    pb.CreateSessionRequest,
+    pb.GetSessionRequest,
+    pb.ListSessionsRequest,
+    pb.CloseSessionRequest,
+    pb.AddPromptRequest,
+    pb.PropagateRequest,
+    pb.GetResultRequest,
+    pb.ResetObjectsRequest,
+]
 ROWS, COLS = 24, 32
 
 floats = st.floats(allow_nan=True, allow_infinity=True, width=32)
@@ -41,10 +58,10 @@ uints = st.integers(min_value=0, max_value=2**32 - 1)
 # -- the surface check alone, on arbitrary bytes ------------------------------------------------------------------
 @BUDGET
 @given(kind=st.sampled_from(REQUEST_TYPES), data=st.binary(max_size=512))
-def test_any_decodable_request_is_checked_without_surprises(kind, data: bytes) -> None:  # noqa: ANN001
+def test_any_decodable_request_is_checked_without_surprises(kind, data: bytes) -> None:
     try:
         message = kind.FromString(data)
-    except Exception:  # noqa: BLE001 - grpc answers undecodable bytes itself (INTERNAL from the framework)
+    except Exception:
         return
     try:
         check_request(message)
@@ -54,9 +71,15 @@ def test_any_decodable_request_is_checked_without_surprises(kind, data: bytes) -
 
 # -- the live service ---------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def service(graphs: dict[str, Path]):  # noqa: ANN201
-    settings_ = ServerSettings(port=0, metrics_port=0, health_port=-1, model_repository=graphs["present"],
-                               max_sessions=64, max_study_voxels=64 * 512 * 512)
+def service(graphs: dict[str, Path]):
+    settings_ = ServerSettings(
+        port=0,
+        metrics_port=0,
+        health_port=-1,
+        model_repository=graphs["present"],
+        max_sessions=64,
+        max_study_voxels=64 * 512 * 512,
+    )
     running = start_server(settings_, OnnxRuntimeBackend(graphs["present"], threads=2))
     client = Client(f"127.0.0.1:{running.port}")
     frames = np.random.default_rng(0).integers(0, 255, (3, ROWS, COLS), dtype=np.uint8)
@@ -66,7 +89,7 @@ def service(graphs: dict[str, Path]):  # noqa: ANN201
     running.stop(1)
 
 
-def _call(fn) -> grpc.StatusCode:  # noqa: ANN001
+def _call(fn) -> grpc.StatusCode:
     try:
         result = fn()
         if hasattr(result, "__iter__") and not hasattr(result, "ListFields"):
@@ -84,14 +107,18 @@ headers = st.builds(
     spacing_mm=st.lists(floats, max_size=4),
     kind=st.integers(0, 5),
     label=st.text(max_size=300),
-    preprocessing=st.builds(pb.Preprocessing, preset=st.sampled_from(["", "none", "auto", "brain", "zzz"]),
-                            window_width=floats, window_level=floats),
+    preprocessing=st.builds(
+        pb.Preprocessing,
+        preset=st.sampled_from(["", "none", "auto", "brain", "zzz"]),
+        window_width=floats,
+        window_level=floats,
+    ),
 )
 
 
 @BUDGET
 @given(header=headers, chunks=st.lists(st.binary(max_size=4096), max_size=3))
-def test_create_session_with_any_header_and_chunks(service, header: pb.StudyHeader, chunks: list[bytes]) -> None:  # noqa: ANN001
+def test_create_session_with_any_header_and_chunks(service, header: pb.StudyHeader, chunks: list[bytes]) -> None:
     client, _ = service
     messages = [pb.CreateSessionRequest(header=header)] + [pb.CreateSessionRequest(voxels=c) for c in chunks]
     try:
@@ -102,20 +129,29 @@ def test_create_session_with_any_header_and_chunks(service, header: pb.StudyHead
     client.close_session(session.session_id)
 
 
-masks = st.builds(pb.Mask, rows=st.one_of(st.just(ROWS), st.integers(0, 2**16)),
-                  columns=st.one_of(st.just(COLS), st.integers(0, 2**16)), encoding=st.integers(0, 4),
-                  data=st.binary(max_size=4 * ROWS * COLS))
+masks = st.builds(
+    pb.Mask,
+    rows=st.one_of(st.just(ROWS), st.integers(0, 2**16)),
+    columns=st.one_of(st.just(COLS), st.integers(0, 2**16)),
+    encoding=st.integers(0, 4),
+    data=st.binary(max_size=4 * ROWS * COLS),
+)
 
 
 @BUDGET
-@given(object_id=uints, slice_=uints, box=st.one_of(st.none(), st.builds(pb.Box, x0=floats, y0=floats, x1=floats,
-                                                                            y1=floats)),
-       points=st.lists(st.builds(pb.Point, x=floats, y=floats, positive=st.booleans()), max_size=20),
-       mask=st.one_of(st.none(), masks), session=st.sampled_from(["ours", "", "unknown"]))
-def test_add_prompt_with_any_fields(service, object_id: int, slice_: int, box, points, mask, session: str) -> None:  # noqa: ANN001
+@given(
+    object_id=uints,
+    slice_=uints,
+    box=st.one_of(st.none(), st.builds(pb.Box, x0=floats, y0=floats, x1=floats, y1=floats)),
+    points=st.lists(st.builds(pb.Point, x=floats, y=floats, positive=st.booleans()), max_size=20),
+    mask=st.one_of(st.none(), masks),
+    session=st.sampled_from(["ours", "", "unknown"]),
+)
+def test_add_prompt_with_any_fields(service, object_id: int, slice_: int, box, points, mask, session: str) -> None:
     client, sid = service
-    request = pb.AddPromptRequest(session_id={"ours": sid, "": "", "unknown": "f" * 32}[session],
-                                  object_id=object_id, slice=slice_, points=points)
+    request = pb.AddPromptRequest(
+        session_id={"ours": sid, "": "", "unknown": "f" * 32}[session], object_id=object_id, slice=slice_, points=points
+    )
     if box is not None:
         request.box.CopyFrom(box)
     if mask is not None:
@@ -124,16 +160,32 @@ def test_add_prompt_with_any_fields(service, object_id: int, slice_: int, box, p
 
 
 @BUDGET
-@given(fmt=st.integers(-1, 6), chunk_bytes=st.integers(0, 2**31 - 1),
-       propagate=st.builds(pb.PropagateRequest, direction=st.integers(-1, 5), protocol=st.integers(-1, 5),
-                           encoding=st.integers(-1, 4), first_slice=st.integers(0, 2**32 - 1),
-                           last_slice=st.integers(0, 2**32 - 1)),
-       object_ids=st.lists(uints, max_size=5))
-def test_result_propagate_and_reset_with_any_fields(service, fmt: int, chunk_bytes: int, propagate,  # noqa: ANN001
-                                                    object_ids: list[int]) -> None:
+@given(
+    fmt=st.integers(-1, 6),
+    chunk_bytes=st.integers(0, 2**31 - 1),
+    propagate=st.builds(
+        pb.PropagateRequest,
+        direction=st.integers(-1, 5),
+        protocol=st.integers(-1, 5),
+        encoding=st.integers(-1, 4),
+        first_slice=st.integers(0, 2**32 - 1),
+        last_slice=st.integers(0, 2**32 - 1),
+    ),
+    object_ids=st.lists(uints, max_size=5),
+)
+def test_result_propagate_and_reset_with_any_fields(
+    service,
+    fmt: int,
+    chunk_bytes: int,
+    propagate,
+    object_ids: list[int],
+) -> None:
     client, sid = service
-    _call(lambda: client.stub.GetResult(pb.GetResultRequest(session_id=sid, format=fmt, chunk_bytes=chunk_bytes),
-                                        timeout=60))
+    _call(
+        lambda: client.stub.GetResult(
+            pb.GetResultRequest(session_id=sid, format=fmt, chunk_bytes=chunk_bytes), timeout=60
+        )
+    )
     client.stub.ResetObjects(pb.ResetObjectsRequest(session_id=sid, all=True))  # propagation has nothing to track
     propagate.session_id = sid
     _call(lambda: client.stub.Propagate(propagate, timeout=60))
@@ -172,11 +224,14 @@ def _mutate(seed: bytes, edits: list[tuple[int, int]], cut: int | None) -> bytes
 
 
 @BUDGET
-@given(suffix=st.sampled_from(sorted(SEEDS)),
-       edits=st.lists(st.tuples(st.integers(0, 2**20), st.integers(0, 255)), max_size=12),
-       cut=st.one_of(st.none(), st.integers(0, 4096)))
-def test_readers_on_mutated_bytes(tmp_path_factory: pytest.TempPathFactory, suffix: str,
-                                  edits: list[tuple[int, int]], cut: int | None) -> None:
+@given(
+    suffix=st.sampled_from(sorted(SEEDS)),
+    edits=st.lists(st.tuples(st.integers(0, 2**20), st.integers(0, 255)), max_size=12),
+    cut=st.one_of(st.none(), st.integers(0, 4096)),
+)
+def test_readers_on_mutated_bytes(
+    tmp_path_factory: pytest.TempPathFactory, suffix: str, edits: list[tuple[int, int]], cut: int | None
+) -> None:
     path = tmp_path_factory.mktemp("fuzz") / f"input{suffix}"
     path.write_bytes(_mutate(SEEDS[suffix](), edits, cut))
     try:

@@ -36,16 +36,28 @@ def study() -> tuple[np.ndarray, list]:
 
 
 @pytest.fixture(scope="module")
-def server(graphs: dict[str, Path]):  # noqa: ANN201
-    settings = ServerSettings(port=0, metrics_port=0, http_port=_free_port(), model_repository=graphs["present"],
-                              auth_token=TOKEN, max_study_voxels=16 * 512 * 512)
+def server(graphs: dict[str, Path]):
+    settings = ServerSettings(
+        port=0,
+        metrics_port=0,
+        http_port=_free_port(),
+        model_repository=graphs["present"],
+        auth_token=TOKEN,
+        max_study_voxels=16 * 512 * 512,
+    )
     running = start_server(settings, OnnxRuntimeBackend(graphs["present"], threads=2))
     yield running
     running.stop(2)
 
 
-def _call(server, method: str, path: str, body: bytes | str | None = None, token: str | None = TOKEN,
-          headers: dict | None = None) -> tuple[int, dict, bytes]:  # noqa: ANN001
+def _call(
+    server,
+    method: str,
+    path: str,
+    body: bytes | str | None = None,
+    token: str | None = TOKEN,
+    headers: dict | None = None,
+) -> tuple[int, dict, bytes]:
     connection = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=60)
     sent = {"Content-Type": "application/json", **(headers or {})}
     if token is not None:
@@ -57,18 +69,28 @@ def _call(server, method: str, path: str, body: bytes | str | None = None, token
     return response.status, dict(response.getheaders()), data
 
 
-def _post(server, name: str, payload: dict, **kwargs) -> tuple[int, dict]:  # noqa: ANN001, ANN003
+def _post(server, name: str, payload: dict, **kwargs) -> tuple[int, dict]:
     status, _, data = _call(server, "POST", f"/v1/{name}", json.dumps(payload), **kwargs)
     return status, json.loads(data)
 
 
-def _upload(server, voxels: np.ndarray, header: dict | None = None, body: bytes | None = None,
-            token: str | None = TOKEN) -> tuple[int, dict]:  # noqa: ANN001
-    header = header or {"shape": list(voxels.shape), "dtype": "DATA_TYPE_UINT8", "spacingMm": [2.0, 0.5, 0.5],
-                        "preprocessing": {"preset": "none"}}
-    status, _, data = _call(server, "POST", "/v1/CreateSession", voxels.tobytes() if body is None else body,
-                            token=token, headers={"Content-Type": "application/octet-stream",
-                                                  "X-Medsam2-Header": json.dumps(header)})
+def _upload(
+    server, voxels: np.ndarray, header: dict | None = None, body: bytes | None = None, token: str | None = TOKEN
+) -> tuple[int, dict]:
+    header = header or {
+        "shape": list(voxels.shape),
+        "dtype": "DATA_TYPE_UINT8",
+        "spacingMm": [2.0, 0.5, 0.5],
+        "preprocessing": {"preset": "none"},
+    }
+    status, _, data = _call(
+        server,
+        "POST",
+        "/v1/CreateSession",
+        voxels.tobytes() if body is None else body,
+        token=token,
+        headers={"Content-Type": "application/octet-stream", "X-Medsam2-Header": json.dumps(header)},
+    )
     return status, json.loads(data)
 
 
@@ -85,7 +107,7 @@ def _events(data: bytes) -> list[tuple[str, dict]]:
     return events
 
 
-def test_every_rpc_of_the_descriptor_is_a_route_in_the_openapi_document(server) -> None:  # noqa: ANN001
+def test_every_rpc_of_the_descriptor_is_a_route_in_the_openapi_document(server) -> None:
     status, headers, data = _call(server, "GET", "/openapi.json", token=None)
     assert status == 200
     document = json.loads(data)
@@ -99,15 +121,18 @@ def test_every_rpc_of_the_descriptor_is_a_route_in_the_openapi_document(server) 
     assert "unsafe-inline" not in headers["Content-Security-Policy"]
 
 
-def test_upload_prompt_propagate_and_download_match_grpc(server, study) -> None:  # noqa: ANN001
+def test_upload_prompt_propagate_and_download_match_grpc(server, study) -> None:
     frames, boxes = study
     status, session = _upload(server, frames)
     assert status == 200, session
     assert session["shape"] == [SLICES, ROWS, COLS] and session["spacingMm"] == [2.0, 0.5, 0.5]
     sid = session["sessionId"]
     box = boxes[0]
-    status, result = _post(server, "AddPrompt", {"sessionId": sid, "objectId": 1, "slice": 3,
-                                                 "box": {"x0": box.x0, "y0": box.y0, "x1": box.x1, "y1": box.y1}})
+    status, result = _post(
+        server,
+        "AddPrompt",
+        {"sessionId": sid, "objectId": 1, "slice": 3, "box": {"x0": box.x0, "y0": box.y0, "x1": box.x1, "y1": box.y1}},
+    )
     assert status == 200, result
     assert result["slice"] == 3 and result["objects"][0]["objectId"] == 1
     status, headers, data = _call(server, "POST", "/v1/Propagate", json.dumps({"sessionId": sid}))
@@ -116,8 +141,9 @@ def test_upload_prompt_propagate_and_download_match_grpc(server, study) -> None:
     assert [k for k, _ in events] == ["message"] * 7 + ["end"]
     assert [p["slice"] for _, p in events[:-1]] == [3, 4, 5, 3, 2, 1, 0]
     assert events[-2][1]["done"] == events[-2][1]["total"] == 7
-    status, headers, data = _call(server, "POST", "/v1/GetResult:download",
-                                  json.dumps({"sessionId": sid, "format": "RESULT_FORMAT_RAW_LABELS"}))
+    status, headers, data = _call(
+        server, "POST", "/v1/GetResult:download", json.dumps({"sessionId": sid, "format": "RESULT_FORMAT_RAW_LABELS"})
+    )
     assert status == 200
     chunk = json.loads(headers["X-Medsam2-Chunk"])
     assert chunk["shape"] == [SLICES, ROWS, COLS] and chunk["objectIds"] == [1]
@@ -136,13 +162,14 @@ def test_upload_prompt_propagate_and_download_match_grpc(server, study) -> None:
     voxels = int((over_http == 1).sum())
     assert measured["objects"][0]["voxels"] == voxels
     assert measured["objects"][0]["volumeMl"] == pytest.approx(voxels * 2.0 * 0.5 * 0.5 / 1000)
-    _, _, nifti = _call(server, "POST", "/v1/GetResult:download",
-                                    json.dumps({"sessionId": sid, "format": "RESULT_FORMAT_NIFTI_GZ"}))
+    _, _, nifti = _call(
+        server, "POST", "/v1/GetResult:download", json.dumps({"sessionId": sid, "format": "RESULT_FORMAT_NIFTI_GZ"})
+    )
     assert nifti[:2] == b"\x1f\x8b"
     assert _post(server, "CloseSession", {"sessionId": sid}) == (200, {"closed": True})
 
 
-def test_wrong_or_missing_token_is_refused_everywhere_but_the_page(server, study) -> None:  # noqa: ANN001
+def test_wrong_or_missing_token_is_refused_everywhere_but_the_page(server, study) -> None:
     for token in ("wrong", None):
         status, body = _post(server, "ListSessions", {}, token=token)
         assert (status, body["error"]["status"]) == (401, "UNAUTHENTICATED")
@@ -155,30 +182,33 @@ def test_wrong_or_missing_token_is_refused_everywhere_but_the_page(server, study
     assert _post(server, "ListSessions", {})[0] == 200
 
 
-@pytest.mark.parametrize(("path", "body", "status", "grpc_status", "message"), [
-    ("/v1/GetSession", '{"sessionId": "nope"}', 404, "NOT_FOUND", "nope"),
-    ("/v1/GetSession", '{"sessionId": 3', 400, "INVALID_ARGUMENT", "not a valid GetSessionRequest"),
-    ("/v1/GetSession", '{"nosuchField": 1}', 400, "INVALID_ARGUMENT", "nosuchField"),
-    ("/v1/Propagate", '{"sessionId": "nope"}', 404, "NOT_FOUND", "nope"),
-    ("/v1/GetResult:download", '{"sessionId": "nope"}', 404, "NOT_FOUND", "nope"),
-    ("/v1/NoSuchMethod", "{}", 404, "UNIMPLEMENTED", "openapi"),
-    ("/v1/GetSession:download", "{}", 404, "UNIMPLEMENTED", "no method"),
-])
-def test_bad_requests_get_http_statuses_and_messages(server, path, body, status, grpc_status, message) -> None:  # noqa: ANN001
+@pytest.mark.parametrize(
+    ("path", "body", "status", "grpc_status", "message"),
+    [
+        ("/v1/GetSession", '{"sessionId": "nope"}', 404, "NOT_FOUND", "nope"),
+        ("/v1/GetSession", '{"sessionId": 3', 400, "INVALID_ARGUMENT", "not a valid GetSessionRequest"),
+        ("/v1/GetSession", '{"nosuchField": 1}', 400, "INVALID_ARGUMENT", "nosuchField"),
+        ("/v1/Propagate", '{"sessionId": "nope"}', 404, "NOT_FOUND", "nope"),
+        ("/v1/GetResult:download", '{"sessionId": "nope"}', 404, "NOT_FOUND", "nope"),
+        ("/v1/NoSuchMethod", "{}", 404, "UNIMPLEMENTED", "openapi"),
+        ("/v1/GetSession:download", "{}", 404, "UNIMPLEMENTED", "no method"),
+    ],
+)
+def test_bad_requests_get_http_statuses_and_messages(server, path, body, status, grpc_status, message) -> None:
     got, _, data = _call(server, "POST", path, body)
     error = json.loads(data)["error"]
     assert (got, error["status"]) == (status, grpc_status)
     assert message in error["message"]
 
 
-def test_simple_cross_site_posts_are_refused(server) -> None:  # noqa: ANN001
+def test_simple_cross_site_posts_are_refused(server) -> None:
     # A form or text/plain POST needs no CORS preflight: another site could send it from a browser.
     for kind in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"):
         status, _, data = _call(server, "POST", "/v1/ListSessions", "{}", headers={"Content-Type": kind})
         assert status == 415 and b"application/json" in data
 
 
-def test_bad_uploads_and_preconditions(server, study) -> None:  # noqa: ANN001
+def test_bad_uploads_and_preconditions(server, study) -> None:
     frames, _ = study
     status, body = _upload(server, frames, body=frames.tobytes()[:-10])
     assert status == 400 and "truncated" in body["error"]["message"]
@@ -186,8 +216,9 @@ def test_bad_uploads_and_preconditions(server, study) -> None:  # noqa: ANN001
     assert status == 400 and "shape" in body["error"]["message"]
     status, body = _upload(server, frames, header={"shape": [SLICES, ROWS, COLS], "dtype": "DATA_TYPE_COMPLEX"})
     assert status == 400 and "DATA_TYPE_COMPLEX" in body["error"]["message"]
-    status, _, data = _call(server, "POST", "/v1/CreateSession", frames.tobytes(),
-                            headers={"Content-Type": "application/octet-stream"})
+    status, _, data = _call(
+        server, "POST", "/v1/CreateSession", frames.tobytes(), headers={"Content-Type": "application/octet-stream"}
+    )
     assert status == 400 and b"X-Medsam2-Header" in data
     too_big = np.zeros((17, ROWS, COLS), np.uint8)
     status, body = _upload(server, too_big)
@@ -199,17 +230,23 @@ def test_bad_uploads_and_preconditions(server, study) -> None:  # noqa: ANN001
     _post(server, "CloseSession", {"sessionId": session["sessionId"]})
 
 
-def test_a_browser_leaving_mid_propagation_stops_it_and_frees_the_session(server) -> None:  # noqa: ANN001
+def test_a_browser_leaving_mid_propagation_stops_it_and_frees_the_session(server) -> None:
     frames, boxes = synthetic_volume(seed=5, slices=16, height=ROWS, width=COLS)
     sid = _upload(server, frames)[1]["sessionId"]
     box = boxes[0]
-    _post(server, "AddPrompt", {"sessionId": sid, "objectId": 1, "slice": 8,
-                                "box": {"x0": box.x0, "y0": box.y0, "x1": box.x1, "y1": box.y1}})
+    _post(
+        server,
+        "AddPrompt",
+        {"sessionId": sid, "objectId": 1, "slice": 8, "box": {"x0": box.x0, "y0": box.y0, "x1": box.x1, "y1": box.y1}},
+    )
     slices_before = metrics.SLICES.labels(backend=server.backend.name)._value.get()
     body = json.dumps({"sessionId": sid}).encode()
     browser = socket.create_connection(("127.0.0.1", server.http_port), timeout=60)
-    browser.sendall(b"POST /v1/Propagate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                    + f"Authorization: Bearer {TOKEN}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+    browser.sendall(
+        b"POST /v1/Propagate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + f"Authorization: Bearer {TOKEN}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
     received = b""
     while b"data: " not in received:
         received += browser.recv(4096)
@@ -223,8 +260,16 @@ def test_a_browser_leaving_mid_propagation_stops_it_and_frees_the_session(server
         time.sleep(0.1)
     computed = metrics.SLICES.labels(backend=server.backend.name)._value.get() - slices_before
     assert computed < 17, "the propagation ran to the end although nobody was listening"
-    status, _ = _post(server, "AddPrompt", {"sessionId": sid, "objectId": 1, "slice": 2,
-                                            "points": [{"x": box.x0 + 2, "y": box.y0 + 2, "positive": False}]})
+    status, _ = _post(
+        server,
+        "AddPrompt",
+        {
+            "sessionId": sid,
+            "objectId": 1,
+            "slice": 2,
+            "points": [{"x": box.x0 + 2, "y": box.y0 + 2, "positive": False}],
+        },
+    )
     assert status == 200, "the session is not usable after the browser left"
     _post(server, "CloseSession", {"sessionId": sid})
 
@@ -239,11 +284,17 @@ def test_any_grpc_service_becomes_routes_through_the_same_interceptors() -> None
 
     servicer = health.HealthServicer()
     servicer.set("scanner", health_pb2.HealthCheckResponse.SERVING)
-    gateway = Gateway([(health_pb2.DESCRIPTOR.services_by_name["Health"], health_pb2_grpc.add_HealthServicer_to_server,
-                        servicer)], [AuthInterceptor(Authenticator(token="t0ken"))], title="health", version="v1")
-    server = start_gateway(gateway, GatewayOptions(host="127.0.0.1", port=0, max_json_bytes=1 << 16,
-                                                   max_upload_bytes=1 << 16))
+    gateway = Gateway(
+        [(health_pb2.DESCRIPTOR.services_by_name["Health"], health_pb2_grpc.add_HealthServicer_to_server, servicer)],
+        [AuthInterceptor(Authenticator(token="t0ken"))],
+        title="health",
+        version="v1",
+    )
+    server = start_gateway(
+        gateway, GatewayOptions(host="127.0.0.1", port=0, max_json_bytes=1 << 16, max_upload_bytes=1 << 16)
+    )
     try:
+
         class Running:
             http_port = server.server_address[1]
 
@@ -262,25 +313,68 @@ def test_any_grpc_service_becomes_routes_through_the_same_interceptors() -> None
 
 
 @pytest.mark.skipif(__import__("shutil").which("openssl") is None, reason="openssl makes the test certificates")
-def test_the_gateway_speaks_mutual_tls_with_the_grpc_certificates(graphs, tmp_path: Path) -> None:  # noqa: ANN001
+def test_the_gateway_speaks_mutual_tls_with_the_grpc_certificates(graphs, tmp_path: Path) -> None:
     import ssl
     import subprocess
 
     def openssl(*args: str) -> None:
         subprocess.run(["openssl", *args], cwd=tmp_path, check=True, capture_output=True)
 
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=ca", "-keyout", "ca.key",
-            "-out", "ca.pem")
+    openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=ca",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+    )
     (tmp_path / "server.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
     for name in ("server", "reader"):
-        openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}", "-keyout", f"{name}.key",
-                "-out", f"{name}.csr")
+        openssl(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            f"/CN={name}",
+            "-keyout",
+            f"{name}.key",
+            "-out",
+            f"{name}.csr",
+        )
         extra = ["-extfile", "server.ext"] if name == "server" else []
-        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-                "-days", "1", "-out", f"{name}.pem", *extra)
-    settings = ServerSettings(port=0, metrics_port=0, http_port=_free_port(), model_repository=graphs["present"],
-                              tls_cert=tmp_path / "server.pem", tls_key=tmp_path / "server.key",
-                              tls_client_ca=tmp_path / "ca.pem")
+        openssl(
+            "x509",
+            "-req",
+            "-in",
+            f"{name}.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-out",
+            f"{name}.pem",
+            *extra,
+        )
+    settings = ServerSettings(
+        port=0,
+        metrics_port=0,
+        http_port=_free_port(),
+        model_repository=graphs["present"],
+        tls_cert=tmp_path / "server.pem",
+        tls_key=tmp_path / "server.key",
+        tls_client_ca=tmp_path / "ca.pem",
+    )
     running = start_server(settings, OnnxRuntimeBackend(graphs["present"], threads=1))
     try:
         context = ssl.create_default_context(cafile=tmp_path / "ca.pem")
@@ -308,13 +402,14 @@ def test_the_gateway_speaks_mutual_tls_with_the_grpc_certificates(graphs, tmp_pa
     assert seen.peer_identities() == [b"reader"] and seen.peer_identity_key() == "x509_common_name"
 
 
-def test_a_busy_http_port_is_a_clear_configuration_error(graphs) -> None:  # noqa: ANN001
+def test_a_busy_http_port_is_a_clear_configuration_error(graphs) -> None:
     from medsam2.errors import ConfigError
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        settings = ServerSettings(port=0, metrics_port=0, http_port=taken.getsockname()[1],
-                                  model_repository=graphs["present"])
+        settings = ServerSettings(
+            port=0, metrics_port=0, http_port=taken.getsockname()[1], model_repository=graphs["present"]
+        )
         with pytest.raises(ConfigError, match=r"cannot serve HTTP on 127\.0\.0\.1:\d+ \(--http-port\)"):
             start_server(settings, OnnxRuntimeBackend(graphs["present"], threads=1))

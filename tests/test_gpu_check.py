@@ -26,9 +26,29 @@ def _load():  # the script as a module
 def test_cpu_dry_run_writes_the_report(checkpoints: dict[str, Path], tmp_path: Path) -> None:
     gpu_check = _load()
     out = tmp_path / "report.json"
-    code = gpu_check.main(["--device", "cpu", "--checkpoint", str(checkpoints["present"]), "--out", str(out),
-                           "--precisions", "fp32", "--throughput-precision", "fp32", "--parity-slices", "2",
-                           "--slices", "2", "--concurrency", "1", "2", "--threads", "2"])
+    code = gpu_check.main(
+        [
+            "--device",
+            "cpu",
+            "--checkpoint",
+            str(checkpoints["present"]),
+            "--out",
+            str(out),
+            "--precisions",
+            "fp32",
+            "--throughput-precision",
+            "fp32",
+            "--parity-slices",
+            "2",
+            "--slices",
+            "2",
+            "--concurrency",
+            "1",
+            "2",
+            "--threads",
+            "2",
+        ]
+    )
     assert code == 0
     report = json.loads(out.read_text())
     # fp32 on the CPU is the reference itself: any difference would be a bug in the check, not precision.
@@ -76,9 +96,10 @@ def test_micro_batcher_merges_concurrent_calls_and_returns_each_its_rows() -> No
     batcher = gpu_check.MicroBatcher(Recording(), max_wait_s=0.05)
     requests = [sample_inputs(GRAPHS[Stage.MASK_SELECT], batch=1 + i % 2, seed=i) for i in range(4)]
     results: list[dict] = [{}] * 4
-    threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, batcher.run(Stage.MASK_SELECT,
-                                                                                      requests[i])))
-               for i in range(4)]
+    threads = [
+        threading.Thread(target=lambda i=i: results.__setitem__(i, batcher.run(Stage.MASK_SELECT, requests[i])))
+        for i in range(4)
+    ]
     for t in threads:
         t.start()
     for t in threads:

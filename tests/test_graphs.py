@@ -36,10 +36,10 @@ def test_graph_structure(graphs: dict[str, Path], stage: Stage) -> None:
     spec = GRAPHS[stage]
     for value, tensor in ((graph.input, spec.inputs), (graph.output, spec.outputs)):
         assert [v.name for v in value] == [t.name for t in tensor]
-        for v, t in zip(value, tensor):
+        for v, t in zip(value, tensor, strict=False):
             dims = v.type.tensor_type.shape.dim
             assert len(dims) == len(t.shape)
-            for axis, (dim, want) in enumerate(zip(dims, t.shape)):
+            for axis, (dim, want) in enumerate(zip(dims, t.shape, strict=False)):
                 if dim.dim_param:
                     assert (axis, dim.dim_param) in ALLOWED_DYNAMIC, f"{stage.value}.{v.name} axis {axis}"
                     assert want == -1

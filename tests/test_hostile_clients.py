@@ -34,7 +34,7 @@ def rss_bytes() -> int:
     raise AssertionError("no VmRSS in /proc/self/status")
 
 
-def _start(graphs: dict[str, Path], tmp_path: Path | None = None, **overrides):  # noqa: ANN003, ANN202
+def _start(graphs: dict[str, Path], tmp_path: Path | None = None, **overrides):
     if tmp_path is not None:
         tokens = tmp_path / "tokens"
         tokens.write_text("alice:alice-secret\nbob:bob-secret\n")
@@ -44,7 +44,7 @@ def _start(graphs: dict[str, Path], tmp_path: Path | None = None, **overrides): 
     return running, f"127.0.0.1:{running.port}"
 
 
-def _failure(call) -> grpc.RpcError:  # noqa: ANN001
+def _failure(call) -> grpc.RpcError:
     with pytest.raises(grpc.RpcError) as info:
         result = call()
         if hasattr(result, "__iter__") and not hasattr(result, "ListFields"):
@@ -63,15 +63,16 @@ def frames() -> np.ndarray:
     return synthetic_volume(seed=8, slices=6, height=ROWS, width=COLS)[0]
 
 
-def test_stalled_uploads_leave_health_and_other_tenants_served(graphs, frames: np.ndarray, tmp_path: Path) -> None:  # noqa: ANN001
-    running, target = _start(graphs, tmp_path, workers=16, max_concurrent_uploads=8,
-                             max_uploads_per_principal=2, upload_idle_timeout_s=3.0)
+def test_stalled_uploads_leave_health_and_other_tenants_served(graphs, frames: np.ndarray, tmp_path: Path) -> None:
+    running, target = _start(
+        graphs, tmp_path, workers=16, max_concurrent_uploads=8, max_uploads_per_principal=2, upload_idle_timeout_s=3.0
+    )
     release = threading.Event()
     outcomes: list[grpc.StatusCode] = []
     stalled_at = time.monotonic()
 
     def stall() -> None:
-        def requests():  # noqa: ANN202
+        def requests():
             yield pb.CreateSessionRequest(header=pb.StudyHeader(shape=[4, 64, 64], dtype=pb.DATA_TYPE_UINT8))
             yield pb.CreateSessionRequest(voxels=b"\0" * 100)
             release.wait(60)
@@ -97,7 +98,8 @@ def test_stalled_uploads_leave_health_and_other_tenants_served(graphs, frames: n
                 assert time.monotonic() - started < 1.0, f"health on port {port} took too long"
         with grpc.insecure_channel(f"127.0.0.1:{running.ops_port}") as channel:  # the chart's liveness probe
             reply = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service="medsam2.liveness"), timeout=1)
+                health_pb2.HealthCheckRequest(service="medsam2.liveness"), timeout=1
+            )
             assert reply.status == health_pb2.HealthCheckResponse.SERVING
         sid = bob.create_session(frames, preset="none").session_id
         bob.add_box(sid, 1, 2, (10, 10, 40, 40))
@@ -108,15 +110,18 @@ def test_stalled_uploads_leave_health_and_other_tenants_served(graphs, frames: n
             t.join(max(0.1, stalled_at + 15 - time.monotonic()))
         assert len(outcomes) == 20, outcomes
         assert outcomes.count(grpc.StatusCode.RESOURCE_EXHAUSTED) == 18
-        assert all(code in (grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED)
-                   for code in outcomes if code != grpc.StatusCode.RESOURCE_EXHAUSTED)
+        assert all(
+            code in (grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED)
+            for code in outcomes
+            if code != grpc.StatusCode.RESOURCE_EXHAUSTED
+        )
     finally:
         release.set()
         bob.close()
         running.stop(1)
 
 
-def test_tiny_requests_that_claim_huge_sizes_are_refused(graphs, frames: np.ndarray) -> None:  # noqa: ANN001
+def test_tiny_requests_that_claim_huge_sizes_are_refused(graphs, frames: np.ndarray) -> None:
     running, target = _start(graphs)
     c = Client(target)
     try:
@@ -124,33 +129,48 @@ def test_tiny_requests_that_claim_huge_sizes_are_refused(graphs, frames: np.ndar
         gc.collect()
         before = rss_bytes()
         thin = pb.StudyHeader(shape=[2000, 1, 1], dtype=pb.DATA_TYPE_UINT8)  # 2 KB that would be 500 MiB at 512²
-        error = _failure(lambda: c.stub.CreateSession(iter([pb.CreateSessionRequest(header=thin),
-                                                            pb.CreateSessionRequest(voxels=b"\1" * 2000)])))
+        error = _failure(
+            lambda: c.stub.CreateSession(
+                iter([pb.CreateSessionRequest(header=thin), pb.CreateSessionRequest(voxels=b"\1" * 2000)])
+            )
+        )
         assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "resized to 512x512" in error.details()
         overflow = pb.StudyHeader(shape=[2**32 - 1] * 3, dtype=pb.DATA_TYPE_FLOAT64)  # > int64 voxels
         error = _failure(lambda: c.stub.CreateSession(iter([pb.CreateSessionRequest(header=overflow)])))
         assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and str((2**32 - 1) ** 3) in error.details()
-        huge_rle = pb.Mask(rows=32768, columns=32768, encoding=pb.MASK_ENCODING_RLE,
-                           data=np.array([2**30], "<u4").tobytes())  # 4 bytes claiming 1 Gi pixels
+        huge_rle = pb.Mask(
+            rows=32768, columns=32768, encoding=pb.MASK_ENCODING_RLE, data=np.array([2**30], "<u4").tobytes()
+        )  # 4 bytes claiming 1 Gi pixels
         request = pb.AddPromptRequest(session_id=sid, object_id=1, slice=0, mask=huge_rle)
         error = _failure(lambda: c.stub.AddPrompt(request))
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "32768x32768" in error.details()
-        right_size_wrong_runs = pb.Mask(rows=ROWS, columns=COLS, encoding=pb.MASK_ENCODING_RLE,
-                                        data=np.zeros(ROWS * COLS + 5, "<u4").tobytes())
-        error = _failure(lambda: c.stub.AddPrompt(pb.AddPromptRequest(session_id=sid, object_id=1,
-                                                                      mask=right_size_wrong_runs)))
+        right_size_wrong_runs = pb.Mask(
+            rows=ROWS, columns=COLS, encoding=pb.MASK_ENCODING_RLE, data=np.zeros(ROWS * COLS + 5, "<u4").tobytes()
+        )
+        error = _failure(
+            lambda: c.stub.AddPrompt(pb.AddPromptRequest(session_id=sid, object_id=1, mask=right_size_wrong_runs))
+        )
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "more runs" in error.details()
         long_label = pb.StudyHeader(shape=[1, 2, 2], dtype=pb.DATA_TYPE_UINT8, label="x" * 300)
-        error = _failure(lambda: c.stub.CreateSession(iter([pb.CreateSessionRequest(header=long_label),
-                                                            pb.CreateSessionRequest(voxels=b"\0" * 4)])))
+        error = _failure(
+            lambda: c.stub.CreateSession(
+                iter([pb.CreateSessionRequest(header=long_label), pb.CreateSessionRequest(voxels=b"\0" * 4)])
+            )
+        )
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "header.label" in error.details()
         gc.collect()
         assert rss_bytes() - before < 50 * 2**20
         # A mask of the right size still works.
         ok = np.zeros((ROWS, COLS), bool)
         ok[10:30, 10:30] = True
-        reply = c.stub.AddPrompt(pb.AddPromptRequest(session_id=sid, object_id=1, slice=0, mask=pb.Mask(
-            rows=ROWS, columns=COLS, encoding=pb.MASK_ENCODING_RLE, data=encode_rle(ok))))
+        reply = c.stub.AddPrompt(
+            pb.AddPromptRequest(
+                session_id=sid,
+                object_id=1,
+                slice=0,
+                mask=pb.Mask(rows=ROWS, columns=COLS, encoding=pb.MASK_ENCODING_RLE, data=encode_rle(ok)),
+            )
+        )
         assert reply.slice == 0
     finally:
         c.close()
@@ -161,7 +181,7 @@ def _study_bytes(frames: np.ndarray) -> int:
     return frames.shape[0] * 512 * 512
 
 
-def test_state_cap_drops_cached_features_then_refuses(graphs, frames: np.ndarray) -> None:  # noqa: ANN001
+def test_state_cap_drops_cached_features_then_refuses(graphs, frames: np.ndarray) -> None:
     cap = _study_bytes(frames) + 3 * 2**20  # room for the outputs, not for every slice's cached features
     running, target = _start(graphs, max_state_bytes=cap)
     c = Client(target)
@@ -192,7 +212,7 @@ def test_state_cap_drops_cached_features_then_refuses(graphs, frames: np.ndarray
         running.stop(1)
 
 
-def test_close_ends_a_running_propagate_within_a_slice(graphs) -> None:  # noqa: ANN001
+def test_close_ends_a_running_propagate_within_a_slice(graphs) -> None:
     long_study = synthetic_volume(seed=9, slices=14, height=ROWS, width=COLS)[0]
     running, target = _start(graphs)
     c, closer = Client(target), Client(target)
@@ -213,12 +233,13 @@ def test_close_ends_a_running_propagate_within_a_slice(graphs) -> None:  # noqa:
         running.stop(1)
 
 
-def test_close_and_eviction_free_memory_with_the_collector_off(graphs, frames: np.ndarray) -> None:  # noqa: ANN001
+def test_close_and_eviction_free_memory_with_the_collector_off(graphs, frames: np.ndarray) -> None:
     running, target = _start(graphs, max_sessions=1)
     c = Client(target)
     gc.collect()
     gc.disable()
     try:
+
         def open_tracked() -> tuple[str, weakref.ref]:
             sid = c.create_session(frames[:3], preset="none").session_id
             c.add_box(sid, 1, 1, (10, 10, 40, 40))

@@ -13,8 +13,9 @@ from medsam2.errors import InvalidInput
 from medsam2.io.measurements import measure, measure_all, write_measurements
 
 
-def ellipse(shape: tuple[int, int], spacing: tuple[float, float], a_mm: float, b_mm: float,
-            angle_deg: float = 0.0) -> np.ndarray:
+def ellipse(
+    shape: tuple[int, int], spacing: tuple[float, float], a_mm: float, b_mm: float, angle_deg: float = 0.0
+) -> np.ndarray:
     """Pixels whose centres lie in an ellipse with semi-axes a (along x, rotated) and b, centred."""
     dy, dx = spacing
     rows, cols = np.mgrid[0 : shape[0], 0 : shape[1]]
@@ -40,8 +41,12 @@ def test_rectangle_long_axis_is_its_diagonal_in_mm() -> None:
     mask[0, 10:30, 5:35] = True  # 20 rows x 30 columns of 0.5 x 0.8 mm = 10 mm x 24 mm
     recist = measure(mask, (1.0, 0.5, 0.8)).recist
     assert recist.long_axis_mm == pytest.approx(math.hypot(10, 24), abs=1e-6)
-    assert recist.long_axis_endpoints in (((9.5, 4.5), (29.5, 34.5)), ((29.5, 34.5), (9.5, 4.5)),
-                                          ((9.5, 34.5), (29.5, 4.5)), ((29.5, 4.5), (9.5, 34.5)))
+    assert recist.long_axis_endpoints in (
+        ((9.5, 4.5), (29.5, 34.5)),
+        ((29.5, 34.5), (9.5, 4.5)),
+        ((9.5, 34.5), (29.5, 4.5)),
+        ((29.5, 4.5), (9.5, 34.5)),
+    )
 
 
 @pytest.mark.parametrize("angle", [0.0, 30.0, 90.0, 135.0])

@@ -49,6 +49,6 @@ def test_reverse_bank_uses_later_frames_and_signed_positions() -> None:
 def test_future_cond_pointer_is_excluded_when_tracking_forward() -> None:
     cond = {0: _mem(0), 25: _mem(25)}
     bank = gather_memory(10, cond, {t: _mem(t) for t in range(1, 10)}, num_frames=40, reverse=False)
-    ptr_ids = {int(p[0]) for p, v in zip(bank.obj_ptrs, bank.obj_ptr_valid) if v}
+    ptr_ids = {int(p[0]) for p, v in zip(bank.obj_ptrs, bank.obj_ptr_valid, strict=False) if v}
     assert 25 not in ptr_ids and 0 in ptr_ids
     assert bank.num_memories == 2 + 6  # both cond frames still give spatial memories

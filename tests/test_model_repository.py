@@ -28,8 +28,13 @@ from medsam2_export.tensorrt_build import profile_shapes
 
 REPO = Path(__file__).resolve().parents[1]
 COMMITTED = REPO / "model_repository"
-TRITON_TYPES = {"uint8": "TYPE_UINT8", "float32": "TYPE_FP32", "int32": "TYPE_INT32", "int64": "TYPE_INT64",
-                "bfloat16": "TYPE_BF16"}
+TRITON_TYPES = {
+    "uint8": "TYPE_UINT8",
+    "float32": "TYPE_FP32",
+    "int32": "TYPE_INT32",
+    "int64": "TYPE_INT64",
+    "bfloat16": "TYPE_BF16",
+}
 WIRE_TRACK_STEP = TRITON_ENSEMBLES[Stage.TRACK_STEP]
 
 
@@ -159,7 +164,7 @@ def test_tensorrt_config_is_consistent_with_the_engine_profile(stage: Stage) -> 
 def _triton_model_config() -> Any:
     try:
         from tritonclient.grpc import model_config_pb2
-    except Exception:  # noqa: BLE001 - not installed, or generated for an incompatible protobuf runtime
+    except Exception:
         return None
     return model_config_pb2
 
@@ -286,8 +291,9 @@ def test_missing_stage_and_wrong_kind_of_model_file(tmp_path: Path) -> None:
         mr.write_model_repository(tmp_path / "out", "tensorrt", files)
     (tmp_path / "memory_unpack.onnx").write_bytes(b"onnx")
     with pytest.raises(ConfigError, match="tensorrt"):
-        mr.write_model_repository(tmp_path / "out", "tensorrt", {**files, Stage.MEMORY_UNPACK: tmp_path /
-                                                                  "memory_unpack.onnx"})
+        mr.write_model_repository(
+            tmp_path / "out", "tensorrt", {**files, Stage.MEMORY_UNPACK: tmp_path / "memory_unpack.onnx"}
+        )
     assert not (tmp_path / "out").exists()
 
 
@@ -367,7 +373,7 @@ def test_every_model_has_a_committed_config() -> None:
         assert names == {s.value for s in (*GRAPHS, *TRITON_GRAPHS, *ENSEMBLES)}, backend
 
 
-def _rewired(stage: Stage, inputs: dict[str, str] | None = None, outputs: dict[str, str] | None = None):  # noqa: ANN202
+def _rewired(stage: Stage, inputs: dict[str, str] | None = None, outputs: dict[str, str] | None = None):
     return tuple(
         (s, inputs if s is stage and inputs is not None else i, outputs if s is stage and outputs is not None else o)
         for s, i, o in TRACK_STEP_WIRING
@@ -398,8 +404,9 @@ def test_memories_travel_as_bfloat16_and_are_cast_back_first() -> None:
     assert WIRE_TRACK_STEP.input("memory").dtype is graphs.BF16
     # Everything but the memories keeps the contract's dtype.
     assert [(t.name, t.shape) for t in WIRE_TRACK_STEP.inputs] == [(t.name, t.shape) for t in TRACK_STEP.inputs]
-    assert [t.dtype for t in WIRE_TRACK_STEP.inputs if t.name != "memory"] == \
-        [t.dtype for t in TRACK_STEP.inputs if t.name != "memory"]
+    assert [t.dtype for t in WIRE_TRACK_STEP.inputs if t.name != "memory"] == [
+        t.dtype for t in TRACK_STEP.inputs if t.name != "memory"
+    ]
     first, *rest = TRITON_TRACK_STEP_WIRING
     assert first == (Stage.MEMORY_UNPACK, {"memory": "memory"}, {"memory_f32": "memory_f32"})
     attention = next(i for s, i, _ in rest if s is Stage.MEMORY_ATTENTION)
@@ -425,8 +432,8 @@ def test_cuda_memory_pool_holds_a_full_batch_in_every_step() -> None:
     # Every tensor a step produces, the float32 memories (7 slots) among them, and nothing else.
     produced = {t for _, _, outputs in TRITON_TRACK_STEP_WIRING for t in outputs.values()}
     assert set(per_item) == produced
-    assert per_item["memory_f32"] == graphs.NUM_MASKMEM * graphs.MEM_DIM * graphs.FEAT ** 2 * 4
-    assert per_item["feat_s0"] == 32 * graphs.LOW_RES ** 2 * 4
+    assert per_item["memory_f32"] == graphs.NUM_MASKMEM * graphs.MEM_DIM * graphs.FEAT**2 * 4
+    assert per_item["feat_s0"] == 32 * graphs.LOW_RES**2 * 4
     pool = mr.cuda_memory_pool_bytes()
     need = sum(per_item.values()) * 16 * len(TRITON_TRACK_STEP_WIRING)
     assert need <= pool < need + 2**20 and pool % 2**20 == 0

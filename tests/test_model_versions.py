@@ -29,21 +29,26 @@ SLICES, ROWS, COLS = 5, 40, 48
 
 
 def _add_version(repo: Path, graphs: Path, version: int) -> None:
-    model_repository.write_model_repository(repo, "onnxruntime", {s: graphs / f"{s.value}.onnx" for s in GRAPHS},
-                                            version=version)
+    model_repository.write_model_repository(
+        repo, "onnxruntime", {s: graphs / f"{s.value}.onnx" for s in GRAPHS}, version=version
+    )
 
 
-def _segment(client: Client, session_id: str, box) -> np.ndarray:  # noqa: ANN001
+def _segment(client: Client, session_id: str, box) -> np.ndarray:
     client.add_box(session_id, 1, 2, (box.x0, box.y0, box.x1, box.y1))
     list(client.propagate(session_id))
     labels, _ = client.result_labels(session_id)
     return labels > 0
 
 
-def test_a_switch_keeps_open_sessions_on_their_version(graphs, tmp_path: Path) -> None:  # noqa: ANN001
+def test_a_switch_keeps_open_sessions_on_their_version(graphs, tmp_path: Path) -> None:
     frames, boxes = synthetic_volume(seed=3, slices=SLICES, height=ROWS, width=COLS)
-    expected = {name: segment_volume(Tracker(OnnxRuntimeBackend(graphs[name], threads=2), frames),
-                                     [ObjectPrompt(1, 2, box=boxes[0])])[1] for name in ("present", "absent")}
+    expected = {
+        name: segment_volume(
+            Tracker(OnnxRuntimeBackend(graphs[name], threads=2), frames), [ObjectPrompt(1, 2, box=boxes[0])]
+        )[1]
+        for name in ("present", "absent")
+    }
     assert not np.array_equal(expected["present"], expected["absent"])  # the two versions are told apart
     repo = tmp_path / "repo"
     _add_version(repo, graphs["present"], 1)
@@ -71,7 +76,7 @@ def test_a_switch_keeps_open_sessions_on_their_version(graphs, tmp_path: Path) -
         running.stop(1)
 
 
-def test_choose_version_names_what_exists(graphs, tmp_path: Path) -> None:  # noqa: ANN001
+def test_choose_version_names_what_exists(graphs, tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     _add_version(repo, graphs["present"], 1)
     _add_version(repo, graphs["present"], 3)
@@ -81,14 +86,32 @@ def test_choose_version_names_what_exists(graphs, tmp_path: Path) -> None:  # no
     assert choose_version(graphs["present"]) == (None, None)  # a flat folder of graphs
 
 
-def test_sighup_switches_a_running_medsam2_serve(graphs, tmp_path: Path) -> None:  # noqa: ANN001
+def test_sighup_switches_a_running_medsam2_serve(graphs, tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     _add_version(repo, graphs["present"], 1)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen([sys.executable, "-m", "medsam2.cli.main", "--log-level", "INFO", "serve",
-                             "--host", "127.0.0.1", "--port", "0", "--metrics-port", "0",
-                             "--model-repository", str(repo)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "medsam2.cli.main",
+            "--log-level",
+            "INFO",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--metrics-port",
+            "0",
+            "--model-repository",
+            str(repo),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
     try:
         lines = _read_until(proc, "listening on")
         assert any("model version 1 is current" in line for line in lines)

@@ -13,19 +13,19 @@ import pytest
 
 pytest.importorskip("openvino", reason="the openvino extra is not installed (scripts/bootstrap.sh installs it)")
 
-from medsam2.backends.onnxruntime_backend import OnnxRuntimeBackend  # noqa: E402
-from medsam2.backends.openvino_backend import OpenVinoBackend, check_precision, cpu_capabilities  # noqa: E402
-from medsam2.backends.select import make_embedded_backend, resolve_precision  # noqa: E402
-from medsam2.engine.backend import StageBackend  # noqa: E402
-from medsam2.engine.tracker import Direction, Tracker  # noqa: E402
-from medsam2.errors import BackendUnavailable, ConfigError, InvalidInput  # noqa: E402
-from medsam2.graphs import GRAPHS, Stage  # noqa: E402
-from medsam2.server.app import make_backend  # noqa: E402
-from medsam2.server.config import ServerSettings  # noqa: E402
-from medsam2.server.metrics import InstrumentedBackend  # noqa: E402
-from medsam2_export.agreement import DICE_BAR, compare, parity_prompts, run_protocol  # noqa: E402
-from medsam2_export.onnx_export import sample_inputs  # noqa: E402
-from medsam2_export.parity import PARITY_OPTIONS, synthetic_volume  # noqa: E402
+from medsam2.backends.onnxruntime_backend import OnnxRuntimeBackend
+from medsam2.backends.openvino_backend import OpenVinoBackend, check_precision, cpu_capabilities
+from medsam2.backends.select import make_embedded_backend, resolve_precision
+from medsam2.engine.backend import StageBackend
+from medsam2.engine.tracker import Direction, Tracker
+from medsam2.errors import BackendUnavailable, ConfigError, InvalidInput
+from medsam2.graphs import GRAPHS, Stage
+from medsam2.server.app import make_backend
+from medsam2.server.config import ServerSettings
+from medsam2.server.metrics import InstrumentedBackend
+from medsam2_export.agreement import DICE_BAR, compare, parity_prompts, run_protocol
+from medsam2_export.onnx_export import sample_inputs
+from medsam2_export.parity import PARITY_OPTIONS, synthetic_volume
 
 FP32_TOLERANCE = 1e-4
 HAS_BF16 = "BF16" in cpu_capabilities()
@@ -51,7 +51,7 @@ def test_protocol_name_and_precision(openvino: OpenVinoBackend) -> None:
 
 
 @pytest.mark.parametrize("stage", list(GRAPHS), ids=lambda s: s.value)
-def test_each_graph_matches_onnxruntime_in_fp32(openvino, onnxruntime, stage: Stage) -> None:  # noqa: ANN001
+def test_each_graph_matches_onnxruntime_in_fp32(openvino, onnxruntime, stage: Stage) -> None:
     inputs = sample_inputs(GRAPHS[stage], batch=2, seed=5)
     got, want = openvino.run(stage, inputs), onnxruntime.run(stage, inputs)
     assert sorted(got) == sorted(want)
@@ -60,7 +60,7 @@ def test_each_graph_matches_onnxruntime_in_fp32(openvino, onnxruntime, stage: St
         assert float(np.max(np.abs(got[name] - want[name]))) <= FP32_TOLERANCE, name
 
 
-def test_engine_logits_match_onnxruntime_in_fp32(openvino, onnxruntime) -> None:  # noqa: ANN001
+def test_engine_logits_match_onnxruntime_in_fp32(openvino, onnxruntime) -> None:
     frames, boxes = synthetic_volume(seed=2, slices=5)
     trackers = [Tracker(b, frames, PARITY_OPTIONS) for b in (openvino, onnxruntime)]
     results = []
@@ -69,12 +69,12 @@ def test_engine_logits_match_onnxruntime_in_fp32(openvino, onnxruntime) -> None:
             tracker.add_prompt(obj_id, 2, box=box)
         results.append([r.low_res for r in tracker.propagate(Direction.FORWARD, start=2)])
     assert len(results[0]) == len(results[1]) == 3
-    for got, want in zip(*results):
+    for got, want in zip(*results, strict=False):
         assert got.shape == (2, 128, 128)
         assert float(np.max(np.abs(got - want))) <= FP32_TOLERANCE
 
 
-def test_bad_input_is_refused_naming_the_tensor(openvino) -> None:  # noqa: ANN001
+def test_bad_input_is_refused_naming_the_tensor(openvino) -> None:
     inputs = sample_inputs(GRAPHS[Stage.MEMORY_ENCODER], batch=1, seed=0)
     inputs["binarize"] = inputs["binarize"].astype(np.int64)
     with pytest.raises(InvalidInput, match="binarize"):
@@ -107,7 +107,7 @@ def test_selection_by_settings(graphs: dict[str, Path]) -> None:
 
 
 @pytest.mark.skipif(not HAS_BF16, reason="this CPU has no native bf16")
-def test_reduced_precision_against_fp32_on_the_parity_volume(graphs: dict[str, Path], onnxruntime) -> None:  # noqa: ANN001
+def test_reduced_precision_against_fp32_on_the_parity_volume(graphs: dict[str, Path], onnxruntime) -> None:
     """The default reduced precision reaches the Dice bar; full bf16 is measured and, below the bar, not default."""
     frames, prompts = parity_prompts(seed=0, slices=16)
     fp32 = run_protocol(onnxruntime, frames, prompts, PARITY_OPTIONS)
@@ -133,10 +133,30 @@ def test_segment_and_serve_choose_backend_by_flag_and_environment(graphs: dict[s
     env = {k: v for k, v in os.environ.items() if not k.startswith("MEDSAM2_")}
 
     def segment(*extra: str, **environ: str) -> subprocess.CompletedProcess:
-        command = [sys.executable, "-m", "medsam2.cli.main", "--threads", "2", "--home", str(tmp_path), "segment",
-                   str(tmp_path / "v.nii.gz"), "--graphs", str(graphs["present"]), "--slice", "1",
-                   "--box", f"{box.x0},{box.y0},{box.x1},{box.y1}", "--out", str(tmp_path / "out.nii.gz"),
-                   "--preset", "none", "--json", "--no-progress", *extra]
+        command = [
+            sys.executable,
+            "-m",
+            "medsam2.cli.main",
+            "--threads",
+            "2",
+            "--home",
+            str(tmp_path),
+            "segment",
+            str(tmp_path / "v.nii.gz"),
+            "--graphs",
+            str(graphs["present"]),
+            "--slice",
+            "1",
+            "--box",
+            f"{box.x0},{box.y0},{box.x1},{box.y1}",
+            "--out",
+            str(tmp_path / "out.nii.gz"),
+            "--preset",
+            "none",
+            "--json",
+            "--no-progress",
+            *extra,
+        ]
         return subprocess.run(command, capture_output=True, text=True, env={**env, **environ}, timeout=600)
 
     by_env = segment(MEDSAM2_BACKEND="openvino", MEDSAM2_PRECISION="fp32")
@@ -149,6 +169,11 @@ def test_segment_and_serve_choose_backend_by_flag_and_environment(graphs: dict[s
     assert bad.returncode == 2 and "MEDSAM2_PRECISION" in bad.stderr and "fp16" in bad.stderr
     refused = segment("--precision", "bf16")
     assert refused.returncode == 2 and "fp32 only" in refused.stderr
-    help_text = subprocess.run([sys.executable, "-m", "medsam2.cli.main", "serve", "--help"], capture_output=True,
-                               text=True, env=env, timeout=60).stdout
+    help_text = subprocess.run(
+        [sys.executable, "-m", "medsam2.cli.main", "serve", "--help"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    ).stdout
     assert "MEDSAM2_BACKEND" in help_text and "MEDSAM2_PRECISION" in help_text

@@ -14,8 +14,10 @@ from medsam2.pacs.config import PacsEndpoint, load_config
 
 def test_toml_file_with_token_from_the_environment(tmp_path: Path) -> None:
     path = tmp_path / "pacs.toml"
-    path.write_text('[endpoints.hospital]\nurl = "https://pacs.example.org/dicom-web/"\n'
-                    'token_env = "HOSPITAL_TOKEN"\ntimeout_s = 12\n')
+    path.write_text(
+        '[endpoints.hospital]\nurl = "https://pacs.example.org/dicom-web/"\n'
+        'token_env = "HOSPITAL_TOKEN"\ntimeout_s = 12\n'
+    )
     endpoint = load_config(path, {"HOSPITAL_TOKEN": "s3cret"}).get("hospital")
     assert endpoint.url == "https://pacs.example.org/dicom-web"
     assert endpoint.timeout_s == 12.0
@@ -25,8 +27,15 @@ def test_toml_file_with_token_from_the_environment(tmp_path: Path) -> None:
 
 def test_json_file_named_by_the_environment_with_basic_auth(tmp_path: Path) -> None:
     path = tmp_path / "pacs.json"
-    path.write_text(json.dumps({"endpoints": {"orthanc": {"url": "http://127.0.0.1:8042/dicom-web",
-                                                          "username": "u", "password_env": "PW"}}}))
+    path.write_text(
+        json.dumps(
+            {
+                "endpoints": {
+                    "orthanc": {"url": "http://127.0.0.1:8042/dicom-web", "username": "u", "password_env": "PW"}
+                }
+            }
+        )
+    )
     endpoint = load_config(None, {"MEDSAM2_PACS_CONFIG": str(path), "PW": "p"}).get("orthanc")
     assert endpoint.headers() == {"Authorization": "Basic " + base64.b64encode(b"u:p").decode()}
 
@@ -34,12 +43,15 @@ def test_json_file_named_by_the_environment_with_basic_auth(tmp_path: Path) -> N
 def test_environment_defines_and_overrides_endpoints(tmp_path: Path) -> None:
     path = tmp_path / "pacs.toml"
     path.write_text('[endpoints.main]\nurl = "http://a.example/dicom-web"\n')
-    config = load_config(path, {
-        "MEDSAM2_PACS_MAIN_URL": "http://b.example/dicom-web",
-        "MEDSAM2_PACS_RESEARCH_PACS_URL": "https://c.example/wado",
-        "MEDSAM2_PACS_RESEARCH_PACS_TOKEN": "t",
-        "MEDSAM2_PACS_RESEARCH_PACS_TIMEOUT_S": "5",
-    })
+    config = load_config(
+        path,
+        {
+            "MEDSAM2_PACS_MAIN_URL": "http://b.example/dicom-web",
+            "MEDSAM2_PACS_RESEARCH_PACS_URL": "https://c.example/wado",
+            "MEDSAM2_PACS_RESEARCH_PACS_TOKEN": "t",
+            "MEDSAM2_PACS_RESEARCH_PACS_TIMEOUT_S": "5",
+        },
+    )
     assert config.get("main").url == "http://b.example/dicom-web"
     research = config.get("research_pacs")
     assert (research.url, research.token, research.timeout_s) == ("https://c.example/wado", "t", 5.0)

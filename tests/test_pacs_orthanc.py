@@ -23,13 +23,13 @@ pytestmark = pytest.mark.skipif(REASON is not None, reason=REASON or "")
 KEY_SLICE, RANGE = 55, (50, 59)
 
 
-def _endpoint(server: orthanc.OrthancServer, **auth: str):  # noqa: ANN202
+def _endpoint(server: orthanc.OrthancServer, **auth: str):
     from medsam2.pacs.config import PacsEndpoint
 
     return PacsEndpoint("orthanc", server.dicomweb_url, timeout_s=60, **auth)
 
 
-def _store_folder(endpoint, folder: Path) -> list[str]:  # noqa: ANN001
+def _store_folder(endpoint, folder: Path) -> list[str]:
     import pydicom
 
     from medsam2.pacs.transfer import store_instances
@@ -37,7 +37,7 @@ def _store_folder(endpoint, folder: Path) -> list[str]:  # noqa: ANN001
     return store_instances(endpoint, [pydicom.dcmread(p) for p in sorted(folder.glob("*.dcm"))])
 
 
-def _count_instances(endpoint, study_uid: str) -> int:  # noqa: ANN001
+def _count_instances(endpoint, study_uid: str) -> int:
     from medsam2.pacs.client import connect
 
     return len(connect(endpoint).search_for_instances(study_instance_uid=study_uid, get_remaining=True))
@@ -70,10 +70,14 @@ def scenario_round_trip(server: orthanc.OrthancServer, folder: str, graphs: str,
         uid = str(item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID)
         k = volume.dicom.slice_uids.index(uid)
         position = [float(v) for v in item.PlanePositionSequence[0].ImagePositionPatient]
-        references.append({
-            "uid": uid, "slice": k, "pixels_equal": bool(np.array_equal(frames[index], masks[1][k])),
-            "position_error_mm": float(np.max(np.abs(np.subtract(position, volume.geometry.position(k))))),
-        })
+        references.append(
+            {
+                "uid": uid,
+                "slice": k,
+                "pixels_equal": bool(np.array_equal(frames[index], masks[1][k])),
+                "position_error_mm": float(np.max(np.abs(np.subtract(position, volume.geometry.position(k))))),
+            }
+        )
     return {
         "stored": len(stored),
         "series": [(s.series_uid, s.modality, s.instances) for s in listed],
@@ -84,8 +88,10 @@ def scenario_round_trip(server: orthanc.OrthancServer, folder: str, graphs: str,
         "seg_uid": seg_uid,
         "seg_sop_class": str(back.SOPClassUID),
         "seg_label": read.get_segment_description(1).segment_label,
-        "seg_algorithm": [read.get_segment_description(1).algorithm_identification[0].AlgorithmName,
-                          read.get_segment_description(1).algorithm_identification[0].AlgorithmVersion],
+        "seg_algorithm": [
+            read.get_segment_description(1).algorithm_identification[0].AlgorithmName,
+            read.get_segment_description(1).algorithm_identification[0].AlgorithmVersion,
+        ],
         "references": references,
         "instances_after": _count_instances(endpoint, str(seg.StudyInstanceUID)),
     }
@@ -176,8 +182,12 @@ def scenario_cli(server: orthanc.OrthancServer, folder: str, out: str) -> dict[s
 
     series = json.loads(listed)[0]
     fetched = run("fetch", "local", series["study_uid"], series["series_uid"], "--out", out)
-    return {"stored": stored, "series": series, "fetched": fetched,
-            "files": sorted(p.name for p in Path(out).iterdir())}
+    return {
+        "stored": stored,
+        "series": series,
+        "fetched": fetched,
+        "files": sorted(p.name for p in Path(out).iterdir()),
+    }
 
 
 # --- tests: these run in the test process and only read the scenarios' reports -----------------------------
@@ -192,8 +202,13 @@ def test_round_trip_through_orthanc(big_series: SyntheticSeries, graphs: dict[st
     from medsam2.io.volumes import read_volume
     from test_dicom_roundtrip import lesion_box
 
-    report = orthanc.run_isolated(scenario_round_trip, timeout_s=400, folder=str(big_series.folder),
-                                  graphs=str(graphs["present"]), box=list(lesion_box(big_series)))
+    report = orthanc.run_isolated(
+        scenario_round_trip,
+        timeout_s=400,
+        folder=str(big_series.folder),
+        graphs=str(graphs["present"]),
+        box=list(lesion_box(big_series)),
+    )
     assert report["stored"] == 100
     assert report["series"] == [[big_series.series_uid, "CT", 100]]
     # What came back over WADO-RS is, voxel for voxel and in the same order, what was read from the files.
@@ -216,8 +231,9 @@ def test_round_trip_through_orthanc(big_series: SyntheticSeries, graphs: dict[st
 def test_nothing_invalid_or_orphaned_reaches_orthanc(tmp_path: Path) -> None:
     main = write_synthetic_ct(tmp_path / "main", slices=8, size=32, seed=3)
     write_synthetic_ct(tmp_path / "other", slices=4, size=32, seed=4, study_uid=main.study_uid)
-    report = orthanc.run_isolated(scenario_nothing_invalid_is_stored, timeout_s=120,
-                                  folder=str(tmp_path / "main"), other=str(tmp_path / "other"))
+    report = orthanc.run_isolated(
+        scenario_nothing_invalid_is_stored, timeout_s=120, folder=str(tmp_path / "main"), other=str(tmp_path / "other")
+    )
     assert report["before"] == report["after"] == 8
     assert "pixel data has 10 bytes" in report["broken"]
     assert "which PACS orthanc does not hold; store the source series first" in report["orphan"]

@@ -32,7 +32,9 @@ from medsam2.io.volumes import read_volume
 def script_ct(volume: np.ndarray, lower: float, upper: float) -> np.ndarray:
     """MedSAM2's CT lines."""
     image_data_pre = np.clip(volume.astype(np.float64), lower, upper)
-    image_data_pre = (image_data_pre - np.min(image_data_pre)) / (np.max(image_data_pre) - np.min(image_data_pre)) * 255.0
+    image_data_pre = (
+        (image_data_pre - np.min(image_data_pre)) / (np.max(image_data_pre) - np.min(image_data_pre)) * 255.0
+    )
     return np.uint8(image_data_pre)
 
 
@@ -126,19 +128,21 @@ def test_constant_volumes_give_zeros_without_nan() -> None:
         ("lung", "MR", np.int16, False, Preset.LUNG),
     ],
 )
-def test_auto_resolves_one_way(preset: str, modality: str | None, dtype: type | None, is_video: bool,
-                               expected: Preset) -> None:
+def test_auto_resolves_one_way(
+    preset: str, modality: str | None, dtype: type | None, is_video: bool, expected: Preset
+) -> None:
     assert resolve_preset(preset, modality, None if dtype is None else np.dtype(dtype), is_video=is_video) is expected
 
 
 # -- largest 3D connected component -----------------------------------------------------------
+
 
 def _components_by_flood_fill(mask: np.ndarray) -> list[list[tuple[int, int, int]]]:
     """26-connected components in raster order of their first voxel (what skimage.measure.label numbers)."""
     seen = np.zeros(mask.shape, bool)
     offsets = [(a, b, c) for a in (-1, 0, 1) for b in (-1, 0, 1) for c in (-1, 0, 1) if (a, b, c) != (0, 0, 0)]
     components = []
-    for start in zip(*np.nonzero(mask)):
+    for start in zip(*np.nonzero(mask), strict=False):
         if seen[start]:
             continue
         seen[start] = True

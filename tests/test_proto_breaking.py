@@ -15,8 +15,9 @@ BUF = shutil.which("buf") or str(Path(sys.executable).parent / "buf")
 
 
 def _breaking(proto: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([BUF, "breaking", "--against", str(BASELINE)], cwd=proto, capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run(
+        [BUF, "breaking", "--against", str(BASELINE)], cwd=proto, capture_output=True, text=True, timeout=120
+    )
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -12,12 +12,26 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_stubs_are_fresh(tmp_path: Path) -> None:
     out = tmp_path / "pb"
     (out / "medsam2" / "v1").mkdir(parents=True)
-    subprocess.run([sys.executable, "-m", "grpc_tools.protoc", f"-I{ROOT / 'proto'}", f"--python_out={out}",
-                    f"--pyi_out={out}", f"--grpc_python_out={out}", "medsam2/v1/segmentation.proto"],
-                   check=True, cwd=ROOT)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "grpc_tools.protoc",
+            f"-I{ROOT / 'proto'}",
+            f"--python_out={out}",
+            f"--pyi_out={out}",
+            f"--grpc_python_out={out}",
+            "medsam2/v1/segmentation.proto",
+        ],
+        check=True,
+        cwd=ROOT,
+    )
     grpc_file = out / "medsam2" / "v1" / "segmentation_pb2_grpc.py"
-    grpc_file.write_text(grpc_file.read_text().replace("from medsam2.v1 import", "from medsam2.api.pb.medsam2.v1 import"))
+    grpc_file.write_text(
+        grpc_file.read_text().replace("from medsam2.v1 import", "from medsam2.api.pb.medsam2.v1 import")
+    )
     committed = ROOT / "services" / "medsam2" / "api" / "pb" / "medsam2" / "v1"
     for name in ("segmentation_pb2.py", "segmentation_pb2.pyi", "segmentation_pb2_grpc.py"):
-        assert (out / "medsam2" / "v1" / name).read_text() == (committed / name).read_text(), \
+        assert (out / "medsam2" / "v1" / name).read_text() == (committed / name).read_text(), (
             f"{name} is stale: run scripts/gen_proto.sh"
+        )

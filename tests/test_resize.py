@@ -20,8 +20,9 @@ def test_bilinear_matches_torch(size: tuple[int, int]) -> None:
 @pytest.mark.parametrize(("src", "dst"), [((512, 512), (128, 128)), ((80, 96), (512, 512)), ((700, 600), (512, 512))])
 def test_antialiased_matches_torch(src: tuple[int, int], dst: tuple[int, int]) -> None:
     x = (np.random.default_rng(1).random(src) > 0.5).astype(np.float32) * 20 - 10
-    want = F.interpolate(torch.from_numpy(x)[None, None], size=dst, mode="bilinear", align_corners=False,
-                         antialias=True)[0, 0].numpy()
+    want = F.interpolate(
+        torch.from_numpy(x)[None, None], size=dst, mode="bilinear", align_corners=False, antialias=True
+    )[0, 0].numpy()
     assert np.max(np.abs(resize_antialiased(x, dst) - want)) < 1e-4
 
 

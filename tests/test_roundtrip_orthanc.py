@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import orthanc
 import pytest
 
+import orthanc
 from medsam2.io.synthetic import SyntheticSeries, write_synthetic_ct
 
 REASON = orthanc.unavailable_reason()
@@ -47,7 +47,11 @@ class Service:
         self.log = (workdir / "serve.log").open("w+")
         self.process = subprocess.Popen(
             medsam2("serve", "--model-repository", graphs, "--port", "0", "--metrics-port", "0"),
-            stdout=subprocess.PIPE, stderr=self.log, text=True, env=_environment(**env))
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            text=True,
+            env=_environment(**env),
+        )
         line = self.process.stdout.readline() if self.process.stdout else ""
         if "listening on" not in line:
             self.process.kill()
@@ -69,8 +73,13 @@ class Service:
 
 
 def _client(target: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(medsam2("client", "--server", target, "--no-progress", *args), capture_output=True,
-                          text=True, timeout=900, env=_environment())
+    return subprocess.run(
+        medsam2("client", "--server", target, "--no-progress", *args),
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=_environment(),
+    )
 
 
 def _stats(server: orthanc.OrthancServer) -> dict[str, Any]:
@@ -83,8 +92,9 @@ def _stats(server: orthanc.OrthancServer) -> dict[str, Any]:
 # --- the scenario: runs inside the namespace ---------------------------------------------------------------
 
 
-def scenario_round_trip(server: orthanc.OrthancServer, folder: str, big: str, graphs: str, actions: str,
-                        out: str) -> dict[str, Any]:
+def scenario_round_trip(
+    server: orthanc.OrthancServer, folder: str, big: str, graphs: str, actions: str, out: str
+) -> dict[str, Any]:
     """Store the series, serve, run the client with --store, read back what Orthanc holds."""
     import pydicom
 
@@ -102,11 +112,24 @@ def scenario_round_trip(server: orthanc.OrthancServer, folder: str, big: str, gr
     voxel_limit = (len(series) + 1) * 512 * 512
     outcome: dict[str, Any] = {"study": study, "before": _stats(server)}
     workdir = Path(out)
-    with Service(graphs, workdir, MEDSAM2_PACS_ORTHANC_URL=server.dicomweb_url,
-                 MEDSAM2_MAX_STUDY_VOXELS=str(voxel_limit)) as service:
+    with Service(
+        graphs, workdir, MEDSAM2_PACS_ORTHANC_URL=server.dicomweb_url, MEDSAM2_MAX_STUDY_VOXELS=str(voxel_limit)
+    ) as service:
         started = time.perf_counter()
-        done = _client(service.target, "--pacs", "orthanc", "--study", study, "--actions", actions,
-                       "--out", str(workdir / "result.dcm"), "--store", "orthanc", "--json")
+        done = _client(
+            service.target,
+            "--pacs",
+            "orthanc",
+            "--study",
+            study,
+            "--actions",
+            actions,
+            "--out",
+            str(workdir / "result.dcm"),
+            "--store",
+            "orthanc",
+            "--json",
+        )
         outcome["seconds"] = time.perf_counter() - started
         outcome["client"] = {"rc": done.returncode, "stdout": done.stdout, "stderr": done.stderr[-3000:]}
         outcome["after"] = _stats(server)
@@ -133,7 +156,7 @@ def scenario_round_trip(server: orthanc.OrthancServer, folder: str, big: str, gr
     return outcome
 
 
-def _store_twice(target: str, study: str, series: list, endpoint) -> dict[str, Any]:  # noqa: ANN001
+def _store_twice(target: str, study: str, series: list, endpoint) -> dict[str, Any]:
     """StoreResult twice with one request id stores once; new results under a new id store a new pair."""
     from medsam2.api.client import Client
     from medsam2.api.pb.medsam2.v1 import segmentation_pb2 as pb
@@ -144,22 +167,28 @@ def _store_twice(target: str, study: str, series: list, endpoint) -> dict[str, A
     try:
         sid = client.open_pacs("orthanc", study).session_id
         k = len(series) // 2
-        info = pb.ObjectInfo(label="liver lesion", colour_rgb=[0, 200, 255],
-                             category=pb.CodedConcept(value="49755003", scheme="SCT",
-                                                      meaning="Morphologically Altered Structure"),
-                             type=pb.CodedConcept(value="52988006", scheme="SCT", meaning="Lesion"))
+        info = pb.ObjectInfo(
+            label="liver lesion",
+            colour_rgb=[0, 200, 255],
+            category=pb.CodedConcept(value="49755003", scheme="SCT", meaning="Morphologically Altered Structure"),
+            type=pb.CodedConcept(value="52988006", scheme="SCT", meaning="Lesion"),
+        )
         client.add_prompt(sid, 1, k, box=(20, 20, 44, 44), object_info=info)
         list(client.propagate(sid, first_slice=k, last_slice=k + 1))
         before = count()
         first = client.store_result(sid, "orthanc", request_id="store-once")
         seg = connect(endpoint).retrieve_instance(study, first.seg_series_uid, first.seg_sop_instance_uid)
         segment = seg.SegmentSequence[0]
-        described = {"label": str(segment.SegmentLabel),
-                     "category": str(segment.SegmentedPropertyCategoryCodeSequence[0].CodeValue),
-                     "type": str(segment.SegmentedPropertyTypeCodeSequence[0].CodeValue),
-                     "lab": [int(v) for v in segment.RecommendedDisplayCIELabValue],
-                     "algorithm": [str(segment.SegmentAlgorithmName),
-                                   str(segment.SegmentationAlgorithmIdentificationSequence[0].AlgorithmVersion)]}
+        described = {
+            "label": str(segment.SegmentLabel),
+            "category": str(segment.SegmentedPropertyCategoryCodeSequence[0].CodeValue),
+            "type": str(segment.SegmentedPropertyTypeCodeSequence[0].CodeValue),
+            "lab": [int(v) for v in segment.RecommendedDisplayCIELabValue],
+            "algorithm": [
+                str(segment.SegmentAlgorithmName),
+                str(segment.SegmentationAlgorithmIdentificationSequence[0].AlgorithmVersion),
+            ],
+        }
         again = client.store_result(sid, "orthanc", request_id="store-once")
         middle = count()
         unchanged = client.store_result(sid, "orthanc", request_id="store-unchanged")
@@ -167,15 +196,21 @@ def _store_twice(target: str, study: str, series: list, endpoint) -> dict[str, A
         client.add_prompt(sid, 1, k + 1, points=[(32.0, 32.0, False)])
         list(client.propagate(sid, first_slice=k, last_slice=k + 1))
         changed = client.store_result(sid, "orthanc", request_id="store-changed")
-        return {"before": before, "middle": middle, "after_unchanged": after_unchanged, "after": count(),
-                "described": described,
-                "same": first == again, "unchanged_same_uids": unchanged == first,
-                "new_uid": changed.seg_sop_instance_uid != first.seg_sop_instance_uid}
+        return {
+            "before": before,
+            "middle": middle,
+            "after_unchanged": after_unchanged,
+            "after": count(),
+            "described": described,
+            "same": first == again,
+            "unchanged_same_uids": unchanged == first,
+            "new_uid": changed.seg_sop_instance_uid != first.seg_sop_instance_uid,
+        }
     finally:
         client.close()
 
 
-def _store_upload(target: str, folder: str, study: str, endpoint) -> dict[str, Any]:  # noqa: ANN001
+def _store_upload(target: str, folder: str, study: str, endpoint) -> dict[str, Any]:
     """An upload that names its DICOM instances is stored over the series the PACS holds; wrong geometry is refused."""
     import dataclasses
 
@@ -188,9 +223,12 @@ def _store_upload(target: str, folder: str, study: str, endpoint) -> dict[str, A
 
     volume = read_volume(Path(folder))
     source = volume.dicom
-    identity = {"study_uid": source.study_uid, "series_uid": source.series_uid,
-                "frame_of_reference_uid": str(source.datasets[0].FrameOfReferenceUID),
-                "sop_instance_uids": list(source.slice_uids)}
+    identity = {
+        "study_uid": source.study_uid,
+        "series_uid": source.series_uid,
+        "frame_of_reference_uid": str(source.datasets[0].FrameOfReferenceUID),
+        "sop_instance_uids": list(source.slice_uids),
+    }
     count = lambda: len(connect(endpoint).search_for_instances(study_instance_uid=study, get_remaining=True))  # noqa: E731
     k = volume.voxels.shape[0] // 2
     client = Client(target, routing_key="upload")
@@ -198,8 +236,9 @@ def _store_upload(target: str, folder: str, study: str, endpoint) -> dict[str, A
     try:
         shifted = dataclasses.replace(volume.geometry, origin=tuple(v + 5.0 for v in volume.geometry.origin))
         for name, geometry in (("shifted", shifted), ("right", volume.geometry)):
-            sid = client.create_session(volume.voxels, volume.spacing, modality="CT",
-                                        geometry=geometry_to_pb(geometry), identity=identity).session_id
+            sid = client.create_session(
+                volume.voxels, volume.spacing, modality="CT", geometry=geometry_to_pb(geometry), identity=identity
+            ).session_id
             client.add_prompt(sid, 1, k, box=(20, 20, 44, 44))
             list(client.propagate(sid, first_slice=k, last_slice=k + 1))
             before = count()
@@ -209,13 +248,19 @@ def _store_upload(target: str, folder: str, study: str, endpoint) -> dict[str, A
                 frames = seg.PerFrameFunctionalGroupsSequence
                 outcome[name] = {
                     "added": count() - before,
-                    "references": [str(f.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID)
-                                   for f in frames],
+                    "references": [
+                        str(f.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID)
+                        for f in frames
+                    ],
                     "patient": [str(seg.PatientID), str(seg.StudyInstanceUID)],
                 }
             except grpc.RpcError as exc:
-                outcome[name] = {"code": exc.code().name, "details": exc.details(), "added": count() - before,
-                                 "dicom_results_after": client.get_session(sid).dicom_results}
+                outcome[name] = {
+                    "code": exc.code().name,
+                    "details": exc.details(),
+                    "added": count() - before,
+                    "dicom_results_after": client.get_session(sid).dicom_results,
+                }
             client.close_session(sid)
     finally:
         client.close()
@@ -286,9 +331,15 @@ def test_client_round_trip_through_orthanc(tmp_path: Path, graphs: dict[str, Pat
     actions, key = _actions(series, tmp_path)
     out = tmp_path / "out"
     out.mkdir()
-    report = orthanc.run_isolated(scenario_round_trip, timeout_s=1500, folder=str(series.folder),
-                                  big=str(big.folder), graphs=str(repository), actions=str(actions),
-                                  out=str(out))
+    report = orthanc.run_isolated(
+        scenario_round_trip,
+        timeout_s=1500,
+        folder=str(series.folder),
+        big=str(big.folder),
+        graphs=str(repository),
+        actions=str(actions),
+        out=str(out),
+    )
     assert report["client"]["rc"] == 0, report["client"]
     summary = report["summary"]
     # Orthanc holds the SEG and the SR in that study, under the UIDs the client printed.
@@ -316,9 +367,23 @@ def test_client_round_trip_through_orthanc(tmp_path: Path, graphs: dict[str, Pat
     assert group.referenced_segment.referenced_sop_instance_uid == summary["stored"]["seg"]
     assert str(report_sr.SOPInstanceUID) == summary["stored"]["sr"]
     # ... and equals `medsam2 segment` on the same series with the same actions file.
-    done = subprocess.run(medsam2("segment", str(series.folder), "--actions", str(actions), "--graphs",
-                                  str(graphs["present"]), "--out", str(tmp_path / "direct.npz"), "--no-progress"),
-                          capture_output=True, text=True, timeout=900, env=_environment())
+    done = subprocess.run(
+        medsam2(
+            "segment",
+            str(series.folder),
+            "--actions",
+            str(actions),
+            "--graphs",
+            str(graphs["present"]),
+            "--out",
+            str(tmp_path / "direct.npz"),
+            "--no-progress",
+        ),
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=_environment(),
+    )
     assert done.returncode == 0, done.stderr
     with np.load(tmp_path / "direct.npz") as npz:
         direct = npz["segs"] > 0

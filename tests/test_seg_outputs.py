@@ -31,8 +31,13 @@ def masks_for(shape: tuple[int, int, int]) -> dict[int, np.ndarray]:
 
 @pytest.mark.parametrize(
     ("name", "expected"),
-    [("x.dcm", "x.measurements.json"), ("x.nii.gz", "x.measurements.json"), ("a.b.nii", "a.b.measurements.json"),
-     ("x.npz", "x.measurements.json"), ("x.gif", "x.measurements.json")],
+    [
+        ("x.dcm", "x.measurements.json"),
+        ("x.nii.gz", "x.measurements.json"),
+        ("a.b.nii", "a.b.measurements.json"),
+        ("x.npz", "x.measurements.json"),
+        ("x.gif", "x.measurements.json"),
+    ],
 )
 def test_measurements_go_beside_the_output(name: str, expected: str) -> None:
     assert measurements_path(Path("/out") / name) == Path("/out") / expected

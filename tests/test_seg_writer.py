@@ -67,8 +67,11 @@ def test_software_and_series_identify_medsam2(seg: pydicom.Dataset) -> None:
 def test_a_seg_over_a_multiframe_source_references_frames(tmp_path: Path, series: SyntheticSeries) -> None:
     singles = [pydicom.dcmread(p) for p in series.paths]
     enhanced = hd.legacy.LegacyConvertedEnhancedCTImage(
-        singles, series_instance_uid=pydicom.uid.generate_uid(), series_number=3,
-        sop_instance_uid=pydicom.uid.generate_uid(), instance_number=1,
+        singles,
+        series_instance_uid=pydicom.uid.generate_uid(),
+        series_number=3,
+        sop_instance_uid=pydicom.uid.generate_uid(),
+        instance_number=1,
     )
     enhanced.save_as(tmp_path / "mf.dcm", enforce_file_format=True)
     volume = read_volume(tmp_path / "mf.dcm")
@@ -127,8 +130,11 @@ def test_a_cine_loop_without_geometry_gets_no_seg() -> None:
     from medsam2.io.outputs import check_output
 
     cine = read_volume(Path(get_testdata_file("examples_ybr_color.dcm")))
-    with pytest.raises(InvalidInput, match=r"examples_ybr_color\.dcm: its 30 frames have no patient geometry .*"
-                                           r"dicom-cine.* write \.nii\.gz"):
+    with pytest.raises(
+        InvalidInput,
+        match=r"examples_ybr_color\.dcm: its 30 frames have no patient geometry .*"
+        r"dicom-cine.* write \.nii\.gz",
+    ):
         check_output(Path("x.dcm"), cine)
     with pytest.raises(InvalidInput, match="have no patient geometry"):
         build_seg({1: np.zeros(cine.voxels.shape, bool)}, cine, Algorithm("v"))

@@ -37,15 +37,16 @@ def study() -> tuple[np.ndarray, list]:
     return frames, boxes
 
 
-def _start(graphs: dict[str, Path], **overrides):  # noqa: ANN003, ANN202
-    settings = ServerSettings(port=0, metrics_port=overrides.pop("metrics_port", 0),
-                              model_repository=graphs["present"], **overrides)
+def _start(graphs: dict[str, Path], **overrides):
+    settings = ServerSettings(
+        port=0, metrics_port=overrides.pop("metrics_port", 0), model_repository=graphs["present"], **overrides
+    )
     running = start_server(settings, OnnxRuntimeBackend(graphs["present"], threads=2))
     return running, f"127.0.0.1:{running.port}"
 
 
 @pytest.fixture(scope="module")
-def server(graphs: dict[str, Path]):  # noqa: ANN201
+def server(graphs: dict[str, Path]):
     metrics_port = _free_port()
     running, target = _start(graphs, metrics_port=metrics_port, max_sessions=4)
     yield running, target, metrics_port
@@ -53,13 +54,13 @@ def server(graphs: dict[str, Path]):  # noqa: ANN201
 
 
 @pytest.fixture
-def client(server) -> Client:  # noqa: ANN001
+def client(server) -> Client:
     c = Client(server[1])
     yield c
     c.close()
 
 
-def _code(call) -> grpc.StatusCode:  # noqa: ANN001
+def _code(call) -> grpc.StatusCode:
     with pytest.raises(grpc.RpcError) as info:
         result = call()
         if hasattr(result, "__iter__") and not isinstance(result, (pb.Session, pb.SliceResult)):
@@ -76,8 +77,10 @@ def test_service_masks_equal_the_engine(client: Client, study, graphs) -> None:
     assert [r.slice for r in streamed] == [3, 4, 5, 3, 2, 1, 0]
     assert streamed[-1].done == streamed[-1].total == len(streamed)
     labels, ids = client.result_labels(session.session_id)
-    direct = segment_volume(Tracker(OnnxRuntimeBackend(graphs["present"], threads=2), frames, TrackerOptions()),
-                            [ObjectPrompt(1, 3, box=box)])
+    direct = segment_volume(
+        Tracker(OnnxRuntimeBackend(graphs["present"], threads=2), frames, TrackerOptions()),
+        [ObjectPrompt(1, 3, box=box)],
+    )
     assert ids == [1]
     assert np.array_equal(labels > 0, direct[1])
     assert np.array_equal(slice_masks(streamed[1])[1], direct[1][4])
@@ -106,24 +109,53 @@ def test_bad_requests_get_clear_statuses(client: Client, study) -> None:
 @pytest.mark.parametrize(
     ("header", "chunks", "status", "message"),
     [
-        (pb.StudyHeader(shape=[2, 8, 8], dtype=pb.DATA_TYPE_UINT8), [b"\0" * 100], grpc.StatusCode.INVALID_ARGUMENT,
-         "truncated"),
-        (pb.StudyHeader(shape=[2, 8, 8], dtype=pb.DATA_TYPE_UINT8), [b"\0" * 200], grpc.StatusCode.INVALID_ARGUMENT,
-         "larger than the header"),
+        (
+            pb.StudyHeader(shape=[2, 8, 8], dtype=pb.DATA_TYPE_UINT8),
+            [b"\0" * 100],
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "truncated",
+        ),
+        (
+            pb.StudyHeader(shape=[2, 8, 8], dtype=pb.DATA_TYPE_UINT8),
+            [b"\0" * 200],
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "larger than the header",
+        ),
         (pb.StudyHeader(shape=[2, 8, 8]), [b"\0" * 128], grpc.StatusCode.INVALID_ARGUMENT, "dtype"),
-        (pb.StudyHeader(shape=[8, 8], dtype=pb.DATA_TYPE_UINT8), [b"\0" * 64], grpc.StatusCode.INVALID_ARGUMENT,
-         "slices, rows, columns"),
-        (pb.StudyHeader(shape=[0, 8, 8], dtype=pb.DATA_TYPE_UINT8), [], grpc.StatusCode.INVALID_ARGUMENT, "zero slices"),
-        (pb.StudyHeader(shape=[4096, 4096, 4096], dtype=pb.DATA_TYPE_UINT8), [], grpc.StatusCode.RESOURCE_EXHAUSTED,
-         "limit"),
-        (pb.StudyHeader(shape=[1, 2, 2], dtype=pb.DATA_TYPE_FLOAT32), [np.array([1, np.nan, 2, 3], "<f4").tobytes()],
-         grpc.StatusCode.INVALID_ARGUMENT, "NaN"),
-        (pb.StudyHeader(pacs=pb.PacsReference(endpoint="hospital", study_uid="1.2", series_uid="1.2.3")), [],
-         grpc.StatusCode.FAILED_PRECONDITION, "no PACS endpoint"),
+        (
+            pb.StudyHeader(shape=[8, 8], dtype=pb.DATA_TYPE_UINT8),
+            [b"\0" * 64],
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "slices, rows, columns",
+        ),
+        (
+            pb.StudyHeader(shape=[0, 8, 8], dtype=pb.DATA_TYPE_UINT8),
+            [],
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "zero slices",
+        ),
+        (
+            pb.StudyHeader(shape=[4096, 4096, 4096], dtype=pb.DATA_TYPE_UINT8),
+            [],
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "limit",
+        ),
+        (
+            pb.StudyHeader(shape=[1, 2, 2], dtype=pb.DATA_TYPE_FLOAT32),
+            [np.array([1, np.nan, 2, 3], "<f4").tobytes()],
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "NaN",
+        ),
+        (
+            pb.StudyHeader(pacs=pb.PacsReference(endpoint="hospital", study_uid="1.2", series_uid="1.2.3")),
+            [],
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "no PACS endpoint",
+        ),
     ],
 )
-def test_bad_uploads(client: Client, header, chunks, status, message) -> None:  # noqa: ANN001
-    def requests():  # noqa: ANN202
+def test_bad_uploads(client: Client, header, chunks, status, message) -> None:
+    def requests():
         yield pb.CreateSessionRequest(header=header)
         for chunk in chunks:
             yield pb.CreateSessionRequest(voxels=chunk)
@@ -153,17 +185,24 @@ def test_cancel_mid_stream_frees_the_session(client: Client, study) -> None:
     client.close_session(sid)
 
 
-def test_health_reflection_and_metrics(server, client: Client, study) -> None:  # noqa: ANN001
+def test_health_reflection_and_metrics(server, client: Client, study) -> None:
     running, target, metrics_port = server
     health = health_pb2_grpc.HealthStub(client.channel)
     deadline = time.monotonic() + 10
-    while health.Check(health_pb2.HealthCheckRequest(service="medsam2.v1.SegmentationService")).status != \
-            health_pb2.HealthCheckResponse.SERVING:
+    while (
+        health.Check(health_pb2.HealthCheckRequest(service="medsam2.v1.SegmentationService")).status
+        != health_pb2.HealthCheckResponse.SERVING
+    ):
         assert time.monotonic() < deadline
         time.sleep(0.2)
     text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
-    for name in ("medsam2_rpc_requests_total", "medsam2_rpc_duration_seconds_bucket", "medsam2_active_sessions",
-                 "medsam2_backend_call_duration_seconds_bucket", "medsam2_backend_ready"):
+    for name in (
+        "medsam2_rpc_requests_total",
+        "medsam2_rpc_duration_seconds_bucket",
+        "medsam2_active_sessions",
+        "medsam2_backend_call_duration_seconds_bucket",
+        "medsam2_backend_ready",
+    ):
         assert name in text, name
     from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -178,13 +217,13 @@ def test_sessions_run_concurrently(client: Client, study) -> None:
     results: dict[str, list[int]] = {}
     errors: list[Exception] = []
 
-    def work(name: str, box) -> None:  # noqa: ANN001
+    def work(name: str, box) -> None:
         try:
             sid = client.create_session(frames, preset="none").session_id
             client.add_box(sid, 1, 2, (box.x0, box.y0, box.x1, box.y1))
             results[name] = [r.slice for r in client.propagate(sid)]
             client.close_session(sid)
-        except Exception as exc:  # noqa: BLE001 - reported below
+        except Exception as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=work, args=(f"s{i}", boxes[i % 2])) for i in range(3)]
@@ -196,7 +235,7 @@ def test_sessions_run_concurrently(client: Client, study) -> None:
     assert all(v == [2, 3, 4, 5, 2, 1, 0] for v in results.values())
 
 
-def test_capacity_lru_eviction_and_exhaustion(graphs, study) -> None:  # noqa: ANN001
+def test_capacity_lru_eviction_and_exhaustion(graphs, study) -> None:
     frames, boxes = study
     running, target = _start(graphs, max_sessions=1)
     c = Client(target)
@@ -217,7 +256,7 @@ def test_capacity_lru_eviction_and_exhaustion(graphs, study) -> None:  # noqa: A
         running.stop(2)
 
 
-def test_bearer_token(graphs, study) -> None:  # noqa: ANN001
+def test_bearer_token(graphs, study) -> None:
     running, target = _start(graphs, auth_token="s3cret")
     try:
         code, _ = _code(lambda: Client(target).stub.ListSessions(pb.ListSessionsRequest()))
@@ -232,7 +271,7 @@ def test_bearer_token(graphs, study) -> None:  # noqa: ANN001
         running.stop(2)
 
 
-def test_shutdown_drains_a_stream_in_flight(graphs, study) -> None:  # noqa: ANN001
+def test_shutdown_drains_a_stream_in_flight(graphs, study) -> None:
     frames, boxes = study
     running, target = _start(graphs)
     c = Client(target)
@@ -249,21 +288,20 @@ def test_shutdown_drains_a_stream_in_flight(graphs, study) -> None:  # noqa: ANN
     c.close()
 
 
-def test_in_state_protocol_with_a_correction(client: Client, study, graphs) -> None:  # noqa: ANN001
+def test_in_state_protocol_with_a_correction(client: Client, study, graphs) -> None:
     frames, boxes = study
     box = boxes[0]
     sid = client.create_session(frames, preset="none").session_id
     client.add_box(sid, 1, 1, (box.x0, box.y0, box.x1, box.y1))
-    forward = list(client.propagate(sid, protocol=pb.PROTOCOL_IN_STATE, direction=pb.DIRECTION_FORWARD,
-                                    start_slice=1))
+    forward = list(client.propagate(sid, protocol=pb.PROTOCOL_IN_STATE, direction=pb.DIRECTION_FORWARD, start_slice=1))
     assert [r.slice for r in forward] == [1, 2, 3, 4, 5]
     click = pb.Point(x=(box.x0 + box.x1) / 2, y=(box.y0 + box.y1) / 2, positive=False)
     client.stub.AddPrompt(pb.AddPromptRequest(session_id=sid, object_id=1, slice=3, points=[click]))
-    resumed = list(client.propagate(sid, protocol=pb.PROTOCOL_IN_STATE, direction=pb.DIRECTION_FORWARD,
-                                    start_slice=4))
+    resumed = list(client.propagate(sid, protocol=pb.PROTOCOL_IN_STATE, direction=pb.DIRECTION_FORWARD, start_slice=4))
     assert [r.slice for r in resumed] == [4, 5]
-    code, details = _code(lambda: client.propagate(sid, protocol=pb.PROTOCOL_IN_STATE, start_slice=0,
-                                                   first_slice=2, last_slice=5))
+    code, details = _code(
+        lambda: client.propagate(sid, protocol=pb.PROTOCOL_IN_STATE, start_slice=0, first_slice=2, last_slice=5)
+    )
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "outside the slice range" in details
     client.close_session(sid)
 
@@ -272,5 +310,5 @@ def test_in_state_protocol_with_a_correction(client: Client, study, graphs) -> N
     list(tracker.propagate(Direction.FORWARD, start=1))
     tracker.add_prompt(1, 3, points=np.array([[click.x, click.y]]), labels=np.array([0]))
     direct = list(tracker.propagate(Direction.FORWARD, start=4))
-    for got, want in zip(resumed, direct):
+    for got, want in zip(resumed, direct, strict=False):
         assert np.array_equal(slice_masks(got)[1], want.masks(ROWS, COLS)[0])

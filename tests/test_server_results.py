@@ -49,23 +49,27 @@ def repository(graphs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
 
 
 @pytest.fixture(scope="module")
-def server(repository: Path):  # noqa: ANN201
-    settings = ServerSettings(port=0, metrics_port=0, model_repository=repository, max_sessions=6,
-                              max_study_voxels=SLICES * 512 * 512 * 2)
-    running = start_server(settings, OnnxRuntimeBackend(repository, threads=2),
-                           environ={"MEDSAM2_PACS_DOWN_URL": UNREACHABLE, "MEDSAM2_PACS_DOWN_TIMEOUT_S": "2"})
+def server(repository: Path):
+    settings = ServerSettings(
+        port=0, metrics_port=0, model_repository=repository, max_sessions=6, max_study_voxels=SLICES * 512 * 512 * 2
+    )
+    running = start_server(
+        settings,
+        OnnxRuntimeBackend(repository, threads=2),
+        environ={"MEDSAM2_PACS_DOWN_URL": UNREACHABLE, "MEDSAM2_PACS_DOWN_TIMEOUT_S": "2"},
+    )
     yield running, f"127.0.0.1:{running.port}"
     running.stop(2)
 
 
 @pytest.fixture
-def client(server) -> Client:  # noqa: ANN001
+def client(server) -> Client:
     c = Client(server[1], routing_key="test-study")
     yield c
     c.close()
 
 
-def _code(call) -> tuple[grpc.StatusCode, str]:  # noqa: ANN001
+def _code(call) -> tuple[grpc.StatusCode, str]:
     with pytest.raises(grpc.RpcError) as info:
         result = call()
         if hasattr(result, "__iter__") and not isinstance(result, pb.Session | pb.SliceResult):
@@ -73,8 +77,13 @@ def _code(call) -> tuple[grpc.StatusCode, str]:  # noqa: ANN001
     return info.value.code(), info.value.details()
 
 
-GEOMETRY = Geometry(origin=(-120.0, -80.5, 300.0), row_cosine=(1.0, 0.0, 0.0), column_cosine=(0.0, 0.8, -0.6),
-                    pixel_spacing=(0.7, 0.8), slice_step=(0.0, 1.5, 2.0))
+GEOMETRY = Geometry(
+    origin=(-120.0, -80.5, 300.0),
+    row_cosine=(1.0, 0.0, 0.0),
+    column_cosine=(0.0, 0.8, -0.6),
+    pixel_spacing=(0.7, 0.8),
+    slice_step=(0.0, 1.5, 2.0),
+)
 
 
 def _hu(frames: np.ndarray) -> np.ndarray:
@@ -82,14 +91,23 @@ def _hu(frames: np.ndarray) -> np.ndarray:
     return frames.astype(np.int16) - 100
 
 
-def test_identity_geometry_and_auto_preset_come_back(client: Client, study) -> None:  # noqa: ANN001
+def test_identity_geometry_and_auto_preset_come_back(client: Client, study) -> None:
     frames, boxes = study
     spacing = (2.5, 0.7, 0.8)
-    session = client.create_session(_hu(frames), spacing, preset="auto", modality="ct",
-                                    geometry=geometry_to_pb(GEOMETRY), external_id="ACC-0001",
-                                    identity={"study_uid": "1.2.3", "series_uid": "1.2.3.4",
-                                              "frame_of_reference_uid": "1.2.3.5",
-                                              "sop_instance_uids": [f"1.2.3.4.{k}" for k in range(SLICES)]})
+    session = client.create_session(
+        _hu(frames),
+        spacing,
+        preset="auto",
+        modality="ct",
+        geometry=geometry_to_pb(GEOMETRY),
+        external_id="ACC-0001",
+        identity={
+            "study_uid": "1.2.3",
+            "series_uid": "1.2.3.4",
+            "frame_of_reference_uid": "1.2.3.5",
+            "sop_instance_uids": [f"1.2.3.4.{k}" for k in range(SLICES)],
+        },
+    )
     assert (session.modality, session.preset, session.external_id) == ("CT", "abdomen", "ACC-0001")
     assert (session.study_uid, session.series_uid, session.frame_of_reference_uid) == ("1.2.3", "1.2.3.4", "1.2.3.5")
     assert list(session.geometry.slice_step) == [0.0, 1.5, 2.0] and not session.dicom_results
@@ -110,7 +128,7 @@ def test_identity_geometry_and_auto_preset_come_back(client: Client, study) -> N
     client.close_session(session.session_id)
 
 
-def test_store_result_without_dicom_identity_is_refused(client: Client, study) -> None:  # noqa: ANN001
+def test_store_result_without_dicom_identity_is_refused(client: Client, study) -> None:
     frames, boxes = study
     sid = client.create_session(frames, preset="none").session_id
     box = boxes[0]
@@ -139,7 +157,7 @@ def test_pacs_failures_open_nothing(client: Client) -> None:
     assert len(client.list_sessions()) == before
 
 
-def test_prompt_replies_honour_the_encoding_and_retries_repeat_nothing(client: Client, study) -> None:  # noqa: ANN001
+def test_prompt_replies_honour_the_encoding_and_retries_repeat_nothing(client: Client, study) -> None:
     frames, boxes = study
     header_id = "create-1"
     first = client.create_session(frames, preset="none", request_id=header_id)
@@ -147,8 +165,9 @@ def test_prompt_replies_honour_the_encoding_and_retries_repeat_nothing(client: C
     assert again.session_id == first.session_id
     sid = first.session_id
     box, other = boxes[0], boxes[1]
-    rle = client.add_prompt(sid, 1, 2, box=(box.x0, box.y0, box.x1, box.y1), encoding=pb.MASK_ENCODING_RLE,
-                            request_id="p-1")
+    rle = client.add_prompt(
+        sid, 1, 2, box=(box.x0, box.y0, box.x1, box.y1), encoding=pb.MASK_ENCODING_RLE, request_id="p-1"
+    )
     packed = client.add_prompt(sid, 1, 2, box=(box.x0, box.y0, box.x1, box.y1), request_id="p-2")
     assert rle.objects[0].mask.encoding == pb.MASK_ENCODING_RLE
     assert packed.objects[0].mask.encoding == pb.MASK_ENCODING_BITPACKED
@@ -161,7 +180,7 @@ def test_prompt_replies_honour_the_encoding_and_retries_repeat_nothing(client: C
     client.close_session(sid)
 
 
-def test_bad_requests_leave_the_session_unchanged(client: Client, study) -> None:  # noqa: ANN001
+def test_bad_requests_leave_the_session_unchanged(client: Client, study) -> None:
     frames, boxes = study
     sid = client.create_session(frames, preset="none").session_id
     box = boxes[0]
@@ -170,18 +189,39 @@ def test_bad_requests_leave_the_session_unchanged(client: Client, study) -> None
     masks = client.object_masks(sid)
     x, y = (box.x0 + box.x1) / 2, (box.y0 + box.y1) / 2
     cases = [
-        (lambda: client.add_prompt(sid, 7, 4, points=[(x, y, False)], correction=True),
-         grpc.StatusCode.NOT_FOUND, "correction for unknown object 7"),
-        (lambda: client.add_prompt(sid, 1, 4, points=[(x, y, False)], encoding=9),
-         grpc.StatusCode.INVALID_ARGUMENT, "encoding has the unknown value 9"),
-        (lambda: client.add_prompt(sid, 1, 4, points=[(x, y, True)] * (MAX_POINTS + 1)),
-         grpc.StatusCode.INVALID_ARGUMENT, "too many points"),
-        (lambda: client.add_prompt(sid, 1, 4, points=[(x, y, True)],
-                                   object_info=pb.ObjectInfo(colour_rgb=[300, 0, 0])),
-         grpc.StatusCode.INVALID_ARGUMENT, "colour"),
+        (
+            lambda: client.add_prompt(sid, 7, 4, points=[(x, y, False)], correction=True),
+            grpc.StatusCode.NOT_FOUND,
+            "correction for unknown object 7",
+        ),
+        (
+            lambda: client.add_prompt(sid, 1, 4, points=[(x, y, False)], encoding=9),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "encoding has the unknown value 9",
+        ),
+        (
+            lambda: client.add_prompt(sid, 1, 4, points=[(x, y, True)] * (MAX_POINTS + 1)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "too many points",
+        ),
+        (
+            lambda: client.add_prompt(
+                sid, 1, 4, points=[(x, y, True)], object_info=pb.ObjectInfo(colour_rgb=[300, 0, 0])
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "colour",
+        ),
         (lambda: client.result(sid, 42), grpc.StatusCode.INVALID_ARGUMENT, "format has the unknown value 42"),
-        (lambda: client.propagate(sid, protocol=5), grpc.StatusCode.INVALID_ARGUMENT, "protocol has the unknown value 5"),
-        (lambda: client.propagate(sid, direction=8), grpc.StatusCode.INVALID_ARGUMENT, "direction has the unknown value 8"),
+        (
+            lambda: client.propagate(sid, protocol=5),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "protocol has the unknown value 5",
+        ),
+        (
+            lambda: client.propagate(sid, direction=8),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "direction has the unknown value 8",
+        ),
     ]
     for call, status, message in cases:
         code, details = _code(call)
@@ -192,7 +232,7 @@ def test_bad_requests_leave_the_session_unchanged(client: Client, study) -> None
     client.close_session(sid)
 
 
-def test_server_info(client: Client, server) -> None:  # noqa: ANN001
+def test_server_info(client: Client, server) -> None:
     info = client.server_info()
     assert (info.backend, info.precision) == ("onnxruntime", "fp32")
     assert info.model == pb.ModelInfo(version=1, checkpoint_sha256=SHA, short_sha=SHA[:12], untrained=True)
@@ -205,7 +245,7 @@ def test_server_info(client: Client, server) -> None:  # noqa: ANN001
     json.dumps(list(info.capabilities))  # plain strings
 
 
-def test_object_masks_keep_overlaps(client: Client, study) -> None:  # noqa: ANN001
+def test_object_masks_keep_overlaps(client: Client, study) -> None:
     frames, boxes = study
     sid = client.create_session(frames, preset="none").session_id
     box = boxes[0]

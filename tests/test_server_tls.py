@@ -25,22 +25,68 @@ def _openssl(*args: str, cwd: Path) -> None:
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("pki")
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=test-ca",
-             "-keyout", "ca.key", "-out", "ca.pem", cwd=d)
+    _openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=test-ca",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        cwd=d,
+    )
     for name, san in (("server", "subjectAltName=DNS:localhost,IP:127.0.0.1"), ("client", "")):
-        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}", "-keyout", f"{name}.key",
-                 "-out", f"{name}.csr", cwd=d)
+        _openssl(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            f"/CN={name}",
+            "-keyout",
+            f"{name}.key",
+            "-out",
+            f"{name}.csr",
+            cwd=d,
+        )
         ext = ["-extfile", f"{name}.ext"] if san else []
         if san:
             (d / f"{name}.ext").write_text(san + "\n")
-        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-                 "-days", "1", "-out", f"{name}.pem", *ext, cwd=d)
+        _openssl(
+            "x509",
+            "-req",
+            "-in",
+            f"{name}.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-out",
+            f"{name}.pem",
+            *ext,
+            cwd=d,
+        )
     return d
 
 
-def _serve(graphs, pki: Path, mutual: bool):  # noqa: ANN001, ANN202
-    settings = ServerSettings(port=0, metrics_port=0, model_repository=graphs["present"], tls_cert=pki / "server.pem",
-                              tls_key=pki / "server.key", tls_client_ca=pki / "ca.pem" if mutual else Path(""))
+def _serve(graphs, pki: Path, mutual: bool):
+    settings = ServerSettings(
+        port=0,
+        metrics_port=0,
+        model_repository=graphs["present"],
+        tls_cert=pki / "server.pem",
+        tls_key=pki / "server.key",
+        tls_client_ca=pki / "ca.pem" if mutual else Path(""),
+    )
     return start_server(settings, OnnxRuntimeBackend(graphs["present"], threads=1))
 
 
@@ -50,7 +96,7 @@ def _list(target: str, creds: grpc.ChannelCredentials) -> int:
         return len(stub.ListSessions(pb.ListSessionsRequest(), timeout=10).sessions)
 
 
-def test_tls(graphs, pki: Path) -> None:  # noqa: ANN001
+def test_tls(graphs, pki: Path) -> None:
     running = _serve(graphs, pki, mutual=False)
     try:
         target = f"localhost:{running.port}"
@@ -62,12 +108,14 @@ def test_tls(graphs, pki: Path) -> None:  # noqa: ANN001
         running.stop(1)
 
 
-def test_mutual_tls_requires_a_client_certificate(graphs, pki: Path) -> None:  # noqa: ANN001
+def test_mutual_tls_requires_a_client_certificate(graphs, pki: Path) -> None:
     running = _serve(graphs, pki, mutual=True)
     try:
         target = f"localhost:{running.port}"
         ca = (pki / "ca.pem").read_bytes()
-        with_cert = grpc.ssl_channel_credentials(ca, (pki / "client.key").read_bytes(), (pki / "client.pem").read_bytes())
+        with_cert = grpc.ssl_channel_credentials(
+            ca, (pki / "client.key").read_bytes(), (pki / "client.pem").read_bytes()
+        )
         assert _list(target, with_cert) == 0
         with pytest.raises(grpc.RpcError) as info:
             _list(target, grpc.ssl_channel_credentials(ca))

@@ -8,7 +8,6 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from triton_server import triton_process
 
 from medsam2.api.client import Client
 from medsam2.api.pb.medsam2.v1 import segmentation_pb2 as pb
@@ -17,6 +16,7 @@ from medsam2.engine.tracker import Direction, Tracker, TrackerOptions
 from medsam2.server.app import start_server
 from medsam2.server.config import ServerSettings
 from medsam2_export.parity import synthetic_volume
+from triton_server import triton_process
 
 pytestmark = pytest.mark.slow
 
@@ -41,19 +41,22 @@ def _segment_via_service(target: str, frames: np.ndarray, boxes: list) -> np.nda
         client.close()
 
 
-def _serve(settings: ServerSettings, backend):  # noqa: ANN001, ANN202
+def _serve(settings: ServerSettings, backend):
     running = start_server(settings, backend)
     return running, f"127.0.0.1:{running.port}"
 
 
-def test_same_masks_through_triton_and_embedded(triton_url: str, graphs: dict[str, Path], study) -> None:  # noqa: ANN001
+def test_same_masks_through_triton_and_embedded(triton_url: str, graphs: dict[str, Path], study) -> None:
     from medsam2.backends.triton_backend import TritonBackend
 
     frames, boxes = study
     labels = {}
     for name, settings, backend in (
-        ("embedded", ServerSettings(port=0, metrics_port=0, model_repository=graphs["present"]),
-         OnnxRuntimeBackend(graphs["present"], threads=2)),
+        (
+            "embedded",
+            ServerSettings(port=0, metrics_port=0, model_repository=graphs["present"]),
+            OnnxRuntimeBackend(graphs["present"], threads=2),
+        ),
         ("triton", ServerSettings(port=0, metrics_port=0, triton_url=triton_url), TritonBackend(triton_url)),
     ):
         running, target = _serve(settings, backend)
@@ -65,7 +68,7 @@ def test_same_masks_through_triton_and_embedded(triton_url: str, graphs: dict[st
     assert np.array_equal(labels["embedded"], labels["triton"])
 
 
-def test_triton_logits_equal_embedded_logits(triton_url: str, graphs: dict[str, Path], study) -> None:  # noqa: ANN001
+def test_triton_logits_equal_embedded_logits(triton_url: str, graphs: dict[str, Path], study) -> None:
     from medsam2.backends.triton_backend import TritonBackend
 
     frames, boxes = study
@@ -75,16 +78,17 @@ def test_triton_logits_equal_embedded_logits(triton_url: str, graphs: dict[str, 
         tracker.add_prompt(1, 3, box=boxes[0])
         runs.append([r.low_res for r in tracker.propagate(Direction.BOTH, start=3)])
     assert len(runs[0]) == len(runs[1]) > 0
-    assert max(float(np.max(np.abs(a - b))) for a, b in zip(*runs)) <= 1e-5
+    assert max(float(np.max(np.abs(a - b))) for a, b in zip(*runs, strict=False)) <= 1e-5
 
 
-def test_triton_down_mid_propagation_then_back(triton_repository: Path, study) -> None:  # noqa: ANN001
+def test_triton_down_mid_propagation_then_back(triton_repository: Path, study) -> None:
     from medsam2.backends.triton_backend import TritonBackend
 
     frames, boxes = study
     with triton_process(triton_repository) as triton:
-        running, target = _serve(ServerSettings(port=0, metrics_port=0, triton_url=triton.url),
-                                 TritonBackend(triton.url))
+        running, target = _serve(
+            ServerSettings(port=0, metrics_port=0, triton_url=triton.url), TritonBackend(triton.url)
+        )
         client = Client(target)
         try:
             sid = client.create_session(frames, preset="none").session_id

@@ -9,19 +9,25 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from redis_server import RedisServer, unavailable_reason
 
 from medsam2.errors import ConfigError
 from medsam2.store import JournalEntry, SessionRecord, StoreUnavailable, open_store
 from medsam2.store.base import SessionStore
 from medsam2.store.memory_store import MemoryStore
+from redis_server import RedisServer, unavailable_reason
 
 needs_redis = pytest.mark.skipif(unavailable_reason() is not None, reason=str(unavailable_reason()))
 
 
 def record(session_id: str = "s1") -> SessionRecord:
-    return SessionRecord(session_id=session_id, owner="alice", header=b"\x08\x01header\x00bytes", model_version=2,
-                         created=12.5, attributes={"modality": "CT"})
+    return SessionRecord(
+        session_id=session_id,
+        owner="alice",
+        header=b"\x08\x01header\x00bytes",
+        model_version=2,
+        created=12.5,
+        attributes={"modality": "CT"},
+    )
 
 
 @pytest.fixture()
@@ -123,15 +129,45 @@ def test_tls_with_a_private_ca(tmp_path: Path) -> None:
     def openssl(*args: str) -> None:
         subprocess.run(["openssl", *args], cwd=tmp_path, check=True, capture_output=True)
 
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=test-ca",
-            "-keyout", "ca.key", "-out", "ca.pem")
-    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-keyout", "redis.key",
-            "-out", "redis.csr")
+    openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=test-ca",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+    )
+    openssl(
+        "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-keyout", "redis.key", "-out", "redis.csr"
+    )
     (tmp_path / "san.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
-    openssl("x509", "-req", "-in", "redis.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "1",
-            "-out", "redis.pem", "-extfile", "san.ext")
-    server = RedisServer(tmp_path / "data", password="pw",
-                         tls=(tmp_path / "redis.pem", tmp_path / "redis.key", tmp_path / "ca.pem")).start()
+    openssl(
+        "x509",
+        "-req",
+        "-in",
+        "redis.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-out",
+        "redis.pem",
+        "-extfile",
+        "san.ext",
+    )
+    server = RedisServer(
+        tmp_path / "data", password="pw", tls=(tmp_path / "redis.pem", tmp_path / "redis.key", tmp_path / "ca.pem")
+    ).start()
     try:
         store = open_store(server.url)
         store.create(record(), [b"z"], ttl_s=60)

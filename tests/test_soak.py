@@ -14,14 +14,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def soak():  # noqa: ANN201 - the benchmark module
+def soak():
     spec = importlib.util.spec_from_file_location("medsam2_soak", ROOT / "benchmarks" / "soak.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-def test_create_close_cycles_return_memory(soak, graphs: dict[str, Path]) -> None:  # noqa: ANN001
+def test_create_close_cycles_return_memory(soak, graphs: dict[str, Path]) -> None:
     running, target = soak.start(graphs["present"])
     try:
         report = soak.run_cycles(target, cycles=150, warmup=50, slices=64, rows=96, columns=96, threads=2)
@@ -33,7 +33,7 @@ def test_create_close_cycles_return_memory(soak, graphs: dict[str, Path]) -> Non
     assert growth < 40 * 2**20, report
 
 
-def test_create_prompt_propagate_close_from_threads(soak, graphs: dict[str, Path]) -> None:  # noqa: ANN001
+def test_create_prompt_propagate_close_from_threads(soak, graphs: dict[str, Path]) -> None:
     running, target = soak.start(graphs["present"])
     try:
         report = soak.run_work(target, threads=2, seconds=3, slices=3, rows=48, columns=48)

@@ -34,13 +34,20 @@ def frames() -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def tenants(graphs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+def tenants(graphs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory):
     folder = tmp_path_factory.mktemp("tenants")
     tokens = folder / "tokens"
     tokens.write_text("# principal:token\nalice:alice-secret\nbob:bob-secret\n\ncarol:carol-secret\n")
     audit_log = folder / "audit.jsonl"
-    settings = ServerSettings(port=0, metrics_port=0, model_repository=graphs["present"], auth_tokens=tokens,
-                              audit_log=audit_log, max_sessions=4, max_sessions_per_principal=2)
+    settings = ServerSettings(
+        port=0,
+        metrics_port=0,
+        model_repository=graphs["present"],
+        auth_tokens=tokens,
+        audit_log=audit_log,
+        max_sessions=4,
+        max_sessions_per_principal=2,
+    )
     running = start_server(settings, OnnxRuntimeBackend(graphs["present"], threads=1))
     target = f"127.0.0.1:{running.port}"
     clients = {name: Client(target, token=f"{name}-secret") for name in ("alice", "bob", "carol")}
@@ -50,7 +57,7 @@ def tenants(graphs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory): 
     running.stop(1)
 
 
-def _failure(call) -> grpc.RpcError:  # noqa: ANN001
+def _failure(call) -> grpc.RpcError:
     with pytest.raises(grpc.RpcError) as info:
         result = call()
         if hasattr(result, "__iter__") and not hasattr(result, "ListFields"):
@@ -70,7 +77,7 @@ def _close_all(clients: dict[str, Client]) -> None:
             c.close_session(s.session_id)
 
 
-def test_another_principal_sees_nothing(tenants, frames: np.ndarray) -> None:  # noqa: ANN001
+def test_another_principal_sees_nothing(tenants, frames: np.ndarray) -> None:
     _, clients, _, _ = tenants
     alice, bob = clients["alice"], clients["bob"]
     _close_all(clients)
@@ -98,7 +105,7 @@ def test_another_principal_sees_nothing(tenants, frames: np.ndarray) -> None:  #
     alice.close_session(sid)
 
 
-def test_quota_evicts_only_your_own_sessions(tenants, frames: np.ndarray) -> None:  # noqa: ANN001
+def test_quota_evicts_only_your_own_sessions(tenants, frames: np.ndarray) -> None:
     _, clients, _, _ = tenants
     alice, bob = clients["alice"], clients["bob"]
     _close_all(clients)
@@ -110,7 +117,7 @@ def test_quota_evicts_only_your_own_sessions(tenants, frames: np.ndarray) -> Non
     _close_all(clients)
 
 
-def test_a_full_service_evicts_others_visibly(tenants, frames: np.ndarray) -> None:  # noqa: ANN001
+def test_a_full_service_evicts_others_visibly(tenants, frames: np.ndarray) -> None:
     _, clients, _, _ = tenants
     alice, bob, carol = clients["alice"], clients["bob"], clients["carol"]
     _close_all(clients)
@@ -125,7 +132,7 @@ def test_a_full_service_evicts_others_visibly(tenants, frames: np.ndarray) -> No
     _close_all(clients)
 
 
-def test_unknown_token_and_sighup_reload(tenants) -> None:  # noqa: ANN001
+def test_unknown_token_and_sighup_reload(tenants) -> None:
     running, clients, tokens, _ = tenants
     target = f"127.0.0.1:{running.port}"
     dave = Client(target, token="dave-secret")
@@ -152,7 +159,7 @@ def test_unknown_token_and_sighup_reload(tenants) -> None:  # noqa: ANN001
         dave.close()
 
 
-def test_audit_log_has_who_what_and_no_patient_data(tenants, frames: np.ndarray) -> None:  # noqa: ANN001
+def test_audit_log_has_who_what_and_no_patient_data(tenants, frames: np.ndarray) -> None:
     _, clients, _, audit_log = tenants
     alice = clients["alice"]
     sid = alice.create_session(frames, preset="none", label=LABEL).session_id
@@ -174,8 +181,11 @@ def test_tokens_file_format_and_lookup(tmp_path: Path) -> None:
     tokens.write_text("alice:one\nbob: two \n")
     auth = Authenticator(tokens_file=tokens, token="shared")
     assert auth.principals == ["alice", "bob", "default"]
-    assert (auth.principal_for_token("one"), auth.principal_for_token("two"), auth.principal_for_token("shared")) == \
-        ("alice", "bob", "default")
+    assert (auth.principal_for_token("one"), auth.principal_for_token("two"), auth.principal_for_token("shared")) == (
+        "alice",
+        "bob",
+        "default",
+    )
     assert auth.principal_for_token("on") is None and auth.principal_for_token("") is None
     tokens.write_text("alice:one\nbob-without-token\n")
     with pytest.raises(ConfigError, match=r"tokens:2: expected 'principal:token'"):
@@ -192,34 +202,83 @@ def _openssl(*args: str, cwd: Path) -> None:
 
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl makes the test certificates")
-def test_client_certificate_subject_is_the_principal(graphs, frames: np.ndarray, tmp_path: Path) -> None:  # noqa: ANN001
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=test-ca",
-             "-keyout", "ca.key", "-out", "ca.pem", cwd=tmp_path)
+def test_client_certificate_subject_is_the_principal(graphs, frames: np.ndarray, tmp_path: Path) -> None:
+    _openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=test-ca",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        cwd=tmp_path,
+    )
     (tmp_path / "server.ext").write_text("subjectAltName=DNS:localhost\n")
     for name in ("server", "ws-alice", "ws-bob"):
-        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}", "-keyout", f"{name}.key",
-                 "-out", f"{name}.csr", cwd=tmp_path)
+        _openssl(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            f"/CN={name}",
+            "-keyout",
+            f"{name}.key",
+            "-out",
+            f"{name}.csr",
+            cwd=tmp_path,
+        )
         ext = ["-extfile", "server.ext"] if name == "server" else []
-        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-                 "-days", "1", "-out", f"{name}.pem", *ext, cwd=tmp_path)
-    settings = ServerSettings(port=0, metrics_port=0, model_repository=graphs["present"],
-                              tls_cert=tmp_path / "server.pem", tls_key=tmp_path / "server.key",
-                              tls_client_ca=tmp_path / "ca.pem")
+        _openssl(
+            "x509",
+            "-req",
+            "-in",
+            f"{name}.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-out",
+            f"{name}.pem",
+            *ext,
+            cwd=tmp_path,
+        )
+    settings = ServerSettings(
+        port=0,
+        metrics_port=0,
+        model_repository=graphs["present"],
+        tls_cert=tmp_path / "server.pem",
+        tls_key=tmp_path / "server.key",
+        tls_client_ca=tmp_path / "ca.pem",
+    )
     running = start_server(settings, OnnxRuntimeBackend(graphs["present"], threads=1))
 
     def stub(name: str) -> tuple[grpc.Channel, pb_grpc.SegmentationServiceStub]:
-        creds = grpc.ssl_channel_credentials((tmp_path / "ca.pem").read_bytes(),
-                                             (tmp_path / f"{name}.key").read_bytes(),
-                                             (tmp_path / f"{name}.pem").read_bytes())
+        creds = grpc.ssl_channel_credentials(
+            (tmp_path / "ca.pem").read_bytes(),
+            (tmp_path / f"{name}.key").read_bytes(),
+            (tmp_path / f"{name}.pem").read_bytes(),
+        )
         channel = grpc.secure_channel(f"localhost:{running.port}", creds)
         return channel, pb_grpc.SegmentationServiceStub(channel)
 
     try:
         (ca, alice), (cb, bob) = stub("ws-alice"), stub("ws-bob")
-        header = pb.StudyHeader(shape=list(frames.shape), dtype=pb.DATA_TYPE_UINT8,
-                                preprocessing=pb.Preprocessing(preset="none"))
-        session = alice.CreateSession(iter([pb.CreateSessionRequest(header=header),
-                                            pb.CreateSessionRequest(voxels=frames.tobytes())]), timeout=30)
+        header = pb.StudyHeader(
+            shape=list(frames.shape), dtype=pb.DATA_TYPE_UINT8, preprocessing=pb.Preprocessing(preset="none")
+        )
+        session = alice.CreateSession(
+            iter([pb.CreateSessionRequest(header=header), pb.CreateSessionRequest(voxels=frames.tobytes())]), timeout=30
+        )
         assert [s.session_id for s in alice.ListSessions(pb.ListSessionsRequest()).sessions] == [session.session_id]
         assert list(bob.ListSessions(pb.ListSessionsRequest()).sessions) == []
         error = _failure(lambda: bob.GetSession(pb.GetSessionRequest(session_id=session.session_id)))

@@ -242,7 +242,11 @@ class _Network:
 
 
 def _fake_trt(
-    monkeypatch: pytest.MonkeyPatch, *, parse_errors: tuple[str, ...] = (), no_gpu: bool = False, version: int = 10,
+    monkeypatch: pytest.MonkeyPatch,
+    *,
+    parse_errors: tuple[str, ...] = (),
+    no_gpu: bool = False,
+    version: int = 10,
     version_string: str | None = None,
 ) -> types.SimpleNamespace:
     """Install a stand-in ``tensorrt`` module; returns what the build asked of it."""
@@ -380,8 +384,11 @@ def test_a_tensorrt_other_than_tritons_is_refused_before_building(
 ) -> None:
     _fake_trt(monkeypatch, version_string="10.16.0.72")
     out, onnx_dir = tmp_path / "engines", _onnx_dir(tmp_path)
-    with pytest.raises(BackendUnavailable, match=rf"TensorRT 10\.16\.0\.72 .*Triton {tb.TRITON_RELEASE} "
-                                                 rf"\(TensorRT {re.escape(tb.TENSORRT_VERSION)}\).*tensorrt-cu12=="):
+    with pytest.raises(
+        BackendUnavailable,
+        match=rf"TensorRT 10\.16\.0\.72 .*Triton {tb.TRITON_RELEASE} "
+        rf"\(TensorRT {re.escape(tb.TENSORRT_VERSION)}\).*tensorrt-cu12==",
+    ):
         tb.build_engines(onnx_dir, out)
     assert not out.exists()
     # Opting out of the pin (a Triton other than the chart's) still builds.
@@ -389,10 +396,16 @@ def test_a_tensorrt_other_than_tritons_is_refused_before_building(
     assert (out / "mask_select.plan").is_file()
 
 
-@pytest.mark.parametrize(("plan", "server", "loads"), [
-    ("10.7.0.23", "10.7.0", True), ("10.7.0", "10.7.0.23", True), ("10.7.0", "10.7.1", False),
-    ("10.16.0.72", "10.7.0.23", False), ("9.7.0", "10.7.0", False),
-])
+@pytest.mark.parametrize(
+    ("plan", "server", "loads"),
+    [
+        ("10.7.0.23", "10.7.0", True),
+        ("10.7.0", "10.7.0.23", True),
+        ("10.7.0", "10.7.1", False),
+        ("10.16.0.72", "10.7.0.23", False),
+        ("9.7.0", "10.7.0", False),
+    ],
+)
 def test_plan_and_server_versions_must_be_one_release(plan: str, server: str, loads: bool) -> None:
     assert tb.same_release(plan, server) is loads
 

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from triton_server import triton_repository, triton_server, triton_url  # noqa: F401 - session fixtures
 
 from medsam2.backends.onnxruntime_backend import OnnxRuntimeBackend
 from medsam2.engine.backend import StageBackend
@@ -16,6 +15,7 @@ from medsam2.errors import BackendUnavailable, InvalidInput
 from medsam2.graphs import ENSEMBLES, GRAPHS, TRACK_STEP, TRACK_STEP_WIRING, Stage
 from medsam2_export.onnx_export import sample_inputs
 from medsam2_export.triton_cpu import free_port
+from triton_server import triton_repository, triton_server, triton_url  # noqa: F401 - session fixtures
 
 TOLERANCE = 1e-5
 
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def triton(triton_url: str):  # noqa: ANN201, F811 - a TritonBackend; tritonclient is imported lazily
+def triton(triton_url: str):  # noqa: F811 - a TritonBackend; tritonclient is imported lazily
     from medsam2.backends.triton_backend import TritonBackend
 
     backend = TritonBackend(triton_url)
@@ -44,7 +44,7 @@ def _max_errors(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> dict
     return {name: float(np.max(np.abs(got[name] - want[name]))) for name in want}
 
 
-def test_backend_protocol_and_readiness(triton) -> None:  # noqa: ANN001
+def test_backend_protocol_and_readiness(triton) -> None:
     assert isinstance(triton, StageBackend)
     assert triton.name == "triton"
     assert triton.fused_track_step is True
@@ -52,7 +52,7 @@ def test_backend_protocol_and_readiness(triton) -> None:  # noqa: ANN001
 
 
 @pytest.mark.parametrize("stage", list(GRAPHS), ids=lambda s: s.value)
-def test_each_graph_matches_onnxruntime(triton, embedded: OnnxRuntimeBackend, stage: Stage) -> None:  # noqa: ANN001
+def test_each_graph_matches_onnxruntime(triton, embedded: OnnxRuntimeBackend, stage: Stage) -> None:
     inputs = sample_inputs(GRAPHS[stage], batch=2, seed=3)
     got = triton.run(stage, inputs)
     errors = _max_errors(got, embedded.run(stage, inputs))
@@ -72,11 +72,17 @@ def _composed_track_step(backend: OnnxRuntimeBackend, inputs: dict[str, np.ndarr
 def test_wiring_is_the_documented_stage_order() -> None:
     # image_encoder -> memory_attention -> sam_heads -> mask_select -> memory_encoder, as the engine runs it.
     assert [s for s, _, _ in TRACK_STEP_WIRING] == [
-        Stage.IMAGE_ENCODER, Stage.MEMORY_ATTENTION, Stage.SAM_HEADS, Stage.MASK_SELECT, Stage.MEMORY_ENCODER]
+        Stage.IMAGE_ENCODER,
+        Stage.MEMORY_ATTENTION,
+        Stage.SAM_HEADS,
+        Stage.MASK_SELECT,
+        Stage.MEMORY_ENCODER,
+    ]
 
 
 def test_track_step_ensemble_matches_the_stage_by_stage_composition(
-    triton, embedded: OnnxRuntimeBackend  # noqa: ANN001
+    triton,
+    embedded: OnnxRuntimeBackend,
 ) -> None:
     inputs = sample_inputs(ENSEMBLES[Stage.TRACK_STEP], batch=2, seed=5)
     inputs["no_memory"][:] = 0.0  # a tracked frame: attend to the memories
@@ -86,19 +92,19 @@ def test_track_step_ensemble_matches_the_stage_by_stage_composition(
     assert max(errors.values()) <= TOLERANCE, errors
 
 
-def test_memories_that_are_not_bfloat16_are_refused_not_rounded(triton) -> None:  # noqa: ANN001
+def test_memories_that_are_not_bfloat16_are_refused_not_rounded(triton) -> None:
     inputs = sample_inputs(ENSEMBLES[Stage.TRACK_STEP], batch=1, seed=6)  # float32 noise: not bfloat16 values
     with pytest.raises(InvalidInput, match="memory must hold bfloat16 values"):
         triton.run(Stage.TRACK_STEP, inputs)
 
 
-def test_memory_slot_axis_is_dynamic_through_triton(triton, embedded: OnnxRuntimeBackend) -> None:  # noqa: ANN001
+def test_memory_slot_axis_is_dynamic_through_triton(triton, embedded: OnnxRuntimeBackend) -> None:
     inputs = sample_inputs(GRAPHS[Stage.MEMORY_ATTENTION], batch=1, slots=3, seed=8)
     errors = _max_errors(triton.run(Stage.MEMORY_ATTENTION, inputs), embedded.run(Stage.MEMORY_ATTENTION, inputs))
     assert max(errors.values()) <= TOLERANCE, errors
 
 
-def test_wrong_dtype_is_invalid_input_before_any_call(triton) -> None:  # noqa: ANN001
+def test_wrong_dtype_is_invalid_input_before_any_call(triton) -> None:
     inputs = sample_inputs(GRAPHS[Stage.MASK_DOWNSAMPLER], batch=1)
     inputs["mask"] = inputs["mask"].astype(np.float64)
     with pytest.raises(InvalidInput, match="mask: expected dtype float32"):
@@ -117,7 +123,7 @@ def test_request_triton_refuses_is_invalid_input(triton_url: str) -> None:  # no
     backend.close()
 
 
-def test_more_objects_than_max_batch_go_as_several_requests(triton, embedded: OnnxRuntimeBackend) -> None:  # noqa: ANN001
+def test_more_objects_than_max_batch_go_as_several_requests(triton, embedded: OnnxRuntimeBackend) -> None:
     inputs = sample_inputs(GRAPHS[Stage.MASK_SELECT], batch=triton.max_batch + 3, seed=11)
     errors = _max_errors(triton.run(Stage.MASK_SELECT, inputs), embedded.run(Stage.MASK_SELECT, inputs))
     assert max(errors.values()) <= TOLERANCE, errors
@@ -140,7 +146,8 @@ def test_unreachable_server_is_backend_unavailable_naming_url_and_model() -> Non
 
 
 def test_concurrent_requests_batched_by_triton_keep_their_own_results(
-    triton, embedded: OnnxRuntimeBackend  # noqa: ANN001
+    triton,
+    embedded: OnnxRuntimeBackend,
 ) -> None:
     from concurrent.futures import ThreadPoolExecutor
 

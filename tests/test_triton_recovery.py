@@ -8,12 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from triton_server import triton_process, triton_repository  # noqa: F401 - session fixture
 
 from medsam2.backends.onnxruntime_backend import OnnxRuntimeBackend
 from medsam2.errors import BackendUnavailable
 from medsam2.graphs import GRAPHS, Stage
 from medsam2_export.onnx_export import sample_inputs
+from triton_server import triton_process, triton_repository  # noqa: F401 - session fixture
 
 FAIL_WITHIN_S = 10.0
 
@@ -21,7 +21,8 @@ pytestmark = pytest.mark.slow
 
 
 def test_killed_triton_is_unavailable_then_recovers_on_restart(
-    triton_repository: Path, graphs: dict[str, Path]  # noqa: F811
+    triton_repository: Path,  # noqa: F811
+    graphs: dict[str, Path],
 ) -> None:
     from medsam2.backends.triton_backend import TritonBackend
 
@@ -41,7 +42,7 @@ def test_killed_triton_is_unavailable_then_recovers_on_restart(
             def call() -> None:
                 try:
                     backend.run(Stage.IMAGE_ENCODER, slow)
-                except Exception as exc:  # noqa: BLE001 - inspected below
+                except Exception as exc:
                     outcome["error"] = exc
                 outcome["at"] = time.monotonic()
 

@@ -16,7 +16,7 @@ pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
 text_format = pytest.importorskip("google.protobuf.text_format")
 
 
-def _parse(text: str):  # noqa: ANN202 - ModelConfig
+def _parse(text: str):
     return text_format.Parse(text, pb2.ModelConfig())
 
 

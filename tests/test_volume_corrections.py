@@ -150,8 +150,9 @@ def test_bad_corrections_change_nothing(tracker, study) -> None:
     assert np.array_equal(annotation.masks()[1], masks[1])
     annotation.add_prompt(ObjectPrompt(1, 2, points=np.repeat(points, 10, axis=0), labels=np.zeros(10)))
     with pytest.raises(InvalidPrompt, match="too many points on slice 2: 17 .a box counts 2., at most 16"):
-        annotation.add_prompt(ObjectPrompt(1, 2, points=np.repeat(points, 7, axis=0), labels=np.zeros(7)),
-                              keep_previous_points=True)
+        annotation.add_prompt(
+            ObjectPrompt(1, 2, points=np.repeat(points, 7, axis=0), labels=np.zeros(7)), keep_previous_points=True
+        )
     assert len(annotation.pending_corrections(1)) == 2
     with pytest.raises(PreconditionFailed, match="no prompts yet"):
         VolumeAnnotation(tracker).propagate()

@@ -66,12 +66,15 @@ def test_gzipped_and_scaled_files(tmp_path: Path) -> None:
         assert got["sha256"] == _expected(expected.astype("<f4"))
 
 
-@pytest.mark.parametrize(("content", "message"), [
-    (b"not an image at all\n" * 30, "is not a NIfTI image (no NIfTI-1 header)"),
-    (b"tiny", "too short"),
-    (gzip.compress(b"x" * 400), "no NIfTI-1 header"),
-    (b"\x1f\x8bbroken gzip", "does not decompress"),
-])
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"not an image at all\n" * 30, "is not a NIfTI image (no NIfTI-1 header)"),
+        (b"tiny", "too short"),
+        (gzip.compress(b"x" * 400), "no NIfTI-1 header"),
+        (b"\x1f\x8bbroken gzip", "does not decompress"),
+    ],
+)
 def test_files_that_are_not_images_are_named(tmp_path: Path, content: bytes, message: str) -> None:
     path = tmp_path / "upload.nii.gz"
     path.write_bytes(content)
@@ -87,8 +90,11 @@ def test_a_4d_file_is_refused_with_its_dimensions(tmp_path: Path) -> None:
 def test_masks_the_service_sends_decode_to_the_same_pixels(tmp_path: Path) -> None:
     rng = np.random.default_rng(9)
     masks = [rng.random((13, 21)) > 0.6, np.zeros((4, 9), bool), np.ones((3, 3), bool)]
-    messages = [json_format.MessageToDict(encode_mask(m, encoding)) | {"rows": m.shape[0], "columns": m.shape[1]}
-                for m in masks for encoding in (pb.MASK_ENCODING_BITPACKED, pb.MASK_ENCODING_RLE)]
+    messages = [
+        json_format.MessageToDict(encode_mask(m, encoding)) | {"rows": m.shape[0], "columns": m.shape[1]}
+        for m in masks
+        for encoding in (pb.MASK_ENCODING_BITPACKED, pb.MASK_ENCODING_RLE)
+    ]
     decoded = _decode(ANATOMICAL, messages, tmp_path)["masks"]
     for index, mask in enumerate(m for m in masks for _ in range(2)):
         assert decoded[index] == "".join("1" if v else "0" for v in mask.ravel())

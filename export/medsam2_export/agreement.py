@@ -35,8 +35,9 @@ class Run:
     tracker: Tracker
 
 
-def run_protocol(backend: StageBackend, frames: np.ndarray, prompts: list[ObjectPrompt],
-                 options: TrackerOptions | None = None) -> Run:
+def run_protocol(
+    backend: StageBackend, frames: np.ndarray, prompts: list[ObjectPrompt], options: TrackerOptions | None = None
+) -> Run:
     """MedSAM2's 3D protocol on ``frames``, keeping every frame's logits."""
     logits: dict[tuple[str, int], np.ndarray] = {}
 
@@ -54,8 +55,9 @@ def compare(candidate: Run, fp32: Run) -> dict[str, float]:
         raise ValueError("the two runs did not visit the same frames")
     return {
         "mask_dice_vs_fp32": min(dice(candidate.masks[o], fp32.masks[o]) for o in fp32.masks),
-        "max_abs_logit_diff_vs_fp32": max(float(np.max(np.abs(candidate.logits[k] - fp32.logits[k])))
-                                          for k in fp32.logits),
+        "max_abs_logit_diff_vs_fp32": max(
+            float(np.max(np.abs(candidate.logits[k] - fp32.logits[k]))) for k in fp32.logits
+        ),
     }
 
 
@@ -72,5 +74,6 @@ def parity_agreement(candidate: StageBackend, fp32: StageBackend, *, seed: int =
     logits, which would hide how far the graphs themselves moved.
     """
     frames, prompts = parity_prompts(seed, slices)
-    return compare(run_protocol(candidate, frames, prompts, PARITY_OPTIONS),
-                   run_protocol(fp32, frames, prompts, PARITY_OPTIONS))
+    return compare(
+        run_protocol(candidate, frames, prompts, PARITY_OPTIONS), run_protocol(fp32, frames, prompts, PARITY_OPTIONS)
+    )

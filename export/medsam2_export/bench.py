@@ -133,9 +133,17 @@ def _stage_precision(backend: StageBackend, stage: Stage) -> str:
     return precision
 
 
-def run_bench(checkpoint: Path, graphs: Path, backends: list[str], slices: int = 40, size: int = 512,
-              threads: int | None = None, reference_device: str = "cpu", rounds: int = 2,
-              agreement_slices: int = 16) -> dict:
+def run_bench(
+    checkpoint: Path,
+    graphs: Path,
+    backends: list[str],
+    slices: int = 40,
+    size: int = 512,
+    threads: int | None = None,
+    reference_device: str = "cpu",
+    rounds: int = 2,
+    agreement_slices: int = 16,
+) -> dict:
     """Run the reference and every backend in alternating rounds on one volume; ratios are per round, then median.
 
     This machine's speed drifts by tens of percent over minutes, so each ratio compares
@@ -175,13 +183,17 @@ def run_bench(checkpoint: Path, graphs: Path, backends: list[str], slices: int =
         "rounds": rounds,
         "reference_s_per_slice": reference,
         "peak_flops_per_s": peak,
-        "peak_method": {p: ms[0]["method"] + f", highest of {len(ms)} measurements spread over the run"
-                        for p, ms in peaks.items()},
+        "peak_method": {
+            p: ms[0]["method"] + f", highest of {len(ms)} measurements spread over the run" for p, ms in peaks.items()
+        },
         "flops_method": "2 x multiply-accumulates of every MatMul, Gemm, Conv and ConvTranspose node of the ONNX "
-                        "graphs, at the shapes of each call made in the timed run",
-        "agreement": {"fp32_path": FP32_PATH, "volume": f"medsam2 parity's synthetic volume (seed 0, "
-                      f"{agreement_slices} slices, two objects), MedSAM2's 3D protocol, hole filling off",
-                      "dice_bar": DICE_BAR},
+        "graphs, at the shapes of each call made in the timed run",
+        "agreement": {
+            "fp32_path": FP32_PATH,
+            "volume": f"medsam2 parity's synthetic volume (seed 0, "
+            f"{agreement_slices} slices, two objects), MedSAM2's 3D protocol, hole filling off",
+            "dice_bar": DICE_BAR,
+        },
         "backends": {},
         "per_round": per_round,
     }
@@ -204,9 +216,12 @@ def run_bench(checkpoint: Path, graphs: Path, backends: list[str], slices: int =
             per_slice = flops[stage] / count
             stage_ideal = per_slice / peak[_stage_precision(backend, stage)]
             ideal_seconds += stage_ideal
-            stages[stage.value] = {"s_per_slice": seconds, "gflop_per_slice": per_slice / 1e9,
-                                   "precision": _stage_precision(backend, stage),
-                                   "fraction_of_peak": stage_ideal / seconds if seconds else 0.0}
+            stages[stage.value] = {
+                "s_per_slice": seconds,
+                "gflop_per_slice": per_slice / 1e9,
+                "precision": _stage_precision(backend, stage),
+                "fraction_of_peak": stage_ideal / seconds if seconds else 0.0,
+            }
         flops_per_slice = sum(flops.values()) / count
         entry = {
             "precision": _precision(backend),
@@ -228,7 +243,8 @@ def run_bench(checkpoint: Path, graphs: Path, backends: list[str], slices: int =
                 fp32_run = run_protocol(fp32_backend, agreement_frames, agreement_prompts, PARITY_OPTIONS)
             entry.update(compare(run_protocol(backend, agreement_frames, agreement_prompts, PARITY_OPTIONS), fp32_run))
             entry["bench_volume_mask_dice_vs_fp32"] = (
-                compare(runs[name], runs[FP32_PATH])["mask_dice_vs_fp32"] if FP32_PATH in runs else None)
+                compare(runs[name], runs[FP32_PATH])["mask_dice_vs_fp32"] if FP32_PATH in runs else None
+            )
         report["backends"][clock.name] = entry
     report["goals"] = _goals(report["backends"])
     for clock in clocks.values():
@@ -246,10 +262,17 @@ def _goals(rows: dict[str, dict]) -> dict:
     if eligible:
         best = min(eligible, key=lambda n: eligible[n]["ratio_vs_reference"])
         ratio = eligible[best]["ratio_vs_reference"]
-        goals["best_path_at_dice_bar"] = {"backend": best, "ratio_vs_reference": ratio, "goal": GOAL_BEST_RATIO,
-                                          "met": ratio <= GOAL_BEST_RATIO}
+        goals["best_path_at_dice_bar"] = {
+            "backend": best,
+            "ratio_vs_reference": ratio,
+            "goal": GOAL_BEST_RATIO,
+            "met": ratio <= GOAL_BEST_RATIO,
+        }
     if FP32_PATH in rows:
         worst = max(rows[FP32_PATH]["ratios_per_round"])
-        goals["fp32_onnxruntime_every_round"] = {"worst_ratio": worst, "goal": GOAL_FP32_RATIO,
-                                                 "met": worst <= GOAL_FP32_RATIO}
+        goals["fp32_onnxruntime_every_round"] = {
+            "worst_ratio": worst,
+            "goal": GOAL_FP32_RATIO,
+            "met": worst <= GOAL_FP32_RATIO,
+        }
     return goals

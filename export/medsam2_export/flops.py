@@ -81,8 +81,9 @@ class GraphFlops:
         values = self._session.run(names, {n: inputs[n] for n in self._input_names}) if names else []
         shapes = dict(self._constant_shapes)
         shapes.update({n: tuple(inputs[n].shape) for n in self._input_names})
-        shapes.update({tensor: tuple(int(d) for d in value) for tensor, value in
-                       zip(self._probed, values)})
+        shapes.update(
+            {tensor: tuple(int(d) for d in value) for tensor, value in zip(self._probed, values, strict=False)}
+        )
         total = 0
         for op, operands, out, trans_a in self._nodes:
             operand_shapes = [shapes[n] for n in operands]
@@ -135,13 +136,17 @@ def measure_peak_flops(*, precision: str = "fp32", threads: int = 0, size: int =
     else:
         x = ops.parameter([size, size], np.float32, name="a")
         model = openvino.Model([ops.matmul(x, ops.constant(b), False, False)], [x], "peak")
-        config = {"INFERENCE_NUM_THREADS": threads or (os.cpu_count() or 1),
-                  "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
-                  "PERFORMANCE_HINT": "LATENCY"}
+        config = {
+            "INFERENCE_NUM_THREADS": threads or (os.cpu_count() or 1),
+            "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
+            "PERFORMANCE_HINT": "LATENCY",
+        }
         request = openvino.Core().compile_model(model, "CPU", config).create_infer_request()
         run = lambda: request.infer({"a": a})  # noqa: E731
-        method = f"OpenVINO CPU matmul {size}x{size} ({precision}, {config['INFERENCE_NUM_THREADS']} threads), " \
-                 f"best of {repeats}"
+        method = (
+            f"OpenVINO CPU matmul {size}x{size} ({precision}, {config['INFERENCE_NUM_THREADS']} threads), "
+            f"best of {repeats}"
+        )
     run()
     best = float("inf")
     for _ in range(repeats):

@@ -168,8 +168,12 @@ def write_random_checkpoint(seed: int, out: Path, objects: ObjectBias | str = Ob
     tmp = out.with_name(out.name + ".partial")
     torch.save({"model": state, "untrained": {"seed": seed, "objects": objects.value}}, tmp)
     tmp.replace(out)
-    log.warning("wrote an UNTRAINED random checkpoint (seed %d, objects %s) to %s: its masks are meaningless",
-                seed, objects.value, out)
+    log.warning(
+        "wrote an UNTRAINED random checkpoint (seed %d, objects %s) to %s: its masks are meaningless",
+        seed,
+        objects.value,
+        out,
+    )
     return RandomCheckpoint(out, seed, objects, len(state))
 
 

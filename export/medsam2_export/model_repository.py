@@ -190,8 +190,10 @@ def check_wiring(spec: GraphSpec, wiring: Wiring) -> None:
         if step is None:
             raise ConfigError(f"{name}: step {stage.value} is not a stage graph")
         if set(inputs) != {t.name for t in step.inputs} or set(outputs) - {t.name for t in step.outputs}:
-            raise ConfigError(f"{name}: step {stage.value} maps {sorted(inputs)} -> {sorted(outputs)}, "
-                              f"which does not match its graph's inputs and outputs")
+            raise ConfigError(
+                f"{name}: step {stage.value} maps {sorted(inputs)} -> {sorted(outputs)}, "
+                f"which does not match its graph's inputs and outputs"
+            )
         for port, tensor in inputs.items():
             if tensor not in available:
                 raise ConfigError(f"{name}: {stage.value}.{port} reads {tensor!r}, which no earlier step produces")
@@ -212,8 +214,10 @@ def check_wiring(spec: GraphSpec, wiring: Wiring) -> None:
 
 def _check_same_tensor(ensemble: str, have: TensorSpec, want: TensorSpec, where: str) -> None:
     if np.dtype(have.dtype) != np.dtype(want.dtype) or have.shape != want.shape:
-        raise ConfigError(f"{ensemble}: {where} expects {np.dtype(want.dtype).name}{list(want.shape)}, "
-                          f"gets {have.name} {np.dtype(have.dtype).name}{list(have.shape)}")
+        raise ConfigError(
+            f"{ensemble}: {where} expects {np.dtype(want.dtype).name}{list(want.shape)}, "
+            f"gets {have.name} {np.dtype(have.dtype).name}{list(have.shape)}"
+        )
 
 
 def ensemble_intermediate_bytes(stage: Stage = Stage.TRACK_STEP) -> dict[str, int]:
@@ -258,8 +262,9 @@ def triton_graph_onnx(stage: Stage) -> bytes:
         dims = ["batch" if i == 0 else ("slots" if d < 0 else d) for i, d in enumerate(t.shape)]
         return helper.make_tensor_value_info(t.name, helper.np_dtype_to_tensor_dtype(np.dtype(t.dtype)), dims)
 
-    cast = helper.make_node("Cast", [source.name], [target.name],
-                            to=helper.np_dtype_to_tensor_dtype(np.dtype(target.dtype)))
+    cast = helper.make_node(
+        "Cast", [source.name], [target.name], to=helper.np_dtype_to_tensor_dtype(np.dtype(target.dtype))
+    )
     graph = helper.make_graph([cast], stage.value, [value_info(source)], [value_info(target)])
     # Opset 17 and IR 8, like the exported stage graphs: read by every ONNX Runtime and TensorRT 10 parser.
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="medsam2")

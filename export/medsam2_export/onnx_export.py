@@ -73,9 +73,7 @@ def export_graph(model: torch.nn.Module, stage: Stage, path: Path) -> Path:
     spec = GRAPHS[stage]
     wrapper = WRAPPERS[stage](model).eval()
     example = tuple(torch.from_numpy(a) for a in sample_inputs(spec).values())
-    dynamic_axes = {
-        t.name: {axis: _AXIS_NAMES[axis] for axis in t.dynamic_axes} for t in (*spec.inputs, *spec.outputs)
-    }
+    dynamic_axes = {t.name: {axis: _AXIS_NAMES[axis] for axis in t.dynamic_axes} for t in (*spec.inputs, *spec.outputs)}
     path = Path(path)
     tmp = path.with_name(path.name + ".partial")
     with torch.no_grad(), warnings.catch_warnings():
@@ -103,8 +101,8 @@ def _declare_contract_shapes(path: Path, spec: GraphSpec) -> None:
 
     model = onnx.load(str(path))
     for values, tensors in ((model.graph.input, spec.inputs), (model.graph.output, spec.outputs)):
-        for value, tensor in zip(values, tensors):
-            for axis, (dim, want) in enumerate(zip(value.type.tensor_type.shape.dim, tensor.shape)):
+        for value, tensor in zip(values, tensors, strict=False):
+            for axis, (dim, want) in enumerate(zip(value.type.tensor_type.shape.dim, tensor.shape, strict=False)):
                 if want < 0:
                     dim.dim_param = _AXIS_NAMES[axis]
                 else:

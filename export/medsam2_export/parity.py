@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 
 from medsam2.engine.backend import StageBackend
-from medsam2.errors import InvalidInput
 from medsam2.engine.prompts import Box
 from medsam2.engine.resize import resize_bilinear
 from medsam2.engine.tracker import Direction, FrameResult, Tracker, TrackerOptions
+from medsam2.errors import InvalidInput
 from medsam2_export.reference import ReferenceTracker
 
 
@@ -32,7 +32,10 @@ def synthetic_volume(seed: int, slices: int = 16, height: int = 96, width: int =
     volume = rng.normal(60, 12, (slices, height, width))
     key = slices // 2
     boxes = []
-    for cz, cy, cx, r, value in ((key, 0.35 * height, 0.3 * width, 0.16, 200), (key + 1, 0.65 * height, 0.7 * width, 0.12, 140)):
+    for cz, cy, cx, r, value in (
+        (key, 0.35 * height, 0.3 * width, 0.16, 200),
+        (key + 1, 0.65 * height, 0.7 * width, 0.12, 140),
+    ):
         rz, ry, rx = slices * 0.45, height * r, width * r
         inside = ((z - cz) / rz) ** 2 + ((y - cy) / ry) ** 2 + ((x - cx) / rx) ** 2 <= 1
         volume[inside] = value + rng.normal(0, 8, inside.sum())
@@ -51,8 +54,15 @@ class ParityReport:
     objects: int = 0
     steps: list[dict] = field(default_factory=list)
 
-    def compare(self, step: str, frame: int, ours: dict[int, np.ndarray], ref: dict[int, np.ndarray],
-                ours_video: dict[int, np.ndarray], ref_video: dict[int, np.ndarray]) -> None:
+    def compare(
+        self,
+        step: str,
+        frame: int,
+        ours: dict[int, np.ndarray],
+        ref: dict[int, np.ndarray],
+        ours_video: dict[int, np.ndarray],
+        ref_video: dict[int, np.ndarray],
+    ) -> None:
         """Fold one frame's comparison into the report."""
         if set(ours) != set(ref):
             raise AssertionError(f"{step} frame {frame}: objects {sorted(ours)} vs reference {sorted(ref)}")
@@ -80,8 +90,9 @@ class ParityReport:
 class _Pair:
     """Our tracker and the reference, driven in lockstep."""
 
-    def __init__(self, backend: StageBackend, checkpoint: Path, frames: np.ndarray, report: ParityReport,
-                 options: TrackerOptions) -> None:
+    def __init__(
+        self, backend: StageBackend, checkpoint: Path, frames: np.ndarray, report: ParityReport, options: TrackerOptions
+    ) -> None:
         self.ours = Tracker(backend, frames, options)
         self.ref = ReferenceTracker(checkpoint, frames)
         self.report = report
@@ -119,8 +130,13 @@ PARITY_OPTIONS = TrackerOptions(fill_hole_area=0)
 """Hole filling off on our side too: the reference cannot fill holes without sam2's CUDA extension."""
 
 
-def run_parity(backend: StageBackend, checkpoint: Path, seed: int = 0, slices: int = 16,
-               scenarios: tuple[str, ...] = ("medsam2-3d", "in-state")) -> ParityReport:
+def run_parity(
+    backend: StageBackend,
+    checkpoint: Path,
+    seed: int = 0,
+    slices: int = 16,
+    scenarios: tuple[str, ...] = ("medsam2-3d", "in-state"),
+) -> ParityReport:
     """Run the scenarios on a seeded volume and report the worst differences."""
     if slices < 4:
         raise InvalidInput(f"parity needs at least 4 slices, got {slices}")
@@ -141,8 +157,14 @@ def run_parity(backend: StageBackend, checkpoint: Path, seed: int = 0, slices: i
         pair.propagate("in-state/forward", key, False)
         fix = key + max(1, min(3, slices - key - 2))  # a tracked slice with at least one after it
         cx, cy = (boxes[0].x0 + boxes[0].x1) / 2, (boxes[0].y0 + boxes[0].y1) / 2
-        pair.prompt("in-state/correction", 1, fix, points=np.array([[cx, cy]], np.float32),
-                    labels=np.array([0], np.int32), clear_old=False)
+        pair.prompt(
+            "in-state/correction",
+            1,
+            fix,
+            points=np.array([[cx, cy]], np.float32),
+            labels=np.array([0], np.int32),
+            clear_old=False,
+        )
         pair.propagate("in-state/resume", fix + 1, False)
         pair.propagate("in-state/backward", key, True)
     return report

@@ -61,12 +61,21 @@ class ReferenceTracker:
             "frames_tracked_per_obj": {},
         }
 
-    def add_prompt(self, obj_id: int, frame: int, box: Box | None = None, points=None, labels=None,  # noqa: ANN001
-                   clear_old: bool = True) -> dict[int, np.ndarray]:
+    def add_prompt(
+        self,
+        obj_id: int,
+        frame: int,
+        box: Box | None = None,
+        points=None,  # noqa: ANN001
+        labels=None,  # noqa: ANN001
+        clear_old: bool = True,
+    ) -> dict[int, np.ndarray]:
         """sam2's ``add_new_points_or_box``; returns each object's low-res logits on the frame."""
         with torch.inference_mode():
             self.predictor.add_new_points_or_box(
-                self.state, frame_idx=frame, obj_id=obj_id,
+                self.state,
+                frame_idx=frame,
+                obj_id=obj_id,
                 points=None if points is None else np.asarray(points, np.float32),
                 labels=None if labels is None else np.asarray(labels, np.int32),
                 box=None if box is None else np.array([box.x0, box.y0, box.x1, box.y1], np.float32),
@@ -99,8 +108,12 @@ class ReferenceTracker:
         for obj_id, idx in self.state["obj_id_to_idx"].items():
             temp = self.state["temp_output_dict_per_obj"][idx]
             stored = self.state["output_dict_per_obj"][idx]
-            for store in (temp["cond_frame_outputs"], temp["non_cond_frame_outputs"],
-                          stored["cond_frame_outputs"], stored["non_cond_frame_outputs"]):
+            for store in (
+                temp["cond_frame_outputs"],
+                temp["non_cond_frame_outputs"],
+                stored["cond_frame_outputs"],
+                stored["non_cond_frame_outputs"],
+            ):
                 if frame in store:
                     out[obj_id] = store[frame]["pred_masks"][0, 0].float().numpy().copy()
                     break

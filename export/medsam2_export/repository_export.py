@@ -15,8 +15,9 @@ from medsam2_export.model import load_model
 from medsam2_export.onnx_export import export_all
 
 
-def export_repository(checkpoint: Path, out_dir: Path, backend: str, max_batch: int = 16, *,
-                      version: int | None = None) -> list[Path]:
+def export_repository(
+    checkpoint: Path, out_dir: Path, backend: str, max_batch: int = 16, *, version: int | None = None
+) -> list[Path]:
     """Write a complete Triton model repository for ``backend`` from ``checkpoint`` as version ``version``.
 
     Without ``version`` the graphs go to version 1 (replaced if present). An explicit version that already
@@ -28,9 +29,11 @@ def export_repository(checkpoint: Path, out_dir: Path, backend: str, max_batch: 
     if version < 1:
         raise ConfigError(f"--version must be 1 or more, got {version}")
     if explicit and version in list_versions(Path(out_dir)):
-        raise OutputNotWritable(f"model version {version} already exists in {out_dir} "
-                                f"(versions {', '.join(map(str, list_versions(Path(out_dir))))}): "
-                                f"a served version is never overwritten; use --version {next_version(Path(out_dir))}")
+        raise OutputNotWritable(
+            f"model version {version} already exists in {out_dir} "
+            f"(versions {', '.join(map(str, list_versions(Path(out_dir))))}): "
+            f"a served version is never overwritten; use --version {next_version(Path(out_dir))}"
+        )
     if backend not in model_repository.BACKENDS:
         raise ConfigError(f"unknown backend {backend!r}: choose one of {', '.join(model_repository.BACKENDS)}")
     options = model_repository.RepositoryOptions(max_batch_size=max_batch)
@@ -44,10 +47,16 @@ def export_repository(checkpoint: Path, out_dir: Path, backend: str, max_batch: 
         files = export_all(model, Path(tmp) / "onnx")
         if backend == "tensorrt":
             for stage in TRITON_GRAPHS:  # the wire casts need plans too
-                model_repository.write_atomic(tensorrt_build.onnx_path(Path(tmp) / "onnx", stage),
-                                              model_repository.triton_graph_onnx(stage))
-            files = tensorrt_build.build_engines(Path(tmp) / "onnx", Path(tmp) / "plans", max_batch=max_batch,
-                                                 opt_batch=min(4, max_batch), stages=[*GRAPHS, *TRITON_GRAPHS])
+                model_repository.write_atomic(
+                    tensorrt_build.onnx_path(Path(tmp) / "onnx", stage), model_repository.triton_graph_onnx(stage)
+                )
+            files = tensorrt_build.build_engines(
+                Path(tmp) / "onnx",
+                Path(tmp) / "plans",
+                max_batch=max_batch,
+                opt_batch=min(4, max_batch),
+                stages=[*GRAPHS, *TRITON_GRAPHS],
+            )
         written = model_repository.write_model_repository(out_dir, backend, files, options, version=version)
         if backend == "tensorrt":
             # The TensorRT that built the plans, for the serving side's check (tensorrt_build.check_plan_version).
@@ -69,8 +78,11 @@ def checkpoint_provenance(checkpoint: Path, version: int) -> ModelProvenance:
     blob = torch.load(checkpoint, map_location="cpu", weights_only=True)
     made = blob.get("provenance", {}) if isinstance(blob, dict) else {}
     return ModelProvenance(
-        version=version, checkpoint_sha256=digest.hexdigest(),
-        base_checkpoint_sha256=made.get("base_checkpoint_sha256"), dataset_sha256=made.get("dataset_sha256"),
-        steps=made.get("steps"), seed=made.get("seed"),
+        version=version,
+        checkpoint_sha256=digest.hexdigest(),
+        base_checkpoint_sha256=made.get("base_checkpoint_sha256"),
+        dataset_sha256=made.get("dataset_sha256"),
+        steps=made.get("steps"),
+        seed=made.get("seed"),
         untrained=isinstance(blob, dict) and "untrained" in blob,
     )

@@ -265,12 +265,16 @@ def check_plan_version(repository: Path, server_version: str) -> str:
     try:
         plan_version = path.read_text().strip()
     except OSError as e:
-        raise ConfigError(f"{path} is missing: the plans' TensorRT version is unknown; rebuild the repository "
-                          f"with `medsam2 export --backend tensorrt` ({e.strerror})") from e
+        raise ConfigError(
+            f"{path} is missing: the plans' TensorRT version is unknown; rebuild the repository "
+            f"with `medsam2 export --backend tensorrt` ({e.strerror})"
+        ) from e
     if not same_release(plan_version, server_version):
-        raise ConfigError(f"the plans in {repository} were built with TensorRT {plan_version}, but the server has "
-                          f"TensorRT {server_version}: rebuild them with TensorRT {server_version} "
-                          "(a new model version)")
+        raise ConfigError(
+            f"the plans in {repository} were built with TensorRT {plan_version}, but the server has "
+            f"TensorRT {server_version}: rebuild them with TensorRT {server_version} "
+            "(a new model version)"
+        )
     return plan_version
 
 

@@ -36,6 +36,10 @@ class TorchBackend:
         model = load_model(checkpoint).to(self.device)
         self._wrappers = {stage: WRAPPERS[stage](model).eval().to(self.device) for stage in GRAPHS}
 
+    def is_ready(self) -> bool:
+        """In-process graphs are ready once constructed."""
+        return True
+
     def run(self, stage: Stage, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run one stage wrapper."""
         check_inputs(stage, inputs)
@@ -47,7 +51,7 @@ class TorchBackend:
             outputs = self._wrappers[stage](*args)
         if isinstance(outputs, torch.Tensor):
             outputs = (outputs,)
-        return {t.name: o.float().cpu().numpy() for t, o in zip(spec.outputs, outputs)}
+        return {t.name: o.float().cpu().numpy() for t, o in zip(spec.outputs, outputs, strict=False)}
 
     def close(self) -> None:
         """Free the model."""

@@ -98,8 +98,10 @@ def write_cpu_repository(
     if env_path is not None:
         env_path = check_env(env_path)
     sources = {stage: locate_graph(Path(onnx_dir), stage) for stage in GRAPHS}
-    configs = {stage: render_fields(cpu_config_fields(spec, env_path, threads, options))
-               for stage, spec in {**GRAPHS, **TRITON_GRAPHS}.items()}
+    configs = {
+        stage: render_fields(cpu_config_fields(spec, env_path, threads, options))
+        for stage, spec in {**GRAPHS, **TRITON_GRAPHS}.items()
+    }
     configs |= {stage: render_config(spec, "onnxruntime", options) for stage, spec in TRITON_ENSEMBLES.items()}
     out_dir = Path(out_dir)
     check_output_dir(out_dir)
@@ -164,8 +166,12 @@ class TritonInstall:
 
     def missing(self) -> list[Path]:
         """Files that must exist for a server to start; empty when the installation is complete."""
-        needed = [self.server, self.backends / "python" / "libtriton_python.so",
-                  self.backends / "python" / "triton_python_backend_stub", self.env / "bin" / "activate"]
+        needed = [
+            self.server,
+            self.backends / "python" / "libtriton_python.so",
+            self.backends / "python" / "triton_python_backend_stub",
+            self.env / "bin" / "activate",
+        ]
         return [p for p in needed if not p.exists()]
 
 
@@ -242,9 +248,12 @@ class TritonProcess:
             f"--model-repository={self.repository}",
             f"--backend-directory={self.install.backends}",
             f"--cache-directory={self.install.caches}",
-            f"--grpc-address={self.host}", f"--grpc-port={p.grpc}",
-            f"--http-address={self.host}", f"--http-port={p.http}",
-            f"--metrics-address={self.host}", f"--metrics-port={p.metrics}",
+            f"--grpc-address={self.host}",
+            f"--grpc-port={p.grpc}",
+            f"--http-address={self.host}",
+            f"--http-port={p.http}",
+            f"--metrics-address={self.host}",
+            f"--metrics-port={p.metrics}",
             "--allow-gpu-metrics=false",
             "--disable-auto-complete-config",
             "--strict-readiness=true",
@@ -276,8 +285,14 @@ class TritonProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             # A session of its own, so that stop() can end the server's model stubs with it.
-            self._proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
-                                          stdin=subprocess.DEVNULL, env=self.environment(), start_new_session=True)
+            self._proc = subprocess.Popen(
+                self.command(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=self.environment(),
+                start_new_session=True,
+            )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if not self.running:
@@ -345,8 +360,14 @@ class TritonProcess:
 
 @contextlib.contextmanager
 def serve_cpu_repository(
-    onnx_dir: Path, work_dir: Path, install: TritonInstall | None = None, *, threads: int = 2,
-    ports: TritonPorts | None = None, timeout_s: float = 90.0, options: RepositoryOptions = CPU_OPTIONS,
+    onnx_dir: Path,
+    work_dir: Path,
+    install: TritonInstall | None = None,
+    *,
+    threads: int = 2,
+    ports: TritonPorts | None = None,
+    timeout_s: float = 90.0,
+    options: RepositoryOptions = CPU_OPTIONS,
 ) -> Iterator[TritonProcess]:
     """Build the CPU repository of ``onnx_dir`` under ``work_dir``, serve it, and always stop the server after."""
     install = install or TritonInstall()

@@ -56,14 +56,14 @@ class TritonPythonModel:
             return [self._run_dlpack(r) for r in requests]
         try:
             feeds = [self._feeds(r) for r in requests]
-        except Exception as exc:  # noqa: BLE001 - reported to the client per request
+        except Exception as exc:
             return [self._error(exc) for _ in requests]
         if len(feeds) > 1 and _same_shapes(feeds):
             sizes = [next(iter(f.values())).shape[0] for f in feeds]
             merged = {name: np.concatenate([f[name] for f in feeds]) for name in self.input_names}
             try:
                 outputs = self.session.run(self.output_names, merged)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 return [self._error(exc) for _ in requests]
             bounds = np.cumsum([0, *sizes])
             return [self._response([o[a:b] for o in outputs]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
@@ -71,7 +71,7 @@ class TritonPythonModel:
         for feed in feeds:
             try:
                 responses.append(self._response(self.session.run(self.output_names, feed)))
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 responses.append(self._error(exc))
         return responses
 
@@ -90,7 +90,7 @@ class TritonPythonModel:
                     feeds[name] = self.ort.OrtValue.ortvalue_from_numpy(tensor.as_numpy())._ortvalue
             outputs = self.session._sess.run_with_ort_values(feeds, self.output_names, None)
             return self._response([o.numpy() for o in outputs])
-        except Exception as exc:  # noqa: BLE001 - reported to the client
+        except Exception as exc:
             return self._error(exc)
 
     def _feeds(self, request: Any) -> dict[str, np.ndarray]:

@@ -21,12 +21,12 @@ import torch
 
 from medsam2.backends.onnxruntime_backend import make_session
 from medsam2.engine.mask_choice import choose_mask, use_multimask
-from medsam2.engine.resize import resize_bilinear
-from medsam2.engine.prompts import ModelPoints, prompt_inputs
 from medsam2.engine.memory_bank import FrameMemory, batch_memory, empty_memory, gather_memory
+from medsam2.engine.prompts import ModelPoints, prompt_inputs
+from medsam2.engine.resize import resize_bilinear
 from medsam2.graphs import (
-    GRAPHS,
     FEAT,
+    GRAPHS,
     HIDDEN_DIM,
     IMAGE_SIZE,
     LOW_RES,
@@ -124,7 +124,7 @@ class _Checker:
     def run(self, stage: Stage, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         session = self.sessions[stage]
         names = [o.name for o in session.get_outputs()]
-        return dict(zip(names, session.run(names, inputs)))
+        return dict(zip(names, session.run(names, inputs), strict=False))
 
     # -- image encoder ------------------------------------------------------------------
     def image_encoder(self) -> None:
@@ -135,7 +135,7 @@ class _Checker:
         x = (x - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
         with torch.no_grad():
             fpn = self.model.forward_image(x)["backbone_fpn"]
-        for name, ref in zip(("feat_s0", "feat_s1", "feat_s2"), fpn):
+        for name, ref in zip(("feat_s0", "feat_s1", "feat_s2"), fpn, strict=False):
             self.report.record(Stage.IMAGE_ENCODER, name, ours[name], ref, "image")
 
     # -- memory attention ---------------------------------------------------------------
@@ -157,7 +157,7 @@ class _Checker:
         ]
         items, flags, refs = [], [], []
         feats = self.rng.standard_normal((len(cases), HIDDEN_DIM, FEAT, FEAT)).astype(np.float32)
-        for (name, frame, cond_frames, tracked, reverse), feat in zip(cases, feats):
+        for (name, frame, cond_frames, tracked, reverse), feat in zip(cases, feats, strict=False):  # noqa: B007
             cond = {t: self._frame_memory() for t in cond_frames}
             non_cond = {t: self._frame_memory() for t in tracked}
             if cond:
@@ -168,10 +168,10 @@ class _Checker:
                 flags.append(True)
             refs.append(self._reference_memory_attention(feat, frame, cond, non_cond, num_frames, reverse))
         ours = self.run(Stage.MEMORY_ATTENTION, {"feat_s2": feats, **batch_memory(items, flags)})["pix_feat"]
-        for (name, *_), out, ref in zip(cases, ours, refs):
+        for (name, *_), out, ref in zip(cases, ours, refs, strict=False):
             self.report.record(Stage.MEMORY_ATTENTION, "pix_feat", out[None], ref, f"memory_attention/{name}")
 
-    def _reference_memory_attention(self, feat, frame, cond, non_cond, num_frames, reverse) -> torch.Tensor:
+    def _reference_memory_attention(self, feat, frame, cond, non_cond, num_frames, reverse) -> torch.Tensor:  # noqa: ANN001
         model = self.model
         with torch.no_grad():
             mem_pos = model.memory_encoder.position_encoding(torch.zeros(1, MEM_DIM, FEAT, FEAT))
@@ -223,7 +223,7 @@ class _Checker:
             "feat_s1": self.rng.standard_normal((1, 64, 2 * FEAT, 2 * FEAT)).astype(np.float32),
         }
 
-    def _sam_heads_case(self, case: str, points, mask: np.ndarray | None, is_init: bool, feats=None) -> None:
+    def _sam_heads_case(self, case: str, points, mask: np.ndarray | None, is_init: bool, feats=None) -> None:  # noqa: ANN001
         feats = feats or self._features()
         ours = self.run(Stage.SAM_HEADS, {**feats, **sam_heads_prompt_inputs(points, mask)})
         num_points = 0 if points is None else points[1].shape[1]
@@ -244,7 +244,9 @@ class _Checker:
         _, _, _, ref_low, _, ref_ptr, ref_score = ref
         for name, ref_raw in raw.items():
             self.report.record(Stage.SAM_HEADS, name, ours[name], ref_raw, case)
-        chosen = choose_mask(ours["low_res_masks"], ours["iou_scores"], ours["obj_ptrs"], ours["object_score_logits"], multimask)
+        chosen = choose_mask(
+            ours["low_res_masks"], ours["iou_scores"], ours["obj_ptrs"], ours["object_score_logits"], multimask
+        )
         self.report.record(Stage.SAM_HEADS, "chosen_low_res_mask", chosen.low_res, ref_low, case)
         self.report.record(Stage.SAM_HEADS, "chosen_obj_ptr", chosen.obj_ptr, ref_ptr, case)
         self.report.cases["object-present" if float(ref_score[0, 0]) > 0 else "object-absent"] += 1
@@ -291,8 +293,12 @@ class _Checker:
                 scores = np.array([[score]], np.float32)
                 ours = self.run(
                     Stage.MEMORY_ENCODER,
-                    {"feat_s2": feat, "mask_logits": logits, "binarize": np.array([float(binarize)], np.float32),
-                     "object_score_logits": scores},
+                    {
+                        "feat_s2": feat,
+                        "mask_logits": logits,
+                        "binarize": np.array([float(binarize)], np.float32),
+                        "object_score_logits": scores,
+                    },
                 )["maskmem_features"]
                 with torch.no_grad():
                     ref, _ = self.model._encode_new_memory(
@@ -312,15 +318,27 @@ class _Checker:
             ours_heads = self.run(Stage.SAM_HEADS, {**feats, **sam_heads_prompt_inputs(None, None)})
             if not present:
                 ours_heads["object_score_logits"] = -np.abs(ours_heads["object_score_logits"]) - 1
-            out = self.run(Stage.MASK_SELECT, {k: ours_heads[k] for k in
-                                               ("low_res_masks", "iou_scores", "obj_ptrs", "object_score_logits")})
-            ref = choose_mask(ours_heads["low_res_masks"], ours_heads["iou_scores"], ours_heads["obj_ptrs"],
-                              ours_heads["object_score_logits"], multimask=True)
+            out = self.run(
+                Stage.MASK_SELECT,
+                {k: ours_heads[k] for k in ("low_res_masks", "iou_scores", "obj_ptrs", "object_score_logits")},
+            )
+            ref = choose_mask(
+                ours_heads["low_res_masks"],
+                ours_heads["iou_scores"],
+                ours_heads["obj_ptrs"],
+                ours_heads["object_score_logits"],
+                multimask=True,
+            )
             case = f"mask_select/{'present' if present else 'absent'}"
             self.report.record(Stage.MASK_SELECT, "chosen_mask", out["chosen_mask"], ref.low_res, case)
             self.report.record(Stage.MASK_SELECT, "chosen_obj_ptr", out["chosen_obj_ptr"], ref.obj_ptr, case)
-            self.report.record(Stage.MASK_SELECT, "mask_logits", out["mask_logits"],
-                               resize_bilinear(ref.low_res, (IMAGE_SIZE, IMAGE_SIZE)), case)
+            self.report.record(
+                Stage.MASK_SELECT,
+                "mask_logits",
+                out["mask_logits"],
+                resize_bilinear(ref.low_res, (IMAGE_SIZE, IMAGE_SIZE)),
+                case,
+            )
             self.report.record(Stage.MASK_SELECT, "binarize", out["binarize"], np.zeros(1, np.float32), case)
 
     def mask_downsampler(self) -> None:
@@ -331,7 +349,9 @@ class _Checker:
         self.report.record(Stage.MASK_DOWNSAMPLER, "mask_input", ours, ref, "mask_downsampler")
 
 
-def sam_heads_prompt_inputs(points: tuple[np.ndarray, np.ndarray] | None, mask: np.ndarray | None) -> dict[str, np.ndarray]:
+def sam_heads_prompt_inputs(
+    points: tuple[np.ndarray, np.ndarray] | None, mask: np.ndarray | None
+) -> dict[str, np.ndarray]:
     """One object's prompt packed by the engine's own ``prompt_inputs`` (points [1, N, 2]/[1, N], mask [1, 1, H, W])."""
     prompt = None if points is None else ModelPoints(points[0][0], points[1][0])
     return prompt_inputs([prompt], [None if mask is None else mask[0, 0]])

@@ -60,17 +60,13 @@ PUBLISHED_CHECKPOINTS: dict[str, PublishedCheckpoint] = {
             "Recommended. Latest general model, trained on public data plus newly annotated studies.",
         ),
         PublishedCheckpoint("MedSAM2_2411", "MedSAM2_2411.pt", "Base model released in November 2024."),
-        PublishedCheckpoint(
-            "MedSAM2_US_Heart", "MedSAM2_US_Heart.pt", "Fine-tuned for heart ultrasound video."
-        ),
+        PublishedCheckpoint("MedSAM2_US_Heart", "MedSAM2_US_Heart.pt", "Fine-tuned for heart ultrasound video."),
         PublishedCheckpoint(
             "MedSAM2_MRI_LiverLesion",
             "MedSAM2_MRI_LiverLesion.pt",
             "Fine-tuned for liver lesions in MRI.",
         ),
-        PublishedCheckpoint(
-            "MedSAM2_CTLesion", "MedSAM2_CTLesion.pt", "Fine-tuned for lesions in CT."
-        ),
+        PublishedCheckpoint("MedSAM2_CTLesion", "MedSAM2_CTLesion.pt", "Fine-tuned for lesions in CT."),
         PublishedCheckpoint(
             "medsam2_FLARE25_RECIST_baseline",
             "medsam2_FLARE25_RECIST_baseline.pt",
@@ -96,9 +92,7 @@ class DownloadResult:
         """One human-readable line: where the file is, its size and sha256, and whether it was verified."""
         action = "already present" if self.skipped else "downloaded"
         check = (
-            "sha256 verified"
-            if self.verified
-            else "NOT verified: no expected sha256 was known (pass one to check it)"
+            "sha256 verified" if self.verified else "NOT verified: no expected sha256 was known (pass one to check it)"
         )
         return f"{self.path} ({action}, {self.bytes} bytes), sha256 {self.sha256}, {check}"
 
@@ -280,9 +274,7 @@ def _fetch_into(
     return DownloadResult(final, got_sha, want is not None, got_bytes)
 
 
-def _open(
-    url: str, ckpt: PublishedCheckpoint, redirects: _RecordingRedirectHandler, timeout_s: float
-) -> HTTPResponse:
+def _open(url: str, ckpt: PublishedCheckpoint, redirects: _RecordingRedirectHandler, timeout_s: float) -> HTTPResponse:
     opener = urllib.request.build_opener(redirects)
     request = urllib.request.Request(url, headers={"User-Agent": _USER_AGENT})
     try:
@@ -420,9 +412,7 @@ def _make_progress(filename: str, total: int | None) -> _Progress:
         from tqdm import tqdm
     except ImportError:
         return _StderrProgress(filename, total)
-    return tqdm(
-        total=total, desc=filename, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr, leave=True
-    )
+    return tqdm(total=total, desc=filename, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr, leave=True)
 
 
 class _StderrProgress:

@@ -86,7 +86,7 @@ class TensorSpec:
             raise ValueError(f"{self.name}: expected dtype {np.dtype(self.dtype).name}, got {array.dtype.name}")
         if array.ndim != len(self.shape):
             raise ValueError(f"{self.name}: expected {len(self.shape)} dims {self.shape}, got shape {array.shape}")
-        for want, got in zip(self.shape, array.shape):
+        for want, got in zip(self.shape, array.shape, strict=False):
             if want >= 0 and want != got:
                 raise ValueError(f"{self.name}: expected shape {self.shape}, got {array.shape}")
 
@@ -113,8 +113,12 @@ F32, I32, I64, U8 = np.float32, np.int32, np.int64, np.uint8
 BF16: type[np.generic] = ml_dtypes.bfloat16
 """bfloat16 (``ml_dtypes``, as tritonclient takes it): only on the wire to Triton, never in a stage graph."""
 
-_FEAT_S0 = TensorSpec("feat_s0", F32, (BATCH, 32, LOW_RES, LOW_RES), "stride-4 features, projected by the decoder's conv_s0")
-_FEAT_S1 = TensorSpec("feat_s1", F32, (BATCH, 64, 2 * FEAT, 2 * FEAT), "stride-8 features, projected by the decoder's conv_s1")
+_FEAT_S0 = TensorSpec(
+    "feat_s0", F32, (BATCH, 32, LOW_RES, LOW_RES), "stride-4 features, projected by the decoder's conv_s0"
+)
+_FEAT_S1 = TensorSpec(
+    "feat_s1", F32, (BATCH, 64, 2 * FEAT, 2 * FEAT), "stride-8 features, projected by the decoder's conv_s1"
+)
 _FEAT_S2 = TensorSpec("feat_s2", F32, (BATCH, HIDDEN_DIM, FEAT, FEAT), "stride-16 backbone features")
 
 IMAGE_ENCODER = GraphSpec(
@@ -129,12 +133,27 @@ MEMORY_ATTENTION = GraphSpec(
     inputs=(
         _FEAT_S2,
         TensorSpec("memory", F32, (BATCH, SLOTS, MEM_DIM, FEAT, FEAT), "spatial memories (memory-encoder outputs)"),
-        TensorSpec("memory_tpos", I64, (BATCH, SLOTS), "sam2 t_pos of each memory: 0 for conditioning frames, 1..6 for recent ones"),
+        TensorSpec(
+            "memory_tpos",
+            I64,
+            (BATCH, SLOTS),
+            "sam2 t_pos of each memory: 0 for conditioning frames, 1..6 for recent ones",
+        ),
         TensorSpec("memory_valid", F32, (BATCH, SLOTS), "1 for a real memory, 0 for an empty slot"),
         TensorSpec("obj_ptrs", F32, (BATCH, OBJ_PTR_SLOTS, HIDDEN_DIM), "object pointers of earlier frames"),
-        TensorSpec("obj_ptr_tpos", F32, (BATCH, OBJ_PTR_SLOTS), "signed frame distance of each pointer divided by (max pointers - 1)"),
+        TensorSpec(
+            "obj_ptr_tpos",
+            F32,
+            (BATCH, OBJ_PTR_SLOTS),
+            "signed frame distance of each pointer divided by (max pointers - 1)",
+        ),
         TensorSpec("obj_ptr_valid", F32, (BATCH, OBJ_PTR_SLOTS), "1 for a real pointer, 0 for an empty slot"),
-        TensorSpec("no_memory", F32, (BATCH,), "1 on an initial conditioning frame: add the no-memory embedding instead of attending"),
+        TensorSpec(
+            "no_memory",
+            F32,
+            (BATCH,),
+            "1 on an initial conditioning frame: add the no-memory embedding instead of attending",
+        ),
     ),
     outputs=(TensorSpec("pix_feat", F32, (BATCH, HIDDEN_DIM, FEAT, FEAT), "memory-conditioned stride-16 features"),),
     doc="4-layer memory attention with real-valued RoPE; spatial and temporal encodings inside.",
@@ -149,12 +168,21 @@ SAM_HEADS = GraphSpec(
         TensorSpec("point_coords", F32, (BATCH, MAX_POINTS, 2), "(x, y) in 512-pixel model-input coordinates"),
         TensorSpec("point_labels", I32, (BATCH, MAX_POINTS), "sam2 labels; -2 marks an unused slot"),
         TensorSpec("mask_input", F32, (BATCH, 1, LOW_RES, LOW_RES), "low-resolution mask prompt (logits)"),
-        TensorSpec("has_mask_input", F32, (BATCH,), "1 when mask_input is a real prompt, 0 to use the no-mask embedding"),
+        TensorSpec(
+            "has_mask_input", F32, (BATCH,), "1 when mask_input is a real prompt, 0 to use the no-mask embedding"
+        ),
     ),
     outputs=(
-        TensorSpec("low_res_masks", F32, (BATCH, NUM_MASK_TOKENS, LOW_RES, LOW_RES), "raw mask logits of all four tokens"),
+        TensorSpec(
+            "low_res_masks", F32, (BATCH, NUM_MASK_TOKENS, LOW_RES, LOW_RES), "raw mask logits of all four tokens"
+        ),
         TensorSpec("iou_scores", F32, (BATCH, NUM_MASK_TOKENS), "predicted IoU of each mask"),
-        TensorSpec("obj_ptrs", F32, (BATCH, NUM_MASK_TOKENS, HIDDEN_DIM), "object pointer of each token, no-object mixing applied"),
+        TensorSpec(
+            "obj_ptrs",
+            F32,
+            (BATCH, NUM_MASK_TOKENS, HIDDEN_DIM),
+            "object pointer of each token, no-object mixing applied",
+        ),
         TensorSpec("object_score_logits", F32, (BATCH, 1), "object presence logit"),
     ),
     doc="Prompt encoder + two-way mask decoder + object-pointer projection; mask choice happens outside.",
@@ -175,14 +203,18 @@ MEMORY_ENCODER = GraphSpec(
 MASK_DOWNSAMPLER = GraphSpec(
     Stage.MASK_DOWNSAMPLER,
     inputs=(TensorSpec("mask", F32, (BATCH, 1, IMAGE_SIZE, IMAGE_SIZE), "binary mask prompt at 512x512"),),
-    outputs=(TensorSpec("mask_input", F32, (BATCH, 1, LOW_RES, LOW_RES), "learned 4x downsampling, fed to the SAM heads"),),
+    outputs=(
+        TensorSpec("mask_input", F32, (BATCH, 1, LOW_RES, LOW_RES), "learned 4x downsampling, fed to the SAM heads"),
+    ),
     doc="sam2's mask_downsample convolution, used when a mask is the prompt.",
 )
 
 MASK_SELECT = GraphSpec(
     Stage.MASK_SELECT,
     inputs=(
-        TensorSpec("low_res_masks", F32, (BATCH, NUM_MASK_TOKENS, LOW_RES, LOW_RES), "raw mask logits of all four tokens"),
+        TensorSpec(
+            "low_res_masks", F32, (BATCH, NUM_MASK_TOKENS, LOW_RES, LOW_RES), "raw mask logits of all four tokens"
+        ),
         TensorSpec("iou_scores", F32, (BATCH, NUM_MASK_TOKENS), "predicted IoU of each mask"),
         TensorSpec("obj_ptrs", F32, (BATCH, NUM_MASK_TOKENS, HIDDEN_DIM), "object pointer of each token"),
         TensorSpec("object_score_logits", F32, (BATCH, 1), "object presence logit"),
@@ -190,7 +222,12 @@ MASK_SELECT = GraphSpec(
     outputs=(
         TensorSpec("chosen_mask", F32, (BATCH, 1, LOW_RES, LOW_RES), "kept low-res logits, -1024 where absent"),
         TensorSpec("chosen_obj_ptr", F32, (BATCH, HIDDEN_DIM), "object pointer of the kept mask"),
-        TensorSpec("mask_logits", F32, (BATCH, 1, IMAGE_SIZE, IMAGE_SIZE), "kept logits upsampled to 512 for the memory encoder"),
+        TensorSpec(
+            "mask_logits",
+            F32,
+            (BATCH, 1, IMAGE_SIZE, IMAGE_SIZE),
+            "kept logits upsampled to 512 for the memory encoder",
+        ),
         TensorSpec("binarize", F32, (BATCH,), "always 0 on tracked frames (sigmoid memory)"),
     ),
     doc="sam2's mask choice for a tracked frame (multimask argmax of IoU), only for the fused track step.",
@@ -223,12 +260,26 @@ ENSEMBLES: dict[Stage, GraphSpec] = {TRACK_STEP.stage: TRACK_STEP}
 TRACK_STEP_WIRING: tuple[tuple[Stage, dict[str, str], dict[str, str]], ...] = (
     (Stage.IMAGE_ENCODER, {"image": "image"}, {"feat_s0": "feat_s0", "feat_s1": "feat_s1", "feat_s2": "feat_s2"}),
     (Stage.MEMORY_ATTENTION, {t.name: t.name for t in MEMORY_ATTENTION.inputs}, {"pix_feat": "pix_feat"}),
-    (Stage.SAM_HEADS, {t.name: t.name for t in SAM_HEADS.inputs},
-     {"low_res_masks": "low_res_masks", "iou_scores": "iou_scores", "obj_ptrs": "token_obj_ptrs",
-      "object_score_logits": "object_score_logits"}),
-    (Stage.MASK_SELECT, {**{t.name: t.name for t in MASK_SELECT.inputs}, "obj_ptrs": "token_obj_ptrs"},
-     {"chosen_mask": "chosen_mask", "chosen_obj_ptr": "chosen_obj_ptr", "mask_logits": "mask_logits",
-      "binarize": "binarize"}),
+    (
+        Stage.SAM_HEADS,
+        {t.name: t.name for t in SAM_HEADS.inputs},
+        {
+            "low_res_masks": "low_res_masks",
+            "iou_scores": "iou_scores",
+            "obj_ptrs": "token_obj_ptrs",
+            "object_score_logits": "object_score_logits",
+        },
+    ),
+    (
+        Stage.MASK_SELECT,
+        {**{t.name: t.name for t in MASK_SELECT.inputs}, "obj_ptrs": "token_obj_ptrs"},
+        {
+            "chosen_mask": "chosen_mask",
+            "chosen_obj_ptr": "chosen_obj_ptr",
+            "mask_logits": "mask_logits",
+            "binarize": "binarize",
+        },
+    ),
     (Stage.MEMORY_ENCODER, {t.name: t.name for t in MEMORY_ENCODER.inputs}, {"maskmem_features": "maskmem_features"}),
 )
 """The track-step ensemble: (stage, {stage input: ensemble tensor}, {stage output: ensemble tensor}) in order."""
@@ -253,15 +304,18 @@ WIRE_DTYPES: dict[Stage, dict[str, type[np.generic]]] = {Stage.TRACK_STEP: {"mem
 slice in float32 with 7 memories, half of that in bfloat16."""
 
 TRITON_ENSEMBLES: dict[Stage, GraphSpec] = {
-    stage: replace(spec, inputs=tuple(replace(t, dtype=WIRE_DTYPES.get(stage, {}).get(t.name, t.dtype))
-                                      for t in spec.inputs))
+    stage: replace(
+        spec, inputs=tuple(replace(t, dtype=WIRE_DTYPES.get(stage, {}).get(t.name, t.dtype)) for t in spec.inputs)
+    )
     for stage, spec in ENSEMBLES.items()
 }
 """The ensembles as Triton declares them: ``ENSEMBLES`` with the wire dtypes of ``WIRE_DTYPES``."""
 
 TRITON_TRACK_STEP_WIRING: tuple[tuple[Stage, dict[str, str], dict[str, str]], ...] = (
     (Stage.MEMORY_UNPACK, {"memory": "memory"}, {"memory_f32": "memory_f32"}),
-    *((stage, {**inputs, "memory": "memory_f32"} if stage is Stage.MEMORY_ATTENTION else inputs, outputs)
-      for stage, inputs, outputs in TRACK_STEP_WIRING),
+    *(
+        (stage, {**inputs, "memory": "memory_f32"} if stage is Stage.MEMORY_ATTENTION else inputs, outputs)
+        for stage, inputs, outputs in TRACK_STEP_WIRING
+    ),
 )
 """The track-step ensemble in Triton: the memories are cast back to float32 first, then ``TRACK_STEP_WIRING``."""

@@ -22,7 +22,7 @@ T = TypeVar("T")
 _LOG_LEVELS = {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}
 
 
-def setting(default: Any, env: str, help: str, choices: tuple[str, ...] = ()) -> Any:  # noqa: A002 - mirrors argparse
+def setting(default: Any, env: str, help: str, choices: tuple[str, ...] = ()) -> Any:
     """A settings field with its environment variable, help text and (for text settings) its allowed values."""
     return field(default=default, metadata={"env": env, "help": help, "choices": choices})
 
@@ -40,10 +40,13 @@ def backend_setting(choices: tuple[str, ...] = EMBEDDED_BACKENDS) -> Any:
 
 def precision_setting() -> Any:
     """The ``precision`` field, shared by ``serve`` and ``segment`` (MEDSAM2_PRECISION)."""
-    return setting("auto", "MEDSAM2_PRECISION",
-                   "compute precision: auto (the backend's default on this CPU), fp32, bf16 (openvino, on CPUs "
-                   "with AVX-512 BF16 or AMX), mixed (openvino: bf16 encoder and memory attention, fp32 heads)",
-                   PRECISIONS)
+    return setting(
+        "auto",
+        "MEDSAM2_PRECISION",
+        "compute precision: auto (the backend's default on this CPU), fp32, bf16 (openvino, on CPUs "
+        "with AVX-512 BF16 or AMX), mixed (openvino: bf16 encoder and memory attention, fp32 heads)",
+        PRECISIONS,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,10 +62,12 @@ class Settings:
     """Process-wide settings shared by every command."""
 
     threads: int = setting(0, "MEDSAM2_THREADS", "intra-op threads for ONNX Runtime and torch (0: one per core)")
-    home: Path = setting(Path.home() / ".cache" / "medsam2", "MEDSAM2_HOME",
-                         "folder for downloaded checkpoints and exported graphs")
-    checkpoint_base_url: str = setting(DEFAULT_BASE_URL, "MEDSAM2_CHECKPOINT_BASE_URL",
-                                       "base URL of the published checkpoints")
+    home: Path = setting(
+        Path.home() / ".cache" / "medsam2", "MEDSAM2_HOME", "folder for downloaded checkpoints and exported graphs"
+    )
+    checkpoint_base_url: str = setting(
+        DEFAULT_BASE_URL, "MEDSAM2_CHECKPOINT_BASE_URL", "base URL of the published checkpoints"
+    )
     log_level: str = setting("INFO", "MEDSAM2_LOG_LEVEL", "logging level (DEBUG, INFO, WARNING, ERROR)")
 
 
@@ -72,7 +77,10 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, title: str) -> Non
     for f in fields(cls):
         default = f.default if f.default is not MISSING else None
         group.add_argument(
-            "--" + f.name.replace("_", "-"), dest=f"setting_{f.name}", default=None, metavar=f.name.upper(),
+            "--" + f.name.replace("_", "-"),
+            dest=f"setting_{f.name}",
+            default=None,
+            metavar=f.name.upper(),
             help=f"{f.metadata['help']} [env {f.metadata['env']}, default {default}]",
         )
 
@@ -90,8 +98,9 @@ def resolve(cls: type[T], args: argparse.Namespace, environ: Mapping[str, str] |
         values[f.name] = _convert(f.name, f.metadata["env"], raw, f.default)
         choices = f.metadata.get("choices") or ()
         if choices and values[f.name] not in choices:
-            raise ConfigError(f"setting {f.name} ({f.metadata['env']}) must be one of {', '.join(choices)}, "
-                              f"got {raw!r}")
+            raise ConfigError(
+                f"setting {f.name} ({f.metadata['env']}) must be one of {', '.join(choices)}, got {raw!r}"
+            )
     return cls(**values)
 
 

@@ -67,8 +67,9 @@ def test_negative_click_on_a_tracked_slice_removes_pixels(volume: np.ndarray) ->
         (ObjectPrompt(1, 0, box=Box(1, 1, 500, 5)), InvalidPrompt, "outside"),
     ],
 )
-def test_bad_prompts_are_refused_before_anything_runs(volume: np.ndarray, prompt: ObjectPrompt,
-                                                      error: type[Exception], match: str) -> None:
+def test_bad_prompts_are_refused_before_anything_runs(
+    volume: np.ndarray, prompt: ObjectPrompt, error: type[Exception], match: str
+) -> None:
     backend = FakeBackend()
     tracker = Tracker(backend, volume)
     with pytest.raises(error, match=match):

@@ -26,8 +26,12 @@ def imports_of(path: Path) -> set[str]:
 def modules(*rooms: str) -> list[Path]:
     """Source files of the given rooms of the package (all of it when none are given)."""
     roots = [PACKAGE / room for room in rooms] or [PACKAGE]
-    return sorted(p for root in roots for p in (root.rglob("*.py") if root.is_dir() else [root.with_suffix(".py")])
-                  if "pb" not in p.relative_to(PACKAGE).parts)
+    return sorted(
+        p
+        for root in roots
+        for p in (root.rglob("*.py") if root.is_dir() else [root.with_suffix(".py")])
+        if "pb" not in p.relative_to(PACKAGE).parts
+    )
 
 
 def offenders(files: list[Path], forbidden: tuple[str, ...]) -> list[str]:
@@ -41,8 +45,19 @@ def offenders(files: list[Path], forbidden: tuple[str, ...]) -> list[str]:
 
 
 def test_the_engine_knows_nothing_of_grpc_files_or_the_server() -> None:
-    forbidden = ("grpc", "google.protobuf", "pydicom", "nibabel", "highdicom", "medsam2.server", "medsam2.api",
-                 "medsam2.io", "medsam2.cli", "onnxruntime", "tritonclient")
+    forbidden = (
+        "grpc",
+        "google.protobuf",
+        "pydicom",
+        "nibabel",
+        "highdicom",
+        "medsam2.server",
+        "medsam2.api",
+        "medsam2.io",
+        "medsam2.cli",
+        "onnxruntime",
+        "tritonclient",
+    )
     assert offenders(modules("engine"), forbidden) == []
 
 

@@ -13,8 +13,12 @@ from medsam2.errors import InvalidInput
 @pytest.mark.parametrize("fill", ["empty", "full", "random", "starts-on"])
 def test_both_codecs_round_trip(shape: tuple[int, int], fill: str) -> None:
     rng = np.random.default_rng(sum(shape))
-    mask = {"empty": np.zeros(shape, bool), "full": np.ones(shape, bool),
-            "random": rng.random(shape) > 0.5, "starts-on": np.eye(*shape, dtype=bool)}[fill]
+    mask = {
+        "empty": np.zeros(shape, bool),
+        "full": np.ones(shape, bool),
+        "random": rng.random(shape) > 0.5,
+        "starts-on": np.eye(*shape, dtype=bool),
+    }[fill]
     assert np.array_equal(unpack_bits(pack_bits(mask), *shape), mask)
     assert np.array_equal(decode_rle(encode_rle(mask), *shape), mask)
 

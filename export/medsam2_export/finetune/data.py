@@ -63,8 +63,9 @@ def dataset_sha256(folder: Path) -> str:
     return digest.hexdigest()
 
 
-def sample_clip(cases: list[TrainingCase], rng: np.random.Generator, *, clip_length: int, jitter_px: float,
-                augment: bool) -> Clip:
+def sample_clip(
+    cases: list[TrainingCase], rng: np.random.Generator, *, clip_length: int, jitter_px: float, augment: bool
+) -> Clip:
     """A random clip of a random object, with a jittered ground-truth box and (optionally) augmentation."""
     index = int(rng.integers(len(cases)))
     case = cases[index]
@@ -85,7 +86,11 @@ def sample_clip(cases: list[TrainingCase], rng: np.random.Generator, *, clip_len
         first = int(np.flatnonzero(masks.any(axis=(1, 2)))[0])
         images, masks = np.roll(images, -first, axis=0), np.roll(masks, -first, axis=0)
         frames = frames[first:] + frames[:first]
-        images, masks, frames = images[: clip_length - first], masks[: clip_length - first], frames[: clip_length - first]
+        images, masks, frames = (
+            images[: clip_length - first],
+            masks[: clip_length - first],
+            frames[: clip_length - first],
+        )
     if augment:
         images, masks = augment_clip(images, masks, rng)
         if not masks[0].any():  # an affine moved the object out of the first frame: keep the plain clip

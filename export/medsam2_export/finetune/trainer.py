@@ -10,7 +10,7 @@ features are of the original slices), so only the clip direction and box jitter 
 
 Distributed: launched by ``torchrun`` (``WORLD_SIZE`` > 1) each rank samples its own clips and gradients are
 averaged with an all-reduce before every optimiser step; rank 0 writes the outputs.
-"""
+"""  # noqa: E501
 
 from __future__ import annotations
 
@@ -127,7 +127,7 @@ class FeatureCache:
             with torch.no_grad():
                 out = _backbone(self.model, _to_input(self.cases[case].imgs[missing]))
             for i, f in enumerate(missing):
-                self.store[(case, f)] = [level[i: i + 1].to(torch.bfloat16) for level in out["backbone_fpn"]]
+                self.store[(case, f)] = [level[i : i + 1].to(torch.bfloat16) for level in out["backbone_fpn"]]
             self.pos = [p[:1] for p in out["vision_pos_enc"]]
         levels = [torch.cat([self.store[(case, f)][k] for f in frames]).float() for k in range(3)]
         return levels, [p.expand(len(frames), -1, -1, -1) for p in self.pos]
@@ -137,38 +137,57 @@ def _backbone(model: torch.nn.Module, x: torch.Tensor) -> dict:
     return model.forward_image(x)
 
 
-def clip_loss(model: torch.nn.Module, clip: Clip, fpn: list[torch.Tensor], pos: list[torch.Tensor], *,
-              detach_memory_masks: bool = False) -> torch.Tensor:
+def clip_loss(
+    model: torch.nn.Module,
+    clip: Clip,
+    fpn: list[torch.Tensor],
+    pos: list[torch.Tensor],
+    *,
+    detach_memory_masks: bool = False,
+) -> torch.Tensor:
     """Track ``clip`` with sam2's ``track_step`` and return the mean frame loss.
 
     ``detach_memory_masks`` stops the gradient at the 512x512 mask that enters the memory encoder: its
     convolutions' backward pass at full resolution dominates a CPU step (measured: 40% of the time).
     """
     _, vision_feats, vision_pos, feat_sizes = model._prepare_backbone_features(
-        {"backbone_fpn": fpn, "vision_pos_enc": pos})
+        {"backbone_fpn": fpn, "vision_pos_enc": pos}
+    )
     height, width = clip.masks.shape[1:]
     scale = torch.tensor([IMAGE_SIZE / width, IMAGE_SIZE / height])
     box = torch.tensor(clip.box, dtype=torch.float32).view(2, 2) * scale
     point_inputs = {"point_coords": box.view(1, 2, 2), "point_labels": torch.tensor([[2, 3]], dtype=torch.int32)}
     low_res = IMAGE_SIZE // 4
-    targets = F.interpolate(torch.from_numpy(clip.masks.astype(np.float32))[:, None], size=(low_res, low_res),
-                            mode="area")
+    targets = F.interpolate(
+        torch.from_numpy(clip.masks.astype(np.float32))[:, None], size=(low_res, low_res), mode="area"
+    )
     targets = (targets >= 0.5).float()
     output: dict = {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}
     total = torch.zeros(())
     frames = len(clip.frames)
     for t in range(frames):
-        feats = [v[:, t: t + 1] for v in vision_feats]
+        feats = [v[:, t : t + 1] for v in vision_feats]
         prompt = point_inputs if t == 0 else None
         # sam2's track_step, unrolled: in training mode it does not return the object score we supervise.
-        out, sam_outputs, _, _ = model._track_step(t, t == 0, feats, [p[:, t: t + 1] for p in vision_pos],
-                                                   feat_sizes, prompt, None, output, frames, False, None)
+        out, sam_outputs, _, _ = model._track_step(
+            t,
+            t == 0,
+            feats,
+            [p[:, t : t + 1] for p in vision_pos],
+            feat_sizes,
+            prompt,
+            None,
+            output,
+            frames,
+            False,
+            None,
+        )
         low_res_masks, high_res_masks, obj_ptr, object_logits = sam_outputs[3:7]
         out["pred_masks"], out["pred_masks_high_res"], out["obj_ptr"] = low_res_masks, high_res_masks, obj_ptr
         memory_masks = high_res_masks.detach() if detach_memory_masks else high_res_masks
         model._encode_memory_in_output(feats, feat_sizes, prompt, True, memory_masks, object_logits, out)
         output["cond_frame_outputs" if t == 0 else "non_cond_frame_outputs"][t] = out
-        total = total + frame_loss(low_res_masks, object_logits, targets[t: t + 1])
+        total = total + frame_loss(low_res_masks, object_logits, targets[t : t + 1])
     return total / frames
 
 
@@ -186,8 +205,12 @@ def _distributed() -> tuple[int, int]:
 
 def _parameter_groups(model: torch.nn.Module, options: FinetuneOptions) -> list[dict]:
     scale = 0.5 if options.annotation_round else 1.0
-    frozen_prefixes = ("image_encoder.", "sam_mask_decoder.conv_s0.", "sam_mask_decoder.conv_s1.",
-                       "memory_encoder.mask_downsampler.")
+    frozen_prefixes = (
+        "image_encoder.",
+        "sam_mask_decoder.conv_s0.",
+        "sam_mask_decoder.conv_s1.",
+        "memory_encoder.mask_downsampler.",
+    )
     encoder, rest = [], []
     for name, param in model.named_parameters():
         if name.startswith("image_encoder."):
@@ -202,8 +225,15 @@ def _parameter_groups(model: torch.nn.Module, options: FinetuneOptions) -> list[
     return groups
 
 
-def finetune(checkpoint: Path, dataset: Path, out: Path, options: FinetuneOptions = FinetuneOptions(), *,
-             resume: bool = False, on_step: Callable[[int, float], None] | None = None) -> FinetuneResult:
+def finetune(
+    checkpoint: Path,
+    dataset: Path,
+    out: Path,
+    options: FinetuneOptions = FinetuneOptions(),
+    *,
+    resume: bool = False,
+    on_step: Callable[[int, float], None] | None = None,
+) -> FinetuneResult:
     """Fine-tune ``checkpoint`` on the npz cases of ``dataset`` and write ``out`` in the published format.
 
     Everything is checked before the first step: the dataset (shapes, empty labels, clip length), the
@@ -220,7 +250,9 @@ def finetune(checkpoint: Path, dataset: Path, out: Path, options: FinetuneOption
     base_hash = file_sha256(checkpoint)
     model = load_model(checkpoint)
     rank, world = _distributed()
-    device = torch.device("cuda", rank % torch.cuda.device_count()) if torch.cuda.is_available() else torch.device("cpu")
+    device = (
+        torch.device("cuda", rank % torch.cuda.device_count()) if torch.cuda.is_available() else torch.device("cpu")
+    )
     model.to(device).train()
     optimizer = torch.optim.AdamW(_parameter_groups(model, options), betas=BETAS, weight_decay=WEIGHT_DECAY)
     step, losses = 0, []
@@ -232,15 +264,25 @@ def finetune(checkpoint: Path, dataset: Path, out: Path, options: FinetuneOption
     cache = FeatureCache(model, cases) if options.freeze_encoder else None
     started = time.perf_counter()
     while step < options.steps:
-        clip = sample_clip(cases, rng, clip_length=options.clip_length, jitter_px=options.jitter_px,
-                           augment=options.augment and not options.freeze_encoder)
+        clip = sample_clip(
+            cases,
+            rng,
+            clip_length=options.clip_length,
+            jitter_px=options.jitter_px,
+            augment=options.augment and not options.freeze_encoder,
+        )
         if cache is not None:
             fpn, pos = cache.features(clip.case, clip.frames)
         else:
             backbone = model.forward_image(_to_input(clip.images).to(device))
             fpn, pos = backbone["backbone_fpn"], backbone["vision_pos_enc"]
-        loss = clip_loss(model, clip, [f.to(device) for f in fpn], [p.to(device) for p in pos],
-                         detach_memory_masks=options.freeze_encoder)
+        loss = clip_loss(
+            model,
+            clip,
+            [f.to(device) for f in fpn],
+            [p.to(device) for p in pos],
+            detach_memory_masks=options.freeze_encoder,
+        )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if world > 1:
@@ -254,10 +296,19 @@ def finetune(checkpoint: Path, dataset: Path, out: Path, options: FinetuneOption
             _save_state(state_file, model, optimizer, step, losses, rng, base_hash, data_hash, options)
     seconds = time.perf_counter() - started
     if rank == 0:
-        _write_checkpoint(out, model, {
-            "base_checkpoint_sha256": base_hash, "dataset_sha256": data_hash, "steps": step, "seed": options.seed,
-            "options": asdict(options), "world_size": world, "final_loss": losses[-1] if losses else None,
-        })
+        _write_checkpoint(
+            out,
+            model,
+            {
+                "base_checkpoint_sha256": base_hash,
+                "dataset_sha256": data_hash,
+                "steps": step,
+                "seed": options.seed,
+                "options": asdict(options),
+                "world_size": world,
+                "final_loss": losses[-1] if losses else None,
+            },
+        )
     return FinetuneResult(out, step, losses, seconds, data_hash, base_hash)
 
 
@@ -277,18 +328,38 @@ def _write_checkpoint(out: Path, model: torch.nn.Module, provenance: dict) -> No
     tmp.replace(out)
 
 
-def _save_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int,
-                losses: list[float], rng: np.random.Generator, base: str, data: str,
-                options: FinetuneOptions) -> None:
+def _save_state(
+    path: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    step: int,
+    losses: list[float],
+    rng: np.random.Generator,
+    base: str,
+    data: str,
+    options: FinetuneOptions,
+) -> None:
     tmp = path.with_name(f".{path.name}.partial")
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step, "losses": losses,
-                "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "base_checkpoint_sha256": base,
-                "dataset_sha256": data, "options": asdict(options)}, tmp)
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "step": step,
+            "losses": losses,
+            "rng": rng.bit_generator.state,
+            "torch_rng": torch.get_rng_state(),
+            "base_checkpoint_sha256": base,
+            "dataset_sha256": data,
+            "options": asdict(options),
+        },
+        tmp,
+    )
     tmp.replace(path)
 
 
-def _load_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, base: str, data: str,
-                options: FinetuneOptions) -> tuple[int, list[float], np.random.Generator]:
+def _load_state(
+    path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, base: str, data: str, options: FinetuneOptions
+) -> tuple[int, list[float], np.random.Generator]:
     if not path.is_file():
         raise CheckpointError(f"nothing to resume: {path} does not exist (run without --resume first)")
     state = torch.load(path, map_location="cpu", weights_only=False)

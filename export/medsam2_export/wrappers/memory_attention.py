@@ -13,7 +13,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from medsam2.graphs import FEAT, HIDDEN_DIM, OBJ_PTR_SLOTS, MEM_DIM, NUM_MASKMEM
+from medsam2.graphs import FEAT, HIDDEN_DIM, MEM_DIM, NUM_MASKMEM, OBJ_PTR_SLOTS
 from medsam2_export.wrappers.attention import attend, key_bias, project
 from medsam2_export.wrappers.rope import axial_angles, rotate
 

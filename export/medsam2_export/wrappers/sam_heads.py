@@ -47,7 +47,9 @@ class SamHeadsGraph(nn.Module):
         dec = self.decoder
         output_tokens = torch.cat([dec.obj_score_token.weight, dec.iou_token.weight, dec.mask_tokens.weight], dim=0)
         tokens = torch.cat([output_tokens.unsqueeze(0).expand(batch, -1, -1), sparse], dim=1)
-        token_valid = torch.cat([torch.ones_like(prompt_valid[:, :1]).expand(-1, NUM_OUTPUT_TOKENS), prompt_valid], dim=1)
+        token_valid = torch.cat(
+            [torch.ones_like(prompt_valid[:, :1]).expand(-1, NUM_OUTPUT_TOKENS), prompt_valid], dim=1
+        )
         src = pix_feat + dense
         hs, src = self._two_way(src.flatten(2).transpose(1, 2), tokens, key_bias(token_valid))
         mask_tokens_out = hs[:, 2 : 2 + dec.num_mask_tokens]
@@ -67,7 +69,9 @@ class SamHeadsGraph(nn.Module):
         labels = torch.cat([labels, torch.full_like(labels[:, :1], POINT_LABEL_PAD)], dim=1)
         embedding = pe.pe_layer._pe_encoding(coords / IMAGE_SIZE)
         not_a_point = (labels == POINT_LABEL_PAD) | (labels == POINT_LABEL_UNUSED)
-        embedding = torch.where(not_a_point.unsqueeze(-1), torch.zeros_like(embedding) + pe.not_a_point_embed.weight, embedding)
+        embedding = torch.where(
+            not_a_point.unsqueeze(-1), torch.zeros_like(embedding) + pe.not_a_point_embed.weight, embedding
+        )
         for label in range(4):
             embedding = torch.where(
                 (labels == label).unsqueeze(-1), embedding + pe.point_embeddings[label].weight, embedding
@@ -97,7 +101,9 @@ class SamHeadsGraph(nn.Module):
             q, k = queries + tokens, keys + image_pe
             keys = layer.norm4(keys + masked_attention(layer.cross_attn_image_to_token, k, q, queries, token_bias))
         q, k = queries + tokens, keys + image_pe
-        queries = transformer.norm_final_attn(queries + masked_attention(transformer.final_attn_token_to_image, q, k, keys))
+        queries = transformer.norm_final_attn(
+            queries + masked_attention(transformer.final_attn_token_to_image, q, k, keys)
+        )
         return queries, keys
 
     def _masks(self, src: Tensor, mask_tokens_out: Tensor, feat_s0: Tensor, feat_s1: Tensor, batch: int) -> Tensor:
@@ -106,8 +112,6 @@ class SamHeadsGraph(nn.Module):
         dc1, ln1, act1, dc2, act2 = dec.output_upscaling
         upscaled = act1(ln1(dc1(src) + feat_s1))
         upscaled = act2(dc2(upscaled) + feat_s0)
-        hyper = torch.stack(
-            [mlp(mask_tokens_out[:, i]) for i, mlp in enumerate(dec.output_hypernetworks_mlps)], dim=1
-        )
+        hyper = torch.stack([mlp(mask_tokens_out[:, i]) for i, mlp in enumerate(dec.output_hypernetworks_mlps)], dim=1)
         b, c, h, w = upscaled.shape
         return torch.matmul(hyper, upscaled.reshape(b, c, h * w)).reshape(b, -1, h, w)

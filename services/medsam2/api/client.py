@@ -33,8 +33,10 @@ class Client:
     """Result bytes downloaded so far."""
 
     def __post_init__(self) -> None:
-        options = [("grpc.max_receive_message_length", self.max_message_bytes),
-                   ("grpc.max_send_message_length", self.max_message_bytes)]
+        options = [
+            ("grpc.max_receive_message_length", self.max_message_bytes),
+            ("grpc.max_send_message_length", self.max_message_bytes),
+        ]
         if self.root_certificates is not None:
             creds = grpc.ssl_channel_credentials(root_certificates=self.root_certificates)
             self.channel = grpc.secure_channel(self.target, creds, options=options)
@@ -46,11 +48,21 @@ class Client:
             metadata.append(("x-medsam2-session", self.routing_key))
         self.metadata = tuple(metadata)
 
-    def create_session(self, voxels: np.ndarray, spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),
-                       preset: str = "", window: tuple[float, float] | None = None, video: bool = False,
-                       label: str = "", *, modality: str = "", geometry: pb.PatientGeometry | None = None,
-                       identity: dict[str, object] | None = None, external_id: str = "",
-                       request_id: str = "") -> pb.Session:
+    def create_session(
+        self,
+        voxels: np.ndarray,
+        spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),
+        preset: str = "",
+        window: tuple[float, float] | None = None,
+        video: bool = False,
+        label: str = "",
+        *,
+        modality: str = "",
+        geometry: pb.PatientGeometry | None = None,
+        identity: dict[str, object] | None = None,
+        external_id: str = "",
+        request_id: str = "",
+    ) -> pb.Session:
         """Upload a volume [slices, rows, columns] in chunks and open a session on it.
 
         ``identity`` may carry study_uid, series_uid, frame_of_reference_uid and sop_instance_uids.
@@ -60,11 +72,17 @@ class Client:
             voxels = voxels.astype(np.float32)
             dtype = np.dtype("<f4")
         header = pb.StudyHeader(
-            shape=list(voxels.shape), dtype=DTYPE_OF[dtype], spacing_mm=list(spacing),
+            shape=list(voxels.shape),
+            dtype=DTYPE_OF[dtype],  # type: ignore[arg-type]  # enum values are ints on the wire
+            spacing_mm=list(spacing),
             preprocessing=_preprocessing(preset, window),
-            kind=pb.STUDY_KIND_VIDEO if video else pb.STUDY_KIND_VOLUME, label=label, modality=modality,
-            geometry=geometry, external_id=external_id, request_id=request_id or new_request_id(),
-            **(identity or {}),
+            kind=pb.STUDY_KIND_VIDEO if video else pb.STUDY_KIND_VOLUME,
+            label=label,
+            modality=modality,
+            geometry=geometry,
+            external_id=external_id,
+            request_id=request_id or new_request_id(),
+            **(identity or {}),  # type: ignore[arg-type]  # study_uid, series_uid, sop_instance_uids
         )
         data = np.ascontiguousarray(voxels, dtype=dtype).tobytes()
         self.bytes_sent += len(data)
@@ -72,33 +90,61 @@ class Client:
         def messages() -> Iterator[pb.CreateSessionRequest]:
             yield pb.CreateSessionRequest(header=header)
             for offset in range(0, len(data), UPLOAD_CHUNK_BYTES):
-                yield pb.CreateSessionRequest(voxels=data[offset: offset + UPLOAD_CHUNK_BYTES])
+                yield pb.CreateSessionRequest(voxels=data[offset : offset + UPLOAD_CHUNK_BYTES])
 
         return self.stub.CreateSession(messages(), metadata=self.metadata)
 
-    def open_pacs(self, endpoint: str, study_uid: str, series_uid: str = "", *, preset: str = "",
-                  window: tuple[float, float] | None = None, modality: str = "", label: str = "",
-                  external_id: str = "", request_id: str = "") -> pb.Session:
+    def open_pacs(
+        self,
+        endpoint: str,
+        study_uid: str,
+        series_uid: str = "",
+        *,
+        preset: str = "",
+        window: tuple[float, float] | None = None,
+        modality: str = "",
+        label: str = "",
+        external_id: str = "",
+        request_id: str = "",
+    ) -> pb.Session:
         """Open a session on a study the server fetches from one of its PACS endpoints."""
         header = pb.StudyHeader(
             pacs=pb.PacsReference(endpoint=endpoint, study_uid=study_uid, series_uid=series_uid),
-            preprocessing=_preprocessing(preset, window), kind=pb.STUDY_KIND_VOLUME, label=label, modality=modality,
-            external_id=external_id, request_id=request_id or new_request_id(),
+            preprocessing=_preprocessing(preset, window),
+            kind=pb.STUDY_KIND_VOLUME,
+            label=label,
+            modality=modality,
+            external_id=external_id,
+            request_id=request_id or new_request_id(),
         )
         return self.stub.CreateSession(iter([pb.CreateSessionRequest(header=header)]), metadata=self.metadata)
 
-    def add_prompt(self, session_id: str, object_id: int, slice_index: int, *,
-                   box: tuple[float, float, float, float] | None = None,
-                   points: list[tuple[float, float, bool]] | None = None, mask: np.ndarray | None = None,
-                   keep_previous_points: bool = False, correction: bool = False,
-                   object_info: pb.ObjectInfo | None = None, encoding: int = pb.MASK_ENCODING_UNSPECIFIED,
-                   request_id: str = "") -> pb.SliceResult:
+    def add_prompt(
+        self,
+        session_id: str,
+        object_id: int,
+        slice_index: int,
+        *,
+        box: tuple[float, float, float, float] | None = None,
+        points: list[tuple[float, float, bool]] | None = None,
+        mask: np.ndarray | None = None,
+        keep_previous_points: bool = False,
+        correction: bool = False,
+        object_info: pb.ObjectInfo | None = None,
+        encoding: int = pb.MASK_ENCODING_UNSPECIFIED,
+        request_id: str = "",
+    ) -> pb.SliceResult:
         """A box, clicks (x, y, positive) or a mask for one object on one slice; returns that slice's masks."""
         request = pb.AddPromptRequest(
-            session_id=session_id, object_id=object_id, slice=slice_index,
+            session_id=session_id,
+            object_id=object_id,
+            slice=slice_index,
             points=[pb.Point(x=x, y=y, positive=positive) for x, y, positive in points or []],
-            keep_previous_points=keep_previous_points, correction=correction, object_info=object_info,
-            encoding=encoding, request_id=request_id or new_request_id(),
+            keep_previous_points=keep_previous_points,
+            correction=correction,
+            object_info=object_info,
+            encoding=encoding,  # type: ignore[arg-type]
+            request_id=request_id or new_request_id(),
         )
         if box is not None:
             request.box.CopyFrom(pb.Box(x0=box[0], y0=box[1], x1=box[2], y1=box[3]))
@@ -106,8 +152,9 @@ class Client:
             request.mask.CopyFrom(encode_mask(np.asarray(mask, bool), pb.MASK_ENCODING_RLE))
         return self.stub.AddPrompt(request, metadata=self.metadata)
 
-    def add_box(self, session_id: str, object_id: int, slice_index: int,
-                box: tuple[float, float, float, float]) -> pb.SliceResult:
+    def add_box(
+        self, session_id: str, object_id: int, slice_index: int, box: tuple[float, float, float, float]
+    ) -> pb.SliceResult:
         """A box prompt."""
         return self.add_prompt(session_id, object_id, slice_index, box=box)
 
@@ -117,8 +164,8 @@ class Client:
 
     def result(self, session_id: str, fmt: int) -> tuple[bytes, pb.ResultChunk]:
         """The whole result file in format ``fmt`` and its first chunk (shape, object ids)."""
-        chunks = list(self.stub.GetResult(pb.GetResultRequest(session_id=session_id, format=fmt),
-                                          metadata=self.metadata))
+        request = pb.GetResultRequest(session_id=session_id, format=fmt)  # type: ignore[arg-type]
+        chunks = list(self.stub.GetResult(request, metadata=self.metadata))
         data = b"".join(c.data for c in chunks)
         self.bytes_received += len(data)
         return data, chunks[0]
@@ -136,8 +183,9 @@ class Client:
 
     def store_result(self, session_id: str, endpoint: str, request_id: str = "") -> pb.StoreResultResponse:
         """Send the session's SEG and SR to a PACS endpoint the server knows."""
-        request = pb.StoreResultRequest(session_id=session_id, endpoint=endpoint,
-                                        request_id=request_id or new_request_id())
+        request = pb.StoreResultRequest(
+            session_id=session_id, endpoint=endpoint, request_id=request_id or new_request_id()
+        )
         return self.stub.StoreResult(request, metadata=self.metadata)
 
     def reset_objects(self, session_id: str, object_ids: list[int] | None = None) -> pb.Session:
@@ -177,5 +225,6 @@ def new_request_id() -> str:
 
 
 def _preprocessing(preset: str, window: tuple[float, float] | None) -> pb.Preprocessing:
-    return pb.Preprocessing(preset=preset, window_width=window[0] if window else 0,
-                            window_level=window[1] if window else 0)
+    return pb.Preprocessing(
+        preset=preset, window_width=window[0] if window else 0, window_level=window[1] if window else 0
+    )

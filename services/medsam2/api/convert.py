@@ -99,21 +99,33 @@ def geometry_from_pb(header: pb.StudyHeader, spacing: tuple[float, float, float]
     if not header.HasField("geometry"):
         return None
     g = header.geometry
-    vectors = {"origin": g.origin, "row_direction": g.row_direction, "column_direction": g.column_direction,
-               "slice_step": g.slice_step}
+    vectors = {
+        "origin": g.origin,
+        "row_direction": g.row_direction,
+        "column_direction": g.column_direction,
+        "slice_step": g.slice_step,
+    }
     for name, values in vectors.items():
         if len(values) != 3 or not all(np.isfinite(values)):
             raise InvalidInput(f"header.geometry.{name} must be three finite numbers, got {list(values)}")
-    return Geometry.from_dicom(np.asarray(g.origin), np.asarray([*g.row_direction, *g.column_direction]),
-                               np.asarray(spacing[1:]), np.asarray(g.slice_step))
+    return Geometry.from_dicom(
+        np.asarray(g.origin),
+        np.asarray([*g.row_direction, *g.column_direction]),
+        np.asarray(spacing[1:]),
+        np.asarray(g.slice_step),
+    )
 
 
 def geometry_to_pb(geometry: Geometry | None) -> pb.PatientGeometry | None:
     """A geometry as its message (None stays unset)."""
     if geometry is None:
         return None
-    return pb.PatientGeometry(origin=list(geometry.origin), row_direction=list(geometry.row_cosine),
-                              column_direction=list(geometry.column_cosine), slice_step=list(geometry.slice_step))
+    return pb.PatientGeometry(
+        origin=list(geometry.origin),
+        row_direction=list(geometry.row_cosine),
+        column_direction=list(geometry.column_cosine),
+        slice_step=list(geometry.slice_step),
+    )
 
 
 class StudyIdentity(TypedDict):
@@ -136,8 +148,12 @@ def identity_from_pb(header: pb.StudyHeader, slices: int) -> StudyIdentity:
         _check_uid(uid, "header.sop_instance_uids")
     if len(set(uids)) != len(uids):
         raise InvalidInput("header.sop_instance_uids repeats a UID: each slice is its own instance")
-    return StudyIdentity(frame_of_reference_uid=header.frame_of_reference_uid, study_uid=header.study_uid,
-                         series_uid=header.series_uid, sop_instance_uids=uids)
+    return StudyIdentity(
+        frame_of_reference_uid=header.frame_of_reference_uid,
+        study_uid=header.study_uid,
+        series_uid=header.series_uid,
+        sop_instance_uids=uids,
+    )
 
 
 def _check_uid(uid: str, where: str) -> None:
@@ -163,11 +179,14 @@ def segment_spec_from_pb(obj_id: int, info: pb.ObjectInfo, default: SegmentSpec)
 
 def _code(concept: pb.CodedConcept, name: str) -> Code:
     if not (concept.value and concept.scheme and concept.meaning):
-        raise InvalidInput(f"object_info.{name} needs value, scheme and meaning, got "
-                           f"({concept.value!r}, {concept.scheme!r}, {concept.meaning!r})")
+        raise InvalidInput(
+            f"object_info.{name} needs value, scheme and meaning, got "
+            f"({concept.value!r}, {concept.scheme!r}, {concept.meaning!r})"
+        )
     if len(concept.value) > 64 or len(concept.scheme) > 16 or len(concept.meaning) > 64:
-        raise InvalidInput(f"object_info.{name} is too long: value and meaning at most 64 characters, "
-                           "scheme at most 16")
+        raise InvalidInput(
+            f"object_info.{name} is too long: value and meaning at most 64 characters, scheme at most 16"
+        )
     return Code(concept.value, concept.scheme, concept.meaning)
 
 

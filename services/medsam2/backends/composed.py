@@ -37,8 +37,10 @@ class ComposedTrackStep:
                 tensors[target] = outputs[name]
         return {t.name: tensors[t.name] for t in TRACK_STEP.outputs}
 
+    def is_ready(self) -> bool:
+        """Whether the wrapped backend is."""
+        return self._backend.is_ready()
+
     def close(self) -> None:
         """Close the wrapped backend."""
         self._backend.close()
-
-

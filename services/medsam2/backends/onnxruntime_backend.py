@@ -40,8 +40,9 @@ def _shared_thread_pool(ort, threads: int) -> bool:  # noqa: ANN001 - the onnxru
                 return False
             _pool_threads = wanted
         elif _pool_threads != wanted:
-            log.warning("ONNX Runtime's shared pool already has %d threads; ignoring the request for %d",
-                        _pool_threads, wanted)
+            log.warning(
+                "ONNX Runtime's shared pool already has %d threads; ignoring the request for %d", _pool_threads, wanted
+            )
     return True
 
 
@@ -59,7 +60,7 @@ def locate_graph(folder: Path, stage: Stage, *, version: int | None = None) -> P
         if candidate.is_file():
             return candidate
     raise NotFound(
-        f"no ONNX graph for {stage.value} in {folder} (looked for {', '.join(str(c.relative_to(folder)) for c in candidates)})"
+        f"no ONNX graph for {stage.value} in {folder} (looked for {', '.join(str(c.relative_to(folder)) for c in candidates)})"  # noqa: E501
     )
 
 
@@ -103,15 +104,21 @@ class OnnxRuntimeBackend:
         self._sessions: dict[Stage, object] = {}
         self._session_lock = threading.Lock()
 
+    def is_ready(self) -> bool:
+        """In-process graphs are ready once constructed."""
+        return True
+
     def run(self, stage: Stage, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run one stage graph."""
         if stage not in GRAPHS:
-            raise BackendUnavailable(f"{stage.value} is a Triton ensemble; the embedded backend runs its graphs one by one")
+            raise BackendUnavailable(
+                f"{stage.value} is a Triton ensemble; the embedded backend runs its graphs one by one"
+            )
         check_inputs(stage, inputs)
         session = self._session(stage)
         names = [t.name for t in GRAPHS[stage].outputs]
         feeds = {t.name: inputs[t.name] for t in GRAPHS[stage].inputs}
-        return dict(zip(names, session.run(names, feeds)))
+        return dict(zip(names, session.run(names, feeds), strict=False))
 
     def _session(self, stage: Stage):  # noqa: ANN202 - onnxruntime.InferenceSession
         with self._session_lock:  # runs may come from several threads; create each session once

@@ -26,8 +26,10 @@ def resolve_precision(backend: str, precision: str) -> str:
         raise ConfigError(f"backend must be one of {', '.join(EMBEDDED_BACKENDS)}, got {backend!r}")
     if backend == "onnxruntime":
         if precision not in ("auto", "fp32"):
-            raise ConfigError(f"ONNX Runtime runs the graphs in fp32 only, not {precision}: "
-                              "use --backend openvino for reduced precision")
+            raise ConfigError(
+                f"ONNX Runtime runs the graphs in fp32 only, not {precision}: "
+                "use --backend openvino for reduced precision"
+            )
         return "fp32"
     from medsam2.backends.openvino_backend import PRECISIONS, cpu_capabilities
 
@@ -35,8 +37,11 @@ def resolve_precision(backend: str, precision: str) -> str:
         capabilities = cpu_capabilities()
         if "BF16" in capabilities:
             return OPENVINO_DEFAULT_PRECISION
-        log.info("this CPU has no native %s (OpenVINO reports %s): OpenVINO runs in fp32",
-                 OPENVINO_DEFAULT_PRECISION, ", ".join(capabilities))
+        log.info(
+            "this CPU has no native %s (OpenVINO reports %s): OpenVINO runs in fp32",
+            OPENVINO_DEFAULT_PRECISION,
+            ", ".join(capabilities),
+        )
         return "fp32"
     if precision not in PRECISIONS:
         raise ConfigError(f"OpenVINO offers {', '.join(PRECISIONS)}, not {precision}")

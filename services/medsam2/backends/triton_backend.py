@@ -41,8 +41,9 @@ class TritonBackend:
     fused_track_step = True
     """Tracked frames go through the ``track_step`` ensemble in one call, so features never leave Triton."""
 
-    def __init__(self, url: str, *, timeout_s: float = 30, retries: int = 4, backoff_s: float = 0.25,
-                 max_batch: int = 16) -> None:
+    def __init__(
+        self, url: str, *, timeout_s: float = 30, retries: int = 4, backoff_s: float = 0.25, max_batch: int = 16
+    ) -> None:
         try:
             import tritonclient.grpc as grpcclient
             from tritonclient.utils import InferenceServerException
@@ -51,8 +52,10 @@ class TritonBackend:
                 "tritonclient is not installed: pip install 'tritonclient[grpc]>=2.73,<3' 'protobuf>=6.30,<7'"
             ) from exc
         if timeout_s <= 0 or retries < 0 or backoff_s < 0 or max_batch < 1:
-            raise InvalidInput(f"bad Triton client settings: timeout_s={timeout_s}, retries={retries}, "
-                               f"backoff_s={backoff_s}, max_batch={max_batch}")
+            raise InvalidInput(
+                f"bad Triton client settings: timeout_s={timeout_s}, retries={retries}, "
+                f"backoff_s={backoff_s}, max_batch={max_batch}"
+            )
         self._grpc = grpcclient
         self._server_error = InferenceServerException
         self.url = url
@@ -76,8 +79,10 @@ class TritonBackend:
             raise InvalidInput(str(exc)) from exc
         batch = inputs[spec.inputs[0].name].shape[0]
         if batch > self.max_batch:
-            chunks = [self._run_checked(stage, spec, {k: v[i: i + self.max_batch] for k, v in inputs.items()})
-                      for i in range(0, batch, self.max_batch)]
+            chunks = [
+                self._run_checked(stage, spec, {k: v[i : i + self.max_batch] for k, v in inputs.items()})
+                for i in range(0, batch, self.max_batch)
+            ]
             return {t.name: np.concatenate([c[t.name] for c in chunks]) for t in spec.outputs}
         return self._run_checked(stage, spec, inputs)
 
@@ -85,8 +90,10 @@ class TritonBackend:
         batch = inputs[spec.inputs[0].name].shape[0]
         request = self._infer_inputs(TRITON_ENSEMBLES.get(stage, spec), inputs)
         wanted = [self._grpc.InferRequestedOutput(t.name) for t in spec.outputs]
-        result = self._call(stage.value, lambda client: client.infer(
-            stage.value, request, outputs=wanted, client_timeout=self.timeout_s))
+        result = self._call(
+            stage.value,
+            lambda client: client.infer(stage.value, request, outputs=wanted, client_timeout=self.timeout_s),
+        )
         outputs = {}
         for t in spec.outputs:
             array = result.as_numpy(t.name)
@@ -124,7 +131,7 @@ class TritonBackend:
                 return False
             models = (*GRAPHS, *TRITON_GRAPHS, *ENSEMBLES)
             return all(client.is_model_ready(s.value, client_timeout=timeout) for s in models)
-        except Exception:  # noqa: BLE001 - any failure to answer means not ready
+        except Exception:
             self._reset()
             return False
 
@@ -136,7 +143,7 @@ class TritonBackend:
         if client is not None:
             try:
                 client.close()
-            except Exception:  # noqa: BLE001 - a broken channel may fail to close; it is dropped either way
+            except Exception:
                 pass
 
     # -----------------------------------------------------------------------------------------
@@ -177,11 +184,13 @@ class TritonBackend:
             except self._server_error as exc:
                 status = str(exc.status() or "")
                 if status in _INVALID:
-                    raise InvalidInput(f"Triton at {self.url} rejected the request for {model}: {exc.message()}") \
-                        from exc
+                    raise InvalidInput(
+                        f"Triton at {self.url} rejected the request for {model}: {exc.message()}"
+                    ) from exc
                 if status not in _RETRYABLE:
-                    raise BackendUnavailable(f"Triton at {self.url} failed on {model}: {status or 'error'}: "
-                                             f"{exc.message()}") from exc
+                    raise BackendUnavailable(
+                        f"Triton at {self.url} failed on {model}: {status or 'error'}: {exc.message()}"
+                    ) from exc
                 error: Exception = exc
             except OSError as exc:  # a socket-level failure outside gRPC's own status codes
                 error = exc
@@ -192,8 +201,14 @@ class TritonBackend:
             # A fresh channel connects at once when Triton is back, whatever the old one's reconnect state.
             self._reset()
             if attempt < self.retries:
-                log.warning("Triton at %s unavailable for %s (attempt %d of %d), retrying in %.2f s",
-                            self.url, model, attempt + 1, self.retries + 1, delay)
+                log.warning(
+                    "Triton at %s unavailable for %s (attempt %d of %d), retrying in %.2f s",
+                    self.url,
+                    model,
+                    attempt + 1,
+                    self.retries + 1,
+                    delay,
+                )
                 time.sleep(delay)
                 delay *= 2
         raise BackendUnavailable(
@@ -209,8 +224,10 @@ def _narrow_exactly(name: str, array: np.ndarray, dtype: np.dtype) -> np.ndarray
     """
     narrow = array.astype(dtype)
     if not np.array_equal(narrow.astype(array.dtype), array):
-        raise InvalidInput(f"{name} must hold {dtype.name} values to travel to Triton as {dtype.name} "
-                           "(the engine stores memories in bfloat16)")
+        raise InvalidInput(
+            f"{name} must hold {dtype.name} values to travel to Triton as {dtype.name} "
+            "(the engine stores memories in bfloat16)"
+        )
     return narrow
 
 

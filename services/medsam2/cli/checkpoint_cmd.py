@@ -15,10 +15,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("checkpoint", help="make, download or list checkpoints")
     group = parser.add_subparsers(dest="checkpoint_command", required=True, metavar="ACTION")
 
-    rnd = group.add_parser("random", help="write a seeded UNTRAINED checkpoint in the published format (tests, development)")
+    rnd = group.add_parser(
+        "random", help="write a seeded UNTRAINED checkpoint in the published format (tests, development)"
+    )
     rnd.add_argument("--seed", type=int, required=True, help="random seed")
     rnd.add_argument(
-        "--objects", choices=["present", "absent", "random"], default="present",
+        "--objects",
+        choices=["present", "absent", "random"],
+        default="present",
         help="bias of the object-score head: +10 (present), -10 (absent) or left random [present]",
     )
     rnd.add_argument("--out", type=Path, required=True, help="checkpoint file to write")
@@ -39,15 +43,20 @@ def run_random(args: argparse.Namespace, settings: Settings) -> int:
     """Write a random checkpoint."""
     model = require_export_extra("medsam2_export.model")
     result = model.write_random_checkpoint(args.seed, args.out, args.objects)
-    print(f"wrote UNTRAINED checkpoint {result.path} (seed {result.seed}, objects {result.objects.value}, "
-          f"{result.num_tensors} tensors): for tests only, its masks are meaningless")
+    print(
+        f"wrote UNTRAINED checkpoint {result.path} (seed {result.seed}, objects {result.objects.value}, "
+        f"{result.num_tensors} tensors): for tests only, its masks are meaningless"
+    )
     return 0
 
 
 def run_download(args: argparse.Namespace, settings: Settings) -> int:
     """Download a published checkpoint."""
     result = download_checkpoint(
-        args.name, args.out, base_url=settings.checkpoint_base_url, expected_sha256=args.sha256,
+        args.name,
+        args.out,
+        base_url=settings.checkpoint_base_url,
+        expected_sha256=args.sha256,
         timeout_s=args.timeout,
     )
     print(result.summary())

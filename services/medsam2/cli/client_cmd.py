@@ -28,31 +28,52 @@ SR_SUFFIX = ".sr.dcm"
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``client`` command."""
     client = sub.add_parser("client", help="segment one study through a running service (mirrors 'segment')")
-    client.add_argument("input", type=Path, nargs="?",
-                        help="volume: DICOM folder or file, .nii, .nii.gz or MedSAM-style .npz (or use --pacs)")
+    client.add_argument(
+        "input",
+        type=Path,
+        nargs="?",
+        help="volume: DICOM folder or file, .nii, .nii.gz or MedSAM-style .npz (or use --pacs)",
+    )
     client.add_argument("--server", required=True, help="HOST:PORT of the service")
     client.add_argument("--pacs", metavar="ENDPOINT", help="open the study from this PACS endpoint of the server")
     client.add_argument("--study", metavar="UID", help="StudyInstanceUID on --pacs")
-    client.add_argument("--series", metavar="UID",
-                        help="SeriesInstanceUID (default: the study's only image series; for a DICOM folder, "
-                             "the series to read)")
+    client.add_argument(
+        "--series",
+        metavar="UID",
+        help="SeriesInstanceUID (default: the study's only image series; for a DICOM folder, the series to read)",
+    )
     client.add_argument("--box", help="X0,Y0,X1,Y1 in pixels of the key slice (x = column, y = row)")
     client.add_argument("--slice", type=int, help="key slice K (with --box)")
-    client.add_argument("--actions", type=Path, metavar="FILE",
-                        help="JSON list of steps (box, click, mask, propagate) instead of --box/--slice")
-    client.add_argument("--range", dest="slice_range",
-                        help="FIRST,LAST slices to propagate through (with --actions: for propagate steps without one)")
+    client.add_argument(
+        "--actions",
+        type=Path,
+        metavar="FILE",
+        help="JSON list of steps (box, click, mask, propagate) instead of --box/--slice",
+    )
+    client.add_argument(
+        "--range",
+        dest="slice_range",
+        help="FIRST,LAST slices to propagate through (with --actions: for propagate steps without one)",
+    )
     client.add_argument("--preset", default="auto", help="intensity preset [auto: by modality]")
     client.add_argument("--window", help="custom CT window WIDTH,LEVEL in HU (overrides --preset)")
     client.add_argument("--modality", help="DICOM Modality for inputs that do not say (CT, MR, PT, US, ...)")
-    client.add_argument("--out", type=Path, required=True,
-                        help=f"result: .dcm is a DICOM SEG with its SR beside it (NAME{SR_SUFFIX}); .nii.gz, .npz")
+    client.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help=f"result: .dcm is a DICOM SEG with its SR beside it (NAME{SR_SUFFIX}); .nii.gz, .npz",
+    )
     client.add_argument("--store", metavar="ENDPOINT", help="store the SEG and SR on this PACS endpoint of the server")
     client.add_argument("--token", default="", help="bearer token, if the server wants one")
     client.add_argument("--json", action="store_true", help="print the summary as JSON")
     client.add_argument("--no-progress", action="store_true", help="no progress bar")
-    client.add_argument("--save-annotation", type=Path, metavar="DIR",
-                        help="also save the image and final masks as a MedSAM2 training case in DIR (for finetune)")
+    client.add_argument(
+        "--save-annotation",
+        type=Path,
+        metavar="DIR",
+        help="also save the image and final masks as a MedSAM2 training case in DIR (for finetune)",
+    )
     client.set_defaults(run=run_client)
 
 
@@ -111,9 +132,11 @@ def run_client(args: argparse.Namespace, settings: Settings) -> int:
         volume = read_volume(args.input, args.series)
         check_output(args.out, volume)
         if args.store is not None and (volume.dicom is None or volume.dicom.multiframe):
-            raise InvalidInput(f"--store: the server stores a SEG and SR over the DICOM series it came from, but "
-                               f"{args.input.name} is {volume.source_format} without per-slice DICOM instances; "
-                               "use --pacs ENDPOINT --study UID, or a DICOM series folder")
+            raise InvalidInput(
+                f"--store: the server stores a SEG and SR over the DICOM series it came from, but "
+                f"{args.input.name} is {volume.source_format} without per-slice DICOM instances; "
+                "use --pacs ENDPOINT --study UID, or a DICOM series folder"
+            )
     client = Client(args.server, token=args.token, routing_key=uuid.uuid4().hex)
     started = time.perf_counter()
     try:
@@ -125,8 +148,15 @@ def run_client(args: argparse.Namespace, settings: Settings) -> int:
         if volume is not None:
             session = _upload(client, volume, args, window)
         else:
-            session = client.open_pacs(args.pacs, args.study, args.series or "", preset=args.preset, window=window,
-                                       modality=(args.modality or "").upper(), label="medsam2 client")
+            session = client.open_pacs(
+                args.pacs,
+                args.study,
+                args.series or "",
+                preset=args.preset,
+                window=window,
+                modality=(args.modality or "").upper(),
+                label="medsam2 client",
+            )
         if args.out.name.lower().endswith(".dcm") and not session.dicom_results and volume is None:
             raise InvalidInput(f"--out {args.out.name}: the server cannot make a DICOM SEG of this study")
         try:
@@ -142,22 +172,36 @@ def run_client(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         client.close()
     summary = {
-        "server": args.server, "session_slices": list(session.shape), "slices_streamed": slices,
-        "seconds": round(time.perf_counter() - started, 3), "bytes_sent": client.bytes_sent,
-        "bytes_received": client.bytes_received, "written": [str(p) for p in written],
-        "model_version": session.model_version, "preset": session.preset,
+        "server": args.server,
+        "session_slices": list(session.shape),
+        "slices_streamed": slices,
+        "seconds": round(time.perf_counter() - started, 3),
+        "bytes_sent": client.bytes_sent,
+        "bytes_received": client.bytes_received,
+        "written": [str(p) for p in written],
+        "model_version": session.model_version,
+        "preset": session.preset,
     }
     if stored is not None:
-        summary["stored"] = {"study_uid": stored.study_uid, "seg": stored.seg_sop_instance_uid,
-                             "seg_series": stored.seg_series_uid, "sr": stored.sr_sop_instance_uid,
-                             "sr_series": stored.sr_series_uid}
+        summary["stored"] = {
+            "study_uid": stored.study_uid,
+            "seg": stored.seg_sop_instance_uid,
+            "seg_series": stored.seg_series_uid,
+            "sr": stored.sr_sop_instance_uid,
+            "sr_series": stored.sr_series_uid,
+        }
     if args.json:
         print(json.dumps(summary))
     else:
-        print(f"segmented {session.shape[0]} slices in {summary['seconds']:.1f} s via {args.server} "
-              f"(preset {session.preset}, model {session.model_version}) -> {', '.join(summary['written'])}"
-              + (f"; stored SEG {stored.seg_sop_instance_uid} and SR {stored.sr_sop_instance_uid} on {args.store}"
-                 if stored is not None else ""))
+        print(
+            f"segmented {session.shape[0]} slices in {summary['seconds']:.1f} s via {args.server} "
+            f"(preset {session.preset}, model {session.model_version}) -> {', '.join(summary['written'])}"
+            + (
+                f"; stored SEG {stored.seg_sop_instance_uid} and SR {stored.sr_sop_instance_uid} on {args.store}"
+                if stored is not None
+                else ""
+            )
+        )
     return 0
 
 
@@ -167,24 +211,43 @@ def _upload(client, volume, args: argparse.Namespace, window):  # noqa: ANN001, 
     identity: dict[str, object] = {}
     if volume.dicom is not None:
         first = volume.dicom.datasets[0]
-        identity = {"study_uid": volume.dicom.study_uid, "series_uid": volume.dicom.series_uid,
-                    "frame_of_reference_uid": str(first.get("FrameOfReferenceUID", "")),
-                    "sop_instance_uids": [] if volume.dicom.multiframe else list(volume.dicom.slice_uids)}
+        identity = {
+            "study_uid": volume.dicom.study_uid,
+            "series_uid": volume.dicom.series_uid,
+            "frame_of_reference_uid": str(first.get("FrameOfReferenceUID", "")),
+            "sop_instance_uids": [] if volume.dicom.multiframe else list(volume.dicom.slice_uids),
+        }
     modality = (args.modality or volume.modality or "").upper()
-    return client.create_session(volume.voxels, volume.spacing, preset=args.preset, window=window,
-                                 label=args.input.name, modality=modality, geometry=geometry_to_pb(volume.geometry),
-                                 identity=identity)
+    return client.create_session(
+        volume.voxels,
+        volume.spacing,
+        preset=args.preset,
+        window=window,
+        label=args.input.name,
+        modality=modality,
+        geometry=geometry_to_pb(volume.geometry),
+        identity=identity,
+    )
 
 
-def _run_steps(client, session, steps: list, mask_images: dict[int, np.ndarray],  # noqa: ANN001
-               args: argparse.Namespace) -> int:
+def _run_steps(
+    client,  # noqa: ANN001
+    session,  # noqa: ANN001
+    steps: list,
+    mask_images: dict[int, np.ndarray],
+    args: argparse.Namespace,
+) -> int:
     """Check every step against the study, then send them in order; returns the slice results streamed."""
     from medsam2.cli.segment_cmd import _slice_range
     from medsam2.engine.actions import BoxStep, ClickStep, MaskStep, PropagateStep, check_actions
 
     default_range = _slice_range(args.slice_range)  # for propagate steps that name no range, as in segment
-    steps = [PropagateStep(s.index, default_range) if isinstance(s, PropagateStep) and s.slice_range is None
-             and default_range is not None else s for s in steps]
+    steps = [
+        PropagateStep(s.index, default_range)
+        if isinstance(s, PropagateStep) and s.slice_range is None and default_range is not None
+        else s
+        for s in steps
+    ]
     check_actions(steps, tuple(session.shape), mask_images)  # before the model runs
     sid = session.session_id
     streamed = 0
@@ -194,13 +257,17 @@ def _run_steps(client, session, steps: list, mask_images: dict[int, np.ndarray],
             client.add_prompt(sid, step.obj_id, step.slice, box=(b.x0, b.y0, b.x1, b.y1))
         elif isinstance(step, ClickStep):
             # Clicks on one slice accumulate, as in ``segment`` (engine.actions.to_prompt).
-            client.add_prompt(sid, step.obj_id, step.slice, points=[(*step.point, step.positive)],
-                              keep_previous_points=True)
+            client.add_prompt(
+                sid, step.obj_id, step.slice, points=[(*step.point, step.positive)], keep_previous_points=True
+            )
         elif isinstance(step, MaskStep):
             client.add_prompt(sid, step.obj_id, step.slice, mask=mask_images[step.index])
         else:
-            fields = {} if step.slice_range is None else {"first_slice": step.slice_range[0],
-                                                          "last_slice": step.slice_range[1]}
+            fields = (
+                {}
+                if step.slice_range is None
+                else {"first_slice": step.slice_range[0], "last_slice": step.slice_range[1]}
+            )
             streamed += _propagate(client, sid, fields, args.no_progress)
     return streamed
 
@@ -232,10 +299,20 @@ def _save_annotation(client, session, args: argparse.Namespace, volume, window) 
         labels[mask & (labels == 0)] = obj_id
     modality = (args.modality or volume.modality or "").upper() or None
     image = to_uint8(volume.voxels, args.preset, window, modality=modality)
-    return save_annotation(args.save_annotation, args.input.name.split(".")[0], image, labels, volume.spacing,
-                           modality=modality or "CT",
-                           provenance={"source": "medsam2 client", "server": args.server,
-                                       "model_version": session.model_version, "input": args.input.name})
+    return save_annotation(
+        args.save_annotation,
+        args.input.name.split(".")[0],
+        image,
+        labels,
+        volume.spacing,
+        modality=modality or "CT",
+        provenance={
+            "source": "medsam2 client",
+            "server": args.server,
+            "model_version": session.model_version,
+            "input": args.input.name,
+        },
+    )
 
 
 def _save(client, session, args: argparse.Namespace, volume) -> list[Path]:  # noqa: ANN001

@@ -32,8 +32,9 @@ def run_synthetic(args: argparse.Namespace, settings: Settings) -> int:
         raise InvalidInput("--volumes and --videos must be >= 0, and at least one case is needed")
     if args.slices < 8 or args.frames < 8 or args.size < 32:
         raise InvalidInput("--slices and --frames must be >= 8 (one training clip) and --size >= 32")
-    options = SyntheticOptions(volumes=args.volumes, videos=args.videos, slices=args.slices, size=args.size,
-                               frames=args.frames, seed=args.seed)
+    options = SyntheticOptions(
+        volumes=args.volumes, videos=args.videos, slices=args.slices, size=args.size, frames=args.frames, seed=args.seed
+    )
     for path in write_synthetic_dataset(args.out, options):
         print(path)
     return 0

@@ -17,18 +17,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     exp = sub.add_parser("export", help="export the stage graphs and write a Triton model repository")
     exp.add_argument("--checkpoint", type=Path, required=True, help="MedSAM2 checkpoint (published format)")
     exp.add_argument("--out", type=Path, required=True, help="model repository folder to write")
-    exp.add_argument("--backend", choices=["onnxruntime", "tensorrt"], default="onnxruntime",
-                     help="Triton backend of the repository [onnxruntime]")
+    exp.add_argument(
+        "--backend",
+        choices=["onnxruntime", "tensorrt"],
+        default="onnxruntime",
+        help="Triton backend of the repository [onnxruntime]",
+    )
     exp.add_argument("--max-batch", type=int, default=16, help="largest batch the graphs and engines accept [16]")
-    exp.add_argument("--version", type=int, default=None,
-                     help="model version N: writes OUT/<graph>/N/ for every graph and ensemble, next to the "
-                          "versions already there (an existing N is refused) [1, replaced]")
+    exp.add_argument(
+        "--version",
+        type=int,
+        default=None,
+        help="model version N: writes OUT/<graph>/N/ for every graph and ensemble, next to the "
+        "versions already there (an existing N is refused) [1, replaced]",
+    )
     exp.set_defaults(run=run_export)
 
     ver = sub.add_parser("verify", help="compare every ONNX graph with the sam2 PyTorch modules")
     ver.add_argument("--checkpoint", type=Path, required=True, help="MedSAM2 checkpoint (published format)")
-    ver.add_argument("--onnx-dir", type=Path, default=None,
-                     help="folder with <stage>.onnx files to check (default: export afresh)")
+    ver.add_argument(
+        "--onnx-dir", type=Path, default=None, help="folder with <stage>.onnx files to check (default: export afresh)"
+    )
     ver.add_argument("--seed", type=int, default=0, help="seed of the comparison inputs [0]")
     ver.add_argument("--json", action="store_true", help="print the report as JSON")
     ver.set_defaults(run=run_verify)
@@ -38,8 +47,9 @@ def run_export(args: argparse.Namespace, settings: Settings) -> int:
     """Export graphs (and TensorRT engines) into a Triton model repository."""
     exporter = require_export_extra("medsam2_export.repository_export")
     started = time.perf_counter()
-    written = exporter.export_repository(args.checkpoint, args.out, args.backend, max_batch=args.max_batch,
-                                         version=args.version)
+    written = exporter.export_repository(
+        args.checkpoint, args.out, args.backend, max_batch=args.max_batch, version=args.version
+    )
     for path in written:
         print(path)
     print(f"exported {args.backend} model repository to {args.out} in {time.perf_counter() - started:.1f} s")

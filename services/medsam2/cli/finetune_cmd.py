@@ -15,16 +15,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``finetune`` command."""
     ft = sub.add_parser("finetune", help="fine-tune a checkpoint on MedSAM2 npz cases (torch; torchrun for DDP)")
     ft.add_argument("--checkpoint", type=Path, required=True, help="base checkpoint (published format)")
-    ft.add_argument("--dataset", type=Path, required=True,
-                    help="folder of MedSAM2 npz cases (imgs, gts, spacing), e.g. one written by SaveAnnotation")
+    ft.add_argument(
+        "--dataset",
+        type=Path,
+        required=True,
+        help="folder of MedSAM2 npz cases (imgs, gts, spacing), e.g. one written by SaveAnnotation",
+    )
     ft.add_argument("--out", type=Path, required=True, help="the fine-tuned checkpoint to write (NEW.pt)")
     length = ft.add_mutually_exclusive_group()
     length.add_argument("--steps", type=int, help="optimiser steps (one clip each) [100]")
     length.add_argument("--epochs", type=float, help="passes over the dataset, counted in clips per object")
-    ft.add_argument("--freeze-encoder", action="store_true",
-                    help="train memory and decoder parts on cached image features (CPU-friendly site adaptation)")
-    ft.add_argument("--annotation-round", action="store_true",
-                    help="halve the learning rates (3e-5 encoder, 5e-5 rest), as for the paper's annotation rounds")
+    ft.add_argument(
+        "--freeze-encoder",
+        action="store_true",
+        help="train memory and decoder parts on cached image features (CPU-friendly site adaptation)",
+    )
+    ft.add_argument(
+        "--annotation-round",
+        action="store_true",
+        help="halve the learning rates (3e-5 encoder, 5e-5 rest), as for the paper's annotation rounds",
+    )
     ft.add_argument("--clip-length", type=int, default=8, help="consecutive slices or frames per clip [8]")
     ft.add_argument("--jitter", type=float, default=10.0, metavar="PX", help="box jitter, 0..PX pixels [10]")
     ft.add_argument("--no-augment", action="store_true", help="no flips, affine or intensity jitter")
@@ -57,9 +67,15 @@ def run_finetune(args: argparse.Namespace, settings: Settings) -> int:
 
         torch.set_num_threads(settings.threads)
     options = trainer.FinetuneOptions(
-        steps=_steps(args), clip_length=args.clip_length, freeze_encoder=args.freeze_encoder,
-        annotation_round=args.annotation_round, jitter_px=args.jitter, augment=not args.no_augment,
-        seed=args.seed, save_every=args.save_every)
+        steps=_steps(args),
+        clip_length=args.clip_length,
+        freeze_encoder=args.freeze_encoder,
+        annotation_round=args.annotation_round,
+        jitter_px=args.jitter,
+        augment=not args.no_augment,
+        seed=args.seed,
+        save_every=args.save_every,
+    )
     progress = None
     if not args.no_progress:
         from tqdm import tqdm
@@ -73,18 +89,24 @@ def run_finetune(args: argparse.Namespace, settings: Settings) -> int:
             progress.refresh()
 
     try:
-        result = trainer.finetune(args.checkpoint, args.dataset, args.out, options, resume=args.resume,
-                                  on_step=on_step)
+        result = trainer.finetune(args.checkpoint, args.dataset, args.out, options, resume=args.resume, on_step=on_step)
     finally:
         if progress is not None:
             progress.close()
-    summary = {"out": str(result.out), "steps": result.steps, "seconds": round(result.seconds, 1),
-               "first_loss": result.losses[0] if result.losses else None,
-               "last_loss": result.losses[-1] if result.losses else None,
-               "dataset_sha256": result.dataset_sha256, "base_checkpoint_sha256": result.base_checkpoint_sha256}
+    summary = {
+        "out": str(result.out),
+        "steps": result.steps,
+        "seconds": round(result.seconds, 1),
+        "first_loss": result.losses[0] if result.losses else None,
+        "last_loss": result.losses[-1] if result.losses else None,
+        "dataset_sha256": result.dataset_sha256,
+        "base_checkpoint_sha256": result.base_checkpoint_sha256,
+    }
     if args.json:
         print(json.dumps(summary | {"losses": result.losses}))
     else:
-        print(f"fine-tuned {result.steps} steps in {result.seconds:.0f} s: loss {summary['first_loss']:.4f} -> "
-              f"{summary['last_loss']:.4f} -> {result.out}")
+        print(
+            f"fine-tuned {result.steps} steps in {result.seconds:.0f} s: loss {summary['first_loss']:.4f} -> "
+            f"{summary['last_loss']:.4f} -> {result.out}"
+        )
     return 0

@@ -22,8 +22,17 @@ from medsam2.cli.exit_codes import exit_code_for
 from medsam2.errors import Medsam2Error
 from medsam2.settings import add_settings_arguments, settings_from
 
-COMMANDS = (checkpoint_cmd, export_cmd, segment_cmd, serve_cmd, pacs_cmd, reference_cmd,
-            dataset_cmd, evaluate_cmd, finetune_cmd)
+COMMANDS = (
+    checkpoint_cmd,
+    export_cmd,
+    segment_cmd,
+    serve_cmd,
+    pacs_cmd,
+    reference_cmd,
+    dataset_cmd,
+    evaluate_cmd,
+    finetune_cmd,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -51,9 +51,14 @@ def resolve_default_checkpoint(settings: Settings) -> tuple[Path, bool]:
 
 def warn_untrained(path: Path) -> None:
     """The loud warning for results of an untrained checkpoint."""
-    log.warning("\n%s\n  USING AN UNTRAINED RANDOM CHECKPOINT (%s).\n  The segmentation is MEANINGLESS. "
-                "Download real weights: medsam2 checkpoint download MedSAM2_latest --out %s\n%s",
-                BANNER, path, path.parent, BANNER)
+    log.warning(
+        "\n%s\n  USING AN UNTRAINED RANDOM CHECKPOINT (%s).\n  The segmentation is MEANINGLESS. "
+        "Download real weights: medsam2 checkpoint download MedSAM2_latest --out %s\n%s",
+        BANNER,
+        path,
+        path.parent,
+        BANNER,
+    )
 
 
 def is_untrained(path: Path) -> bool:

@@ -19,8 +19,9 @@ from medsam2.settings import Settings
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``pacs`` command group."""
     pacs = sub.add_parser("pacs", help="list, fetch and store DICOM over DICOMweb, by named endpoint")
-    pacs.add_argument("--pacs-config", type=Path, metavar="FILE",
-                      help="endpoints file, JSON or TOML [env MEDSAM2_PACS_CONFIG]")
+    pacs.add_argument(
+        "--pacs-config", type=Path, metavar="FILE", help="endpoints file, JSON or TOML [env MEDSAM2_PACS_CONFIG]"
+    )
     actions = pacs.add_subparsers(dest="pacs_action", required=True, metavar="ACTION")
 
     endpoints = actions.add_parser("endpoints", help="list the configured endpoints (names and URLs)")

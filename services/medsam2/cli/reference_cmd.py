@@ -29,13 +29,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     ben.add_argument("--graphs", type=Path, help="exported graphs to use (default: export and cache)")
     ben.add_argument("--slices", type=int, default=40, help="slices in the synthetic volume [40]")
     ben.add_argument("--size", type=int, default=512, help="rows and columns of each slice, as a CT slice [512]")
-    ben.add_argument("--backends",
-                     help="comma list of onnxruntime, openvino, openvino-mixed, openvino-bf16, torch-cpu-fp32, "
-                          "torch-cuda-fp32, torch-cuda-bf16 [every CPU path this machine offers: onnxruntime, "
-                          "and openvino, openvino-mixed and openvino-bf16 where OpenVINO is installed and the CPU "
-                          "has bf16]")
-    ben.add_argument("--agreement-slices", type=int, default=16,
-                     help="slices of the parity volume on which reduced precision is compared with fp32 [16]")
+    ben.add_argument(
+        "--backends",
+        help="comma list of onnxruntime, openvino, openvino-mixed, openvino-bf16, torch-cpu-fp32, "
+        "torch-cuda-fp32, torch-cuda-bf16 [every CPU path this machine offers: onnxruntime, "
+        "and openvino, openvino-mixed and openvino-bf16 where OpenVINO is installed and the CPU "
+        "has bf16]",
+    )
+    ben.add_argument(
+        "--agreement-slices",
+        type=int,
+        default=16,
+        help="slices of the parity volume on which reduced precision is compared with fp32 [16]",
+    )
     ben.add_argument("--reference-device", default="cpu", help="device of the sam2 reference [cpu]")
     ben.add_argument("--rounds", type=int, default=2, help="alternating rounds of reference and backends [2]")
     ben.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -55,9 +61,12 @@ def run_parity(args: argparse.Namespace, settings: Settings) -> int:
     backend = OnnxRuntimeBackend(graphs, threads=settings.threads)
     report = parity.run_parity(backend, args.checkpoint, seed=args.seed, slices=args.slices)
     out = report.to_json(with_steps=args.steps)
-    print(json.dumps(out, indent=2) if args.json else
-          f"{out['frames']} frames, {out['objects']} objects: max logit diff {out['max_abs_logit_diff']:.2e}, "
-          f"max mask disagreement {out['max_mask_disagreement']:.2e}")
+    print(
+        json.dumps(out, indent=2)
+        if args.json
+        else f"{out['frames']} frames, {out['objects']} objects: max logit diff {out['max_abs_logit_diff']:.2e}, "
+        f"max mask disagreement {out['max_mask_disagreement']:.2e}"
+    )
     ok = report.max_abs_logit_diff <= PARITY_LOGIT_TOLERANCE and report.max_mask_disagreement <= PARITY_MASK_TOLERANCE
     return OK if ok else FAILED_CHECK
 
@@ -71,8 +80,14 @@ def run_bench(args: argparse.Namespace, settings: Settings) -> int:
     bench = require_export_extra("medsam2_export.bench")
     graphs = args.graphs or graphs_for_checkpoint(args.checkpoint, settings)
     report = bench.run_bench(
-        args.checkpoint, graphs, backends=backends, slices=args.slices, size=args.size,
-        threads=settings.threads or None, reference_device=args.reference_device, rounds=args.rounds,
+        args.checkpoint,
+        graphs,
+        backends=backends,
+        slices=args.slices,
+        size=args.size,
+        threads=settings.threads or None,
+        reference_device=args.reference_device,
+        rounds=args.rounds,
         agreement_slices=args.agreement_slices,
     )
     if args.json:
@@ -80,15 +95,28 @@ def run_bench(args: argparse.Namespace, settings: Settings) -> int:
     else:
         print(f"reference: {report['reference_s_per_slice']:.3f} s/slice")
         for name, row in report["backends"].items():
-            agreement = (f", mask Dice vs fp32 {row['mask_dice_vs_fp32']:.4f}, max logit diff "
-                         f"{row['max_abs_logit_diff_vs_fp32']:.2e}" if "mask_dice_vs_fp32" in row else "")
-            print(f"{name}: {row['s_per_slice']:.3f} s/slice ({row['ratio_vs_reference']:.2f}x reference, "
-                  f"{row['fraction_of_peak']:.0%} of {row['precision']} peak{agreement})")
+            agreement = (
+                f", mask Dice vs fp32 {row['mask_dice_vs_fp32']:.4f}, max logit diff "
+                f"{row['max_abs_logit_diff_vs_fp32']:.2e}"
+                if "mask_dice_vs_fp32" in row
+                else ""
+            )
+            print(
+                f"{name}: {row['s_per_slice']:.3f} s/slice ({row['ratio_vs_reference']:.2f}x reference, "
+                f"{row['fraction_of_peak']:.0%} of {row['precision']} peak{agreement})"
+            )
     return OK
 
 
-BENCH_BACKENDS = ("onnxruntime", "openvino", "openvino-bf16", "openvino-mixed", "torch-cpu-fp32", "torch-cuda-fp32",
-                  "torch-cuda-bf16")
+BENCH_BACKENDS = (
+    "onnxruntime",
+    "openvino",
+    "openvino-bf16",
+    "openvino-mixed",
+    "torch-cpu-fp32",
+    "torch-cuda-fp32",
+    "torch-cuda-bf16",
+)
 
 
 def _bench_backends(text: str | None) -> list[str]:
@@ -102,6 +130,7 @@ def _bench_backends(text: str | None) -> list[str]:
     names = ["onnxruntime"]
     try:
         from medsam2.backends.openvino_backend import cpu_capabilities
+
         capabilities = cpu_capabilities()
     except BackendUnavailable:
         return names

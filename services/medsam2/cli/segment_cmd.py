@@ -30,39 +30,71 @@ log = logging.getLogger(__name__)
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``segment`` command."""
     seg = sub.add_parser("segment", help="segment one volume from a box (or mask) on a key slice, without a server")
-    seg.add_argument("input", type=Path,
-                     help="DICOM folder or file, .nii/.nii.gz, MedSAM-style .npz, video (.mp4/.avi) or a frame folder")
+    seg.add_argument(
+        "input",
+        type=Path,
+        help="DICOM folder or file, .nii/.nii.gz, MedSAM-style .npz, video (.mp4/.avi) or a frame folder",
+    )
     seg.add_argument("--series", metavar="UID", help="SeriesInstanceUID to read when the DICOM folder holds several")
-    seg.add_argument("--out", type=Path, required=True,
-                     help=f"result by extension ({', '.join(OUTPUT_SUFFIXES)}): .dcm is a DICOM SEG; "
-                          "measurements go beside it as NAME.measurements.json")
-    seg.add_argument("--slice", type=int,
-                     help="key slice K for --box/--mask; for DICOM, counted along the series sorted by position")
+    seg.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help=f"result by extension ({', '.join(OUTPUT_SUFFIXES)}): .dcm is a DICOM SEG; "
+        "measurements go beside it as NAME.measurements.json",
+    )
+    seg.add_argument(
+        "--slice", type=int, help="key slice K for --box/--mask; for DICOM, counted along the series sorted by position"
+    )
     prompt = seg.add_mutually_exclusive_group(required=True)
     prompt.add_argument("--box", help="X0,Y0,X1,Y1 in pixels of the key slice (x = column, y = row)")
     prompt.add_argument("--mask", type=Path, help="label volume at the input's geometry; its key slice is the prompt")
-    prompt.add_argument("--actions", type=Path, metavar="FILE",
-                        help="JSON list of steps (box, click, mask, propagate; see the README's actions-file "
-                             "section); --box B --slice K is the same as a box step and a propagate step")
-    seg.add_argument("--range", dest="slice_range",
-                     help="FIRST,LAST: slices to propagate through (default: all; with --actions, for propagate "
-                          "steps without their own range)")
-    seg.add_argument("--preset", choices=[p.value for p in Preset], default=Preset.AUTO.value,
-                     help="intensity preset: CT windows, 'percentile' for MR/PET, 'none' for uint8 "
-                          "[auto: from the Modality, CT->abdomen, MR/PT->percentile, US/XC/ES->none]")
-    seg.add_argument("--modality", type=str.upper, choices=sorted(MODALITY_PRESETS),
-                     help="the input's DICOM Modality, for inputs that carry none (NIfTI, npz); picks the 'auto' "
-                          "preset; a DICOM input's own Modality must agree")
-    seg.add_argument("--no-largest-component", dest="largest_component", action="store_false",
-                     help="keep every connected part of each object's mask (default: only the largest 3D "
-                          "component, 26-connected, as MedSAM2's script does)")
+    prompt.add_argument(
+        "--actions",
+        type=Path,
+        metavar="FILE",
+        help="JSON list of steps (box, click, mask, propagate; see the README's actions-file "
+        "section); --box B --slice K is the same as a box step and a propagate step",
+    )
+    seg.add_argument(
+        "--range",
+        dest="slice_range",
+        help="FIRST,LAST: slices to propagate through (default: all; with --actions, for propagate "
+        "steps without their own range)",
+    )
+    seg.add_argument(
+        "--preset",
+        choices=[p.value for p in Preset],
+        default=Preset.AUTO.value,
+        help="intensity preset: CT windows, 'percentile' for MR/PET, 'none' for uint8 "
+        "[auto: from the Modality, CT->abdomen, MR/PT->percentile, US/XC/ES->none]",
+    )
+    seg.add_argument(
+        "--modality",
+        type=str.upper,
+        choices=sorted(MODALITY_PRESETS),
+        help="the input's DICOM Modality, for inputs that carry none (NIfTI, npz); picks the 'auto' "
+        "preset; a DICOM input's own Modality must agree",
+    )
+    seg.add_argument(
+        "--no-largest-component",
+        dest="largest_component",
+        action="store_false",
+        help="keep every connected part of each object's mask (default: only the largest 3D "
+        "component, 26-connected, as MedSAM2's script does)",
+    )
     seg.add_argument("--window", help="custom CT window WIDTH,LEVEL in HU (overrides --preset)")
     source = seg.add_mutually_exclusive_group()
     source.add_argument("--checkpoint", type=Path, help="MedSAM2 checkpoint; its graphs are exported once and cached")
     source.add_argument("--graphs", type=Path, help="folder of exported ONNX graphs (or a model repository)")
     add_arguments(seg, BackendChoice, "backend")
-    seg.add_argument("--early-stop", type=int, default=0, metavar="K",
-                     help="stop after K consecutive slices without the object (0: never, as the reference)")
+    seg.add_argument(
+        "--early-stop",
+        type=int,
+        default=0,
+        metavar="K",
+        help="stop after K consecutive slices without the object (0: never, as the reference)",
+    )
     seg.add_argument("--json", action="store_true", help="print the summary as JSON")
     seg.add_argument("--no-progress", action="store_true", help="no progress bar")
     seg.set_defaults(run=run_segment)
@@ -172,32 +204,48 @@ def run_segment(args: argparse.Namespace, settings: Settings) -> int:
     annotation = VolumeAnnotation(tracker, keep_largest_component=args.largest_component)
     started = time.perf_counter()
     progress = None if args.no_progress else _progress_bar()
-    run_actions(annotation, steps, step_masks, default_range=default_range,
-                on_plan=(lambda n: _grow(progress, n)) if progress is not None else None,
-                on_frame=(lambda *_: progress.update(1)) if progress is not None else None)
+    run_actions(
+        annotation,
+        steps,
+        step_masks,
+        default_range=default_range,
+        on_plan=(lambda n: _grow(progress, n)) if progress is not None else None,
+        on_frame=(lambda *_: progress.update(1)) if progress is not None else None,
+    )
     if progress is not None:
         progress.close()
     seconds = time.perf_counter() - started
     masks = annotation.masks()
     written = write_result(args.out, masks, volume, model_version=_model_version(args), display=slices)
     per_object = {
-        str(obj_id): {"voxels": int(mask.sum()), "volume_ml": round(int(mask.sum()) * volume.voxel_ml, 4),
-                      "slices_with_mask": int(mask.any(axis=(1, 2)).sum())}
+        str(obj_id): {
+            "voxels": int(mask.sum()),
+            "volume_ml": round(int(mask.sum()) * volume.voxel_ml, 4),
+            "slices_with_mask": int(mask.any(axis=(1, 2)).sum()),
+        }
         for obj_id, mask in masks.items()
     }
     voxels = sum(o["voxels"] for o in per_object.values())
     summary = {
-        "input": str(args.input), "output": str(args.out), "slices": int(tracker.num_frames),
+        "input": str(args.input),
+        "output": str(args.out),
+        "slices": int(tracker.num_frames),
         "slices_with_mask": int(np.logical_or.reduce(list(masks.values())).any(axis=(1, 2)).sum()),
-        "seconds": round(seconds, 3), "voxels": voxels, "volume_ml": round(voxels * volume.voxel_ml, 4),
-        "objects": per_object, "backend": backend.name, "features_encoded": tracker.features.encoded,
+        "seconds": round(seconds, 3),
+        "voxels": voxels,
+        "volume_ml": round(voxels * volume.voxel_ml, 4),
+        "objects": per_object,
+        "backend": backend.name,
+        "features_encoded": tracker.features.encoded,
         "measurements": str(written[-1]),
     }
     if args.json:
         print(json.dumps(summary))
     else:
-        print(f"segmented {summary['slices']} slices in {seconds:.1f} s with {backend.name}: "
-              f"{voxels} voxels, {summary['volume_ml']:.2f} mL on {summary['slices_with_mask']} slices -> {args.out}")
+        print(
+            f"segmented {summary['slices']} slices in {seconds:.1f} s with {backend.name}: "
+            f"{voxels} voxels, {summary['volume_ml']:.2f} mL on {summary['slices_with_mask']} slices -> {args.out}"
+        )
     backend.close()
     return 0
 

@@ -28,15 +28,30 @@ def check_annotation_folder(folder: Path) -> None:
         raise OutputNotWritable(f"cannot write annotations to {folder}: {exc.strerror or exc}") from exc
 
 
-def save_annotation(folder: Path, name: str, imgs: np.ndarray, labels: np.ndarray,
-                    spacing: tuple[float, float, float], *, modality: str = "CT", video: bool = False,
-                    provenance: dict[str, Any] | None = None) -> Path:
+def save_annotation(
+    folder: Path,
+    name: str,
+    imgs: np.ndarray,
+    labels: np.ndarray,
+    spacing: tuple[float, float, float],
+    *,
+    modality: str = "CT",
+    video: bool = False,
+    provenance: dict[str, Any] | None = None,
+) -> Path:
     """Write ``folder/<name>-<UTC time>.npz`` with the image, the label map and provenance; returns the path."""
     if imgs.shape != labels.shape:
         raise InvalidInput(f"annotation masks {labels.shape} do not match the image {imgs.shape}")
     stamp = dt.datetime.now(dt.UTC)
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "study"
     record = {"saved_at": stamp.isoformat(timespec="seconds")} | dict(provenance or {})
-    case = TrainingCase(f"{safe}-{stamp:%Y%m%dT%H%M%S%fZ}", np.ascontiguousarray(imgs, np.uint8), labels,
-                        tuple(float(s) for s in spacing), modality, video, record)
+    case = TrainingCase(
+        f"{safe}-{stamp:%Y%m%dT%H%M%S%fZ}",
+        np.ascontiguousarray(imgs, np.uint8),
+        labels,
+        tuple(float(s) for s in spacing),
+        modality,
+        video,
+        record,
+    )
     return write_training_case(folder, case)

@@ -42,17 +42,26 @@ def synthetic_volume(rng: np.random.Generator, *, slices: int, size: int, name: 
     for label in range(1, int(rng.integers(1, 3)) + 1):
         z_high = min(5.0, slices / 4)
         radii = rng.uniform([min(2.5, z_high), 0.07 * size, 0.07 * size], [z_high, 0.13 * size, 0.13 * size])
-        centre = (rng.uniform(radii[0] + 1, slices - radii[0] - 1),
-                  c + rng.uniform(-0.18, 0.18) * size, c + rng.uniform(-0.25, 0.25) * size)
-        inside = sum(((g - m) / r) ** 2 for g, m, r in zip((z, y, x), centre, radii)) <= 1.0
+        centre = (
+            rng.uniform(radii[0] + 1, slices - radii[0] - 1),
+            c + rng.uniform(-0.18, 0.18) * size,
+            c + rng.uniform(-0.25, 0.25) * size,
+        )
+        inside = sum(((g - m) / r) ** 2 for g, m, r in zip((z, y, x), centre, radii, strict=False)) <= 1.0
         inside &= labels == 0
         labels[inside] = label
         brightness = rng.choice([-55.0, 60.0])
         img[inside] += brightness
     img += rng.normal(0, 6, img.shape)
-    return TrainingCase(name, np.clip(img, 0, 255).astype(np.uint8), labels,
-                        spacing=(2.5, 0.8, 0.8), modality="CT", video=False,
-                        provenance={"source": "medsam2 dataset synthetic"})
+    return TrainingCase(
+        name,
+        np.clip(img, 0, 255).astype(np.uint8),
+        labels,
+        spacing=(2.5, 0.8, 0.8),
+        modality="CT",
+        video=False,
+        provenance={"source": "medsam2 dataset synthetic"},
+    )
 
 
 def synthetic_video(rng: np.random.Generator, *, frames: int, size: int, name: str) -> TrainingCase:
@@ -73,8 +82,15 @@ def synthetic_video(rng: np.random.Generator, *, frames: int, size: int, name: s
         frame[disc & sector] = 15 + rng.rayleigh(8, int((disc & sector).sum()))
         imgs[t] = ndimage.gaussian_filter(frame, 0.8)
         labels[t][disc & sector] = 1
-    return TrainingCase(name, np.clip(imgs, 0, 255).astype(np.uint8), labels, spacing=(1.0, 0.3, 0.3),
-                        modality="US", video=True, provenance={"source": "medsam2 dataset synthetic"})
+    return TrainingCase(
+        name,
+        np.clip(imgs, 0, 255).astype(np.uint8),
+        labels,
+        spacing=(1.0, 0.3, 0.3),
+        modality="US",
+        video=True,
+        provenance={"source": "medsam2 dataset synthetic"},
+    )
 
 
 def write_synthetic_dataset(out: Path, options: SyntheticOptions = SyntheticOptions()) -> list[Path]:

@@ -71,15 +71,22 @@ def read_training_case(path: Path) -> TrainingCase:
         raise InvalidInput(f"cannot read {path.name} as .npz: {exc}") from exc
     label_key = "gts" if "gts" in arrays else "segs" if "segs" in arrays else None
     if "imgs" not in arrays or label_key is None:
-        raise InvalidInput(f"{path.name} is not a MedSAM2 training case: it needs 'imgs' and 'gts', "
-                           f"found {sorted(arrays)}")
+        raise InvalidInput(
+            f"{path.name} is not a MedSAM2 training case: it needs 'imgs' and 'gts', found {sorted(arrays)}"
+        )
     spacing = np.asarray(arrays.get("spacing", np.ones(3)), np.float64).reshape(-1)
     modality = str(arrays["modality"]) if "modality" in arrays else "CT"
     video = bool(arrays["video"]) if "video" in arrays else modality.upper() in VIDEO_MODALITIES
     provenance = json.loads(str(arrays["provenance"])) if "provenance" in arrays else {}
-    case = TrainingCase(path.name.removesuffix(".npz"), arrays["imgs"], arrays[label_key],
-                        tuple(float(s) for s in spacing) if spacing.shape == (3,) else tuple(spacing),
-                        modality, video, provenance)
+    case = TrainingCase(
+        path.name.removesuffix(".npz"),
+        arrays["imgs"],
+        arrays[label_key],
+        tuple(float(s) for s in spacing) if spacing.shape == (3,) else tuple(spacing),
+        modality,
+        video,
+        provenance,
+    )
     return case
 
 
@@ -95,9 +102,15 @@ def write_training_case(folder: Path, case: TrainingCase) -> Path:
     tmp = folder / f".{case.name}.partial.npz"
     labels = case.gts.astype(np.uint8 if case.gts.max() < 256 else np.uint16)
     try:
-        np.savez_compressed(tmp, imgs=case.imgs, gts=labels, spacing=np.asarray(case.spacing, np.float64),
-                            modality=np.str_(case.modality), video=np.bool_(case.video),
-                            provenance=np.str_(json.dumps(case.provenance, sort_keys=True)))
+        np.savez_compressed(
+            tmp,
+            imgs=case.imgs,
+            gts=labels,
+            spacing=np.asarray(case.spacing, np.float64),
+            modality=np.str_(case.modality),
+            video=np.bool_(case.video),
+            provenance=np.str_(json.dumps(case.provenance, sort_keys=True)),
+        )
         tmp.replace(path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)

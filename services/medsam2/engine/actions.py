@@ -97,7 +97,7 @@ def parse_actions(data: object, *, base_dir: Path) -> list[Step]:
 def _parse_step(index: int, raw: object, base_dir: Path) -> Step:
     where = f"actions[{index}]"
     if not isinstance(raw, dict):
-        raise InvalidInput(f"{where}: each step must be a JSON object with an \"op\", got a {_json_type(raw)}")
+        raise InvalidInput(f'{where}: each step must be a JSON object with an "op", got a {_json_type(raw)}')
     op = raw.get("op")
     if op not in _KEYS:
         shown = repr(op) if op is not None else "none"
@@ -107,35 +107,38 @@ def _parse_step(index: int, raw: object, base_dir: Path) -> Step:
     unknown = sorted(set(raw) - required - optional)
     if unknown:
         allowed = ", ".join(sorted(required | optional))
-        raise InvalidInput(f"{where}: unknown key{'s' if len(unknown) > 1 else ''} "
-                           f"{', '.join(map(repr, unknown))}: allowed keys are {allowed}")
+        raise InvalidInput(
+            f"{where}: unknown key{'s' if len(unknown) > 1 else ''} "
+            f"{', '.join(map(repr, unknown))}: allowed keys are {allowed}"
+        )
     missing = sorted(required - set(raw))
     if missing:
         raise InvalidInput(f"{where}: missing {', '.join(map(repr, missing))}")
     if op == "propagate":
         slice_range = None
         if "range" in raw:
-            first, last = (_integer(v, f"{where}: \"range\"") for v in _numbers(raw["range"], 2, where, "range",
-                                                                                  "[first, last]"))
+            first, last = (
+                _integer(v, f'{where}: "range"') for v in _numbers(raw["range"], 2, where, "range", "[first, last]")
+            )
             if first > last:
-                raise InvalidInput(f"{where}: \"range\" [{first}, {last}] is reversed: first must be <= last")
+                raise InvalidInput(f'{where}: "range" [{first}, {last}] is reversed: first must be <= last')
             slice_range = (first, last)
         return PropagateStep(index, slice_range)
-    obj_id = _integer(raw["object"], f"{where}: \"object\"")
+    obj_id = _integer(raw["object"], f'{where}: "object"')
     if obj_id < 1:
-        raise InvalidInput(f"{where}: \"object\" must be a positive integer, got {obj_id}")
-    frame = _integer(raw["slice"], f"{where}: \"slice\"")
+        raise InvalidInput(f'{where}: "object" must be a positive integer, got {obj_id}')
+    frame = _integer(raw["slice"], f'{where}: "slice"')
     if op == "box":
         return BoxStep(index, obj_id, frame, Box(*_numbers(raw["box"], 4, where, "box", "[x0, y0, x1, y1]")))
     if op == "click":
         positive = raw.get("positive", True)
         if not isinstance(positive, bool):
-            raise InvalidInput(f"{where}: \"positive\" must be true or false, got {positive!r}")
+            raise InvalidInput(f'{where}: "positive" must be true or false, got {positive!r}')
         x, y = _numbers(raw["point"], 2, where, "point", "[x, y]")
         return ClickStep(index, obj_id, frame, (x, y), positive)
     path = raw["path"]
     if not isinstance(path, str) or not path:
-        raise InvalidInput(f"{where}: \"path\" must be a file name relative to the actions file, got {path!r}")
+        raise InvalidInput(f'{where}: "path" must be a file name relative to the actions file, got {path!r}')
     return MaskStep(index, obj_id, frame, Path(base_dir) / PurePath(path))
 
 
@@ -146,11 +149,14 @@ def _integer(value: object, what: str) -> int:
 
 
 def _numbers(value: object, count: int, where: str, key: str, form: str) -> list[float]:
-    if (not isinstance(value, list) or len(value) != count
-            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
-        raise InvalidInput(f"{where}: \"{key}\" must be {form} ({count} numbers), got {value!r}")
+    if (
+        not isinstance(value, list)
+        or len(value) != count
+        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+    ):
+        raise InvalidInput(f'{where}: "{key}" must be {form} ({count} numbers), got {value!r}')
     if not all(math.isfinite(v) for v in value):
-        raise InvalidInput(f"{where}: \"{key}\" has a non-finite number: {value!r}")
+        raise InvalidInput(f'{where}: "{key}" has a non-finite number: {value!r}')
     return [float(v) for v in value]
 
 
@@ -189,8 +195,9 @@ def check_actions(steps: Sequence[Step], shape: tuple[int, int, int], masks: Map
             _check_propagate(step, where, num_frames, keys, propagated, pending, new)
             continue
         if not 0 <= step.slice < num_frames:
-            raise InvalidInput(f"{where}: slice {step.slice} is out of range: the study has {num_frames} slices "
-                               f"(0..{num_frames - 1})")
+            raise InvalidInput(
+                f"{where}: slice {step.slice} is out of range: the study has {num_frames} slices (0..{num_frames - 1})"
+            )
         try:
             if isinstance(step, MaskStep):
                 if step.index not in masks:
@@ -212,8 +219,15 @@ def check_actions(steps: Sequence[Step], shape: tuple[int, int, int], masks: Map
             new.add(obj)
 
 
-def _check_propagate(step: PropagateStep, where: str, num_frames: int, keys: dict[int, int], propagated: set[int],
-                     pending: dict[int, list[int]], new: set[int]) -> None:
+def _check_propagate(
+    step: PropagateStep,
+    where: str,
+    num_frames: int,
+    keys: dict[int, int],
+    propagated: set[int],
+    pending: dict[int, list[int]],
+    new: set[int],
+) -> None:
     if not keys:
         raise InvalidInput(f"{where}: nothing to propagate: give a box, click or mask before it")
     first, last = step.slice_range if step.slice_range is not None else (0, num_frames - 1)
@@ -225,8 +239,9 @@ def _check_propagate(step: PropagateStep, where: str, num_frames: int, keys: dic
     for obj, slices in sorted(pending.items()):
         for frame in slices:
             if not first <= frame <= last:
-                raise InvalidInput(f"{where}: the correction on slice {frame} of object {obj} is outside the range "
-                                   f"[{first}, {last}]")
+                raise InvalidInput(
+                    f"{where}: the correction on slice {frame} of object {obj} is outside the range [{first}, {last}]"
+                )
     propagated.update(new)
     new.clear()
     pending.clear()
@@ -256,8 +271,12 @@ def run_actions(
     """
     masks = masks or {}
     tracker = annotation.tracker
-    resolved = [PropagateStep(s.index, default_range) if isinstance(s, PropagateStep) and s.slice_range is None
-                and default_range is not None else s for s in steps]
+    resolved = [
+        PropagateStep(s.index, default_range)
+        if isinstance(s, PropagateStep) and s.slice_range is None and default_range is not None
+        else s
+        for s in steps
+    ]
     check_actions(resolved, (tracker.num_frames, tracker.height, tracker.width), masks)
     for step in resolved:
         if isinstance(step, PropagateStep):
@@ -274,8 +293,14 @@ def run_actions(
             raise InvalidPrompt(f"actions[{step.index}] ({_op(step)}): {exc}") from None
 
 
-def shorthand_steps(obj_id: int, frame: int, *, box: Box | None = None, mask_path: Path | None = None,
-                    slice_range: tuple[int, int] | None = None) -> list[Step]:
+def shorthand_steps(
+    obj_id: int,
+    frame: int,
+    *,
+    box: Box | None = None,
+    mask_path: Path | None = None,
+    slice_range: tuple[int, int] | None = None,
+) -> list[Step]:
     """``--box``/``--mask`` with ``--slice``: a box (or mask, index 0) step followed by a propagate step."""
     if (box is None) == (mask_path is None):
         raise InvalidInput("give either a box or a mask")

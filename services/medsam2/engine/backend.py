@@ -16,13 +16,23 @@ class StageBackend(Protocol):
 
     name: str
     """Short name for logs, metrics and benchmarks (e.g. ``onnxruntime``)."""
-    precision: str
-    """Compute precision as the service reports it (``fp32``, ``bf16``, ``mixed``); '' when the server decides."""
-    fused_track_step: bool
-    """Whether ``run(Stage.TRACK_STEP, ...)`` does a whole tracked frame in one call (Triton's ensemble)."""
+
+    @property
+    def precision(self) -> str:
+        """Compute precision as the service reports it (``fp32``, ``bf16``, ``mixed``); '' when the server decides."""
+        ...
+
+    @property
+    def fused_track_step(self) -> bool:
+        """Whether ``run(Stage.TRACK_STEP, ...)`` does a whole tracked frame in one call (Triton's ensemble)."""
+        ...
 
     def run(self, stage: Stage, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run ``stage`` on ``inputs`` and return every output by name."""
+        ...
+
+    def is_ready(self) -> bool:
+        """Whether the backend can serve now (a remote server is up and has the models); health follows it."""
         ...
 
     def close(self) -> None:

@@ -104,7 +104,9 @@ def gather_memory(
     return _pack(spatial, pointers, max_ptrs)
 
 
-def _pack(spatial: list[tuple[int, FrameMemory]], pointers: list[tuple[int, np.ndarray]], max_ptrs: int) -> MemoryInputs:
+def _pack(
+    spatial: list[tuple[int, FrameMemory]], pointers: list[tuple[int, np.ndarray]], max_ptrs: int
+) -> MemoryInputs:
     memory = np.stack([m.maskmem_f32() for _, m in spatial]).astype(np.float32, copy=False)
     tpos = np.array([t for t, _ in spatial], dtype=np.int64)
     obj_ptrs = np.zeros((OBJ_PTR_SLOTS, HIDDEN_DIM), np.float32)

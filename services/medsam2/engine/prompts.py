@@ -43,7 +43,7 @@ class ModelPoints:
         """Number of points (a box counts two)."""
         return int(self.labels.shape[0])
 
-    def then(self, other: "ModelPoints") -> "ModelPoints":
+    def then(self, other: ModelPoints) -> ModelPoints:
         """These points followed by ``other`` (sam2's ``concat_points``)."""
         return ModelPoints(np.concatenate([self.coords, other.coords]), np.concatenate([self.labels, other.labels]))
 
@@ -76,7 +76,9 @@ def to_model_points(
     xy = np.concatenate(coords).astype(np.float32)
     all_labels = np.concatenate(kinds).astype(np.int32)
     if all_labels.shape[0] > MAX_POINTS:
-        raise InvalidPrompt(f"too many points on one slice: {all_labels.shape[0]} (a box counts 2), at most {MAX_POINTS}")
+        raise InvalidPrompt(
+            f"too many points on one slice: {all_labels.shape[0]} (a box counts 2), at most {MAX_POINTS}"
+        )
     return ModelPoints(scale_to_model(xy, height, width), all_labels)
 
 
@@ -140,7 +142,7 @@ def prompt_inputs(prompts: Sequence[ModelPoints | None], masks: Sequence[np.ndar
     labels = np.full((batch, MAX_POINTS), POINT_LABEL_UNUSED, np.int32)
     mask_input = np.zeros((batch, 1, LOW_RES, LOW_RES), np.float32)
     has_mask = np.zeros(batch, np.float32)
-    for i, (prompt, mask) in enumerate(zip(prompts, masks)):
+    for i, (prompt, mask) in enumerate(zip(prompts, masks, strict=False)):
         if prompt is None:
             labels[i, 0] = POINT_LABEL_PAD  # sam2 feeds one "not a point" when there are no clicks
         else:

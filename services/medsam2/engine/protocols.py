@@ -66,8 +66,9 @@ def iter_volume(
     tracker.reset()
 
 
-def volume_protocol_length(tracker: Tracker, prompts: Sequence[ObjectPrompt],
-                           slice_range: tuple[int, int] | None = None) -> int:
+def volume_protocol_length(
+    tracker: Tracker, prompts: Sequence[ObjectPrompt], slice_range: tuple[int, int] | None = None
+) -> int:
     """How many frame results ``iter_volume`` yields (for progress reporting)."""
     first, last = slice_range if slice_range is not None else (0, tracker.num_frames - 1)
     keys = {p.frame for p in prompts}
@@ -138,7 +139,7 @@ def _check_prompts(
 
 def _merge(masks: dict[int, np.ndarray], result: FrameResult, tracker: Tracker) -> None:
     frame_masks = result.masks(tracker.height, tracker.width)
-    for obj_id, mask in zip(result.obj_ids, frame_masks):
+    for obj_id, mask in zip(result.obj_ids, frame_masks, strict=False):
         masks[obj_id][result.frame] |= mask
 
 
@@ -261,8 +262,9 @@ class VolumeAnnotation:
         """The object's corrections waiting for the next ``propagate``."""
         return [g.prompt for g in self._get(obj_id).pending]
 
-    def add_prompt(self, prompt: ObjectPrompt, *, keep_previous_points: bool = False,
-                   correction: bool = False) -> FrameResult:
+    def add_prompt(
+        self, prompt: ObjectPrompt, *, keep_previous_points: bool = False, correction: bool = False
+    ) -> FrameResult:
         """Give one prompt (key prompt, correction or restart, see the class); returns the slice's decoded logits.
 
         ``keep_previous_points`` adds clicks to the earlier clicks on that slice (sam2's
@@ -274,11 +276,13 @@ class VolumeAnnotation:
         obj = self._objects.get(prompt.obj_id)
         if correction:
             if obj is None:
-                raise NotFound(f"correction for unknown object {prompt.obj_id}: known object ids are "
-                               f"{self.object_ids or 'none'}")
+                raise NotFound(
+                    f"correction for unknown object {prompt.obj_id}: known object ids are {self.object_ids or 'none'}"
+                )
             if not obj.propagated:
-                raise PreconditionFailed(f"object {prompt.obj_id} has not been propagated yet: "
-                                         "propagate before correcting a slice")
+                raise PreconditionFailed(
+                    f"object {prompt.obj_id} has not been propagated yet: propagate before correcting a slice"
+                )
         if obj is None or not obj.propagated or prompt.frame == obj.key_frame:
             return self._set_key(obj, given)
         return self._add_correction(obj, given)
@@ -346,8 +350,12 @@ class VolumeAnnotation:
         count = getattr(existing, "count", 0)
         for given in chain:
             prompt = given.prompt
-            added = 0 if prompt.mask is not None else (2 if prompt.box is not None else 0) + (
-                0 if prompt.points is None else int(np.asarray(prompt.points).reshape(-1, 2).shape[0]))
+            added = (
+                0
+                if prompt.mask is not None
+                else (2 if prompt.box is not None else 0)
+                + (0 if prompt.points is None else int(np.asarray(prompt.points).reshape(-1, 2).shape[0]))
+            )
             count = count + added if given.keep_previous_points else added
         if count > MAX_POINTS:
             raise InvalidPrompt(f"too many points on slice {frame}: {count} (a box counts 2), at most {MAX_POINTS}")
@@ -372,8 +380,9 @@ class VolumeAnnotation:
         groups, retracks = self._plan(first, last)
         return self._run(groups, retracks, first, last)
 
-    def _run(self, groups: dict[int, list[_Annotated]], retracks: dict[int, list[_Retrack]],
-             first: int, last: int) -> Iterator[tuple[str, FrameResult]]:
+    def _run(
+        self, groups: dict[int, list[_Annotated]], retracks: dict[int, list[_Retrack]], first: int, last: int
+    ) -> Iterator[tuple[str, FrameResult]]:
         tracker = self.tracker
         try:
             for key, group in sorted(groups.items()):
@@ -409,8 +418,9 @@ class VolumeAnnotation:
                         if step.stop != step.frame:
                             direction = side
                             start = step.frame + (1 if side is Direction.FORWARD else -1)
-                            for tracked in tracker.propagate(direction, start=start, limit=abs(step.stop - start),
-                                                           reverse_from_zero=True):
+                            for tracked in tracker.propagate(
+                                direction, start=start, limit=abs(step.stop - start), reverse_from_zero=True
+                            ):
                                 yield direction.value, tracked
                     new_passes[side] = tracker.objects[obj_id]
                 obj.passes = new_passes
@@ -436,8 +446,9 @@ class VolumeAnnotation:
         for obj in self._objects.values():
             if not obj.propagated:
                 if not first <= obj.key_frame <= last:
-                    raise InvalidInput(f"key slice {obj.key_frame} of object {obj.obj_id} is outside the slice "
-                                       f"range {first},{last}")
+                    raise InvalidInput(
+                        f"key slice {obj.key_frame} of object {obj.obj_id} is outside the slice range {first},{last}"
+                    )
                 groups.setdefault(obj.key_frame, []).append(obj)
             elif obj.pending:
                 retracks[obj.obj_id] = self._plan_corrections(obj, first, last)
@@ -452,8 +463,10 @@ class VolumeAnnotation:
                 frame = given.prompt.frame
                 if _side(frame, obj.key_frame) is side:
                     if not first <= frame <= last:
-                        raise InvalidInput(f"correction on slice {frame} of object {obj.obj_id} is outside the "
-                                           f"slice range {first},{last}")
+                        raise InvalidInput(
+                            f"correction on slice {frame} of object {obj.obj_id} is outside the "
+                            f"slice range {first},{last}"
+                        )
                     by_frame.setdefault(frame, []).append(given)
             outward = sorted(by_frame, key=lambda f: abs(f - obj.key_frame))
             end = last if side is Direction.FORWARD else first
@@ -478,10 +491,11 @@ class VolumeAnnotation:
         tracker = self.tracker
         mask = np.zeros((tracker.num_frames, tracker.height, tracker.width), bool)
         for side, track in obj.passes.items():
-            frames = [f for f in range(tracker.num_frames) if _on_side(f, obj.key_frame, side)
-                      and track.output(f) is not None]
+            frames = [
+                f for f in range(tracker.num_frames) if _on_side(f, obj.key_frame, side) and track.output(f) is not None
+            ]
             for start in range(0, len(frames), _MASK_CHUNK):
-                chunk = frames[start: start + _MASK_CHUNK]
+                chunk = frames[start : start + _MASK_CHUNK]
                 logits = np.stack([track.output(f).low_res for f in chunk])  # type: ignore[union-attr]
                 mask[chunk] |= resize_bilinear(logits, (tracker.height, tracker.width)) > 0
         if self.keep_largest_component and mask.any():
@@ -525,8 +539,9 @@ def _is_clicks(prompt: ObjectPrompt) -> bool:
 def _apply_given(tracker: Tracker, given: _Given) -> FrameResult:
     prompt = given.prompt
     if given.keep_previous_points:
-        return tracker.add_prompt(prompt.obj_id, prompt.frame, points=prompt.points, labels=prompt.labels,
-                                  clear_old=False)
+        return tracker.add_prompt(
+            prompt.obj_id, prompt.frame, points=prompt.points, labels=prompt.labels, clear_old=False
+        )
     return apply_prompt(tracker, prompt)
 
 
@@ -540,5 +555,13 @@ def _on_side(frame: int, key: int, side: Direction) -> bool:
 
 def _copy_track(track: ObjectTrack) -> ObjectTrack:
     """A copy the tracker may change without touching ``track`` (outputs are shared: the tracker only replaces them)."""
-    return ObjectTrack(track.obj_id, dict(track.points), dict(track.masks), dict(track.cond), dict(track.non_cond),
-                       dict(track.pending_cond), dict(track.pending_non_cond), dict(track.tracked))
+    return ObjectTrack(
+        track.obj_id,
+        dict(track.points),
+        dict(track.masks),
+        dict(track.cond),
+        dict(track.non_cond),
+        dict(track.pending_cond),
+        dict(track.pending_non_cond),
+        dict(track.tracked),
+    )

@@ -205,7 +205,9 @@ class Tracker:
             self.objects[obj_id] = ObjectTrack(obj_id)
         return self.objects[obj_id]
 
-    def _decode_prompt(self, track: ObjectTrack, frame: int, prompt: ModelPoints | None, mask: np.ndarray | None) -> FrameResult:
+    def _decode_prompt(
+        self, track: ObjectTrack, frame: int, prompt: ModelPoints | None, mask: np.ndarray | None
+    ) -> FrameResult:
         is_init = frame not in track.tracked
         reverse = track.tracked.get(frame, False)
         as_cond = is_init or self.options.corrections_as_conditioning
@@ -249,8 +251,9 @@ class Tracker:
         for reverse in passes:
             yield from self._propagate_pass(start, limit, reverse, reverse_from_zero)
 
-    def _propagate_pass(self, start: int, limit: int | None, reverse: bool,
-                        reverse_from_zero: bool = False) -> Iterator[FrameResult]:
+    def _propagate_pass(
+        self, start: int, limit: int | None, reverse: bool, reverse_from_zero: bool = False
+    ) -> Iterator[FrameResult]:
         self._preflight()
         limit = self.num_frames if limit is None else limit
         if reverse:
@@ -260,13 +263,12 @@ class Tracker:
         absent_run = {obj_id: 0 for obj_id in self.objects}
         stopped: set[int] = set()
         for frame in order:
-            to_track = [
-                t for t in self.objects.values() if frame not in t.cond and t.obj_id not in stopped
-            ]
+            to_track = [t for t in self.objects.values() if frame not in t.cond and t.obj_id not in stopped]
             if to_track:
-                outs = self._infer(frame, to_track, False, [None] * len(to_track), reverse,
-                                   [None] * len(to_track), encode_memory=True)
-                for track, out in zip(to_track, outs):
+                outs = self._infer(
+                    frame, to_track, False, [None] * len(to_track), reverse, [None] * len(to_track), encode_memory=True
+                )
+                for track, out in zip(to_track, outs, strict=False):
                     track.non_cond[frame] = out
             for track in self.objects.values():
                 if track.obj_id in stopped:
@@ -292,8 +294,9 @@ class Tracker:
                 for frame, out in pending.items():
                     if out.maskmem_bf16 is None:
                         high_res = resize_bilinear(out.low_res[None, None], (IMAGE_SIZE, IMAGE_SIZE))
-                        out.maskmem_bf16 = self._encode_memory(frame, high_res, np.array([1.0], np.float32),
-                                                               np.array([[out.object_score]], np.float32))[0]
+                        out.maskmem_bf16 = self._encode_memory(
+                            frame, high_res, np.array([1.0], np.float32), np.array([[out.object_score]], np.float32)
+                        )[0]
                     store[frame] = out
                 pending.clear()
             for frame in track.cond:
@@ -311,8 +314,12 @@ class Tracker:
         encode_memory: bool,
     ) -> list[FrameOutput]:
         batch = len(tracks)
-        banks = [empty_memory() if is_init else gather_memory(frame, _memories(t.cond), _memories(t.non_cond),
-                                                               self.num_frames, reverse) for t in tracks]
+        banks = [
+            empty_memory()
+            if is_init
+            else gather_memory(frame, _memories(t.cond), _memories(t.non_cond), self.num_frames, reverse)
+            for t in tracks
+        ]
         memory_inputs = batch_memory(banks, [is_init] * batch, min_slots=self.options.memory_slots)
         if encode_memory and self.backend.fused_track_step:
             return self._fused_track_step(frame, batch, memory_inputs)
@@ -320,16 +327,24 @@ class Tracker:
         pix_feat = self.backend.run(
             Stage.MEMORY_ATTENTION, {"feat_s2": _repeat(features.feat_s2, batch), **memory_inputs}
         )["pix_feat"]
-        heads = self.backend.run(Stage.SAM_HEADS, {
-            "pix_feat": pix_feat,
-            "feat_s0": _repeat(features.feat_s0, batch),
-            "feat_s1": _repeat(features.feat_s1, batch),
-            **prompt_inputs(prompts, prev_logits),
-        })
+        heads = self.backend.run(
+            Stage.SAM_HEADS,
+            {
+                "pix_feat": pix_feat,
+                "feat_s0": _repeat(features.feat_s0, batch),
+                "feat_s1": _repeat(features.feat_s1, batch),
+                **prompt_inputs(prompts, prev_logits),
+            },
+        )
         # All rows of a batch share the point count: propagation has none, a prompt is one object.
         num_points = 0 if prompts[0] is None else prompts[0].count
-        chosen = choose_mask(heads["low_res_masks"], heads["iou_scores"], heads["obj_ptrs"],
-                             heads["object_score_logits"], use_multimask(is_init, num_points))
+        chosen = choose_mask(
+            heads["low_res_masks"],
+            heads["iou_scores"],
+            heads["obj_ptrs"],
+            heads["object_score_logits"],
+            use_multimask(is_init, num_points),
+        )
         memories: list[np.ndarray | None] = [None] * batch
         if encode_memory:
             high_res = resize_bilinear(chosen.low_res, (IMAGE_SIZE, IMAGE_SIZE))
@@ -344,16 +359,20 @@ class Tracker:
 
     def _fused_track_step(self, frame: int, batch: int, memory_inputs: dict[str, np.ndarray]) -> list[FrameOutput]:
         """A tracked frame in one backend call (Triton's ensemble): features never leave the server."""
-        out = self.backend.run(Stage.TRACK_STEP, {
-            "image": _repeat(self._inputs[frame: frame + 1], batch),
-            **memory_inputs,
-            **prompt_inputs([None] * batch, [None] * batch),
-        })
+        out = self.backend.run(
+            Stage.TRACK_STEP,
+            {
+                "image": _repeat(self._inputs[frame : frame + 1], batch),
+                **memory_inputs,
+                **prompt_inputs([None] * batch, [None] * batch),
+            },
+        )
         memories = to_bfloat16_bits(out["maskmem_features"])
         stored = fill_holes(out["chosen_mask"], self.options.fill_hole_area)
         scores = out["object_score_logits"]
-        return [FrameOutput(stored[i, 0], out["chosen_obj_ptr"][i], float(scores[i, 0]), memories[i])
-                for i in range(batch)]
+        return [
+            FrameOutput(stored[i, 0], out["chosen_obj_ptr"][i], float(scores[i, 0]), memories[i]) for i in range(batch)
+        ]
 
     def _mask_as_output(self, frame: int, mask: np.ndarray) -> FrameOutput:
         """sam2's ``_use_mask_as_output``: the mask is the prediction; the decoder only gives the pointer."""
@@ -361,12 +380,15 @@ class Tracker:
         high_res = mask * np.float32(MASK_PROMPT_SCALE) + np.float32(MASK_PROMPT_BIAS)
         low_res = resize_antialiased(high_res, (LOW_RES, LOW_RES))
         mask_input = self.backend.run(Stage.MASK_DOWNSAMPLER, {"mask": mask[None, None]})["mask_input"]
-        heads = self.backend.run(Stage.SAM_HEADS, {
-            "pix_feat": features.feat_s2,  # no memory conditioning on this path
-            "feat_s0": features.feat_s0,
-            "feat_s1": features.feat_s1,
-            **prompt_inputs([None], [mask_input[0, 0]]),
-        })
+        heads = self.backend.run(
+            Stage.SAM_HEADS,
+            {
+                "pix_feat": features.feat_s2,  # no memory conditioning on this path
+                "feat_s0": features.feat_s0,
+                "feat_s1": features.feat_s1,
+                **prompt_inputs([None], [mask_input[0, 0]]),
+            },
+        )
         # The mask is non-empty (checked), so sam2 keeps the decoder's token-0 pointer and scores +10.
         low_res = fill_holes(low_res, self.options.fill_hole_area)
         return FrameOutput(low_res, heads["obj_ptrs"][0, 0], MASK_PROMPT_SCALE + MASK_PROMPT_BIAS)
@@ -374,12 +396,15 @@ class Tracker:
     def _encode_memory(self, frame: int, high_res: np.ndarray, binarize: np.ndarray, scores: np.ndarray) -> np.ndarray:
         features = self.features.get(frame)
         batch = high_res.shape[0]
-        maskmem = self.backend.run(Stage.MEMORY_ENCODER, {
-            "feat_s2": _repeat(features.feat_s2, batch),
-            "mask_logits": high_res.astype(np.float32),
-            "binarize": binarize,
-            "object_score_logits": scores.astype(np.float32),
-        })["maskmem_features"]
+        maskmem = self.backend.run(
+            Stage.MEMORY_ENCODER,
+            {
+                "feat_s2": _repeat(features.feat_s2, batch),
+                "mask_logits": high_res.astype(np.float32),
+                "binarize": binarize,
+                "object_score_logits": scores.astype(np.float32),
+            },
+        )["maskmem_features"]
         return to_bfloat16_bits(maskmem)
 
     def _encode(self, frame: int) -> FrameFeatures:

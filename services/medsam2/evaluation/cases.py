@@ -48,8 +48,10 @@ def find_cases(dataset: Path, *, preset: Preset | str = Preset.AUTO) -> list[Cas
     dicom = [d for d in sorted(dataset.iterdir()) if d.is_dir() and _seg_file(d) is not None]
     if dicom:
         return [CaseSource(d.name, lambda d=d: _dicom_case(d, preset)) for d in dicom]
-    raise InvalidInput(f"{dataset} is not a dataset: expected *.npz files, imagesTr/labelsTr (or images/labels) "
-                       "with NIfTI pairs, or one folder per case with a DICOM series and its SEG")
+    raise InvalidInput(
+        f"{dataset} is not a dataset: expected *.npz files, imagesTr/labelsTr (or images/labels) "
+        "with NIfTI pairs, or one folder per case with a DICOM series and its SEG"
+    )
 
 
 def load_case(source: CaseSource) -> TrainingCase:
@@ -76,7 +78,7 @@ def _nifti_pairs(images: Path, labels: Path, preset: Preset | str) -> list[CaseS
         label = label_files.get(name) or label_files.get(stem)
         if label is None:
             raise InvalidInput(f"image {image.name} has no label file {name}.nii.gz in {labels}")
-        out.append(CaseSource(name, lambda i=image, l=label, n=name: _nifti_case(n, i, l, preset)))
+        out.append(CaseSource(name, lambda i=image, l=label, n=name: _nifti_case(n, i, l, preset)))  # noqa: E741
     if not out:
         raise InvalidInput(f"{images} holds no NIfTI images")
     return out
@@ -87,8 +89,13 @@ def _nifti_case(name: str, image: Path, label: Path, preset: Preset | str) -> Tr
     labels = read_volume(label).voxels
     if labels.shape != volume.voxels.shape:
         raise InvalidInput(f"{name}: label shape {labels.shape} does not match image shape {volume.voxels.shape}")
-    return TrainingCase(name, to_uint8(volume.voxels, preset, modality=volume.modality),
-                        np.rint(labels).astype(np.int32), volume.spacing, volume.modality or "CT")
+    return TrainingCase(
+        name,
+        to_uint8(volume.voxels, preset, modality=volume.modality),
+        np.rint(labels).astype(np.int32),
+        volume.spacing,
+        volume.modality or "CT",
+    )
 
 
 def _seg_file(folder: Path) -> Path | None:
@@ -97,7 +104,7 @@ def _seg_file(folder: Path) -> Path | None:
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["Modality"])
-        except Exception:  # noqa: BLE001, S112 - any unreadable file is simply not the SEG
+        except Exception:
             continue
         if str(ds.get("Modality", "")) == "SEG":
             return path
@@ -117,11 +124,20 @@ def _dicom_case(folder: Path, preset: Preset | str) -> TrainingCase:
     if volume.dicom is None:
         raise InvalidInput(f"{folder.name}: the referenced series {series_uid} was not read as DICOM")
     numbers = [int(s.SegmentNumber) for s in seg.SegmentSequence]
-    pixels = seg.get_pixels_by_source_instance(source_sop_instance_uids=list(volume.dicom.slice_uids),
-                                               segment_numbers=numbers, assert_missing_frames_are_empty=True)
+    pixels = seg.get_pixels_by_source_instance(
+        source_sop_instance_uids=list(volume.dicom.slice_uids),
+        segment_numbers=numbers,
+        assert_missing_frames_are_empty=True,
+    )
     labels = np.zeros(volume.voxels.shape, np.int32)
     for index, number in enumerate(numbers):
         labels[pixels[..., index] > 0] = number
     modality = volume.modality or "CT"
-    return TrainingCase(folder.name, to_uint8(volume.voxels, preset, modality=modality), labels, volume.spacing,
-                        modality, video=modality.upper() in VIDEO_MODALITIES)
+    return TrainingCase(
+        folder.name,
+        to_uint8(volume.voxels, preset, modality=modality),
+        labels,
+        volume.spacing,
+        modality,
+        video=modality.upper() in VIDEO_MODALITIES,
+    )

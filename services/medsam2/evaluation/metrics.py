@@ -28,8 +28,7 @@ def dice(prediction: np.ndarray, truth: np.ndarray) -> float:
 def surface(mask: np.ndarray) -> np.ndarray:
     """The mask's voxels that touch the background (6-connectivity) or the array's border."""
     mask = mask.astype(bool)
-    eroded = ndimage.binary_erosion(mask, structure=ndimage.generate_binary_structure(mask.ndim, 1),
-                                    border_value=0)
+    eroded = ndimage.binary_erosion(mask, structure=ndimage.generate_binary_structure(mask.ndim, 1), border_value=0)
     return mask & ~eroded
 
 

@@ -86,8 +86,10 @@ class ServicePredictor:
             labels, object_ids = self.client.result_labels(session.session_id)
         finally:
             self.client.close_session(session.session_id)
-        return {p.obj_id: labels == object_ids.index(p.obj_id) + 1 if p.obj_id in object_ids
-                else np.zeros(imgs.shape, bool) for p in prompts}
+        return {
+            p.obj_id: labels == object_ids.index(p.obj_id) + 1 if p.obj_id in object_ids else np.zeros(imgs.shape, bool)
+            for p in prompts
+        }
 
     def close(self) -> None:
         """Close the channel."""

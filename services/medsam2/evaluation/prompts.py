@@ -50,14 +50,16 @@ def jitter_box(box: Box, max_px: float, rng: np.random.Generator, height: int, w
     return Box(x0, y0, x1, y1)
 
 
-def ground_truth_prompt(mask: np.ndarray, *, video: bool, jitter_px: float = 0.0,
-                        rng: np.random.Generator | None = None) -> GroundTruthPrompt:
+def ground_truth_prompt(
+    mask: np.ndarray, *, video: bool, jitter_px: float = 0.0, rng: np.random.Generator | None = None
+) -> GroundTruthPrompt:
     """The paper's prompt: the middle slice for volumes; for videos the first frame the object appears on."""
     key, extent = key_slice(mask)
     if video:
         key = extent[0]
     box = box_of(mask[key])
     if jitter_px > 0:
-        box = jitter_box(box, jitter_px, rng if rng is not None else np.random.default_rng(0),
-                         mask.shape[1], mask.shape[2])
+        box = jitter_box(
+            box, jitter_px, rng if rng is not None else np.random.default_rng(0), mask.shape[1], mask.shape[2]
+        )
     return GroundTruthPrompt(key, box, extent)

@@ -36,12 +36,19 @@ def stats(values: Sequence[float]) -> dict[str, float | int]:
         return {"n": 0}
     v = np.asarray(values, float)
     q1, median, q3 = np.percentile(v, [25, 50, 75])
-    return {"n": int(v.size), "median": round(float(median), 6), "q1": round(float(q1), 6),
-            "q3": round(float(q3), 6), "iqr": round(float(q3 - q1), 6), "mean": round(float(v.mean()), 6)}
+    return {
+        "n": int(v.size),
+        "median": round(float(median), 6),
+        "q1": round(float(q1), 6),
+        "q3": round(float(q3), 6),
+        "iqr": round(float(q3 - q1), 6),
+        "mean": round(float(v.mean()), 6),
+    }
 
 
 def summarise(rows: Sequence[ObjectScore]) -> dict:
     """DSC and NSD overall, by modality and by label."""
+
     def group(key) -> dict:  # noqa: ANN001
         out: dict = {}
         for value in sorted({key(r) for r in rows}):
@@ -84,7 +91,7 @@ def write_box_plots(path: Path, rows: Sequence[ObjectScore]) -> Path:
         raise BackendUnavailable("box plots need matplotlib: pip install 'medsam2-serving[eval]'") from exc
     modalities = sorted({r.modality for r in rows})
     figure, axes = plt.subplots(1, 2, figsize=(4 + 1.2 * len(modalities), 4), sharey=True)
-    for ax, metric in zip(axes, METRICS):
+    for ax, metric in zip(axes, METRICS, strict=False):
         data = [[getattr(r, metric) for r in rows if r.modality == m] for m in modalities]
         ax.boxplot(data, showfliers=True)
         ax.set_xticks(range(1, len(modalities) + 1), modalities)

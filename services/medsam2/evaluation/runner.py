@@ -80,13 +80,21 @@ def evaluate(
         for label in case.labels:
             truth, predicted = case.gts == label, masks[label]
             b = boxes[label].box
-            rows.append(ObjectScore(
-                case=case.name, object=label, modality=case.modality, video=case.video,
-                key_slice=boxes[label].frame, box=f"{b.x0:g},{b.y0:g},{b.x1:g},{b.y1:g}",
-                dsc=round(dice(predicted, truth), 6),
-                nsd=round(nsd(predicted, truth, case.spacing, options.tolerance_mm), 6),
-                truth_voxels=int(truth.sum()), predicted_voxels=int(predicted.sum()), seconds=round(seconds, 3),
-            ))
+            rows.append(
+                ObjectScore(
+                    case=case.name,
+                    object=label,
+                    modality=case.modality,
+                    video=case.video,
+                    key_slice=boxes[label].frame,
+                    box=f"{b.x0:g},{b.y0:g},{b.x1:g},{b.y1:g}",
+                    dsc=round(dice(predicted, truth), 6),
+                    nsd=round(nsd(predicted, truth, case.spacing, options.tolerance_mm), 6),
+                    truth_voxels=int(truth.sum()),
+                    predicted_voxels=int(predicted.sum()),
+                    seconds=round(seconds, 3),
+                )
+            )
         if save_predictions is not None:
             _save_prediction(save_predictions, case.name, masks, case.spacing, model_version or predictor.name)
         if on_case is not None:
@@ -98,5 +106,6 @@ def _save_prediction(folder: Path, name: str, masks: dict[int, np.ndarray], spac
     from medsam2.io.outputs import label_map
 
     folder.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(folder / f"{name}.npz", segs=label_map(masks), spacing=np.asarray(spacing),
-                        model_version=np.str_(model))
+    np.savez_compressed(
+        folder / f"{name}.npz", segs=label_map(masks), spacing=np.asarray(spacing), model_version=np.str_(model)
+    )

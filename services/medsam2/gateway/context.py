@@ -139,5 +139,6 @@ class HttpCallContext(grpc.ServicerContext):
     def error(self) -> tuple[int, dict]:
         """The HTTP status and JSON error body of a failed call."""
         code = self._code or grpc.StatusCode.UNKNOWN
-        return HTTP_STATUS.get(code, 500), {"error": {"code": HTTP_STATUS.get(code, 500), "status": code.name,
-                                                      "message": self._details}}
+        return HTTP_STATUS.get(code, 500), {
+            "error": {"code": HTTP_STATUS.get(code, 500), "status": code.name, "message": self._details}
+        }

@@ -30,10 +30,20 @@ def measurements(gateway, session_id: str, context: HttpCallContext) -> tuple[in
         m = measure(labels == index, spacing, obj_id=obj_id)
         recist = None
         if m.recist is not None:
-            recist = {"slice": m.recist.slice, "longAxisMm": m.recist.long_axis_mm,
-                      "shortAxisMm": m.recist.short_axis_mm,
-                      "longAxisEndpoints": m.recist.long_axis_endpoints,
-                      "shortAxisEndpoints": m.recist.short_axis_endpoints}
-        objects.append({"objectId": obj_id, "voxels": m.voxels, "volumeMl": m.volume_ml,
-                        "slices": list(m.slices) if m.slices else None, "recist": recist})
+            recist = {
+                "slice": m.recist.slice,
+                "longAxisMm": m.recist.long_axis_mm,
+                "shortAxisMm": m.recist.short_axis_mm,
+                "longAxisEndpoints": m.recist.long_axis_endpoints,
+                "shortAxisEndpoints": m.recist.short_axis_endpoints,
+            }
+        objects.append(
+            {
+                "objectId": obj_id,
+                "voxels": m.voxels,
+                "volumeMl": m.volume_ml,
+                "slices": list(m.slices) if m.slices else None,
+                "recist": recist,
+            }
+        )
     return 200, {"spacingMm": list(spacing), "objects": objects}

@@ -24,8 +24,15 @@ _SCALARS: dict[int, dict] = {
     pbd.FieldDescriptor.TYPE_STRING: {"type": "string"},
     pbd.FieldDescriptor.TYPE_BYTES: {"type": "string", "contentEncoding": "base64"},
 }
-_ERROR = {"type": "object", "properties": {"error": {"type": "object", "properties": {
-    "code": {"type": "integer"}, "status": {"type": "string"}, "message": {"type": "string"}}}}}
+_ERROR = {
+    "type": "object",
+    "properties": {
+        "error": {
+            "type": "object",
+            "properties": {"code": {"type": "integer"}, "status": {"type": "string"}, "message": {"type": "string"}},
+        }
+    },
+}
 
 
 def document(routes: dict[str, Route], *, title: str, version: str) -> dict:
@@ -42,10 +49,12 @@ def document(routes: dict[str, Route], *, title: str, version: str) -> dict:
             paths[f"/v1/{route.name}:download"] = {"post": _download(route)}
     return {
         "openapi": "3.1.0",
-        "info": {"title": title, "version": version,
-                 "description": "REST/JSON mapping of the gRPC API (proto3 JSON). Errors carry the gRPC status."},
-        "components": {"schemas": schemas,
-                       "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+        "info": {
+            "title": title,
+            "version": version,
+            "description": "REST/JSON mapping of the gRPC API (proto3 JSON). Errors carry the gRPC status.",
+        },
+        "components": {"schemas": schemas, "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
         "security": [{"bearer": []}, {}],
         "paths": paths,
     }
@@ -56,8 +65,12 @@ def _ref(descriptor: pbd.Descriptor | pbd.EnumDescriptor) -> dict:
 
 
 def _errors() -> dict:
-    return {"default": {"description": "a gRPC status as HTTP", "content": {
-        "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}}
+    return {
+        "default": {
+            "description": "a gRPC status as HTTP",
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+        }
+    }
 
 
 def _operation(route: Route) -> dict:
@@ -66,36 +79,70 @@ def _operation(route: Route) -> dict:
     if route.shape is Shape.UPLOAD:
         header, data = route.upload_fields or ("", "")
         header_type = method.input_type.fields_by_name[header].message_type
-        operation["description"] = (f"Upload: the {header} ({header_type.name}) as proto JSON in the "
-                                    f"X-Medsam2-Header request header, the {data} as the raw body; or the {header} "
-                                    "as the JSON body when there is no data.")
-        operation["parameters"] = [{"name": "X-Medsam2-Header", "in": "header", "required": False,
-                                    "schema": {"type": "string"}, "description": f"{header_type.full_name} as JSON"}]
-        operation["requestBody"] = {"content": {"application/octet-stream": {"schema": {"type": "string",
-                                                                                          "format": "binary"}},
-                                                "application/json": {"schema": _ref(header_type)}}}
+        operation["description"] = (
+            f"Upload: the {header} ({header_type.name}) as proto JSON in the "
+            f"X-Medsam2-Header request header, the {data} as the raw body; or the {header} "
+            "as the JSON body when there is no data."
+        )
+        operation["parameters"] = [
+            {
+                "name": "X-Medsam2-Header",
+                "in": "header",
+                "required": False,
+                "schema": {"type": "string"},
+                "description": f"{header_type.full_name} as JSON",
+            }
+        ]
+        operation["requestBody"] = {
+            "content": {
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+                "application/json": {"schema": _ref(header_type)},
+            }
+        }
     else:
-        operation["requestBody"] = {"required": True, "content": {"application/json": {
-            "schema": _ref(method.input_type)}}}
+        operation["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": _ref(method.input_type)}},
+        }
     if route.shape is Shape.SERVER_STREAM:
-        operation["description"] = f"Server-sent events: one {method.output_type.name} per `data:` line, then " \
-                                   "`event: end`; a failure mid-stream is an `event: error` with the Error body."
-        operation["responses"] = {"200": {"description": "a stream", "content": {"text/event-stream": {
-            "schema": {"type": "string"}, "x-event-schema": _ref(method.output_type)}}}, **_errors()}
+        operation["description"] = (
+            f"Server-sent events: one {method.output_type.name} per `data:` line, then "
+            "`event: end`; a failure mid-stream is an `event: error` with the Error body."
+        )
+        operation["responses"] = {
+            "200": {
+                "description": "a stream",
+                "content": {
+                    "text/event-stream": {"schema": {"type": "string"}, "x-event-schema": _ref(method.output_type)}
+                },
+            },
+            **_errors(),
+        }
     else:
-        operation["responses"] = {"200": {"description": method.output_type.name, "content": {
-            "application/json": {"schema": _ref(method.output_type)}}}, **_errors()}
+        operation["responses"] = {
+            "200": {
+                "description": method.output_type.name,
+                "content": {"application/json": {"schema": _ref(method.output_type)}},
+            },
+            **_errors(),
+        }
     return operation
 
 
 def _download(route: Route) -> dict:
     return {
-        "operationId": f"{route.name}Download", "tags": [route.method.containing_service.name],
+        "operationId": f"{route.name}Download",
+        "tags": [route.method.containing_service.name],
         "description": f"The {route.method.output_type.name} data chunks concatenated into one file; the first "
-                       "chunk's other fields as JSON in the X-Medsam2-Chunk response header.",
+        "chunk's other fields as JSON in the X-Medsam2-Chunk response header.",
         "requestBody": {"required": True, "content": {"application/json": {"schema": _ref(route.method.input_type)}}},
-        "responses": {"200": {"description": "the file", "content": {"application/octet-stream": {
-            "schema": {"type": "string", "format": "binary"}}}}, **_errors()},
+        "responses": {
+            "200": {
+                "description": "the file",
+                "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+            },
+            **_errors(),
+        },
     }
 
 
@@ -119,7 +166,8 @@ def _add_message(message: pbd.Descriptor, schemas: dict[str, dict]) -> None:
     oneofs = [o for o in message.oneofs if not o.name.startswith("_")]  # "_x" oneofs are proto3 optional
     if oneofs:
         schemas[message.full_name]["description"] = "; ".join(
-            f"at most one of {', '.join(f.json_name for f in o.fields)}" for o in oneofs)
+            f"at most one of {', '.join(f.json_name for f in o.fields)}" for o in oneofs
+        )
 
 
 def _add_enum(enum: pbd.EnumDescriptor, schemas: dict[str, dict]) -> None:

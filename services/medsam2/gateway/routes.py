@@ -81,9 +81,13 @@ def routes_for(services: Iterable[pbd.ServiceDescriptor]) -> dict[str, Route]:
             else:
                 shape = Shape.SERVER_STREAM if method.server_streaming else Shape.UNARY
             table[method.name] = Route(
-                name=method.name, full_method=f"/{service.full_name}/{method.name}", method=method, shape=shape,
+                name=method.name,
+                full_method=f"/{service.full_name}/{method.name}",
+                method=method,
+                shape=shape,
                 downloadable=shape is Shape.SERVER_STREAM and is_file_chunk(method.output_type),
-                upload_fields=upload)
+                upload_fields=upload,
+            )
     return table
 
 
@@ -120,8 +124,9 @@ class CallDetails(grpc.HandlerCallDetails):
         self.invocation_metadata = metadata
 
 
-def intercepted_lookup(collector: HandlerCollector, interceptors: Iterable[grpc.ServerInterceptor]
-                       ) -> Callable[[CallDetails], grpc.RpcMethodHandler | None]:
+def intercepted_lookup(
+    collector: HandlerCollector, interceptors: Iterable[grpc.ServerInterceptor]
+) -> Callable[[CallDetails], grpc.RpcMethodHandler | None]:
     """Find a handler through the server's interceptors, in the order grpc.server applies them."""
     chain = list(interceptors)
 

@@ -37,9 +37,11 @@ UPLOAD_CHUNK_BYTES = 1 << 20
 HEADER_FIELD = "x-medsam2-header"
 CHUNK_FIELD = "X-Medsam2-Chunk"
 # Strict: only this origin's own files; no inline script or style, no eval, no CDN, no framing.
-CONTENT_SECURITY_POLICY = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
-                           "connect-src 'self' blob: data:; worker-src 'self' blob:; font-src 'self'; "
-                           "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+    "connect-src 'self' blob: data:; worker-src 'self' blob:; font-src 'self'; "
+    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
 _JSON_OPTIONS = {"always_print_fields_with_no_presence": True}
 
 
@@ -60,8 +62,14 @@ class GatewayOptions:
 class Gateway:
     """The route table, the handlers behind it, and the calls the HTTP layer makes on them."""
 
-    def __init__(self, services: Iterable[tuple[ServiceDescriptor, Callable[[Any, Any], None], Any]],
-                 interceptors: Iterable[grpc.ServerInterceptor], *, title: str, version: str) -> None:
+    def __init__(
+        self,
+        services: Iterable[tuple[ServiceDescriptor, Callable[[Any, Any], None], Any]],
+        interceptors: Iterable[grpc.ServerInterceptor],
+        *,
+        title: str,
+        version: str,
+    ) -> None:
         """``services``: (descriptor, generated ``add_*Servicer_to_server``, servicer) for each gRPC service."""
         services = list(services)
         collector = HandlerCollector()
@@ -148,7 +156,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
     sys_version = ""
 
     # -- plumbing ---------------------------------------------------------------------
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+    def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s %s", self.address_string(), format % args)
 
     def _security_headers(self) -> None:
@@ -178,8 +186,11 @@ class _RequestHandler(BaseHTTPRequestHandler):
 
     def _metadata(self) -> tuple[tuple[str, str], ...]:
         # gRPC metadata keys are lower case; only the bearer token and our own x- headers are passed on.
-        return tuple((k.lower(), v) for k, v in self.headers.items()
-                     if k.lower() == "authorization" or (k.lower().startswith("x-") and k.lower() != HEADER_FIELD))
+        return tuple(
+            (k.lower(), v)
+            for k, v in self.headers.items()
+            if k.lower() == "authorization" or (k.lower().startswith("x-") and k.lower() != HEADER_FIELD)
+        )
 
     def _context(self) -> HttpCallContext:
         host, port = self.client_address[:2]
@@ -201,7 +212,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
         return self.rfile.read(int(length))
 
     # -- GET: the page, its files, the OpenAPI document --------------------------------
-    def do_GET(self) -> None:  # noqa: N802 - the base class's name
+    def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]
         if path == "/openapi.json":
             self._send(200, self.gateway.openapi, "application/json")
@@ -229,15 +240,18 @@ class _RequestHandler(BaseHTTPRequestHandler):
         self._send(200, target.read_bytes(), kind)
 
     # -- POST: the API ------------------------------------------------------------------
-    def do_POST(self) -> None:  # noqa: N802 - the base class's name
+    def do_POST(self) -> None:
         path = self.path.split("?", 1)[0]
         kind = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
         if kind not in ("application/json", "application/octet-stream"):
             # Browsers send the "simple" types (text/plain, forms) cross-origin without asking first; ours need
             # a CORS preflight, which this origin never grants, so other sites cannot call the API from a browser.
             self.close_connection = True
-            self._error(415, "INVALID_ARGUMENT", "send Content-Type: application/json (or application/octet-stream "
-                                                 "with X-Medsam2-Header for an upload)")
+            self._error(
+                415,
+                "INVALID_ARGUMENT",
+                "send Content-Type: application/json (or application/octet-stream with X-Medsam2-Header for an upload)",
+            )
             return
         if path == "/gateway/v1/Measurements":
             self._measurements()
@@ -337,8 +351,12 @@ class _RequestHandler(BaseHTTPRequestHandler):
         body_is_header = raw is None and (self.headers.get("Content-Type") or "").startswith("application/json")
         if raw is None and not body_is_header:
             self.close_connection = True
-            self._error(400, "INVALID_ARGUMENT", f"an upload needs its {header_field} as JSON in the "
-                                                 "X-Medsam2-Header request header (or as a JSON body)")
+            self._error(
+                400,
+                "INVALID_ARGUMENT",
+                f"an upload needs its {header_field} as JSON in the "
+                "X-Medsam2-Header request header (or as a JSON body)",
+            )
             return
         length = self.headers.get("Content-Length") or "0"
         limit = self.options.max_json_bytes if body_is_header else self.options.max_upload_bytes
@@ -407,4 +425,3 @@ class _RequestHandler(BaseHTTPRequestHandler):
         context = self._context()
         status, payload = measurements(self.gateway, session_id, context)
         self._json(status, payload)
-

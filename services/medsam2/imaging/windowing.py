@@ -118,7 +118,9 @@ def apply_window(volume: np.ndarray, window: Window) -> np.ndarray:
 
 def percentile_bounds(volume: np.ndarray, low_pct: float = 0.5, high_pct: float = 99.5) -> tuple[float, float] | None:
     """The percentiles of the voxels > 0, as MedSAM2 computes them for MR and PET; None when no voxel is > 0."""
-    foreground = volume[volume > 0].astype(np.float64)  # float64: integer lerp could overflow, and the script's is float
+    foreground = volume[volume > 0].astype(
+        np.float64
+    )  # float64: integer lerp could overflow, and the script's is float
     if foreground.size == 0:
         return None
     low, high = np.percentile(foreground, [low_pct, high_pct])
@@ -150,8 +152,8 @@ def clip_and_scale(volume: np.ndarray, low: float, high: float, *, chunk_voxels:
     per_slice = max(1, int(np.prod(volume.shape[1:])))
     step = max(1, chunk_voxels // per_slice)
     for start in range(0, volume.shape[0], step):
-        x = np.clip(volume[start: start + step].astype(np.float64), low, high)
-        out[start: start + step] = ((x - np.float64(lowest)) / span * 255.0).astype(np.uint8)
+        x = np.clip(volume[start : start + step].astype(np.float64), low, high)
+        out[start : start + step] = ((x - np.float64(lowest)) / span * 255.0).astype(np.uint8)
     return out
 
 

@@ -36,8 +36,9 @@ def read_actions(path: Path) -> ActionsFile:
     except UnicodeDecodeError:
         raise InvalidInput(f"actions file {path.name} is not UTF-8 text") from None
     except json.JSONDecodeError as exc:
-        raise InvalidInput(f"actions file {path.name} is not valid JSON: {exc.msg} at line {exc.lineno}, "
-                           f"column {exc.colno}") from None
+        raise InvalidInput(
+            f"actions file {path.name} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}"
+        ) from None
     steps = parse_actions(data, base_dir=path.parent)
     masks = {step.index: read_mask_image(step) for step in steps if isinstance(step, MaskStep)}
     return ActionsFile(steps, masks)

@@ -24,20 +24,47 @@ log = logging.getLogger(__name__)
 _DEFER = 4096
 """Values larger than this (pixel data) are read only when used."""
 
-NOT_DICOM_SUFFIXES = frozenset({
-    ".txt", ".md", ".json", ".xml", ".html", ".htm", ".csv", ".ini", ".cfg", ".db", ".log", ".pdf",
-    ".jpg", ".jpeg", ".png", ".gif", ".bmp", ".zip", ".py", ".sh", ".yaml", ".yml", ".toml", ".nii", ".gz",
-})
+NOT_DICOM_SUFFIXES = frozenset(
+    {
+        ".txt",
+        ".md",
+        ".json",
+        ".xml",
+        ".html",
+        ".htm",
+        ".csv",
+        ".ini",
+        ".cfg",
+        ".db",
+        ".log",
+        ".pdf",
+        ".jpg",
+        ".jpeg",
+        ".png",
+        ".gif",
+        ".bmp",
+        ".zip",
+        ".py",
+        ".sh",
+        ".yaml",
+        ".yml",
+        ".toml",
+        ".nii",
+        ".gz",
+    }
+)
 """Files a PACS export or a person commonly leaves beside DICOM files; skipped in folders."""
 
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
 SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
-NON_IMAGE_WITH_PIXELS = frozenset({
-    SEGMENTATION_STORAGE,
-    "1.2.840.10008.5.1.4.1.1.66.7",  # Label Map Segmentation
-    "1.2.840.10008.5.1.4.1.1.481.2",  # RT Dose: a dose grid, not an image of the patient
-    "1.2.840.10008.5.1.4.1.1.66.3",  # Deformable Spatial Registration
-})
+NON_IMAGE_WITH_PIXELS = frozenset(
+    {
+        SEGMENTATION_STORAGE,
+        "1.2.840.10008.5.1.4.1.1.66.7",  # Label Map Segmentation
+        "1.2.840.10008.5.1.4.1.1.481.2",  # RT Dose: a dose grid, not an image of the patient
+        "1.2.840.10008.5.1.4.1.1.66.3",  # Deformable Spatial Registration
+    }
+)
 REQUIRED_IMAGE_ATTRIBUTES = ("SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID", "Rows", "Columns")
 
 
@@ -96,8 +123,11 @@ def _name_transfer_syntax(ds: Dataset) -> None:
     meta.TransferSyntaxUID = (
         ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian if little else ExplicitVRBigEndian
     )
-    log.debug("%s has no transfer syntax in its file meta; read as %s", ds.get("SOPClassUID", "?"),
-              meta.TransferSyntaxUID.name)
+    log.debug(
+        "%s has no transfer syntax in its file meta; read as %s",
+        ds.get("SOPClassUID", "?"),
+        meta.TransferSyntaxUID.name,
+    )
 
 
 def is_enhanced(ds: Dataset) -> bool:
@@ -110,7 +140,7 @@ def series_of_unreadable(path: Path) -> str | None:
     try:
         with library_messages_redacted():
             ds = pydicom.dcmread(path, force=True, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"])
-    except Exception:  # noqa: BLE001 - a file this broken simply has no series we can name
+    except Exception:
         return None
     uid = ds.get("SeriesInstanceUID")
     return str(uid) if uid else None

@@ -69,13 +69,15 @@ def _enhanced_planes(ds: Dataset, label: str, frames: int, shape: tuple[int, int
             raise IrregularStack(f"{label}: frame {i + 1} has no plane position or orientation but frame 1 has")
         if measures is None or "PixelSpacing" not in measures:
             raise IrregularStack(f"{label}: frame {i + 1} has no PixelSpacing in its Pixel Measures macro")
-        planes.append(PlaneInfo(
-            f"{label} frame {i + 1}",
-            _triple(position.ImagePositionPatient),
-            tuple(float(v) for v in orientation.ImageOrientationPatient),
-            _pair(measures.PixelSpacing),
-            shape,
-        ))
+        planes.append(
+            PlaneInfo(
+                f"{label} frame {i + 1}",
+                _triple(position.ImagePositionPatient),
+                tuple(float(v) for v in orientation.ImageOrientationPatient),
+                _pair(measures.PixelSpacing),
+                shape,
+            )
+        )
     return planes
 
 

@@ -179,8 +179,10 @@ def rescale(frames: np.ndarray, slopes: Sequence[float], intercepts: Sequence[fl
         if out.size and out.min() >= np.iinfo(np.int16).min and out.max() <= np.iinfo(np.int16).max:
             return out.astype(np.int16)
         return out
-    return (frames.astype(np.float32) * slopes_a.astype(np.float32)[:, None, None]
-            + intercepts_a.astype(np.float32)[:, None, None])
+    return (
+        frames.astype(np.float32) * slopes_a.astype(np.float32)[:, None, None]
+        + intercepts_a.astype(np.float32)[:, None, None]
+    )
 
 
 def to_grey_uint8(frames: np.ndarray) -> np.ndarray:

@@ -21,10 +21,22 @@ from pydicom.dataset import Dataset
 log = logging.getLogger(__name__)
 
 IDENTIFYING_KEYWORDS = (
-    "PatientName", "PatientID", "PatientBirthDate", "PatientBirthName", "PatientMotherBirthName",
-    "OtherPatientIDs", "OtherPatientNames", "PatientAddress", "PatientTelephoneNumbers",
-    "ReferringPhysicianName", "PerformingPhysicianName", "OperatorsName", "AccessionNumber",
-    "InstitutionName", "InstitutionAddress", "StudyID",
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientBirthName",
+    "PatientMotherBirthName",
+    "OtherPatientIDs",
+    "OtherPatientNames",
+    "PatientAddress",
+    "PatientTelephoneNumbers",
+    "ReferringPhysicianName",
+    "PerformingPhysicianName",
+    "OperatorsName",
+    "AccessionNumber",
+    "InstitutionName",
+    "InstitutionAddress",
+    "StudyID",
 )
 """Attributes whose values name or point to a person; never logged."""
 
@@ -41,7 +53,7 @@ def identifying_values(datasets: Iterable[Dataset]) -> set[str]:
             value = ds.get(keyword)
             if value in (None, ""):
                 continue
-            for item in (value if isinstance(value, list | tuple) else [value]):
+            for item in value if isinstance(value, list | tuple) else [value]:
                 text = str(item).strip()
                 if len(text) >= 2:
                     values.add(text)

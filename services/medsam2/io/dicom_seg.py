@@ -34,16 +34,31 @@ from medsam2.io.volumes import Volume
 
 SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 PALETTE: tuple[tuple[int, int, int], ...] = (
-    (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
-    (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212),
+    (230, 25, 75),
+    (60, 180, 75),
+    (255, 225, 25),
+    (0, 130, 200),
+    (245, 130, 48),
+    (145, 30, 180),
+    (70, 240, 240),
+    (240, 50, 230),
+    (210, 245, 60),
+    (250, 190, 212),
 )
 """Default segment colours (sRGB), distinct on grey images; reused in turn past ten objects."""
 _POSITION_TOLERANCE_MM = 0.01
 _DA_FORM = re.compile(r"\d{8}")
 _TM_FORM = re.compile(r"\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?")
 TYPE2_SOURCE_ATTRIBUTES = (
-    "PatientName", "PatientID", "PatientBirthDate", "PatientSex",
-    "StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber",
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",
 )
 """Type 2 Patient and General Study attributes the SEG copies from its source: anonymizers often drop them."""
 
@@ -122,7 +137,9 @@ def build_seg(
         stored[np.asarray(source.frame_numbers) - 1] = pixels
         pixels = stored
     identification = hd.AlgorithmIdentificationSequence(
-        name=algorithm.name, family=codes.cid7162.ArtificialIntelligence, version=algorithm.version,
+        name=algorithm.name,
+        family=codes.cid7162.ArtificialIntelligence,
+        version=algorithm.version,
     )
     descriptions = [
         hd.seg.SegmentDescription(
@@ -181,7 +198,7 @@ def _seg_source_copy(ds: Dataset, like: Volume) -> Dataset:
     """
     copy = Dataset()
     copy.file_meta = getattr(ds, "file_meta", None) or pydicom.dataset.FileMetaDataset()
-    for tag in ds.keys():  # noqa: SIM118 - the headers hold no pixel data, but never load it either way
+    for tag in ds.keys():
         copy.add(ds[tag])
     for keyword in TYPE2_SOURCE_ATTRIBUTES:
         if keyword not in copy:
@@ -290,7 +307,7 @@ def _without_where(message: str, where: str) -> str:
     return message.removeprefix(prefix)
 
 
-def _cielab(rgb: tuple[int, int, int]):
+def _cielab(rgb: tuple[int, int, int]):  # noqa: ANN202
     import highdicom as hd
 
     r, g, b = (_linear(c / 255.0) for c in rgb)
@@ -316,8 +333,14 @@ def validate_seg(seg: Dataset, source: DicomSource | None = None) -> bytes:
 
     if str(seg.get("SOPClassUID", "")) != SEGMENTATION_STORAGE:
         raise InvalidSegmentation(f"not a Segmentation object: SOPClassUID is {seg.get('SOPClassUID')!r}")
-    for keyword in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID",
-                    "SegmentSequence", "PerFrameFunctionalGroupsSequence", "PixelData"):
+    for keyword in (
+        "SOPInstanceUID",
+        "StudyInstanceUID",
+        "SeriesInstanceUID",
+        "SegmentSequence",
+        "PerFrameFunctionalGroupsSequence",
+        "PixelData",
+    ):
         if keyword not in seg:
             raise InvalidSegmentation(f"SEG {seg.get('SOPInstanceUID', '?')} lacks {keyword}")
     frames = int(seg.get("NumberOfFrames", 0) or 0)
@@ -330,8 +353,11 @@ def validate_seg(seg: Dataset, source: DicomSource | None = None) -> bytes:
             f"SEG pixel data has {len(seg.PixelData)} bytes, {frames} binary frames need {expected_bytes}"
         )
     numbers = {int(s.SegmentNumber) for s in seg.SegmentSequence}
-    referenced = {str(i.ReferencedSOPInstanceUID) for s in seg.get("ReferencedSeriesSequence", [])
-                  for i in s.get("ReferencedInstanceSequence", [])}
+    referenced = {
+        str(i.ReferencedSOPInstanceUID)
+        for s in seg.get("ReferencedSeriesSequence", [])
+        for i in s.get("ReferencedInstanceSequence", [])
+    }
     shared = seg.get("SharedFunctionalGroupsSequence") or [Dataset()]
     for index, item in enumerate(per_frame, start=1):
         _check_frame(item, shared[0], index, numbers, referenced, source)

@@ -126,8 +126,11 @@ def _volume_from_datasets(items: Sequence[Labelled], where: str, series_uid: str
         # Objects of other series are never looked at, however broken they are.
         mine = [item for item in items if str(item.dataset.get("SeriesInstanceUID", "")) == series_uid]
         if not mine:
-            images = [item for item in items if kind_of(item.dataset) is ObjectKind.IMAGE
-                      and "SeriesInstanceUID" in item.dataset]
+            images = [
+                item
+                for item in items
+                if kind_of(item.dataset) is ObjectKind.IMAGE and "SeriesInstanceUID" in item.dataset
+            ]
             listing = "; ".join(_describe(uid, members) for uid, members in _by_series(images).items())
             raise NotFound(f"series {series_uid} is not in {where}; it holds: {listing or 'no image series'}")
         items = mine
@@ -242,8 +245,9 @@ def _from_multiframe(item: Labelled) -> Volume:
             )
         volume = cine_volume(ds, item.label)
         frames = number_of_frames(ds)
-        volume.dicom = DicomSource((_header(ds),), (str(ds.SOPInstanceUID),) * frames, tuple(range(1, frames + 1)),
-                                   where=item.label)
+        volume.dicom = DicomSource(
+            (_header(ds),), (str(ds.SOPInstanceUID),) * frames, tuple(range(1, frames + 1)), where=item.label
+        )
         return volume
     check_decodable(ds, item.label)
     for plane in planes:
@@ -253,10 +257,10 @@ def _from_multiframe(item: Labelled) -> Volume:
         raise IrregularStack(f"{item.label}: a {ds.get('PhotometricInterpretation')} stack; expected grey images")
     stored = stored_frames(ds, item.label)
     slopes, intercepts = frame_rescale(ds)
-    voxels = modality_values(stored[order], ds, [slopes[i] for i in order], [intercepts[i] for i in order],
-                             item.label)
-    source = DicomSource((_header(ds),), (str(ds.SOPInstanceUID),) * len(order), tuple(i + 1 for i in order),
-                         where=item.label)
+    voxels = modality_values(stored[order], ds, [slopes[i] for i in order], [intercepts[i] for i in order], item.label)
+    source = DicomSource(
+        (_header(ds),), (str(ds.SOPInstanceUID),) * len(order), tuple(i + 1 for i in order), where=item.label
+    )
     return Volume(voxels, geometry.spacing, "dicom", modality=_modality(ds), geometry=geometry, dicom=source)
 
 
@@ -312,11 +316,19 @@ def _to_volume_values(items: list[Labelled]) -> np.ndarray:
     datasets = [item.dataset for item in items]
     if stacked.ndim == 4 or not all(is_grey(ds) for ds in datasets):
         return to_grey_uint8(stacked)  # colour slices: grey, as for video
-    values = np.concatenate([
-        modality_values(stacked[i:i + 1], ds, [float(ds.get("RescaleSlope", 1) or 1)],
-                        [float(ds.get("RescaleIntercept", 0) or 0)], item.label, invert_monochrome1=False)
-        for i, (item, ds) in enumerate(zip(items, datasets, strict=True))
-    ])
+    values = np.concatenate(
+        [
+            modality_values(
+                stacked[i : i + 1],
+                ds,
+                [float(ds.get("RescaleSlope", 1) or 1)],
+                [float(ds.get("RescaleIntercept", 0) or 0)],
+                item.label,
+                invert_monochrome1=False,
+            )
+            for i, (item, ds) in enumerate(zip(items, datasets, strict=True))
+        ]
+    )
     # One inversion over the whole stack, so every slice keeps the same value for the same tissue.
     return invert(values) if is_monochrome1(datasets[0]) else values
 
@@ -329,7 +341,7 @@ def _header(ds: Dataset) -> Dataset:
     """A copy of ``ds`` without pixel data (read lazily, so it is never loaded here)."""
     header = Dataset()
     header.file_meta = getattr(ds, "file_meta", None) or FileMetaDataset()
-    for tag in ds.keys():  # noqa: SIM118 - iterating the dataset itself would load the deferred pixel data
+    for tag in ds.keys():
         if int(tag) not in _PIXEL_TAGS:
             header.add(ds[tag])
     return header

@@ -48,29 +48,47 @@ def build_measurement_report(
         number = segments.get(f"object {measured.obj_id}")
         if number is None:
             raise InvalidInput(f"object {measured.obj_id} has no segment in SEG {seg.SOPInstanceUID}")
-        values = [hd.sr.Measurement(name=codes.SCT.Volume, value=float(measured.volume_ml), unit=MILLILITRE,
-                                    algorithm_id=algorithm)]
+        values = [
+            hd.sr.Measurement(
+                name=codes.SCT.Volume, value=float(measured.volume_ml), unit=MILLILITRE, algorithm_id=algorithm
+            )
+        ]
         if measured.recist is not None:
             values += [
-                hd.sr.Measurement(name=codes.SCT.LongAxis, value=float(measured.recist.long_axis_mm), unit=MILLIMETRE,
-                                  algorithm_id=algorithm),
-                hd.sr.Measurement(name=codes.SCT.ShortAxis, value=float(measured.recist.short_axis_mm),
-                                  unit=MILLIMETRE, algorithm_id=algorithm),
+                hd.sr.Measurement(
+                    name=codes.SCT.LongAxis,
+                    value=float(measured.recist.long_axis_mm),
+                    unit=MILLIMETRE,
+                    algorithm_id=algorithm,
+                ),
+                hd.sr.Measurement(
+                    name=codes.SCT.ShortAxis,
+                    value=float(measured.recist.short_axis_mm),
+                    unit=MILLIMETRE,
+                    algorithm_id=algorithm,
+                ),
             ]
-        groups.append(hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-            tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier=measured.label[:64]),
-            referenced_segment=hd.sr.ReferencedSegment(
-                sop_class_uid=SEGMENTATION_STORAGE, sop_instance_uid=str(seg.SOPInstanceUID), segment_number=number,
-                source_series=hd.sr.SourceSeriesForSegmentation(source_series),
-            ),
-            finding_type=codes.SCT.Lesion,
-            algorithm_id=algorithm,
-            measurements=values,
-        ))
+        groups.append(
+            hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+                tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier=measured.label[:64]),
+                referenced_segment=hd.sr.ReferencedSegment(
+                    sop_class_uid=SEGMENTATION_STORAGE,
+                    sop_instance_uid=str(seg.SOPInstanceUID),
+                    segment_number=number,
+                    source_series=hd.sr.SourceSeriesForSegmentation(source_series),
+                ),
+                finding_type=codes.SCT.Lesion,
+                algorithm_id=algorithm,
+                measurements=values,
+            )
+        )
     device = hd.sr.ObserverContext(
         observer_type=codes.cid270.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=generate_uid(), name="MedSAM2", manufacturer_name="medsam2-serving", model_name=model_version[:64],
+            uid=generate_uid(),
+            name="MedSAM2",
+            manufacturer_name="medsam2-serving",
+            model_name=model_version[:64],
         ),
     )
     report = hd.sr.MeasurementReport(
@@ -90,8 +108,9 @@ def build_measurement_report(
             is_complete=True,
         )
     except (ValueError, TypeError, AttributeError) as exc:
-        raise InvalidSegmentation(f"highdicom cannot build the measurement report for SEG {seg.SOPInstanceUID}: "
-                                  f"{exc}") from exc
+        raise InvalidSegmentation(
+            f"highdicom cannot build the measurement report for SEG {seg.SOPInstanceUID}: {exc}"
+        ) from exc
     sr.SeriesDescription = series_description[:64]
     sr.SoftwareVersions = software_version()
     return sr

@@ -70,8 +70,9 @@ def measure(mask: np.ndarray, spacing: Sequence[float], obj_id: int = 1, label: 
         (long_mm, ends), k = max(longest, key=lambda item: item[0][0])  # ties: the first such slice
         short_mm, short_ends = perpendicular_axis(mask[k], dy, dx, ends)
         best = Recist(k, round(long_mm, 3), round(short_mm, 3), ends, short_ends)
-    return ObjectMeasurements(obj_id, label or f"object {obj_id}", voxels, round(voxels * dz * dy * dx / 1000.0, 6),
-                              span, best)
+    return ObjectMeasurements(
+        obj_id, label or f"object {obj_id}", voxels, round(voxels * dz * dy * dx / 1000.0, 6), span, best
+    )
 
 
 def _corners(plane: np.ndarray) -> np.ndarray:

@@ -39,7 +39,10 @@ def _outline(mask: np.ndarray) -> np.ndarray:
 
 
 def write_png(
-    path: Path, slices: np.ndarray, masks: Mapping[int, np.ndarray], colours: Mapping[int, tuple[int, int, int]],
+    path: Path,
+    slices: np.ndarray,
+    masks: Mapping[int, np.ndarray],
+    colours: Mapping[int, tuple[int, int, int]],
     slice_index: int | None = None,
 ) -> Path:
     """Write one slice with its masks; by default the slice where the objects cover the most pixels."""
@@ -56,7 +59,10 @@ def write_png(
 
 
 def write_gif(
-    path: Path, slices: np.ndarray, masks: Mapping[int, np.ndarray], colours: Mapping[int, tuple[int, int, int]],
+    path: Path,
+    slices: np.ndarray,
+    masks: Mapping[int, np.ndarray],
+    colours: Mapping[int, tuple[int, int, int]],
     slice_range: tuple[int, int] | None = None,
 ) -> Path:
     """Write an animated GIF through a slice range (default: the slices any object covers)."""
@@ -69,10 +75,16 @@ def write_gif(
     first, last = slice_range
     if not 0 <= first <= last < slices.shape[0]:
         raise InvalidInput(f"slice range {first},{last} is outside the volume's 0..{slices.shape[0] - 1}")
-    frames = [Image.fromarray(blend(slices[k], [masks[i][k] for i in ids], [colours[i] for i in ids]))
-              for k in range(first, last + 1)]
-    return _save(path, lambda tmp: frames[0].save(tmp, format="GIF", save_all=True, append_images=frames[1:],
-                                                  duration=_GIF_FRAME_MS, loop=0))
+    frames = [
+        Image.fromarray(blend(slices[k], [masks[i][k] for i in ids], [colours[i] for i in ids]))
+        for k in range(first, last + 1)
+    ]
+    return _save(
+        path,
+        lambda tmp: frames[0].save(
+            tmp, format="GIF", save_all=True, append_images=frames[1:], duration=_GIF_FRAME_MS, loop=0
+        ),
+    )
 
 
 def _save(path: Path, writer) -> Path:  # noqa: ANN001 (a one-argument callable)

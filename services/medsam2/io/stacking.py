@@ -81,9 +81,11 @@ def stack_planes(planes: Sequence[PlaneInfo], what: str, thickness: float | None
     geometry = Geometry.from_dicom(sorted_pos[0], orientation, np.asarray(first.pixel_spacing), step_vector)
     if geometry.sheared:
         # Not named at WARNING: for PACS input ``what`` holds the series UID, which is logged at DEBUG only.
-        log.warning("the series is a sheared stack (gantry tilt): each slice is offset in-plane by %s mm; the "
-                    "geometry keeps the offset, resample before using tools that assume orthogonal axes",
-                    np.round(step_vector - (normal @ step_vector) * normal, 3).tolist())
+        log.warning(
+            "the series is a sheared stack (gantry tilt): each slice is offset in-plane by %s mm; the "
+            "geometry keeps the offset, resample before using tools that assume orthogonal axes",
+            np.round(step_vector - (normal @ step_vector) * normal, 3).tolist(),
+        )
         log.debug("the sheared stack is %s", what)
     return order, geometry
 

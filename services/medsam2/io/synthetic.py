@@ -104,8 +104,17 @@ def write_synthetic_ct(
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
         uids.append(str(ds.SOPInstanceUID))
-    return SyntheticSeries(folder, tuple(paths), study_uid, series_uid, frame_uid, tuple(uids), geometry,
-                           (float(lesion[0]), float(lesion[1]), float(lesion[2])), lesion_radius_mm)
+    return SyntheticSeries(
+        folder,
+        tuple(paths),
+        study_uid,
+        series_uid,
+        frame_uid,
+        tuple(uids),
+        geometry,
+        (float(lesion[0]), float(lesion[1]), float(lesion[2])),
+        lesion_radius_mm,
+    )
 
 
 def _phantom(points: np.ndarray, lesion: np.ndarray, radius: float) -> np.ndarray:
@@ -121,8 +130,14 @@ def _phantom(points: np.ndarray, lesion: np.ndarray, radius: float) -> np.ndarra
 
 
 def _slice_dataset(
-    study_uid: str, series_uid: str, frame_uid: str, position: np.ndarray, iop: np.ndarray,
-    pixel_spacing: tuple[float, float], thickness: float, instance: int,
+    study_uid: str,
+    series_uid: str,
+    frame_uid: str,
+    position: np.ndarray,
+    iop: np.ndarray,
+    pixel_spacing: tuple[float, float],
+    thickness: float,
+    instance: int,
 ) -> Dataset:
     sop_uid = generate_uid()
     meta = FileMetaDataset()

@@ -116,8 +116,16 @@ def _read_npz(path: Path) -> Volume:
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError, NotImplementedError, RuntimeError, KeyError,
-            MemoryError) as exc:  # zipfile and numpy report broken archives with all of these (found by fuzzing)
+    except (
+        zipfile.BadZipFile,
+        ValueError,
+        OSError,
+        EOFError,
+        NotImplementedError,
+        RuntimeError,
+        KeyError,
+        MemoryError,
+    ) as exc:  # zipfile and numpy report broken archives with all of these (found by fuzzing)
         raise InvalidInput(f"cannot read {path.name} as .npz: {exc}") from exc
     if "imgs" not in arrays:
         raise InvalidInput(f"{path.name} has no 'imgs' array (MedSAM-style .npz): found {sorted(arrays)}")

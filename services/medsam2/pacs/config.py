@@ -137,8 +137,14 @@ def _endpoint(name: str, entry: Mapping[str, object], environ: Mapping[str, str]
     except (TypeError, ValueError):
         raise ConfigError(f"{where}: timeout_s must be a number, got {entry.get('timeout_s')!r}") from None
     username = entry.get("username")
-    return PacsEndpoint(name=name, url=str(entry["url"]).rstrip("/"), token=token, timeout_s=timeout,
-                        username=str(username) if username is not None else None, password=password)
+    return PacsEndpoint(
+        name=name,
+        url=str(entry["url"]).rstrip("/"),
+        token=token,
+        timeout_s=timeout,
+        username=str(username) if username is not None else None,
+        password=password,
+    )
 
 
 def _secret(entry: Mapping[str, object], key: str, environ: Mapping[str, str], where: str) -> str | None:

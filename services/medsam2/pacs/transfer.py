@@ -51,13 +51,23 @@ def list_series(endpoint: PacsEndpoint, study_uid: str | None = None) -> list[Se
     """The series on ``endpoint`` (of one study when given), from QIDO-RS."""
     client = connect(endpoint)
     with pacs_errors(endpoint, "search for series"):
-        found = client.search_for_series(study_instance_uid=study_uid, get_remaining=True,
-                                         fields=["SeriesDescription", "NumberOfSeriesRelatedInstances"])
+        found = client.search_for_series(
+            study_instance_uid=study_uid,
+            get_remaining=True,
+            fields=["SeriesDescription", "NumberOfSeriesRelatedInstances"],
+        )
     out = []
     for item in found:
         count = _value(item, "00201209")
-        out.append(SeriesInfo(_value(item, "0020000D"), _value(item, "0020000E"), _value(item, "00080060"),
-                              _value(item, "0008103E"), int(count) if count.isdigit() else None))
+        out.append(
+            SeriesInfo(
+                _value(item, "0020000D"),
+                _value(item, "0020000E"),
+                _value(item, "00080060"),
+                _value(item, "0008103E"),
+                int(count) if count.isdigit() else None,
+            )
+        )
     return out
 
 
@@ -94,14 +104,20 @@ def choose_series(endpoint: PacsEndpoint, study_uid: str, series_uid: str = "") 
         for info in found:
             if info.series_uid == series_uid:
                 return info
-        raise NotFound(f"series {series_uid} is not in study {study_uid} on PACS {endpoint.name}; it has "
-                       + ", ".join(f"{s.series_uid} ({s.modality})" for s in found))
+        raise NotFound(
+            f"series {series_uid} is not in study {study_uid} on PACS {endpoint.name}; it has "
+            + ", ".join(f"{s.series_uid} ({s.modality})" for s in found)
+        )
     images = [s for s in found if s.modality.upper() not in NON_IMAGE_MODALITIES]
     if len(images) != 1:
-        listing = ", ".join(f"{s.series_uid} ({s.modality}, {s.instances} instances, {s.description!r})"
-                            for s in images) or "none"
-        raise InvalidInput(f"study {study_uid} on PACS {endpoint.name} has {len(images)} image series; "
-                           f"name one with its series UID: {listing}")
+        listing = (
+            ", ".join(f"{s.series_uid} ({s.modality}, {s.instances} instances, {s.description!r})" for s in images)
+            or "none"
+        )
+        raise InvalidInput(
+            f"study {study_uid} on PACS {endpoint.name} has {len(images)} image series; "
+            f"name one with its series UID: {listing}"
+        )
     return images[0]
 
 
@@ -109,8 +125,12 @@ def series_shape(endpoint: PacsEndpoint, info: SeriesInfo) -> tuple[int, int, in
     """(planes, rows, columns) of a series from QIDO-RS metadata alone (planes: instances x frames), before download."""
     client = connect(endpoint)
     with pacs_errors(endpoint, f"search for the instances of series {info.series_uid}"):
-        first = client.search_for_instances(study_instance_uid=info.study_uid, series_instance_uid=info.series_uid,
-                                            fields=["Rows", "Columns", "NumberOfFrames"], limit=1)
+        first = client.search_for_instances(
+            study_instance_uid=info.study_uid,
+            series_instance_uid=info.series_uid,
+            fields=["Rows", "Columns", "NumberOfFrames"],
+            limit=1,
+        )
     if not first:
         raise NotFound(f"series {info.series_uid} of study {info.study_uid} has no instances on PACS {endpoint.name}")
     rows, columns = _value(first[0], "00280010"), _value(first[0], "00280011")
@@ -118,11 +138,16 @@ def series_shape(endpoint: PacsEndpoint, info: SeriesInfo) -> tuple[int, int, in
     instances = info.instances
     if instances is None:
         with pacs_errors(endpoint, f"count the instances of series {info.series_uid}"):
-            instances = len(client.search_for_instances(study_instance_uid=info.study_uid,
-                                                        series_instance_uid=info.series_uid, get_remaining=True))
+            instances = len(
+                client.search_for_instances(
+                    study_instance_uid=info.study_uid, series_instance_uid=info.series_uid, get_remaining=True
+                )
+            )
     if not (rows.isdigit() and columns.isdigit() and frames.isdigit()):
-        raise InvalidInput(f"PACS {endpoint.name} does not report Rows/Columns for series {info.series_uid}, so its "
-                           "size cannot be checked before download")
+        raise InvalidInput(
+            f"PACS {endpoint.name} does not report Rows/Columns for series {info.series_uid}, so its "
+            "size cannot be checked before download"
+        )
     return int(instances) * int(frames), int(rows), int(columns)
 
 
@@ -140,8 +165,10 @@ def source_headers(endpoint: PacsEndpoint, study_uid: str, series_uid: str, slic
         by_uid[str(ds.get("SOPInstanceUID", ""))] = ds
     missing = [uid for uid in slice_uids if uid not in by_uid]
     if missing:
-        raise NotFound(f"{len(missing)} of the study's {len(slice_uids)} slice instances (e.g. {missing[0]}) are not "
-                       f"in series {series_uid} on PACS {endpoint.name}")
+        raise NotFound(
+            f"{len(missing)} of the study's {len(slice_uids)} slice instances (e.g. {missing[0]}) are not "
+            f"in series {series_uid} on PACS {endpoint.name}"
+        )
     return DicomSource(tuple(by_uid[uid] for uid in slice_uids), tuple(slice_uids))
 
 
@@ -164,8 +191,9 @@ def store_instances(endpoint: PacsEndpoint, datasets: Sequence[Dataset]) -> list
         response = client.store_instances(list(datasets), study_instance_uid=next(iter(studies)))
     failed = response.get("FailedSOPSequence", [])
     if failed:
-        reasons = "; ".join(f"{i.get('ReferencedSOPInstanceUID', '?')}: reason {i.get('FailureReason', '?')}"
-                            for i in failed)
+        reasons = "; ".join(
+            f"{i.get('ReferencedSOPInstanceUID', '?')}: reason {i.get('FailureReason', '?')}" for i in failed
+        )
         raise PacsRejected(f"PACS {endpoint.name} refused {len(failed)} of {len(datasets)} instance(s): {reasons}")
     return [str(i.ReferencedSOPInstanceUID) for i in response.get("ReferencedSOPSequence", [])]
 
@@ -177,8 +205,9 @@ def store_seg(endpoint: PacsEndpoint, seg: Dataset, source: DicomSource | None =
     client = connect(endpoint)
     for series_uid in series_uids:
         with pacs_errors(endpoint, f"search for the SEG's source series {series_uid}"):
-            found = client.search_for_series(study_instance_uid=str(seg.StudyInstanceUID),
-                                             search_filters={"SeriesInstanceUID": series_uid})
+            found = client.search_for_series(
+                study_instance_uid=str(seg.StudyInstanceUID), search_filters={"SeriesInstanceUID": series_uid}
+            )
         if not found:
             raise InvalidSegmentation(
                 f"SEG {seg.SOPInstanceUID} references series {series_uid}, which PACS {endpoint.name} does not "

@@ -63,8 +63,12 @@ class AuthInterceptor(grpc.ServerInterceptor):
 
 def _deny_like(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
     def deny(request, context):  # noqa: ANN001, ANN202
-        status.abort(context, grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token",
-                     Unauthenticated("missing or wrong bearer token"))
+        status.abort(
+            context,
+            grpc.StatusCode.UNAUTHENTICATED,
+            "missing or wrong bearer token",
+            Unauthenticated("missing or wrong bearer token"),
+        )
 
     make = {
         (False, False): grpc.unary_unary_rpc_method_handler,
@@ -72,8 +76,9 @@ def _deny_like(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         (True, False): grpc.stream_unary_rpc_method_handler,
         (True, True): grpc.stream_stream_rpc_method_handler,
     }[(handler.request_streaming, handler.response_streaming)]
-    return make(deny, request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer)
+    return make(
+        deny, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
+    )
 
 
 def make_backend(settings: ServerSettings, threads: int) -> StageBackend:
@@ -82,8 +87,10 @@ def make_backend(settings: ServerSettings, threads: int) -> StageBackend:
         from medsam2.backends.triton_backend import TritonBackend
 
         if settings.backend != "onnxruntime" or settings.precision not in ("auto", "fp32"):
-            raise ConfigError("--backend and --precision choose the embedded backend; with --triton-url the "
-                              "precision is the Triton model repository's")
+            raise ConfigError(
+                "--backend and --precision choose the embedded backend; with --triton-url the "
+                "precision is the Triton model repository's"
+            )
         return TritonBackend(settings.triton_url)
     if not _given(settings.model_repository):
         raise ConfigError("the embedded backend needs --model-repository (exported graphs); or set --triton-url")
@@ -93,12 +100,14 @@ def make_backend(settings: ServerSettings, threads: int) -> StageBackend:
         from medsam2.server.versions import onnxruntime_loader
 
         # Numbered versions: load the newest; SIGHUP switches, open sessions keep theirs.
-        return VersionedBackends(settings.model_repository, onnxruntime_loader(threads),
-                                 max_concurrent=settings.backend_concurrency or 1)
+        return VersionedBackends(
+            settings.model_repository, onnxruntime_loader(threads), max_concurrent=settings.backend_concurrency or 1
+        )
     from medsam2.backends.select import make_embedded_backend
 
-    return make_embedded_backend(settings.model_repository, backend=settings.backend, precision=settings.precision,
-                                 threads=threads)
+    return make_embedded_backend(
+        settings.model_repository, backend=settings.backend, precision=settings.precision, threads=threads
+    )
 
 
 def pacs_studies(environ: Mapping[str, str]) -> PacsStudies | None:
@@ -125,7 +134,7 @@ class RunningServer:
     port: int
     health: health.HealthServicer
     registry: SessionRegistry
-    backend: metrics.InstrumentedBackend
+    backend: StageBackend
     stop_event: threading.Event
     http: ThreadingHTTPServer | None = None
     """The HTTP gateway, when ``http_port`` is set."""
@@ -156,24 +165,44 @@ class RunningServer:
         self.backend.close()
 
 
-def start_server(settings: ServerSettings, backend: StageBackend, metrics_server: bool = True,
-                 environ: Mapping[str, str] | None = None) -> RunningServer:
+def start_server(
+    settings: ServerSettings,
+    backend: StageBackend,
+    metrics_server: bool = True,
+    environ: Mapping[str, str] | None = None,
+) -> RunningServer:
     """Start serving on ``settings.host:settings.port`` (port 0 picks a free one); PACS endpoints from ``environ``."""
     concurrency = settings.backend_concurrency or (0 if settings.triton_url else 1)
     versions = backend if isinstance(backend, VersionedBackends) else None
     # A VersionedBackends instruments each version itself.
     instrumented = backend if versions is not None else metrics.InstrumentedBackend(backend, max_concurrent=concurrency)
-    registry = SessionRegistry(Limits(settings.max_sessions, settings.max_study_voxels, settings.max_state_bytes,
-                                      settings.session_ttl_s,
-                                      max_sessions_per_principal=settings.max_sessions_per_principal,
-                                      max_state_bytes_per_principal=settings.max_state_bytes_per_principal),
-                               versions=versions)
+    registry = SessionRegistry(
+        Limits(
+            settings.max_sessions,
+            settings.max_study_voxels,
+            settings.max_state_bytes,
+            settings.session_ttl_s,
+            max_sessions_per_principal=settings.max_sessions_per_principal,
+            max_state_bytes_per_principal=settings.max_state_bytes_per_principal,
+        ),
+        versions=versions,
+    )
     options = TrackerOptions(early_stop_absent=settings.early_stop_absent, fill_hole_area=settings.fill_hole_area)
-    authenticator = Authenticator(tokens_file=Path(settings.auth_tokens) if _given(settings.auth_tokens)
-                                  else None, token=settings.auth_token, mtls=_given(settings.tls_client_ca))
+    authenticator = Authenticator(
+        tokens_file=Path(settings.auth_tokens) if _given(settings.auth_tokens) else None,
+        token=settings.auth_token,
+        mtls=_given(settings.tls_client_ca),
+    )
     audit.configure(Path(settings.audit_log) if _given(settings.audit_log) else None)
-    uploads = UploadGuard(UploadLimits(settings.max_concurrent_uploads, settings.upload_idle_timeout_s,
-                                       settings.upload_deadline_s, settings.max_uploads_per_principal), registry)
+    uploads = UploadGuard(
+        UploadLimits(
+            settings.max_concurrent_uploads,
+            settings.upload_idle_timeout_s,
+            settings.upload_deadline_s,
+            settings.max_uploads_per_principal,
+        ),
+        registry,
+    )
     interceptors = [AuthInterceptor(authenticator)] if authenticator.tokens_required else []
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="medsam2-rpc"),
@@ -181,9 +210,16 @@ def start_server(settings: ServerSettings, backend: StageBackend, metrics_server
         options=_channel_options(settings),
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs or 4 * settings.workers,
     )
-    servicer = SegmentationServicer(registry, instrumented, options, pacs=pacs_studies(environ or {}),
-                                    model=served_model(settings), max_message_bytes=settings.max_message_bytes,
-                                    auth=authenticator, uploads=uploads)
+    servicer = SegmentationServicer(
+        registry,
+        instrumented,
+        options,
+        pacs=pacs_studies(environ or {}),
+        model=served_model(settings),
+        max_message_bytes=settings.max_message_bytes,
+        auth=authenticator,
+        uploads=uploads,
+    )
     pb_grpc.add_SegmentationServiceServicer_to_server(servicer, server)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -192,8 +228,11 @@ def start_server(settings: ServerSettings, backend: StageBackend, metrics_server
     port = _bind(server, address, settings)
     ops_server, ops_port = None, 0
     if settings.health_port >= 0:
-        ops_server = grpc.server(futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="medsam2-ops"),
-                                 options=_channel_options(settings), maximum_concurrent_rpcs=16)
+        ops_server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="medsam2-ops"),
+            options=_channel_options(settings),
+            maximum_concurrent_rpcs=16,
+        )
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, ops_server)
         ops_server.add_generic_rpc_handlers(_ops_handlers(servicer))
         wanted = settings.health_port or (settings.port + 1 if settings.port else 0)
@@ -209,36 +248,73 @@ def start_server(settings: ServerSettings, backend: StageBackend, metrics_server
     if ops_server is not None:
         ops_server.start()
     http = _start_gateway(settings, servicer, interceptors) if settings.http_port else None
-    running = RunningServer(server, port, health_servicer, registry, instrumented, stop_event, http=http,
-                            ops_server=ops_server, ops_port=ops_port, auth=authenticator, uploads=uploads)
+    running = RunningServer(
+        server,
+        port,
+        health_servicer,
+        registry,
+        instrumented,
+        stop_event,
+        http=http,
+        ops_server=ops_server,
+        ops_port=ops_port,
+        auth=authenticator,
+        uploads=uploads,
+    )
     threading.Thread(target=_watch, args=(running,), name="medsam2-watch", daemon=True).start()
-    log.info("serving %s on %s:%d (health also on :%d) with the %s backend", SERVICE_NAME, settings.host, port,
-             ops_port, backend.name)
+    log.info(
+        "serving %s on %s:%d (health also on :%d) with the %s backend",
+        SERVICE_NAME,
+        settings.host,
+        port,
+        ops_port,
+        backend.name,
+    )
     return running
 
 
-def _start_gateway(settings: ServerSettings, servicer: SegmentationServicer,
-                   interceptors: list[grpc.ServerInterceptor]) -> ThreadingHTTPServer:
+def _start_gateway(
+    settings: ServerSettings, servicer: SegmentationServicer, interceptors: list[grpc.ServerInterceptor]
+) -> ThreadingHTTPServer:
     """The HTTP gateway on the same servicer and interceptors (so the same auth, audit and metrics)."""
     from medsam2.gateway.server import Gateway, GatewayOptions, start_gateway
 
-    gateway = Gateway([(pb.DESCRIPTOR.services_by_name["SegmentationService"],
-                        pb_grpc.add_SegmentationServiceServicer_to_server, servicer)],
-                      interceptors, title="MedSAM2 session service", version="v1")
+    gateway = Gateway(
+        [
+            (
+                pb.DESCRIPTOR.services_by_name["SegmentationService"],
+                pb_grpc.add_SegmentationServiceServicer_to_server,
+                servicer,
+            )
+        ],
+        interceptors,
+        title="MedSAM2 session service",
+        version="v1",
+    )
     tls = _given(settings.tls_cert)
     try:
-        return start_gateway(gateway, GatewayOptions(
-            host=settings.host, port=settings.http_port, max_json_bytes=settings.max_message_bytes,
-            max_upload_bytes=settings.max_study_voxels * 8,
-            tls_cert=settings.tls_cert if tls else None, tls_key=settings.tls_key if tls else None,
-            tls_client_ca=settings.tls_client_ca if tls and _given(settings.tls_client_ca) else None))
+        return start_gateway(
+            gateway,
+            GatewayOptions(
+                host=settings.host,
+                port=settings.http_port,
+                max_json_bytes=settings.max_message_bytes,
+                max_upload_bytes=settings.max_study_voxels * 8,
+                tls_cert=settings.tls_cert if tls else None,
+                tls_key=settings.tls_key if tls else None,
+                tls_client_ca=settings.tls_client_ca if tls and _given(settings.tls_client_ca) else None,
+            ),
+        )
     except OSError as exc:
         raise ConfigError(f"cannot serve HTTP on {settings.host}:{settings.http_port} (--http-port): {exc}") from None
 
 
 def _bind(server: grpc.Server, address: str, settings: ServerSettings) -> int:
-    return server.add_secure_port(address, _credentials(settings)) if _given(settings.tls_cert) \
+    return (
+        server.add_secure_port(address, _credentials(settings))
+        if _given(settings.tls_cert)
         else server.add_insecure_port(address)
+    )
 
 
 def _channel_options(settings: ServerSettings) -> list[tuple[str, int]]:
@@ -265,19 +341,24 @@ def _ops_handlers(servicer: SegmentationServicer) -> tuple[grpc.GenericRpcHandle
             continue
         request_type = message_factory.GetMessageClass(method.input_type)
         handlers[name] = grpc.unary_unary_rpc_method_handler(
-            getattr(servicer, name), request_deserializer=request_type.FromString,
-            response_serializer=lambda message: message.SerializeToString())
+            getattr(servicer, name),
+            request_deserializer=request_type.FromString,
+            response_serializer=lambda message: message.SerializeToString(),
+        )
     return (grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),) if handlers else ()
 
 
 def _credentials(settings: ServerSettings) -> grpc.ServerCredentials:
     key = Path(settings.tls_key)
     if not key.is_file() or not Path(settings.tls_cert).is_file():
-        raise ConfigError(f"TLS needs both --tls-cert and --tls-key files (got {settings.tls_cert}, {settings.tls_key})")
+        raise ConfigError(
+            f"TLS needs both --tls-cert and --tls-key files (got {settings.tls_cert}, {settings.tls_key})"
+        )
     pair = [(key.read_bytes(), Path(settings.tls_cert).read_bytes())]
     if _given(settings.tls_client_ca):
-        return grpc.ssl_server_credentials(pair, root_certificates=Path(settings.tls_client_ca).read_bytes(),
-                                           require_client_auth=True)
+        return grpc.ssl_server_credentials(
+            pair, root_certificates=Path(settings.tls_client_ca).read_bytes(), require_client_auth=True
+        )
     return grpc.ssl_server_credentials(pair)
 
 
@@ -298,27 +379,30 @@ def _watch(running: RunningServer, interval_s: float = 2.0) -> None:
         ready = _ready(running.backend)
         metrics.BACKEND_READY.labels(backend=running.backend.name).set(1 if ready else 0)
         if ready != serving:
-            _set_health(running.health, health_pb2.HealthCheckResponse.SERVING if ready
-                        else health_pb2.HealthCheckResponse.NOT_SERVING)
+            _set_health(
+                running.health,
+                health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING,
+            )
             log.info("backend %s is %s", running.backend.name, "ready" if ready else "NOT ready")
             serving = ready
         running.registry.sweep()
         running.stop_event.wait(interval_s)
 
 
-def _ready(backend: metrics.InstrumentedBackend) -> bool:
+def _ready(backend: StageBackend) -> bool:
     try:
         return backend.is_ready()
-    except Exception:  # noqa: BLE001 - an unreachable backend is simply not ready
+    except Exception:
         return False
 
 
 def _switch_version(versions: VersionedBackends) -> None:
     """SIGHUP: serve the repository's newest version to new sessions (in a thread: loading takes a while)."""
+
     def switch() -> None:
         try:
             versions.switch()
-        except Exception:  # noqa: BLE001 - a bad new version must not stop the server; the old one stays
+        except Exception:
             log.exception("could not switch the model version; still serving version %s", versions.current_version)
 
     threading.Thread(target=switch, name="medsam2-version-switch", daemon=True).start()
@@ -338,8 +422,9 @@ def serve_forever(settings: ServerSettings, backend: StageBackend, environ: Mapp
     # SIGHUP reloads the tokens file and, with numbered model versions, serves the newest to new sessions.
     versions = backend if isinstance(backend, VersionedBackends) else None
     reload_on_sighup(running.auth, also=(lambda: _switch_version(versions)) if versions is not None else None)
-    print(f"medsam2 serve: listening on {settings.host}:{running.port} (metrics on :{settings.metrics_port})",
-          flush=True)
+    print(
+        f"medsam2 serve: listening on {settings.host}:{running.port} (metrics on :{settings.metrics_port})", flush=True
+    )
     if running.http is not None:
         scheme = "https" if _given(settings.tls_cert) else "http"
         print(f"medsam2 serve: web viewer at {scheme}://{settings.host}:{running.http_port}/", flush=True)

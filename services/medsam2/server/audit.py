@@ -20,14 +20,19 @@ def record(*, principal: str, rpc: str, session_id: str, outcome: str, duration_
     """Write one audit line."""
     if not log.isEnabledFor(logging.INFO):
         return
-    log.info(json.dumps({
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{int(time.time() * 1000) % 1000:03d}Z",
-        "principal": principal,
-        "rpc": rpc,
-        "session_id": session_id,
-        "outcome": outcome,
-        "duration_s": round(duration_s, 4),
-    }, separators=(",", ":")))
+    log.info(
+        json.dumps(
+            {
+                "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{int(time.time() * 1000) % 1000:03d}Z",
+                "principal": principal,
+                "rpc": rpc,
+                "session_id": session_id,
+                "outcome": outcome,
+                "duration_s": round(duration_s, 4),
+            },
+            separators=(",", ":"),
+        )
+    )
 
 
 def configure(path: Path | None) -> None:

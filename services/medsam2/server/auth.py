@@ -21,8 +21,8 @@ import hmac
 import logging
 import signal
 import threading
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from medsam2.errors import ConfigError, Unauthenticated
@@ -65,8 +65,11 @@ class Authenticator:
             tokens += _read_tokens(self.tokens_file)
         with self._lock:
             self._tokens = tokens
-        log.info("auth: %d principal(s) with tokens%s", len({p for p, _ in tokens}),
-                 ", mTLS subjects accepted" if self.mtls else "")
+        log.info(
+            "auth: %d principal(s) with tokens%s",
+            len({p for p, _ in tokens}),
+            ", mTLS subjects accepted" if self.mtls else "",
+        )
 
     def principal_for_token(self, token: str) -> str | None:
         """The principal holding ``token``, or None; every entry is compared, each in constant time."""
@@ -124,7 +127,7 @@ def certificate_subject(auth_context: dict[str, list[bytes]] | None) -> str:
 def reload_on_sighup(authenticator: Authenticator | None, *, also: Callable[[], None] | None = None) -> Any:
     """Reload the tokens file on SIGHUP (main thread only), then run ``also``; returns the previous handler."""
 
-    def on_hup(signum: int, frame: Any) -> None:  # noqa: ARG001
+    def on_hup(signum: int, frame: Any) -> None:
         if authenticator is not None:
             try:
                 authenticator.reload()

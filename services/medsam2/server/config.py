@@ -19,15 +19,21 @@ class ServerSettings:
     port: int = setting(GRPC_PORT, "MEDSAM2_PORT", "gRPC port")
     metrics_port: int = setting(METRICS_PORT, "MEDSAM2_METRICS_PORT", "Prometheus /metrics port (0: off)")
     http_port: int = setting(0, "MEDSAM2_HTTP_PORT", "HTTP gateway (REST/JSON, OpenAPI) and web viewer port (0: off)")
-    model_repository: Path = setting(Path(""), "MEDSAM2_MODEL_REPOSITORY",
-                                     "exported graphs (a model repository or <stage>.onnx folder) for the embedded backend")
+    model_repository: Path = setting(
+        Path(""),
+        "MEDSAM2_MODEL_REPOSITORY",
+        "exported graphs (a model repository or <stage>.onnx folder) for the embedded backend",
+    )
     triton_url: str = setting("", "MEDSAM2_TRITON_URL", "Triton gRPC HOST:PORT; empty runs the embedded ONNX Runtime")
     max_sessions: int = setting(16, "MEDSAM2_MAX_SESSIONS", "open sessions at most; idle ones are evicted LRU")
     max_study_voxels: int = setting(512 * 512 * 1024, "MEDSAM2_MAX_STUDY_VOXELS", "voxels per study at most")
     max_state_bytes: int = setting(8 * 2**30, "MEDSAM2_MAX_STATE_BYTES", "memory for all sessions at most")
     session_ttl_s: float = setting(1800.0, "MEDSAM2_SESSION_TTL_S", "idle seconds before a session expires")
-    backend_concurrency: int = setting(0, "MEDSAM2_BACKEND_CONCURRENCY",
-                                       "backend calls in flight at once (0: 1 for the embedded backend, unbounded for Triton)")
+    backend_concurrency: int = setting(
+        0,
+        "MEDSAM2_BACKEND_CONCURRENCY",
+        "backend calls in flight at once (0: 1 for the embedded backend, unbounded for Triton)",
+    )
     workers: int = setting(16, "MEDSAM2_WORKERS", "gRPC worker threads (concurrent requests)")
     max_message_bytes: int = setting(64 * 2**20, "MEDSAM2_MAX_MESSAGE_BYTES", "largest gRPC message")
     grace_s: float = setting(30.0, "MEDSAM2_GRACE_S", "seconds to drain streams in flight at shutdown")
@@ -40,26 +46,42 @@ class ServerSettings:
     backend: str = backend_setting()
     precision: str = precision_setting()
     # Tenancy and hostile clients (see server/auth.py, sessions.py, uploads.py, audit.py).
-    auth_tokens: Path = setting(Path(""), "MEDSAM2_AUTH_TOKENS_FILE",
-                                     "file of 'principal:token' lines, reloaded on SIGHUP (empty: none)")
-    audit_log: Path = setting(Path(""), "MEDSAM2_AUDIT_LOG",
-                              "append the audit log (JSON lines) to this file (empty: the 'medsam2.audit' logger)")
-    max_sessions_per_principal: int = setting(0, "MEDSAM2_MAX_SESSIONS_PER_PRINCIPAL",
-                                              "open sessions per principal at most (0: --max-sessions)")
-    max_state_bytes_per_principal: int = setting(0, "MEDSAM2_MAX_STATE_BYTES_PER_PRINCIPAL",
-                                                 "session memory per principal at most (0: --max-state-bytes)")
-    max_concurrent_uploads: int = setting(8, "MEDSAM2_MAX_CONCURRENT_UPLOADS",
-                                          "CreateSession streams at once; more are refused with retry info")
-    max_uploads_per_principal: int = setting(0, "MEDSAM2_MAX_UPLOADS_PER_PRINCIPAL",
-                                             "CreateSession streams of one principal at once (0: half the cap)")
-    upload_idle_timeout_s: float = setting(30.0, "MEDSAM2_UPLOAD_IDLE_TIMEOUT_S",
-                                           "cancel an upload that sends nothing for this long")
+    auth_tokens: Path = setting(
+        Path(""), "MEDSAM2_AUTH_TOKENS_FILE", "file of 'principal:token' lines, reloaded on SIGHUP (empty: none)"
+    )
+    audit_log: Path = setting(
+        Path(""),
+        "MEDSAM2_AUDIT_LOG",
+        "append the audit log (JSON lines) to this file (empty: the 'medsam2.audit' logger)",
+    )
+    max_sessions_per_principal: int = setting(
+        0, "MEDSAM2_MAX_SESSIONS_PER_PRINCIPAL", "open sessions per principal at most (0: --max-sessions)"
+    )
+    max_state_bytes_per_principal: int = setting(
+        0, "MEDSAM2_MAX_STATE_BYTES_PER_PRINCIPAL", "session memory per principal at most (0: --max-state-bytes)"
+    )
+    max_concurrent_uploads: int = setting(
+        8, "MEDSAM2_MAX_CONCURRENT_UPLOADS", "CreateSession streams at once; more are refused with retry info"
+    )
+    max_uploads_per_principal: int = setting(
+        0, "MEDSAM2_MAX_UPLOADS_PER_PRINCIPAL", "CreateSession streams of one principal at once (0: half the cap)"
+    )
+    upload_idle_timeout_s: float = setting(
+        30.0, "MEDSAM2_UPLOAD_IDLE_TIMEOUT_S", "cancel an upload that sends nothing for this long"
+    )
     upload_deadline_s: float = setting(900.0, "MEDSAM2_UPLOAD_DEADLINE_S", "cancel an upload still running after this")
-    max_concurrent_rpcs: int = setting(0, "MEDSAM2_MAX_CONCURRENT_RPCS",
-                                       "RPCs in flight or queued at most; more get RESOURCE_EXHAUSTED (0: 4 x workers)")
+    max_concurrent_rpcs: int = setting(
+        0,
+        "MEDSAM2_MAX_CONCURRENT_RPCS",
+        "RPCs in flight or queued at most; more get RESOURCE_EXHAUSTED (0: 4 x workers)",
+    )
     keepalive_time_s: float = setting(60.0, "MEDSAM2_KEEPALIVE_TIME_S", "seconds between keepalive pings to clients")
-    keepalive_timeout_s: float = setting(20.0, "MEDSAM2_KEEPALIVE_TIMEOUT_S",
-                                         "close a connection whose keepalive ping is not answered within this")
-    health_port: int = setting(0, "MEDSAM2_HEALTH_PORT",
-                               "separate port for health and GetServerInfo, with its own threads, answering while "
-                               "every worker is busy (0: --port + 1, or any free port when --port is 0; -1: off)")
+    keepalive_timeout_s: float = setting(
+        20.0, "MEDSAM2_KEEPALIVE_TIMEOUT_S", "close a connection whose keepalive ping is not answered within this"
+    )
+    health_port: int = setting(
+        0,
+        "MEDSAM2_HEALTH_PORT",
+        "separate port for health and GetServerInfo, with its own threads, answering while "
+        "every worker is busy (0: --port + 1, or any free port when --port is 0; -1: off)",
+    )

@@ -55,8 +55,10 @@ def check_headers_match(study: StudyInfo, source: DicomSource, shape: tuple[int,
     first = source.datasets[0]
     rows, columns = int(first.get("Rows", 0)), int(first.get("Columns", 0))
     if (rows, columns) != shape[1:]:
-        raise PreconditionFailed(f"series {source.series_uid} on PACS has {rows}x{columns} slices, the upload "
-                                 f"{shape[1]}x{shape[2]}: the UIDs in the header do not describe these voxels")
+        raise PreconditionFailed(
+            f"series {source.series_uid} on PACS has {rows}x{columns} slices, the upload "
+            f"{shape[1]}x{shape[2]}: the UIDs in the header do not describe these voxels"
+        )
     if study.geometry is None:
         return
     for k, ds in enumerate(source.datasets):
@@ -65,19 +67,31 @@ def check_headers_match(study: StudyInfo, source: DicomSource, shape: tuple[int,
         if not error <= _POSITION_TOLERANCE_MM:
             raise PreconditionFailed(
                 f"slice {k} ({source.slice_uids[k]}) lies at {position.tolist()} on PACS but at "
-                f"{study.geometry.position(k).tolist()} in the upload: the header's UIDs or geometry are wrong")
+                f"{study.geometry.position(k).tolist()} in the upload: the header's UIDs or geometry are wrong"
+            )
 
 
-def build_dicom_results(masks: Mapping[int, np.ndarray], study: StudyInfo, shape: tuple[int, int, int],
-                        segments: Mapping[int, SegmentSpec], model_version: str) -> DicomResults:
+def build_dicom_results(
+    masks: Mapping[int, np.ndarray],
+    study: StudyInfo,
+    shape: tuple[int, int, int],
+    segments: Mapping[int, SegmentSpec],
+    model_version: str,
+) -> DicomResults:
     """Build and validate the SEG and SR of ``masks`` over the study's source series."""
     require_dicom_source(study)
     if not masks:
         raise PreconditionFailed("no segmentation yet: add a prompt and propagate before asking for DICOM results")
     defaults = {s.obj_id: s for s in default_segments(sorted(masks))}
     specs = [segments.get(obj_id, defaults[obj_id]) for obj_id in sorted(masks)]
-    like = Volume(np.broadcast_to(np.uint8(0), shape), study.spacing, "dicom", modality=study.modality or None,
-                  geometry=study.geometry, dicom=study.dicom)
+    like = Volume(
+        np.broadcast_to(np.uint8(0), shape),
+        study.spacing,
+        "dicom",
+        modality=study.modality or None,
+        geometry=study.geometry,
+        dicom=study.dicom,
+    )
     seg = build_seg(masks, like, Algorithm(model_version), specs)
     seg_bytes = validate_seg(seg, study.dicom)
     measured = measure_all(masks, study.spacing, {s.obj_id: s.label for s in specs})

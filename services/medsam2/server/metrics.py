@@ -11,18 +11,28 @@ from dataclasses import dataclass
 import numpy as np
 from prometheus_client import Counter, Gauge, Histogram
 
+from medsam2.engine.backend import StageBackend
 from medsam2.graphs import Stage
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 RPC_REQUESTS = Counter("medsam2_rpc_requests_total", "gRPC requests handled", ["method", "code"])
-RPC_SECONDS = Histogram("medsam2_rpc_duration_seconds", "gRPC request duration (streams: until the last message)",
-                        ["method", "code"], buckets=_LATENCY_BUCKETS)
-SLICE_SECONDS = Histogram("medsam2_slice_duration_seconds", "Time to produce one propagated slice",
-                          ["backend"], buckets=_LATENCY_BUCKETS)
+RPC_SECONDS = Histogram(
+    "medsam2_rpc_duration_seconds",
+    "gRPC request duration (streams: until the last message)",
+    ["method", "code"],
+    buckets=_LATENCY_BUCKETS,
+)
+SLICE_SECONDS = Histogram(
+    "medsam2_slice_duration_seconds", "Time to produce one propagated slice", ["backend"], buckets=_LATENCY_BUCKETS
+)
 SLICES = Counter("medsam2_propagated_slices_total", "Slices streamed by Propagate", ["backend"])
-BACKEND_SECONDS = Histogram("medsam2_backend_call_duration_seconds", "Duration of one backend call",
-                            ["backend", "stage"], buckets=_LATENCY_BUCKETS)
+BACKEND_SECONDS = Histogram(
+    "medsam2_backend_call_duration_seconds",
+    "Duration of one backend call",
+    ["backend", "stage"],
+    buckets=_LATENCY_BUCKETS,
+)
 BACKEND_READY = Gauge("medsam2_backend_ready", "1 when the inference backend is ready", ["backend"])
 ACTIVE_SESSIONS = Gauge("medsam2_active_sessions", "Open sessions")
 BUSY_SESSIONS = Gauge("medsam2_busy_sessions", "Sessions with a propagation in flight")
@@ -57,7 +67,7 @@ class InstrumentedBackend:
     call by call, so no session waits for another's whole propagation.
     """
 
-    def __init__(self, backend, max_concurrent: int = 0) -> None:  # noqa: ANN001 - any StageBackend
+    def __init__(self, backend: StageBackend, max_concurrent: int = 0) -> None:
         self._backend = backend
         self.name = backend.name
         self.precision = backend.precision
@@ -79,9 +89,8 @@ class InstrumentedBackend:
             BACKEND_SECONDS.labels(backend=self.name, stage=stage.value).observe(time.perf_counter() - started)
 
     def is_ready(self) -> bool:
-        """The wrapped backend's readiness (embedded backends are always ready)."""
-        probe = getattr(self._backend, "is_ready", None)
-        return True if probe is None else bool(probe())
+        """The wrapped backend's readiness."""
+        return self._backend.is_ready()
 
     def close(self) -> None:
         """Close the wrapped backend."""

@@ -50,8 +50,7 @@ def _check(message: Message, prefix: str, depth: int) -> None:
             for item in values:
                 _check(item, f"{path}.", depth + 1)
         elif field.name == "chunk_bytes" and 0 < value < MIN_CHUNK_BYTES:
-            raise InvalidInput(f"{path} must be 0 (the default) or at least {MIN_CHUNK_BYTES}, got {value}",
-                               field=path)
+            raise InvalidInput(f"{path} must be 0 (the default) or at least {MIN_CHUNK_BYTES}, got {value}", field=path)
 
 
 def check_prompt_mask(request: Message, tracker: Any) -> None:
@@ -61,14 +60,20 @@ def check_prompt_mask(request: Message, tracker: Any) -> None:
     mask = request.mask
     rows, columns = tracker.height, tracker.width
     if (mask.rows, mask.columns) != (rows, columns):
-        raise InvalidPrompt(f"mask is {mask.rows}x{mask.columns} but the study's slices are {rows}x{columns}",
-                            field="mask.rows")
+        raise InvalidPrompt(
+            f"mask is {mask.rows}x{mask.columns} but the study's slices are {rows}x{columns}", field="mask.rows"
+        )
     pixels = rows * columns
     if mask.encoding == pb.MASK_ENCODING_RLE:
         # One uint32 per run; a slice of N pixels has at most N + 1 runs.
         if len(mask.data) % 4 or len(mask.data) // 4 > pixels + 1:
-            raise InvalidPrompt(f"RLE mask has {len(mask.data)} bytes: not whole uint32 runs, or more runs than "
-                                f"the {pixels} pixels of a slice", field="mask.data")
+            raise InvalidPrompt(
+                f"RLE mask has {len(mask.data)} bytes: not whole uint32 runs, or more runs than "
+                f"the {pixels} pixels of a slice",
+                field="mask.data",
+            )
     elif len(mask.data) != (pixels + 7) // 8:
-        raise InvalidPrompt(f"bit-packed mask of {rows}x{columns} needs {(pixels + 7) // 8} bytes, "
-                            f"got {len(mask.data)}", field="mask.data")
+        raise InvalidPrompt(
+            f"bit-packed mask of {rows}x{columns} needs {(pixels + 7) // 8} bytes, got {len(mask.data)}",
+            field="mask.data",
+        )

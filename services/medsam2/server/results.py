@@ -34,7 +34,7 @@ class ResultStore:
 
     def store(self, result: FrameResult, masks: np.ndarray, union: bool = False) -> None:
         """Store every object's mask of one frame result."""
-        for obj_id, mask in zip(result.obj_ids, masks):
+        for obj_id, mask in zip(result.obj_ids, masks, strict=False):
             self.set_slice(obj_id, result.frame, mask, union)
 
     def set_object(self, obj_id: int, mask: np.ndarray) -> None:
@@ -47,8 +47,10 @@ class ResultStore:
     def masks(self) -> dict[int, np.ndarray]:
         """Every object's boolean mask [slices, rows, columns]."""
         voxels = self.shape[1] * self.shape[2]
-        return {obj_id: np.unpackbits(planes, axis=1, count=voxels).astype(bool).reshape(self.shape)
-                for obj_id, planes in sorted(self._masks.items())}
+        return {
+            obj_id: np.unpackbits(planes, axis=1, count=voxels).astype(bool).reshape(self.shape)
+            for obj_id, planes in sorted(self._masks.items())
+        }
 
     def clear(self, obj_ids: list[int] | None = None) -> None:
         """Forget some objects' masks, or all."""
@@ -78,8 +80,9 @@ class ResultStore:
         return sum(m.nbytes for m in self._masks.values())
 
 
-def encode_labels(labels: np.ndarray, spacing: tuple[float, float, float], geometry: Geometry | None,
-                  fmt: str) -> bytes:
+def encode_labels(
+    labels: np.ndarray, spacing: tuple[float, float, float], geometry: Geometry | None, fmt: str
+) -> bytes:
     """A label volume as 'npz', 'nifti_gz' (with the study's affine when known) or 'raw' bytes."""
     if fmt == "raw":
         return labels.astype("<u2").tobytes()
@@ -102,5 +105,6 @@ def encode_labels(labels: np.ndarray, spacing: tuple[float, float, float], geome
 def encode_object_masks(masks: dict[int, np.ndarray], spacing: tuple[float, float, float]) -> bytes:
     """An .npz with one bool array 'object_<id>' per object (overlaps kept) and 'spacing'."""
     buffer = io.BytesIO()
-    np.savez_compressed(buffer, spacing=np.asarray(spacing), **{f"object_{i}": m for i, m in masks.items()})
+    arrays: dict[str, np.ndarray] = {f"object_{i}": m for i, m in masks.items()}
+    np.savez_compressed(buffer, spacing=np.asarray(spacing), **arrays)  # type: ignore[arg-type]
     return buffer.getvalue()

@@ -21,7 +21,6 @@ from medsam2.api.convert import (
     encode_mask,
     geometry_from_pb,
     geometry_to_pb,
-    header_dtype,
     header_shape,
     header_spacing,
     identity_from_pb,
@@ -40,16 +39,16 @@ from medsam2.io.dicom_seg import default_segments
 from medsam2.models.provenance import ModelProvenance
 from medsam2.pacs.service import PacsStudies
 from medsam2.server import metrics
+from medsam2.server.auth import Authenticator
 from medsam2.server.dicom_results import (
     DicomResults,
     build_dicom_results,
     check_headers_match,
     require_dicom_source,
 )
-from medsam2.server.results import encode_labels, encode_object_masks
-from medsam2.server.sessions import SessionEntry, SessionRegistry, StudyInfo, study_voxels
-from medsam2.server.auth import Authenticator
 from medsam2.server.request_checks import check_prompt_mask
+from medsam2.server.results import encode_labels, encode_object_masks
+from medsam2.server.sessions import SessionEntry, SessionRegistry, StudyInfo
 from medsam2.server.status import rpc
 from medsam2.server.uploads import UploadGuard, UploadLimits
 
@@ -60,19 +59,30 @@ REMEMBERED_CREATES = 1024
 """CreateSession request ids remembered for retries (oldest forgotten first)."""
 REMEMBERED_REPLIES = 32
 """AddPrompt and StoreResult replies kept per session for retries, each (oldest forgotten first)."""
-LABEL_FORMATS = {pb.RESULT_FORMAT_NPZ: "npz", pb.RESULT_FORMAT_NIFTI_GZ: "nifti_gz",
-                 pb.RESULT_FORMAT_RAW_LABELS: "raw"}
-RESULT_FORMATS = (*LABEL_FORMATS, pb.RESULT_FORMAT_OBJECT_MASKS_NPZ, pb.RESULT_FORMAT_DICOM_SEG,
-                  pb.RESULT_FORMAT_DICOM_SR)
+LABEL_FORMATS = {pb.RESULT_FORMAT_NPZ: "npz", pb.RESULT_FORMAT_NIFTI_GZ: "nifti_gz", pb.RESULT_FORMAT_RAW_LABELS: "raw"}
+RESULT_FORMATS = (
+    *LABEL_FORMATS,
+    pb.RESULT_FORMAT_OBJECT_MASKS_NPZ,
+    pb.RESULT_FORMAT_DICOM_SEG,
+    pb.RESULT_FORMAT_DICOM_SR,
+)
 
 
 class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
     """Thin RPC layer over the session registry and the tracking engine."""
 
-    def __init__(self, registry: SessionRegistry, backend: StageBackend, tracker_options: TrackerOptions,
-                 pacs: PacsStudies | None = None, model: ModelProvenance | None = None,
-                 max_message_bytes: int = 0, *, auth: Authenticator | None = None,
-                 uploads: UploadGuard | None = None) -> None:
+    def __init__(
+        self,
+        registry: SessionRegistry,
+        backend: StageBackend,
+        tracker_options: TrackerOptions,
+        pacs: PacsStudies | None = None,
+        model: ModelProvenance | None = None,
+        max_message_bytes: int = 0,
+        *,
+        auth: Authenticator | None = None,
+        uploads: UploadGuard | None = None,
+    ) -> None:
         self.registry = registry
         self.backend = backend
         self.tracker_options = tracker_options
@@ -87,7 +97,7 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
 
     # -- sessions -----------------------------------------------------------------------
     @rpc("CreateSession")
-    def CreateSession(self, request_iterator: Iterator[pb.CreateSessionRequest], context) -> pb.Session:  # noqa: N802, ANN001
+    def CreateSession(self, request_iterator: Iterator[pb.CreateSessionRequest], context) -> pb.Session:  # noqa: ANN001
         with self.uploads.upload(request_iterator, context) as requests:
             header = self.uploads.header(next(requests, None))
             if header.request_id:
@@ -99,7 +109,9 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
                     except NotFound:
                         pass  # closed or expired since: open it again
             if header.kind not in pb.StudyKind.values():
-                raise InvalidInput(f"header.kind {header.kind} is not a known StudyKind: use {sorted(pb.StudyKind.keys())}")
+                raise InvalidInput(
+                    f"header.kind {header.kind} is not a known StudyKind: use {sorted(pb.StudyKind.keys())}"
+                )
             is_video = header.kind == pb.STUDY_KIND_VIDEO
             window = None
             if header.preprocessing.window_width > 0:
@@ -113,8 +125,11 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
                 study = self._uploaded_study(header, header_shape(header), is_video)
                 voxels = self.uploads.receive(header, requests)
             modality = study.modality or None
-            study.preset = (f"window {window.width:g}/{window.level:g}" if window is not None
-                            else resolve_preset(preset, modality, voxels.dtype, is_video=is_video).value)
+            study.preset = (
+                f"window {window.width:g}/{window.level:g}"
+                if window is not None
+                else resolve_preset(preset, modality, voxels.dtype, is_video=is_video).value
+            )
             slices = to_uint8(voxels, preset, window, modality=modality, is_video=is_video)
             del voxels  # the raw upload is not needed once windowed
             tracker = Tracker(self.backend, slices, self.tracker_options)
@@ -130,26 +145,37 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
 
     def _uploaded_study(self, header: pb.StudyHeader, shape: tuple[int, ...], is_video: bool) -> StudyInfo:
         spacing = header_spacing(header)
-        return StudyInfo(spacing, header.label, is_video, modality=header.modality.strip().upper(),
-                         geometry=geometry_from_pb(header, spacing), external_id=header.external_id,
-                         **identity_from_pb(header, shape[0]))
+        return StudyInfo(
+            spacing,
+            header.label,
+            is_video,
+            modality=header.modality.strip().upper(),
+            geometry=geometry_from_pb(header, spacing),
+            external_id=header.external_id,
+            **identity_from_pb(header, shape[0]),
+        )
 
     def _fetch(self, header: pb.StudyHeader, is_video: bool) -> tuple[np.ndarray, StudyInfo]:
         reference = header.pacs
         if self.pacs is None:
-            raise PreconditionFailed("no PACS endpoint is configured on this server: upload the voxels instead "
-                                     "(or set MEDSAM2_PACS_<NAME>_URL or MEDSAM2_PACS_CONFIG)")
+            raise PreconditionFailed(
+                "no PACS endpoint is configured on this server: upload the voxels instead "
+                "(or set MEDSAM2_PACS_<NAME>_URL or MEDSAM2_PACS_CONFIG)"
+            )
         if not reference.endpoint or not reference.study_uid:
             raise InvalidInput("header.pacs needs an endpoint and a study_uid")
-        volume = self.pacs.open(reference.endpoint, reference.study_uid, reference.series_uid,
-                                self.uploads.check_study)
+        volume = self.pacs.open(reference.endpoint, reference.study_uid, reference.series_uid, self.uploads.check_study)
         self.uploads.check_study(volume.voxels.shape)
         source = volume.dicom
         first = source.datasets[0] if source is not None else None
         study = StudyInfo(
-            volume.spacing, header.label, is_video,
+            volume.spacing,
+            header.label,
+            is_video,
             modality=(header.modality or volume.modality or "").strip().upper(),
-            geometry=volume.geometry, external_id=header.external_id, dicom=source,
+            geometry=volume.geometry,
+            external_id=header.external_id,
+            dicom=source,
             frame_of_reference_uid=str(first.get("FrameOfReferenceUID", "")) if first is not None else "",
             study_uid=source.study_uid if source is not None else reference.study_uid,
             series_uid=source.series_uid if source is not None else reference.series_uid,
@@ -159,20 +185,20 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
         return volume.voxels, study
 
     @rpc("GetSession")
-    def GetSession(self, request: pb.GetSessionRequest, context) -> pb.Session:  # noqa: N802, ANN001
+    def GetSession(self, request: pb.GetSessionRequest, context) -> pb.Session:  # noqa: ANN001
         return self._describe(self.registry.get(request.session_id))
 
     @rpc("ListSessions")
-    def ListSessions(self, request: pb.ListSessionsRequest, context) -> pb.ListSessionsResponse:  # noqa: N802, ANN001
+    def ListSessions(self, request: pb.ListSessionsRequest, context) -> pb.ListSessionsResponse:  # noqa: ANN001
         return pb.ListSessionsResponse(sessions=[self._describe(e) for e in self.registry.list()])
 
     @rpc("CloseSession")
-    def CloseSession(self, request: pb.CloseSessionRequest, context) -> pb.CloseSessionResponse:  # noqa: N802, ANN001
+    def CloseSession(self, request: pb.CloseSessionRequest, context) -> pb.CloseSessionResponse:  # noqa: ANN001
         return pb.CloseSessionResponse(closed=self.registry.close(request.session_id))
 
     # -- prompts and propagation --------------------------------------------------------
     @rpc("AddPrompt")
-    def AddPrompt(self, request: pb.AddPromptRequest, context) -> pb.SliceResult:  # noqa: N802, ANN001
+    def AddPrompt(self, request: pb.AddPromptRequest, context) -> pb.SliceResult:  # noqa: ANN001
         check_prompt_mask(request, self.registry.get(request.session_id).tracker)
         prompt = prompt_from_pb(request)
         check_mask_encoding(request.encoding, "encoding")
@@ -186,11 +212,13 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
                 spec = segment_spec_from_pb(prompt.obj_id, request.object_info, default)
             tracker = entry.tracker
             if entry.annotation is not None:
-                result = entry.annotation.add_prompt(prompt, keep_previous_points=request.keep_previous_points,
-                                                      correction=request.correction)
+                result = entry.annotation.add_prompt(
+                    prompt, keep_previous_points=request.keep_previous_points, correction=request.correction
+                )
             elif prompt.points is not None and prompt.box is None and request.keep_previous_points:
-                result = tracker.add_prompt(prompt.obj_id, prompt.frame, points=prompt.points, labels=prompt.labels,
-                                            clear_old=False)
+                result = tracker.add_prompt(
+                    prompt.obj_id, prompt.frame, points=prompt.points, labels=prompt.labels, clear_old=False
+                )
             else:
                 result = apply_prompt(tracker, prompt)
             if spec is not None:
@@ -203,9 +231,12 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
             return reply
 
     @rpc("Propagate")
-    def Propagate(self, request: pb.PropagateRequest, context) -> Iterator[pb.SliceResult]:  # noqa: N802, ANN001
-        for value, name in ((request.protocol, "Protocol"), (request.direction, "Direction"),
-                            (request.encoding, "MaskEncoding")):
+    def Propagate(self, request: pb.PropagateRequest, context) -> Iterator[pb.SliceResult]:  # noqa: ANN001
+        for value, name in (
+            (request.protocol, "Protocol"),
+            (request.direction, "Direction"),
+            (request.encoding, "MaskEncoding"),
+        ):
             if value not in getattr(pb, name).values():
                 raise InvalidInput(f"{name} {value} is not known: use {sorted(getattr(pb, name).keys())}")
         with self.registry.claim(request.session_id, busy=True) as entry:
@@ -215,8 +246,10 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
             slice_range = _range(request, entry.tracker.num_frames)
             if protocol == pb.PROTOCOL_MEDSAM2_3D:
                 if entry.annotation is None:
-                    raise InvalidInput("the MedSAM2 3D protocol is for volumes, and this session propagates in-state "
-                                       "(it is a video, or its first propagation was IN_STATE)")
+                    raise InvalidInput(
+                        "the MedSAM2 3D protocol is for volumes, and this session propagates in-state "
+                        "(it is a video, or its first propagation was IN_STATE)"
+                    )
                 if not entry.annotation.object_ids:
                     raise PreconditionFailed("no prompts yet: add a box, points or a mask before propagating")
                 total = entry.annotation.planned_slices(slice_range)
@@ -233,8 +266,14 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
                     for obj_id, mask in entry.annotation.masks().items():
                         entry.results.set_object(obj_id, mask)
 
-    def _stream(self, entry: SessionEntry, stream: Iterator[tuple[str, FrameResult]], total: int, encoding: int,
-                context) -> Iterator[pb.SliceResult]:  # noqa: ANN001
+    def _stream(
+        self,
+        entry: SessionEntry,
+        stream: Iterator[tuple[str, FrameResult]],
+        total: int,
+        encoding: int,
+        context,  # noqa: ANN001
+    ) -> Iterator[pb.SliceResult]:
         done = 0
         started = time.perf_counter()
         for pass_name, result in stream:
@@ -257,8 +296,10 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
         annotation = entry.annotation
         propagated = [o for o in annotation.object_ids if annotation.is_propagated(o)]
         if propagated:
-            raise InvalidInput(f"objects {propagated} were propagated with the MedSAM2 3D protocol: keep using it "
-                               "(corrections re-track from their slice), or reset them before propagating in-state")
+            raise InvalidInput(
+                f"objects {propagated} were propagated with the MedSAM2 3D protocol: keep using it "
+                "(corrections re-track from their slice), or reset them before propagating in-state"
+            )
         for prompts in annotation.prompts().values():
             for prompt in prompts:
                 apply_prompt(entry.tracker, prompt)
@@ -270,7 +311,9 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
         start = request.start_slice if request.HasField("start_slice") else None
         if not tracker.objects:
             raise PreconditionFailed("no prompts yet: add a box, points or a mask before propagating")
-        origin = start if start is not None else min(t for o in tracker.objects.values() for t in (*o.cond, *o.pending_cond))
+        origin = (
+            start if start is not None else min(t for o in tracker.objects.values() for t in (*o.cond, *o.pending_cond))
+        )
         passes = [False, True] if direction is Direction.BOTH else [direction is Direction.BACKWARD]
         first, last = slice_range if slice_range is not None else (0, tracker.num_frames - 1)
         if not first <= origin <= last:
@@ -290,7 +333,7 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
 
     # -- results, storing and resets ----------------------------------------------------
     @rpc("GetResult")
-    def GetResult(self, request: pb.GetResultRequest, context) -> Iterator[pb.ResultChunk]:  # noqa: N802, ANN001
+    def GetResult(self, request: pb.GetResultRequest, context) -> Iterator[pb.ResultChunk]:  # noqa: ANN001
         fmt = request.format or pb.RESULT_FORMAT_NPZ
         if fmt not in RESULT_FORMATS:
             raise InvalidInput(f"result format {fmt} is not known: use {sorted(pb.ResultFormat.keys())[1:]}")
@@ -303,16 +346,25 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
                 shape = list(entry.results.shape)
             elif fmt == pb.RESULT_FORMAT_OBJECT_MASKS_NPZ:
                 masks = entry.results.masks()
-                data, object_ids, shape = encode_object_masks(masks, study.spacing), sorted(masks), \
-                    list(entry.results.shape)
+                data, object_ids, shape = (
+                    encode_object_masks(masks, study.spacing),
+                    sorted(masks),
+                    list(entry.results.shape),
+                )
             else:
                 labels = entry.results.labels()
                 object_ids, shape = entry.results.object_ids, list(labels.shape)
                 data = encode_labels(labels, study.spacing, study.geometry, LABEL_FORMATS[fmt])
         size = request.chunk_bytes or DEFAULT_CHUNK_BYTES
         for offset in range(0, max(len(data), 1), size):
-            yield pb.ResultChunk(data=data[offset: offset + size], offset=offset, total_bytes=len(data), format=fmt,
-                                 shape=shape, object_ids=object_ids)
+            yield pb.ResultChunk(
+                data=data[offset : offset + size],
+                offset=offset,
+                total_bytes=len(data),
+                format=fmt,
+                shape=shape,
+                object_ids=object_ids,
+            )
 
     def _dicom_results(self, entry: SessionEntry) -> DicomResults:
         """The session's SEG and SR, built once per state of the results (so the SR always names that SEG)."""
@@ -321,13 +373,14 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
             return cached[1]
         require_dicom_source(entry.study)
         masks = {i: m for i, m in entry.results.masks().items() if m.any()}
-        built = build_dicom_results(masks, entry.study, entry.results.shape, entry.objects,
-                                    self._model_of(entry).short_sha)
+        built = build_dicom_results(
+            masks, entry.study, entry.results.shape, entry.objects, self._model_of(entry).short_sha
+        )
         entry.replies["dicom"] = (entry.results.version, built)
         return built
 
     @rpc("StoreResult")
-    def StoreResult(self, request: pb.StoreResultRequest, context) -> pb.StoreResultResponse:  # noqa: N802, ANN001
+    def StoreResult(self, request: pb.StoreResultRequest, context) -> pb.StoreResultResponse:  # noqa: ANN001
         if self.pacs is None:
             raise PreconditionFailed("no PACS endpoint is configured on this server (MEDSAM2_PACS_<NAME>_URL)")
         if not request.endpoint:
@@ -341,8 +394,7 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
             fetched = study.dicom is None and bool(study.sop_instance_uids and study.study_uid and study.series_uid)
             if fetched:
                 # An upload that named its DICOM instances: their headers come from the PACS that holds them.
-                source = self.pacs.headers(request.endpoint, study.study_uid, study.series_uid,
-                                           study.sop_instance_uids)
+                source = self.pacs.headers(request.endpoint, study.study_uid, study.series_uid, study.sop_instance_uids)
                 check_headers_match(study, source, entry.results.shape)
                 study.dicom = source
             try:
@@ -353,8 +405,10 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
                 raise
             self.pacs.store(request.endpoint, [built.seg, built.sr])
             reply = pb.StoreResultResponse(
-                study_uid=str(built.seg.StudyInstanceUID), seg_series_uid=str(built.seg.SeriesInstanceUID),
-                seg_sop_instance_uid=str(built.seg.SOPInstanceUID), sr_series_uid=str(built.sr.SeriesInstanceUID),
+                study_uid=str(built.seg.StudyInstanceUID),
+                seg_series_uid=str(built.seg.SeriesInstanceUID),
+                seg_sop_instance_uid=str(built.seg.SOPInstanceUID),
+                sr_series_uid=str(built.sr.SeriesInstanceUID),
                 sr_sop_instance_uid=str(built.sr.SOPInstanceUID),
             )
             if request.request_id:
@@ -363,7 +417,7 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
             return reply
 
     @rpc("GetServerInfo")
-    def GetServerInfo(self, request: pb.GetServerInfoRequest, context) -> pb.ServerInfo:  # noqa: N802, ANN001
+    def GetServerInfo(self, request: pb.GetServerInfoRequest, context) -> pb.ServerInfo:  # noqa: ANN001
         limits = self.registry.limits
         versions = self.registry.versions
         model = (versions.provenance(versions.current_version) if versions is not None else None) or self.model
@@ -371,13 +425,24 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
         if self.pacs is not None:
             capabilities += ["pacs", "store-result"]
         return pb.ServerInfo(
-            server_version=_package_version(), api_version=pb.DESCRIPTOR.package, backend=self.backend.name,
+            server_version=_package_version(),
+            api_version=pb.DESCRIPTOR.package,
+            backend=self.backend.name,
             precision=self.backend.precision,
-            model=pb.ModelInfo(version=model.version, checkpoint_sha256=model.checkpoint_sha256 or "",
-                               short_sha=model.short_sha, untrained=bool(model.untrained)),
-            limits=pb.ServerLimits(max_sessions=limits.max_sessions, max_study_voxels=limits.max_study_voxels,
-                                   max_state_bytes=limits.max_state_bytes, session_ttl_seconds=limits.idle_ttl_s,
-                                   max_message_bytes=self.max_message_bytes, max_points=MAX_POINTS),
+            model=pb.ModelInfo(
+                version=model.version,
+                checkpoint_sha256=model.checkpoint_sha256 or "",
+                short_sha=model.short_sha,
+                untrained=bool(model.untrained),
+            ),
+            limits=pb.ServerLimits(
+                max_sessions=limits.max_sessions,
+                max_study_voxels=limits.max_study_voxels,
+                max_state_bytes=limits.max_state_bytes,
+                session_ttl_seconds=limits.idle_ttl_s,
+                max_message_bytes=self.max_message_bytes,
+                max_points=MAX_POINTS,
+            ),
             presets=[p.value for p in Preset],
             pacs_endpoints=self.pacs.endpoint_names if self.pacs is not None else [],
             result_formats=list(RESULT_FORMATS),
@@ -385,7 +450,7 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
         )
 
     @rpc("ResetObjects")
-    def ResetObjects(self, request: pb.ResetObjectsRequest, context) -> pb.Session:  # noqa: N802, ANN001
+    def ResetObjects(self, request: pb.ResetObjectsRequest, context) -> pb.Session:  # noqa: ANN001
         with self.registry.claim(request.session_id) as entry:
             known = _object_ids(entry)
             if request.all:
@@ -467,12 +532,15 @@ def _range(request: pb.PropagateRequest, num_frames: int) -> tuple[int, int] | N
     first = request.first_slice if request.HasField("first_slice") else 0
     last = request.last_slice if request.HasField("last_slice") else num_frames - 1
     if last >= num_frames or first > last:
-        raise InvalidInput(f"slice range {first},{last} does not fit the study's {num_frames} slices (0..{num_frames - 1})")
+        raise InvalidInput(
+            f"slice range {first},{last} does not fit the study's {num_frames} slices (0..{num_frames - 1})"
+        )
     return first, last
 
 
-def _slice_message(result: FrameResult, masks: np.ndarray, tracker: Tracker, pass_name: str, done: int, total: int,
-                   encoding: int) -> pb.SliceResult:
+def _slice_message(
+    result: FrameResult, masks: np.ndarray, tracker: Tracker, pass_name: str, done: int, total: int, encoding: int
+) -> pb.SliceResult:
     objects = []
     for i, obj_id in enumerate(result.obj_ids):
         if result.object_scores:

@@ -25,6 +25,7 @@ session lock); work on a session holds its own lock.
 
 from __future__ import annotations
 
+import builtins
 import logging
 import math
 import threading
@@ -36,13 +37,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from medsam2.engine.tracker import Tracker
 from medsam2.errors import (
     CapacityExceeded,
     InvalidInput,
-    NotFound,
     SessionBusy,
     SessionClosed,
     SessionEvicted,
@@ -161,8 +159,9 @@ class _Tombstone:
 class SessionRegistry:
     """Sessions by id, within ``Limits``, each visible to its owner only."""
 
-    def __init__(self, limits: Limits, clock: Callable[[], float] = time.monotonic, *,
-                 versions: VersionedBackends | None = None) -> None:
+    def __init__(
+        self, limits: Limits, clock: Callable[[], float] = time.monotonic, *, versions: VersionedBackends | None = None
+    ) -> None:
         self.limits = limits
         self._clock = clock
         self._versions = versions
@@ -179,8 +178,9 @@ class SessionRegistry:
     def check_study_size(self, voxels: int) -> None:
         """Refuse a study larger than the voxel limit before it is received."""
         if voxels > self.limits.max_study_voxels:
-            raise CapacityExceeded(f"study has {voxels} voxels, the limit is {self.limits.max_study_voxels}",
-                                   reason="STUDY_TOO_LARGE")
+            raise CapacityExceeded(
+                f"study has {voxels} voxels, the limit is {self.limits.max_study_voxels}", reason="STUDY_TOO_LARGE"
+            )
 
     def admit(self, incoming_bytes: int, *, principal: str | None = None) -> None:
         """Refuse, before anything is allocated, a session of ``incoming_bytes`` that could never fit."""
@@ -193,20 +193,26 @@ class SessionRegistry:
             raise CapacityExceeded(
                 f"the study needs about {incoming_bytes} bytes of session state; the limit is "
                 f"{min(self.limits.state_bytes_per_principal, self.limits.max_state_bytes)} bytes",
-                reason="STUDY_TOO_LARGE")
-        if len(pinned_own) >= self.limits.sessions_per_principal or \
-                sum(s.state_bytes for s in pinned_own) + incoming_bytes > self.limits.state_bytes_per_principal:
+                reason="STUDY_TOO_LARGE",
+            )
+        if (
+            len(pinned_own) >= self.limits.sessions_per_principal
+            or sum(s.state_bytes for s in pinned_own) + incoming_bytes > self.limits.state_bytes_per_principal
+        ):
             raise CapacityExceeded(self._own_full_message(own), reason="PRINCIPAL_QUOTA", retry_after_s=RETRY_FULL_S)
-        if len(pinned_all) >= self.limits.max_sessions or \
-                sum(s.state_bytes for s in pinned_all) + incoming_bytes > self.limits.max_state_bytes:
+        if (
+            len(pinned_all) >= self.limits.max_sessions
+            or sum(s.state_bytes for s in pinned_all) + incoming_bytes > self.limits.max_state_bytes
+        ):
             raise CapacityExceeded(self._full_message(), reason="SERVICE_FULL", retry_after_s=RETRY_FULL_S)
 
     def add(self, tracker: Tracker, study: StudyInfo, *, principal: str | None = None) -> SessionEntry:
         """Register a new session of the caller, evicting idle ones (the caller's own first) to make room."""
-        entry = SessionEntry(uuid.uuid4().hex, tracker, study, ResultStore(*tracker_shape(tracker)),
-                             owner=_who(principal))
+        entry = SessionEntry(
+            uuid.uuid4().hex, tracker, study, ResultStore(*tracker_shape(tracker)), owner=_who(principal)
+        )
         entry.last_used = self._clock()
-        evicted: list[SessionEntry] = []
+        evicted: builtins.list[SessionEntry] = []
         try:
             with self._lock:
                 self._make_room(entry.owner, entry.state_bytes, evicted)
@@ -225,13 +231,15 @@ class SessionRegistry:
         log.info("session %s opened (%d slices)", entry.session_id, tracker.num_frames)
         return entry
 
-    def _make_room(self, owner: str, incoming_bytes: int, evicted: list[SessionEntry]) -> None:
+    def _make_room(self, owner: str, incoming_bytes: int, evicted: builtins.list[SessionEntry]) -> None:
         limits = self.limits
 
         def own_over() -> bool:
             own = [s for s in self._sessions.values() if s.owner == owner]
-            return len(own) >= limits.sessions_per_principal or \
-                sum(s.state_bytes for s in own) + incoming_bytes > limits.state_bytes_per_principal
+            return (
+                len(own) >= limits.sessions_per_principal
+                or sum(s.state_bytes for s in own) + incoming_bytes > limits.state_bytes_per_principal
+            )
 
         def service_over() -> bool:
             used = sum(s.state_bytes for s in self._sessions.values())
@@ -243,22 +251,29 @@ class SessionRegistry:
         while own_over() and idle_own:
             evicted.append(self._drop(idle_own.pop(0), "evicted"))
         if own_over():
-            raise CapacityExceeded(self._own_full_message([s for s in self._sessions.values() if s.owner == owner]),
-                                   reason="PRINCIPAL_QUOTA", retry_after_s=RETRY_FULL_S)
+            raise CapacityExceeded(
+                self._own_full_message([s for s in self._sessions.values() if s.owner == owner]),
+                reason="PRINCIPAL_QUOTA",
+                retry_after_s=RETRY_FULL_S,
+            )
         for pool in (idle_own, idle_others):
             while service_over() and pool:
                 evicted.append(self._drop(pool.pop(0), "evicted"))
         if service_over():
             raise CapacityExceeded(self._full_message(), reason="SERVICE_FULL", retry_after_s=RETRY_FULL_S)
 
-    def _own_full_message(self, own: list[SessionEntry]) -> str:
-        return (f"you have {len(own)} open sessions holding {sum(s.state_bytes for s in own)} bytes (your limits: "
-                f"{self.limits.sessions_per_principal} sessions, {self.limits.state_bytes_per_principal} bytes) "
-                f"and none is idle: close one or retry later")
+    def _own_full_message(self, own: builtins.list[SessionEntry]) -> str:
+        return (
+            f"you have {len(own)} open sessions holding {sum(s.state_bytes for s in own)} bytes (your limits: "
+            f"{self.limits.sessions_per_principal} sessions, {self.limits.state_bytes_per_principal} bytes) "
+            f"and none is idle: close one or retry later"
+        )
 
     def _full_message(self) -> str:
-        return (f"the service is full ({len(self._sessions)} sessions, limit {self.limits.max_sessions}; "
-                f"state limit {self.limits.max_state_bytes} bytes) and no session is idle: retry later")
+        return (
+            f"the service is full ({len(self._sessions)} sessions, limit {self.limits.max_sessions}; "
+            f"state limit {self.limits.max_state_bytes} bytes) and no session is idle: retry later"
+        )
 
     # -- lookups --------------------------------------------------------------------------
     def get(self, session_id: str, *, principal: str | None = None) -> SessionEntry:
@@ -276,17 +291,23 @@ class SessionRegistry:
             return SessionNotFound("session_id is empty: give the id CreateSession returned", field="session_id")
         tomb = self._tombstones.get(session_id)
         if tomb is None or tomb.owner != owner:
-            return SessionNotFound(f"no session {session_id!r}: it was closed, expired, or never existed",
-                                   field="session_id")
+            return SessionNotFound(
+                f"no session {session_id!r}: it was closed, expired, or never existed", field="session_id"
+            )
         if tomb.reason == "closed":
             return SessionClosed(f"session {session_id!r} was closed", field="session_id")
         if tomb.reason == "expired":
-            return SessionEvicted(f"session {session_id!r} expired after {tomb.idle_s:.0f} s idle (the TTL is "
-                                  f"{self.limits.idle_ttl_s:.0f} s): open it again", field="session_id",
-                                  reason="SESSION_EXPIRED")
-        return SessionEvicted(f"session {session_id!r} was evicted after {tomb.idle_s:.0f} s idle to make room for "
-                              f"a new session (the service or your quota was full): open it again",
-                              field="session_id")
+            return SessionEvicted(
+                f"session {session_id!r} expired after {tomb.idle_s:.0f} s idle (the TTL is "
+                f"{self.limits.idle_ttl_s:.0f} s): open it again",
+                field="session_id",
+                reason="SESSION_EXPIRED",
+            )
+        return SessionEvicted(
+            f"session {session_id!r} was evicted after {tomb.idle_s:.0f} s idle to make room for "
+            f"a new session (the service or your quota was full): open it again",
+            field="session_id",
+        )
 
     @contextmanager
     def claim(self, session_id: str, busy: bool = False, *, principal: str | None = None) -> Iterator[SessionEntry]:
@@ -295,9 +316,11 @@ class SessionRegistry:
         if not entry.lock.acquire(timeout=self.limits.lock_wait_s):
             holder = entry.holder or "another request"
             held = self._clock() - entry.held_since if entry.held_since else 0.0
-            raise SessionBusy(f"session {session_id} is busy: {holder} has held it for {held:.1f} s "
-                              f"(waited {self.limits.lock_wait_s:g} s); retry when it ends, or cancel it",
-                              field="session_id")
+            raise SessionBusy(
+                f"session {session_id} is busy: {holder} has held it for {held:.1f} s "
+                f"(waited {self.limits.lock_wait_s:g} s); retry when it ends, or cancel it",
+                field="session_id",
+            )
         try:
             if entry.closed:
                 raise self._missing(session_id, entry.owner)
@@ -319,13 +342,13 @@ class SessionRegistry:
             metrics.BUSY_SESSIONS.set(sum(1 for s in self._all() if s.busy))
             self._publish()
 
-    def list(self, *, principal: str | None = None) -> list[SessionEntry]:
+    def list(self, *, principal: str | None = None) -> builtins.list[SessionEntry]:
         """The caller's open sessions."""
         owner = _who(principal)
         with self._lock:
             return [s for s in self._sessions.values() if s.owner == owner]
 
-    def _all(self) -> list[SessionEntry]:
+    def _all(self) -> builtins.list[SessionEntry]:
         with self._lock:
             return list(self._sessions.values())
 
@@ -355,7 +378,9 @@ class SessionRegistry:
                 f"session {entry.session_id} grew to {entry.state_bytes} bytes and the state limit "
                 f"({self.limits.max_state_bytes} bytes, {self.limits.state_bytes_per_principal} per principal) "
                 f"is reached even without cached features: close sessions or propagate a smaller range",
-                reason="STATE_LIMIT", retry_after_s=RETRY_FULL_S)
+                reason="STATE_LIMIT",
+                retry_after_s=RETRY_FULL_S,
+            )
 
     def _over(self, owner: str) -> bool:
         sessions = self._all()
@@ -380,8 +405,11 @@ class SessionRegistry:
         """Expire sessions idle longer than the TTL; returns how many."""
         now = self._clock()
         with self._lock:
-            expired = [self._drop(s, "expired") for s in list(self._sessions.values())
-                       if not _in_use(s) and now - s.last_used > self.limits.idle_ttl_s]
+            expired = [
+                self._drop(s, "expired")
+                for s in list(self._sessions.values())
+                if not _in_use(s) and now - s.last_used > self.limits.idle_ttl_s
+            ]
         for entry in expired:
             self._free_when_unused(entry)
         if expired:

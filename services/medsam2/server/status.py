@@ -6,7 +6,7 @@ serializing message!". Each status carries an ``ErrorInfo`` (domain
 ``medsam2``, a stable reason); INVALID_ARGUMENT adds a ``BadRequest`` field
 violation, RESOURCE_EXHAUSTED and UNAVAILABLE a ``RetryInfo``. A client that
 went away is counted as CANCELLED, not INTERNAL.
-"""
+"""  # noqa: E501
 
 from __future__ import annotations
 
@@ -77,8 +77,11 @@ def rich_status(code: grpc.StatusCode, message: str, error: Exception | None = N
     details = [error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN)]
     if code is grpc.StatusCode.INVALID_ARGUMENT:
         field = error.field if isinstance(error, Medsam2Error) else ""
-        details.append(error_details_pb2.BadRequest(
-            field_violations=[error_details_pb2.BadRequest.FieldViolation(field=field, description=message)]))
+        details.append(
+            error_details_pb2.BadRequest(
+                field_violations=[error_details_pb2.BadRequest.FieldViolation(field=field, description=message)]
+            )
+        )
     if code in DEFAULT_RETRY_S:
         after = error.retry_after_s if isinstance(error, Medsam2Error) and error.retry_after_s else None
         details.append(error_details_pb2.RetryInfo(retry_delay=_duration(after or DEFAULT_RETRY_S[code])))
@@ -90,8 +93,9 @@ def rich_status(code: grpc.StatusCode, message: str, error: Exception | None = N
     return status_pb2.Status(code=getattr(code_pb2, code.name), message=message, details=packed)
 
 
-def abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str,
-          error: Exception | None = None) -> NoReturn:
+def abort(
+    context: grpc.ServicerContext, code: grpc.StatusCode, message: str, error: Exception | None = None
+) -> NoReturn:
     """End the call with ``code``, ``message`` and rich details (raises, as ``context.abort`` does)."""
     context.abort_with_status(rpc_status.to_status(rich_status(code, message, error)))
     raise AssertionError("abort_with_status returned")  # grpc's abort always raises
@@ -102,6 +106,7 @@ def rpc(method: str) -> Callable:
 
     def wrap(fn: Callable) -> Callable:
         if inspect.isgeneratorfunction(fn):
+
             @functools.wraps(fn)
             def stream(self: Any, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
                 call = _Call(self, method, context)
@@ -113,12 +118,13 @@ def rpc(method: str) -> Callable:
                     except GeneratorExit:  # the client went away and grpc closed the stream
                         outcome.code = "CANCELLED"
                         raise
-                    except Exception as exc:  # noqa: BLE001 - every error leaves as a status
+                    except Exception as exc:
                         code, message, error = call.classify(exc)
                         outcome.code = code.name
                         abort(context, code, message, error)
                     finally:
                         call.end(outcome.code, _session_id(request))
+
             return stream
 
         @functools.wraps(fn)
@@ -130,12 +136,13 @@ def rpc(method: str) -> Callable:
                     call.begin(request)
                     response = fn(self, request, context)
                     return response
-                except Exception as exc:  # noqa: BLE001 - every error leaves as a status
+                except Exception as exc:
                     code, message, error = call.classify(exc)
                     outcome.code = code.name
                     abort(context, code, message, error)
                 finally:
                     call.end(outcome.code, _session_id(request) or _session_id(response))
+
         return unary
 
     return wrap
@@ -177,8 +184,13 @@ class _Call:
 
     def end(self, outcome: str, session_id: str) -> None:
         """Write the audit line and forget the caller's identity."""
-        audit.record(principal=self.principal or "-", rpc=self.method, session_id=session_id, outcome=outcome,
-                     duration_s=time.perf_counter() - self.started)
+        audit.record(
+            principal=self.principal or "-",
+            rpc=self.method,
+            session_id=session_id,
+            outcome=outcome,
+            duration_s=time.perf_counter() - self.started,
+        )
         auth.unbind(self.binding)
 
 

@@ -97,11 +97,17 @@ class UploadGuard:
         with self._lock:
             mine = self._per_principal.get(principal, 0)
             if mine >= self.limits.per_principal:
-                raise CapacityExceeded(f"you have {mine} uploads in flight (the limit per principal): finish one "
-                                       f"first", reason="UPLOADS_FULL", retry_after_s=RETRY_UPLOAD_S)
+                raise CapacityExceeded(
+                    f"you have {mine} uploads in flight (the limit per principal): finish one first",
+                    reason="UPLOADS_FULL",
+                    retry_after_s=RETRY_UPLOAD_S,
+                )
             if not self._slots.acquire(blocking=False):
-                raise CapacityExceeded(f"{self.limits.max_concurrent} uploads are already in flight (the limit): "
-                                       f"retry in a few seconds", reason="UPLOADS_FULL", retry_after_s=RETRY_UPLOAD_S)
+                raise CapacityExceeded(
+                    f"{self.limits.max_concurrent} uploads are already in flight (the limit): retry in a few seconds",
+                    reason="UPLOADS_FULL",
+                    retry_after_s=RETRY_UPLOAD_S,
+                )
             self._per_principal[principal] = mine + 1
             watch = _Watch(context, time.monotonic())
             self._watches.add(watch)
@@ -152,7 +158,9 @@ class UploadGuard:
         if resized > limit:
             raise CapacityExceeded(
                 f"study of shape {list(shape)} becomes {resized} voxels once each slice is resized to "
-                f"{IMAGE_SIZE}x{IMAGE_SIZE} for the model; the limit is {limit}", reason="STUDY_TOO_LARGE")
+                f"{IMAGE_SIZE}x{IMAGE_SIZE} for the model; the limit is {limit}",
+                reason="STUDY_TOO_LARGE",
+            )
         self.registry.admit(state_bytes)
 
     def receive(self, header: Any, chunks: Iterator[Any]) -> np.ndarray:
@@ -166,12 +174,16 @@ class UploadGuard:
             if message.WhichOneof("part") != "voxels":
                 raise InvalidInput("only voxel chunks may follow the header", field="voxels")
             if len(buffer) + len(message.voxels) > expected:
-                raise InvalidInput(f"upload is larger than the header says: more than {expected} bytes "
-                                   f"for shape {list(shape)} of {dtype.name}", field="voxels")
+                raise InvalidInput(
+                    f"upload is larger than the header says: more than {expected} bytes "
+                    f"for shape {list(shape)} of {dtype.name}",
+                    field="voxels",
+                )
             buffer += message.voxels
         if len(buffer) != expected:
-            raise InvalidInput(f"upload ended after {len(buffer)} of {expected} bytes: the stream was truncated",
-                               field="voxels")
+            raise InvalidInput(
+                f"upload ended after {len(buffer)} of {expected} bytes: the stream was truncated", field="voxels"
+            )
         return np.frombuffer(buffer, dtype).reshape(shape)
 
     def close(self) -> None:
@@ -194,8 +206,10 @@ class UploadGuard:
                 if watch.expired or waiting_since is None:
                     continue
                 if now - waiting_since > self.limits.idle_timeout_s:
-                    watch.expired = (f"upload sent nothing for {self.limits.idle_timeout_s:g} s "
-                                     f"(the idle timeout): send the voxels without pausing")
+                    watch.expired = (
+                        f"upload sent nothing for {self.limits.idle_timeout_s:g} s "
+                        f"(the idle timeout): send the voxels without pausing"
+                    )
                 elif now - watch.started > self.limits.deadline_s:
                     watch.expired = f"upload did not finish within {self.limits.deadline_s:g} s (the total deadline)"
                 else:

@@ -29,6 +29,7 @@ BackendLoader = Callable[[Path, int | None], StageBackend]
 
 def onnxruntime_loader(threads: int) -> BackendLoader:
     """Load one version of a repository into ONNX Runtime."""
+
     def load(repository: Path, version: int | None) -> StageBackend:
         from medsam2.backends.onnxruntime_backend import OnnxRuntimeBackend
 
@@ -40,8 +41,9 @@ def onnxruntime_loader(threads: int) -> BackendLoader:
 class VersionedBackends:
     """Backends by model version, with the current one for new sessions; itself a backend (the current one)."""
 
-    def __init__(self, repository: Path, load: BackendLoader, *, max_concurrent: int = 1,
-                 version: int | None = None) -> None:
+    def __init__(
+        self, repository: Path, load: BackendLoader, *, max_concurrent: int = 1, version: int | None = None
+    ) -> None:
         self.repository = Path(repository)
         self._load = load
         self._max_concurrent = max_concurrent
@@ -60,8 +62,9 @@ class VersionedBackends:
         with self._lock:
             loaded = chosen in self._backends
         if not loaded:
-            backend = metrics.InstrumentedBackend(self._load(self.repository, chosen),
-                                                  max_concurrent=self._max_concurrent)
+            backend = metrics.InstrumentedBackend(
+                self._load(self.repository, chosen), max_concurrent=self._max_concurrent
+            )
         with self._lock:
             if chosen not in self._backends:
                 self._backends[chosen] = backend
@@ -101,6 +104,11 @@ class VersionedBackends:
         log.info("model version %s unloaded: no session uses it", version)
 
     # -- the StageBackend of the current version -------------------------------------------------
+    @property
+    def precision(self) -> str:
+        """The current version's compute precision."""
+        return self._backends[self.current_version].precision
+
     @property
     def fused_track_step(self) -> bool:
         """Whether the current backend runs whole track steps (the embedded one does not)."""

@@ -21,7 +21,8 @@ def open_store(url: str) -> SessionStore:
         try:
             from medsam2.store.redis_store import RedisStore
         except ImportError:  # pragma: no cover - the extra is part of the standard install
-            raise ConfigError("a redis:// session store needs the redis package: pip install 'medsam2-serving[redis]'")
+            raise ConfigError("a redis:// session store needs the redis package: pip install 'medsam2-serving[redis]'")  # noqa: B904
         return RedisStore(url)
-    raise ConfigError(f"session store URL must start with one of {', '.join(s + '://' for s in SCHEMES)}; "
-                      f"got scheme {scheme!r}")
+    raise ConfigError(
+        f"session store URL must start with one of {', '.join(s + '://' for s in SCHEMES)}; got scheme {scheme!r}"
+    )

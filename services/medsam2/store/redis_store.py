@@ -18,8 +18,12 @@ _SEPARATOR = b"\x00"
 
 def _keys(session_id: str) -> dict[str, str]:
     base = f"m2:{{{session_id}}}"
-    return {"record": f"{base}:record", "study": f"{base}:study", "journal": f"{base}:journal",
-            "replies": f"{base}:replies"}
+    return {
+        "record": f"{base}:record",
+        "study": f"{base}:study",
+        "journal": f"{base}:journal",
+        "replies": f"{base}:replies",
+    }
 
 
 class RedisStore:
@@ -36,13 +40,14 @@ class RedisStore:
         except ValueError as exc:
             raise StoreUnavailable(f"the session store URL is not valid: {exc}") from None
 
-    def _call(self, what: str, fn: Any) -> Any:  # noqa: ANN401 - whatever the Redis call returns
+    def _call(self, what: str, fn: Any) -> Any:
         try:
             return fn()
         except self._errors as exc:
             # The exception text can hold the host but never the password; keep only its kind and message.
-            raise StoreUnavailable(f"session store unavailable while trying to {what}: "
-                                   f"{type(exc).__name__}: {exc}") from None
+            raise StoreUnavailable(
+                f"session store unavailable while trying to {what}: {type(exc).__name__}: {exc}"
+            ) from None
 
     def ping(self) -> None:
         """Raise ``StoreUnavailable`` unless the server answers (and accepted our credentials)."""
@@ -52,9 +57,12 @@ class RedisStore:
         """Write the record and the study's chunks in one transaction."""
         keys = _keys(record.session_id)
         fields = {
-            "owner": record.owner, "header": record.header, "durable": "1" if record.durable else "0",
+            "owner": record.owner,
+            "header": record.header,
+            "durable": "1" if record.durable else "0",
             "model_version": "" if record.model_version is None else str(record.model_version),
-            "created": repr(record.created), "attributes": json.dumps(record.attributes),
+            "created": repr(record.created),
+            "attributes": json.dumps(record.attributes),
         }
         chunks = list(study_chunks)
         ttl_ms = max(int(ttl_s * 1000), 1)

@@ -63,6 +63,10 @@ class FakeBackend:
         """How often each stage ran, for tests of caching and batching."""
         self.closed = False
 
+    def is_ready(self) -> bool:
+        """In-process graphs are ready once constructed."""
+        return True
+
     def run(self, stage: Stage, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Check ``inputs`` against the contract, then compute the stage's stand-in outputs."""
         check_inputs(stage, inputs)
@@ -112,8 +116,11 @@ class FakeBackend:
         yy, xx = np.mgrid[0:LOW_RES, 0:LOW_RES].astype(np.float32) * (IMAGE_SIZE / LOW_RES)
         for b in range(batch):
             coords, labels = inputs["point_coords"][b], inputs["point_labels"][b]
-            corners = {int(lab): c for c, lab in zip(coords, labels, strict=True)
-                       if lab in (POINT_LABEL_BOX_TOP_LEFT, POINT_LABEL_BOX_BOTTOM_RIGHT)}
+            corners = {
+                int(lab): c
+                for c, lab in zip(coords, labels, strict=True)
+                if lab in (POINT_LABEL_BOX_TOP_LEFT, POINT_LABEL_BOX_BOTTOM_RIGHT)
+            }
             if len(corners) == 2:
                 (x0, y0), (x1, y1) = corners[POINT_LABEL_BOX_TOP_LEFT], corners[POINT_LABEL_BOX_BOTTOM_RIGHT]
                 inside = (xx >= x0) & (xx <= x1) & (yy >= y0) & (yy <= y1)
