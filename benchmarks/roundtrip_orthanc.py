@@ -1,10 +1,11 @@
 """Time and bytes of the clinical round trip: a CT series in Orthanc -> medsam2 serve -> client --pacs with an
 actions file (box, propagate, negative click on a non-key slice, propagate) -> --store SEG and SR back.
 
-Runs Orthanc in a private network namespace (tests/orthanc.py) and prints one JSON object. A measurement, not a
-test: it asserts nothing about speed.
+Runs Orthanc in a private network namespace (tests/integration/orthanc.py) and prints one JSON object. A
+measurement, not a test: it asserts nothing about speed.
 
-    PYTHONPATH=services:export:tests python benchmarks/roundtrip_orthanc.py --graphs GRAPHS --slices 60 --size 512
+    PYTHONPATH=services:export:tests/integration python benchmarks/roundtrip_orthanc.py \
+        --graphs GRAPHS --slices 60 --size 512
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "services"), str(ROOT / "export")]
+sys.path[:0] = [str(ROOT / "tests" / "integration"), str(ROOT / "services"), str(ROOT / "export")]
 
 import orthanc  # noqa: E402
 from test_roundtrip_orthanc import Service, _actions, _client, _stats  # noqa: E402

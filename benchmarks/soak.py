@@ -11,7 +11,7 @@ Two loops against one in-process server on the embedded backend (RSS is this pro
     .venv/bin/python benchmarks/soak.py --model-repository GRAPHS work --threads 4 --seconds 300
 
 GRAPHS is a folder of exported graphs (``medsam2 export``; the tests' ``graphs`` fixture makes one).
-Prints one JSON object. Not run in CI (tests/test_soak.py runs a short version with a bound).
+Prints one JSON object. Not run in CI (tests/integration/test_soak.py runs a short version with a bound).
 """  # noqa: E501
 
 from __future__ import annotations

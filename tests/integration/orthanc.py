@@ -85,7 +85,7 @@ def assert_private_namespace() -> None:
     if interfaces != ["lo"]:
         raise RuntimeError(
             f"refusing to start Orthanc: this network namespace has interfaces {interfaces}; Orthanc binds "
-            "0.0.0.0, so it runs only under `unshare -n` (see tests/orthanc.py run_isolated)"
+            "0.0.0.0, so it runs only under `unshare -n` (see tests/integration/orthanc.py run_isolated)"
         )
 
 

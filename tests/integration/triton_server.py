@@ -1,6 +1,6 @@
 """A real Triton for tests: the CPU repository of the ``graphs["present"]`` fixture, served on loopback.
 
-Import the fixtures where they are needed (a test module, or ``tests/conftest.py``
+Import the fixtures where they are needed (a test module, or ``tests/integration/conftest.py``
 for the whole suite)::
 
     from triton_server import triton_repository, triton_server, triton_url  # noqa: F401

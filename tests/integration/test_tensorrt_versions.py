@@ -14,7 +14,7 @@ import yaml
 
 from medsam2_export.tensorrt_build import TENSORRT_VERSION, TRITON_RELEASE
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _arg(dockerfile: str, name: str) -> str:

@@ -26,7 +26,7 @@ from medsam2.graphs import (
 from medsam2_export import model_repository as mr
 from medsam2_export.tensorrt_build import profile_shapes
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 COMMITTED = REPO / "model_repository"
 TRITON_TYPES = {
     "uint8": "TYPE_UINT8",

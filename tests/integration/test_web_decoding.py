@@ -17,7 +17,7 @@ from google.protobuf import json_format
 from medsam2.api.convert import encode_mask
 from medsam2.api.pb.medsam2.v1 import segmentation_pb2 as pb
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 ANATOMICAL = Path(nib.__file__).parent / "tests" / "data" / "anatomical.nii"
 pytestmark = pytest.mark.skipif(shutil.which("node") is None, reason="needs node (v20) to run the page's code")
 

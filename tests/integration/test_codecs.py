@@ -41,7 +41,7 @@ def _file(name: str) -> Path:
 
 
 def _without_plugins(*args: str) -> subprocess.CompletedProcess[str]:
-    repo = Path(__file__).resolve().parent.parent
+    repo = Path(__file__).resolve().parents[2]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo / "services"), str(repo / "export")])}
     return subprocess.run(
         [sys.executable, "-c", _HIDE_PLUGINS, *args], capture_output=True, text=True, timeout=300, env=env, check=False

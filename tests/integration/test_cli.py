@@ -18,7 +18,7 @@ from medsam2.cli import exit_codes
 from medsam2.errors import BackendUnavailable, CheckpointError, DownloadError, NotFound, OutputNotWritable
 from medsam2.graphs import ENSEMBLES, GRAPHS
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 COMMITTED_ONNXRUNTIME = REPO / "model_repository" / "onnxruntime"
 TOLERANCE = 1e-4
 """The verify tolerance the README promises, restated so a loosened constant in the code fails here."""

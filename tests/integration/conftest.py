@@ -22,7 +22,7 @@ def _export_cache() -> Path | None:
     root = os.environ.get("MEDSAM2_TEST_CACHE")
     if not root:
         return None
-    repo = Path(__file__).resolve().parent.parent
+    repo = Path(__file__).resolve().parents[2]
     digest = hashlib.sha256(str(TEST_SEED).encode())
     for path in sorted(
         [

@@ -256,7 +256,7 @@ def test_cli_exit_codes_without_tracebacks(
     if name not in files:
         pytest.skip(f"{name} is in pydicom-data, which is not installed")
     out = tmp_path / f"r{suffix}"
-    repo = Path(__file__).resolve().parent.parent
+    repo = Path(__file__).resolve().parents[2]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo / "services"), str(repo / "export")])}
     run = subprocess.run(
         [
