@@ -4,27 +4,34 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# debian_install WHY PACKAGE...: install Debian packages as root, with no package service allowed to start (a
+# policy-rc.d that refuses every start is put in place when the machine has none): Orthanc would listen on every
+# interface, and the tests start their own servers anyway. Without root, say what is missing and go on.
+debian_install() {
+    local why="$1"
+    shift
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "test_deps.sh: $why need: apt-get install $* (as root)" >&2
+        return 0
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    local policy=/usr/sbin/policy-rc.d own_policy=0
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod 755 "$policy" && own_policy=1
+    fi
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+    if [ "$own_policy" = 1 ]; then rm -f "$policy"; fi
+}
+
 # --- Orthanc (PACS with DICOMweb) --------------------------------------------------------
 # (owned by the DICOM I/O work) Debian's Orthanc 1.10 and its DICOMweb plug-in. Orthanc binds 0.0.0.0, so the
 # tests start it only inside a private network namespace (`unshare -n`, loopback only): see tests/integration/orthanc.py.
-# The package's own service must never start (it would listen on every interface of the host): a policy-rc.d
-# that refuses every service start is put in place for the install when the machine has none.
+# The package's own service must never start (it would listen on every interface of the host): see debian_install.
 ORTHANC_PLUGIN=/usr/share/orthanc/plugins/libOrthancDicomWeb.so
 if ! command -v Orthanc >/dev/null 2>&1 || [ ! -f "$ORTHANC_PLUGIN" ] || ! command -v unshare >/dev/null 2>&1 \
    || ! command -v ip >/dev/null 2>&1; then
-    if [ "$(id -u)" -ne 0 ]; then
-        echo "test_deps.sh: Orthanc tests need: apt-get install orthanc orthanc-dicomweb util-linux iproute2 (as root)" >&2
-    else
-        export DEBIAN_FRONTEND=noninteractive
-        policy=/usr/sbin/policy-rc.d
-        own_policy=0
-        if [ ! -e "$policy" ]; then
-            printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod 755 "$policy" && own_policy=1
-        fi
-        apt-get update -qq
-        apt-get install -y -qq --no-install-recommends orthanc orthanc-dicomweb util-linux iproute2 >/dev/null
-        if [ "$own_policy" = 1 ]; then rm -f "$policy"; fi
-    fi
+    debian_install "Orthanc tests" orthanc orthanc-dicomweb util-linux iproute2
 fi
 
 # --- Triton (tritonserver from the nvidia-pytriton wheel, CPU, Python backend) ----------
@@ -72,49 +79,24 @@ fi
 
 # --- Redis (the durable session store) ---------------------------------------------------
 # Debian's redis-server; the tests start their own instances on loopback (tests/integration/redis_server.py) and stop them.
-# The package's own service must not start: the same policy-rc.d guard as for Orthanc.
 if ! command -v redis-server >/dev/null 2>&1; then
-    if [ "$(id -u)" -ne 0 ]; then
-        echo "test_deps.sh: Redis tests need: apt-get install redis-server (as root)" >&2
-    else
-        export DEBIAN_FRONTEND=noninteractive
-        policy=/usr/sbin/policy-rc.d
-        own_policy=0
-        if [ ! -e "$policy" ]; then
-            printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod 755 "$policy" && own_policy=1
-        fi
-        apt-get update -qq
-        apt-get install -y -qq --no-install-recommends redis-server >/dev/null
-        if [ "$own_policy" = 1 ]; then rm -f "$policy"; fi
-        # Debian starts the service on install where no policy forbids it; the tests run their own.
-        if command -v service >/dev/null 2>&1; then service redis-server stop >/dev/null 2>&1 || true; fi
-    fi
+    debian_install "Redis tests" redis-server
 fi
+
 # --- Chromium (the web viewer's browser test) -------------------------------------------
 # (owned by the web viewer work) Debian's chromium, driven by the playwright Python package (a dev extra) through
 # executable_path: Playwright's own browser download is never used.
 if ! command -v chromium >/dev/null 2>&1; then
-    if [ "$(id -u)" -ne 0 ]; then
-        echo "test_deps.sh: the browser test needs: apt-get install chromium (as root)" >&2
-    else
-        export DEBIAN_FRONTEND=noninteractive
-        apt-get update -qq
-        apt-get install -y -qq --no-install-recommends chromium >/dev/null
-    fi
+    debian_install "the browser test" chromium
 fi
 scripts/build_web.sh
+
 # --- DICOM conformance (corpus, validator, codecs) ----------------------------------------
 # (owned by the DICOM I/O work) dicom3tools' dciodvfy checks every SEG the corpus test writes; pydicom-data is
 # the corpus beside pydicom's own files; the codecs extra (pylibjpeg and its plug-ins) decodes 12-bit JPEG and
 # the JPEG 2000 files Pillow cannot; SimpleITK reads geometry as ITK does, for comparison.
 if ! command -v dciodvfy >/dev/null 2>&1; then
-    if [ "$(id -u)" -ne 0 ]; then
-        echo "test_deps.sh: the DICOM conformance tests need: apt-get install dicom3tools (as root)" >&2
-    else
-        export DEBIAN_FRONTEND=noninteractive
-        apt-get update -qq
-        apt-get install -y -qq --no-install-recommends dicom3tools >/dev/null
-    fi
+    debian_install "the DICOM conformance tests" dicom3tools
 fi
 if ! .venv/bin/python -c "import data_store, SimpleITK, pylibjpeg, libjpeg, openjpeg, rle" 2>/dev/null; then
     .venv/bin/python -m pip --disable-pip-version-check -q install "pydicom-data>=1.0" "SimpleITK>=2.3" \

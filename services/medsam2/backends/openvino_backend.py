@@ -106,10 +106,7 @@ class OpenVinoBackend:
             raise BackendUnavailable(
                 f"{stage.value} is a Triton ensemble; the embedded backend runs its graphs one by one"
             )
-        try:
-            check_inputs(stage, inputs)
-        except ValueError as exc:
-            raise InvalidInput(str(exc)) from exc
+        check_inputs(stage, inputs)
         lock, request = self._request(stage)
         feeds = {t.name: np.ascontiguousarray(inputs[t.name]) for t in GRAPHS[stage].inputs}
         # One infer request per graph: a request is not re-entrant, so concurrent calls of one stage take turns.

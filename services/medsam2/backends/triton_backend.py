@@ -73,10 +73,7 @@ class TritonBackend:
     def run(self, stage: Stage, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run ``stage`` (a stage graph or an ensemble) in Triton and return every output by name."""
         spec = _spec(stage)
-        try:
-            check_inputs(stage, inputs)
-        except ValueError as exc:
-            raise InvalidInput(str(exc)) from exc
+        check_inputs(stage, inputs)
         batch = inputs[spec.inputs[0].name].shape[0]
         if batch > self.max_batch:
             chunks = [

@@ -7,6 +7,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from medsam2.errors import InvalidInput
 from medsam2.graphs import ENSEMBLES, GRAPHS, Stage
 
 
@@ -41,16 +42,22 @@ class StageBackend(Protocol):
 
 
 def check_inputs(stage: Stage, inputs: Mapping[str, np.ndarray]) -> None:
-    """Raise ``ValueError`` naming the first input that does not fit the contract (a stage graph's or an ensemble's)."""
+    """Raise ``InvalidInput`` naming the first input that does not fit the contract (a stage graph's or an ensemble's).
+
+    Every backend calls this first, so a bad tensor is the same domain error (INVALID_ARGUMENT) on all of them.
+    """
     spec = GRAPHS[stage] if stage in GRAPHS else ENSEMBLES[stage]
     missing = [t.name for t in spec.inputs if t.name not in inputs]
     if missing:
-        raise ValueError(f"{stage.value}: missing inputs {missing}")
+        raise InvalidInput(f"{stage.value}: missing inputs {missing}")
     batch = None
     for t in spec.inputs:
         array = inputs[t.name]
-        t.check(array)
+        try:
+            t.check(array)
+        except ValueError as exc:
+            raise InvalidInput(f"{stage.value}: {exc}") from None
         if batch is None:
             batch = array.shape[0]
         elif array.shape[0] != batch:
-            raise ValueError(f"{stage.value}: {t.name} has batch {array.shape[0]}, expected {batch}")
+            raise InvalidInput(f"{stage.value}: {t.name} has batch {array.shape[0]}, expected {batch}")

@@ -87,7 +87,7 @@ def fetch_instances(endpoint: PacsEndpoint, study_uid: str, series_uid: str) -> 
             # 406/400: the PACS cannot transcode; take the stored syntax and let the reader judge it.
             if exc.response is None or exc.response.status_code not in (400, 406):
                 raise
-            log.info("%s cannot transcode series %s; retrieving it as stored", endpoint.name, series_uid)
+            log.debug("%s cannot transcode series %s; retrieving it as stored", endpoint.name, series_uid)
             return client.retrieve_series(study_uid, series_uid, media_types=_AS_STORED)
 
 
