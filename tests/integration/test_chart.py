@@ -30,6 +30,7 @@ VARIANTS: dict[str, list[str]] = {
     "default": [],
     "gpu": ["-f", str(CHART / "ci" / "gpu-values.yaml")],
     "cpu": ["-f", str(CHART / "ci" / "cpu-values.yaml")],
+    "durable": ["--set", "sessionStore.bundled.enabled=true"],
     "s3": [
         "--set",
         (
@@ -72,6 +73,7 @@ EXPECTED_KINDS = {
         "DestinationRule": 0,
     },
     "s3": {"Deployment": 2, "Job": 0, "PersistentVolumeClaim": 0},
+    "durable": {"StatefulSet": 1, "Service": 4, "NetworkPolicy": 3},
 }
 CRD_KINDS = {"ServiceMonitor", "PrometheusRule", "DestinationRule"}
 
@@ -350,6 +352,38 @@ def test_tls_and_auth_wiring(tools: dict[str, Path]) -> None:
     assert not any(k.startswith("MEDSAM2_TLS") for k in env_of(s))
 
 
+def test_session_store_wiring(tools: dict[str, Path]) -> None:
+    """Bundled Redis: the service points at it and only the service may reach it; or a Secret names an external one."""
+    docs = helm_template(tools, VARIANTS["durable"])
+    env = env_of(container(one(docs, "Deployment", f"{RELEASE}-medsam2"), "server"))
+    assert env["MEDSAM2_SESSION_STORE"] == f"redis://{RELEASE}-medsam2-redis:6379/0"
+    assert env["MEDSAM2_SESSION_STORE_MAX_STUDY_BYTES"] == str(512 * 2**20)
+    redis = one(docs, "StatefulSet", f"{RELEASE}-medsam2-redis")
+    args = container(redis, "redis")["args"]
+    assert args[args.index("--appendonly") + 1] == "yes" and args[args.index("--appendfsync") + 1] == "always"
+    policy = one(docs, "NetworkPolicy", f"{RELEASE}-medsam2-redis")
+    (rule,) = policy["spec"]["ingress"]
+    assert rule["from"] == [
+        {
+            "podSelector": {
+                "matchLabels": {
+                    "app.kubernetes.io/name": "medsam2",
+                    "app.kubernetes.io/instance": RELEASE,
+                    "app.kubernetes.io/component": "server",
+                }
+            }
+        }
+    ]
+
+    docs = helm_template(tools, ["--set", "sessionStore.existingSecret=medsam2-redis-url"])
+    env = env_of(container(one(docs, "Deployment", f"{RELEASE}-medsam2"), "server"))
+    assert env["MEDSAM2_SESSION_STORE"] == {"secretKeyRef": {"name": "medsam2-redis-url", "key": "url"}}
+    assert not by_kind(docs, "StatefulSet")
+    assert "MEDSAM2_SESSION_STORE" not in env_of(
+        container(one(helm_template(tools, []), "Deployment", f"{RELEASE}-medsam2"), "server")
+    )
+
+
 def test_sticky_sessions_destination_rule(tools: dict[str, Path]) -> None:
     docs = helm_template(tools, VARIANTS["gpu"])
     rule = one(docs, "DestinationRule", f"{RELEASE}-medsam2")
@@ -383,6 +417,8 @@ def test_chart_settings_match_the_service() -> None:
     known = {f.metadata["env"] for cls in (ServerSettings, Settings) for f in dataclasses.fields(cls)}
     template = (CHART / "templates" / "server-deployment.yaml").read_text()
     used = set(re.findall(r"\bMEDSAM2_[A-Z_]+", template)) - {"MEDSAM2_PROBE_CA", "MEDSAM2_PROBE_SERVER_NAME"}
+    # MEDSAM2_PACS_<NAME>_* name endpoints; pacs/config.py reads them (tests/integration/test_chart_pacs.py).
+    used.discard("MEDSAM2_PACS_")
     assert used - known == set(), "the chart sets variables the service does not read"
 
 

@@ -188,9 +188,3 @@ def _code(concept: pb.CodedConcept, name: str) -> Code:
             f"object_info.{name} is too long: value and meaning at most 64 characters, scheme at most 16"
         )
     return Code(concept.value, concept.scheme, concept.meaning)
-
-
-def check_mask_encoding(encoding: int, field: str) -> None:
-    """``InvalidInput`` for a mask encoding this server does not know."""
-    if encoding not in pb.MaskEncoding.values():
-        raise InvalidInput(f"{field} {encoding} is not a known MaskEncoding: use {sorted(pb.MaskEncoding.keys())}")

@@ -26,6 +26,7 @@ from medsam2.pacs.service import PacsStudies
 from medsam2.server import audit, metrics, status
 from medsam2.server.auth import Authenticator, reload_on_sighup
 from medsam2.server.config import ServerSettings
+from medsam2.server.durability import Durability
 from medsam2.server.servicer import SegmentationServicer
 from medsam2.server.sessions import Limits, SessionRegistry
 from medsam2.server.uploads import UploadGuard, UploadLimits
@@ -110,6 +111,21 @@ def make_backend(settings: ServerSettings, threads: int) -> StageBackend:
     )
 
 
+def open_durability(settings: ServerSettings) -> Durability | None:
+    """The session store's journal, or None for memory:// (sessions live in this replica only, as before)."""
+    from medsam2.store import open_store
+
+    store = open_store(settings.session_store)
+    if store.url_scheme == "memory":
+        return None
+    try:
+        store.ping()  # fail at start on a wrong URL, password or certificate, not on the first request
+    except Exception as exc:
+        store.close()
+        raise ConfigError(f"--session-store: {exc}") from None
+    return Durability(store, ttl_s=settings.session_ttl_s, max_study_bytes=settings.session_store_max_study_bytes)
+
+
 def pacs_studies(environ: Mapping[str, str]) -> PacsStudies | None:
     """The PACS endpoints configured in ``environ`` (``MEDSAM2_PACS_CONFIG``, ``MEDSAM2_PACS_<NAME>_*``), if any."""
     from medsam2.pacs.config import load_config
@@ -143,6 +159,7 @@ class RunningServer:
     ops_port: int = 0
     auth: Authenticator | None = None
     uploads: UploadGuard | None = None
+    durability: Durability | None = None
 
     @property
     def http_port(self) -> int:
@@ -163,6 +180,8 @@ class RunningServer:
             self.uploads.close()
         self.registry.close_all()
         self.backend.close()
+        if self.durability is not None:
+            self.durability.store.close()
 
 
 def start_server(
@@ -210,6 +229,7 @@ def start_server(
         options=_channel_options(settings),
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs or 4 * settings.workers,
     )
+    durability = open_durability(settings)
     servicer = SegmentationServicer(
         registry,
         instrumented,
@@ -219,6 +239,7 @@ def start_server(
         max_message_bytes=settings.max_message_bytes,
         auth=authenticator,
         uploads=uploads,
+        durability=durability,
     )
     pb_grpc.add_SegmentationServiceServicer_to_server(servicer, server)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
@@ -260,6 +281,7 @@ def start_server(
         ops_port=ops_port,
         auth=authenticator,
         uploads=uploads,
+        durability=durability,
     )
     threading.Thread(target=_watch, args=(running,), name="medsam2-watch", daemon=True).start()
     log.info(

@@ -29,6 +29,17 @@ class ServerSettings:
     max_study_voxels: int = setting(512 * 512 * 1024, "MEDSAM2_MAX_STUDY_VOXELS", "voxels per study at most")
     max_state_bytes: int = setting(8 * 2**30, "MEDSAM2_MAX_STATE_BYTES", "memory for all sessions at most")
     session_ttl_s: float = setting(1800.0, "MEDSAM2_SESSION_TTL_S", "idle seconds before a session expires")
+    session_store: str = setting(
+        "memory://",
+        "MEDSAM2_SESSION_STORE",
+        "where sessions' studies and journals live: memory:// (this replica only) or redis[s]://[user:pass@]host:port/db"
+        " (any replica rebuilds a session after a loss)",
+    )
+    session_store_max_study_bytes: int = setting(
+        512 * 2**20,
+        "MEDSAM2_SESSION_STORE_MAX_STUDY_BYTES",
+        "largest compressed upload kept in the session store; a larger study's session is not durable",
+    )
     backend_concurrency: int = setting(
         0,
         "MEDSAM2_BACKEND_CONCURRENCY",

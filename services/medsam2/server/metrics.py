@@ -38,6 +38,12 @@ ACTIVE_SESSIONS = Gauge("medsam2_active_sessions", "Open sessions")
 BUSY_SESSIONS = Gauge("medsam2_busy_sessions", "Sessions with a propagation in flight")
 STATE_BYTES = Gauge("medsam2_session_state_bytes", "Memory held by all sessions")
 EVICTIONS = Counter("medsam2_session_evictions_total", "Sessions removed without a CloseSession", ["reason"])
+REBUILDS = Counter("medsam2_session_rebuilds_total", "Sessions rebuilt from the session store by this replica")
+REBUILD_SECONDS = Histogram(
+    "medsam2_session_rebuild_seconds",
+    "Time to rebuild a session: fetch the study and replay its journal",
+    buckets=_LATENCY_BUCKETS,
+)
 ERRORS = Counter("medsam2_errors_total", "Requests that ended in an error, by error type", ["kind"])
 
 

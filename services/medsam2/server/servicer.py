@@ -10,14 +10,14 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Generator, Iterator
 from importlib import metadata
 
 import numpy as np
+from google.protobuf.message import Message
 
 from medsam2.api.convert import (
     DIRECTIONS,
-    check_mask_encoding,
     encode_mask,
     geometry_from_pb,
     geometry_to_pb,
@@ -39,13 +39,14 @@ from medsam2.io.dicom_seg import default_segments
 from medsam2.models.provenance import ModelProvenance
 from medsam2.pacs.service import PacsStudies
 from medsam2.server import metrics
-from medsam2.server.auth import Authenticator
+from medsam2.server.auth import ANONYMOUS, Authenticator, current_principal
 from medsam2.server.dicom_results import (
     DicomResults,
     build_dicom_results,
     check_headers_match,
     require_dicom_source,
 )
+from medsam2.server.durability import JOURNALED, Durability
 from medsam2.server.request_checks import check_prompt_mask
 from medsam2.server.results import encode_labels, encode_object_masks
 from medsam2.server.sessions import SessionEntry, SessionRegistry, StudyInfo
@@ -82,6 +83,7 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
         *,
         auth: Authenticator | None = None,
         uploads: UploadGuard | None = None,
+        durability: Durability | None = None,
     ) -> None:
         self.registry = registry
         self.backend = backend
@@ -94,6 +96,10 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
         self.auth = auth or Authenticator()
         """Who is calling (used by ``@rpc``; the registry scopes sessions to that principal)."""
         self.uploads = uploads or UploadGuard(UploadLimits(), registry)
+        self.durability = durability
+        """The session store's journal (None: sessions live in this replica's memory only)."""
+        if durability is not None:
+            registry.rebuild = self._rebuild
 
     # -- sessions -----------------------------------------------------------------------
     @rpc("CreateSession")
@@ -108,40 +114,54 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
                         return self._describe(self.registry.get(earlier))
                     except NotFound:
                         pass  # closed or expired since: open it again
-            if header.kind not in pb.StudyKind.values():
-                raise InvalidInput(
-                    f"header.kind {header.kind} is not a known StudyKind: use {sorted(pb.StudyKind.keys())}"
-                )
-            is_video = header.kind == pb.STUDY_KIND_VIDEO
-            window = None
-            if header.preprocessing.window_width > 0:
-                window = Window(header.preprocessing.window_width, header.preprocessing.window_level)
-            preset = header.preprocessing.preset or ("none" if is_video else "auto")
-            resolve_preset(preset, None, is_video=is_video)  # an unknown preset fails before any transfer
-            if header.HasField("pacs"):
-                voxels, study = self._fetch(header, is_video)
-            else:
-                # Everything the header states is checked before a voxel is received.
-                study = self._uploaded_study(header, header_shape(header), is_video)
-                voxels = self.uploads.receive(header, requests)
-            modality = study.modality or None
-            study.preset = (
-                f"window {window.width:g}/{window.level:g}"
-                if window is not None
-                else resolve_preset(preset, modality, voxels.dtype, is_video=is_video).value
-            )
-            slices = to_uint8(voxels, preset, window, modality=modality, is_video=is_video)
-            del voxels  # the raw upload is not needed once windowed
-            tracker = Tracker(self.backend, slices, self.tracker_options)
-            entry = self.registry.add(tracker, study)
-            if not is_video:
-                entry.annotation = VolumeAnnotation(tracker)
+            entry = self._open(header, lambda: self.uploads.receive(header, requests))
             if header.request_id:
                 with self._created_lock:
                     self._created[header.request_id] = entry.session_id
                     while len(self._created) > REMEMBERED_CREATES:
                         self._created.popitem(last=False)
         return self._describe(entry)
+
+    def _open(
+        self, header: pb.StudyHeader, receive: Callable[[], np.ndarray], *, session_id: str | None = None
+    ) -> SessionEntry:
+        """Open a session on ``header``'s study: fetched from PACS, or the voxels ``receive`` returns.
+
+        ``session_id`` reopens a stored session under its own id (a rebuild); the store is then not written.
+        """
+        is_video = header.kind == pb.STUDY_KIND_VIDEO
+        window = None
+        if header.preprocessing.window_width > 0:
+            window = Window(header.preprocessing.window_width, header.preprocessing.window_level)
+        preset = header.preprocessing.preset or ("none" if is_video else "auto")
+        resolve_preset(preset, None, is_video=is_video)  # an unknown preset fails before any transfer
+        if header.HasField("pacs"):
+            voxels, study = self._fetch(header, is_video)
+        else:
+            # Everything the header states is checked before a voxel is received.
+            study = self._uploaded_study(header, header_shape(header), is_video)
+            voxels = receive()
+        modality = study.modality or None
+        study.preset = (
+            f"window {window.width:g}/{window.level:g}"
+            if window is not None
+            else resolve_preset(preset, modality, voxels.dtype, is_video=is_video).value
+        )
+        slices = to_uint8(voxels, preset, window, modality=modality, is_video=is_video)
+        stored = self.durability.pack_study(header, voxels) if self.durability is not None else None
+        del voxels  # the raw upload is not needed once windowed (the store keeps it compressed)
+        tracker = Tracker(self.backend, slices, self.tracker_options)
+        entry = self.registry.add(tracker, study, session_id=session_id)
+        if not is_video:
+            entry.annotation = VolumeAnnotation(tracker)
+        if self.durability is not None and stored is not None:
+            try:
+                self.durability.created(entry.session_id, entry.owner, header, stored, entry.model_version)
+            except Exception:
+                self.registry.close(entry.session_id)  # not acknowledged: nothing may remain of it
+                raise
+            entry.durable = True
+        return entry
 
     def _uploaded_study(self, header: pb.StudyHeader, shape: tuple[int, ...], is_video: bool) -> StudyInfo:
         spacing = header_spacing(header)
@@ -186,7 +206,37 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
 
     @rpc("GetSession")
     def GetSession(self, request: pb.GetSessionRequest, context) -> pb.Session:  # noqa: ANN001
-        return self._describe(self.registry.get(request.session_id))
+        entry = self.registry.get(request.session_id)
+        described = self._describe(entry)
+        if self.durability is not None and entry.durable:
+            described.history.extend(self.durability.history(entry.session_id))
+        return described
+
+    def _rebuild(self, session_id: str, owner: str) -> bool:
+        """Open a session this replica does not hold from the session store, and replay its journal.
+
+        Called by the registry on a miss. The replayed requests run the same code as the RPCs (without their
+        authentication, which the triggering request already passed), so the state is the lost replica's.
+        """
+        durability = self.durability
+        assert durability is not None
+        record = durability.store.load(session_id)
+        if record is None or record.owner != owner:
+            return False
+        with durability.rebuilding(session_id):
+            if session_id in {e.session_id for e in self.registry.list(principal=owner)}:
+                return True  # another request rebuilt it while this one waited
+            header = pb.StudyHeader.FromString(record.header)
+            self._open(header, lambda: durability.study_voxels(session_id, header), session_id=session_id)
+            for item in durability.store.journal(session_id):
+                request = JOURNALED[item.method].FromString(item.request)
+                handler = getattr(SegmentationServicer, item.method).__wrapped__
+                reply = handler(self, request, _REPLAY_CONTEXT)
+                if item.method == "Propagate":
+                    for _ in reply:  # run the whole propagation again
+                        pass
+        log.info("session %s rebuilt from the session store", session_id)
+        return True
 
     @rpc("ListSessions")
     def ListSessions(self, request: pb.ListSessionsRequest, context) -> pb.ListSessionsResponse:  # noqa: ANN001
@@ -194,14 +244,20 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
 
     @rpc("CloseSession")
     def CloseSession(self, request: pb.CloseSessionRequest, context) -> pb.CloseSessionResponse:  # noqa: ANN001
-        return pb.CloseSessionResponse(closed=self.registry.close(request.session_id))
+        closed = self.registry.close(request.session_id)
+        if self.durability is not None:
+            # Held here or not, a stored session of the caller's is closed for every replica.
+            record = self.durability.store.load(request.session_id)
+            if record is not None and record.owner == (current_principal() or ANONYMOUS):
+                self.durability.closed(request.session_id)
+                closed = True
+        return pb.CloseSessionResponse(closed=closed)
 
     # -- prompts and propagation --------------------------------------------------------
     @rpc("AddPrompt")
     def AddPrompt(self, request: pb.AddPromptRequest, context) -> pb.SliceResult:  # noqa: ANN001
         check_prompt_mask(request, self.registry.get(request.session_id).tracker)
         prompt = prompt_from_pb(request)
-        check_mask_encoding(request.encoding, "encoding")
         with self.registry.claim(request.session_id) as entry:
             replay = f"prompt:{request.request_id}"
             if request.request_id and replay in entry.replies:
@@ -226,19 +282,14 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
             masks = result.masks(tracker.height, tracker.width)
             entry.results.store(result, masks)
             reply = _slice_message(result, masks, tracker, "prompt", 1, 1, request.encoding)
+            self._journal(entry, "AddPrompt", request)
             if request.request_id:
                 _remember(entry.replies, replay, reply)
             return reply
 
     @rpc("Propagate")
     def Propagate(self, request: pb.PropagateRequest, context) -> Iterator[pb.SliceResult]:  # noqa: ANN001
-        for value, name in (
-            (request.protocol, "Protocol"),
-            (request.direction, "Direction"),
-            (request.encoding, "MaskEncoding"),
-        ):
-            if value not in getattr(pb, name).values():
-                raise InvalidInput(f"{name} {value} is not known: use {sorted(getattr(pb, name).keys())}")
+        # Unknown enum values never get here: @rpc's request check refuses them for every message.
         with self.registry.claim(request.session_id, busy=True) as entry:
             protocol = request.protocol
             if protocol == pb.PROTOCOL_UNSPECIFIED:
@@ -259,12 +310,14 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
                     self._switch_to_in_state(entry)
                 stream, total = self._in_state(entry, request, slice_range)
             try:
-                yield from self._stream(entry, stream, total, request.encoding, context)
+                completed = yield from self._stream(entry, stream, total, request.encoding, context)
             finally:
                 if protocol == pb.PROTOCOL_MEDSAM2_3D:
                     # The annotation's masks are the result: passes merged, corrections applied, largest component.
                     for obj_id, mask in entry.annotation.masks().items():
                         entry.results.set_object(obj_id, mask)
+            if completed:
+                self._journal(entry, "Propagate", request)
 
     def _stream(
         self,
@@ -273,14 +326,15 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
         total: int,
         encoding: int,
         context,  # noqa: ANN001
-    ) -> Iterator[pb.SliceResult]:
+    ) -> Generator[pb.SliceResult, None, bool]:
+        """Stream each slice's masks; returns False when the client went away before the end."""
         done = 0
         started = time.perf_counter()
         for pass_name, result in stream:
             self.registry.account(entry)  # state caps; ends here within a slice if the session was closed
             if not context.is_active():
                 log.info("session %s: propagation cancelled after %d slices", entry.session_id, done)
-                return
+                return False
             done += 1
             masks = result.masks(entry.tracker.height, entry.tracker.width)
             entry.results.store(result, masks, union=entry.annotation is not None)
@@ -289,6 +343,7 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
             metrics.SLICES.labels(backend=self.backend.name).inc()
             started = now
             yield _slice_message(result, masks, entry.tracker, pass_name, done, total, encoding)
+        return True
 
     @staticmethod
     def _switch_to_in_state(entry: SessionEntry) -> None:
@@ -469,7 +524,13 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
                     if obj_id in entry.tracker.objects:
                         entry.tracker.reset(obj_id)
             entry.results.clear(ids)
+            self._journal(entry, "ResetObjects", request)
             return self._describe(entry)
+
+    def _journal(self, entry: SessionEntry, method: str, request: Message) -> None:
+        """Record an accepted change of a durable session in the store, before it is acknowledged."""
+        if self.durability is not None and entry.durable:
+            self.durability.journal(entry.session_id, method, request)
 
     def _model_of(self, entry: SessionEntry) -> ModelProvenance:
         """The model a session runs on: its pinned version's provenance when numbered versions are served."""
@@ -501,7 +562,19 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
             preset=study.preset,
             dicom_results=study.dicom is not None,
             model_version=self._model_of(entry).short_sha,
+            durable=entry.durable,
         )
+
+
+class _ReplayContext:
+    """The context a journal replay runs under: always active, as the original stream ran to its end."""
+
+    def is_active(self) -> bool:
+        """A replayed propagation never stops early."""
+        return True
+
+
+_REPLAY_CONTEXT = _ReplayContext()
 
 
 def _remember(replies: dict, key: str, reply: object) -> None:

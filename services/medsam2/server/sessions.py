@@ -122,6 +122,8 @@ class SessionEntry:
     """The volume protocol's state (``engine.protocols.VolumeAnnotation``); None for videos."""
     objects: dict[int, Any] = field(default_factory=dict)
     """Per-object DICOM metadata (label, colour, codes) that AddPrompt set."""
+    durable: bool = False
+    """Whether the session store holds this session (its study and journal), so any replica can rebuild it."""
     replies: dict[str, Any] = field(default_factory=dict)
     """Replies by client request id, so a retried AddPrompt or StoreResult repeats nothing."""
     owner: str = auth.ANONYMOUS
@@ -168,6 +170,9 @@ class SessionRegistry:
         self._sessions: dict[str, SessionEntry] = {}
         self._tombstones: OrderedDict[str, _Tombstone] = OrderedDict()
         self._lock = threading.Lock()
+        self.rebuild: Callable[[str, str], bool] | None = None
+        """Called as ``rebuild(session_id, owner)`` when a lookup finds no session here and no local close says it
+        is gone; True when it opened the session again (from the durable session store)."""
 
     @property
     def versions(self) -> VersionedBackends | None:
@@ -206,16 +211,19 @@ class SessionRegistry:
         ):
             raise CapacityExceeded(self._full_message(), reason="SERVICE_FULL", retry_after_s=RETRY_FULL_S)
 
-    def add(self, tracker: Tracker, study: StudyInfo, *, principal: str | None = None) -> SessionEntry:
-        """Register a new session of the caller, evicting idle ones (the caller's own first) to make room."""
+    def add(
+        self, tracker: Tracker, study: StudyInfo, *, principal: str | None = None, session_id: str | None = None
+    ) -> SessionEntry:
+        """Register a new session of the caller (``session_id``: a rebuilt one), evicting idle ones to make room."""
         entry = SessionEntry(
-            uuid.uuid4().hex, tracker, study, ResultStore(*tracker_shape(tracker)), owner=_who(principal)
+            session_id or uuid.uuid4().hex, tracker, study, ResultStore(*tracker_shape(tracker)), owner=_who(principal)
         )
         entry.last_used = self._clock()
         evicted: builtins.list[SessionEntry] = []
         try:
             with self._lock:
                 self._make_room(entry.owner, entry.state_bytes, evicted)
+                self._tombstones.pop(entry.session_id, None)  # a rebuilt session is open again
                 if self._versions is not None:
                     # The tracker has not run yet: bind it to the current model version for its whole life
                     # (pinned only once the session is admitted, so a refused session holds no version).
@@ -277,14 +285,22 @@ class SessionRegistry:
 
     # -- lookups --------------------------------------------------------------------------
     def get(self, session_id: str, *, principal: str | None = None) -> SessionEntry:
-        """The caller's open session ``session_id``; refreshes its idle clock."""
+        """The caller's open session ``session_id`` (rebuilt from the store if another replica held it)."""
         owner = _who(principal)
-        with self._lock:
-            entry = self._sessions.get(session_id)
-            if entry is None or entry.owner != owner:
-                raise self._missing(session_id, owner)
-            entry.last_used = self._clock()
-            return entry
+        for attempt in range(2):
+            with self._lock:
+                entry = self._sessions.get(session_id)
+                if entry is not None and entry.owner == owner:
+                    entry.last_used = self._clock()
+                    return entry
+                missing = self._missing(session_id, owner)
+                tomb = self._tombstones.get(session_id)
+            closed_here = tomb is not None and tomb.reason == "closed"
+            if attempt or entry is not None or closed_here or not session_id or self.rebuild is None:
+                raise missing
+            if not self.rebuild(session_id, owner):
+                raise missing
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _missing(self, session_id: str, owner: str) -> SessionNotFound:
         if not session_id:

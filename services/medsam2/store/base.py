@@ -46,6 +46,10 @@ class SessionStore(Protocol):
     url_scheme: str
     """``memory`` or ``redis``: for GetServerInfo and logs (never the URL, which may hold a password)."""
 
+    def ping(self) -> None:
+        """Raise ``StoreUnavailable`` unless the store answers (and accepts our credentials)."""
+        ...
+
     def create(self, record: SessionRecord, study_chunks: Iterable[bytes], ttl_s: float) -> None:
         """Store a new session (its record and, for uploads, its compressed study) atomically."""
         ...

@@ -39,6 +39,9 @@ class MemoryStore:
         for key in [k for k in self._replies if k[0] == session_id]:
             del self._replies[key]
 
+    def ping(self) -> None:
+        """Always there."""
+
     def create(self, record: SessionRecord, study_chunks: Iterable[bytes], ttl_s: float) -> None:
         """Store the record and the study's bytes."""
         data = b"".join(study_chunks)

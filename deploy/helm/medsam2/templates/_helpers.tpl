@@ -21,6 +21,7 @@
 {{- define "medsam2.server.fullname" -}}{{ include "medsam2.fullname" . }}{{- end -}}
 {{- define "medsam2.metrics.fullname" -}}{{ include "medsam2.fullname" . | trunc 55 | trimSuffix "-" }}-metrics{{- end -}}
 {{- define "medsam2.triton.fullname" -}}{{ include "medsam2.fullname" . | trunc 56 | trimSuffix "-" }}-triton{{- end -}}
+{{- define "medsam2.redis.fullname" -}}{{ include "medsam2.fullname" . | trunc 57 | trimSuffix "-" }}-redis{{- end -}}
 {{- define "medsam2.models.fullname" -}}{{ include "medsam2.fullname" . | trunc 56 | trimSuffix "-" }}-models{{- end -}}
 
 {{- define "medsam2.labels" -}}

@@ -1,0 +1,134 @@
+"""Durable sessions: two `medsam2 serve` replicas share one real Redis; one is SIGKILLed and the other carries on.
+
+The session is created, prompted and propagated on replica A; Redis itself is killed and restarted (AOF keeps
+every acknowledged write); A is SIGKILLed; on replica B the same session id answers as if nothing happened:
+Propagate and GetResult give A's result bit for bit, a correction works, and GetSession shows the whole history.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from medsam2.api.client import Client
+from medsam2.api.pb.medsam2.v1 import segmentation_pb2 as pb
+from medsam2_export.parity import synthetic_volume
+from redis_server import RedisServer, unavailable_reason
+
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(unavailable_reason() is not None, reason=str(unavailable_reason())),
+]
+SLICES = 8
+
+
+class Replica:
+    """One `medsam2 serve` child process on a free port, sharing the session store at ``store_url``."""
+
+    def __init__(self, graphs: Path, store_url: str, log: Path) -> None:
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(REPO / "services"), str(REPO / "export")]),
+            "MEDSAM2_THREADS": "2",
+            "MEDSAM2_SESSION_STORE": store_url,
+        }
+        command = [sys.executable, "-m", "medsam2.cli.main", "serve", "--port", "0", "--metrics-port", "0"]
+        command += ["--model-repository", str(graphs)]
+        self.log = log
+        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log.open("wb"), env=env, text=True)
+        self.target = ""
+        deadline = time.monotonic() + 120
+        while not self.target and time.monotonic() < deadline:
+            line = self.process.stdout.readline()
+            if not line:
+                raise RuntimeError(f"medsam2 serve exited ({self.process.wait()}): {log.read_text()[-3000:]}")
+            if match := re.search(r"listening on (\S+:\d+)", line):
+                self.target = match.group(1)
+        if not self.target:
+            self.stop()
+            raise RuntimeError(f"medsam2 serve did not start: {log.read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(timeout=30)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+
+
+@pytest.fixture()
+def redis(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path / "redis", password="failover-pw", appendonly=True).start()
+    yield server
+    server.stop()
+
+
+def labels_of(client: Client, session_id: str) -> np.ndarray:
+    data, _ = client.result(session_id, pb.RESULT_FORMAT_NPZ)
+    with np.load(io.BytesIO(data)) as npz:
+        return npz["segs"]
+
+
+def test_a_session_survives_the_loss_of_its_replica_and_a_redis_restart(
+    graphs: dict[str, Path], redis: RedisServer, tmp_path: Path
+) -> None:
+    frames, boxes = synthetic_volume(21, slices=SLICES, height=64, width=72)
+    box = boxes[0]
+    key = SLICES // 2
+    a = Replica(graphs["present"], redis.url, tmp_path / "a.log")
+    b = Replica(graphs["present"], redis.url, tmp_path / "b.log")
+    try:
+        on_a = Client(a.target)
+        session = on_a.create_session(frames, preset="none", label="failover")
+        sid = session.session_id
+        assert session.durable, "an upload under the store's cap is durable"
+        on_a.add_box(sid, 1, key, (box.x0, box.y0, box.x1, box.y1))
+        list(on_a.propagate(sid))
+        before = labels_of(on_a, sid)
+        assert before.any()
+
+        redis.stop(kill=True)  # only the fsynced AOF keeps what A acknowledged
+        redis.start()
+        a.stop()  # SIGKILL: no drain, nothing saved on the way out
+        on_a.close()
+
+        on_b = Client(b.target)
+        list(on_b.propagate(sid))  # B does not hold the session: it rebuilds it, then has nothing left to do
+        after = labels_of(on_b, sid)
+        assert after.dtype == before.dtype and np.array_equal(after, before), "the rebuilt result differs"
+
+        x, y = (box.x0 + box.x1) / 2, (box.y0 + box.y1) / 2
+        on_b.add_prompt(sid, 1, key + 2, points=[(x, y, False)], correction=True)
+        list(on_b.propagate(sid))
+        corrected = labels_of(on_b, sid)
+        assert not np.array_equal(corrected[key + 2], before[key + 2]), "the correction changed nothing"
+        assert np.array_equal(corrected[: key + 1], before[: key + 1]), "slices on the key side must stay"
+
+        described = on_b.get_session(sid)
+        assert described.durable
+        assert list(described.history) == [
+            f"AddPrompt object 1 slice {key} box",
+            "Propagate",  # on A
+            "Propagate",  # on B, after the rebuild: nothing was pending, but it was acknowledged
+            f"AddPrompt object 1 slice {key + 2} clicks correction",
+            "Propagate",
+        ]
+        assert on_b.close_session(sid)
+        with pytest.raises(grpc.RpcError) as gone:
+            on_b.get_session(sid)
+        assert gone.value.code() == grpc.StatusCode.NOT_FOUND
+        on_b.close()
+    finally:
+        a.stop()
+        b.stop()
