@@ -110,9 +110,10 @@ def test_box_propagate_correct_in_the_browser(graphs, study, page, tmp_path: Pat
     try:
         _sign_in(page, service)
         page.wait_for_selector("body[data-auth=ok]")
-        # This server has no StoreResult RPC: the page found that in /openapi.json and hides the button.
+        # The API has StoreResult, but this server has no PACS endpoint (GetServerInfo): the page hides the button.
         with urllib.request.urlopen(service.url + "openapi.json", timeout=10) as answer:
-            assert "/v1/StoreResult" not in json.load(answer)["paths"]
+            assert "/v1/StoreResult" in json.load(answer)["paths"]
+        page.wait_for_selector("#server-info:has-text('capabilities')", state="attached")
         assert page.locator("#store").is_hidden()
         _open_and_box(page, study)
         key_after_box = overlay_pixels(_canvas(page))
@@ -173,6 +174,8 @@ def test_bad_inputs_show_clear_messages(graphs, study, page, tmp_path: Path) -> 
 
         _sign_in(page, service)
         page.wait_for_selector("body[data-auth=ok]")
+        # Signing in ends with its own status line, which must not race the next message.
+        page.locator("#status", has_text="Signed in").wait_for()
         not_an_image = tmp_path / "notes.nii"
         not_an_image.write_text("these are notes, not an image\n" * 20)
         page.set_input_files("#file", str(not_an_image))

@@ -16,7 +16,7 @@ import torch
 
 from medsam2.cli import exit_codes
 from medsam2.errors import BackendUnavailable, CheckpointError, DownloadError, NotFound, OutputNotWritable
-from medsam2.graphs import ENSEMBLES, GRAPHS
+from medsam2.graphs import ENSEMBLES, GRAPHS, TRITON_GRAPHS
 
 REPO = Path(__file__).resolve().parents[2]
 COMMITTED_ONNXRUNTIME = REPO / "model_repository" / "onnxruntime"
@@ -112,8 +112,8 @@ def test_export_writes_a_triton_repository_that_verify_accepts(checkpoints: dict
     result = medsam2("export", "--checkpoint", checkpoints["present"], "--out", out, "--backend", "onnxruntime")
     assert result.returncode == exit_codes.OK, result.stderr
     expected = sorted(
-        [out / s.value / "config.pbtxt" for s in (*GRAPHS, *ENSEMBLES)]
-        + [out / s.value / "1" / "model.onnx" for s in GRAPHS]
+        [out / s.value / "config.pbtxt" for s in (*GRAPHS, *TRITON_GRAPHS, *ENSEMBLES)]
+        + [out / s.value / "1" / "model.onnx" for s in (*GRAPHS, *TRITON_GRAPHS)]
         + [out / "image_encoder" / "1" / "provenance.json"]  # version 1's provenance record
     )
     assert files_under(out) == expected

@@ -139,7 +139,9 @@ def test_session_not_found_versus_evicted(client: Client, frames: np.ndarray) ->
 
 
 def test_aborted_says_what_holds_the_session(client: Client, frames: np.ndarray) -> None:
-    sid = client.create_session(frames, preset="none").session_id
+    # Long enough that the propagation still holds the session after the registry's lock wait (2 s): the server
+    # streams ahead of the client, so a short study would be done by then.
+    sid = client.create_session(np.repeat(frames, 8, axis=0), preset="none").session_id
     client.add_box(sid, 1, 0, (5, 5, 30, 30))
     stream = client.propagate(sid)
     next(stream)

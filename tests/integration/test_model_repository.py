@@ -419,7 +419,10 @@ def test_memory_unpack_graph_is_an_exact_cast() -> None:
     import numpy as np
     import onnxruntime as ort
 
-    session = ort.InferenceSession(mr.triton_graph_onnx(Stage.MEMORY_UNPACK), providers=["CPUExecutionProvider"])
+    from medsam2.backends.onnxruntime_backend import make_session
+
+    # The project's session factory: a plain InferenceSession fails once another test made the shared pool.
+    session = make_session(mr.triton_graph_onnx(Stage.MEMORY_UNPACK))
     values = np.random.default_rng(0).standard_normal((2, 3, graphs.MEM_DIM, graphs.FEAT, graphs.FEAT))
     memory = values.astype(ml_dtypes.bfloat16)
     feed = ort.OrtValue.ortvalue_from_numpy_with_onnx_type(memory.view(np.uint16), 16)  # 16: ONNX BFLOAT16

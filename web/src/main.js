@@ -170,7 +170,10 @@ async function onDragRelease(params) {
   } else {
     const positive = mode === "positive";
     const point = { x: x1 + 0.5, y: rows - 1 - y1 + 0.5, positive };
-    await prompt({ objectId, slice: z, points: [point], keepPreviousPoints: true });
+    // After a propagation a click corrects that slice: the next Propagate re-tracks from it, away from the key
+    // slice, and leaves the other slices as they were (the service's one meaning of a correction).
+    const correction = Boolean(state.propagatedOnce);
+    await prompt({ objectId, slice: z, points: [point], keepPreviousPoints: true, correction });
     state.lastPrompt = { slice: z, kind: "click" };
     status(`${positive ? "Positive" : "Negative"} click on slice ${z + 1}. Propagate again to carry the correction.`);
   }
@@ -184,11 +187,9 @@ async function propagate() {
   progress.value = 0;
   $("progress-label").textContent = "";
   const started = performance.now();
-  // A correction resumes in the tracker's state from its slice; otherwise MedSAM2's 3D protocol from the box.
-  const correcting = state.propagatedOnce && state.lastPrompt?.kind === "click";
+  // MedSAM2's 3D protocol: objects not yet propagated run from their key slice; corrected ones re-track from
+  // the corrected slice outward.
   const request = { sessionId: state.session.sessionId, encoding: "MASK_ENCODING_BITPACKED" };
-  if (correcting) Object.assign(request, { protocol: "PROTOCOL_IN_STATE", direction: "DIRECTION_BOTH",
-                                           startSlice: state.lastPrompt.slice });
   let done = 0;
   let total = 0;
   let pending = false;
@@ -294,7 +295,13 @@ async function checkServer() {
   document.body.dataset.auth = "ok";
   if (api.has("GetServerInfo")) {
     const info = await api.call("GetServerInfo").catch(() => null);
-    if (info) $("server-info").textContent = JSON.stringify(info);
+    if (info) {
+      $("server-info").textContent = JSON.stringify(info);
+      // Storing needs a PACS endpoint on the server: without one the button would only ever fail.
+      const endpoints = info.pacsEndpoints ?? [];
+      if (!endpoints.length) $("store").hidden = true;
+      if (endpoints.length && !$("pacs-endpoint").value) $("pacs-endpoint").value = endpoints[0];
+    }
   }
 }
 

@@ -16,6 +16,8 @@ from pathlib import Path
 from medsam2.errors import ConfigError
 
 PROVENANCE_FILE = "provenance.json"
+MODEL_FILES = ("model.onnx", "model.plan")
+"""What a Triton version folder holds: an ONNX graph or a TensorRT plan."""
 PROVENANCE_GRAPH = "image_encoder"
 """The graph whose version folders carry the provenance record."""
 
@@ -43,11 +45,19 @@ class ModelProvenance:
 
 
 def list_versions(repository: Path) -> list[int]:
-    """The numbered versions present in ``repository``, oldest first; ``[]`` for a flat folder of graphs."""
+    """The numbered versions with a graph in ``repository``, oldest first; ``[]`` for a flat folder of graphs.
+
+    A version folder counts only when it holds the graph (``model.onnx`` or ``model.plan``): a flat folder of
+    ``<stage>.onnx`` files may still carry its provenance record in ``image_encoder/1/``.
+    """
     graph_dir = Path(repository) / PROVENANCE_GRAPH
     if not graph_dir.is_dir():
         return []
-    return sorted(int(p.name) for p in graph_dir.iterdir() if p.is_dir() and p.name.isdigit())
+    return sorted(
+        int(p.name)
+        for p in graph_dir.iterdir()
+        if p.is_dir() and p.name.isdigit() and any((p / name).is_file() for name in MODEL_FILES)
+    )
 
 
 def newest_version(repository: Path) -> int | None:
