@@ -65,7 +65,7 @@ def main() -> int:
     parser.add_argument("--slices", type=int, default=60)
     parser.add_argument("--size", type=int, default=512)
     args = parser.parse_args()
-    from medsam2.io.synthetic import write_synthetic_ct
+    from medsam2.testing.synthetic_ct import write_synthetic_ct
 
     with tempfile.TemporaryDirectory(prefix="roundtrip-") as tmp:
         folder = Path(tmp)

@@ -15,8 +15,8 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
-from medsam2.checkpoint_download import DEFAULT_BASE_URL
 from medsam2.errors import ConfigError
+from medsam2.models.download import DEFAULT_BASE_URL
 
 T = TypeVar("T")
 _LOG_LEVELS = {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}

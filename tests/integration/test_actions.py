@@ -16,7 +16,7 @@ from medsam2.engine.actions import BoxStep, ClickStep, MaskStep, PropagateStep, 
 from medsam2.engine.prompts import Box
 from medsam2.errors import InvalidInput, InvalidPrompt
 from medsam2.io.actions_file import read_actions
-from medsam2.io.synthetic import write_synthetic_ct
+from medsam2.testing.synthetic_ct import write_synthetic_ct
 from medsam2_export.parity import synthetic_volume
 
 SLICES, ROWS, COLS, KEY = 8, 64, 72, 4

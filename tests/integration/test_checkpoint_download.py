@@ -1,4 +1,4 @@
-"""Tests of medsam2.checkpoint_download against a real HTTP server on 127.0.0.1."""
+"""Tests of medsam2.models.download against a real HTTP server on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from medsam2 import checkpoint_download as cd
 from medsam2.errors import ConfigError, DownloadError, InvalidInput, NotFound, OutputNotWritable
+from medsam2.models import download as cd
 
 NAME = "MedSAM2_latest"
 FILENAME = "MedSAM2_latest.pt"
@@ -395,8 +395,6 @@ def test_parse_sha256_etag(header: str | None, expected: str | None) -> None:
 
 
 def test_module_imports_neither_torch_nor_requests() -> None:
-    code = (
-        "import sys, medsam2.checkpoint_download; bad = {'torch', 'requests'} & set(sys.modules); assert not bad, bad"
-    )
-    env = {**os.environ, "PYTHONPATH": str(Path(cd.__file__).parents[1])}
+    code = "import sys, medsam2.models.download; bad = {'torch', 'requests'} & set(sys.modules); assert not bad, bad"
+    env = {**os.environ, "PYTHONPATH": str(Path(cd.__file__).parents[2])}
     subprocess.run([sys.executable, "-c", code], check=True, env=env)

@@ -229,7 +229,7 @@ def test_bad_setting_in_the_environment_is_a_usage_error() -> None:
 _RUNTIME_IMPORTS = """
 import sys
 import medsam2, medsam2.graphs, medsam2.engine.memory_bank, medsam2.engine.mask_choice
-import medsam2.cli.main, medsam2.checkpoint_download, medsam2.settings
+import medsam2.cli.main, medsam2.models.download, medsam2.settings
 medsam2.cli.main.build_parser()
 heavy = sorted(m for m in sys.modules if m.split(".")[0] in {"torch", "sam2"})
 assert not heavy, heavy

@@ -10,7 +10,7 @@ import pytest
 
 from medsam2.cli import exit_codes
 from medsam2.cli.main import main
-from medsam2.io.synthetic import write_synthetic_ct
+from medsam2.testing.synthetic_ct import write_synthetic_ct
 
 
 def test_segment_a_dicom_folder_into_a_seg(tmp_path: Path, graphs: dict[str, Path], capsys) -> None:

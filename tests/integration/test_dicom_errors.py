@@ -21,8 +21,8 @@ from medsam2.io.errors import (
     NotAnImage,
     UnsupportedTransferSyntax,
 )
-from medsam2.io.synthetic import write_synthetic_ct
 from medsam2.io.volumes import read_volume
+from medsam2.testing.synthetic_ct import write_synthetic_ct
 
 
 @pytest.fixture()

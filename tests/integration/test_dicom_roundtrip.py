@@ -17,8 +17,8 @@ from medsam2.imaging.windowing import to_uint8
 from medsam2.io.dicom_seg import SEGMENTATION_STORAGE, Algorithm, SegmentSpec, build_seg, write_seg
 from medsam2.io.geometry import LPS_TO_RAS
 from medsam2.io.outputs import write_result
-from medsam2.io.synthetic import LESION_HU, SyntheticSeries, write_synthetic_ct
 from medsam2.io.volumes import Volume, read_volume
+from medsam2.testing.synthetic_ct import LESION_HU, SyntheticSeries, write_synthetic_ct
 
 KEY_SLICE = 55
 RANGE = (50, 59)

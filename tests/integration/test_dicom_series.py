@@ -18,8 +18,8 @@ from pydicom.pixels import apply_modality_lut
 
 from medsam2.io.dicom_series import read_dicom
 from medsam2.io.geometry import Plane
-from medsam2.io.synthetic import write_synthetic_ct
 from medsam2.io.volumes import read_volume
+from medsam2.testing.synthetic_ct import write_synthetic_ct
 
 
 def _expected_values(name: str) -> np.ndarray:

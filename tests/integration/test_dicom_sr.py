@@ -12,8 +12,8 @@ from medsam2.errors import InvalidInput
 from medsam2.io.dicom_seg import Algorithm, SegmentSpec, build_seg
 from medsam2.io.dicom_sr import build_measurement_report, encode_report
 from medsam2.io.measurements import measure_all
-from medsam2.io.synthetic import write_synthetic_ct
 from medsam2.io.volumes import read_volume
+from medsam2.testing.synthetic_ct import write_synthetic_ct
 
 
 @pytest.fixture(scope="module")

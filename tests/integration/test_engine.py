@@ -180,7 +180,7 @@ def test_bad_frames(backend, frames, message) -> None:
 
 
 def test_fused_track_step_matches_stage_by_stage(backend, volume) -> None:
-    from medsam2.backends.composed import ComposedTrackStep
+    from medsam2.testing.composed_backend import ComposedTrackStep
 
     frames, boxes = volume
     results = []

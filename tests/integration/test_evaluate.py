@@ -99,8 +99,8 @@ def test_nifti_pairs_are_read_with_their_spacing(tmp_path: Path) -> None:
 
 def test_dicom_series_with_a_seg(tmp_path: Path) -> None:
     from medsam2.io.outputs import write_result
-    from medsam2.io.synthetic import write_synthetic_ct
     from medsam2.io.volumes import read_volume
+    from medsam2.testing.synthetic_ct import write_synthetic_ct
 
     series = write_synthetic_ct(
         tmp_path / "case_a" / "ct",

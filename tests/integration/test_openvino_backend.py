@@ -22,7 +22,7 @@ from medsam2.errors import BackendUnavailable, ConfigError, InvalidInput
 from medsam2.graphs import GRAPHS, Stage
 from medsam2.server.app import make_backend
 from medsam2.server.config import ServerSettings
-from medsam2.server.metrics import InstrumentedBackend
+from medsam2.server.limiter import InstrumentedBackend
 from medsam2_export.agreement import DICE_BAR, compare, parity_prompts, run_protocol
 from medsam2_export.onnx_export import sample_inputs
 from medsam2_export.parity import PARITY_OPTIONS, synthetic_volume

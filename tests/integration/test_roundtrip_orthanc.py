@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 import orthanc
-from medsam2.io.synthetic import SyntheticSeries, write_synthetic_ct
+from medsam2.testing.synthetic_ct import SyntheticSeries, write_synthetic_ct
 
 REASON = orthanc.unavailable_reason()
 pytestmark = pytest.mark.skipif(REASON is not None, reason=REASON or "")

@@ -18,7 +18,7 @@ import pytest
 from dicom_conformance import dciodvfy_errors
 from medsam2.cli import exit_codes
 from medsam2.cli.main import main
-from medsam2.io.synthetic import write_synthetic_ct
+from medsam2.testing.synthetic_ct import write_synthetic_ct
 
 DROPPED = (
     "PatientBirthDate",

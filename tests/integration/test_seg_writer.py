@@ -14,8 +14,8 @@ from medsam2.errors import InvalidInput
 from medsam2.io.dicom_seg import Algorithm, SegmentSpec, build_seg, default_segments, validate_seg, write_seg
 from medsam2.io.dicom_series import read_dicom
 from medsam2.io.errors import InvalidSegmentation
-from medsam2.io.synthetic import SyntheticSeries, write_synthetic_ct
 from medsam2.io.volumes import Volume, read_volume
+from medsam2.testing.synthetic_ct import SyntheticSeries, write_synthetic_ct
 
 
 @pytest.fixture(scope="module")

@@ -71,6 +71,11 @@ def test_nothing_below_the_server_imports_the_server() -> None:
     assert offenders(below, ("medsam2.server", "medsam2.gateway")) == []
 
 
+def test_only_the_command_line_imports_the_command_line() -> None:
+    others = [p for p in modules() if p.relative_to(PACKAGE).parts[0] != "cli"]
+    assert offenders(others, ("medsam2.cli",)) == []
+
+
 def test_the_server_knows_nothing_of_onnx() -> None:
     assert offenders(modules("server"), ("onnx", "onnxruntime", "openvino")) == []
 
@@ -80,3 +85,41 @@ def test_importing_the_runtime_loads_no_torch(entry: str) -> None:
     code = f"import sys, {entry}; bad = [m for m in ('torch', 'sam2') if m in sys.modules]; print(bad)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _top_level_imports(path: Path) -> set[str]:
+    """Modules of this package imported at module level (imports inside functions are deferred by design)."""
+    names: set[str] = set()
+    for node in ast.parse(path.read_text(), str(path)).body:
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names.update(f"{node.module}.{a.name}" for a in node.names)
+    return {n for n in names if n.startswith("medsam2.")}
+
+
+def test_no_module_level_import_cycles() -> None:
+    graph = {_module_name(p): _top_level_imports(p) for p in modules()}
+    graph = {m: {n for n in deps if n in graph and n != m} for m, deps in graph.items()}
+    cycles: list[list[str]] = []
+    state: dict[str, int] = {}
+
+    def visit(module: str, trail: list[str]) -> None:
+        state[module] = 1
+        for dep in sorted(graph[module]):
+            if state.get(dep) == 1:
+                cycles.append([*trail[trail.index(dep) :], dep] if dep in trail else [module, dep])
+            elif dep not in state:
+                visit(dep, [*trail, dep])
+        state[module] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+    assert cycles == []

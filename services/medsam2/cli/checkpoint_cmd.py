@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from medsam2.checkpoint_download import download_checkpoint, list_checkpoints
-from medsam2.cli.extras import require_export_extra
+from medsam2.models.download import download_checkpoint, list_checkpoints
+from medsam2.models.extras import require_export_extra
 from medsam2.settings import Settings
 
 

@@ -65,7 +65,7 @@ def _predictor(args: argparse.Namespace, settings: Settings):  # noqa: ANN202 - 
     if args.server:
         return ServicePredictor(args.server, token=args.token), {"server": args.server}
     if args.checkpoint is not None:
-        from medsam2.cli.model_source import graphs_for_checkpoint
+        from medsam2.models.source import graphs_for_checkpoint
 
         return (
             EnginePredictor(

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from medsam2.cli.exit_codes import FAILED_CHECK, OK
-from medsam2.cli.extras import require_export_extra
+from medsam2.models.extras import require_export_extra
 from medsam2.settings import Settings
 
 

@@ -6,8 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
-from medsam2.cli.extras import require_export_extra
 from medsam2.errors import InvalidInput
+from medsam2.models.extras import require_export_extra
 from medsam2.settings import Settings
 
 

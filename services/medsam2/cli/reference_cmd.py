@@ -7,9 +7,9 @@ import json
 from pathlib import Path
 
 from medsam2.cli.exit_codes import FAILED_CHECK, OK
-from medsam2.cli.extras import require_export_extra
-from medsam2.cli.model_source import graphs_for_checkpoint
 from medsam2.errors import BackendUnavailable, InvalidInput
+from medsam2.models.extras import require_export_extra
+from medsam2.models.source import graphs_for_checkpoint
 from medsam2.settings import Settings
 
 

@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 
 from medsam2.backends.select import make_embedded_backend
-from medsam2.cli.model_source import graphs_for_checkpoint, is_untrained, resolve_default_checkpoint, warn_untrained
 from medsam2.engine.actions import Step, check_actions, run_actions, shorthand_steps
 from medsam2.engine.backend import StageBackend
 from medsam2.engine.prompts import Box
@@ -22,6 +21,7 @@ from medsam2.imaging.windowing import MODALITY_PRESETS, Preset, Window, normaliz
 from medsam2.io.actions_file import read_actions
 from medsam2.io.outputs import OUTPUT_SUFFIXES, check_output, write_result
 from medsam2.io.volumes import Volume, read_volume
+from medsam2.models.source import graphs_for_checkpoint, is_untrained, resolve_default_checkpoint, warn_untrained
 from medsam2.settings import BackendChoice, Settings, add_arguments, resolve
 
 log = logging.getLogger(__name__)
@@ -179,7 +179,7 @@ def make_backend(args: argparse.Namespace, settings: Settings) -> StageBackend:
     if choice.backend == "torch":
         if checkpoint is None:
             raise InvalidInput("the torch backend needs --checkpoint (it runs the PyTorch modules, not ONNX graphs)")
-        from medsam2.cli.extras import require_export_extra
+        from medsam2.models.extras import require_export_extra
 
         torch_backend = require_export_extra("medsam2_export.torch_backend")
         precision = "fp32" if choice.precision == "auto" else choice.precision

@@ -44,7 +44,7 @@ from medsam2.io.dicom_privacy import library_messages_redacted
 from medsam2.io.dicom_source import DicomSource
 from medsam2.io.errors import CorruptDicom, IrregularStack, MixedSeries, NotAnImage, NotDicom
 from medsam2.io.stacking import PlaneInfo, stack_planes
-from medsam2.io.volumes import Volume
+from medsam2.io.volume import Volume
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from pydicom.dataset import Dataset
 from medsam2.errors import InvalidInput, NotFound
 from medsam2.io.dicom_pixels import stored_frames, to_grey_uint8
 from medsam2.io.errors import CorruptDicom, IrregularStack
-from medsam2.io.volumes import Volume
+from medsam2.io.volume import Volume
 
 log = logging.getLogger(__name__)
 

@@ -14,41 +14,17 @@ time point to take is the caller's choice, not the reader's.
 from __future__ import annotations
 
 import zipfile
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from medsam2.errors import InvalidInput, NotFound, OutputNotWritable
-from medsam2.io.dicom_source import DicomSource
+from medsam2.io import dicom_series, video
 from medsam2.io.geometry import Geometry
+from medsam2.io.volume import Volume
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 NPZ_SUFFIXES = (".npz",)
-
-
-@dataclass(slots=True)
-class Volume:
-    """Voxels [slices, rows, columns] with spacing (z, y, x) in mm and the source's geometry."""
-
-    voxels: np.ndarray
-    spacing: tuple[float, float, float]
-    source_format: str
-    nifti_affine: np.ndarray | None = None
-    nifti_header: Any = None
-    extras: dict[str, np.ndarray] = field(default_factory=dict)
-    modality: str | None = None
-    """DICOM Modality (CT, MR, PT, US, ...) when known; it picks the intensity preset."""
-    geometry: Geometry | None = None
-    """Patient-space geometry (DICOM and NIfTI sources); None for npz and video."""
-    dicom: DicomSource | None = None
-    """The source DICOM objects, for results that reference them (DICOM SEG)."""
-
-    @property
-    def voxel_ml(self) -> float:
-        """Volume of one voxel in millilitres."""
-        return float(np.prod(self.spacing)) / 1000.0
 
 
 def _suffix(path: Path) -> str:
@@ -60,9 +36,7 @@ def _suffix(path: Path) -> str:
 
 
 def read_volume(path: Path, series_uid: str | None = None) -> Volume:
-    """Read a volume: DICOM folder or file, video, frame folder, NIfTI or MedSAM-style ``.npz``."""
-    from medsam2.io import dicom_series, video
-
+    """Read a volume: DICOM folder or file, video, frame folder, NIfTI or MedSAM-style ``.npz`` (the one dispatch)."""
     path = Path(path)
     if path.is_dir():
         if video.is_frame_folder(path):

@@ -23,7 +23,7 @@ from medsam2.engine.tracker import TrackerOptions
 from medsam2.errors import ConfigError, Unauthenticated
 from medsam2.models.provenance import ModelProvenance, read_provenance
 from medsam2.pacs.service import PacsStudies
-from medsam2.server import audit, metrics, status
+from medsam2.server import audit, limiter, metrics, status
 from medsam2.server.auth import Authenticator, reload_on_sighup
 from medsam2.server.config import ServerSettings
 from medsam2.server.durability import Durability
@@ -194,7 +194,7 @@ def start_server(
     concurrency = settings.backend_concurrency or (0 if settings.triton_url else 1)
     versions = backend if isinstance(backend, VersionedBackends) else None
     # A VersionedBackends instruments each version itself.
-    instrumented = backend if versions is not None else metrics.InstrumentedBackend(backend, max_concurrent=concurrency)
+    instrumented = backend if versions is not None else limiter.InstrumentedBackend(backend, max_concurrent=concurrency)
     registry = SessionRegistry(
         Limits(
             settings.max_sessions,

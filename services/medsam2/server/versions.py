@@ -20,7 +20,7 @@ from medsam2.engine.backend import StageBackend
 from medsam2.graphs import Stage
 from medsam2.models.provenance import ModelProvenance
 from medsam2.models.versions import choose_version
-from medsam2.server import metrics
+from medsam2.server import limiter
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ class VersionedBackends:
         self._load = load
         self._max_concurrent = max_concurrent
         self._lock = threading.Lock()
-        self._backends: dict[int | None, metrics.InstrumentedBackend] = {}
+        self._backends: dict[int | None, limiter.InstrumentedBackend] = {}
         self._provenance: dict[int | None, ModelProvenance | None] = {}
         self._sessions: dict[int | None, int] = {}
         self.current_version: int | None = None
@@ -62,7 +62,7 @@ class VersionedBackends:
         with self._lock:
             loaded = chosen in self._backends
         if not loaded:
-            backend = metrics.InstrumentedBackend(
+            backend = limiter.InstrumentedBackend(
                 self._load(self.repository, chosen), max_concurrent=self._max_concurrent
             )
         with self._lock:

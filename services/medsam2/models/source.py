@@ -6,10 +6,10 @@ import hashlib
 import logging
 from pathlib import Path
 
-from medsam2.checkpoint_download import RECOMMENDED_CHECKPOINT, download_checkpoint, resolve_checkpoint
-from medsam2.cli.extras import require_export_extra
 from medsam2.errors import DownloadError
 from medsam2.graphs import GRAPHS, GRAPHS_REVISION
+from medsam2.models.download import RECOMMENDED_CHECKPOINT, download_checkpoint, resolve_checkpoint
+from medsam2.models.extras import require_export_extra
 from medsam2.settings import Settings
 
 log = logging.getLogger(__name__)

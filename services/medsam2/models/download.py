@@ -1,7 +1,7 @@
 """Fetch a published MedSAM2 checkpoint: ``medsam2 checkpoint download NAME --out DIR``.
 
-Part of the serving runtime, so it uses only the standard library (tqdm is used
-for progress when it happens to be installed).  A download goes to a hidden
+Part of the serving runtime: it downloads with the standard library's urllib (no requests, no torch; tqdm shows
+progress when it is installed) and only imports the project's own errors.  A download goes to a hidden
 temporary file in the output folder and is renamed into place only after its
 size and sha256 check out, so a failed or interrupted download never leaves a
 file under the checkpoint's name.
