@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medsam2.engine.backend import check_inputs
+from medsam2.backends.embedded import EmbeddedBackend
 from medsam2.errors import BackendUnavailable, NotFound
 from medsam2.graphs import GRAPHS, Stage
 
@@ -83,13 +83,12 @@ def make_session(path: Path | bytes, threads: int = 0):  # noqa: ANN201 - onnxru
     return onnxruntime.InferenceSession(model, sess_options=opts, providers=["CPUExecutionProvider"])
 
 
-class OnnxRuntimeBackend:
+class OnnxRuntimeBackend(EmbeddedBackend):
     """Runs each stage graph with an ONNX Runtime CPU session, created on first use."""
 
     name = "onnxruntime"
     precision = "fp32"
     """The graphs' own precision: ONNX Runtime's CPU provider runs them as exported."""
-    fused_track_step = False
 
     def __init__(self, graphs_dir: Path, threads: int = 0, *, version: int | None = None) -> None:
         try:
@@ -104,17 +103,9 @@ class OnnxRuntimeBackend:
         self._sessions: dict[Stage, object] = {}
         self._session_lock = threading.Lock()
 
-    def is_ready(self) -> bool:
-        """In-process graphs are ready once constructed."""
-        return True
-
     def run(self, stage: Stage, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run one stage graph."""
-        if stage not in GRAPHS:
-            raise BackendUnavailable(
-                f"{stage.value} is a Triton ensemble; the embedded backend runs its graphs one by one"
-            )
-        check_inputs(stage, inputs)
+        self.check_call(stage, inputs)
         session = self._session(stage)
         names = [t.name for t in GRAPHS[stage].outputs]
         feeds = {t.name: inputs[t.name] for t in GRAPHS[stage].inputs}

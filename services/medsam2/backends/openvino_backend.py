@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from medsam2.backends.embedded import EmbeddedBackend
 from medsam2.backends.onnxruntime_backend import locate_graph
-from medsam2.engine.backend import check_inputs
 from medsam2.errors import BackendUnavailable, InvalidInput
 from medsam2.graphs import GRAPHS, Stage
 
@@ -79,10 +79,8 @@ def compile_config(precision: str, threads: int) -> dict[str, Any]:
     }
 
 
-class OpenVinoBackend:
+class OpenVinoBackend(EmbeddedBackend):
     """Runs each stage graph compiled by OpenVINO's CPU plug-in, compiled on first use."""
-
-    fused_track_step = False
 
     def __init__(self, graphs_dir: Path, *, precision: str = "fp32", threads: int = 0) -> None:
         self._core = _core()
@@ -96,17 +94,9 @@ class OpenVinoBackend:
         self._requests: dict[Stage, tuple[threading.Lock, Any]] = {}
         self._compile_lock = threading.Lock()
 
-    def is_ready(self) -> bool:
-        """In-process graphs are ready once constructed."""
-        return True
-
     def run(self, stage: Stage, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run one stage graph."""
-        if stage not in GRAPHS:
-            raise BackendUnavailable(
-                f"{stage.value} is a Triton ensemble; the embedded backend runs its graphs one by one"
-            )
-        check_inputs(stage, inputs)
+        self.check_call(stage, inputs)
         lock, request = self._request(stage)
         feeds = {t.name: np.ascontiguousarray(inputs[t.name]) for t in GRAPHS[stage].inputs}
         # One infer request per graph: a request is not re-entrant, so concurrent calls of one stage take turns.

@@ -198,3 +198,12 @@ def _referenced_series(ds: Dataset) -> str | None:
 def skippable(path: Path) -> bool:
     """True for hidden files and files whose suffix says they are not DICOM."""
     return path.name.startswith(".") or path.suffix.lower() in NOT_DICOM_SUFFIXES
+
+
+def positive_number(value: object) -> float | None:
+    """A DICOM value as a positive float, or None when it is empty, malformed, zero or negative."""
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return number if number > 0 else None

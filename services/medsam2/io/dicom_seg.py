@@ -26,7 +26,7 @@ from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
 
 from medsam2.errors import InvalidInput, OutputNotWritable
-from medsam2.io.dicom_files import sop_class_name
+from medsam2.io.dicom_files import positive_number, sop_class_name
 from medsam2.io.dicom_privacy import library_messages_redacted
 from medsam2.io.dicom_source import DicomSource
 from medsam2.io.errors import InvalidSegmentation
@@ -236,20 +236,12 @@ def _add_slice_thickness(copy: Dataset, like: Volume) -> None:
     if "SharedFunctionalGroupsSequence" in copy:
         shared = copy.SharedFunctionalGroupsSequence[0]
         measures = shared.get("PixelMeasuresSequence")
-        if measures and _positive(measures[0].get("SliceThickness")) is None:
+        if measures and positive_number(measures[0].get("SliceThickness")) is None:
             copy.SharedFunctionalGroupsSequence = deepcopy(copy.SharedFunctionalGroupsSequence)
             copy.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].SliceThickness = thickness
         return
-    if _positive(copy.get("SliceThickness")) is None and (like.geometry is not None or "PixelSpacing" in copy):
+    if positive_number(copy.get("SliceThickness")) is None and (like.geometry is not None or "PixelSpacing" in copy):
         copy.SliceThickness = thickness
-
-
-def _positive(value: object) -> float | None:
-    try:
-        number = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return None
-    return number if number > 0 else None
 
 
 def _slice_thickness(like: Volume) -> float:

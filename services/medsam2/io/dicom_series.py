@@ -24,6 +24,7 @@ from medsam2.io.dicom_files import (
     check_image,
     is_enhanced,
     kind_of,
+    positive_number,
     read_file,
     series_of_unreadable,
     skippable,
@@ -207,7 +208,7 @@ def _from_single_frames(items: list[Labelled], where: str) -> Volume:
         lacking = next(i.label for i in items if i not in with_position)
         raise IrregularStack(f"{where}: {lacking} has no ImagePositionPatient/ImageOrientationPatient but others do")
     planes = [_plane(item) for item in items]
-    thickness = _positive(first.get("SpacingBetweenSlices")) or _positive(first.get("SliceThickness"))
+    thickness = positive_number(first.get("SpacingBetweenSlices")) or positive_number(first.get("SliceThickness"))
     order, geometry = stack_planes(planes, where if len(items) > 1 else items[0].label, thickness)
     ordered = [items[i] for i in order]
     voxels = _to_volume_values(ordered)
@@ -262,14 +263,6 @@ def _from_multiframe(item: Labelled) -> Volume:
         (_header(ds),), (str(ds.SOPInstanceUID),) * len(order), tuple(i + 1 for i in order), where=item.label
     )
     return Volume(voxels, geometry.spacing, "dicom", modality=_modality(ds), geometry=geometry, dicom=source)
-
-
-def _positive(value: object) -> float | None:
-    try:
-        number = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return None
-    return number if number > 0 else None
 
 
 def _pixel_spacing(item: Labelled) -> tuple[float, float]:
