@@ -32,6 +32,12 @@ class InvalidInput(Medsam2Error, ValueError):
     reason = "INVALID_INPUT"
 
 
+class UploadTruncated(InvalidInput):
+    """An upload stream ended before the bytes its header announced (a client that left, or a buggy one)."""
+
+    reason = "UPLOAD_TRUNCATED"
+
+
 class InvalidPrompt(InvalidInput):
     """A prompt does not fit the study (box outside the slice, empty box, bad mask)."""
 

@@ -36,6 +36,7 @@ from medsam2.errors import (
     SessionBusy,
     Unauthenticated,
     UploadTimedOut,
+    UploadTruncated,
 )
 from medsam2.server import audit, auth, metrics
 from medsam2.server.request_checks import check_request
@@ -169,6 +170,10 @@ class _Call:
     def classify(self, exc: Exception) -> tuple[grpc.StatusCode, str, Exception]:
         """The status, client-facing message and error to report for ``exc`` (logs INTERNAL ones)."""
         code = status_for(exc)
+        if isinstance(exc, UploadTruncated):
+            # A client that cancels ends the request stream a moment before gRPC marks the call inactive: give
+            # the cancellation that moment, so a departure is not reported as a malformed upload.
+            _wait_inactive(self.context, TRUNCATION_GRACE_S)
         if not isinstance(exc, UploadTimedOut) and not self.context.is_active():
             # The client went away: a disconnect mid-upload surfaces as an RpcError or a short stream, and
             # whatever error followed from it is the client's leaving, not a fault (only our own watchdog's
@@ -205,3 +210,14 @@ def _cancelled_or_ok(context: grpc.ServicerContext) -> str:
 def _duration(seconds: float) -> duration_pb2.Duration:
     whole = int(seconds)
     return duration_pb2.Duration(seconds=whole, nanos=int((seconds - whole) * 1e9))
+
+
+TRUNCATION_GRACE_S = 0.5
+"""How long a truncated upload waits to learn whether its client cancelled (then it is CANCELLED, not invalid)."""
+
+
+def _wait_inactive(context: grpc.ServicerContext, timeout_s: float) -> None:
+    """Return once ``context`` is no longer active, or after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while context.is_active() and time.monotonic() < deadline:
+        time.sleep(0.01)

@@ -30,7 +30,7 @@ import grpc
 import numpy as np
 
 from medsam2.api.convert import header_dtype, header_shape
-from medsam2.errors import CapacityExceeded, ClientCancelled, InvalidInput, UploadTimedOut
+from medsam2.errors import CapacityExceeded, ClientCancelled, InvalidInput, UploadTimedOut, UploadTruncated
 from medsam2.graphs import IMAGE_SIZE
 from medsam2.server import auth
 from medsam2.server.request_checks import check_request
@@ -181,7 +181,7 @@ class UploadGuard:
                 )
             buffer += message.voxels
         if len(buffer) != expected:
-            raise InvalidInput(
+            raise UploadTruncated(
                 f"upload ended after {len(buffer)} of {expected} bytes: the stream was truncated", field="voxels"
             )
         return np.frombuffer(buffer, dtype).reshape(shape)
