@@ -132,3 +132,40 @@ def test_a_session_survives_the_loss_of_its_replica_and_a_redis_restart(
     finally:
         a.stop()
         b.stop()
+
+
+def test_a_rebuild_that_fails_leaves_no_half_replayed_session(graphs: dict[str, Path], redis: RedisServer) -> None:
+    """A journal entry the engine refuses on replay: the call fails, and the next one does not see a half state."""
+    from medsam2.backends.onnxruntime_backend import OnnxRuntimeBackend
+    from medsam2.server.app import start_server
+    from medsam2.server.config import ServerSettings
+    from medsam2.store import JournalEntry, open_store
+
+    frames, boxes = synthetic_volume(5, slices=4, height=48, width=56)
+    settings = ServerSettings(port=0, metrics_port=0, model_repository=graphs["present"], session_store=redis.url)
+    first = start_server(settings, OnnxRuntimeBackend(graphs["present"], threads=2))
+    try:
+        client = Client(f"127.0.0.1:{first.port}")
+        sid = client.create_session(frames, preset="none").session_id
+        box = boxes[0]
+        client.add_box(sid, 1, 2, (box.x0, box.y0, box.x1, box.y1))
+        client.close()
+    finally:
+        first.stop(0)
+    # A correction of an object that does not exist: the engine refuses it, as it would have at the time.
+    bad = pb.AddPromptRequest(session_id=sid, object_id=9, slice=1, correction=True, points=[pb.Point(x=5, y=5)])
+    store = open_store(redis.url)
+    store.append(sid, JournalEntry("AddPrompt", bad.SerializeToString()), ttl_s=60)
+    store.close()
+    second = start_server(settings, OnnxRuntimeBackend(graphs["present"], threads=2))
+    try:
+        client = Client(f"127.0.0.1:{second.port}")
+        for _ in range(2):  # the second call tries again from the store instead of finding a half-built session
+            with pytest.raises(grpc.RpcError) as refused:
+                client.get_session(sid)
+            assert refused.value.code() == grpc.StatusCode.NOT_FOUND
+            assert "unknown object" in refused.value.details() or "9" in refused.value.details()
+        assert not second.registry.list(principal="anonymous")
+        client.close()
+    finally:
+        second.stop(0)

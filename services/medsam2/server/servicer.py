@@ -228,13 +228,17 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
                 return True  # another request rebuilt it while this one waited
             header = pb.StudyHeader.FromString(record.header)
             self._open(header, lambda: durability.study_voxels(session_id, header), session_id=session_id)
-            for item in durability.store.journal(session_id):
-                request = JOURNALED[item.method].FromString(item.request)
-                handler = getattr(SegmentationServicer, item.method).__wrapped__
-                reply = handler(self, request, _REPLAY_CONTEXT)
-                if item.method == "Propagate":
-                    for _ in reply:  # run the whole propagation again
-                        pass
+            try:
+                for item in durability.store.journal(session_id):
+                    request = JOURNALED[item.method].FromString(item.request)
+                    handler = getattr(SegmentationServicer, item.method).__wrapped__
+                    reply = handler(self, request, _REPLAY_CONTEXT)
+                    if item.method == "Propagate":
+                        for _ in reply:  # run the whole propagation again
+                            pass
+            except Exception:
+                self.registry.discard(session_id)  # never serve a half-replayed session; the next call retries
+                raise
         log.info("session %s rebuilt from the session store", session_id)
         return True
 

@@ -405,6 +405,18 @@ class SessionRegistry:
         return total > self.limits.max_state_bytes or own > self.limits.state_bytes_per_principal
 
     # -- removal --------------------------------------------------------------------------
+    def discard(self, session_id: str) -> None:
+        """Forget a half-built session (a failed rebuild) without a tombstone, so the next call rebuilds it."""
+        with self._lock:
+            entry = self._sessions.pop(session_id, None)
+            if entry is not None:
+                entry.closed = True
+                if self._versions is not None:
+                    self._versions.release(entry.model_version)
+        if entry is not None:
+            self._free_when_unused(entry)
+            self._publish()
+
     def close(self, session_id: str, *, principal: str | None = None) -> bool:
         """Close one of the caller's sessions; False if there was none. Frees it now, or when its holder lets go."""
         owner = _who(principal)
