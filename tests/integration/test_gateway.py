@@ -19,6 +19,7 @@ from medsam2.server import metrics
 from medsam2.server.app import start_server
 from medsam2.server.config import ServerSettings
 from medsam2_export.parity import synthetic_volume
+from pki import make_certificates, needs_openssl
 
 SLICES, ROWS, COLS = 6, 48, 56
 TOKEN = "gateway-test-token"
@@ -312,60 +313,11 @@ def test_any_grpc_service_becomes_routes_through_the_same_interceptors() -> None
         server.server_close()
 
 
-@pytest.mark.skipif(__import__("shutil").which("openssl") is None, reason="openssl makes the test certificates")
+@needs_openssl
 def test_the_gateway_speaks_mutual_tls_with_the_grpc_certificates(graphs, tmp_path: Path) -> None:
     import ssl
-    import subprocess
 
-    def openssl(*args: str) -> None:
-        subprocess.run(["openssl", *args], cwd=tmp_path, check=True, capture_output=True)
-
-    openssl(
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "1",
-        "-subj",
-        "/CN=ca",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-    )
-    (tmp_path / "server.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
-    for name in ("server", "reader"):
-        openssl(
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
-            f"/CN={name}",
-            "-keyout",
-            f"{name}.key",
-            "-out",
-            f"{name}.csr",
-        )
-        extra = ["-extfile", "server.ext"] if name == "server" else []
-        openssl(
-            "x509",
-            "-req",
-            "-in",
-            f"{name}.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "1",
-            "-out",
-            f"{name}.pem",
-            *extra,
-        )
+    make_certificates(tmp_path, clients=["reader"])
     settings = ServerSettings(
         port=0,
         metrics_port=0,

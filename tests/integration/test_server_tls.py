@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from pathlib import Path
 
 import grpc
@@ -14,68 +12,14 @@ from medsam2.api.pb.medsam2.v1 import segmentation_pb2_grpc as pb_grpc
 from medsam2.backends.onnxruntime_backend import OnnxRuntimeBackend
 from medsam2.server.app import start_server
 from medsam2.server.config import ServerSettings
+from pki import make_certificates, needs_openssl
 
-pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is needed to make test certificates")
-
-
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+pytestmark = needs_openssl
 
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("pki")
-    _openssl(
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "1",
-        "-subj",
-        "/CN=test-ca",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        cwd=d,
-    )
-    for name, san in (("server", "subjectAltName=DNS:localhost,IP:127.0.0.1"), ("client", "")):
-        _openssl(
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
-            f"/CN={name}",
-            "-keyout",
-            f"{name}.key",
-            "-out",
-            f"{name}.csr",
-            cwd=d,
-        )
-        ext = ["-extfile", f"{name}.ext"] if san else []
-        if san:
-            (d / f"{name}.ext").write_text(san + "\n")
-        _openssl(
-            "x509",
-            "-req",
-            "-in",
-            f"{name}.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "1",
-            "-out",
-            f"{name}.pem",
-            *ext,
-            cwd=d,
-        )
-    return d
+    return make_certificates(tmp_path_factory.mktemp("pki"), clients=["client"])
 
 
 def _serve(graphs, pki: Path, mutual: bool):

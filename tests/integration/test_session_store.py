@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +12,7 @@ from medsam2.errors import ConfigError
 from medsam2.store import JournalEntry, SessionRecord, StoreUnavailable, open_store
 from medsam2.store.base import SessionStore
 from medsam2.store.memory_store import MemoryStore
+from pki import make_certificates, needs_openssl
 from redis_server import RedisServer, unavailable_reason
 
 needs_redis = pytest.mark.skipif(unavailable_reason() is not None, reason=str(unavailable_reason()))
@@ -124,47 +123,9 @@ def test_an_unreachable_redis_is_unavailable(redis_server: RedisServer) -> None:
 
 
 @needs_redis
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl makes the test certificates")
+@needs_openssl
 def test_tls_with_a_private_ca(tmp_path: Path) -> None:
-    def openssl(*args: str) -> None:
-        subprocess.run(["openssl", *args], cwd=tmp_path, check=True, capture_output=True)
-
-    openssl(
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "1",
-        "-subj",
-        "/CN=test-ca",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-    )
-    openssl(
-        "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-keyout", "redis.key", "-out", "redis.csr"
-    )
-    (tmp_path / "san.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
-    openssl(
-        "x509",
-        "-req",
-        "-in",
-        "redis.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-days",
-        "1",
-        "-out",
-        "redis.pem",
-        "-extfile",
-        "san.ext",
-    )
+    make_certificates(tmp_path, server="redis")
     server = RedisServer(
         tmp_path / "data", password="pw", tls=(tmp_path / "redis.pem", tmp_path / "redis.key", tmp_path / "ca.pem")
     ).start()

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import shutil
 import signal
-import subprocess
 from pathlib import Path
 
 import grpc
@@ -23,6 +21,7 @@ from medsam2.server.app import start_server
 from medsam2.server.auth import Authenticator, certificate_subject, reload_on_sighup
 from medsam2.server.config import ServerSettings
 from medsam2_export.parity import synthetic_volume
+from pki import make_certificates, needs_openssl
 
 LABEL = "Doe^Jane 1.2.840.99 CT-abdomen.nii.gz"
 
@@ -199,61 +198,9 @@ def test_tokens_file_format_and_lookup(tmp_path: Path) -> None:
 
 
 # -- mTLS: the client certificate's subject is the principal ------------------------------------------------------
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
-
-
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl makes the test certificates")
+@needs_openssl
 def test_client_certificate_subject_is_the_principal(graphs, frames: np.ndarray, tmp_path: Path) -> None:
-    _openssl(
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "1",
-        "-subj",
-        "/CN=test-ca",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        cwd=tmp_path,
-    )
-    (tmp_path / "server.ext").write_text("subjectAltName=DNS:localhost\n")
-    for name in ("server", "ws-alice", "ws-bob"):
-        _openssl(
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
-            f"/CN={name}",
-            "-keyout",
-            f"{name}.key",
-            "-out",
-            f"{name}.csr",
-            cwd=tmp_path,
-        )
-        ext = ["-extfile", "server.ext"] if name == "server" else []
-        _openssl(
-            "x509",
-            "-req",
-            "-in",
-            f"{name}.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "1",
-            "-out",
-            f"{name}.pem",
-            *ext,
-            cwd=tmp_path,
-        )
+    make_certificates(tmp_path, clients=["ws-alice", "ws-bob"])
     settings = ServerSettings(
         port=0,
         metrics_port=0,
