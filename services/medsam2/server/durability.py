@@ -45,7 +45,8 @@ class Durability:
         self.ttl_s = ttl_s
         self.max_study_bytes = max_study_bytes
         self._replaying = threading.local()
-        self._rebuild_locks: dict[str, threading.Lock] = {}
+        self._rebuild_locks: dict[str, tuple[threading.Lock, int]] = {}
+        """Per session id: the lock its rebuilds take turns on, and how many requests hold or await it."""
         self._locks_lock = threading.Lock()
 
     # -- writing ---------------------------------------------------------------------------------
@@ -105,16 +106,25 @@ class Durability:
     def rebuilding(self, session_id: str) -> Iterator[None]:
         """One rebuild of ``session_id`` at a time in this replica; this thread's requests are replays meanwhile."""
         with self._locks_lock:
-            lock = self._rebuild_locks.setdefault(session_id, threading.Lock())
+            lock, users = self._rebuild_locks.get(session_id, (threading.Lock(), 0))
+            self._rebuild_locks[session_id] = (lock, users + 1)
         started = time.perf_counter()
-        with lock:
-            self._replaying.active = True
-            try:
-                yield
-            finally:
-                self._replaying.active = False
-                with self._locks_lock:
-                    self._rebuild_locks.pop(session_id, None)
+        try:
+            with lock:
+                self._replaying.active = True
+                try:
+                    yield
+                finally:
+                    self._replaying.active = False
+        finally:
+            # The lock is forgotten only when no other request waits on it: a waiter must find the rebuilt
+            # session, not a fresh lock that lets a second rebuild run beside the first.
+            with self._locks_lock:
+                lock, users = self._rebuild_locks[session_id]
+                if users == 1:
+                    del self._rebuild_locks[session_id]
+                else:
+                    self._rebuild_locks[session_id] = (lock, users - 1)
         metrics.REBUILDS.inc()
         metrics.REBUILD_SECONDS.observe(time.perf_counter() - started)
 

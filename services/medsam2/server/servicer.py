@@ -260,9 +260,9 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
     # -- prompts and propagation --------------------------------------------------------
     @rpc("AddPrompt")
     def AddPrompt(self, request: pb.AddPromptRequest, context) -> pb.SliceResult:  # noqa: ANN001
-        check_prompt_mask(request, self.registry.get(request.session_id).tracker)
-        prompt = prompt_from_pb(request)
         with self.registry.claim(request.session_id) as entry:
+            check_prompt_mask(request, entry.tracker)  # sizes against the slice before any mask is decoded
+            prompt = prompt_from_pb(request)
             replay = f"prompt:{request.request_id}"
             if request.request_id and replay in entry.replies:
                 return entry.replies[replay]
