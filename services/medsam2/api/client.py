@@ -188,6 +188,15 @@ class Client:
         )
         return self.stub.StoreResult(request, metadata=self.metadata)
 
+    def save_annotation(
+        self, session_id: str, *, case_name: str = "", request_id: str = ""
+    ) -> pb.SaveAnnotationResponse:
+        """Save the session's image and masks as a training case in the server's annotation store."""
+        request = pb.SaveAnnotationRequest(
+            session_id=session_id, case_name=case_name, request_id=request_id or new_request_id()
+        )
+        return self.stub.SaveAnnotation(request, metadata=self.metadata)
+
     def reset_objects(self, session_id: str, object_ids: list[int] | None = None) -> pb.Session:
         """Forget some objects, or all of them (None)."""
         request = pb.ResetObjectsRequest(session_id=session_id, object_ids=object_ids or [], all=object_ids is None)

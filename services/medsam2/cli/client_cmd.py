@@ -19,7 +19,14 @@ from pathlib import Path
 
 import numpy as np
 
-from medsam2.errors import BackendUnavailable, CapacityExceeded, InvalidInput, NotFound, OutputNotWritable
+from medsam2.errors import (
+    BackendUnavailable,
+    CapacityExceeded,
+    InvalidInput,
+    NotFound,
+    OutputNotWritable,
+    PreconditionFailed,
+)
 from medsam2.settings import Settings
 
 SR_SUFFIX = ".sr.dcm"
@@ -74,6 +81,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="DIR",
         help="also save the image and final masks as a MedSAM2 training case in DIR (for finetune)",
     )
+    client.add_argument(
+        "--store-annotation",
+        action="store_true",
+        help="also save the image and final masks as a training case in the server's annotation store",
+    )
     client.set_defaults(run=run_client)
 
 
@@ -121,7 +133,10 @@ def run_client(args: argparse.Namespace, settings: Settings) -> int:
         from medsam2.datasets.annotations import check_annotation_folder
 
         if args.input is None:
-            raise InvalidInput("--save-annotation needs a local INPUT: the client does not download PACS images")
+            raise InvalidInput(
+                "--save-annotation needs a local INPUT: the client does not download PACS images "
+                "(--store-annotation saves the case on the server instead)"
+            )
         check_annotation_folder(args.save_annotation)
     steps, mask_images = _steps(args)
     window = parse_pair(args.window, "--window", "WIDTH,LEVEL") if args.window else None
@@ -145,6 +160,10 @@ def run_client(args: argparse.Namespace, settings: Settings) -> int:
             if endpoint not in info.pacs_endpoints:
                 known = ", ".join(info.pacs_endpoints) or "none"
                 raise NotFound(f"the server has no PACS endpoint {endpoint!r}; it has: {known}")
+        if args.store_annotation and "save-annotation" not in info.capabilities:
+            raise PreconditionFailed(
+                f"--store-annotation: the server at {args.server} keeps no annotations (it needs --annotations-dir)"
+            )
         if volume is not None:
             session = _upload(client, volume, args, window)
         else:
@@ -165,6 +184,7 @@ def run_client(args: argparse.Namespace, settings: Settings) -> int:
             if args.save_annotation is not None:
                 written.append(_save_annotation(client, session, args, volume, window))
             stored = client.store_result(session.session_id, args.store) if args.store else None
+            annotation = client.save_annotation(session.session_id) if args.store_annotation else None
         finally:
             client.close_session(session.session_id)
     except grpc.RpcError as exc:
@@ -190,6 +210,13 @@ def run_client(args: argparse.Namespace, settings: Settings) -> int:
             "sr": stored.sr_sop_instance_uid,
             "sr_series": stored.sr_series_uid,
         }
+    if annotation is not None:
+        summary["annotation"] = {
+            "folder": annotation.folder,
+            "case_file": annotation.case_file,
+            "sha256": annotation.sha256,
+            "object_ids": list(annotation.object_ids),
+        }
     if args.json:
         print(json.dumps(summary))
     else:
@@ -199,6 +226,11 @@ def run_client(args: argparse.Namespace, settings: Settings) -> int:
             + (
                 f"; stored SEG {stored.seg_sop_instance_uid} and SR {stored.sr_sop_instance_uid} on {args.store}"
                 if stored is not None
+                else ""
+            )
+            + (
+                f"; saved training case {annotation.folder}/{annotation.case_file} on the server"
+                if annotation is not None
                 else ""
             )
         )

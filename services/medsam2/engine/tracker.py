@@ -159,6 +159,10 @@ class Tracker:
         self.options = options
         self.num_frames, self.height, self.width = frames.shape
         self._inputs = prepare_frames(frames)
+        # The slices at their own size, for saving a corrected study as training data. At the model's size they
+        # are the inputs themselves (Pillow returns a same-size resize unchanged), so they cost nothing extra.
+        same_size = frames.shape[1:] == (IMAGE_SIZE, IMAGE_SIZE)
+        self._frames = self._inputs[:, 0] if same_size else np.array(frames, np.uint8, copy=True)
         self.features = FeatureCache(self._encode, options.feature_cache_bytes)
         self.objects: dict[int, ObjectTrack] = {}
 
@@ -412,6 +416,13 @@ class Tracker:
         return FrameFeatures(out["feat_s0"], out["feat_s1"], out["feat_s2"])
 
     # -- results and resets -------------------------------------------------------------
+    @property
+    def frames(self) -> np.ndarray:
+        """The study's windowed uint8 slices [N, H, W] as given (read-only)."""
+        view = self._frames.view()
+        view.flags.writeable = False
+        return view
+
     def result(self, frame: int, skip: set[int] | frozenset[int] = frozenset()) -> FrameResult:
         """Every object's current logits on ``frame`` (-1024 where it has none)."""
         ids = tuple(self.objects)
@@ -447,11 +458,13 @@ class Tracker:
         self.features.clear()
         self.features = FeatureCache(_closed_study, 0)
         self._inputs = np.empty((0, 1, IMAGE_SIZE, IMAGE_SIZE), np.uint8)
+        self._frames = np.empty((0, self.height, self.width), np.uint8)
 
     @property
     def state_bytes(self) -> int:
-        """Bytes of per-object state plus cached features."""
-        return sum(t.nbytes for t in self.objects.values()) + self.features.nbytes + self._inputs.nbytes
+        """Bytes of per-object state, cached features and the slices."""
+        slices = self._inputs.nbytes + (0 if self._frames.base is self._inputs else self._frames.nbytes)
+        return sum(t.nbytes for t in self.objects.values()) + self.features.nbytes + slices
 
 
 def _closed_study(frame: int) -> FrameFeatures:

@@ -24,6 +24,7 @@ from medsam2.errors import ConfigError, Unauthenticated
 from medsam2.models.provenance import ModelProvenance, read_provenance
 from medsam2.pacs.service import PacsStudies
 from medsam2.server import audit, limiter, metrics, status
+from medsam2.server.annotation_store import AnnotationStore
 from medsam2.server.auth import Authenticator, reload_on_sighup
 from medsam2.server.config import ServerSettings
 from medsam2.server.durability import Durability
@@ -213,6 +214,8 @@ def start_server(
         mtls=_given(settings.tls_client_ca),
     )
     audit.configure(Path(settings.audit_log) if _given(settings.audit_log) else None)
+    # Checked before a port opens: an unwritable store is a start-up error.
+    annotations = AnnotationStore(Path(settings.annotations_dir) if _given(settings.annotations_dir) else None)
     uploads = UploadGuard(
         UploadLimits(
             settings.max_concurrent_uploads,
@@ -240,6 +243,7 @@ def start_server(
         auth=authenticator,
         uploads=uploads,
         durability=durability,
+        annotations=annotations,
     )
     pb_grpc.add_SegmentationServiceServicer_to_server(servicer, server)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)

@@ -65,6 +65,11 @@ class ServerSettings:
         "MEDSAM2_AUDIT_LOG",
         "append the audit log (JSON lines) to this file (empty: the 'medsam2.audit' logger)",
     )
+    annotations_dir: Path = setting(
+        Path(""),
+        "MEDSAM2_ANNOTATIONS_DIR",
+        "SaveAnnotation writes training cases here, a folder per principal (empty: SaveAnnotation is refused)",
+    )
     max_sessions_per_principal: int = setting(
         0, "MEDSAM2_MAX_SESSIONS_PER_PRINCIPAL", "open sessions per principal at most (0: --max-sessions)"
     )

@@ -39,6 +39,7 @@ from medsam2.io.dicom_seg import default_segments
 from medsam2.models.provenance import ModelProvenance
 from medsam2.pacs.service import PacsStudies
 from medsam2.server import metrics
+from medsam2.server.annotation_store import AnnotationStore
 from medsam2.server.auth import ANONYMOUS, Authenticator, current_principal
 from medsam2.server.dicom_results import (
     DicomResults,
@@ -59,7 +60,9 @@ DEFAULT_CHUNK_BYTES = 1 << 20
 REMEMBERED_CREATES = 1024
 """CreateSession request ids remembered for retries (oldest forgotten first)."""
 REMEMBERED_REPLIES = 32
-"""AddPrompt and StoreResult replies kept per session for retries, each (oldest forgotten first)."""
+MAX_TRAINING_LABEL = 65535
+"""The largest object id a training case can hold (its labels are 16-bit)."""
+"""AddPrompt, StoreResult and SaveAnnotation replies kept per session for retries, each (oldest forgotten first)."""
 LABEL_FORMATS = {pb.RESULT_FORMAT_NPZ: "npz", pb.RESULT_FORMAT_NIFTI_GZ: "nifti_gz", pb.RESULT_FORMAT_RAW_LABELS: "raw"}
 RESULT_FORMATS = (
     *LABEL_FORMATS,
@@ -84,6 +87,7 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
         auth: Authenticator | None = None,
         uploads: UploadGuard | None = None,
         durability: Durability | None = None,
+        annotations: AnnotationStore | None = None,
     ) -> None:
         self.registry = registry
         self.backend = backend
@@ -98,6 +102,8 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
         self.uploads = uploads or UploadGuard(UploadLimits(), registry)
         self.durability = durability
         """The session store's journal (None: sessions live in this replica's memory only)."""
+        self.annotations = annotations or AnnotationStore(None)
+        """Where SaveAnnotation writes training cases (disabled unless --annotations-dir is set)."""
         if durability is not None:
             registry.rebuild = self._rebuild
 
@@ -475,6 +481,59 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
             log.info("session %s: stored SEG and SR on PACS %s", entry.session_id, request.endpoint)
             return reply
 
+    @rpc("SaveAnnotation")
+    def SaveAnnotation(self, request: pb.SaveAnnotationRequest, context) -> pb.SaveAnnotationResponse:  # noqa: ANN001
+        self.annotations.require()  # a server without a store refuses before touching the session
+        with self.registry.claim(request.session_id) as entry:
+            replay = f"annotation:{request.request_id}"
+            if request.request_id and replay in entry.replies:
+                return entry.replies[replay]
+            masks = {i: m for i, m in entry.results.masks().items() if m.any()}
+            if not masks:
+                raise PreconditionFailed("the session has no masks to save yet: add a prompt (and propagate) first")
+            too_large = [i for i in masks if i > MAX_TRAINING_LABEL]
+            if too_large:
+                raise InvalidInput(
+                    f"object id {too_large[0]} does not fit the training format's labels (1..{MAX_TRAINING_LABEL})"
+                )
+            labels = np.zeros(entry.results.shape, np.uint16)
+            for obj_id, mask in masks.items():
+                labels[mask & (labels == 0)] = obj_id
+            model = self._model_of(entry)
+            study = entry.study
+            saved = self.annotations.save(
+                entry.owner,
+                request.case_name or study.label or "study",
+                entry.tracker.frames,
+                labels,
+                study.spacing,
+                modality=study.modality or ("VIDEO" if study.is_video else "CT"),
+                video=study.is_video,
+                provenance={
+                    "source": "medsam2 serve SaveAnnotation",
+                    "saved_by": entry.owner,
+                    "session_id": entry.session_id,
+                    "preset": study.preset,
+                    "model_version": model.version,
+                    "model_checkpoint_sha256": model.checkpoint_sha256,
+                    "objects": {str(i): entry.objects[i].label if i in entry.objects else "" for i in masks},
+                },
+            )
+            reply = pb.SaveAnnotationResponse(
+                case_file=saved.case_file,
+                folder=saved.folder,
+                sha256=saved.sha256,
+                size_bytes=saved.size_bytes,
+                object_ids=sorted(masks),
+                model_version=model.short_sha,
+            )
+            if request.request_id:
+                _remember(entry.replies, replay, reply)
+            log.info(
+                "session %s: saved %d object(s) as training case %s", entry.session_id, len(masks), saved.case_file
+            )
+            return reply
+
     @rpc("GetServerInfo")
     def GetServerInfo(self, request: pb.GetServerInfoRequest, context) -> pb.ServerInfo:  # noqa: ANN001
         limits = self.registry.limits
@@ -483,6 +542,8 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
         capabilities = ["corrections", "request-ids", "object-masks", "dicom-seg", "dicom-sr"]
         if self.pacs is not None:
             capabilities += ["pacs", "store-result"]
+        if self.annotations.enabled:
+            capabilities.append("save-annotation")
         return pb.ServerInfo(
             server_version=_package_version(),
             api_version=pb.DESCRIPTOR.package,

@@ -410,6 +410,32 @@ class StoreResultResponse(_message.Message):
     sr_sop_instance_uid: str
     def __init__(self, study_uid: _Optional[str] = ..., seg_series_uid: _Optional[str] = ..., seg_sop_instance_uid: _Optional[str] = ..., sr_series_uid: _Optional[str] = ..., sr_sop_instance_uid: _Optional[str] = ...) -> None: ...
 
+class SaveAnnotationRequest(_message.Message):
+    __slots__ = ("session_id", "request_id", "case_name")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    CASE_NAME_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    request_id: str
+    case_name: str
+    def __init__(self, session_id: _Optional[str] = ..., request_id: _Optional[str] = ..., case_name: _Optional[str] = ...) -> None: ...
+
+class SaveAnnotationResponse(_message.Message):
+    __slots__ = ("case_file", "folder", "sha256", "size_bytes", "object_ids", "model_version")
+    CASE_FILE_FIELD_NUMBER: _ClassVar[int]
+    FOLDER_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    OBJECT_IDS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    case_file: str
+    folder: str
+    sha256: str
+    size_bytes: int
+    object_ids: _containers.RepeatedScalarFieldContainer[int]
+    model_version: str
+    def __init__(self, case_file: _Optional[str] = ..., folder: _Optional[str] = ..., sha256: _Optional[str] = ..., size_bytes: _Optional[int] = ..., object_ids: _Optional[_Iterable[int]] = ..., model_version: _Optional[str] = ...) -> None: ...
+
 class GetServerInfoRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

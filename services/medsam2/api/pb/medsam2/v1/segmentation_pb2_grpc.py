@@ -85,6 +85,11 @@ class SegmentationServiceStub:
                 request_serializer=medsam2_dot_v1_dot_segmentation__pb2.GetServerInfoRequest.SerializeToString,
                 response_deserializer=medsam2_dot_v1_dot_segmentation__pb2.ServerInfo.FromString,
                 _registered_method=True)
+        self.SaveAnnotation = channel.unary_unary(
+                '/medsam2.v1.SegmentationService/SaveAnnotation',
+                request_serializer=medsam2_dot_v1_dot_segmentation__pb2.SaveAnnotationRequest.SerializeToString,
+                response_deserializer=medsam2_dot_v1_dot_segmentation__pb2.SaveAnnotationResponse.FromString,
+                _registered_method=True)
 
 
 class SegmentationServiceServicer:
@@ -161,6 +166,13 @@ class SegmentationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SaveAnnotation(self, request, context):
+        """Save the session's image and current masks as a MedSAM2 npz training case in the server's annotation store.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SegmentationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -213,6 +225,11 @@ def add_SegmentationServiceServicer_to_server(servicer, server):
                     servicer.GetServerInfo,
                     request_deserializer=medsam2_dot_v1_dot_segmentation__pb2.GetServerInfoRequest.FromString,
                     response_serializer=medsam2_dot_v1_dot_segmentation__pb2.ServerInfo.SerializeToString,
+            ),
+            'SaveAnnotation': grpc.unary_unary_rpc_method_handler(
+                    servicer.SaveAnnotation,
+                    request_deserializer=medsam2_dot_v1_dot_segmentation__pb2.SaveAnnotationRequest.FromString,
+                    response_serializer=medsam2_dot_v1_dot_segmentation__pb2.SaveAnnotationResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -486,6 +503,33 @@ class SegmentationService:
             '/medsam2.v1.SegmentationService/GetServerInfo',
             medsam2_dot_v1_dot_segmentation__pb2.GetServerInfoRequest.SerializeToString,
             medsam2_dot_v1_dot_segmentation__pb2.ServerInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SaveAnnotation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/medsam2.v1.SegmentationService/SaveAnnotation',
+            medsam2_dot_v1_dot_segmentation__pb2.SaveAnnotationRequest.SerializeToString,
+            medsam2_dot_v1_dot_segmentation__pb2.SaveAnnotationResponse.FromString,
             options,
             channel_credentials,
             insecure,
