@@ -169,3 +169,41 @@ def test_a_rebuild_that_fails_leaves_no_half_replayed_session(graphs: dict[str, 
         client.close()
     finally:
         second.stop(0)
+
+
+def test_concurrent_requests_rebuild_a_session_once(graphs: dict[str, Path], redis: RedisServer) -> None:
+    """Four requests for a session this replica lacks: one rebuild, counted once; the others wait and use it."""
+    import threading
+
+    from medsam2.backends.onnxruntime_backend import OnnxRuntimeBackend
+    from medsam2.server import metrics
+    from medsam2.server.app import start_server
+    from medsam2.server.config import ServerSettings
+
+    frames, boxes = synthetic_volume(6, slices=4, height=48, width=56)
+    settings = ServerSettings(port=0, metrics_port=0, model_repository=graphs["present"], session_store=redis.url)
+    first = start_server(settings, OnnxRuntimeBackend(graphs["present"], threads=2))
+    try:
+        client = Client(f"127.0.0.1:{first.port}")
+        sid = client.create_session(frames, preset="none").session_id
+        box = boxes[0]
+        client.add_box(sid, 1, 2, (box.x0, box.y0, box.x1, box.y1))
+        client.close()
+    finally:
+        first.stop(0)
+    second = start_server(settings, OnnxRuntimeBackend(graphs["present"], threads=2))
+    before = metrics.REBUILDS._value.get()
+    try:
+        client = Client(f"127.0.0.1:{second.port}")
+        answers: list[pb.Session] = []
+        callers = [threading.Thread(target=lambda: answers.append(client.get_session(sid))) for _ in range(4)]
+        for caller in callers:
+            caller.start()
+        for caller in callers:
+            caller.join(60)
+        assert len(answers) == 4 and {tuple(a.object_ids) for a in answers} == {(1,)}
+        assert metrics.REBUILDS._value.get() - before == 1
+        assert len(second.registry.list(principal="anonymous")) == 1
+        client.close()
+    finally:
+        second.stop(0)

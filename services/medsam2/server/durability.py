@@ -24,7 +24,6 @@ from google.protobuf.message import Message
 
 from medsam2.api.convert import header_dtype, header_shape
 from medsam2.api.pb.medsam2.v1 import segmentation_pb2 as pb
-from medsam2.server import metrics
 from medsam2.store import JournalEntry, SessionRecord, SessionStore
 
 STUDY_CHUNK_BYTES = 1 << 20
@@ -108,7 +107,6 @@ class Durability:
         with self._locks_lock:
             lock, users = self._rebuild_locks.get(session_id, (threading.Lock(), 0))
             self._rebuild_locks[session_id] = (lock, users + 1)
-        started = time.perf_counter()
         try:
             with lock:
                 self._replaying.active = True
@@ -125,8 +123,6 @@ class Durability:
                     del self._rebuild_locks[session_id]
                 else:
                     self._rebuild_locks[session_id] = (lock, users - 1)
-        metrics.REBUILDS.inc()
-        metrics.REBUILD_SECONDS.observe(time.perf_counter() - started)
 
 
 def describe(method: str, request: Message) -> str:

@@ -229,6 +229,7 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
         record = durability.store.load(session_id)
         if record is None or record.owner != owner:
             return False
+        started = time.perf_counter()
         with durability.rebuilding(session_id):
             if session_id in {e.session_id for e in self.registry.list(principal=owner)}:
                 return True  # another request rebuilt it while this one waited
@@ -245,6 +246,10 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
             except Exception:
                 self.registry.discard(session_id)  # never serve a half-replayed session; the next call retries
                 raise
+            self.registry.rebuilt(session_id)
+        # Counted here, not in ``rebuilding``: a request that waited and found the session rebuilt rebuilt nothing.
+        metrics.REBUILDS.inc()
+        metrics.REBUILD_SECONDS.observe(time.perf_counter() - started)
         log.info("session %s rebuilt from the session store", session_id)
         return True
 

@@ -137,6 +137,12 @@ class SessionEntry:
     held_since: float = 0.0
     model_version: int | None = None
     """The model repository version this session runs on, pinned at open until close (None: unversioned)."""
+    rebuilder: int = 0
+    """The thread replaying this session's journal (0: none); no other request sees the session until it is done."""
+
+    def visible(self) -> bool:
+        """Whether the calling thread may use this session (not while another thread is still rebuilding it)."""
+        return self.rebuilder in (0, threading.get_ident())
 
     @property
     def state_bytes(self) -> int:
@@ -214,10 +220,15 @@ class SessionRegistry:
     def add(
         self, tracker: Tracker, study: StudyInfo, *, principal: str | None = None, session_id: str | None = None
     ) -> SessionEntry:
-        """Register a new session of the caller (``session_id``: a rebuilt one), evicting idle ones to make room."""
+        """Register a new session of the caller (``session_id``: a rebuilt one), evicting idle ones to make room.
+
+        A rebuilt session stays hidden from other threads until ``rebuilt`` says its journal is replayed.
+        """
         entry = SessionEntry(
             session_id or uuid.uuid4().hex, tracker, study, ResultStore(*tracker_shape(tracker)), owner=_who(principal)
         )
+        if session_id is not None:
+            entry.rebuilder = threading.get_ident()
         entry.last_used = self._clock()
         evicted: builtins.list[SessionEntry] = []
         try:
@@ -290,13 +301,16 @@ class SessionRegistry:
         for attempt in range(2):
             with self._lock:
                 entry = self._sessions.get(session_id)
-                if entry is not None and entry.owner == owner:
+                if entry is not None and entry.owner == owner and entry.visible():
                     entry.last_used = self._clock()
                     return entry
+                # Being rebuilt by another request: wait for that rebuild (``rebuild`` serialises them) and look again.
+                being_rebuilt = entry is not None and entry.owner == owner
                 missing = self._missing(session_id, owner)
                 tomb = self._tombstones.get(session_id)
             closed_here = tomb is not None and tomb.reason == "closed"
-            if attempt or entry is not None or closed_here or not session_id or self.rebuild is None:
+            found_other = entry is not None and not being_rebuilt
+            if attempt or found_other or closed_here or not session_id or self.rebuild is None:
                 raise missing
             if not self.rebuild(session_id, owner):
                 raise missing
@@ -362,7 +376,7 @@ class SessionRegistry:
         """The caller's open sessions."""
         owner = _who(principal)
         with self._lock:
-            return [s for s in self._sessions.values() if s.owner == owner]
+            return [s for s in self._sessions.values() if s.owner == owner and s.visible()]
 
     def _all(self) -> builtins.list[SessionEntry]:
         with self._lock:
@@ -403,6 +417,13 @@ class SessionRegistry:
         total = sum(s.state_bytes for s in sessions)
         own = sum(s.state_bytes for s in sessions if s.owner == owner)
         return total > self.limits.max_state_bytes or own > self.limits.state_bytes_per_principal
+
+    def rebuilt(self, session_id: str) -> None:
+        """A rebuilt session's journal is replayed: every request may use it now."""
+        with self._lock:
+            entry = self._sessions.get(session_id)
+            if entry is not None:
+                entry.rebuilder = 0
 
     # -- removal --------------------------------------------------------------------------
     def discard(self, session_id: str) -> None:
