@@ -21,6 +21,7 @@ from medsam2.api.pb.medsam2.v1 import segmentation_pb2_grpc as pb_grpc
 from medsam2.engine.backend import StageBackend
 from medsam2.engine.tracker import TrackerOptions
 from medsam2.errors import ConfigError, Unauthenticated
+from medsam2.graphs import MAX_MEMORY_SLOTS
 from medsam2.models.provenance import ModelProvenance, read_provenance
 from medsam2.pacs.service import PacsStudies
 from medsam2.server import audit, limiter, metrics, status
@@ -207,7 +208,13 @@ def start_server(
         ),
         versions=versions,
     )
-    options = TrackerOptions(early_stop_absent=settings.early_stop_absent, fill_hole_area=settings.fill_hole_area)
+    if not 0 <= settings.memory_slots <= MAX_MEMORY_SLOTS:
+        raise ConfigError(f"--memory-slots must be between 0 and {MAX_MEMORY_SLOTS}, got {settings.memory_slots}")
+    options = TrackerOptions(
+        early_stop_absent=settings.early_stop_absent,
+        fill_hole_area=settings.fill_hole_area,
+        memory_slots=settings.memory_slots,
+    )
     authenticator = Authenticator(
         tokens_file=Path(settings.auth_tokens) if _given(settings.auth_tokens) else None,
         token=settings.auth_token,

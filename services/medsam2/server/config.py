@@ -54,6 +54,11 @@ class ServerSettings:
     auth_token: str = setting("", "MEDSAM2_AUTH_TOKEN", "bearer token required on every call but health (empty: none)")
     early_stop_absent: int = setting(0, "MEDSAM2_EARLY_STOP", "stop after K slices without the object (0: never)")
     fill_hole_area: int = setting(8, "MEDSAM2_FILL_HOLE_AREA", "fill mask holes up to this area (0: off)")
+    memory_slots: int = setting(
+        0,
+        "MEDSAM2_MEMORY_SLOTS",
+        "pad memory banks to this many slots so Triton batches sessions together (0: no padding, best on a CPU)",
+    )
     backend: str = backend_setting()
     precision: str = precision_setting()
     # Tenancy and hostile clients (see server/auth.py, sessions.py, uploads.py, audit.py).
