@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import warnings
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import ClassVar
 
 from pydicom.dataset import Dataset
 
@@ -69,13 +70,31 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
     return text
 
 
+class _Secrets:
+    """The identifying values of every dataset being worked on now, counted (two studies may share a value)."""
+
+    def __init__(self) -> None:
+        self._counts: Counter[str] = Counter()
+
+    def add(self, values: Iterable[str]) -> None:
+        self._counts.update(values)
+
+    def remove(self, values: Iterable[str]) -> None:
+        self._counts.subtract(values)
+        self._counts = +self._counts  # drop the values no dataset holds any more
+
+    def current(self) -> list[str]:
+        return list(self._counts)
+
+
+_SECRETS = _Secrets()
+
+
 class _Redirect(logging.Handler):
     """Takes a library's records (its loggers no longer propagate) and re-logs them, redacted, at DEBUG."""
 
-    secrets: ClassVar[set[str]] = set()
-
     def emit(self, record: logging.LogRecord) -> None:
-        log.debug("%s %s: %s", record.name, record.levelname.lower(), redact(record.getMessage(), self.secrets))
+        log.debug("%s %s: %s", record.name, record.levelname.lower(), redact(record.getMessage(), _SECRETS.current()))
 
 
 _REDIRECT = _Redirect()
@@ -90,24 +109,66 @@ def redirect_library_loggers() -> None:
         logger.propagate = False
 
 
+def _log_warning_redacted(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: object = None,
+    line: str | None = None,
+) -> None:
+    log.debug("%s: %s", category.__name__, redact(str(message), _SECRETS.current()))
+
+
+class _WarningCapture:
+    """Process-wide warning capture shared by every thread working on DICOM data.
+
+    ``warnings`` keeps its filters and ``showwarning`` in process-wide state, and ``catch_warnings`` restores what
+    it saw on entry; two threads entering and leaving their own ``catch_warnings`` out of order can leave the
+    capture installed for good (or another thread's removed early). So only the first of the overlapping users
+    installs it and only the last removes it, under one lock.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._users = 0
+        self._saved: warnings.catch_warnings | None = None
+
+    def enter(self, secrets: set[str]) -> None:
+        with self._lock:
+            _SECRETS.add(secrets)
+            if self._users == 0:
+                self._saved = warnings.catch_warnings()
+                self._saved.__enter__()
+                warnings.simplefilter("always")
+                warnings.showwarning = _log_warning_redacted
+            self._users += 1
+
+    def leave(self, secrets: set[str]) -> None:
+        with self._lock:
+            self._users -= 1
+            if self._users == 0 and self._saved is not None:
+                self._saved.__exit__(None, None, None)
+                self._saved = None
+            _SECRETS.remove(secrets)
+
+
+_CAPTURE = _WarningCapture()
+
+
 @contextmanager
 def library_messages_redacted(datasets: Iterable[Dataset] = ()) -> Iterator[None]:
-    """While active, pydicom's and highdicom's warnings go to DEBUG, redacted (their log records always do).
+    """While active (in any thread), warnings go to DEBUG, redacted; pydicom's and highdicom's log records always do.
 
-    ``warnings.catch_warnings`` swaps process-wide state, so concurrent threads may see each other's
-    warnings; they are still only ever logged redacted at DEBUG.
+    Values are redacted against the identifying values of every dataset in use at that moment, in any thread.
     """
     secrets = identifying_values(datasets)
     redirect_library_loggers()
-    _Redirect.secrets = _Redirect.secrets | secrets
+    _CAPTURE.enter(secrets)
     try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            yield
+        yield
     finally:
-        _Redirect.secrets = _Redirect.secrets - secrets
-    for warning in caught:
-        log.debug("%s: %s", warning.category.__name__, redact(str(warning.message), secrets))
+        _CAPTURE.leave(secrets)
 
 
 redirect_library_loggers()
