@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 from medsam2.errors import InvalidInput
@@ -76,8 +77,10 @@ def run_finetune(args: argparse.Namespace, settings: Settings) -> int:
         seed=args.seed,
         save_every=args.save_every,
     )
+    # Under torchrun every rank runs this command; only rank 0 reports (it alone writes the outputs).
+    reporting = int(os.environ.get("RANK", "0")) == 0
     progress = None
-    if not args.no_progress:
+    if not args.no_progress and reporting:
         from tqdm import tqdm
 
         progress = tqdm(total=options.steps, unit="step", desc="fine-tuning")
@@ -93,6 +96,8 @@ def run_finetune(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         if progress is not None:
             progress.close()
+    if not reporting:
+        return 0
     summary = {
         "out": str(result.out),
         "steps": result.steps,
