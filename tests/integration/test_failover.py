@@ -207,3 +207,41 @@ def test_concurrent_requests_rebuild_a_session_once(graphs: dict[str, Path], red
         client.close()
     finally:
         second.stop(0)
+
+
+def test_a_retried_save_after_a_failover_saves_nothing_twice(
+    graphs: dict[str, Path], redis: RedisServer, tmp_path: Path
+) -> None:
+    """SaveAnnotation's reply lives in the store: the retry on another replica gets it and writes no second case."""
+    from medsam2.backends.onnxruntime_backend import OnnxRuntimeBackend
+    from medsam2.server.app import start_server
+    from medsam2.server.config import ServerSettings
+
+    frames, boxes = synthetic_volume(7, slices=4, height=48, width=56)
+    settings = ServerSettings(
+        port=0,
+        metrics_port=0,
+        model_repository=graphs["present"],
+        session_store=redis.url,
+        annotations_dir=tmp_path / "annotations",
+    )
+    first = start_server(settings, OnnxRuntimeBackend(graphs["present"], threads=2))
+    try:
+        client = Client(f"127.0.0.1:{first.port}")
+        sid = client.create_session(frames, preset="none").session_id
+        box = boxes[0]
+        client.add_box(sid, 1, 2, (box.x0, box.y0, box.x1, box.y1))
+        saved = client.save_annotation(sid, request_id="save-once")
+        client.close()
+    finally:
+        first.stop(0)
+    second = start_server(settings, OnnxRuntimeBackend(graphs["present"], threads=2))
+    try:
+        client = Client(f"127.0.0.1:{second.port}")
+        assert client.save_annotation(sid, request_id="save-once") == saved
+        assert len(list((tmp_path / "annotations").rglob("*.npz"))) == 1
+        client.save_annotation(sid, request_id="save-twice")  # a new request id is a new save
+        assert len(list((tmp_path / "annotations").rglob("*.npz"))) == 2
+        client.close()
+    finally:
+        second.stop(0)

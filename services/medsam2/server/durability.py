@@ -78,6 +78,15 @@ class Durability:
         if not self.replaying:
             self.store.append(session_id, JournalEntry(method, request.SerializeToString()), self.ttl_s)
 
+    def remember_reply(self, session_id: str, key: str, reply: Message) -> None:
+        """Keep the reply to a request with side effects outside the session (a PACS store, a saved file)."""
+        self.store.remember_reply(session_id, key, reply.SerializeToString(), self.ttl_s)
+
+    def reply(self, session_id: str, key: str, reply_type: type[Message]) -> Message | None:
+        """The reply kept for ``key``, if any (so a retry on another replica repeats nothing)."""
+        data = self.store.reply(session_id, key)
+        return reply_type.FromString(data) if data is not None else None
+
     def closed(self, session_id: str) -> None:
         """Forget a closed session everywhere."""
         self.store.delete(session_id)

@@ -458,8 +458,9 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
         self.pacs.config.get(request.endpoint)  # an unknown endpoint fails before any work
         with self.registry.claim(request.session_id) as entry:
             replay = f"store:{request.request_id}"
-            if request.request_id and replay in entry.replies:
-                return entry.replies[replay]
+            earlier = self._earlier_reply(entry, replay, pb.StoreResultResponse) if request.request_id else None
+            if earlier is not None:
+                return earlier
             study = entry.study
             fetched = study.dicom is None and bool(study.sop_instance_uids and study.study_uid and study.series_uid)
             if fetched:
@@ -482,7 +483,7 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
                 sr_sop_instance_uid=str(built.sr.SOPInstanceUID),
             )
             if request.request_id:
-                _remember(entry.replies, replay, reply)
+                self._keep_reply(entry, replay, reply)
             log.info("session %s: stored SEG and SR on PACS %s", entry.session_id, request.endpoint)
             return reply
 
@@ -491,8 +492,9 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
         self.annotations.require()  # a server without a store refuses before touching the session
         with self.registry.claim(request.session_id) as entry:
             replay = f"annotation:{request.request_id}"
-            if request.request_id and replay in entry.replies:
-                return entry.replies[replay]
+            earlier = self._earlier_reply(entry, replay, pb.SaveAnnotationResponse) if request.request_id else None
+            if earlier is not None:
+                return earlier
             masks = {i: m for i, m in entry.results.masks().items() if m.any()}
             if not masks:
                 raise PreconditionFailed("the session has no masks to save yet: add a prompt (and propagate) first")
@@ -533,7 +535,7 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
                 model_version=model.short_sha,
             )
             if request.request_id:
-                _remember(entry.replies, replay, reply)
+                self._keep_reply(entry, replay, reply)
             log.info(
                 "session %s: saved %d object(s) as training case %s", entry.session_id, len(masks), saved.case_file
             )
@@ -601,6 +603,20 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
         """Record an accepted change of a durable session in the store, before it is acknowledged."""
         if self.durability is not None and entry.durable:
             self.durability.journal(entry.session_id, method, request)
+
+    def _earlier_reply(self, entry: SessionEntry, key: str, reply_type: type[Message]) -> Message | None:
+        """The reply already given to this request id: from this replica, or from the store after a failover."""
+        if key in entry.replies:
+            return entry.replies[key]
+        if self.durability is not None and entry.durable:
+            return self.durability.reply(entry.session_id, key, reply_type)
+        return None
+
+    def _keep_reply(self, entry: SessionEntry, key: str, reply: Message) -> None:
+        """Remember a reply whose work must not be repeated by a retry, here and (durable sessions) in the store."""
+        _remember(entry.replies, key, reply)
+        if self.durability is not None and entry.durable:
+            self.durability.remember_reply(entry.session_id, key, reply)
 
     def _model_of(self, entry: SessionEntry) -> ModelProvenance:
         """The model a session runs on: its pinned version's provenance when numbered versions are served."""
