@@ -245,3 +245,29 @@ def test_a_retried_save_after_a_failover_saves_nothing_twice(
         client.close()
     finally:
         second.stop(0)
+
+
+def test_a_retried_create_after_a_failover_finds_the_session(graphs: dict[str, Path], redis: RedisServer) -> None:
+    """CreateSession's request id is remembered in the store: the retry on another replica opens no second session."""
+    from medsam2.backends.onnxruntime_backend import OnnxRuntimeBackend
+    from medsam2.server.app import start_server
+    from medsam2.server.config import ServerSettings
+
+    frames, _ = synthetic_volume(8, slices=3, height=40, width=40)
+    settings = ServerSettings(port=0, metrics_port=0, model_repository=graphs["present"], session_store=redis.url)
+    first = start_server(settings, OnnxRuntimeBackend(graphs["present"], threads=2))
+    try:
+        client = Client(f"127.0.0.1:{first.port}")
+        sid = client.create_session(frames, preset="none", request_id="open-once").session_id
+        client.close()
+    finally:
+        first.stop(0)
+    second = start_server(settings, OnnxRuntimeBackend(graphs["present"], threads=2))
+    try:
+        client = Client(f"127.0.0.1:{second.port}")
+        assert client.create_session(frames, preset="none", request_id="open-once").session_id == sid
+        assert [s.session_id for s in client.list_sessions()] == [sid]
+        assert client.create_session(frames, preset="none", request_id="open-twice").session_id != sid
+        client.close()
+    finally:
+        second.stop(0)

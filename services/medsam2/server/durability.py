@@ -87,6 +87,15 @@ class Durability:
         data = self.store.reply(session_id, key)
         return reply_type.FromString(data) if data is not None else None
 
+    def created_for(self, owner: str, request_id: str) -> str | None:
+        """The session a CreateSession with ``request_id`` opened for ``owner`` on any replica, if any."""
+        data = self.store.reply(_create_request(owner, request_id), "session_id")
+        return data.decode() if data is not None else None
+
+    def remember_created(self, owner: str, request_id: str, session_id: str) -> None:
+        """Record which session a CreateSession request opened, so its retry on another replica finds it."""
+        self.store.remember_reply(_create_request(owner, request_id), "session_id", session_id.encode(), self.ttl_s)
+
     def closed(self, session_id: str) -> None:
         """Forget a closed session everywhere."""
         self.store.delete(session_id)
@@ -132,6 +141,12 @@ class Durability:
                     del self._rebuild_locks[session_id]
                 else:
                     self._rebuild_locks[session_id] = (lock, users - 1)
+
+
+def _create_request(owner: str, request_id: str) -> str:
+    # The store keeps replies per session; each CreateSession request gets a session-like key of its own, which
+    # expires with the session's TTL (one key per request, so a busy principal grows no ever-larger record).
+    return f"create-request/{owner}/{request_id}"
 
 
 def describe(method: str, request: Message) -> str:

@@ -115,6 +115,8 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
             if header.request_id:
                 with self._created_lock:
                     earlier = self._created.get(header.request_id)
+                if earlier is None and self.durability is not None:
+                    earlier = self.durability.created_for(current_principal() or ANONYMOUS, header.request_id)
                 if earlier is not None:
                     try:
                         return self._describe(self.registry.get(earlier))
@@ -122,6 +124,8 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
                         pass  # closed or expired since: open it again
             entry = self._open(header, lambda: self.uploads.receive(header, requests))
             if header.request_id:
+                if self.durability is not None and entry.durable:
+                    self.durability.remember_created(entry.owner, header.request_id, entry.session_id)
                 with self._created_lock:
                     self._created[header.request_id] = entry.session_id
                     while len(self._created) > REMEMBERED_CREATES:
