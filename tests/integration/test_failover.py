@@ -7,6 +7,7 @@ Propagate and GetResult give A's result bit for bit, a correction works, and Get
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import re
@@ -134,67 +135,64 @@ def test_a_session_survives_the_loss_of_its_replica_and_a_redis_restart(
         b.stop()
 
 
-def test_a_rebuild_that_fails_leaves_no_half_replayed_session(graphs: dict[str, Path], redis: RedisServer) -> None:
-    """A journal entry the engine refuses on replay: the call fails, and the next one does not see a half state."""
+@contextlib.contextmanager
+def in_process_replica(graphs: dict[str, Path], store_url: str, **settings: object) -> Iterator[tuple[object, Client]]:
+    """One replica in this process on the shared store, with a client; both stopped at the end."""
     from medsam2.backends.onnxruntime_backend import OnnxRuntimeBackend
     from medsam2.server.app import start_server
     from medsam2.server.config import ServerSettings
+
+    config = ServerSettings(
+        port=0, metrics_port=0, model_repository=graphs["present"], session_store=store_url, **settings
+    )
+    running = start_server(config, OnnxRuntimeBackend(graphs["present"], threads=2))
+    client = Client(f"127.0.0.1:{running.port}")
+    try:
+        yield running, client
+    finally:
+        client.close()
+        running.stop(0)
+
+
+def _boxed_session(client: Client, seed: int, **create: object) -> str:
+    """A 4-slice study with one boxed object; its session id."""
+    frames, boxes = synthetic_volume(seed, slices=4, height=48, width=56)
+    sid = client.create_session(frames, preset="none", **create).session_id
+    box = boxes[0]
+    client.add_box(sid, 1, 2, (box.x0, box.y0, box.x1, box.y1))
+    return sid
+
+
+def test_a_rebuild_that_fails_leaves_no_half_replayed_session(graphs: dict[str, Path], redis: RedisServer) -> None:
+    """A journal entry the engine refuses on replay: the call fails, and the next one does not see a half state."""
     from medsam2.store import JournalEntry, open_store
 
-    frames, boxes = synthetic_volume(5, slices=4, height=48, width=56)
-    settings = ServerSettings(port=0, metrics_port=0, model_repository=graphs["present"], session_store=redis.url)
-    first = start_server(settings, OnnxRuntimeBackend(graphs["present"], threads=2))
-    try:
-        client = Client(f"127.0.0.1:{first.port}")
-        sid = client.create_session(frames, preset="none").session_id
-        box = boxes[0]
-        client.add_box(sid, 1, 2, (box.x0, box.y0, box.x1, box.y1))
-        client.close()
-    finally:
-        first.stop(0)
+    with in_process_replica(graphs, redis.url) as (_, client):
+        sid = _boxed_session(client, 5)
     # A correction of an object that does not exist: the engine refuses it, as it would have at the time.
     bad = pb.AddPromptRequest(session_id=sid, object_id=9, slice=1, correction=True, points=[pb.Point(x=5, y=5)])
     store = open_store(redis.url)
     store.append(sid, JournalEntry("AddPrompt", bad.SerializeToString()), ttl_s=60)
     store.close()
-    second = start_server(settings, OnnxRuntimeBackend(graphs["present"], threads=2))
-    try:
-        client = Client(f"127.0.0.1:{second.port}")
+    with in_process_replica(graphs, redis.url) as (second, client):
         for _ in range(2):  # the second call tries again from the store instead of finding a half-built session
             with pytest.raises(grpc.RpcError) as refused:
                 client.get_session(sid)
             assert refused.value.code() == grpc.StatusCode.NOT_FOUND
             assert "unknown object" in refused.value.details() or "9" in refused.value.details()
         assert not second.registry.list(principal="anonymous")
-        client.close()
-    finally:
-        second.stop(0)
 
 
 def test_concurrent_requests_rebuild_a_session_once(graphs: dict[str, Path], redis: RedisServer) -> None:
     """Four requests for a session this replica lacks: one rebuild, counted once; the others wait and use it."""
     import threading
 
-    from medsam2.backends.onnxruntime_backend import OnnxRuntimeBackend
     from medsam2.server import metrics
-    from medsam2.server.app import start_server
-    from medsam2.server.config import ServerSettings
 
-    frames, boxes = synthetic_volume(6, slices=4, height=48, width=56)
-    settings = ServerSettings(port=0, metrics_port=0, model_repository=graphs["present"], session_store=redis.url)
-    first = start_server(settings, OnnxRuntimeBackend(graphs["present"], threads=2))
-    try:
-        client = Client(f"127.0.0.1:{first.port}")
-        sid = client.create_session(frames, preset="none").session_id
-        box = boxes[0]
-        client.add_box(sid, 1, 2, (box.x0, box.y0, box.x1, box.y1))
-        client.close()
-    finally:
-        first.stop(0)
-    second = start_server(settings, OnnxRuntimeBackend(graphs["present"], threads=2))
-    before = metrics.REBUILDS._value.get()
-    try:
-        client = Client(f"127.0.0.1:{second.port}")
+    with in_process_replica(graphs, redis.url) as (_, client):
+        sid = _boxed_session(client, 6)
+    with in_process_replica(graphs, redis.url) as (second, client):
+        before = metrics.REBUILDS._value.get()
         answers: list[pb.Session] = []
         callers = [threading.Thread(target=lambda: answers.append(client.get_session(sid))) for _ in range(4)]
         for caller in callers:
@@ -204,70 +202,29 @@ def test_concurrent_requests_rebuild_a_session_once(graphs: dict[str, Path], red
         assert len(answers) == 4 and {tuple(a.object_ids) for a in answers} == {(1,)}
         assert metrics.REBUILDS._value.get() - before == 1
         assert len(second.registry.list(principal="anonymous")) == 1
-        client.close()
-    finally:
-        second.stop(0)
 
 
 def test_a_retried_save_after_a_failover_saves_nothing_twice(
     graphs: dict[str, Path], redis: RedisServer, tmp_path: Path
 ) -> None:
     """SaveAnnotation's reply lives in the store: the retry on another replica gets it and writes no second case."""
-    from medsam2.backends.onnxruntime_backend import OnnxRuntimeBackend
-    from medsam2.server.app import start_server
-    from medsam2.server.config import ServerSettings
-
-    frames, boxes = synthetic_volume(7, slices=4, height=48, width=56)
-    settings = ServerSettings(
-        port=0,
-        metrics_port=0,
-        model_repository=graphs["present"],
-        session_store=redis.url,
-        annotations_dir=tmp_path / "annotations",
-    )
-    first = start_server(settings, OnnxRuntimeBackend(graphs["present"], threads=2))
-    try:
-        client = Client(f"127.0.0.1:{first.port}")
-        sid = client.create_session(frames, preset="none").session_id
-        box = boxes[0]
-        client.add_box(sid, 1, 2, (box.x0, box.y0, box.x1, box.y1))
+    store = tmp_path / "annotations"
+    with in_process_replica(graphs, redis.url, annotations_dir=store) as (_, client):
+        sid = _boxed_session(client, 7)
         saved = client.save_annotation(sid, request_id="save-once")
-        client.close()
-    finally:
-        first.stop(0)
-    second = start_server(settings, OnnxRuntimeBackend(graphs["present"], threads=2))
-    try:
-        client = Client(f"127.0.0.1:{second.port}")
+    with in_process_replica(graphs, redis.url, annotations_dir=store) as (_, client):
         assert client.save_annotation(sid, request_id="save-once") == saved
-        assert len(list((tmp_path / "annotations").rglob("*.npz"))) == 1
+        assert len(list(store.rglob("*.npz"))) == 1
         client.save_annotation(sid, request_id="save-twice")  # a new request id is a new save
-        assert len(list((tmp_path / "annotations").rglob("*.npz"))) == 2
-        client.close()
-    finally:
-        second.stop(0)
+        assert len(list(store.rglob("*.npz"))) == 2
 
 
 def test_a_retried_create_after_a_failover_finds_the_session(graphs: dict[str, Path], redis: RedisServer) -> None:
     """CreateSession's request id is remembered in the store: the retry on another replica opens no second session."""
-    from medsam2.backends.onnxruntime_backend import OnnxRuntimeBackend
-    from medsam2.server.app import start_server
-    from medsam2.server.config import ServerSettings
-
     frames, _ = synthetic_volume(8, slices=3, height=40, width=40)
-    settings = ServerSettings(port=0, metrics_port=0, model_repository=graphs["present"], session_store=redis.url)
-    first = start_server(settings, OnnxRuntimeBackend(graphs["present"], threads=2))
-    try:
-        client = Client(f"127.0.0.1:{first.port}")
+    with in_process_replica(graphs, redis.url) as (_, client):
         sid = client.create_session(frames, preset="none", request_id="open-once").session_id
-        client.close()
-    finally:
-        first.stop(0)
-    second = start_server(settings, OnnxRuntimeBackend(graphs["present"], threads=2))
-    try:
-        client = Client(f"127.0.0.1:{second.port}")
+    with in_process_replica(graphs, redis.url) as (_, client):
         assert client.create_session(frames, preset="none", request_id="open-once").session_id == sid
         assert [s.session_id for s in client.list_sessions()] == [sid]
         assert client.create_session(frames, preset="none", request_id="open-twice").session_id != sid
-        client.close()
-    finally:
-        second.stop(0)
