@@ -20,7 +20,11 @@ def choose_version(folder: Path, version: int | None = None) -> tuple[int | None
         return None, None
     chosen = versions[-1] if version is None else version
     if chosen not in versions:
-        raise NotFound(f"model version {chosen} is not in {folder}: it has {', '.join(map(str, versions))}")
+        raise NotFound(
+            f"model version {chosen} is not in {folder}: it has {', '.join(map(str, versions))}",
+            field="version",
+            reason="MODEL_VERSION_NOT_FOUND",
+        )
     return chosen, read_provenance(folder, chosen)
 
 

@@ -24,7 +24,7 @@ from medsam2.errors import ConfigError, Unauthenticated
 from medsam2.models.provenance import ModelProvenance, read_provenance
 from medsam2.pacs.service import PacsStudies
 from medsam2.server import audit, limiter, metrics, status
-from medsam2.server.auth import Authenticator, reload_on_sighup
+from medsam2.server.auth import Authenticator, parse_principals, reload_on_sighup
 from medsam2.server.config import ServerSettings
 from medsam2.server.durability import Durability
 from medsam2.server.servicer import SegmentationServicer
@@ -96,13 +96,21 @@ def make_backend(settings: ServerSettings, threads: int) -> StageBackend:
     if not _given(settings.model_repository):
         raise ConfigError("the embedded backend needs --model-repository (exported graphs); or set --triton-url")
     from medsam2.models.provenance import list_versions
+    from medsam2.models.versions import choose_version
 
-    if settings.backend == "onnxruntime" and list_versions(settings.model_repository):
-        from medsam2.server.versions import onnxruntime_loader
+    pinned = settings.model_version or None
+    # A version that is not there fails the start, naming the versions that are (NotFound: exit code 3).
+    choose_version(settings.model_repository, pinned)
+    if list_versions(settings.model_repository):
+        from medsam2.server.versions import embedded_loader
 
-        # Numbered versions: load the newest; SIGHUP switches, open sessions keep theirs.
+        # Numbered versions: load the pinned one or the newest; SIGHUP and SetModelVersion switch, open
+        # sessions keep theirs.
         return VersionedBackends(
-            settings.model_repository, onnxruntime_loader(threads), max_concurrent=settings.backend_concurrency or 1
+            settings.model_repository,
+            embedded_loader(settings.backend, settings.precision, threads),
+            max_concurrent=settings.backend_concurrency or 1,
+            version=pinned,
         )
     from medsam2.backends.select import make_embedded_backend
 
@@ -211,6 +219,7 @@ def start_server(
         tokens_file=Path(settings.auth_tokens) if _given(settings.auth_tokens) else None,
         token=settings.auth_token,
         mtls=_given(settings.tls_client_ca),
+        admins=parse_principals(settings.admin_principals),
     )
     audit.configure(Path(settings.audit_log) if _given(settings.audit_log) else None)
     uploads = UploadGuard(

@@ -477,23 +477,36 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
 
     @rpc("GetServerInfo")
     def GetServerInfo(self, request: pb.GetServerInfoRequest, context) -> pb.ServerInfo:  # noqa: ANN001
+        return self._server_info()
+
+    @rpc("SetModelVersion")
+    def SetModelVersion(self, request: pb.SetModelVersionRequest, context) -> pb.ServerInfo:  # noqa: ANN001
+        principal = current_principal() or ANONYMOUS
+        self.auth.require_admin(principal, "SetModelVersion")
+        versions = self.registry.versions
+        if versions is None:
+            raise PreconditionFailed(
+                "this server serves one unversioned model: export numbered versions (medsam2 export --version N) "
+                "into its model repository to switch between them"
+            )
+        versions.switch(request.version or None, by=principal)
+        return self._server_info()
+
+    def _server_info(self) -> pb.ServerInfo:
         limits = self.registry.limits
         versions = self.registry.versions
         model = (versions.provenance(versions.current_version) if versions is not None else None) or self.model
         capabilities = ["corrections", "request-ids", "object-masks", "dicom-seg", "dicom-sr"]
         if self.pacs is not None:
             capabilities += ["pacs", "store-result"]
+        if versions is not None:
+            capabilities.append("model-versions")
         return pb.ServerInfo(
             server_version=_package_version(),
             api_version=pb.DESCRIPTOR.package,
             backend=self.backend.name,
             precision=self.backend.precision,
-            model=pb.ModelInfo(
-                version=model.version,
-                checkpoint_sha256=model.checkpoint_sha256 or "",
-                short_sha=model.short_sha,
-                untrained=bool(model.untrained),
-            ),
+            model=_model_info(model),
             limits=pb.ServerLimits(
                 max_sessions=limits.max_sessions,
                 max_study_voxels=limits.max_study_voxels,
@@ -506,6 +519,7 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
             pacs_endpoints=self.pacs.endpoint_names if self.pacs is not None else [],
             result_formats=list(RESULT_FORMATS),
             capabilities=capabilities,
+            model_versions=versions.available() if versions is not None else [],
         )
 
     @rpc("ResetObjects")
@@ -567,6 +581,7 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
             dicom_results=study.dicom is not None,
             model_version=self._model_of(entry).short_sha,
             durable=entry.durable,
+            model=_model_info(self._model_of(entry)),
         )
 
 
@@ -594,6 +609,15 @@ def _object_ids(entry: SessionEntry) -> list[int]:
     if entry.annotation is not None:
         return sorted(entry.annotation.object_ids)
     return sorted(entry.tracker.objects)
+
+
+def _model_info(model: ModelProvenance) -> pb.ModelInfo:
+    return pb.ModelInfo(
+        version=model.version,
+        checkpoint_sha256=model.checkpoint_sha256 or "",
+        short_sha=model.short_sha,
+        untrained=bool(model.untrained),
+    )
 
 
 def _package_version() -> str:

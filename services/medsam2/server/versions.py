@@ -1,9 +1,10 @@
 """The embedded backend per model version: new sessions get the current version, open sessions keep theirs.
 
-A model repository holds numbered versions (``<graph>/<N>/model.onnx``). At start the newest is loaded;
-``switch`` (on SIGHUP) loads the newest again, or a given version, and makes it current. A session pins the
-version that was current when it opened and keeps it until it is closed or evicted; a version that is no
-longer current is closed when its last session goes. Each version's backend is wrapped in its own
+A model repository holds numbered versions (``<graph>/<N>/model.onnx``). At start the newest is loaded, or the
+one ``--model-version`` pins; ``switch`` (on SIGHUP, or the admin RPC ``SetModelVersion``) loads the newest
+again, or a given version, and makes it current; every switch after the start goes to the audit log. A session
+pins the version that was current when it opened and keeps it until it is closed or evicted; a version that is
+no longer current is closed when its last session goes. Each version's backend is wrapped in its own
 ``InstrumentedBackend`` (metrics, and the CPU concurrency bound).
 """
 
@@ -18,9 +19,9 @@ import numpy as np
 
 from medsam2.engine.backend import StageBackend
 from medsam2.graphs import Stage
-from medsam2.models.provenance import ModelProvenance
+from medsam2.models.provenance import ModelProvenance, list_versions
 from medsam2.models.versions import choose_version
-from medsam2.server import limiter
+from medsam2.server import audit, limiter
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,17 @@ def onnxruntime_loader(threads: int) -> BackendLoader:
     return load
 
 
+def embedded_loader(backend: str, precision: str, threads: int) -> BackendLoader:
+    """Load one version of a repository into the chosen in-process backend (``--backend``, ``--precision``)."""
+
+    def load(repository: Path, version: int | None) -> StageBackend:
+        from medsam2.backends.select import make_embedded_backend
+
+        return make_embedded_backend(repository, backend=backend, precision=precision, threads=threads, version=version)
+
+    return load
+
+
 class VersionedBackends:
     """Backends by model version, with the current one for new sessions; itself a backend (the current one)."""
 
@@ -48,6 +60,8 @@ class VersionedBackends:
         self._load = load
         self._max_concurrent = max_concurrent
         self._lock = threading.Lock()
+        self._switching = threading.Lock()
+        """Held for a whole switch: two switches at once must not both load a version."""
         self._backends: dict[int | None, limiter.InstrumentedBackend] = {}
         self._provenance: dict[int | None, ModelProvenance | None] = {}
         self._sessions: dict[int | None, int] = {}
@@ -56,23 +70,37 @@ class VersionedBackends:
         self.name = self._backends[self.current_version].name
 
     # -- versions ---------------------------------------------------------------------------
-    def switch(self, version: int | None = None) -> int | None:
-        """Make ``version`` (default: the newest in the repository) current; load it first if needed."""
-        chosen, provenance = choose_version(self.repository, version)
-        with self._lock:
-            loaded = chosen in self._backends
-        if not loaded:
-            backend = limiter.InstrumentedBackend(
-                self._load(self.repository, chosen), max_concurrent=self._max_concurrent
-            )
-        with self._lock:
-            if chosen not in self._backends:
-                self._backends[chosen] = backend
-                self._provenance[chosen] = provenance
-            previous, self.current_version = self.current_version, chosen
-            self._close_unused(previous)
+    def switch(self, version: int | None = None, *, by: str = "") -> int | None:
+        """Make ``version`` (default: the newest in the repository) current; load it first if needed.
+
+        ``by`` names who asked (a principal, or ``SIGHUP``) for the audit log; a switch without it (the start)
+        is only logged. An unknown version raises ``NotFound`` naming the versions present, and changes nothing.
+        """
+        with self._switching:
+            chosen, provenance = choose_version(self.repository, version)
+            backend: limiter.InstrumentedBackend | None = None
+            while True:
+                with self._lock:
+                    if chosen not in self._backends and backend is not None:
+                        self._backends[chosen] = backend
+                        self._provenance[chosen] = provenance
+                    if chosen in self._backends:
+                        previous, self.current_version = self.current_version, chosen
+                        self._close_unused(previous)
+                        break
+                # Loaded outside the registry lock (it takes seconds); a loaded version whose last session
+                # closed meanwhile is loaded again on the next turn.
+                backend = limiter.InstrumentedBackend(
+                    self._load(self.repository, chosen), max_concurrent=self._max_concurrent
+                )
         log.info("model version %s is current (was %s)", chosen, previous)
+        if by:
+            audit.model_version(principal=by, version=chosen, previous=previous)
         return chosen
+
+    def available(self) -> list[int]:
+        """The numbered versions in the repository now, oldest first."""
+        return list_versions(self.repository)
 
     def pin(self) -> tuple[int | None, StageBackend]:
         """The current version and its backend, held for one session until ``release``."""
