@@ -20,7 +20,7 @@ from medsam2.api.pb.medsam2.v1 import segmentation_pb2 as pb
 from medsam2.api.pb.medsam2.v1 import segmentation_pb2_grpc as pb_grpc
 from medsam2.engine.backend import StageBackend
 from medsam2.engine.tracker import TrackerOptions
-from medsam2.errors import ConfigError, Unauthenticated
+from medsam2.errors import BackendUnavailable, ConfigError, NotFound, Unauthenticated
 from medsam2.models.provenance import ModelProvenance, read_provenance
 from medsam2.pacs.service import PacsStudies
 from medsam2.server import audit, limiter, metrics, status
@@ -85,14 +85,12 @@ def _deny_like(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
 def make_backend(settings: ServerSettings, threads: int) -> StageBackend:
     """The embedded backend (``--backend``, ``--precision``), or Triton when a URL is set."""
     if settings.triton_url:
-        from medsam2.backends.triton_backend import TritonBackend
-
         if settings.backend != "onnxruntime" or settings.precision not in ("auto", "fp32"):
             raise ConfigError(
                 "--backend and --precision choose the embedded backend; with --triton-url the "
                 "precision is the Triton model repository's"
             )
-        return TritonBackend(settings.triton_url)
+        return _triton_backend(settings)
     if not _given(settings.model_repository):
         raise ConfigError("the embedded backend needs --model-repository (exported graphs); or set --triton-url")
     from medsam2.models.provenance import list_versions
@@ -102,13 +100,12 @@ def make_backend(settings: ServerSettings, threads: int) -> StageBackend:
     # A version that is not there fails the start, naming the versions that are (NotFound: exit code 3).
     choose_version(settings.model_repository, pinned)
     if list_versions(settings.model_repository):
-        from medsam2.server.versions import embedded_loader
+        from medsam2.server.versions import FolderVersions, embedded_loader
 
         # Numbered versions: load the pinned one or the newest; SIGHUP and SetModelVersion switch, open
         # sessions keep theirs.
         return VersionedBackends(
-            settings.model_repository,
-            embedded_loader(settings.backend, settings.precision, threads),
+            FolderVersions(settings.model_repository, embedded_loader(settings.backend, settings.precision, threads)),
             max_concurrent=settings.backend_concurrency or 1,
             version=pinned,
         )
@@ -117,6 +114,37 @@ def make_backend(settings: ServerSettings, threads: int) -> StageBackend:
     return make_embedded_backend(
         settings.model_repository, backend=settings.backend, precision=settings.precision, threads=threads
     )
+
+
+def _triton_backend(settings: ServerSettings) -> StageBackend:
+    """Triton's numbered model versions (pinned ensembles in its repository), or its one model as before."""
+    from medsam2.backends.triton_backend import TritonBackend
+    from medsam2.backends.triton_versions import TritonVersions
+
+    pinned = settings.model_version or None
+    catalog = TritonVersions(
+        settings.triton_url, repository=settings.model_repository if _given(settings.model_repository) else None
+    )
+    try:
+        versioned = bool(catalog.available() or catalog.pinned_in_repository())
+    except BackendUnavailable as exc:
+        catalog.close()
+        if pinned is not None:
+            raise BackendUnavailable(f"cannot check --model-version {pinned}: {exc}") from exc
+        # Triton may start after the service: serve its newest model, readiness follows Triton's.
+        log.warning("%s; serving Triton's newest model without model versions", exc)
+        return TritonBackend(settings.triton_url)
+    if not versioned:
+        catalog.close()
+        if pinned is not None:
+            raise NotFound(
+                f"model version {pinned} is not served by Triton at {settings.triton_url}: its repository has no "
+                "numbered versions (export with medsam2 export --version N)",
+                field="version",
+                reason="MODEL_VERSION_NOT_FOUND",
+            )
+        return TritonBackend(settings.triton_url)
+    return VersionedBackends(catalog, max_concurrent=settings.backend_concurrency, version=pinned)
 
 
 def open_durability(settings: ServerSettings) -> Durability | None:

@@ -1,11 +1,12 @@
-"""The embedded backend per model version: new sessions get the current version, open sessions keep theirs.
+"""A backend per model version: new sessions get the current version, open sessions keep theirs.
 
-A model repository holds numbered versions (``<graph>/<N>/model.onnx``). At start the newest is loaded, or the
-one ``--model-version`` pins; ``switch`` (on SIGHUP, or the admin RPC ``SetModelVersion``) loads the newest
-again, or a given version, and makes it current; every switch after the start goes to the audit log. A session
-pins the version that was current when it opened and keeps it until it is closed or evicted; a version that is
-no longer current is closed when its last session goes. Each version's backend is wrapped in its own
-``InstrumentedBackend`` (metrics, and the CPU concurrency bound).
+A model repository holds numbered versions (``<graph>/<N>/model.onnx``), read in-process from a local
+folder (``FolderVersions``) or served by Triton (``backends.triton_versions.TritonVersions``). At start the
+newest is loaded, or the one ``--model-version`` pins; ``switch`` (on SIGHUP, or the admin RPC
+``SetModelVersion``) loads the newest again, or a given version, and makes it current; every switch after the
+start goes to the audit log. A session pins the version that was current when it opened and keeps it until it
+is closed or evicted; a version that is no longer current is closed when its last session goes. Each
+version's backend is wrapped in its own ``InstrumentedBackend`` (metrics, and the concurrency bound).
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -50,14 +53,54 @@ def embedded_loader(backend: str, precision: str, threads: int) -> BackendLoader
     return load
 
 
+class VersionCatalog(Protocol):
+    """Where model versions come from: which exist, and a backend for one of them."""
+
+    def choose(self, version: int | None) -> tuple[int | None, ModelProvenance | None]:
+        """``version`` (None: the newest) and its provenance; ``NotFound`` naming the versions there if absent."""
+        ...
+
+    def available(self) -> list[int]:
+        """The numbered versions that can be chosen now, oldest first."""
+        ...
+
+    def load(self, version: int | None) -> StageBackend:
+        """A backend that runs ``version``."""
+        ...
+
+    def close(self) -> None:
+        """Let go of whatever the catalog holds open."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class FolderVersions:
+    """The numbered versions of a local model repository, each loaded in-process by ``loader``."""
+
+    repository: Path
+    loader: BackendLoader
+
+    def choose(self, version: int | None) -> tuple[int | None, ModelProvenance | None]:
+        """``version`` (None: the newest folder) and its provenance record."""
+        return choose_version(self.repository, version)
+
+    def available(self) -> list[int]:
+        """The version folders with graphs, oldest first."""
+        return list_versions(self.repository)
+
+    def load(self, version: int | None) -> StageBackend:
+        """The graphs of ``version`` in the chosen in-process runtime."""
+        return self.loader(self.repository, version)
+
+    def close(self) -> None:
+        """Nothing to close: the folder is read on demand."""
+
+
 class VersionedBackends:
     """Backends by model version, with the current one for new sessions; itself a backend (the current one)."""
 
-    def __init__(
-        self, repository: Path, load: BackendLoader, *, max_concurrent: int = 1, version: int | None = None
-    ) -> None:
-        self.repository = Path(repository)
-        self._load = load
+    def __init__(self, catalog: VersionCatalog, *, max_concurrent: int = 1, version: int | None = None) -> None:
+        self.catalog = catalog
         self._max_concurrent = max_concurrent
         self._lock = threading.Lock()
         self._switching = threading.Lock()
@@ -77,7 +120,7 @@ class VersionedBackends:
         is only logged. An unknown version raises ``NotFound`` naming the versions present, and changes nothing.
         """
         with self._switching:
-            chosen, provenance = choose_version(self.repository, version)
+            chosen, provenance = self.catalog.choose(version)
             backend: limiter.InstrumentedBackend | None = None
             while True:
                 with self._lock:
@@ -90,17 +133,15 @@ class VersionedBackends:
                         break
                 # Loaded outside the registry lock (it takes seconds); a loaded version whose last session
                 # closed meanwhile is loaded again on the next turn.
-                backend = limiter.InstrumentedBackend(
-                    self._load(self.repository, chosen), max_concurrent=self._max_concurrent
-                )
+                backend = limiter.InstrumentedBackend(self.catalog.load(chosen), max_concurrent=self._max_concurrent)
         log.info("model version %s is current (was %s)", chosen, previous)
         if by:
             audit.model_version(principal=by, version=chosen, previous=previous)
         return chosen
 
     def available(self) -> list[int]:
-        """The numbered versions in the repository now, oldest first."""
-        return list_versions(self.repository)
+        """The numbered versions that can be switched to now, oldest first."""
+        return self.catalog.available()
 
     def pin(self) -> tuple[int | None, StageBackend]:
         """The current version and its backend, held for one session until ``release``."""
@@ -156,3 +197,4 @@ class VersionedBackends:
             for backend in self._backends.values():
                 backend.close()
             self._backends.clear()
+        self.catalog.close()
