@@ -153,6 +153,12 @@ def test_model_version_pins_the_start_version(graphs, tmp_path: Path) -> None:
         pinned.close()
     with pytest.raises(NotFound, match=r"model version 3 is not in .*: it has 1, 2"):
         make_backend(ServerSettings(model_repository=repo, model_version=3), 1)
+    openvino = make_backend(ServerSettings(model_repository=repo, backend="openvino", precision="fp32"), 1)
+    try:  # OpenVINO serves numbered versions too
+        assert isinstance(openvino, VersionedBackends) and openvino.current_version == 2
+        assert openvino.name == "openvino"
+    finally:
+        openvino.close()
     with pytest.raises(NotFound, match="flat folder of graphs without versions; version 2 does not exist"):
         make_backend(ServerSettings(model_repository=graphs["present"], model_version=2), 1)
 

@@ -59,8 +59,13 @@ def test_triton_sessions_keep_their_version_across_a_switch(graphs, checkpoints,
     _add_version(repo, graphs["present"], checkpoints["present"], 1, install.env)
     triton = TritonProcess(repo, install, model_control="explicit", log_path=tmp_path / "tritonserver.log")
     running = None
+    # A service that starts before Triton (as pods do) waits for it to choose its pinned version.
+    early = make_backend(ServerSettings(triton_url=triton.url, model_version=1), 1)
     try:
+        assert isinstance(early, VersionedBackends) and early.current_version is None and not early.is_ready()
         triton.start(START_TIMEOUT_S)
+        assert early.is_ready() and early.current_version == 1 and early.available() == [1]
+        early.close()
         settings = ServerSettings(
             port=0, metrics_port=0, triton_url=triton.url, model_repository=repo, admin_principals="anonymous"
         )

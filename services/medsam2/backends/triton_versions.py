@@ -41,7 +41,8 @@ class TritonVersions:
         self.repository = repository
         """A local view of Triton's model repository (e.g. the same volume, read-only), for provenance records."""
         self.timeout_s = timeout_s
-        self._client = grpcclient.InferenceServerClient(url)
+        self._grpc = grpcclient
+        self._client: Any = None
         self._server_error = InferenceServerException
 
     # -- the catalog --------------------------------------------------------------------------
@@ -54,8 +55,13 @@ class TritonVersions:
         return _pinned_versions(self._index())
 
     def choose(self, version: int | None) -> tuple[int | None, ModelProvenance | None]:
-        """``version`` (None: the newest in the repository), loaded first when Triton allows; ``NotFound`` if not."""
+        """``version`` (None: the newest in the repository), loaded first when Triton allows; ``NotFound`` if not.
+
+        (None, None) when the repository has no numbered versions (no pinned ensembles): Triton's one model.
+        """
         index = self._index()
+        if version is None and not _pinned_versions(index):
+            return None, None  # a repository without numbered versions: its one model, as before
         wanted = _pinned_versions(index) if version is None else [version]
         missing = [v for v in wanted if v not in self._served(index)]
         if missing:
@@ -86,13 +92,30 @@ class TritonVersions:
 
     def close(self) -> None:
         """Close the index client's channel."""
-        self._client.close()
+        client, self._client = self._client, None
+        if client is not None:
+            client.close()
 
     # -------------------------------------------------------------------------------------------
+    def _connection(self) -> Any:
+        if self._client is None:
+            # A channel of its own, reconnecting quickly: Triton often comes up after the service.
+            self._client = self._grpc.InferenceServerClient(
+                self.url,
+                channel_args=[
+                    ("grpc.use_local_subchannel_pool", 1),
+                    ("grpc.initial_reconnect_backoff_ms", 100),
+                    ("grpc.min_reconnect_backoff_ms", 100),
+                    ("grpc.max_reconnect_backoff_ms", 1000),
+                ],
+            )
+        return self._client
+
     def _index(self) -> list[dict[str, Any]]:
         try:
-            index = self._client.get_model_repository_index(as_json=True, client_timeout=self.timeout_s)
+            index = self._connection().get_model_repository_index(as_json=True, client_timeout=self.timeout_s)
         except self._server_error as exc:
+            self.close()  # the next call starts on a fresh channel, not one backing off from a refused connect
             raise BackendUnavailable(f"cannot read the model repository index of Triton at {self.url}: {exc}") from exc
         return list(index.get("models", []))
 
@@ -110,10 +133,10 @@ class TritonVersions:
         try:
             for stage in (*GRAPHS, *TRITON_GRAPHS):
                 # Reloading a loaded model loads its new version folders and keeps the unchanged ones serving.
-                self._client.load_model(stage.value, client_timeout=self.timeout_s)
+                self._connection().load_model(stage.value, client_timeout=self.timeout_s)
             for version in versions:
                 for ensemble in TRITON_ENSEMBLES:
-                    self._client.load_model(
+                    self._connection().load_model(
                         pinned_ensemble_name(ensemble.value, version), client_timeout=self.timeout_s
                     )
         except self._server_error as exc:

@@ -20,7 +20,7 @@ from medsam2.api.pb.medsam2.v1 import segmentation_pb2 as pb
 from medsam2.api.pb.medsam2.v1 import segmentation_pb2_grpc as pb_grpc
 from medsam2.engine.backend import StageBackend
 from medsam2.engine.tracker import TrackerOptions
-from medsam2.errors import BackendUnavailable, ConfigError, NotFound, Unauthenticated
+from medsam2.errors import BackendUnavailable, ConfigError, Unauthenticated
 from medsam2.models.provenance import ModelProvenance, read_provenance
 from medsam2.pacs.service import PacsStudies
 from medsam2.server import audit, limiter, metrics, status
@@ -117,7 +117,10 @@ def make_backend(settings: ServerSettings, threads: int) -> StageBackend:
 
 
 def _triton_backend(settings: ServerSettings) -> StageBackend:
-    """Triton's numbered model versions (pinned ensembles in its repository), or its one model as before."""
+    """Triton's numbered model versions (pinned ensembles in its repository), or its one model as before.
+
+    Triton may come up after the service: the versions are then read once it answers (readiness waits for it).
+    """
     from medsam2.backends.triton_backend import TritonBackend
     from medsam2.backends.triton_versions import TritonVersions
 
@@ -126,25 +129,15 @@ def _triton_backend(settings: ServerSettings) -> StageBackend:
         settings.triton_url, repository=settings.model_repository if _given(settings.model_repository) else None
     )
     try:
-        versioned = bool(catalog.available() or catalog.pinned_in_repository())
-    except BackendUnavailable as exc:
+        unversioned = not (catalog.available() or catalog.pinned_in_repository())
+    except BackendUnavailable:
+        unversioned = False  # not known yet
+    if unversioned and pinned is None:
         catalog.close()
-        if pinned is not None:
-            raise BackendUnavailable(f"cannot check --model-version {pinned}: {exc}") from exc
-        # Triton may start after the service: serve its newest model, readiness follows Triton's.
-        log.warning("%s; serving Triton's newest model without model versions", exc)
         return TritonBackend(settings.triton_url)
-    if not versioned:
-        catalog.close()
-        if pinned is not None:
-            raise NotFound(
-                f"model version {pinned} is not served by Triton at {settings.triton_url}: its repository has no "
-                "numbered versions (export with medsam2 export --version N)",
-                field="version",
-                reason="MODEL_VERSION_NOT_FOUND",
-            )
-        return TritonBackend(settings.triton_url)
-    return VersionedBackends(catalog, max_concurrent=settings.backend_concurrency, version=pinned)
+    return VersionedBackends(
+        catalog, max_concurrent=settings.backend_concurrency, version=pinned, wait_for_catalog=True
+    )
 
 
 def open_durability(settings: ServerSettings) -> Durability | None:

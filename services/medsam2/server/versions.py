@@ -21,6 +21,7 @@ from typing import Protocol
 import numpy as np
 
 from medsam2.engine.backend import StageBackend
+from medsam2.errors import BackendUnavailable, NotFound
 from medsam2.graphs import Stage
 from medsam2.models.provenance import ModelProvenance, list_versions
 from medsam2.models.versions import choose_version
@@ -99,7 +100,17 @@ class FolderVersions:
 class VersionedBackends:
     """Backends by model version, with the current one for new sessions; itself a backend (the current one)."""
 
-    def __init__(self, catalog: VersionCatalog, *, max_concurrent: int = 1, version: int | None = None) -> None:
+    def __init__(
+        self,
+        catalog: VersionCatalog,
+        *,
+        max_concurrent: int = 1,
+        version: int | None = None,
+        wait_for_catalog: bool = False,
+    ) -> None:
+        """Start on ``version`` (None: the newest). With ``wait_for_catalog`` an unreachable catalog (Triton not
+        up yet) does not fail the start: the newest model serves unversioned, readiness stays false, and the
+        start version is chosen as soon as the catalog answers (``is_ready``)."""
         self.catalog = catalog
         self._max_concurrent = max_concurrent
         self._lock = threading.Lock()
@@ -109,7 +120,17 @@ class VersionedBackends:
         self._provenance: dict[int | None, ModelProvenance | None] = {}
         self._sessions: dict[int | None, int] = {}
         self.current_version: int | None = None
-        self.switch(version)
+        self._start_version: list[int | None] = []
+        """The start version still to be chosen (empty once chosen)."""
+        self._last_start_error = ""
+        try:
+            self.switch(version)
+        except BackendUnavailable as exc:
+            if not wait_for_catalog:
+                raise
+            log.warning("%s: the model version is chosen once it answers", exc)
+            self._start_version.append(version)
+            self._backends[None] = limiter.InstrumentedBackend(catalog.load(None), max_concurrent=max_concurrent)
         self.name = self._backends[self.current_version].name
 
     # -- versions ---------------------------------------------------------------------------
@@ -140,8 +161,24 @@ class VersionedBackends:
         return chosen
 
     def available(self) -> list[int]:
-        """The numbered versions that can be switched to now, oldest first."""
-        return self.catalog.available()
+        """The numbered versions that can be switched to now, oldest first ([] while the catalog is unreachable)."""
+        try:
+            return self.catalog.available()
+        except BackendUnavailable:
+            return []
+
+    def _choose_start_version(self) -> bool:
+        """Choose the start version deferred by ``wait_for_catalog``; whether it is chosen now."""
+        (version,) = self._start_version
+        try:
+            self.switch(version)
+        except (BackendUnavailable, NotFound) as exc:
+            if str(exc) != self._last_start_error:  # say it once, not on every readiness check
+                log.error("cannot choose the model version to serve yet: %s", exc)
+                self._last_start_error = str(exc)
+            return False
+        self._start_version.clear()
+        return True
 
     def pin(self) -> tuple[int | None, StageBackend]:
         """The current version and its backend, held for one session until ``release``."""
@@ -188,7 +225,9 @@ class VersionedBackends:
         return self._backends[self.current_version].run(stage, inputs)
 
     def is_ready(self) -> bool:
-        """The current version's readiness."""
+        """The current version's readiness (false until a deferred start version is chosen)."""
+        if self._start_version and not self._choose_start_version():
+            return False
         return self._backends[self.current_version].is_ready()
 
     def close(self) -> None:
