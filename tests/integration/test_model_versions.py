@@ -31,6 +31,7 @@ from medsam2.server.config import ServerSettings
 from medsam2.server.versions import VersionedBackends
 from medsam2_export import model_repository
 from medsam2_export.parity import synthetic_volume
+from redis_server import RedisServer, unavailable_reason
 
 SLICES, ROWS, COLS = 5, 40, 48
 
@@ -301,3 +302,40 @@ def _post_json(port: int, method: str, payload: dict, token: str) -> tuple[int, 
         return response.status, json.loads(response.read() or b"{}")
     finally:
         connection.close()
+
+
+@pytest.mark.skipif(unavailable_reason() is not None, reason=str(unavailable_reason()))
+def test_a_rebuilt_session_keeps_its_version(graphs, tmp_path: Path) -> None:
+    """Replica B, serving version 2, rebuilds a session that replica A opened on version 1: on version 1."""
+    frames, boxes = synthetic_volume(seed=3, slices=SLICES, height=ROWS, width=COLS)
+    expected = segment_volume(
+        Tracker(OnnxRuntimeBackend(graphs["present"], threads=2), frames), [ObjectPrompt(1, 2, box=boxes[0])]
+    )[1]
+    repo = tmp_path / "repo"
+    _add_version(repo, graphs["present"], 1)
+    _add_version(repo, graphs["absent"], 2)
+    redis = RedisServer(tmp_path / "redis", password="versions-pw").start()
+    replicas = []
+    try:
+        for version in (1, 2):
+            settings = ServerSettings(
+                port=0, metrics_port=0, model_repository=repo, model_version=version, session_store=redis.url
+            )
+            replicas.append(start_server(settings, make_backend(settings, 2), metrics_server=False))
+        a, b = (Client(f"127.0.0.1:{r.port}") for r in replicas)
+        session = a.create_session(frames, preset="none")
+        assert session.model.version == 1 and session.durable
+        np.testing.assert_array_equal(_segment(a, session.session_id, boxes[0]), expected)
+        rebuilt = b.get_session(session.session_id)  # B does not hold it: rebuilt from the store
+        assert rebuilt.model.version == 1
+        labels, _ = b.result_labels(session.session_id)
+        np.testing.assert_array_equal(labels > 0, expected)
+        assert replicas[1].backend.loaded() == {1: 1, 2: 0}  # version 1 loaded for that session only
+        assert b.close_session(session.session_id)
+        assert replicas[1].backend.loaded() == {2: 0}
+        a.close()
+        b.close()
+    finally:
+        for running in replicas:
+            running.stop(1)
+        redis.stop()

@@ -453,7 +453,7 @@ def _switch_version(versions: VersionedBackends) -> None:
 
     def switch() -> None:
         try:
-            versions.switch()
+            versions.switch(by="SIGHUP")
         except Exception:
             log.exception("could not switch the model version; still serving version %s", versions.current_version)
 

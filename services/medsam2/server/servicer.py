@@ -123,11 +123,17 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
         return self._describe(entry)
 
     def _open(
-        self, header: pb.StudyHeader, receive: Callable[[], np.ndarray], *, session_id: str | None = None
+        self,
+        header: pb.StudyHeader,
+        receive: Callable[[], np.ndarray],
+        *,
+        session_id: str | None = None,
+        model_version: int | None = None,
     ) -> SessionEntry:
         """Open a session on ``header``'s study: fetched from PACS, or the voxels ``receive`` returns.
 
-        ``session_id`` reopens a stored session under its own id (a rebuild); the store is then not written.
+        ``session_id`` reopens a stored session under its own id (a rebuild) on the ``model_version`` it was
+        opened with; the store is then not written.
         """
         is_video = header.kind == pb.STUDY_KIND_VIDEO
         window = None
@@ -151,7 +157,7 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
         stored = self.durability.pack_study(header, voxels) if self.durability is not None else None
         del voxels  # the raw upload is not needed once windowed (the store keeps it compressed)
         tracker = Tracker(self.backend, slices, self.tracker_options)
-        entry = self.registry.add(tracker, study, session_id=session_id)
+        entry = self.registry.add(tracker, study, session_id=session_id, model_version=model_version)
         if not is_video:
             entry.annotation = VolumeAnnotation(tracker)
         if self.durability is not None and stored is not None:
@@ -227,7 +233,26 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
             if session_id in {e.session_id for e in self.registry.list(principal=owner)}:
                 return True  # another request rebuilt it while this one waited
             header = pb.StudyHeader.FromString(record.header)
-            self._open(header, lambda: durability.study_voxels(session_id, header), session_id=session_id)
+            versions = self.registry.versions
+            version = record.model_version if versions is not None else None
+            if version is not None and versions is not None:
+                try:
+                    versions.hold(version)  # the version it was opened with, whatever is current here
+                except NotFound as exc:
+                    raise PreconditionFailed(
+                        f"session {session_id} was opened on model version {version}, which this replica cannot "
+                        f"load ({exc}): open the study again"
+                    ) from exc
+            try:
+                self._open(
+                    header,
+                    lambda: durability.study_voxels(session_id, header),
+                    session_id=session_id,
+                    model_version=version,
+                )
+            finally:
+                if version is not None and versions is not None:
+                    versions.release(version)  # the session's own pin holds it from here
             try:
                 for item in durability.store.journal(session_id):
                     request = JOURNALED[item.method].FromString(item.request)

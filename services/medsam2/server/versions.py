@@ -141,20 +141,7 @@ class VersionedBackends:
         is only logged. An unknown version raises ``NotFound`` naming the versions present, and changes nothing.
         """
         with self._switching:
-            chosen, provenance = self.catalog.choose(version)
-            backend: limiter.InstrumentedBackend | None = None
-            while True:
-                with self._lock:
-                    if chosen not in self._backends and backend is not None:
-                        self._backends[chosen] = backend
-                        self._provenance[chosen] = provenance
-                    if chosen in self._backends:
-                        previous, self.current_version = self.current_version, chosen
-                        self._close_unused(previous)
-                        break
-                # Loaded outside the registry lock (it takes seconds); a loaded version whose last session
-                # closed meanwhile is loaded again on the next turn.
-                backend = limiter.InstrumentedBackend(self.catalog.load(chosen), max_concurrent=self._max_concurrent)
+            chosen, previous = self._load(version, make_current=True)
         log.info("model version %s is current (was %s)", chosen, previous)
         if by:
             audit.model_version(principal=by, version=chosen, previous=previous)
@@ -180,12 +167,48 @@ class VersionedBackends:
         self._start_version.clear()
         return True
 
-    def pin(self) -> tuple[int | None, StageBackend]:
-        """The current version and its backend, held for one session until ``release``."""
+    def hold(self, version: int) -> None:
+        """Load ``version`` if needed (without making it current) and hold it until ``release``.
+
+        For a session rebuilt from the session store: it must run the version it was opened with, whatever is
+        current on this replica. ``NotFound`` when that version is no longer in the repository.
+        """
+        with self._switching:
+            self._load(version, hold=True)
+
+    def pin(self, version: int | None = None) -> tuple[int | None, StageBackend]:
+        """The current version (or a held ``version``) and its backend, held for one session until ``release``."""
         with self._lock:
-            version = self.current_version
+            if version is None or version not in self._backends:
+                version = self.current_version
             self._sessions[version] = self._sessions.get(version, 0) + 1
             return version, self._backends[version]
+
+    def _load(
+        self, version: int | None, *, hold: bool = False, make_current: bool = False
+    ) -> tuple[int | None, int | None]:
+        """Load ``version`` (None: the newest) unless loaded, then hold it for a session and/or make it current,
+        in the same critical section (so it cannot be unloaded in between); the version and the previous current.
+
+        Called under ``_switching``; the load itself runs outside the registry lock (it takes seconds).
+        """
+        chosen, provenance = self.catalog.choose(version)
+        backend: limiter.InstrumentedBackend | None = None
+        while True:
+            with self._lock:
+                if chosen not in self._backends and backend is not None:
+                    self._backends[chosen] = backend
+                    self._provenance[chosen] = provenance
+                if chosen in self._backends:
+                    previous = self.current_version
+                    if hold:
+                        self._sessions[chosen] = self._sessions.get(chosen, 0) + 1
+                    if make_current:
+                        self.current_version = chosen
+                        self._close_unused(previous)
+                    return chosen, previous
+            # A loaded version whose last session closed meanwhile is loaded again on the next turn.
+            backend = limiter.InstrumentedBackend(self.catalog.load(chosen), max_concurrent=self._max_concurrent)
 
     def release(self, version: int | None) -> None:
         """A session on ``version`` has closed."""
