@@ -17,13 +17,15 @@ from typing import Any
 
 from medsam2.engine.backend import StageBackend
 from medsam2.errors import BackendUnavailable, NotFound
-from medsam2.graphs import GRAPHS, TRITON_ENSEMBLES, TRITON_GRAPHS
+from medsam2.graphs import GRAPHS, TRITON_ENSEMBLES, TRITON_GRAPHS, TRITON_TRACK_STEP_WIRING
 from medsam2.models.provenance import ModelProvenance, read_provenance
 from medsam2.models.versions import pinned_ensemble_name, pinned_ensemble_version
 
 log = logging.getLogger(__name__)
 
 READY = "READY"
+ENSEMBLE_STEPS = frozenset(stage for stage, _, _ in TRITON_TRACK_STEP_WIRING)
+"""The graphs the ``track_step`` ensembles run: loading an ensemble (re)loads them."""
 
 
 class TritonVersions:
@@ -129,11 +131,16 @@ class TritonVersions:
         return sorted(v for v in common if all(pinned_ensemble_name(e.value, v) in ready for e in TRITON_ENSEMBLES))
 
     def _load(self, versions: list[int]) -> None:
-        """Ask Triton to load ``versions`` (explicit model control); a refusal is logged, not raised."""
+        """Ask Triton to load ``versions`` (explicit model control); a refusal is logged, not raised.
+
+        Loading a pinned ensemble reloads its steps together (Triton reads their new version folders and swaps
+        the new instances in once they are loaded), so only the graphs outside every ensemble are loaded one by
+        one: reloading each graph on its own would reload the ensembles on top of it once per graph.
+        """
         try:
             for stage in (*GRAPHS, *TRITON_GRAPHS):
-                # Reloading a loaded model loads its new version folders and keeps the unchanged ones serving.
-                self._connection().load_model(stage.value, client_timeout=self.timeout_s)
+                if stage not in ENSEMBLE_STEPS:
+                    self._connection().load_model(stage.value, client_timeout=self.timeout_s)
             for version in versions:
                 for ensemble in TRITON_ENSEMBLES:
                     self._connection().load_model(
