@@ -6,6 +6,11 @@ freshness) without torch, onnx or tritonclient.  Besides one model per stage
 graph, the repository holds the casts of ``graphs.TRITON_GRAPHS`` (memories
 cross the network in bfloat16) and the ensembles of ``graphs.TRITON_ENSEMBLES``
 (the ``track_step``), wired as ``graphs.TRITON_TRACK_STEP_WIRING`` says.
+
+Model versions: every graph keeps all its numbered version folders loaded (``version_policy: all``), so a
+session pinned to an older version, or a roll-back, finds it in Triton; a version is retired by deleting its
+folders. Each exported version N also gets ``track_step_vN``, the ensemble with every step at version N
+(``medsam2.models.versions.pinned_ensemble_name``); ``track_step`` itself runs the newest.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import numpy as np
 from medsam2 import graphs
 from medsam2.errors import ConfigError, OutputNotWritable
 from medsam2.graphs import GRAPHS, TRITON_ENSEMBLES, TRITON_GRAPHS, GraphSpec, Stage, TensorSpec
+from medsam2.models.versions import pinned_ensemble_name
 
 BACKENDS = ("onnxruntime", "tensorrt")
 """Backends a repository can be written for, in the order the committed copies are generated."""
@@ -120,7 +126,8 @@ def config_fields(spec: GraphSpec, backend: str, options: RepositoryOptions = Re
         "name": spec.stage.value,
         "platform": _PLATFORM[backend],
         "max_batch_size": options.max_batch_size,
-        "version_policy": {"latest": {"num_versions": 1}},
+        # Every version folder stays loaded: sessions keep the version they opened with, and a roll-back is instant.
+        "version_policy": {"all": {}},
         "input": [_tensor_entry(t) for t in spec.inputs],
         "output": [_tensor_entry(t) for t in spec.outputs],
         "dynamic_batching": _dynamic_batching(options),
@@ -146,19 +153,37 @@ def render_config(spec: GraphSpec, backend: str, options: RepositoryOptions = Re
     return render_fields(config_fields(spec, backend, options))
 
 
+def write_pinned_ensembles(out_dir: Path, version: int, options: RepositoryOptions = RepositoryOptions()) -> list[Path]:
+    """Write ``<ensemble>_v<version>/config.pbtxt`` (steps at ``version``) and its version folder, per ensemble."""
+    written = []
+    for spec in TRITON_ENSEMBLES.values():
+        fields = ensemble_config_fields(spec, options, version=version)
+        model_dir = Path(out_dir) / fields["name"]
+        write_atomic(model_dir / "config.pbtxt", render_fields(fields).encode("utf-8"))
+        make_version_dir(model_dir)
+        written.append(model_dir / "config.pbtxt")
+    return written
+
+
 def render_fields(fields: Mapping[str, Any]) -> str:
     """``config.pbtxt`` text, with the generated-file header, for fields as ``config_fields`` returns them."""
     return _HEADER + "\n".join(_render_fields(fields, 0)) + "\n"
 
 
-def ensemble_config_fields(spec: GraphSpec, options: RepositoryOptions = RepositoryOptions()) -> dict[str, Any]:
-    """The ``ModelConfig`` of an ensemble of ``graphs.TRITON_ENSEMBLES``; the same for every backend."""
+def ensemble_config_fields(
+    spec: GraphSpec, options: RepositoryOptions = RepositoryOptions(), *, version: int | None = None
+) -> dict[str, Any]:
+    """The ``ModelConfig`` of an ensemble of ``graphs.TRITON_ENSEMBLES``; the same for every backend.
+
+    ``version`` pins every step to that model version (the ensemble is then ``pinned_ensemble_name``); without
+    it the steps run the newest version.
+    """
     wiring = ENSEMBLE_WIRING.get(spec.stage)
     if wiring is None:
         raise ConfigError(f"no wiring for ensemble {spec.stage.value}")
     check_wiring(spec, wiring)
     return {
-        "name": spec.stage.value,
+        "name": spec.stage.value if version is None else pinned_ensemble_name(spec.stage.value, version),
         "platform": "ensemble",
         # Triton refuses an ensemble whose batch exceeds a step's; every step has options.max_batch_size.
         "max_batch_size": options.max_batch_size,
@@ -170,7 +195,7 @@ def ensemble_config_fields(spec: GraphSpec, options: RepositoryOptions = Reposit
             "step": [
                 {
                     "model_name": stage.value,
-                    "model_version": -1,
+                    "model_version": -1 if version is None else version,
                     "input_map": [{"key": k, "value": v} for k, v in inputs.items()],
                     "output_map": [{"key": k, "value": v} for k, v in outputs.items()],
                 }
@@ -407,7 +432,8 @@ def write_model_repository(
     version: int = 1,
 ) -> list[Path]:
     """Write ``<out_dir>/<stage>/config.pbtxt`` per stage, plus ``<version>/model.onnx|plan`` when ``model_files``
-    is given (every version folder of every graph and ensemble; other versions are left in place)."""
+    is given (every version folder of every graph and ensemble, and the ensembles pinned to ``version``; other
+    versions are left in place)."""
     if version < 1:
         raise ConfigError(f"model version must be 1 or more, got {version}")
     _check_backend(backend)
@@ -433,6 +459,8 @@ def write_model_repository(
         else:  # a wire-dtype cast, built here from the contract (TensorRT plans of them come with model_files)
             write_atomic(model_path, triton_graph_onnx(stage))
             written.append(model_path)
+    if files is not None:
+        written += write_pinned_ensembles(out_dir, version, options)
     return written
 
 

@@ -41,6 +41,7 @@ from medsam2_export.model_repository import (
     render_fields,
     triton_graph_onnx,
     write_atomic,
+    write_pinned_ensembles,
 )
 from medsam2_export.triton_cpu_model import THREADS_PARAMETER
 
@@ -49,6 +50,8 @@ CPU_OPTIONS = RepositoryOptions(instance_kind="CPU")
 MODEL_PY = Path(__file__).with_name("triton_cpu_model.py")
 """The Python model every stage runs; copied as ``<stage>/1/model.py``."""
 TRITON_HOME_VARIABLE = "MEDSAM2_TRITON_HOME"
+MODEL_CONTROL_MODES = ("none", "explicit")
+"""``--model-control-mode`` values a ``TritonProcess`` runs with (``explicit`` starts with every model loaded)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -91,8 +94,13 @@ def write_cpu_repository(
     *,
     threads: int = 2,
     options: RepositoryOptions = CPU_OPTIONS,
+    version: int | None = None,
 ) -> list[Path]:
-    """Write the Python-backend repository for the graphs in ``onnx_dir`` (``<stage>.onnx`` files or a repository)."""
+    """Write the Python-backend repository for the graphs in ``onnx_dir`` (``<stage>.onnx`` files or a repository).
+
+    Without ``version`` the graphs go to version 1, as one unversioned model; with it, to version ``version``
+    beside the versions already there, with the ensembles pinned to it (as ``medsam2 export --version`` writes).
+    """
     if options.instance_kind != "CPU":
         raise ConfigError("the Python-backend repository runs on the CPU: instance_kind must be 'CPU'")
     if env_path is not None:
@@ -106,6 +114,7 @@ def write_cpu_repository(
     out_dir = Path(out_dir)
     check_output_dir(out_dir)
     model_py = MODEL_PY.read_bytes()
+    folder = str(version or 1)
     written: list[Path] = []
     for stage, text in configs.items():
         model_dir = out_dir / stage.value
@@ -115,11 +124,13 @@ def write_cpu_repository(
             make_version_dir(model_dir)
             continue
         if stage in TRITON_GRAPHS:
-            write_atomic(model_dir / "1" / "model.onnx", triton_graph_onnx(stage))
+            write_atomic(model_dir / folder / "model.onnx", triton_graph_onnx(stage))
         else:
-            copy_atomic(sources[stage], model_dir / "1" / "model.onnx")
-        write_atomic(model_dir / "1" / "model.py", model_py)
-        written += [model_dir / "1" / "model.onnx", model_dir / "1" / "model.py"]
+            copy_atomic(sources[stage], model_dir / folder / "model.onnx")
+        write_atomic(model_dir / folder / "model.py", model_py)
+        written += [model_dir / folder / "model.onnx", model_dir / folder / "model.py"]
+    if version is not None:
+        written += write_pinned_ensembles(out_dir, version, options)
     return written
 
 
@@ -215,7 +226,12 @@ class TritonProcess:
         ports: TritonPorts | None = None,
         host: str = "127.0.0.1",
         log_path: Path | None = None,
+        model_control: str = "none",
     ) -> None:
+        if model_control not in MODEL_CONTROL_MODES:
+            raise ConfigError(f"model_control must be one of {', '.join(MODEL_CONTROL_MODES)}, got {model_control!r}")
+        self.model_control = model_control
+        """Triton's ``--model-control-mode``: ``explicit`` lets the service load new model versions."""
         self.repository = Path(repository)
         self.install = install or TritonInstall()
         self.host = host
@@ -256,6 +272,8 @@ class TritonProcess:
             f"--metrics-port={p.metrics}",
             "--allow-gpu-metrics=false",
             "--disable-auto-complete-config",
+            f"--model-control-mode={self.model_control}",
+            *(["--load-model=*"] if self.model_control == "explicit" else []),
             "--strict-readiness=true",
             "--exit-timeout-secs=5",
             "--log-verbose=0",

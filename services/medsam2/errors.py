@@ -122,6 +122,12 @@ class Unauthenticated(Medsam2Error):
     reason = "UNAUTHENTICATED"
 
 
+class PermissionDenied(Medsam2Error):
+    """The caller is known but may not do this (an admin RPC from a principal that is not an admin)."""
+
+    reason = "PERMISSION_DENIED"
+
+
 class UploadTimedOut(Medsam2Error):
     """An upload sent nothing for too long, or did not finish within its total deadline."""
 

@@ -7,6 +7,7 @@ checked here instead.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import os
 import re
@@ -393,6 +394,46 @@ def test_sticky_sessions_destination_rule(tools: dict[str, Path]) -> None:
     assert grpc_port["appProtocol"] == "grpc"  # Istio must see gRPC (HTTP/2) to hash a header
 
 
+def test_model_version_pin_reaches_the_pods(tools: dict[str, Path], tmp_path: Path) -> None:
+    """model.version and model.adminPrincipals become the service's settings; explicit Triton loads every model."""
+    from medsam2.server.auth import parse_principals
+    from medsam2.server.config import ServerSettings
+    from medsam2.settings import resolve
+
+    values = tmp_path / "pinned.yaml"
+    values.write_text(
+        yaml.safe_dump(
+            {
+                "model": {"version": 2, "adminPrincipals": ["default", "CN=ops,O=Example"]},
+                "triton": {"modelControlMode": "explicit"},
+            }
+        )
+    )
+    docs = helm_template(tools, ["-f", str(values)])
+    assert validate_kubernetes(tools, docs, tmp_path).returncode == 0
+    env = env_of(container(one(docs, "Deployment", f"{RELEASE}-medsam2"), "server"))
+    assert env["MEDSAM2_MODEL_VERSION"] == "2"
+    assert env["MEDSAM2_ADMIN_PRINCIPALS"] == "default;CN=ops,O=Example"
+    # What `medsam2 serve` makes of them in the pod.
+    settings = resolve(ServerSettings, argparse.Namespace(), {k: v for k, v in env.items() if isinstance(v, str)})
+    assert settings.model_version == 2
+    assert parse_principals(settings.admin_principals) == ("default", "CN=ops,O=Example")
+    args = container(one(docs, "Deployment", f"{RELEASE}-medsam2-triton"), "triton")["args"]
+    assert "--model-control-mode=explicit" in args and "--load-model=*" in args
+
+    # CPU-only: the pin goes to the embedded service beside its repository; a rollback is the same value.
+    docs = helm_template(tools, [*VARIANTS["cpu"], "--set", "model.version=1"])
+    env = env_of(container(one(docs, "Deployment", f"{RELEASE}-medsam2"), "server"))
+    assert env["MEDSAM2_MODEL_VERSION"] == "1" and env["MEDSAM2_MODEL_REPOSITORY"] == "/models/medsam2-latest-v1"
+
+    # Unpinned (the default): the newest version, nobody may switch, Triton as before.
+    docs = helm_template(tools, [])
+    env = env_of(container(one(docs, "Deployment", f"{RELEASE}-medsam2"), "server"))
+    assert "MEDSAM2_MODEL_VERSION" not in env and "MEDSAM2_ADMIN_PRINCIPALS" not in env
+    args = container(one(docs, "Deployment", f"{RELEASE}-medsam2-triton"), "triton")["args"]
+    assert "--model-control-mode=none" in args and not any(a.startswith("--load-model") for a in args)
+
+
 def test_chart_settings_match_the_service() -> None:
     """Chart defaults and every MEDSAM2_* variable it sets agree with `medsam2 serve`'s own settings."""
     from medsam2.server.config import GRPC_PORT, METRICS_PORT, ServerSettings
@@ -435,6 +476,8 @@ BROKEN_BY_SCHEMA = {
     "misspelt key": ["--set", "server.setings.maxSessions=4"],
     "unknown backend": ["--set", "modelRepository.buildJob.backend=openvino"],
     "bad port": ["--set", "server.ports.grpc=70000"],
+    "model version not a number": ["--set", "model.version=latest"],
+    "model version zero": ["--set", "model.version=0"],
 }
 BROKEN_BY_TEMPLATE = {
     "cpu-only from s3": ["--set", "triton.enabled=false,modelRepository.source=s3,modelRepository.s3.url=s3://b/m"],

@@ -115,6 +115,7 @@ def test_export_writes_a_triton_repository_that_verify_accepts(checkpoints: dict
         [out / s.value / "config.pbtxt" for s in (*GRAPHS, *TRITON_GRAPHS, *ENSEMBLES)]
         + [out / s.value / "1" / "model.onnx" for s in (*GRAPHS, *TRITON_GRAPHS)]
         + [out / "image_encoder" / "1" / "provenance.json"]  # version 1's provenance record
+        + [out / f"{s.value}_v1" / "config.pbtxt" for s in ENSEMBLES]  # the ensembles pinned to version 1
     )
     assert files_under(out) == expected
     assert sorted(Path(line) for line in result.stdout.splitlines()[:-1]) == expected

@@ -112,7 +112,8 @@ def test_config_structure_follows_the_contract(backend: str, stage: Stage) -> No
     assert _only(cfg, "name") == stage.value
     assert _only(cfg, "platform") == {"onnxruntime": "onnxruntime_onnx", "tensorrt": "tensorrt_plan"}[backend]
     assert _only(cfg, "max_batch_size") == 16
-    assert _only(_only(_only(cfg, "version_policy"), "latest"), "num_versions") == 1
+    # Every version folder stays loaded: pinned sessions and roll-backs find their version in Triton.
+    assert _only(_only(cfg, "version_policy"), "all") == {}
     for entries, tensors in ((cfg["input"], spec.inputs), (cfg["output"], spec.outputs)):
         assert [_only(e, "name") for e in entries] == [t.name for t in tensors]
         for entry, tensor in zip(entries, tensors, strict=True):
@@ -181,7 +182,7 @@ def test_configs_parse_as_triton_model_config(backend: str) -> None:
         assert cfg.name == stage.value
         assert [i.name for i in cfg.input] == [t.name for t in spec.inputs]
         assert [i.HasField("reshape") for i in cfg.input] == [len(t.shape) == 1 for t in spec.inputs]
-        assert cfg.version_policy.latest.num_versions == 1
+        assert cfg.version_policy.WhichOneof("policy_choice") == "all"
         assert set(cfg.model_warmup[0].inputs) == {t.name for t in spec.inputs}
 
 
@@ -208,7 +209,7 @@ def test_writes_configs_and_binaries(tmp_path: Path, backend: str, suffix: str, 
         files[stage].write_bytes(stage.value.encode())
     out = tmp_path / "repo"
     written = mr.write_model_repository(out, backend, files)
-    assert len(written) == 2 * (len(GRAPHS) + len(TRITON_GRAPHS)) + len(ENSEMBLES)
+    assert len(written) == 2 * (len(GRAPHS) + len(TRITON_GRAPHS)) + 2 * len(ENSEMBLES)
     for stage, spec in {**GRAPHS, **TRITON_GRAPHS}.items():
         assert (out / stage.value / "config.pbtxt").read_text() == mr.render_config(spec, backend)
         binary = (out / stage.value / "1" / model_name).read_bytes()
@@ -218,6 +219,10 @@ def test_writes_configs_and_binaries(tmp_path: Path, backend: str, suffix: str, 
         assert (out / stage.value / "config.pbtxt").read_text() == mr.render_config(spec, backend)
         # Triton loads no model without a version folder, an ensemble's stays empty.
         assert (out / stage.value / "1").is_dir() and not any((out / stage.value / "1").iterdir())
+        # And the ensemble of version 1, every step at version 1.
+        pinned = out / f"{stage.value}_v1"
+        assert (pinned / "config.pbtxt").read_text() == mr.render_fields(mr.ensemble_config_fields(spec, version=1))
+        assert (pinned / "1").is_dir() and not any((pinned / "1").iterdir())
     assert not list(out.rglob("*.tmp"))
 
 
@@ -346,6 +351,14 @@ def test_track_step_ensemble_follows_the_wiring(backend: str) -> None:
         assert _map(step["output_map"]) == outputs
     # Batching and placement belong to the steps; an ensemble has none of its own.
     assert not {"dynamic_batching", "instance_group", "model_warmup"} & set(cfg)
+
+
+def test_pinned_track_step_runs_one_version() -> None:
+    cfg = _parse(mr.render_fields(mr.ensemble_config_fields(WIRE_TRACK_STEP, version=3)))
+    assert _only(cfg, "name") == "track_step_v3"
+    steps = _only(cfg, "ensemble_scheduling")["step"]
+    assert [_only(s, "model_version") for s in steps] == [3] * len(TRITON_TRACK_STEP_WIRING)
+    assert [_only(s, "model_name") for s in steps] == [s.value for s, _, _ in TRITON_TRACK_STEP_WIRING]
 
 
 def test_track_step_config_is_the_same_for_every_backend() -> None:

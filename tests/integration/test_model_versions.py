@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
 from medsam2.api.client import Client
 from medsam2.backends.onnxruntime_backend import OnnxRuntimeBackend
@@ -24,6 +31,7 @@ from medsam2.server.config import ServerSettings
 from medsam2.server.versions import VersionedBackends
 from medsam2_export import model_repository
 from medsam2_export.parity import synthetic_volume
+from redis_server import RedisServer, unavailable_reason
 
 SLICES, ROWS, COLS = 5, 40, 48
 
@@ -133,3 +141,201 @@ def _read_until(proc: subprocess.Popen, text: str, timeout_s: float = 120) -> li
         if text in line:
             return lines
     raise AssertionError(f"no {text!r} within {timeout_s} s: {''.join(lines)}")
+
+
+def test_model_version_pins_the_start_version(graphs, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    _add_version(repo, graphs["present"], 1)
+    _add_version(repo, graphs["absent"], 2)
+    pinned = make_backend(ServerSettings(model_repository=repo, model_version=1), 1)
+    try:
+        assert isinstance(pinned, VersionedBackends) and pinned.current_version == 1
+    finally:
+        pinned.close()
+    with pytest.raises(NotFound, match=r"model version 3 is not in .*: it has 1, 2"):
+        make_backend(ServerSettings(model_repository=repo, model_version=3), 1)
+    openvino = make_backend(ServerSettings(model_repository=repo, backend="openvino", precision="fp32"), 1)
+    try:  # OpenVINO serves numbered versions too
+        assert isinstance(openvino, VersionedBackends) and openvino.current_version == 2
+        assert openvino.name == "openvino"
+    finally:
+        openvino.close()
+    with pytest.raises(NotFound, match="flat folder of graphs without versions; version 2 does not exist"):
+        make_backend(ServerSettings(model_repository=graphs["present"], model_version=2), 1)
+
+
+def test_serve_refuses_a_missing_model_version_at_start(graphs, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    _add_version(repo, graphs["present"], 1)
+    _add_version(repo, graphs["present"], 2)
+    env = dict(os.environ, MEDSAM2_MODEL_VERSION="5")
+    command = [sys.executable, "-m", "medsam2.cli.main", "serve", "--port", "0", "--metrics-port", "0"]
+    done = subprocess.run(
+        [*command, "--model-repository", str(repo)], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert done.returncode == 3, done.stderr  # NotFound
+    assert re.search(r"model version 5 is not in .*: it has 1, 2", done.stderr), done.stderr
+    assert "Traceback" not in done.stderr
+    done = subprocess.run(
+        [*command, "--model-repository", str(repo), "--model-version", "x"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2 and "model_version (MEDSAM2_MODEL_VERSION) must be an integer" in done.stderr
+
+
+ADMIN, USER = "ops-admin", "reader"
+
+
+def _reason(error: grpc.RpcError) -> str:
+    info = error_details_pb2.ErrorInfo()
+    next(d for d in rpc_status.from_call(error).details if d.Is(info.DESCRIPTOR)).Unpack(info)
+    return info.reason
+
+
+def test_set_model_version_is_for_admins_and_keeps_sessions(graphs, tmp_path: Path) -> None:
+    frames, boxes = synthetic_volume(seed=3, slices=SLICES, height=ROWS, width=COLS)
+    expected = segment_volume(
+        Tracker(OnnxRuntimeBackend(graphs["present"], threads=2), frames), [ObjectPrompt(1, 2, box=boxes[0])]
+    )[1]
+    repo = tmp_path / "repo"
+    _add_version(repo, graphs["present"], 1)
+    tokens, audit_log = tmp_path / "tokens", tmp_path / "audit.jsonl"
+    tokens.write_text(f"{ADMIN}:admin-secret\n{USER}:reader-secret\n")
+    settings = ServerSettings(
+        port=0,
+        metrics_port=0,
+        model_repository=repo,
+        auth_tokens=tokens,
+        audit_log=audit_log,
+        admin_principals=f" {ADMIN} ;CN=ops,O=Example ",
+        http_port=_free_port(),
+    )
+    backend = make_backend(settings, 2)
+    running = start_server(settings, backend, metrics_server=False)
+    target = f"127.0.0.1:{running.port}"
+    admin, user = Client(target, token="admin-secret"), Client(target, token="reader-secret")
+    try:
+        info = user.server_info()
+        assert info.model.version == 1 and list(info.model_versions) == [1] and "model-versions" in info.capabilities
+        old = user.create_session(frames, preset="none")
+        assert old.model.version == 1
+        _add_version(repo, graphs["absent"], 2)
+
+        with pytest.raises(grpc.RpcError) as denied:
+            user.set_model_version(2)
+        assert denied.value.code() is grpc.StatusCode.PERMISSION_DENIED
+        assert _reason(denied.value) == "PERMISSION_DENIED" and "'reader' is not one" in denied.value.details()
+        status, body = _post_json(running.http_port, "SetModelVersion", {"version": 2}, "reader-secret")
+        assert status == 403, body
+        assert backend.current_version == 1  # nothing switched
+
+        with pytest.raises(grpc.RpcError) as missing:
+            admin.set_model_version(7)
+        assert missing.value.code() is grpc.StatusCode.NOT_FOUND
+        assert _reason(missing.value) == "MODEL_VERSION_NOT_FOUND"
+        assert re.search(r"model version 7 is not in .*: it has 1, 2", missing.value.details())
+
+        info = admin.set_model_version(0)  # the newest
+        assert info.model.version == 2 and list(info.model_versions) == [1, 2]
+        new = user.create_session(frames, preset="none")
+        assert new.model.version == 2
+        # The old session, prompted and propagated after the switch, still runs version 1 and says so.
+        np.testing.assert_array_equal(_segment(user, old.session_id, boxes[0]), expected)
+        assert user.get_session(old.session_id).model.version == 1
+        assert backend.loaded() == {1: 1, 2: 1}
+
+        # Roll back over the gateway: the same RPC, the same admin check.
+        status, body = _post_json(running.http_port, "SetModelVersion", {"version": 1}, "admin-secret")
+        assert status == 200 and body["model"]["version"] == 1, body
+        assert user.create_session(frames, preset="none").model.version == 1
+        assert user.get_session(new.session_id).model.version == 2
+    finally:
+        admin.close()
+        user.close()
+        running.stop(1)
+    lines = [json.loads(line) for line in audit_log.read_text().splitlines()]
+    switches = [x for x in lines if x.get("event") == "model_version_switched"]
+    assert [(x["principal"], x["previous_model_version"], x["model_version"]) for x in switches] == [
+        (ADMIN, 1, 2),
+        (ADMIN, 2, 1),
+    ]
+    refused = [x for x in lines if x.get("rpc") == "SetModelVersion"]
+    assert {(x["principal"], x["outcome"]) for x in refused} == {
+        (USER, "PERMISSION_DENIED"),
+        (ADMIN, "NOT_FOUND"),
+        (ADMIN, "OK"),
+    }
+
+
+def test_set_model_version_without_numbered_versions(graphs) -> None:
+    settings = ServerSettings(port=0, metrics_port=0, model_repository=graphs["present"], admin_principals="anonymous")
+    running = start_server(settings, make_backend(settings, 1), metrics_server=False)
+    client = Client(f"127.0.0.1:{running.port}")
+    try:
+        with pytest.raises(grpc.RpcError) as refused:
+            client.set_model_version(2)
+        assert refused.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+        assert "serves one unversioned model" in refused.value.details()
+    finally:
+        client.close()
+        running.stop(1)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _post_json(port: int, method: str, payload: dict, token: str) -> tuple[int, dict]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        connection.request(
+            "POST",
+            f"/v1/{method}",
+            body=json.dumps(payload),
+            headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
+        )
+        response = connection.getresponse()
+        return response.status, json.loads(response.read() or b"{}")
+    finally:
+        connection.close()
+
+
+@pytest.mark.skipif(unavailable_reason() is not None, reason=str(unavailable_reason()))
+def test_a_rebuilt_session_keeps_its_version(graphs, tmp_path: Path) -> None:
+    """Replica B, serving version 2, rebuilds a session that replica A opened on version 1: on version 1."""
+    frames, boxes = synthetic_volume(seed=3, slices=SLICES, height=ROWS, width=COLS)
+    expected = segment_volume(
+        Tracker(OnnxRuntimeBackend(graphs["present"], threads=2), frames), [ObjectPrompt(1, 2, box=boxes[0])]
+    )[1]
+    repo = tmp_path / "repo"
+    _add_version(repo, graphs["present"], 1)
+    _add_version(repo, graphs["absent"], 2)
+    redis = RedisServer(tmp_path / "redis", password="versions-pw").start()
+    replicas = []
+    try:
+        for version in (1, 2):
+            settings = ServerSettings(
+                port=0, metrics_port=0, model_repository=repo, model_version=version, session_store=redis.url
+            )
+            replicas.append(start_server(settings, make_backend(settings, 2), metrics_server=False))
+        a, b = (Client(f"127.0.0.1:{r.port}") for r in replicas)
+        session = a.create_session(frames, preset="none")
+        assert session.model.version == 1 and session.durable
+        np.testing.assert_array_equal(_segment(a, session.session_id, boxes[0]), expected)
+        rebuilt = b.get_session(session.session_id)  # B does not hold it: rebuilt from the store
+        assert rebuilt.model.version == 1
+        labels, _ = b.result_labels(session.session_id)
+        np.testing.assert_array_equal(labels > 0, expected)
+        assert replicas[1].backend.loaded() == {1: 1, 2: 0}  # version 1 loaded for that session only
+        assert b.close_session(session.session_id)
+        assert replicas[1].backend.loaded() == {2: 0}
+        a.close()
+        b.close()
+    finally:
+        for running in replicas:
+            running.stop(1)
+        redis.stop()

@@ -214,6 +214,10 @@ class Client:
         """What the server runs and allows."""
         return self.stub.GetServerInfo(pb.GetServerInfoRequest(), metadata=self.metadata)
 
+    def set_model_version(self, version: int = 0) -> pb.ServerInfo:
+        """Admins only: serve model ``version`` (0: the newest) to new sessions."""
+        return self.stub.SetModelVersion(pb.SetModelVersionRequest(version=version), metadata=self.metadata)
+
     def close_session(self, session_id: str) -> bool:
         """Close a session."""
         return self.stub.CloseSession(pb.CloseSessionRequest(session_id=session_id), metadata=self.metadata).closed

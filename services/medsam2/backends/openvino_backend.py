@@ -82,11 +82,15 @@ def compile_config(precision: str, threads: int) -> dict[str, Any]:
 class OpenVinoBackend(EmbeddedBackend):
     """Runs each stage graph compiled by OpenVINO's CPU plug-in, compiled on first use."""
 
-    def __init__(self, graphs_dir: Path, *, precision: str = "fp32", threads: int = 0) -> None:
+    def __init__(
+        self, graphs_dir: Path, *, precision: str = "fp32", threads: int = 0, version: int | None = None
+    ) -> None:
         self._core = _core()
         check_precision(precision, list(self._core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")))
         self._graphs_dir = Path(graphs_dir)
-        locate_graph(self._graphs_dir, Stage.IMAGE_ENCODER)  # fail early on a wrong folder
+        self.version = version
+        """The model repository version these graphs come from (None: a flat folder or version 1)."""
+        locate_graph(self._graphs_dir, Stage.IMAGE_ENCODER, version=version)  # fail early on a wrong folder
         self.precision = precision
         """The compute precision of matmuls and convolutions (``fp32``, ``bf16`` or ``mixed``)."""
         self.name = "openvino" if precision == "fp32" else f"openvino-{precision}"
@@ -108,7 +112,7 @@ class OpenVinoBackend(EmbeddedBackend):
         with self._compile_lock:  # compile each graph once, even when the first calls race
             entry = self._requests.get(stage)
             if entry is None:
-                path = locate_graph(self._graphs_dir, stage)
+                path = locate_graph(self._graphs_dir, stage, version=self.version)
                 config = compile_config(stage_precision(self.precision, stage), self._threads)
                 compiled = self._core.compile_model(self._core.read_model(str(path)), "CPU", config)
                 entry = self._requests[stage] = (threading.Lock(), compiled.create_infer_request())

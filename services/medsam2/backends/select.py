@@ -48,15 +48,18 @@ def resolve_precision(backend: str, precision: str) -> str:
     return precision
 
 
-def make_embedded_backend(graphs: Path, *, backend: str, precision: str, threads: int = 0) -> StageBackend:
-    """The chosen in-process backend over a folder of graphs; its ``name`` and ``precision`` say what runs."""
+def make_embedded_backend(
+    graphs: Path, *, backend: str, precision: str, threads: int = 0, version: int | None = None
+) -> StageBackend:
+    """The chosen in-process backend over a folder of graphs (``version``: a numbered version of a repository);
+    its ``name`` and ``precision`` say what runs."""
     concrete = resolve_precision(backend, precision)
     if backend == "onnxruntime":
         from medsam2.backends.onnxruntime_backend import OnnxRuntimeBackend
 
-        return OnnxRuntimeBackend(graphs, threads=threads)
+        return OnnxRuntimeBackend(graphs, threads=threads, version=version)
     try:
         from medsam2.backends.openvino_backend import OpenVinoBackend
     except ImportError as exc:  # pragma: no cover - the module itself imports openvino lazily
         raise BackendUnavailable(f"the OpenVINO backend cannot be loaded: {exc}") from exc
-    return OpenVinoBackend(graphs, precision=concrete, threads=threads)
+    return OpenVinoBackend(graphs, precision=concrete, threads=threads, version=version)

@@ -1,4 +1,8 @@
-"""Triton over gRPC: every stage graph, and the ``track_step`` ensemble, as a remote model of the same name."""
+"""Triton over gRPC: every stage graph, and the ``track_step`` ensemble, as a remote model of the same name.
+
+A backend made for a numbered model ``version`` sends that version with every graph request and runs the
+ensemble pinned to it (``track_step_v<N>``), so a session keeps its version whatever Triton loads later.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ import numpy as np
 from medsam2.engine.backend import check_inputs
 from medsam2.errors import BackendUnavailable, InvalidInput
 from medsam2.graphs import BF16, ENSEMBLES, GRAPHS, TRITON_ENSEMBLES, TRITON_GRAPHS, GraphSpec, Stage
+from medsam2.models.versions import pinned_ensemble_name
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +47,14 @@ class TritonBackend:
     """Tracked frames go through the ``track_step`` ensemble in one call, so features never leave Triton."""
 
     def __init__(
-        self, url: str, *, timeout_s: float = 30, retries: int = 4, backoff_s: float = 0.25, max_batch: int = 16
+        self,
+        url: str,
+        *,
+        timeout_s: float = 30,
+        retries: int = 4,
+        backoff_s: float = 0.25,
+        max_batch: int = 16,
+        version: int | None = None,
     ) -> None:
         try:
             import tritonclient.grpc as grpcclient
@@ -51,11 +63,13 @@ class TritonBackend:
             raise BackendUnavailable(
                 "tritonclient is not installed: pip install 'tritonclient[grpc]>=2.73,<3' 'protobuf>=6.30,<7'"
             ) from exc
-        if timeout_s <= 0 or retries < 0 or backoff_s < 0 or max_batch < 1:
+        if timeout_s <= 0 or retries < 0 or backoff_s < 0 or max_batch < 1 or (version is not None and version < 1):
             raise InvalidInput(
                 f"bad Triton client settings: timeout_s={timeout_s}, retries={retries}, "
-                f"backoff_s={backoff_s}, max_batch={max_batch}"
+                f"backoff_s={backoff_s}, max_batch={max_batch}, version={version}"
             )
+        self.version = version
+        """The model version every request runs (None: whatever Triton serves as the newest)."""
         self._grpc = grpcclient
         self._server_error = InferenceServerException
         self.url = url
@@ -87,9 +101,12 @@ class TritonBackend:
         batch = inputs[spec.inputs[0].name].shape[0]
         request = self._infer_inputs(TRITON_ENSEMBLES.get(stage, spec), inputs)
         wanted = [self._grpc.InferRequestedOutput(t.name) for t in spec.outputs]
+        model, version = self.model_of(stage)
         result = self._call(
-            stage.value,
-            lambda client: client.infer(stage.value, request, outputs=wanted, client_timeout=self.timeout_s),
+            model,
+            lambda client: client.infer(
+                model, request, model_version=version, outputs=wanted, client_timeout=self.timeout_s
+            ),
         )
         outputs = {}
         for t in spec.outputs:
@@ -126,11 +143,19 @@ class TritonBackend:
             timeout = min(self.timeout_s, 5.0)
             if not (client.is_server_live(client_timeout=timeout) and client.is_server_ready(client_timeout=timeout)):
                 return False
-            models = (*GRAPHS, *TRITON_GRAPHS, *ENSEMBLES)
-            return all(client.is_model_ready(s.value, client_timeout=timeout) for s in models)
+            models = [self.model_of(s) for s in (*GRAPHS, *TRITON_GRAPHS, *ENSEMBLES)]
+            return all(client.is_model_ready(name, version, client_timeout=timeout) for name, version in models)
         except Exception:
             self._reset()
             return False
+
+    def model_of(self, stage: Stage) -> tuple[str, str]:
+        """The Triton model and model version (``""``: its newest) that run ``stage`` for this backend's version."""
+        if self.version is None:
+            return stage.value, ""
+        if stage in ENSEMBLES:
+            return pinned_ensemble_name(stage.value, self.version), ""
+        return stage.value, str(self.version)
 
     def close(self) -> None:
         """Close the gRPC channel; later calls raise ``BackendUnavailable``."""

@@ -20,13 +20,13 @@ from medsam2.api.pb.medsam2.v1 import segmentation_pb2 as pb
 from medsam2.api.pb.medsam2.v1 import segmentation_pb2_grpc as pb_grpc
 from medsam2.engine.backend import StageBackend
 from medsam2.engine.tracker import TrackerOptions
-from medsam2.errors import ConfigError, Unauthenticated
+from medsam2.errors import BackendUnavailable, ConfigError, Unauthenticated
 from medsam2.graphs import MAX_MEMORY_SLOTS
 from medsam2.models.provenance import ModelProvenance, read_provenance
 from medsam2.pacs.service import PacsStudies
 from medsam2.server import audit, limiter, metrics, status
 from medsam2.server.annotation_store import AnnotationStore
-from medsam2.server.auth import Authenticator, reload_on_sighup
+from medsam2.server.auth import Authenticator, parse_principals, reload_on_sighup
 from medsam2.server.config import ServerSettings
 from medsam2.server.durability import Durability
 from medsam2.server.servicer import SegmentationServicer
@@ -87,29 +87,58 @@ def _deny_like(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
 def make_backend(settings: ServerSettings, threads: int) -> StageBackend:
     """The embedded backend (``--backend``, ``--precision``), or Triton when a URL is set."""
     if settings.triton_url:
-        from medsam2.backends.triton_backend import TritonBackend
-
         if settings.backend != "onnxruntime" or settings.precision not in ("auto", "fp32"):
             raise ConfigError(
                 "--backend and --precision choose the embedded backend; with --triton-url the "
                 "precision is the Triton model repository's"
             )
-        return TritonBackend(settings.triton_url)
+        return _triton_backend(settings)
     if not _given(settings.model_repository):
         raise ConfigError("the embedded backend needs --model-repository (exported graphs); or set --triton-url")
     from medsam2.models.provenance import list_versions
+    from medsam2.models.versions import choose_version
 
-    if settings.backend == "onnxruntime" and list_versions(settings.model_repository):
-        from medsam2.server.versions import onnxruntime_loader
+    pinned = settings.model_version or None
+    # A version that is not there fails the start, naming the versions that are (NotFound: exit code 3).
+    choose_version(settings.model_repository, pinned)
+    if list_versions(settings.model_repository):
+        from medsam2.server.versions import FolderVersions, embedded_loader
 
-        # Numbered versions: load the newest; SIGHUP switches, open sessions keep theirs.
+        # Numbered versions: load the pinned one or the newest; SIGHUP and SetModelVersion switch, open
+        # sessions keep theirs.
         return VersionedBackends(
-            settings.model_repository, onnxruntime_loader(threads), max_concurrent=settings.backend_concurrency or 1
+            FolderVersions(settings.model_repository, embedded_loader(settings.backend, settings.precision, threads)),
+            max_concurrent=settings.backend_concurrency or 1,
+            version=pinned,
         )
     from medsam2.backends.select import make_embedded_backend
 
     return make_embedded_backend(
         settings.model_repository, backend=settings.backend, precision=settings.precision, threads=threads
+    )
+
+
+def _triton_backend(settings: ServerSettings) -> StageBackend:
+    """Triton's numbered model versions (pinned ensembles in its repository), or its one model as before.
+
+    Triton may come up after the service: the versions are then read once it answers (readiness waits for it).
+    """
+    from medsam2.backends.triton_backend import TritonBackend
+    from medsam2.backends.triton_versions import TritonVersions
+
+    pinned = settings.model_version or None
+    catalog = TritonVersions(
+        settings.triton_url, repository=settings.model_repository if _given(settings.model_repository) else None
+    )
+    try:
+        unversioned = not (catalog.available() or catalog.pinned_in_repository())
+    except BackendUnavailable:
+        unversioned = False  # not known yet
+    if unversioned and pinned is None:
+        catalog.close()
+        return TritonBackend(settings.triton_url)
+    return VersionedBackends(
+        catalog, max_concurrent=settings.backend_concurrency, version=pinned, wait_for_catalog=True
     )
 
 
@@ -219,6 +248,7 @@ def start_server(
         tokens_file=Path(settings.auth_tokens) if _given(settings.auth_tokens) else None,
         token=settings.auth_token,
         mtls=_given(settings.tls_client_ca),
+        admins=parse_principals(settings.admin_principals),
     )
     audit.configure(Path(settings.audit_log) if _given(settings.audit_log) else None)
     # Checked before a port opens: an unwritable store is a start-up error.
@@ -434,7 +464,7 @@ def _switch_version(versions: VersionedBackends) -> None:
 
     def switch() -> None:
         try:
-            versions.switch()
+            versions.switch(by="SIGHUP")
         except Exception:
             log.exception("could not switch the model version; still serving version %s", versions.current_version)
 

@@ -23,7 +23,7 @@ def record(*, principal: str, rpc: str, session_id: str, outcome: str, duration_
     log.info(
         json.dumps(
             {
-                "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{int(time.time() * 1000) % 1000:03d}Z",
+                "time": _now(),
                 "principal": principal,
                 "rpc": rpc,
                 "session_id": session_id,
@@ -33,6 +33,28 @@ def record(*, principal: str, rpc: str, session_id: str, outcome: str, duration_
             separators=(",", ":"),
         )
     )
+
+
+def model_version(*, principal: str, version: int | None, previous: int | None) -> None:
+    """Write the audit line of a switch of the served model version (``principal``: the admin, or ``SIGHUP``)."""
+    if not log.isEnabledFor(logging.INFO):
+        return
+    log.info(
+        json.dumps(
+            {
+                "time": _now(),
+                "principal": principal,
+                "event": "model_version_switched",
+                "model_version": version,
+                "previous_model_version": previous,
+            },
+            separators=(",", ":"),
+        )
+    )
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{int(time.time() * 1000) % 1000:03d}Z"
 
 
 def configure(path: Path | None) -> None:

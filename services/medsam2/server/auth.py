@@ -8,6 +8,8 @@
 - With mTLS the client certificate's subject is the principal of calls that
   send no bearer token (the TLS handshake has already verified it).
 - With none of these the service is open and every caller is ``anonymous``.
+- ``--admin-principals``: the principals allowed admin RPCs (``SetModelVersion``),
+  separated by ``;`` since certificate subjects contain commas; nobody by default.
 
 The ``@rpc`` decorator binds the caller's principal for the duration of one
 RPC (``bind``/``current_principal``), which is how the session registry
@@ -21,11 +23,11 @@ import hmac
 import logging
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from medsam2.errors import ConfigError, Unauthenticated
+from medsam2.errors import ConfigError, PermissionDenied, Unauthenticated
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +42,13 @@ _caller: contextvars.ContextVar[tuple[str, str] | None] = contextvars.ContextVar
 class Authenticator:
     """Maps a call's credentials to a principal name."""
 
-    def __init__(self, *, tokens_file: Path | None = None, token: str = "", mtls: bool = False) -> None:
+    def __init__(
+        self, *, tokens_file: Path | None = None, token: str = "", mtls: bool = False, admins: Iterable[str] = ()
+    ) -> None:
         self.tokens_file = tokens_file
         self.mtls = mtls
+        self.admins = frozenset(admins)
+        """Principals allowed admin RPCs."""
         self._shared = token
         self._tokens: list[tuple[str, bytes]] = []
         self._lock = threading.Lock()
@@ -108,9 +114,22 @@ class Authenticator:
             raise Unauthenticated("missing credentials: send 'authorization: Bearer <token>' or a client certificate")
         return ANONYMOUS
 
+    def require_admin(self, principal: str | None, action: str) -> None:
+        """Raise ``PermissionDenied`` unless ``principal`` is an admin (``action`` names what was refused)."""
+        if principal is None or principal not in self.admins:
+            raise PermissionDenied(
+                f"{action} is for admins only, and principal {principal or '(none)'!r} is not one "
+                "(--admin-principals / MEDSAM2_ADMIN_PRINCIPALS)"
+            )
+
     def _principal_for_header(self, header: str) -> str | None:
         scheme, _, token = header.partition(" ")
         return self.principal_for_token(token.strip()) if scheme.lower() == "bearer" else None
+
+
+def parse_principals(text: str) -> tuple[str, ...]:
+    """Principal names from a ``;``-separated setting (blanks around names and empty entries dropped)."""
+    return tuple(name.strip() for name in text.split(";") if name.strip())
 
 
 def certificate_subject(auth_context: dict[str, list[bytes]] | None) -> str:

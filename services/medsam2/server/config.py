@@ -106,3 +106,15 @@ class ServerSettings:
         "separate port for health and GetServerInfo, with its own threads, answering while "
         "every worker is busy (0: --port + 1, or any free port when --port is 0; -1: off)",
     )
+    # Model versions (see server/versions.py): which numbered version serves, and who may switch it.
+    model_version: int = setting(
+        0,
+        "MEDSAM2_MODEL_VERSION",
+        "model repository version to serve at start (0: the newest); SIGHUP or SetModelVersion switch later",
+    )
+    admin_principals: str = setting(
+        "",
+        "MEDSAM2_ADMIN_PRINCIPALS",
+        "principals allowed admin RPCs such as SetModelVersion, separated by ';' (mTLS subjects hold commas):"
+        " names from the tokens file, 'default' for --auth-token, or client certificate subjects (empty: nobody)",
+    )

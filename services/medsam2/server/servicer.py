@@ -133,11 +133,17 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
         return self._describe(entry)
 
     def _open(
-        self, header: pb.StudyHeader, receive: Callable[[], np.ndarray], *, session_id: str | None = None
+        self,
+        header: pb.StudyHeader,
+        receive: Callable[[], np.ndarray],
+        *,
+        session_id: str | None = None,
+        model_version: int | None = None,
     ) -> SessionEntry:
         """Open a session on ``header``'s study: fetched from PACS, or the voxels ``receive`` returns.
 
-        ``session_id`` reopens a stored session under its own id (a rebuild); the store is then not written.
+        ``session_id`` reopens a stored session under its own id (a rebuild) on the ``model_version`` it was
+        opened with; the store is then not written.
         """
         is_video = header.kind == pb.STUDY_KIND_VIDEO
         window = None
@@ -161,7 +167,7 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
         stored = self.durability.pack_study(header, voxels) if self.durability is not None else None
         del voxels  # the raw upload is not needed once windowed (the store keeps it compressed)
         tracker = Tracker(self.backend, slices, self.tracker_options)
-        entry = self.registry.add(tracker, study, session_id=session_id)
+        entry = self.registry.add(tracker, study, session_id=session_id, model_version=model_version)
         if not is_video:
             entry.annotation = VolumeAnnotation(tracker)
         if self.durability is not None and stored is not None:
@@ -238,7 +244,26 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
             if session_id in {e.session_id for e in self.registry.list(principal=owner)}:
                 return True  # another request rebuilt it while this one waited
             header = pb.StudyHeader.FromString(record.header)
-            self._open(header, lambda: durability.study_voxels(session_id, header), session_id=session_id)
+            versions = self.registry.versions
+            version = record.model_version if versions is not None else None
+            if version is not None and versions is not None:
+                try:
+                    versions.hold(version)  # the version it was opened with, whatever is current here
+                except NotFound as exc:
+                    raise PreconditionFailed(
+                        f"session {session_id} was opened on model version {version}, which this replica cannot "
+                        f"load ({exc}): open the study again"
+                    ) from exc
+            try:
+                self._open(
+                    header,
+                    lambda: durability.study_voxels(session_id, header),
+                    session_id=session_id,
+                    model_version=version,
+                )
+            finally:
+                if version is not None and versions is not None:
+                    versions.release(version)  # the session's own pin holds it from here
             try:
                 for item in durability.store.journal(session_id):
                     request = JOURNALED[item.method].FromString(item.request)
@@ -547,6 +572,22 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
 
     @rpc("GetServerInfo")
     def GetServerInfo(self, request: pb.GetServerInfoRequest, context) -> pb.ServerInfo:  # noqa: ANN001
+        return self._server_info()
+
+    @rpc("SetModelVersion")
+    def SetModelVersion(self, request: pb.SetModelVersionRequest, context) -> pb.ServerInfo:  # noqa: ANN001
+        principal = current_principal() or ANONYMOUS
+        self.auth.require_admin(principal, "SetModelVersion")
+        versions = self.registry.versions
+        if versions is None:
+            raise PreconditionFailed(
+                "this server serves one unversioned model: export numbered versions (medsam2 export --version N) "
+                "into its model repository to switch between them"
+            )
+        versions.switch(request.version or None, by=principal)
+        return self._server_info()
+
+    def _server_info(self) -> pb.ServerInfo:
         limits = self.registry.limits
         versions = self.registry.versions
         model = (versions.provenance(versions.current_version) if versions is not None else None) or self.model
@@ -555,17 +596,14 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
             capabilities += ["pacs", "store-result"]
         if self.annotations.enabled:
             capabilities.append("save-annotation")
+        if versions is not None:
+            capabilities.append("model-versions")
         return pb.ServerInfo(
             server_version=_package_version(),
             api_version=pb.DESCRIPTOR.package,
             backend=self.backend.name,
             precision=self.backend.precision,
-            model=pb.ModelInfo(
-                version=model.version,
-                checkpoint_sha256=model.checkpoint_sha256 or "",
-                short_sha=model.short_sha,
-                untrained=bool(model.untrained),
-            ),
+            model=_model_info(model),
             limits=pb.ServerLimits(
                 max_sessions=limits.max_sessions,
                 max_study_voxels=limits.max_study_voxels,
@@ -578,6 +616,7 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
             pacs_endpoints=self.pacs.endpoint_names if self.pacs is not None else [],
             result_formats=list(RESULT_FORMATS),
             capabilities=capabilities,
+            model_versions=versions.available() if versions is not None else [],
         )
 
     @rpc("ResetObjects")
@@ -653,6 +692,7 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
             dicom_results=study.dicom is not None,
             model_version=self._model_of(entry).short_sha,
             durable=entry.durable,
+            model=_model_info(self._model_of(entry)),
         )
 
 
@@ -680,6 +720,15 @@ def _object_ids(entry: SessionEntry) -> list[int]:
     if entry.annotation is not None:
         return sorted(entry.annotation.object_ids)
     return sorted(entry.tracker.objects)
+
+
+def _model_info(model: ModelProvenance) -> pb.ModelInfo:
+    return pb.ModelInfo(
+        version=model.version,
+        checkpoint_sha256=model.checkpoint_sha256 or "",
+        short_sha=model.short_sha,
+        untrained=bool(model.untrained),
+    )
 
 
 def _package_version() -> str:

@@ -218,11 +218,20 @@ class SessionRegistry:
             raise CapacityExceeded(self._full_message(), reason="SERVICE_FULL", retry_after_s=RETRY_FULL_S)
 
     def add(
-        self, tracker: Tracker, study: StudyInfo, *, principal: str | None = None, session_id: str | None = None
+        self,
+        tracker: Tracker,
+        study: StudyInfo,
+        *,
+        principal: str | None = None,
+        session_id: str | None = None,
+        model_version: int | None = None,
     ) -> SessionEntry:
         """Register a new session of the caller (``session_id``: a rebuilt one), evicting idle ones to make room.
 
         A rebuilt session stays hidden from other threads until ``rebuilt`` says its journal is replayed.
+
+        ``model_version``: the version a rebuilt session was opened with (held by ``VersionedBackends.hold``);
+        otherwise the current one.
         """
         entry = SessionEntry(
             session_id or uuid.uuid4().hex, tracker, study, ResultStore(*tracker_shape(tracker)), owner=_who(principal)
@@ -238,7 +247,7 @@ class SessionRegistry:
                 if self._versions is not None:
                     # The tracker has not run yet: bind it to the current model version for its whole life
                     # (pinned only once the session is admitted, so a refused session holds no version).
-                    entry.model_version, tracker.backend = self._versions.pin()
+                    entry.model_version, tracker.backend = self._versions.pin(model_version)
                 self._sessions[entry.session_id] = entry
         except CapacityExceeded:
             _free(entry)

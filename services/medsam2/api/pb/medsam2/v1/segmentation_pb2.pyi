@@ -154,7 +154,7 @@ class CreateSessionRequest(_message.Message):
     def __init__(self, header: _Optional[_Union[StudyHeader, _Mapping]] = ..., voxels: _Optional[bytes] = ...) -> None: ...
 
 class Session(_message.Message):
-    __slots__ = ("session_id", "shape", "spacing_mm", "object_ids", "state_bytes", "idle_seconds", "expires_in_seconds", "label", "backend", "busy", "modality", "geometry", "frame_of_reference_uid", "study_uid", "series_uid", "external_id", "preset", "dicom_results", "model_version", "durable", "history")
+    __slots__ = ("session_id", "shape", "spacing_mm", "object_ids", "state_bytes", "idle_seconds", "expires_in_seconds", "label", "backend", "busy", "modality", "geometry", "frame_of_reference_uid", "study_uid", "series_uid", "external_id", "preset", "dicom_results", "model_version", "durable", "history", "model")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     SHAPE_FIELD_NUMBER: _ClassVar[int]
     SPACING_MM_FIELD_NUMBER: _ClassVar[int]
@@ -176,6 +176,7 @@ class Session(_message.Message):
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     DURABLE_FIELD_NUMBER: _ClassVar[int]
     HISTORY_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     shape: _containers.RepeatedScalarFieldContainer[int]
     spacing_mm: _containers.RepeatedScalarFieldContainer[float]
@@ -197,7 +198,8 @@ class Session(_message.Message):
     model_version: str
     durable: bool
     history: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, session_id: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., spacing_mm: _Optional[_Iterable[float]] = ..., object_ids: _Optional[_Iterable[int]] = ..., state_bytes: _Optional[int] = ..., idle_seconds: _Optional[float] = ..., expires_in_seconds: _Optional[float] = ..., label: _Optional[str] = ..., backend: _Optional[str] = ..., busy: _Optional[bool] = ..., modality: _Optional[str] = ..., geometry: _Optional[_Union[PatientGeometry, _Mapping]] = ..., frame_of_reference_uid: _Optional[str] = ..., study_uid: _Optional[str] = ..., series_uid: _Optional[str] = ..., external_id: _Optional[str] = ..., preset: _Optional[str] = ..., dicom_results: _Optional[bool] = ..., model_version: _Optional[str] = ..., durable: _Optional[bool] = ..., history: _Optional[_Iterable[str]] = ...) -> None: ...
+    model: ModelInfo
+    def __init__(self, session_id: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., spacing_mm: _Optional[_Iterable[float]] = ..., object_ids: _Optional[_Iterable[int]] = ..., state_bytes: _Optional[int] = ..., idle_seconds: _Optional[float] = ..., expires_in_seconds: _Optional[float] = ..., label: _Optional[str] = ..., backend: _Optional[str] = ..., busy: _Optional[bool] = ..., modality: _Optional[str] = ..., geometry: _Optional[_Union[PatientGeometry, _Mapping]] = ..., frame_of_reference_uid: _Optional[str] = ..., study_uid: _Optional[str] = ..., series_uid: _Optional[str] = ..., external_id: _Optional[str] = ..., preset: _Optional[str] = ..., dicom_results: _Optional[bool] = ..., model_version: _Optional[str] = ..., durable: _Optional[bool] = ..., history: _Optional[_Iterable[str]] = ..., model: _Optional[_Union[ModelInfo, _Mapping]] = ...) -> None: ...
 
 class Box(_message.Message):
     __slots__ = ("x0", "y0", "x1", "y1")
@@ -440,6 +442,12 @@ class GetServerInfoRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class SetModelVersionRequest(_message.Message):
+    __slots__ = ("version",)
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    def __init__(self, version: _Optional[int] = ...) -> None: ...
+
 class ServerLimits(_message.Message):
     __slots__ = ("max_sessions", "max_study_voxels", "max_state_bytes", "session_ttl_seconds", "max_message_bytes", "max_points")
     MAX_SESSIONS_FIELD_NUMBER: _ClassVar[int]
@@ -469,7 +477,7 @@ class ModelInfo(_message.Message):
     def __init__(self, version: _Optional[int] = ..., checkpoint_sha256: _Optional[str] = ..., short_sha: _Optional[str] = ..., untrained: _Optional[bool] = ...) -> None: ...
 
 class ServerInfo(_message.Message):
-    __slots__ = ("server_version", "backend", "model", "limits", "presets", "pacs_endpoints", "result_formats", "capabilities", "api_version", "precision")
+    __slots__ = ("server_version", "backend", "model", "limits", "presets", "pacs_endpoints", "result_formats", "capabilities", "api_version", "precision", "model_versions")
     SERVER_VERSION_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -480,6 +488,7 @@ class ServerInfo(_message.Message):
     CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
     API_VERSION_FIELD_NUMBER: _ClassVar[int]
     PRECISION_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSIONS_FIELD_NUMBER: _ClassVar[int]
     server_version: str
     backend: str
     model: ModelInfo
@@ -490,4 +499,5 @@ class ServerInfo(_message.Message):
     capabilities: _containers.RepeatedScalarFieldContainer[str]
     api_version: str
     precision: str
-    def __init__(self, server_version: _Optional[str] = ..., backend: _Optional[str] = ..., model: _Optional[_Union[ModelInfo, _Mapping]] = ..., limits: _Optional[_Union[ServerLimits, _Mapping]] = ..., presets: _Optional[_Iterable[str]] = ..., pacs_endpoints: _Optional[_Iterable[str]] = ..., result_formats: _Optional[_Iterable[_Union[ResultFormat, str]]] = ..., capabilities: _Optional[_Iterable[str]] = ..., api_version: _Optional[str] = ..., precision: _Optional[str] = ...) -> None: ...
+    model_versions: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, server_version: _Optional[str] = ..., backend: _Optional[str] = ..., model: _Optional[_Union[ModelInfo, _Mapping]] = ..., limits: _Optional[_Union[ServerLimits, _Mapping]] = ..., presets: _Optional[_Iterable[str]] = ..., pacs_endpoints: _Optional[_Iterable[str]] = ..., result_formats: _Optional[_Iterable[_Union[ResultFormat, str]]] = ..., capabilities: _Optional[_Iterable[str]] = ..., api_version: _Optional[str] = ..., precision: _Optional[str] = ..., model_versions: _Optional[_Iterable[int]] = ...) -> None: ...

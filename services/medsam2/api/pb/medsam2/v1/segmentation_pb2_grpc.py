@@ -90,6 +90,11 @@ class SegmentationServiceStub:
                 request_serializer=medsam2_dot_v1_dot_segmentation__pb2.SaveAnnotationRequest.SerializeToString,
                 response_deserializer=medsam2_dot_v1_dot_segmentation__pb2.SaveAnnotationResponse.FromString,
                 _registered_method=True)
+        self.SetModelVersion = channel.unary_unary(
+                '/medsam2.v1.SegmentationService/SetModelVersion',
+                request_serializer=medsam2_dot_v1_dot_segmentation__pb2.SetModelVersionRequest.SerializeToString,
+                response_deserializer=medsam2_dot_v1_dot_segmentation__pb2.ServerInfo.FromString,
+                _registered_method=True)
 
 
 class SegmentationServiceServicer:
@@ -173,6 +178,13 @@ class SegmentationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetModelVersion(self, request, context):
+        """Admins only: serve another model version to new sessions; open sessions keep theirs until closed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SegmentationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -230,6 +242,11 @@ def add_SegmentationServiceServicer_to_server(servicer, server):
                     servicer.SaveAnnotation,
                     request_deserializer=medsam2_dot_v1_dot_segmentation__pb2.SaveAnnotationRequest.FromString,
                     response_serializer=medsam2_dot_v1_dot_segmentation__pb2.SaveAnnotationResponse.SerializeToString,
+            ),
+            'SetModelVersion': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetModelVersion,
+                    request_deserializer=medsam2_dot_v1_dot_segmentation__pb2.SetModelVersionRequest.FromString,
+                    response_serializer=medsam2_dot_v1_dot_segmentation__pb2.ServerInfo.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -530,6 +547,33 @@ class SegmentationService:
             '/medsam2.v1.SegmentationService/SaveAnnotation',
             medsam2_dot_v1_dot_segmentation__pb2.SaveAnnotationRequest.SerializeToString,
             medsam2_dot_v1_dot_segmentation__pb2.SaveAnnotationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetModelVersion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/medsam2.v1.SegmentationService/SetModelVersion',
+            medsam2_dot_v1_dot_segmentation__pb2.SetModelVersionRequest.SerializeToString,
+            medsam2_dot_v1_dot_segmentation__pb2.ServerInfo.FromString,
             options,
             channel_credentials,
             insecure,
