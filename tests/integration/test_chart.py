@@ -434,6 +434,29 @@ def test_model_version_pin_reaches_the_pods(tools: dict[str, Path], tmp_path: Pa
     assert "--model-control-mode=none" in args and not any(a.startswith("--load-model") for a in args)
 
 
+def test_annotation_store_wiring(tools: dict[str, Path], tmp_path: Path) -> None:
+    """annotations.enabled: a kept PVC mounted at the service's MEDSAM2_ANNOTATIONS_DIR; or a claim of one's own."""
+    docs = helm_template(tools, ["--set", "annotations.enabled=true"])
+    assert validate_kubernetes(tools, docs, tmp_path).returncode == 0
+    claim = one(docs, "PersistentVolumeClaim", f"{RELEASE}-medsam2-annotations")
+    assert claim["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    deployment = one(docs, "Deployment", f"{RELEASE}-medsam2")
+    server = container(deployment, "server")
+    (mount,) = [m for m in server["volumeMounts"] if m["name"] == "annotations"]
+    assert env_of(server)["MEDSAM2_ANNOTATIONS_DIR"] == mount["mountPath"] and not mount.get("readOnly")
+    (volume,) = [v for v in deployment["spec"]["template"]["spec"]["volumes"] if v["name"] == "annotations"]
+    assert volume["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
+
+    docs = helm_template(tools, ["--set", "annotations.enabled=true,annotations.existingClaim=rounds"])
+    assert not [d for d in by_kind(docs, "PersistentVolumeClaim") if d["metadata"]["name"].endswith("-annotations")]
+    volumes = one(docs, "Deployment", f"{RELEASE}-medsam2")["spec"]["template"]["spec"]["volumes"]
+    assert {"name": "annotations", "persistentVolumeClaim": {"claimName": "rounds"}} in volumes
+
+    docs = helm_template(tools, [])  # off by default: no claim, no variable
+    assert "MEDSAM2_ANNOTATIONS_DIR" not in env_of(container(one(docs, "Deployment", f"{RELEASE}-medsam2"), "server"))
+
+
 def test_chart_settings_match_the_service() -> None:
     """Chart defaults and every MEDSAM2_* variable it sets agree with `medsam2 serve`'s own settings."""
     from medsam2.server.config import GRPC_PORT, METRICS_PORT, ServerSettings
@@ -452,6 +475,7 @@ def test_chart_settings_match_the_service() -> None:
         "graceSeconds": "grace_s",
         "earlyStopAbsent": "early_stop_absent",
         "fillHoleArea": "fill_hole_area",
+        "memorySlots": "memory_slots",
     }
     for key, field in chart_to_field.items():
         assert values["settings"][key] == getattr(defaults, field), key
