@@ -169,3 +169,31 @@ def test_a_rebuild_that_fails_leaves_no_half_replayed_session(graphs: dict[str, 
         client.close()
     finally:
         second.stop(0)
+
+
+def test_a_rebuilt_session_keeps_its_image(graphs: dict[str, Path], redis: RedisServer) -> None:
+    """keep_image travels in the stored header: the replica that rebuilds the session serves the same image."""
+    from medsam2.backends.onnxruntime_backend import OnnxRuntimeBackend
+    from medsam2.server.app import start_server
+    from medsam2.server.config import ServerSettings
+
+    frames, _ = synthetic_volume(6, slices=4, height=40, width=48)
+    voxels = frames.astype(np.int16) * 3 - 500
+    settings = ServerSettings(port=0, metrics_port=0, model_repository=graphs["present"], session_store=redis.url)
+    first = start_server(settings, OnnxRuntimeBackend(graphs["present"], threads=2))
+    try:
+        client = Client(f"127.0.0.1:{first.port}")
+        session = client.create_session(voxels, (2.0, 0.5, 0.5), preset="abdomen", keep_image=True)
+        assert session.durable and session.image_kept
+        before = client.image(session.session_id)
+        client.close()
+    finally:
+        first.stop(0)
+    second = start_server(settings, OnnxRuntimeBackend(graphs["present"], threads=2))
+    try:
+        client = Client(f"127.0.0.1:{second.port}")
+        assert client.image(session.session_id) == before  # rebuilt from the store on this miss
+        assert client.get_session(session.session_id).image_kept
+        client.close()
+    finally:
+        second.stop(0)

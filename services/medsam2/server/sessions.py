@@ -37,6 +37,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from medsam2.engine.tracker import Tracker
 from medsam2.errors import (
     CapacityExceeded,
@@ -137,6 +139,8 @@ class SessionEntry:
     held_since: float = 0.0
     model_version: int | None = None
     """The model repository version this session runs on, pinned at open until close (None: unversioned)."""
+    image: np.ndarray | None = field(default=None, repr=False)
+    """The study's voxels as loaded (before windowing), kept for GetImage when the client asked; never modified."""
 
     @property
     def state_bytes(self) -> int:
@@ -144,7 +148,8 @@ class SessionEntry:
         if self.freed:
             return 0
         annotation = self.annotation.state_bytes if self.annotation is not None else 0
-        return self.tracker.state_bytes + self.results.nbytes + annotation
+        image = self.image.nbytes if self.image is not None else 0
+        return self.tracker.state_bytes + self.results.nbytes + annotation + image
 
     def idle_seconds(self, now: float | None = None) -> float:
         """Seconds since the last request."""
@@ -212,11 +217,25 @@ class SessionRegistry:
             raise CapacityExceeded(self._full_message(), reason="SERVICE_FULL", retry_after_s=RETRY_FULL_S)
 
     def add(
-        self, tracker: Tracker, study: StudyInfo, *, principal: str | None = None, session_id: str | None = None
+        self,
+        tracker: Tracker,
+        study: StudyInfo,
+        *,
+        principal: str | None = None,
+        session_id: str | None = None,
+        image: np.ndarray | None = None,
     ) -> SessionEntry:
-        """Register a new session of the caller (``session_id``: a rebuilt one), evicting idle ones to make room."""
+        """Register a new session of the caller, evicting idle ones to make room.
+
+        ``session_id`` reopens a rebuilt session under its id; ``image`` keeps the study's voxels for GetImage.
+        """
         entry = SessionEntry(
-            session_id or uuid.uuid4().hex, tracker, study, ResultStore(*tracker_shape(tracker)), owner=_who(principal)
+            session_id or uuid.uuid4().hex,
+            tracker,
+            study,
+            ResultStore(*tracker_shape(tracker)),
+            owner=_who(principal),
+            image=image,
         )
         entry.last_used = self._clock()
         evicted: builtins.list[SessionEntry] = []
@@ -495,6 +514,7 @@ def _free(entry: SessionEntry) -> None:
     entry.annotation = None
     entry.objects.clear()
     entry.replies.clear()
+    entry.image = None
 
 
 def _in_use(entry: SessionEntry) -> bool:
