@@ -57,9 +57,12 @@ def _overlay(page, slice_index: int, name: str) -> dict[str, int]:
 
 def open_and_segment(page, service_url: str, study: str, key: int, box: list[int], click: list[float]) -> dict:
     """Sign in, open ``study`` by UID, box on ``key``, propagate, a negative click, propagate again, store."""
+    import urllib.request
+
     from browser_page import drag, go_to_slice
 
-    out: dict[str, Any] = {}
+    with urllib.request.urlopen(service_url + "openapi.json", timeout=10) as answer:
+        out: dict[str, Any] = {"openapi": sorted(json.load(answer)["paths"])}
     page.goto(service_url)
     page.wait_for_selector("body[data-ready=true]")
     page.fill("#token", TOKEN)
@@ -226,6 +229,7 @@ def test_a_pacs_study_opened_by_uid_is_segmented_in_the_page_and_stored(
     )
     print(json.dumps({"page_seconds": report["page_seconds"], "slices": len(series.sop_uids)}))
     assert report["problems"] == []
+    assert {"/v1/GetImage", "/v1/GetImage:download", "/v1/StoreResult"} <= set(report["openapi"])
     assert report["endpoint"] == "orthanc"  # the page took the server's endpoint name from GetServerInfo
     # Bad UIDs: a clear message each, and no session opened.
     assert "a UID is digits and dots" in report["malformed"]
