@@ -300,11 +300,18 @@ async function openPacs(event) {
       { status: error.status, httpStatus: error.httpStatus });
   }
   status(`Loading the study's image (${session.shape.join("×")})…`);
-  const blob = await api.download("GetImage", { sessionId: session.sessionId });
-  const volume = await readNifti(new File([blob], "study.nii.gz"));
-  const shape = [volume.slices, volume.rows, volume.columns];
-  if (shape.join() !== session.shape.join()) {
-    throw new ApiError(`The server sent an image of ${shape.join("×")} for a session of ${session.shape.join("×")}.`);
+  let volume;
+  try {
+    const blob = await api.download("GetImage", { sessionId: session.sessionId });
+    volume = await readNifti(new File([blob], "study.nii.gz"));
+    const shape = [volume.slices, volume.rows, volume.columns];
+    if (shape.join() !== session.shape.join()) {
+      throw new ApiError(`the server sent an image of ${shape.join("×")} for a session of ${session.shape.join("×")}`);
+    }
+  } catch (error) {
+    // A session the page cannot show is of no use: close it rather than leave it to the TTL.
+    api.call("CloseSession", { sessionId: session.sessionId }).catch(() => {});
+    throw new ApiError(`Opened study ${studyUid}, but its image did not load: ${error.message}`);
   }
   await show(volume, session);
   document.body.dataset.source = "pacs";
