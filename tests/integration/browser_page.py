@@ -32,12 +32,14 @@ CHROMIUM_FLAGS = [
 class Service:
     """`medsam2 serve` with its HTTP gateway, as a child process (so a test can kill it mid-stream)."""
 
-    def __init__(self, graphs: Path, *, token: str, log: Path) -> None:
+    def __init__(self, graphs: Path, *, token: str, log: Path, env: dict[str, str] | None = None) -> None:
+        """``env``: extra settings, e.g. ``MEDSAM2_PACS_ORTHANC_URL``."""
         env = {
             **os.environ,
             "PYTHONPATH": os.pathsep.join([str(REPO / "services"), str(REPO / "export")]),
             "MEDSAM2_THREADS": "2",
             "MEDSAM2_LOG_LEVEL": "INFO",
+            **(env or {}),
         }
         self.log = log
         self.process = subprocess.Popen(
@@ -130,6 +132,15 @@ def drag(page, start: tuple[float, float], end: tuple[float, float]) -> None:
     for step in range(1, 6):
         page.mouse.move(start[0] + (end[0] - start[0]) * step / 5, start[1] + (end[1] - start[1]) * step / 5)
     page.mouse.up()
+
+
+def build_bundle() -> bool:
+    """Build the page with scripts/build_web.sh; False when it is not built and npm is missing."""
+    app = REPO / "services" / "medsam2" / "gateway" / "static" / "app.js"
+    if shutil.which("npm") is None and not app.is_file():
+        return False
+    subprocess.run([str(REPO / "scripts" / "build_web.sh")], check=True, timeout=300)
+    return app.is_file()
 
 
 def go_to_slice(page, index: int) -> None:

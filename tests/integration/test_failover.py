@@ -228,3 +228,16 @@ def test_a_retried_create_after_a_failover_finds_the_session(graphs: dict[str, P
         assert client.create_session(frames, preset="none", request_id="open-once").session_id == sid
         assert [s.session_id for s in client.list_sessions()] == [sid]
         assert client.create_session(frames, preset="none", request_id="open-twice").session_id != sid
+
+
+def test_a_rebuilt_session_keeps_its_image(graphs: dict[str, Path], redis: RedisServer) -> None:
+    """keep_image travels in the stored header: the replica that rebuilds the session serves the same image."""
+    frames, _ = synthetic_volume(6, slices=4, height=40, width=48)
+    voxels = frames.astype(np.int16) * 3 - 500
+    with in_process_replica(graphs, redis.url) as (_, client):
+        session = client.create_session(voxels, (2.0, 0.5, 0.5), preset="abdomen", keep_image=True)
+        assert session.durable and session.image_kept
+        before = client.image(session.session_id)
+    with in_process_replica(graphs, redis.url) as (_, client):
+        assert client.image(session.session_id) == before  # rebuilt from the store on this miss
+        assert client.get_session(session.session_id).image_kept

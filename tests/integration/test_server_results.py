@@ -261,3 +261,42 @@ def test_object_masks_keep_overlaps(client: Client, study) -> None:
     with np.load(io.BytesIO(data)) as npz:
         assert sorted(npz.files) == ["object_1", "object_2", "spacing"]
     client.close_session(sid)
+
+
+def test_get_image_returns_the_study_as_loaded_with_its_affine(client: Client, study) -> None:
+    frames, boxes = study
+    voxels = _hu(frames)
+    spacing = (2.5, 0.7, 0.8)
+    kept = client.create_session(voxels, spacing, preset="auto", geometry=geometry_to_pb(GEOMETRY), keep_image=True)
+    plain = client.create_session(voxels, spacing, preset="auto", geometry=geometry_to_pb(GEOMETRY))
+    assert kept.image_kept and not plain.image_kept
+    # The kept voxels count in the session's state, byte for byte.
+    assert kept.state_bytes - plain.state_bytes == voxels.nbytes
+    image = nib.Nifti1Image.from_bytes(gzip.decompress(client.image(kept.session_id)))
+    assert image.get_data_dtype() == np.int16  # the intensities as loaded (HU), not the model's 8-bit input
+    assert np.array_equal(np.asarray(image.dataobj).transpose(2, 1, 0), voxels)
+    assert np.allclose(image.affine, GEOMETRY.affine_ras()) and int(image.header["sform_code"]) == 1
+    # The result's NIfTI lies on the same grid: a viewer overlays the one on the other.
+    box = boxes[0]
+    client.add_box(kept.session_id, 1, 2, (box.x0, box.y0, box.x1, box.y1))
+    data, _ = client.result(kept.session_id, pb.RESULT_FORMAT_NIFTI_GZ)
+    labels = nib.Nifti1Image.from_bytes(gzip.decompress(data))
+    assert labels.shape == image.shape and np.allclose(labels.affine, image.affine)
+    # Chunks are bounded by chunk_bytes and tile the file.
+    chunks = list(
+        client.stub.GetImage(pb.GetImageRequest(session_id=kept.session_id, chunk_bytes=4096), metadata=client.metadata)
+    )
+    assert len(chunks) > 1 and all(len(c.data) <= 4096 for c in chunks)
+    assert [c.offset for c in chunks] == [i * 4096 for i in range(len(chunks))]
+    assert sum(len(c.data) for c in chunks) == chunks[0].total_bytes
+    assert chunks[0].format == pb.RESULT_FORMAT_NIFTI_GZ and list(chunks[0].shape) == [SLICES, ROWS, COLS]
+    # A session opened without keep_image says how to get one; an unknown session is NOT_FOUND.
+    code, details = _code(lambda: client.image(plain.session_id))
+    assert code == grpc.StatusCode.FAILED_PRECONDITION and "did not keep its image" in details
+    assert "keep_image" in details
+    code, details = _code(lambda: client.image("f" * 32))
+    assert code == grpc.StatusCode.NOT_FOUND
+    client.close_session(kept.session_id)
+    client.close_session(plain.session_id)
+    code, details = _code(lambda: client.image(kept.session_id))
+    assert code == grpc.StatusCode.NOT_FOUND and "was closed" in details

@@ -79,7 +79,7 @@ def test_another_principal_sees_nothing(tenants, frames: np.ndarray) -> None:
     _, clients, _, _ = tenants
     alice, bob = clients["alice"], clients["bob"]
     _close_all(clients)
-    sid = alice.create_session(frames, preset="none", label=LABEL).session_id
+    sid = alice.create_session(frames, preset="none", label=LABEL, keep_image=True).session_id
     alice.add_box(sid, 1, 1, (4, 4, 20, 20))
     md = bob.metadata
     calls = {
@@ -87,6 +87,7 @@ def test_another_principal_sees_nothing(tenants, frames: np.ndarray) -> None:
         "AddPrompt": lambda: bob.add_box(sid, 1, 1, (4, 4, 20, 20)),
         "Propagate": lambda: bob.propagate(sid),
         "GetResult": lambda: bob.stub.GetResult(pb.GetResultRequest(session_id=sid), metadata=md),
+        "GetImage": lambda: bob.stub.GetImage(pb.GetImageRequest(session_id=sid), metadata=md),
         "ResetObjects": lambda: bob.stub.ResetObjects(pb.ResetObjectsRequest(session_id=sid, all=True), metadata=md),
     }
     unknown = _failure(lambda: bob.stub.GetSession(pb.GetSessionRequest(session_id="f" * 32), metadata=md))

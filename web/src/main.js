@@ -58,6 +58,8 @@ async function show(volume, session) {
   $("store").disabled = true;
   $("measurements").tBodies[0].replaceChildren();
   document.body.dataset.session = session.sessionId;
+  document.body.dataset.source = "upload";
+  delete document.body.dataset.stored;
 }
 
 function goToSlice(slice) {
@@ -256,22 +258,65 @@ async function download() {
 }
 
 async function store() {
-  const schema = api.openapi.components.schemas;
-  const input = Object.keys(schema["medsam2.v1.StoreResultRequest"]?.properties ?? {});
-  const body = { sessionId: state.session.sessionId };
-  if (input.includes("endpoint") && $("pacs-endpoint").value) body.endpoint = $("pacs-endpoint").value;
-  const answer = await api.call("StoreResult", body);
-  status(`Stored to PACS: ${JSON.stringify(answer)}`);
+  const endpoint = $("pacs-endpoint").value.trim();
+  if (!endpoint) throw new ApiError("Name the PACS endpoint to store to (the server lists its endpoints below).");
+  status(`Storing the segmentation (DICOM SEG and SR) to PACS ${endpoint}…`);
+  // A fresh request id per click: a retried request stores nothing twice, and unchanged results are the same
+  // two objects again on the PACS.
+  const answer = await api.call("StoreResult", { sessionId: state.session.sessionId, endpoint,
+                                                 requestId: crypto.randomUUID() });
+  document.body.dataset.stored = answer.segSopInstanceUid;
+  status(`Stored to PACS ${endpoint}: SEG ${answer.segSopInstanceUid} and SR ${answer.srSopInstanceUid} ` +
+         `in study ${answer.studyUid}.`);
 }
+
+// A DICOM UID: digits and dots, at most 64 characters (PS3.5 9.1).
+const UID = /^[0-9]+(\.[0-9]+)*$/;
 
 async function openPacs(event) {
   event.preventDefault();
-  const header = { pacs: { endpoint: $("pacs-endpoint").value, studyUid: $("pacs-study").value,
-                           seriesUid: $("pacs-series").value }, preprocessing: { preset: $("preset").value } };
-  status("Fetching the study from PACS…");
-  const session = await api.open({ ...header });
-  status(`Opened session ${session.sessionId} on the PACS study (${session.shape.join("×")}); this server does ` +
-         "not send the study's pixels to the page, so open the same series as a DICOM folder to see it.");
+  const endpoint = $("pacs-endpoint").value.trim();
+  const studyUid = $("pacs-study").value.trim();
+  const seriesUid = $("pacs-series").value.trim();
+  for (const [name, uid] of [["Study Instance UID", studyUid], ["Series Instance UID", seriesUid]]) {
+    if (name.startsWith("Study") && !uid) throw new ApiError("Enter the Study Instance UID of the study to open.");
+    if (uid && (!UID.test(uid) || uid.length > 64)) {
+      throw new ApiError(`"${uid}" is not a ${name}: a UID is digits and dots, at most 64 characters.`);
+    }
+  }
+  if (!endpoint) throw new ApiError("Name the PACS endpoint to open the study from.");
+  if (!api.has("GetImage")) {
+    throw new ApiError("This server cannot send a study's pixels to the page (no GetImage): open the series " +
+                       "as a DICOM folder instead.");
+  }
+  status(`Fetching study ${studyUid} from PACS ${endpoint}…`);
+  let session;
+  try {
+    // keepImage: the server keeps the voxels as loaded, so the page can show them (GetImage) in HU.
+    session = await api.open({ pacs: { endpoint, studyUid, seriesUid }, preprocessing: { preset: $("preset").value },
+                               kind: "STUDY_KIND_VOLUME", keepImage: true });
+  } catch (error) {
+    throw new ApiError(`Cannot open study ${studyUid} from PACS ${endpoint}: ${error.message}`,
+      { status: error.status, httpStatus: error.httpStatus });
+  }
+  status(`Loading the study's image (${session.shape.join("×")})…`);
+  let volume;
+  try {
+    const blob = await api.download("GetImage", { sessionId: session.sessionId });
+    volume = await readNifti(new File([blob], "study.nii.gz"));
+    const shape = [volume.slices, volume.rows, volume.columns];
+    if (shape.join() !== session.shape.join()) {
+      throw new ApiError(`the server sent an image of ${shape.join("×")} for a session of ${session.shape.join("×")}`);
+    }
+  } catch (error) {
+    // A session the page cannot show is of no use: close it rather than leave it to the TTL.
+    api.call("CloseSession", { sessionId: session.sessionId }).catch(() => {});
+    throw new ApiError(`Opened study ${studyUid}, but its image did not load: ${error.message}`);
+  }
+  await show(volume, session);
+  document.body.dataset.source = "pacs";
+  status(`Opened PACS study ${studyUid}: ${volume.slices} slices${session.modality ? ` (${session.modality})` : ""}. ` +
+         "Drag a box around the object on its key slice.");
 }
 
 // -- start ------------------------------------------------------------------------------------
@@ -347,6 +392,11 @@ async function main() {
       const rect = $("gl").getBoundingClientRect();
       const scale = window.devicePixelRatio || 1;
       return [rect.left + pos[0] / scale, rect.top + pos[1] / scale];
+    },
+    /** The study's value at a voxel as the page holds it (HU for CT: what window presets act on). */
+    voxelValue(x, y, slice) {
+      const { columns, rows } = state.volume;
+      return Number(state.volume.voxels[(slice * rows + y) * columns + x]);
     },
     overlayVoxels(slice) {
       const { columns, rows } = state.volume;

@@ -62,10 +62,12 @@ class Client:
         identity: dict[str, object] | None = None,
         external_id: str = "",
         request_id: str = "",
+        keep_image: bool = False,
     ) -> pb.Session:
         """Upload a volume [slices, rows, columns] in chunks and open a session on it.
 
-        ``identity`` may carry study_uid, series_uid, frame_of_reference_uid and sop_instance_uids.
+        ``identity`` may carry study_uid, series_uid, frame_of_reference_uid and sop_instance_uids;
+        ``keep_image`` lets ``image`` return the voxels later.
         """
         dtype = np.dtype(voxels.dtype).newbyteorder("<")
         if dtype not in DTYPE_OF:
@@ -82,6 +84,7 @@ class Client:
             geometry=geometry,
             external_id=external_id,
             request_id=request_id or new_request_id(),
+            keep_image=keep_image,
             **(identity or {}),  # type: ignore[arg-type]  # study_uid, series_uid, sop_instance_uids
         )
         data = np.ascontiguousarray(voxels, dtype=dtype).tobytes()
@@ -106,6 +109,7 @@ class Client:
         label: str = "",
         external_id: str = "",
         request_id: str = "",
+        keep_image: bool = False,
     ) -> pb.Session:
         """Open a session on a study the server fetches from one of its PACS endpoints."""
         header = pb.StudyHeader(
@@ -116,6 +120,7 @@ class Client:
             modality=modality,
             external_id=external_id,
             request_id=request_id or new_request_id(),
+            keep_image=keep_image,
         )
         return self.stub.CreateSession(iter([pb.CreateSessionRequest(header=header)]), metadata=self.metadata)
 
@@ -169,6 +174,13 @@ class Client:
         data = b"".join(c.data for c in chunks)
         self.bytes_received += len(data)
         return data, chunks[0]
+
+    def image(self, session_id: str) -> bytes:
+        """The study as the session keeps it (opened with ``keep_image``), as gzipped NIfTI."""
+        chunks = self.stub.GetImage(pb.GetImageRequest(session_id=session_id), metadata=self.metadata)
+        data = b"".join(c.data for c in chunks)
+        self.bytes_received += len(data)
+        return data
 
     def result_labels(self, session_id: str) -> tuple[np.ndarray, list[int]]:
         """The label volume and the object id of each label."""

@@ -87,19 +87,31 @@ def encode_labels(
     if fmt == "raw":
         return labels.astype("<u2").tobytes()
     if fmt == "nifti_gz":
-        import nibabel as nib
-
-        data = np.ascontiguousarray(labels.transpose(2, 1, 0))
-        if geometry is not None:
-            image = nib.Nifti1Image(data, geometry.affine_ras())
-            image.set_sform(geometry.affine_ras(), code=1)  # scanner coordinates, as the DICOM source states
-        else:
-            z, y, x = spacing
-            image = nib.Nifti1Image(data, np.diag([x, y, z, 1.0]))
-        return gzip.compress(image.to_bytes(), compresslevel=6)
+        return nifti_gz(labels, spacing, geometry)
     buffer = io.BytesIO()
     np.savez_compressed(buffer, segs=labels, spacing=np.asarray(spacing))
     return buffer.getvalue()
+
+
+def nifti_gz(
+    volume: np.ndarray,
+    spacing: tuple[float, float, float],
+    geometry: Geometry | None,
+    *,
+    compresslevel: int = 6,
+) -> bytes:
+    """A volume [slices, rows, columns] as gzipped NIfTI-1, with the study's affine when known (else its spacing)."""
+    import nibabel as nib
+
+    # NIfTI keeps columns fastest: [x, y, z] in Fortran order is the same bytes as [z, y, x] in C order.
+    data = np.ascontiguousarray(volume).transpose(2, 1, 0, *range(3, volume.ndim))
+    if geometry is not None:
+        image = nib.Nifti1Image(data, geometry.affine_ras())
+        image.set_sform(geometry.affine_ras(), code=1)  # scanner coordinates, as the DICOM source states
+    else:
+        z, y, x = spacing
+        image = nib.Nifti1Image(data, np.diag([x, y, z, 1.0]))
+    return gzip.compress(image.to_bytes(), compresslevel=compresslevel, mtime=0)  # same study, same bytes
 
 
 def encode_object_masks(masks: dict[int, np.ndarray], spacing: tuple[float, float, float]) -> bytes:

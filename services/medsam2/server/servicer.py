@@ -49,7 +49,7 @@ from medsam2.server.dicom_results import (
 )
 from medsam2.server.durability import JOURNALED, Durability
 from medsam2.server.request_checks import check_prompt_mask
-from medsam2.server.results import encode_labels, encode_object_masks
+from medsam2.server.results import encode_labels, encode_object_masks, nifti_gz
 from medsam2.server.sessions import SessionEntry, SessionRegistry, StudyInfo
 from medsam2.server.status import rpc
 from medsam2.server.uploads import UploadGuard, UploadLimits
@@ -57,6 +57,8 @@ from medsam2.server.uploads import UploadGuard, UploadLimits
 log = logging.getLogger(__name__)
 
 DEFAULT_CHUNK_BYTES = 1 << 20
+IMAGE_GZIP_LEVEL = 1
+"""GetImage's gzip level: the fastest, as a viewer waits for the image (a CT compresses about 2x even so)."""
 REMEMBERED_CREATES = 1024
 """CreateSession request ids remembered for retries (oldest forgotten first)."""
 REMEMBERED_REPLIES = 32
@@ -165,9 +167,14 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
         )
         slices = to_uint8(voxels, preset, window, modality=modality, is_video=is_video)
         stored = self.durability.pack_study(header, voxels) if self.durability is not None else None
-        del voxels  # the raw upload is not needed once windowed (the store keeps it compressed)
+        image = None
+        if header.keep_image:
+            # A viewer displays the intensities as loaded (window presets in HU), not the model's 8-bit input.
+            image = voxels
+            image.setflags(write=False)
+        del voxels  # otherwise the raw upload is not needed once windowed (the store keeps it compressed)
         tracker = Tracker(self.backend, slices, self.tracker_options)
-        entry = self.registry.add(tracker, study, session_id=session_id, model_version=model_version)
+        entry = self.registry.add(tracker, study, session_id=session_id, model_version=model_version, image=image)
         if not is_video:
             entry.annotation = VolumeAnnotation(tracker)
         if self.durability is not None and stored is not None:
@@ -465,6 +472,29 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
                 object_ids=object_ids,
             )
 
+    @rpc("GetImage")
+    def GetImage(self, request: pb.GetImageRequest, context) -> Iterator[pb.ResultChunk]:  # noqa: ANN001
+        # The kept image is never modified, so it is read without the session's lock: a viewer can fetch it
+        # while a propagation runs. The owner check is the registry's, as for every other RPC.
+        entry = self.registry.get(request.session_id)
+        image = entry.image
+        if image is None:
+            raise PreconditionFailed(
+                f"session {request.session_id} did not keep its image: open the study with header.keep_image "
+                "to view it (the page does so for PACS studies; an upload's client already has its voxels)",
+                field="session_id",
+            )
+        data = nifti_gz(image, entry.study.spacing, entry.study.geometry, compresslevel=IMAGE_GZIP_LEVEL)
+        size = request.chunk_bytes or DEFAULT_CHUNK_BYTES
+        for offset in range(0, len(data), size):
+            yield pb.ResultChunk(
+                data=data[offset : offset + size],
+                offset=offset,
+                total_bytes=len(data),
+                format=pb.RESULT_FORMAT_NIFTI_GZ,
+                shape=list(image.shape[:3]),
+            )
+
     def _dicom_results(self, entry: SessionEntry) -> DicomResults:
         """The session's SEG and SR, built once per state of the results (so the SR always names that SEG)."""
         cached = entry.replies.get("dicom")
@@ -591,7 +621,7 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
         limits = self.registry.limits
         versions = self.registry.versions
         model = (versions.provenance(versions.current_version) if versions is not None else None) or self.model
-        capabilities = ["corrections", "request-ids", "object-masks", "dicom-seg", "dicom-sr"]
+        capabilities = ["corrections", "request-ids", "object-masks", "dicom-seg", "dicom-sr", "image"]
         if self.pacs is not None:
             capabilities += ["pacs", "store-result"]
         if self.annotations.enabled:
@@ -693,6 +723,7 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
             model_version=self._model_of(entry).short_sha,
             durable=entry.durable,
             model=_model_info(self._model_of(entry)),
+            image_kept=entry.image is not None,
         )
 
 

@@ -37,6 +37,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from medsam2.engine.tracker import Tracker
 from medsam2.errors import (
     CapacityExceeded,
@@ -137,6 +139,8 @@ class SessionEntry:
     held_since: float = 0.0
     model_version: int | None = None
     """The model repository version this session runs on, pinned at open until close (None: unversioned)."""
+    image: np.ndarray | None = field(default=None, repr=False)
+    """The study's voxels as loaded (before windowing), kept for GetImage when the client asked; never modified."""
     rebuilder: int = 0
     """The thread replaying this session's journal (0: none); no other request sees the session until it is done."""
 
@@ -150,7 +154,8 @@ class SessionEntry:
         if self.freed:
             return 0
         annotation = self.annotation.state_bytes if self.annotation is not None else 0
-        return self.tracker.state_bytes + self.results.nbytes + annotation
+        image = self.image.nbytes if self.image is not None else 0
+        return self.tracker.state_bytes + self.results.nbytes + annotation + image
 
     def idle_seconds(self, now: float | None = None) -> float:
         """Seconds since the last request."""
@@ -225,16 +230,21 @@ class SessionRegistry:
         principal: str | None = None,
         session_id: str | None = None,
         model_version: int | None = None,
+        image: np.ndarray | None = None,
     ) -> SessionEntry:
         """Register a new session of the caller (``session_id``: a rebuilt one), evicting idle ones to make room.
 
         A rebuilt session stays hidden from other threads until ``rebuilt`` says its journal is replayed.
-
         ``model_version``: the version a rebuilt session was opened with (held by ``VersionedBackends.hold``);
-        otherwise the current one.
+        otherwise the current one. ``image`` keeps the study's voxels for GetImage.
         """
         entry = SessionEntry(
-            session_id or uuid.uuid4().hex, tracker, study, ResultStore(*tracker_shape(tracker)), owner=_who(principal)
+            session_id or uuid.uuid4().hex,
+            tracker,
+            study,
+            ResultStore(*tracker_shape(tracker)),
+            owner=_who(principal),
+            image=image,
         )
         if session_id is not None:
             entry.rebuilder = threading.get_ident()
@@ -525,6 +535,7 @@ def _free(entry: SessionEntry) -> None:
     entry.annotation = None
     entry.objects.clear()
     entry.replies.clear()
+    entry.image = None
 
 
 def _in_use(entry: SessionEntry) -> bool:

@@ -95,6 +95,11 @@ class SegmentationServiceStub:
                 request_serializer=medsam2_dot_v1_dot_segmentation__pb2.SetModelVersionRequest.SerializeToString,
                 response_deserializer=medsam2_dot_v1_dot_segmentation__pb2.ServerInfo.FromString,
                 _registered_method=True)
+        self.GetImage = channel.unary_stream(
+                '/medsam2.v1.SegmentationService/GetImage',
+                request_serializer=medsam2_dot_v1_dot_segmentation__pb2.GetImageRequest.SerializeToString,
+                response_deserializer=medsam2_dot_v1_dot_segmentation__pb2.ResultChunk.FromString,
+                _registered_method=True)
 
 
 class SegmentationServiceServicer:
@@ -185,6 +190,13 @@ class SegmentationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetImage(self, request, context):
+        """Stream the session's study as loaded (gzipped NIfTI, the study's affine), for a viewer; needs keep_image.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SegmentationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -247,6 +259,11 @@ def add_SegmentationServiceServicer_to_server(servicer, server):
                     servicer.SetModelVersion,
                     request_deserializer=medsam2_dot_v1_dot_segmentation__pb2.SetModelVersionRequest.FromString,
                     response_serializer=medsam2_dot_v1_dot_segmentation__pb2.ServerInfo.SerializeToString,
+            ),
+            'GetImage': grpc.unary_stream_rpc_method_handler(
+                    servicer.GetImage,
+                    request_deserializer=medsam2_dot_v1_dot_segmentation__pb2.GetImageRequest.FromString,
+                    response_serializer=medsam2_dot_v1_dot_segmentation__pb2.ResultChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -574,6 +591,33 @@ class SegmentationService:
             '/medsam2.v1.SegmentationService/SetModelVersion',
             medsam2_dot_v1_dot_segmentation__pb2.SetModelVersionRequest.SerializeToString,
             medsam2_dot_v1_dot_segmentation__pb2.ServerInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetImage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/medsam2.v1.SegmentationService/GetImage',
+            medsam2_dot_v1_dot_segmentation__pb2.GetImageRequest.SerializeToString,
+            medsam2_dot_v1_dot_segmentation__pb2.ResultChunk.FromString,
             options,
             channel_credentials,
             insecure,
