@@ -130,6 +130,13 @@ def open_and_segment(page, service_url: str, study: str, key: int, box: list[int
     out["stored"] = _status(page)
     out["stored_seg"] = page.get_attribute("body", "data-stored")
     (ARTIFACTS / "pacs-stored.png").write_bytes(page.screenshot())
+
+    # The corrected study becomes a training case in the server's annotation store.
+    out["save_visible"] = page.is_visible("#save-annotation")
+    page.click("#save-annotation")
+    page.wait_for_selector("body[data-saved-case]", timeout=60_000)
+    out["saved"] = _status(page)
+    out["saved_case"] = page.get_attribute("body", "data-saved-case")
     return out
 
 
@@ -150,7 +157,9 @@ def scenario_page(server: orthanc.OrthancServer, folder: str, graphs: str, key: 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="pacs-page-") as tmp:
         log = Path(tmp) / "serve.log"
-        service = Service(Path(graphs), token=TOKEN, log=log, env={"MEDSAM2_PACS_ORTHANC_URL": server.dicomweb_url})
+        annotations = Path(tmp) / "annotations"
+        settings = {"MEDSAM2_PACS_ORTHANC_URL": server.dicomweb_url, "MEDSAM2_ANNOTATIONS_DIR": str(annotations)}
+        service = Service(Path(graphs), token=TOKEN, log=log, env=settings)
         problems: list[str] = []
         try:
             with sync_playwright() as playwright:
@@ -167,6 +176,11 @@ def scenario_page(server: orthanc.OrthancServer, folder: str, graphs: str, key: 
                 context.close()
         finally:
             service.stop()
+        from medsam2.datasets.training_npz import read_training_case
+
+        case = read_training_case(annotations / out["saved_case"])
+        out["saved_shape"] = list(case.imgs.shape)
+        out["saved_labels"] = case.labels
     out["problems"] = problems
     client = connect(endpoint)
     found = client.search_for_series(study_instance_uid=study, fields=["Modality"])
@@ -258,5 +272,8 @@ def test_a_pacs_study_opened_by_uid_is_segmented_in_the_page_and_stored(
     (seg,) = report["seg_instances"]
     assert seg["sop"] == report["stored_seg"] and seg["class"] == SEG_CLASS and seg["study"] == report["study"]
     assert seg["referenced"] and set(seg["referenced"]) <= set(report["sop_uids"])
+    # Saved for training: the page's study at its own size, with the object it segmented.
+    assert report["save_visible"] and report["saved_case"].split("/")[1] in report["saved"]
+    assert report["saved_shape"] == list(local.voxels.shape) and report["saved_labels"] == [1]
     assert all((ARTIFACTS / f"pacs-{name}.png").is_file() for name in ("key-slice", "propagated-slice", "stored"))
     assert np.isfinite(report["page_seconds"])

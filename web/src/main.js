@@ -56,10 +56,12 @@ async function show(volume, session) {
   $("propagate").disabled = true;
   $("download").disabled = true;
   $("store").disabled = true;
+  $("save-annotation").disabled = true;
   $("measurements").tBodies[0].replaceChildren();
   document.body.dataset.session = session.sessionId;
   document.body.dataset.source = "upload";
   delete document.body.dataset.stored;
+  delete document.body.dataset.savedCase;
 }
 
 function goToSlice(slice) {
@@ -219,6 +221,7 @@ async function propagate() {
     status(`Propagated ${total} slices in ${seconds.toFixed(1)} s.`);
     $("download").disabled = false;
     $("store").disabled = false;
+    $("save-annotation").disabled = false;
     await measure();
   } catch (error) {
     document.body.dataset.propagation = "failed";
@@ -268,6 +271,15 @@ async function store() {
   document.body.dataset.stored = answer.segSopInstanceUid;
   status(`Stored to PACS ${endpoint}: SEG ${answer.segSopInstanceUid} and SR ${answer.srSopInstanceUid} ` +
          `in study ${answer.studyUid}.`);
+}
+
+async function saveAnnotation() {
+  status("Saving the image and the corrected masks as a training case…");
+  const answer = await api.call("SaveAnnotation", { sessionId: state.session.sessionId,
+                                                    requestId: crypto.randomUUID() });
+  document.body.dataset.savedCase = `${answer.folder}/${answer.caseFile}`;
+  status(`Saved training case ${answer.caseFile} (objects ${answer.objectIds.join(", ")}) in the server's ` +
+         `annotation store, folder ${answer.folder}.`);
 }
 
 // A DICOM UID: digits and dots, at most 64 characters (PS3.5 9.1).
@@ -346,6 +358,8 @@ async function checkServer() {
       const endpoints = info.pacsEndpoints ?? [];
       if (!endpoints.length) $("store").hidden = true;
       if (endpoints.length && !$("pacs-endpoint").value) $("pacs-endpoint").value = endpoints[0];
+      // Saving needs the server's annotation store (--annotations-dir).
+      $("save-annotation").hidden = !(info.capabilities ?? []).includes("save-annotation");
     }
   }
 }
@@ -381,6 +395,7 @@ async function main() {
   $("propagate").addEventListener("click", guard(propagate));
   $("download").addEventListener("click", guard(download));
   $("store").addEventListener("click", guard(store));
+  $("save-annotation").addEventListener("click", guard(saveAnnotation));
   swatch();
   await guard(checkServer)();
   // For tests and automation: where a voxel of the current slice is on the page (CSS pixels).
