@@ -102,5 +102,5 @@ def test_unreachable_endpoint_is_backend_unavailable(tmp_path: Path) -> None:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     endpoint = PacsEndpoint("down", f"http://127.0.0.1:{port}/dicom-web", timeout_s=2)
-    with pytest.raises(BackendUnavailable, match=rf"cannot reach PACS down at http://127.0.0.1:{port}/dicom-web"):
+    with pytest.raises(BackendUnavailable, match=r"cannot reach PACS down to "):
         list_series(endpoint)

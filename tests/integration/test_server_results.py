@@ -152,6 +152,7 @@ def test_pacs_failures_open_nothing(client: Client) -> None:
     assert code == grpc.StatusCode.NOT_FOUND and "unknown PACS endpoint 'nowhere'" in details and "down" in details
     code, details = _code(lambda: client.open_pacs("down", "1.2.3"))
     assert code == grpc.StatusCode.UNAVAILABLE and "cannot reach PACS down" in details
+    assert UNREACHABLE not in details  # clients learn the endpoint's name, never its URL
     code, details = _code(lambda: client.open_pacs("down", ""))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "study_uid" in details
     assert len(client.list_sessions()) == before

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
@@ -9,6 +10,8 @@ from typing import TYPE_CHECKING
 from medsam2.errors import NotFound
 from medsam2.pacs.config import PacsEndpoint
 from medsam2.pacs.errors import PacsAccessDenied, PacsRejected, PacsUnavailable
+
+log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 3
 """Tries per request on a refused connection, a timeout, or HTTP 408/429/503/504."""
@@ -40,15 +43,17 @@ def pacs_errors(endpoint: PacsEndpoint, action: str) -> Iterator[None]:
         yield
     except requests.HTTPError as exc:
         status = exc.response.status_code if exc.response is not None else None
-        detail = f"{endpoint.name} ({endpoint.url}) answered HTTP {status} to {action}"
+        # Messages reach remote clients: they name the endpoint, never its URL (the operator's log has it).
+        log.warning("PACS %s (%s) answered HTTP %s to %s", endpoint.name, endpoint.url, status, action)
+        detail = f"PACS {endpoint.name} answered HTTP {status} to {action}"
         if status == 404:
             raise NotFound(f"{detail}: not found") from exc
         if status in (401, 403):
             raise PacsAccessDenied(f"{detail}: check the endpoint's token") from exc
         if status is not None and status >= 500:
             raise PacsUnavailable(f"{detail}: the PACS failed; try again later") from exc
-        raise PacsRejected(f"{detail}: {exc}") from exc
+        reason = exc.response.reason if exc.response is not None else ""
+        raise PacsRejected(f"{detail}: {reason or 'refused'}") from exc
     except (requests.ConnectionError, requests.Timeout) as exc:
-        raise PacsUnavailable(
-            f"cannot reach PACS {endpoint.name} at {endpoint.url} to {action}: {type(exc).__name__}"
-        ) from exc
+        log.warning("cannot reach PACS %s at %s to %s: %s", endpoint.name, endpoint.url, action, type(exc).__name__)
+        raise PacsUnavailable(f"cannot reach PACS {endpoint.name} to {action}: {type(exc).__name__}") from exc

@@ -79,7 +79,7 @@ def fetch_instances(endpoint: PacsEndpoint, study_uid: str, series_uid: str) -> 
     with pacs_errors(endpoint, f"search for series {series_uid}"):
         found = client.search_for_series(study_instance_uid=study_uid, search_filters={"SeriesInstanceUID": series_uid})
     if not found:
-        raise NotFound(f"series {series_uid} of study {study_uid} is not on PACS {endpoint.name} ({endpoint.url})")
+        raise NotFound(f"series {series_uid} of study {study_uid} is not on PACS {endpoint.name}")
     with pacs_errors(endpoint, f"retrieve series {series_uid}"):
         try:
             return client.retrieve_series(study_uid, series_uid, media_types=_UNCOMPRESSED)
@@ -99,7 +99,7 @@ def choose_series(endpoint: PacsEndpoint, study_uid: str, series_uid: str = "") 
     """The series to open: ``series_uid`` when given, else the study's only image series."""
     found = list_series(endpoint, study_uid)
     if not found:
-        raise NotFound(f"study {study_uid} is not on PACS {endpoint.name} ({endpoint.url})")
+        raise NotFound(f"study {study_uid} is not on PACS {endpoint.name}")
     if series_uid:
         for info in found:
             if info.series_uid == series_uid:
