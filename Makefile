@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 WORK ?= work
-LINTED := services export tests benchmarks scripts
+LINTED := services export tests benchmarks scripts deploy/docker
 
 .PHONY: setup demo test test-fast lint clean
 

@@ -32,21 +32,24 @@ def main(argv: list[str] | None = None) -> int:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    cert, key, client_ca = (os.environ.get(n, "") for n in ("MEDSAM2_TLS_CERT", "MEDSAM2_TLS_KEY",
-                                                               "MEDSAM2_TLS_CLIENT_CA"))
+    cert, key, client_ca = (
+        os.environ.get(n, "") for n in ("MEDSAM2_TLS_CERT", "MEDSAM2_TLS_KEY", "MEDSAM2_TLS_CLIENT_CA")
+    )
     if _set(cert):
         ca_path = os.environ.get("MEDSAM2_PROBE_CA", "")
         root = Path(ca_path if _set(ca_path) and Path(ca_path).is_file() else cert).read_bytes()
         identity = (Path(key).read_bytes(), Path(cert).read_bytes()) if _set(client_ca) else (None, None)
-        credentials = grpc.ssl_channel_credentials(root_certificates=root, private_key=identity[0],
-                                                   certificate_chain=identity[1])
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=root, private_key=identity[0], certificate_chain=identity[1]
+        )
         name = os.environ.get("MEDSAM2_PROBE_SERVER_NAME", "") or "localhost"
         channel = grpc.secure_channel(args.address, credentials, options=[("grpc.ssl_target_name_override", name)])
     else:
         channel = grpc.insecure_channel(args.address)
     try:
-        reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=args.service),
-                                                          timeout=args.timeout)
+        reply = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout
+        )
     except grpc.RpcError as exc:
         print(f"health check failed: {exc.code().name}: {exc.details()}", file=sys.stderr)
         return 1
