@@ -21,6 +21,7 @@ from grpc_status import rpc_status
 
 from medsam2.api.client import Client
 from medsam2.backends.onnxruntime_backend import OnnxRuntimeBackend
+from medsam2.cli.main import main
 from medsam2.engine.protocols import ObjectPrompt, segment_volume
 from medsam2.engine.tracker import Tracker
 from medsam2.errors import NotFound
@@ -194,7 +195,7 @@ def _reason(error: grpc.RpcError) -> str:
     return info.reason
 
 
-def test_set_model_version_is_for_admins_and_keeps_sessions(graphs, tmp_path: Path) -> None:
+def test_set_model_version_is_for_admins_and_keeps_sessions(graphs, tmp_path: Path, capsys) -> None:
     frames, boxes = synthetic_volume(seed=3, slices=SLICES, height=ROWS, width=COLS)
     expected = segment_volume(
         Tracker(OnnxRuntimeBackend(graphs["present"], threads=2), frames), [ObjectPrompt(1, 2, box=boxes[0])]
@@ -251,6 +252,17 @@ def test_set_model_version_is_for_admins_and_keeps_sessions(graphs, tmp_path: Pa
         assert status == 200 and body["model"]["version"] == 1, body
         assert user.create_session(frames, preset="none").model.version == 1
         assert user.get_session(new.session_id).model.version == 2
+
+        # `medsam2 versions`: the same RPC from the command line, with its exit codes.
+        command = ["versions", "--server", target, "--json"]
+        assert main([*command, "--token", "reader-secret", "--switch", "2"]) == 9  # not an admin
+        assert main([*command, "--token", "admin-secret", "--switch", "2.5"]) == 2  # refused before any call
+        capsys.readouterr()
+        assert main([*command, "--token", "admin-secret", "--switch", "newest"]) == 0
+        switched = json.loads(capsys.readouterr().out)
+        assert (switched["current"], switched["versions"], switched["switched"]) == (2, [1, 2], True)
+        assert main([*command, "--token", "reader-secret"]) == 0  # anyone may look
+        assert json.loads(capsys.readouterr().out)["current"] == 2
     finally:
         admin.close()
         user.close()
@@ -260,6 +272,7 @@ def test_set_model_version_is_for_admins_and_keeps_sessions(graphs, tmp_path: Pa
     assert [(x["principal"], x["previous_model_version"], x["model_version"]) for x in switches] == [
         (ADMIN, 1, 2),
         (ADMIN, 2, 1),
+        (ADMIN, 1, 2),
     ]
     refused = [x for x in lines if x.get("rpc") == "SetModelVersion"]
     assert {(x["principal"], x["outcome"]) for x in refused} == {

@@ -25,7 +25,9 @@ from medsam2.errors import (
     InvalidInput,
     NotFound,
     OutputNotWritable,
+    PermissionDenied,
     PreconditionFailed,
+    Unauthenticated,
 )
 from medsam2.settings import Settings
 
@@ -405,4 +407,8 @@ def _client_error(exc) -> Exception:  # noqa: ANN001 - grpc.RpcError
         return NotFound(f"server: {details}")
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
         return CapacityExceeded(f"server: {details}")
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        return Unauthenticated(f"server: {details}")
+    if code == grpc.StatusCode.PERMISSION_DENIED:
+        return PermissionDenied(f"server: {details}")
     return BackendUnavailable(f"server error ({code.name}): {details}")

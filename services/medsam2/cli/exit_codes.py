@@ -12,6 +12,8 @@ from medsam2.errors import (
     Medsam2Error,
     NotFound,
     OutputNotWritable,
+    PermissionDenied,
+    Unauthenticated,
 )
 
 OK = 0
@@ -29,6 +31,8 @@ _CODES: list[tuple[type[Medsam2Error], int]] = [
     (BackendUnavailable, 6),
     (DownloadError, 7),
     (CapacityExceeded, 8),
+    (Unauthenticated, 9),
+    (PermissionDenied, 9),
 ]
 
 

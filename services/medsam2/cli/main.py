@@ -17,6 +17,7 @@ from medsam2.cli import (
     reference_cmd,
     segment_cmd,
     serve_cmd,
+    versions_cmd,
 )
 from medsam2.cli.exit_codes import exit_code_for
 from medsam2.errors import Medsam2Error
@@ -32,6 +33,7 @@ COMMANDS = (
     dataset_cmd,
     evaluate_cmd,
     finetune_cmd,
+    versions_cmd,
 )
 
 
