@@ -22,6 +22,7 @@ from grpc_status import rpc_status
 from medsam2.api.client import Client
 from medsam2.backends.onnxruntime_backend import OnnxRuntimeBackend
 from medsam2.cli.main import main
+from medsam2.engine.prompts import Box
 from medsam2.engine.protocols import ObjectPrompt, segment_volume
 from medsam2.engine.tracker import Tracker
 from medsam2.errors import NotFound
@@ -35,6 +36,11 @@ from medsam2_export.parity import synthetic_volume
 from redis_server import RedisServer, unavailable_reason
 
 SLICES, ROWS, COLS = 5, 40, 48
+
+
+def reference_mask(graphs: Path, frames: np.ndarray, box: Box) -> np.ndarray:
+    """Object 1's mask from a box on slice 2, by the engine directly on ``graphs``: what a version must give."""
+    return segment_volume(Tracker(OnnxRuntimeBackend(graphs, threads=2), frames), [ObjectPrompt(1, 2, box=box)])[1]
 
 
 def _add_version(repo: Path, graphs: Path, version: int) -> None:
@@ -52,12 +58,7 @@ def _segment(client: Client, session_id: str, box) -> np.ndarray:
 
 def test_a_switch_keeps_open_sessions_on_their_version(graphs, tmp_path: Path) -> None:
     frames, boxes = synthetic_volume(seed=3, slices=SLICES, height=ROWS, width=COLS)
-    expected = {
-        name: segment_volume(
-            Tracker(OnnxRuntimeBackend(graphs[name], threads=2), frames), [ObjectPrompt(1, 2, box=boxes[0])]
-        )[1]
-        for name in ("present", "absent")
-    }
+    expected = {name: reference_mask(graphs[name], frames, boxes[0]) for name in ("present", "absent")}
     assert not np.array_equal(expected["present"], expected["absent"])  # the two versions are told apart
     repo = tmp_path / "repo"
     _add_version(repo, graphs["present"], 1)
@@ -197,9 +198,7 @@ def _reason(error: grpc.RpcError) -> str:
 
 def test_set_model_version_is_for_admins_and_keeps_sessions(graphs, tmp_path: Path, capsys) -> None:
     frames, boxes = synthetic_volume(seed=3, slices=SLICES, height=ROWS, width=COLS)
-    expected = segment_volume(
-        Tracker(OnnxRuntimeBackend(graphs["present"], threads=2), frames), [ObjectPrompt(1, 2, box=boxes[0])]
-    )[1]
+    expected = reference_mask(graphs["present"], frames, boxes[0])
     repo = tmp_path / "repo"
     _add_version(repo, graphs["present"], 1)
     tokens, audit_log = tmp_path / "tokens", tmp_path / "audit.jsonl"
@@ -321,9 +320,7 @@ def _post_json(port: int, method: str, payload: dict, token: str) -> tuple[int, 
 def test_a_rebuilt_session_keeps_its_version(graphs, tmp_path: Path) -> None:
     """Replica B, serving version 2, rebuilds a session that replica A opened on version 1: on version 1."""
     frames, boxes = synthetic_volume(seed=3, slices=SLICES, height=ROWS, width=COLS)
-    expected = segment_volume(
-        Tracker(OnnxRuntimeBackend(graphs["present"], threads=2), frames), [ObjectPrompt(1, 2, box=boxes[0])]
-    )[1]
+    expected = reference_mask(graphs["present"], frames, boxes[0])
     repo = tmp_path / "repo"
     _add_version(repo, graphs["present"], 1)
     _add_version(repo, graphs["absent"], 2)

@@ -10,10 +10,7 @@ import numpy as np
 import pytest
 
 from medsam2.api.client import Client
-from medsam2.backends.onnxruntime_backend import OnnxRuntimeBackend
 from medsam2.backends.triton_versions import TritonVersions
-from medsam2.engine.protocols import ObjectPrompt, segment_volume
-from medsam2.engine.tracker import Tracker
 from medsam2.errors import NotFound
 from medsam2.models.provenance import ModelProvenance, write_provenance
 from medsam2.server.app import make_backend, start_server
@@ -21,6 +18,7 @@ from medsam2.server.config import ServerSettings
 from medsam2.server.versions import VersionedBackends
 from medsam2_export.parity import synthetic_volume
 from medsam2_export.triton_cpu import TritonProcess, write_cpu_repository
+from test_model_versions import reference_mask
 from triton_server import START_TIMEOUT_S, require_triton
 
 pytestmark = pytest.mark.slow
@@ -48,12 +46,7 @@ def _segment(client: Client, session_id: str, box) -> np.ndarray:
 def test_triton_sessions_keep_their_version_across_a_switch(graphs, checkpoints, tmp_path: Path) -> None:
     install = require_triton()
     frames, boxes = synthetic_volume(seed=3, slices=SLICES, height=ROWS, width=COLS)
-    expected = {
-        name: segment_volume(
-            Tracker(OnnxRuntimeBackend(graphs[name], threads=2), frames), [ObjectPrompt(1, 2, box=boxes[0])]
-        )[1]
-        for name in ("present", "absent")
-    }
+    expected = {name: reference_mask(graphs[name], frames, boxes[0]) for name in ("present", "absent")}
     assert not np.array_equal(expected["present"], expected["absent"])  # the two versions are told apart
     repo = tmp_path / "repository"
     _add_version(repo, graphs["present"], checkpoints["present"], 1, install.env)

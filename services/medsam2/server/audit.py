@@ -18,39 +18,18 @@ log = logging.getLogger(AUDIT_LOGGER)
 
 def record(*, principal: str, rpc: str, session_id: str, outcome: str, duration_s: float) -> None:
     """Write one audit line."""
-    if not log.isEnabledFor(logging.INFO):
-        return
-    log.info(
-        json.dumps(
-            {
-                "time": _now(),
-                "principal": principal,
-                "rpc": rpc,
-                "session_id": session_id,
-                "outcome": outcome,
-                "duration_s": round(duration_s, 4),
-            },
-            separators=(",", ":"),
-        )
-    )
+    _write(principal=principal, rpc=rpc, session_id=session_id, outcome=outcome, duration_s=round(duration_s, 4))
 
 
 def model_version(*, principal: str, version: int | None, previous: int | None) -> None:
     """Write the audit line of a switch of the served model version (``principal``: the admin, or ``SIGHUP``)."""
-    if not log.isEnabledFor(logging.INFO):
-        return
-    log.info(
-        json.dumps(
-            {
-                "time": _now(),
-                "principal": principal,
-                "event": "model_version_switched",
-                "model_version": version,
-                "previous_model_version": previous,
-            },
-            separators=(",", ":"),
-        )
-    )
+    _write(principal=principal, event="model_version_switched", model_version=version, previous_model_version=previous)
+
+
+def _write(**fields: object) -> None:
+    """One JSON line: the time first, then ``fields`` in order."""
+    if log.isEnabledFor(logging.INFO):
+        log.info(json.dumps({"time": _now(), **fields}, separators=(",", ":")))
 
 
 def _now() -> str:
