@@ -461,16 +461,7 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
                 labels = entry.results.labels()
                 object_ids, shape = entry.results.object_ids, list(labels.shape)
                 data = encode_labels(labels, study.spacing, study.geometry, LABEL_FORMATS[fmt])
-        size = request.chunk_bytes or DEFAULT_CHUNK_BYTES
-        for offset in range(0, max(len(data), 1), size):
-            yield pb.ResultChunk(
-                data=data[offset : offset + size],
-                offset=offset,
-                total_bytes=len(data),
-                format=fmt,
-                shape=shape,
-                object_ids=object_ids,
-            )
+        yield from _chunks(data, request.chunk_bytes, format=fmt, shape=shape, object_ids=object_ids)
 
     @rpc("GetImage")
     def GetImage(self, request: pb.GetImageRequest, context) -> Iterator[pb.ResultChunk]:  # noqa: ANN001
@@ -485,15 +476,7 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
                 field="session_id",
             )
         data = nifti_gz(image, entry.study.spacing, entry.study.geometry, compresslevel=IMAGE_GZIP_LEVEL)
-        size = request.chunk_bytes or DEFAULT_CHUNK_BYTES
-        for offset in range(0, len(data), size):
-            yield pb.ResultChunk(
-                data=data[offset : offset + size],
-                offset=offset,
-                total_bytes=len(data),
-                format=pb.RESULT_FORMAT_NIFTI_GZ,
-                shape=list(image.shape[:3]),
-            )
+        yield from _chunks(data, request.chunk_bytes, format=pb.RESULT_FORMAT_NIFTI_GZ, shape=list(image.shape[:3]))
 
     def _dicom_results(self, entry: SessionEntry) -> DicomResults:
         """The session's SEG and SR, built once per state of the results (so the SR always names that SEG)."""
@@ -736,6 +719,27 @@ class _ReplayContext:
 
 
 _REPLAY_CONTEXT = _ReplayContext()
+
+
+def _chunks(
+    data: bytes,
+    chunk_bytes: int,
+    *,
+    format: pb.ResultFormat.ValueType,
+    shape: list[int],
+    object_ids: list[int] | None = None,
+) -> Iterator[pb.ResultChunk]:
+    """``data`` as ResultChunks of ``chunk_bytes`` (0: the default), each describing the whole; one if empty."""
+    size = chunk_bytes or DEFAULT_CHUNK_BYTES
+    for offset in range(0, max(len(data), 1), size):
+        yield pb.ResultChunk(
+            data=data[offset : offset + size],
+            offset=offset,
+            total_bytes=len(data),
+            format=format,
+            shape=shape,
+            object_ids=object_ids or [],
+        )
 
 
 def _remember(replies: dict, key: str, reply: object) -> None:
