@@ -725,7 +725,7 @@ def _chunks(
     data: bytes,
     chunk_bytes: int,
     *,
-    format: pb.ResultFormat.ValueType,
+    format: pb.ResultFormat,
     shape: list[int],
     object_ids: list[int] | None = None,
 ) -> Iterator[pb.ResultChunk]:
