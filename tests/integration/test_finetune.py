@@ -92,6 +92,9 @@ def test_bad_input_fails_before_training(checkpoints, foreign_checkpoint, tmp_pa
         assert message in capsys.readouterr().err
         assert not target.exists() and not Path(str(target) + ".train-state").exists()
     assert _tree_hash(good) == before
+    assert _run(tmp_path, checkpoints["present"], good, out, "--lr-scale", "0") == 2
+    assert "--lr-scale must be positive, got 0.0" in capsys.readouterr().err
+    assert not out.exists()
 
 
 def test_every_output_and_the_iou_head_are_supervised_as_sam2_does() -> None:
