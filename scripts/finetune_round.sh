@@ -66,15 +66,16 @@ before = json.loads((work / "eval_base.json").read_text())["summary"]["overall"]
 after = json.loads((work / "eval_new.json").read_text())["summary"]["overall"]
 losses = ft["losses"]
 k = max(1, len(losses) // 10)
-mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+median = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731 - robust to the clips whose object score gates a mask
 versions = sorted(p.name for p in (work / "repo" / "image_encoder").iterdir() if p.name.isdigit())
 print(json.dumps({
     "seed": seed,
     "steps": ft["steps"],
     "loss_first": round(losses[0], 4),
     "loss_last": round(losses[-1], 4),
-    f"loss_mean_first_{k}": round(mean(losses[:k]), 4),
-    f"loss_mean_last_{k}": round(mean(losses[-k:]), 4),
+    f"loss_median_first_{k}": round(median(losses[:k]), 4),
+    f"loss_median_last_{k}": round(median(losses[-k:]), 4),
+    "loss_max": round(max(losses), 2),
     "dsc_before": {"median": before["dsc"]["median"], "mean": before["dsc"]["mean"]},
     "dsc_after": {"median": after["dsc"]["median"], "mean": after["dsc"]["mean"]},
     "nsd_before": {"median": before["nsd"]["median"], "mean": before["nsd"]["mean"]},
