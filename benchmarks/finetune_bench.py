@@ -1,6 +1,8 @@
 """Fine-tune on the synthetic dataset on this CPU and measure held-out DSC/NSD before and after.
 
-    PYTHONPATH=services:export python benchmarks/finetune_bench.py --work /tmp/ft --steps 40
+    PYTHONPATH=services:export python benchmarks/finetune_bench.py --work /tmp/ft --steps 300
+
+(``scripts/finetune_round.sh`` runs the same round through the public CLI and exports versions 1 and 2.)
 
 Writes a training set and a held-out set (other seeds), scores the base checkpoint with the paper's protocol
 (GT box on the middle slice), runs ``finetune --freeze-encoder``, exports the result's graphs and scores
@@ -40,8 +42,10 @@ def main() -> None:
     parser.add_argument("--work", type=Path, required=True)
     parser.add_argument("--checkpoint", type=Path, help="base checkpoint [a seeded random one]")
     parser.add_argument("--base-graphs", type=Path, help="exported graphs of the base checkpoint [export them]")
-    parser.add_argument("--steps", type=int, default=40)
-    parser.add_argument("--clip-length", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--clip-length", type=int, default=2)
+    parser.add_argument("--lr-scale", type=float, default=10.0, help="for an untrained base (see finetune --lr-scale)")
+    parser.add_argument("--jitter", type=float, default=0.0)
     parser.add_argument("--size", type=int, default=48)
     parser.add_argument("--slices", type=int, default=12)
     args = parser.parse_args()
@@ -72,7 +76,14 @@ def main() -> None:
         base,
         train,
         work / "new.pt",
-        FinetuneOptions(steps=args.steps, clip_length=args.clip_length, freeze_encoder=True, save_every=10),
+        FinetuneOptions(
+            steps=args.steps,
+            clip_length=args.clip_length,
+            freeze_encoder=True,
+            lr_scale=args.lr_scale,
+            jitter_px=args.jitter,
+            save_every=10**6,
+        ),
         on_step=lambda s, l: print(f"step {s} loss {l:.4f} {time.perf_counter() - t:.0f} s", flush=True),  # noqa: E741
     )
     timings["finetune_s"] = round(time.perf_counter() - t, 1)

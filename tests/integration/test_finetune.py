@@ -92,6 +92,60 @@ def test_bad_input_fails_before_training(checkpoints, foreign_checkpoint, tmp_pa
         assert message in capsys.readouterr().err
         assert not target.exists() and not Path(str(target) + ".train-state").exists()
     assert _tree_hash(good) == before
+    assert _run(tmp_path, checkpoints["present"], good, out, "--lr-scale", "0") == 2
+    assert "--lr-scale must be positive, got 0.0" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_every_output_and_the_iou_head_are_supervised_as_sam2_does() -> None:
+    """sam2's MultiStepMultiMasksAndIous: focal+dice through the best output only, IoU (L1) on all, BCE object score."""
+    import torch.nn.functional as F
+
+    from medsam2_export.finetune.losses import dice_loss, focal_loss, frame_loss
+
+    target = torch.zeros(1, 1, 8, 8)
+    target[..., 2:6, 2:6] = 1
+    right = (target * 2 - 1) * 8  # +8 inside the object, -8 outside
+    logits = torch.cat([-right, right, torch.full_like(target, -8.0)], 1).requires_grad_()
+    ious = torch.tensor([[0.5, 0.2, 0.9]], requires_grad=True)
+    score = torch.tensor([[3.0]], requires_grad=True)
+    loss = frame_loss(logits, ious, score, target)
+    assert loss.focal == pytest.approx(float(focal_loss(right, target)[0, 0]))
+    assert loss.dice == pytest.approx(float(dice_loss(right, target)[0, 0]))
+    assert loss.iou == pytest.approx((abs(0.5 - 0) + abs(0.2 - 1) + abs(0.9 - 0)) / 3)  # true IoUs 0, 1, 0
+    assert loss.object_score == pytest.approx(float(F.softplus(torch.tensor(-3.0))))
+    assert float(loss.total.detach()) == pytest.approx(20 * loss.focal + loss.dice + loss.iou + loss.object_score)
+    loss.total.backward()
+    assert logits.grad[0, 1].abs().sum() > 0 and logits.grad[0, [0, 2]].abs().sum() == 0
+    assert bool(torch.all(ious.grad != 0)) and float(score.grad) != 0
+    # An absent object teaches only the object score.
+    absent = frame_loss(logits.detach(), ious.detach(), score.detach(), torch.zeros_like(target))
+    assert absent.focal == absent.dice == absent.iou == 0
+    assert float(absent.total) == pytest.approx(float(F.softplus(torch.tensor(3.0))))
+
+
+def test_tracked_frames_train_the_iou_and_object_score_heads(checkpoints, tmp_path: Path) -> None:
+    from medsam2_export.finetune.data import load_dataset, sample_clip
+    from medsam2_export.finetune.losses import FrameLoss
+    from medsam2_export.finetune.trainer import FeatureCache, FinetuneOptions, _parameter_groups, clip_loss
+    from medsam2_export.model import load_model
+
+    write_synthetic_dataset(tmp_path, TINY)
+    cases = load_dataset(tmp_path, clip_length=2)
+    model = load_model(checkpoints["present"]).train()
+    _parameter_groups(model, FinetuneOptions(freeze_encoder=True))
+    rng = np.random.default_rng(1)
+    clip = sample_clip(cases, rng, clip_length=2, jitter_px=0, augment=False)
+    while not clip.masks[1].any():  # a tracked frame that shows the object: its three outputs are all scored
+        clip = sample_clip(cases, rng, clip_length=2, jitter_px=0, augment=False)
+    fpn, pos = FeatureCache(model, cases).features(clip.case, clip.frames)
+    terms: list[FrameLoss] = []
+    clip_loss(model, clip, fpn, pos, detach_memory_masks=True, terms=terms).backward()
+    assert len(terms) == 2 and terms[1].iou > 0
+    grads = {name: p.grad for name, p in model.named_parameters() if p.requires_grad}
+    assert all(g is not None and g.abs().sum() > 0 for n, g in grads.items() if "iou_prediction_head" in n)
+    assert grads["sam_mask_decoder.pred_obj_score_head.layers.2.bias"].abs().sum() > 0
+    assert all(p.grad is None for n, p in model.named_parameters() if n.startswith("image_encoder."))
 
 
 def _fixed_clip_loss(checkpoint: Path, dataset: Path) -> float:

@@ -1,8 +1,9 @@
 """The fine-tuning loop: sam2's own tracking step over 8-slice clips, prompted by a box on the first frame.
 
 Each step tracks one clip the way sam2 trains: frame 0 is the conditioning frame (box prompt), every later
-frame is tracked from the memory bank built so far, and each frame's low-resolution mask logits (128x128) and
-object score are scored against the ground truth. With ``freeze_encoder`` the image path (Hiera, FPN and the
+frame is tracked from the memory bank built so far, and each frame's low-resolution mask outputs (128x128; three
+on tracked frames), their IoU estimates and the object score are scored against the ground truth with sam2's
+loss (see ``losses``). With ``freeze_encoder`` the image path (Hiera, FPN and the
 decoder's conv_s0/conv_s1, exactly what the exported image-encoder graph holds) is frozen and its features are
 computed once per slice and cached in bf16; the memory encoder's mask downsampler is frozen as well and its
 512x512 input detached (its full-resolution backward pass dominates a CPU step); geometric and intensity augmentation then cannot apply (the
@@ -30,7 +31,7 @@ from medsam2.engine.tracker import prepare_frames
 from medsam2.errors import CheckpointError, InvalidInput, OutputNotWritable
 from medsam2.graphs import IMAGE_SIZE
 from medsam2_export.finetune.data import Clip, dataset_sha256, load_dataset, sample_clip
-from medsam2_export.finetune.losses import frame_loss
+from medsam2_export.finetune.losses import FrameLoss, frame_loss
 from medsam2_export.model import load_model
 from medsam2_export.wrappers.image_encoder import IMAGENET_MEAN, IMAGENET_STD
 
@@ -52,6 +53,8 @@ class FinetuneOptions:
     freeze_encoder: bool = False
     annotation_round: bool = False
     """Halve both learning rates, as the paper does for its annotation rounds."""
+    lr_scale: float = 1.0
+    """Multiply both learning rates: the paper's are for fine-tuning trained weights; an untrained start needs more."""
     jitter_px: float = MAX_JITTER_PX
     augment: bool = True
     seed: int = 0
@@ -144,8 +147,9 @@ def clip_loss(
     pos: list[torch.Tensor],
     *,
     detach_memory_masks: bool = False,
+    terms: list[FrameLoss] | None = None,
 ) -> torch.Tensor:
-    """Track ``clip`` with sam2's ``track_step`` and return the mean frame loss.
+    """Track ``clip`` with sam2's ``track_step`` and return the mean frame loss (``terms`` collects each frame's).
 
     ``detach_memory_masks`` stops the gradient at the 512x512 mask that enters the memory encoder: its
     convolutions' backward pass at full resolution dominates a CPU step (measured: 40% of the time).
@@ -182,12 +186,20 @@ def clip_loss(
             False,
             None,
         )
-        low_res_masks, high_res_masks, obj_ptr, object_logits = sam_outputs[3:7]
+        # All outputs (3 on tracked frames, 1 on the box-prompted frame) and their IoU estimates are supervised,
+        # as sam2's MultiStepMultiMasksAndIous does; the chosen one (highest estimated IoU) feeds the memory.
+        multimasks, ious, low_res_masks, high_res_masks, obj_ptr, object_logits = (
+            sam_outputs[0],
+            *sam_outputs[2:7],
+        )
         out["pred_masks"], out["pred_masks_high_res"], out["obj_ptr"] = low_res_masks, high_res_masks, obj_ptr
         memory_masks = high_res_masks.detach() if detach_memory_masks else high_res_masks
         model._encode_memory_in_output(feats, feat_sizes, prompt, True, memory_masks, object_logits, out)
         output["cond_frame_outputs" if t == 0 else "non_cond_frame_outputs"][t] = out
-        total = total + frame_loss(low_res_masks, object_logits, targets[t : t + 1])
+        term = frame_loss(multimasks, ious, object_logits, targets[t : t + 1])
+        total = total + term.total
+        if terms is not None:
+            terms.append(term)
     return total / frames
 
 
@@ -204,7 +216,7 @@ def _distributed() -> tuple[int, int]:
 
 
 def _parameter_groups(model: torch.nn.Module, options: FinetuneOptions) -> list[dict]:
-    scale = 0.5 if options.annotation_round else 1.0
+    scale = options.lr_scale * (0.5 if options.annotation_round else 1.0)
     frozen_prefixes = (
         "image_encoder.",
         "sam_mask_decoder.conv_s0.",
@@ -241,6 +253,8 @@ def finetune(
     """
     if options.steps < 1:
         raise InvalidInput(f"--steps must be 1 or more, got {options.steps}")
+    if not options.lr_scale > 0:
+        raise InvalidInput(f"--lr-scale must be positive, got {options.lr_scale}")
     if options.clip_length < 2:
         raise InvalidInput(f"--clip-length must be 2 or more, got {options.clip_length}")
     out = Path(out)

@@ -36,6 +36,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="halve the learning rates (3e-5 encoder, 5e-5 rest), as for the paper's annotation rounds",
     )
+    ft.add_argument(
+        "--lr-scale",
+        type=float,
+        default=1.0,
+        metavar="X",
+        help="multiply both learning rates by X: the paper's suit trained weights; an untrained start needs ~20 [1]",
+    )
     ft.add_argument("--clip-length", type=int, default=8, help="consecutive slices or frames per clip [8]")
     ft.add_argument("--jitter", type=float, default=10.0, metavar="PX", help="box jitter, 0..PX pixels [10]")
     ft.add_argument("--no-augment", action="store_true", help="no flips, affine or intensity jitter")
@@ -72,6 +79,7 @@ def run_finetune(args: argparse.Namespace, settings: Settings) -> int:
         clip_length=args.clip_length,
         freeze_encoder=args.freeze_encoder,
         annotation_round=args.annotation_round,
+        lr_scale=args.lr_scale,
         jitter_px=args.jitter,
         augment=not args.no_augment,
         seed=args.seed,
