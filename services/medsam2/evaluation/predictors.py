@@ -9,6 +9,7 @@ import numpy as np
 
 from medsam2.datasets.training_npz import TrainingCase
 from medsam2.engine.backend import StageBackend
+from medsam2.engine.components import largest_component
 from medsam2.engine.protocols import ObjectPrompt, segment_video, segment_volume
 from medsam2.engine.tracker import Tracker
 
@@ -37,8 +38,10 @@ class EnginePredictor:
     def segment(self, case: TrainingCase, prompts: Sequence[ObjectPrompt]) -> dict[int, np.ndarray]:
         """The 3D protocol for volumes; the video protocol (from each object's first frame) for videos."""
         if not case.video:
-            return segment_volume(Tracker(self.backend, case.imgs), prompts)
-        masks: dict[int, np.ndarray] = {}
+            # MedSAM2's 3D post-processing, as the service and `segment` apply it: keep the largest component.
+            masks = segment_volume(Tracker(self.backend, case.imgs), prompts)
+            return {obj_id: largest_component(mask) for obj_id, mask in masks.items()}
+        masks = {}
         for start in sorted({p.frame for p in prompts}):
             # The video protocol prompts frame 0: run it on the clip that starts where the objects appear.
             group = [ObjectPrompt(p.obj_id, 0, box=p.box) for p in prompts if p.frame == start]
