@@ -15,6 +15,8 @@ import argparse
 import json
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -123,7 +125,6 @@ def _steps(args: argparse.Namespace) -> tuple[list, dict[int, np.ndarray]]:
 
 def run_client(args: argparse.Namespace, settings: Settings) -> int:
     """Open the study, run the steps, save the result (and store it), always closing the session."""
-    import grpc
 
     from medsam2.api.client import Client
     from medsam2.cli.segment_cmd import parse_pair
@@ -156,7 +157,7 @@ def run_client(args: argparse.Namespace, settings: Settings) -> int:
             )
     client = Client(args.server, token=args.token, routing_key=uuid.uuid4().hex)
     started = time.perf_counter()
-    try:
+    with server_calls(client):
         info = client.server_info()
         for endpoint in {e for e in (args.pacs, args.store) if e}:
             if endpoint not in info.pacs_endpoints:
@@ -189,10 +190,6 @@ def run_client(args: argparse.Namespace, settings: Settings) -> int:
             annotation = client.save_annotation(session.session_id) if args.store_annotation else None
         finally:
             client.close_session(session.session_id)
-    except grpc.RpcError as exc:
-        raise _client_error(exc) from None
-    finally:
-        client.close()
     summary = {
         "server": args.server,
         "session_slices": list(session.shape),
@@ -395,6 +392,19 @@ def _write_atomic(path: Path, data: bytes) -> Path:
         tmp.unlink(missing_ok=True)
         raise OutputNotWritable(f"cannot write {path}: {exc.strerror or exc}") from exc
     return path
+
+
+@contextmanager
+def server_calls(client) -> Iterator[None]:  # noqa: ANN001 - api.client.Client, imported lazily
+    """Turn the server's refusals into the CLI's errors (so its exit codes), and close the channel at the end."""
+    import grpc
+
+    try:
+        yield
+    except grpc.RpcError as exc:
+        raise _client_error(exc) from None
+    finally:
+        client.close()
 
 
 def _client_error(exc) -> Exception:  # noqa: ANN001 - grpc.RpcError

@@ -39,19 +39,13 @@ def _target(switch: str | None) -> int | None:
 
 def run_versions(args: argparse.Namespace, settings: Settings) -> int:
     """Ask the server (and switch, when told); print the versions and the current one."""
-    import grpc
-
     from medsam2.api.client import Client
-    from medsam2.cli.client_cmd import _client_error
+    from medsam2.cli.client_cmd import server_calls
 
     target = _target(args.switch)  # a bad value fails before any call
     client = Client(args.server, token=args.token)
-    try:
+    with server_calls(client):
         info = client.server_info() if target is None else client.set_model_version(target)
-    except grpc.RpcError as exc:
-        raise _client_error(exc) from None
-    finally:
-        client.close()
     summary = {
         "server": args.server,
         "versions": list(info.model_versions),
