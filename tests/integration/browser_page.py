@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import io
-import os
-import re
 import shutil
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
+
+from serve_process import ServeProcess
 
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -29,79 +27,13 @@ CHROMIUM_FLAGS = [
 ]
 
 
-class Service:
-    """`medsam2 serve` with its HTTP gateway, as a child process (so a test can kill it mid-stream)."""
+class Service(ServeProcess):
+    """`medsam2 serve` with its HTTP gateway and a bearer token, as a child process (a test can kill it mid-stream)."""
 
     def __init__(self, graphs: Path, *, token: str, log: Path, env: dict[str, str] | None = None) -> None:
         """``env``: extra settings, e.g. ``MEDSAM2_PACS_ORTHANC_URL``."""
-        env = {
-            **os.environ,
-            "PYTHONPATH": os.pathsep.join([str(REPO / "services"), str(REPO / "export")]),
-            "MEDSAM2_THREADS": "2",
-            "MEDSAM2_LOG_LEVEL": "INFO",
-            **(env or {}),
-        }
-        self.log = log
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "medsam2.cli.main",
-                "serve",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                "0",
-                "--metrics-port",
-                "0",
-                "--http-port",
-                str(_free_port()),
-                "--model-repository",
-                str(graphs),
-                "--auth-token",
-                token,
-            ],
-            stdout=subprocess.PIPE,
-            stderr=log.open("wb"),
-            env=env,
-            text=True,
-        )
-        self.url = self.grpc_target = ""
-        deadline = time.monotonic() + 60
-        while not self.url:
-            line = self.process.stdout.readline()
-            if not line:
-                raise RuntimeError(f"medsam2 serve exited ({self.process.wait()}): {log.read_text()[-2000:]}")
-            if match := re.search(r"listening on (\S+:\d+)", line):
-                self.grpc_target = match.group(1)
-            if match := re.search(r"web viewer at (\S+)", line):
-                self.url = match.group(1)
-            if time.monotonic() > deadline:
-                raise RuntimeError("medsam2 serve did not print its URL within 60 s")
-
-    def kill(self) -> None:
-        """Gone at once, as a crash or a pulled cable would leave it."""
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait(10)
-
-    def stop(self) -> None:
-        """Stop it (SIGTERM drains; then kill)."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        settings = {"MEDSAM2_LOG_LEVEL": "INFO", **(env or {})}
+        super().__init__(graphs, log=log, args=["--auth-token", token], env=settings, http=True)
 
 
 def launch(playwright, user_data_dir: Path):

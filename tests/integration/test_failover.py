@@ -9,11 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
-import re
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,6 +20,7 @@ from medsam2.api.client import Client
 from medsam2.api.pb.medsam2.v1 import segmentation_pb2 as pb
 from medsam2_export.parity import synthetic_volume
 from redis_server import RedisServer, unavailable_reason
+from serve_process import ServeProcess
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = [
@@ -34,38 +30,9 @@ pytestmark = [
 SLICES = 8
 
 
-class Replica:
+def replica(graphs: Path, store_url: str, log: Path) -> ServeProcess:
     """One `medsam2 serve` child process on a free port, sharing the session store at ``store_url``."""
-
-    def __init__(self, graphs: Path, store_url: str, log: Path) -> None:
-        env = {
-            **os.environ,
-            "PYTHONPATH": os.pathsep.join([str(REPO / "services"), str(REPO / "export")]),
-            "MEDSAM2_THREADS": "2",
-            "MEDSAM2_SESSION_STORE": store_url,
-        }
-        command = [sys.executable, "-m", "medsam2.cli.main", "serve", "--port", "0", "--metrics-port", "0"]
-        command += ["--model-repository", str(graphs)]
-        self.log = log
-        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log.open("wb"), env=env, text=True)
-        self.target = ""
-        deadline = time.monotonic() + 120
-        while not self.target and time.monotonic() < deadline:
-            line = self.process.stdout.readline()
-            if not line:
-                raise RuntimeError(f"medsam2 serve exited ({self.process.wait()}): {log.read_text()[-3000:]}")
-            if match := re.search(r"listening on (\S+:\d+)", line):
-                self.target = match.group(1)
-        if not self.target:
-            self.stop()
-            raise RuntimeError(f"medsam2 serve did not start: {log.read_text()[-3000:]}")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait(timeout=30)
-        if self.process.stdout is not None:
-            self.process.stdout.close()
+    return ServeProcess(graphs, log=log, env={"MEDSAM2_SESSION_STORE": store_url})
 
 
 @pytest.fixture()
@@ -87,8 +54,8 @@ def test_a_session_survives_the_loss_of_its_replica_and_a_redis_restart(
     frames, boxes = synthetic_volume(21, slices=SLICES, height=64, width=72)
     box = boxes[0]
     key = SLICES // 2
-    a = Replica(graphs["present"], redis.url, tmp_path / "a.log")
-    b = Replica(graphs["present"], redis.url, tmp_path / "b.log")
+    a = replica(graphs["present"], redis.url, tmp_path / "a.log")
+    b = replica(graphs["present"], redis.url, tmp_path / "b.log")
     try:
         on_a = Client(a.target)
         session = on_a.create_session(frames, preset="none", label="failover")
@@ -101,7 +68,7 @@ def test_a_session_survives_the_loss_of_its_replica_and_a_redis_restart(
 
         redis.stop(kill=True)  # only the fsynced AOF keeps what A acknowledged
         redis.start()
-        a.stop()  # SIGKILL: no drain, nothing saved on the way out
+        a.kill()  # SIGKILL: no drain, nothing saved on the way out
         on_a.close()
 
         on_b = Client(b.target)
@@ -131,8 +98,8 @@ def test_a_session_survives_the_loss_of_its_replica_and_a_redis_restart(
         assert gone.value.code() == grpc.StatusCode.NOT_FOUND
         on_b.close()
     finally:
-        a.stop()
-        b.stop()
+        a.kill()
+        b.kill()
 
 
 @contextlib.contextmanager

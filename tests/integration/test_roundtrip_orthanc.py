@@ -10,7 +10,6 @@ masks equal ``medsam2 segment`` on the same series with the same actions file.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ import pytest
 
 import orthanc
 from medsam2.testing.synthetic_ct import SyntheticSeries, write_synthetic_ct
+from serve_process import ServeProcess, medsam2_environment
 
 REASON = orthanc.unavailable_reason()
 pytestmark = pytest.mark.skipif(REASON is not None, reason=REASON or "")
@@ -35,50 +35,13 @@ def medsam2(*args: str) -> list[str]:
     return [sys.executable, "-m", "medsam2.cli.main", *args]
 
 
-def _environment(**extra: str) -> dict[str, str]:
-    paths = [str(ROOT / "services"), str(ROOT / "export"), os.environ.get("PYTHONPATH", "")]
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p), "MEDSAM2_THREADS": "2", **extra}
-
-
-class Service:
-    """``medsam2 serve`` as a subprocess on a free loopback port; stopped on exit."""
-
-    def __init__(self, graphs: str, workdir: Path, **env: str) -> None:
-        self.log = (workdir / "serve.log").open("w+")
-        self.process = subprocess.Popen(
-            medsam2("serve", "--model-repository", graphs, "--port", "0", "--metrics-port", "0"),
-            stdout=subprocess.PIPE,
-            stderr=self.log,
-            text=True,
-            env=_environment(**env),
-        )
-        line = self.process.stdout.readline() if self.process.stdout else ""
-        if "listening on" not in line:
-            self.process.kill()
-            self.log.seek(0)
-            raise RuntimeError(f"medsam2 serve did not start: {line!r} {self.log.read()[-3000:]}")
-        self.target = line.split("listening on ", 1)[1].split()[0]
-
-    def __enter__(self) -> Service:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=5)
-        self.log.close()
-
-
 def _client(target: str, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         medsam2("client", "--server", target, "--no-progress", *args),
         capture_output=True,
         text=True,
         timeout=900,
-        env=_environment(),
+        env=medsam2_environment(),
     )
 
 
@@ -112,9 +75,8 @@ def scenario_round_trip(
     voxel_limit = (len(series) + 1) * 512 * 512
     outcome: dict[str, Any] = {"study": study, "before": _stats(server)}
     workdir = Path(out)
-    with Service(
-        graphs, workdir, MEDSAM2_PACS_ORTHANC_URL=server.dicomweb_url, MEDSAM2_MAX_STUDY_VOXELS=str(voxel_limit)
-    ) as service:
+    settings = {"MEDSAM2_PACS_ORTHANC_URL": server.dicomweb_url, "MEDSAM2_MAX_STUDY_VOXELS": str(voxel_limit)}
+    with ServeProcess(graphs, log=workdir / "serve.log", env=settings) as service:
         started = time.perf_counter()
         done = _client(
             service.target,
@@ -382,7 +344,7 @@ def test_client_round_trip_through_orthanc(tmp_path: Path, graphs: dict[str, Pat
         capture_output=True,
         text=True,
         timeout=900,
-        env=_environment(),
+        env=medsam2_environment(),
     )
     assert done.returncode == 0, done.stderr
     with np.load(tmp_path / "direct.npz") as npz:
