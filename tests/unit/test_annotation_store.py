@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medsam2.errors import PreconditionFailed
+from medsam2.errors import CapacityExceeded, PreconditionFailed
 from medsam2.server.annotation_store import AnnotationStore, principal_folder
 
 
@@ -37,3 +37,13 @@ def test_a_store_without_a_root_refuses_and_says_how_to_enable_it() -> None:
             video=False,
             provenance={},
         )
+
+
+def test_a_full_folder_takes_no_more_cases(tmp_path: Path) -> None:
+    store = AnnotationStore(tmp_path, max_bytes_per_principal=1)
+    image, labels = np.zeros((2, 8, 8), np.uint8), np.ones((2, 8, 8), np.uint8)
+    first = store.save("alice", "a", image, labels, (1, 1, 1), modality="CT", video=False, provenance={})
+    with pytest.raises(CapacityExceeded, match=f"folder {first.folder} holds {first.size_bytes} bytes"):
+        store.save("alice", "b", image, labels, (1, 1, 1), modality="CT", video=False, provenance={})
+    assert len(list((tmp_path / first.folder).glob("*.npz"))) == 1
+    store.save("bob", "a", image, labels, (1, 1, 1), modality="CT", video=False, provenance={})  # bob's own quota

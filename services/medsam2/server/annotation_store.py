@@ -16,8 +16,9 @@ from typing import Any
 import numpy as np
 
 from medsam2.datasets.annotations import check_annotation_folder, save_annotation
-from medsam2.errors import PreconditionFailed
+from medsam2.errors import CapacityExceeded, PreconditionFailed
 
+DEFAULT_MAX_BYTES_PER_PRINCIPAL = 20 * 2**30
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
@@ -42,8 +43,10 @@ def principal_folder(principal: str) -> str:
 class AnnotationStore:
     """A folder on the server's disk (or a mounted volume) that collects training cases."""
 
-    def __init__(self, root: Path | None) -> None:
+    def __init__(self, root: Path | None, *, max_bytes_per_principal: int = DEFAULT_MAX_BYTES_PER_PRINCIPAL) -> None:
         self.root = Path(root) if root is not None else None
+        self.max_bytes_per_principal = max_bytes_per_principal
+        """A principal's folder stops taking cases at this size: saving is not a way to fill the server's disk."""
         if self.root is not None:
             # A store that cannot be written is a start-up error, not a surprise at the first save.
             check_annotation_folder(self.root)
@@ -75,6 +78,13 @@ class AnnotationStore:
     ) -> SavedCase:
         """Write one case into ``principal``'s folder and describe it."""
         folder = principal_folder(principal)
+        used = sum(p.stat().st_size for p in (self.require() / folder).glob("*.npz"))
+        if used >= self.max_bytes_per_principal:
+            raise CapacityExceeded(
+                f"your annotation folder {folder} holds {used} bytes, the limit is {self.max_bytes_per_principal}: "
+                "train on it and move the cases out, or ask for a larger --annotations-max-bytes",
+                reason="ANNOTATION_QUOTA",
+            )
         path = save_annotation(
             self.require() / folder, name, imgs, labels, spacing, modality=modality, video=video, provenance=provenance
         )

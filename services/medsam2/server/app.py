@@ -252,7 +252,10 @@ def start_server(
     )
     audit.configure(Path(settings.audit_log) if _given(settings.audit_log) else None)
     # Checked before a port opens: an unwritable store is a start-up error.
-    annotations = AnnotationStore(Path(settings.annotations_dir) if _given(settings.annotations_dir) else None)
+    annotations = AnnotationStore(
+        Path(settings.annotations_dir) if _given(settings.annotations_dir) else None,
+        max_bytes_per_principal=settings.annotations_max_bytes,
+    )
     uploads = UploadGuard(
         UploadLimits(
             settings.max_concurrent_uploads,

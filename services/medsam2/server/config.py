@@ -75,6 +75,9 @@ class ServerSettings:
         "MEDSAM2_ANNOTATIONS_DIR",
         "SaveAnnotation writes training cases here, a folder per principal (empty: SaveAnnotation is refused)",
     )
+    annotations_max_bytes: int = setting(
+        20 * 2**30, "MEDSAM2_ANNOTATIONS_MAX_BYTES", "a principal's annotation folder takes no more cases past this"
+    )
     max_sessions_per_principal: int = setting(
         0, "MEDSAM2_MAX_SESSIONS_PER_PRINCIPAL", "open sessions per principal at most (0: --max-sessions)"
     )
