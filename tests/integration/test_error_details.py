@@ -22,6 +22,7 @@ from medsam2.server.app import start_server
 from medsam2.server.config import ServerSettings
 from medsam2.server.status import rich_status
 from medsam2_export.parity import synthetic_volume
+from rpc_errors import rpc_failure
 
 SLICES, ROWS, COLS = 4, 40, 48
 
@@ -46,14 +47,6 @@ def client(server) -> Client:
     c.close()
 
 
-def _failure(call) -> grpc.RpcError:
-    with pytest.raises(grpc.RpcError) as info:
-        result = call()
-        if hasattr(result, "__iter__") and not hasattr(result, "ListFields"):
-            list(result)
-    return info.value
-
-
 def _details(error: grpc.RpcError) -> dict[str, object]:
     status = rpc_status.from_call(error)
     assert status is not None, "the status carries no google.rpc details"
@@ -69,7 +62,7 @@ def _details(error: grpc.RpcError) -> dict[str, object]:
 
 
 def test_invalid_argument_names_the_field(client: Client) -> None:
-    error = _failure(lambda: client.stub.Propagate(pb.PropagateRequest(session_id="x", direction=17)))
+    error = rpc_failure(lambda: client.stub.Propagate(pb.PropagateRequest(session_id="x", direction=17)))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     details = _details(error)
     assert details["ErrorInfo"].domain == "medsam2" and details["ErrorInfo"].reason == "INVALID_INPUT"
@@ -99,14 +92,14 @@ def test_unknown_enums_and_bad_sizes_are_invalid_argument(client: Client, reques
         "AddPromptRequest": client.stub.AddPrompt,
         "GetSessionRequest": client.stub.GetSession,
     }
-    error = _failure(lambda: method[type(request_).__name__](request_))
+    error = rpc_failure(lambda: method[type(request_).__name__](request_))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert _details(error)["BadRequest"].field_violations[0].field == field
 
 
 def test_unknown_header_enum_in_an_upload(client: Client) -> None:
     header = pb.StudyHeader(shape=[1, 2, 2], dtype=pb.DATA_TYPE_UINT8, kind=42)
-    error = _failure(
+    error = rpc_failure(
         lambda: client.stub.CreateSession(
             iter([pb.CreateSessionRequest(header=header), pb.CreateSessionRequest(voxels=b"\0" * 4)])
         )
@@ -117,7 +110,7 @@ def test_unknown_header_enum_in_an_upload(client: Client) -> None:
 
 def test_resource_exhausted_has_retry_info(client: Client) -> None:
     header = pb.StudyHeader(shape=[4096, 4096, 4096], dtype=pb.DATA_TYPE_UINT8)
-    error = _failure(lambda: client.stub.CreateSession(iter([pb.CreateSessionRequest(header=header)])))
+    error = rpc_failure(lambda: client.stub.CreateSession(iter([pb.CreateSessionRequest(header=header)])))
     assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     details = _details(error)
     assert details["ErrorInfo"].reason == "STUDY_TOO_LARGE"
@@ -125,16 +118,16 @@ def test_resource_exhausted_has_retry_info(client: Client) -> None:
 
 
 def test_session_not_found_versus_evicted(client: Client, frames: np.ndarray) -> None:
-    error = _failure(lambda: client.stub.GetSession(pb.GetSessionRequest(session_id="never-was")))
+    error = rpc_failure(lambda: client.stub.GetSession(pb.GetSessionRequest(session_id="never-was")))
     assert error.code() == grpc.StatusCode.NOT_FOUND
     assert _details(error)["ErrorInfo"].reason == "SESSION_NOT_FOUND"
     first = client.create_session(frames, preset="none").session_id
     second = client.create_session(frames, preset="none").session_id  # max_sessions=1: the idle first is evicted
-    error = _failure(lambda: client.stub.GetSession(pb.GetSessionRequest(session_id=first)))
+    error = rpc_failure(lambda: client.stub.GetSession(pb.GetSessionRequest(session_id=first)))
     assert error.code() == grpc.StatusCode.NOT_FOUND and "evicted" in error.details()
     assert _details(error)["ErrorInfo"].reason == "SESSION_EVICTED"
     client.close_session(second)
-    error = _failure(lambda: client.stub.GetSession(pb.GetSessionRequest(session_id=second)))
+    error = rpc_failure(lambda: client.stub.GetSession(pb.GetSessionRequest(session_id=second)))
     assert _details(error)["ErrorInfo"].reason == "SESSION_CLOSED"
 
 
@@ -145,7 +138,7 @@ def test_aborted_says_what_holds_the_session(client: Client, frames: np.ndarray)
     client.add_box(sid, 1, 0, (5, 5, 30, 30))
     stream = client.propagate(sid)
     next(stream)
-    error = _failure(lambda: client.add_box(sid, 2, 1, (5, 5, 30, 30)))
+    error = rpc_failure(lambda: client.add_box(sid, 2, 1, (5, 5, 30, 30)))
     assert error.code() == grpc.StatusCode.ABORTED
     assert "Propagate has held it for" in error.details()
     assert _details(error)["ErrorInfo"].reason == "SESSION_BUSY"
@@ -156,8 +149,8 @@ def test_aborted_says_what_holds_the_session(client: Client, frames: np.ndarray)
 def test_unary_errors_log_no_serialization_traceback(client: Client, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     for _ in range(3):
-        _failure(lambda: client.stub.GetSession(pb.GetSessionRequest(session_id="nope")))
-        _failure(lambda: client.stub.CloseSession(pb.CloseSessionRequest(session_id="s" * 500)))
+        rpc_failure(lambda: client.stub.GetSession(pb.GetSessionRequest(session_id="nope")))
+        rpc_failure(lambda: client.stub.CloseSession(pb.CloseSessionRequest(session_id="s" * 500)))
     time.sleep(0.2)
     noisy = [r for r in caplog.records if "serializ" in r.getMessage().lower() or r.exc_info]
     assert not noisy, [r.getMessage() for r in noisy]

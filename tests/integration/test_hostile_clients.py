@@ -22,6 +22,7 @@ from medsam2.backends.onnxruntime_backend import OnnxRuntimeBackend
 from medsam2.server.app import start_server
 from medsam2.server.config import ServerSettings
 from medsam2_export.parity import synthetic_volume
+from rpc_errors import rpc_failure, rpc_reason
 
 ROWS, COLS = 48, 56
 
@@ -42,20 +43,6 @@ def _start(graphs: dict[str, Path], tmp_path: Path | None = None, **overrides):
     settings = ServerSettings(port=0, metrics_port=0, model_repository=graphs["present"], **overrides)
     running = start_server(settings, OnnxRuntimeBackend(graphs["present"], threads=2))
     return running, f"127.0.0.1:{running.port}"
-
-
-def _failure(call) -> grpc.RpcError:
-    with pytest.raises(grpc.RpcError) as info:
-        result = call()
-        if hasattr(result, "__iter__") and not hasattr(result, "ListFields"):
-            list(result)
-    return info.value
-
-
-def _reason(error: grpc.RpcError) -> str:
-    info = error_details_pb2.ErrorInfo()
-    next(d for d in rpc_status.from_call(error).details if d.Is(info.DESCRIPTOR)).Unpack(info)
-    return info.reason
 
 
 @pytest.fixture(scope="module")
@@ -129,30 +116,30 @@ def test_tiny_requests_that_claim_huge_sizes_are_refused(graphs, frames: np.ndar
         gc.collect()
         before = rss_bytes()
         thin = pb.StudyHeader(shape=[2000, 1, 1], dtype=pb.DATA_TYPE_UINT8)  # 2 KB that would be 500 MiB at 512²
-        error = _failure(
+        error = rpc_failure(
             lambda: c.stub.CreateSession(
                 iter([pb.CreateSessionRequest(header=thin), pb.CreateSessionRequest(voxels=b"\1" * 2000)])
             )
         )
         assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "resized to 512x512" in error.details()
         overflow = pb.StudyHeader(shape=[2**32 - 1] * 3, dtype=pb.DATA_TYPE_FLOAT64)  # > int64 voxels
-        error = _failure(lambda: c.stub.CreateSession(iter([pb.CreateSessionRequest(header=overflow)])))
+        error = rpc_failure(lambda: c.stub.CreateSession(iter([pb.CreateSessionRequest(header=overflow)])))
         assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and str((2**32 - 1) ** 3) in error.details()
         huge_rle = pb.Mask(
             rows=32768, columns=32768, encoding=pb.MASK_ENCODING_RLE, data=np.array([2**30], "<u4").tobytes()
         )  # 4 bytes claiming 1 Gi pixels
         request = pb.AddPromptRequest(session_id=sid, object_id=1, slice=0, mask=huge_rle)
-        error = _failure(lambda: c.stub.AddPrompt(request))
+        error = rpc_failure(lambda: c.stub.AddPrompt(request))
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "32768x32768" in error.details()
         right_size_wrong_runs = pb.Mask(
             rows=ROWS, columns=COLS, encoding=pb.MASK_ENCODING_RLE, data=np.zeros(ROWS * COLS + 5, "<u4").tobytes()
         )
-        error = _failure(
+        error = rpc_failure(
             lambda: c.stub.AddPrompt(pb.AddPromptRequest(session_id=sid, object_id=1, mask=right_size_wrong_runs))
         )
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "more runs" in error.details()
         long_label = pb.StudyHeader(shape=[1, 2, 2], dtype=pb.DATA_TYPE_UINT8, label="x" * 300)
-        error = _failure(
+        error = rpc_failure(
             lambda: c.stub.CreateSession(
                 iter([pb.CreateSessionRequest(header=long_label), pb.CreateSessionRequest(voxels=b"\0" * 4)])
             )
@@ -203,9 +190,9 @@ def test_state_cap_drops_cached_features_then_refuses(graphs, frames: np.ndarray
         sid = c.create_session(frames, preset="none").session_id
         c.add_box(sid, 1, 0, (10, 10, 40, 40))
         got: list[pb.SliceResult] = []
-        error = _failure(lambda: got.extend(c.propagate(sid)))
+        error = rpc_failure(lambda: got.extend(c.propagate(sid)))
         assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "state limit" in error.details()
-        assert _reason(error) == "STATE_LIMIT" and len(got) < frames.shape[0]
+        assert rpc_reason(error) == "STATE_LIMIT" and len(got) < frames.shape[0]
         assert any(d.Is(error_details_pb2.RetryInfo.DESCRIPTOR) for d in rpc_status.from_call(error).details)
     finally:
         c.close()
@@ -223,8 +210,8 @@ def test_close_ends_a_running_propagate_within_a_slice(graphs) -> None:
         next(stream)
         assert closer.close_session(sid)
         after: list[pb.SliceResult] = []
-        error = _failure(lambda: after.extend(stream))
-        assert error.code() == grpc.StatusCode.NOT_FOUND and _reason(error) == "SESSION_CLOSED"
+        error = rpc_failure(lambda: after.extend(stream))
+        assert error.code() == grpc.StatusCode.NOT_FOUND and rpc_reason(error) == "SESSION_CLOSED"
         assert len(after) <= 2, f"{len(after)} slices came after CloseSession"
         assert running.registry.list(principal="anonymous") == []
     finally:

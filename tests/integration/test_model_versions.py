@@ -16,8 +16,6 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 from medsam2.api.client import Client
 from medsam2.backends.onnxruntime_backend import OnnxRuntimeBackend
@@ -34,6 +32,7 @@ from medsam2.server.versions import VersionedBackends
 from medsam2_export import model_repository
 from medsam2_export.parity import synthetic_volume
 from redis_server import RedisServer, unavailable_reason
+from rpc_errors import rpc_reason
 
 SLICES, ROWS, COLS = 5, 40, 48
 
@@ -190,12 +189,6 @@ def test_serve_refuses_a_missing_model_version_at_start(graphs, tmp_path: Path) 
 ADMIN, USER = "ops-admin", "reader"
 
 
-def _reason(error: grpc.RpcError) -> str:
-    info = error_details_pb2.ErrorInfo()
-    next(d for d in rpc_status.from_call(error).details if d.Is(info.DESCRIPTOR)).Unpack(info)
-    return info.reason
-
-
 def test_set_model_version_is_for_admins_and_keeps_sessions(graphs, tmp_path: Path, capsys) -> None:
     frames, boxes = synthetic_volume(seed=3, slices=SLICES, height=ROWS, width=COLS)
     expected = reference_mask(graphs["present"], frames, boxes[0])
@@ -226,7 +219,7 @@ def test_set_model_version_is_for_admins_and_keeps_sessions(graphs, tmp_path: Pa
         with pytest.raises(grpc.RpcError) as denied:
             user.set_model_version(2)
         assert denied.value.code() is grpc.StatusCode.PERMISSION_DENIED
-        assert _reason(denied.value) == "PERMISSION_DENIED" and "'reader' is not one" in denied.value.details()
+        assert rpc_reason(denied.value) == "PERMISSION_DENIED" and "'reader' is not one" in denied.value.details()
         status, body = _post_json(running.http_port, "SetModelVersion", {"version": 2}, "reader-secret")
         assert status == 403, body
         assert backend.current_version == 1  # nothing switched
@@ -234,7 +227,7 @@ def test_set_model_version_is_for_admins_and_keeps_sessions(graphs, tmp_path: Pa
         with pytest.raises(grpc.RpcError) as missing:
             admin.set_model_version(7)
         assert missing.value.code() is grpc.StatusCode.NOT_FOUND
-        assert _reason(missing.value) == "MODEL_VERSION_NOT_FOUND"
+        assert rpc_reason(missing.value) == "MODEL_VERSION_NOT_FOUND"
         assert re.search(r"model version 7 is not in .*: it has 1, 2", missing.value.details())
 
         info = admin.set_model_version(0)  # the newest

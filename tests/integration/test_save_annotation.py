@@ -26,6 +26,7 @@ from medsam2.server.app import start_server
 from medsam2.server.config import ServerSettings
 from medsam2_export.finetune.data import load_dataset
 from medsam2_export.parity import synthetic_volume
+from rpc_errors import rpc_failure
 
 SLICES, ROWS, COLS = 5, 40, 56
 SPACING = (2.0, 0.8, 0.7)
@@ -60,12 +61,6 @@ def _segment(client: Client, frames: np.ndarray, boxes: list, *, label: str = "l
     client.add_box(session.session_id, 3, 2, (box.x0, box.y0, box.x1, box.y1))
     list(client.propagate(session.session_id))
     return session
-
-
-def _failure(call) -> grpc.RpcError:
-    with pytest.raises(grpc.RpcError) as info:
-        call()
-    return info.value
 
 
 def test_saved_case_is_the_tracked_image_and_the_final_masks(served, study, checkpoints, tmp_path: Path) -> None:
@@ -110,12 +105,12 @@ def test_refusals_are_clear_and_leave_nothing(served, study, graphs: dict[str, P
     alice, bob = clients["alice"], clients["bob"]
     frames, boxes = study
     empty = alice.create_session(frames, SPACING, preset="none", modality="CT")
-    failure = _failure(lambda: alice.save_annotation(empty.session_id))
+    failure = rpc_failure(lambda: alice.save_annotation(empty.session_id))
     assert failure.code() == grpc.StatusCode.FAILED_PRECONDITION and "no masks" in failure.details()
 
     session = _segment(alice, frames, boxes)
     # Sessions are private: another principal cannot save (or even see) alice's.
-    assert _failure(lambda: bob.save_annotation(session.session_id)).code() == grpc.StatusCode.NOT_FOUND
+    assert rpc_failure(lambda: bob.save_annotation(session.session_id)).code() == grpc.StatusCode.NOT_FOUND
     assert not (store / principal_folder("bob")).exists()
     assert "save-annotation" in alice.server_info().capabilities
 
@@ -125,7 +120,7 @@ def test_refusals_are_clear_and_leave_nothing(served, study, graphs: dict[str, P
     try:
         plain = Client(f"127.0.0.1:{bare.port}")
         try:
-            failure = _failure(lambda: plain.save_annotation("no-such-session"))
+            failure = rpc_failure(lambda: plain.save_annotation("no-such-session"))
             assert failure.code() == grpc.StatusCode.FAILED_PRECONDITION
             assert "--annotations-dir" in failure.details()
             assert "save-annotation" not in plain.server_info().capabilities

@@ -9,8 +9,6 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 from medsam2.api.client import Client
 from medsam2.api.pb.medsam2.v1 import segmentation_pb2 as pb
@@ -22,6 +20,7 @@ from medsam2.server.auth import Authenticator, certificate_subject, reload_on_si
 from medsam2.server.config import ServerSettings
 from medsam2_export.parity import synthetic_volume
 from pki import make_certificates, needs_openssl
+from rpc_errors import rpc_failure, rpc_reason
 
 LABEL = "Doe^Jane 1.2.840.99 CT-abdomen.nii.gz"
 
@@ -55,20 +54,6 @@ def tenants(graphs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory):
     running.stop(1)
 
 
-def _failure(call) -> grpc.RpcError:
-    with pytest.raises(grpc.RpcError) as info:
-        result = call()
-        if hasattr(result, "__iter__") and not hasattr(result, "ListFields"):
-            list(result)
-    return info.value
-
-
-def _reason(error: grpc.RpcError) -> str:
-    info = error_details_pb2.ErrorInfo()
-    next(d for d in rpc_status.from_call(error).details if d.Is(info.DESCRIPTOR)).Unpack(info)
-    return info.reason
-
-
 def _close_all(clients: dict[str, Client]) -> None:
     for c in clients.values():
         for s in c.stub.ListSessions(pb.ListSessionsRequest(), metadata=c.metadata).sessions:
@@ -90,13 +75,13 @@ def test_another_principal_sees_nothing(tenants, frames: np.ndarray) -> None:
         "GetImage": lambda: bob.stub.GetImage(pb.GetImageRequest(session_id=sid), metadata=md),
         "ResetObjects": lambda: bob.stub.ResetObjects(pb.ResetObjectsRequest(session_id=sid, all=True), metadata=md),
     }
-    unknown = _failure(lambda: bob.stub.GetSession(pb.GetSessionRequest(session_id="f" * 32), metadata=md))
+    unknown = rpc_failure(lambda: bob.stub.GetSession(pb.GetSessionRequest(session_id="f" * 32), metadata=md))
     for name, call in calls.items():
-        error = _failure(call)
+        error = rpc_failure(call)
         assert error.code() == grpc.StatusCode.NOT_FOUND, name
         # Indistinguishable from an id that never existed.
         assert error.details() == unknown.details().replace("f" * 32, sid), name
-        assert _reason(error) == "SESSION_NOT_FOUND", name
+        assert rpc_reason(error) == "SESSION_NOT_FOUND", name
     assert bob.close_session(sid) is False
     assert list(bob.stub.ListSessions(pb.ListSessionsRequest(), metadata=md).sessions) == []
     mine = alice.stub.ListSessions(pb.ListSessionsRequest(), metadata=alice.metadata).sessions
@@ -110,8 +95,8 @@ def test_quota_evicts_only_your_own_sessions(tenants, frames: np.ndarray) -> Non
     _close_all(clients)
     kept = alice.create_session(frames, preset="none").session_id
     bobs = [bob.create_session(frames, preset="none").session_id for _ in range(3)]  # bob's quota is 2
-    error = _failure(lambda: bob.stub.GetSession(pb.GetSessionRequest(session_id=bobs[0]), metadata=bob.metadata))
-    assert error.code() == grpc.StatusCode.NOT_FOUND and _reason(error) == "SESSION_EVICTED"
+    error = rpc_failure(lambda: bob.stub.GetSession(pb.GetSessionRequest(session_id=bobs[0]), metadata=bob.metadata))
+    assert error.code() == grpc.StatusCode.NOT_FOUND and rpc_reason(error) == "SESSION_EVICTED"
     assert alice.stub.GetSession(pb.GetSessionRequest(session_id=kept), metadata=alice.metadata).session_id == kept
     _close_all(clients)
 
@@ -125,8 +110,8 @@ def test_a_full_service_evicts_others_visibly(tenants, frames: np.ndarray) -> No
     for _ in range(2):
         bob.create_session(frames, preset="none")
     carol.create_session(frames, preset="none")  # the service (4) is full: the least recently used idle one goes
-    error = _failure(lambda: alice.stub.GetSession(pb.GetSessionRequest(session_id=oldest), metadata=alice.metadata))
-    assert error.code() == grpc.StatusCode.NOT_FOUND and _reason(error) == "SESSION_EVICTED"
+    error = rpc_failure(lambda: alice.stub.GetSession(pb.GetSessionRequest(session_id=oldest), metadata=alice.metadata))
+    assert error.code() == grpc.StatusCode.NOT_FOUND and rpc_reason(error) == "SESSION_EVICTED"
     assert "evicted" in error.details()
     _close_all(clients)
 
@@ -136,7 +121,7 @@ def test_unknown_token_and_sighup_reload(tenants) -> None:
     target = f"127.0.0.1:{running.port}"
     dave = Client(target, token="dave-secret")
     try:
-        error = _failure(lambda: dave.stub.ListSessions(pb.ListSessionsRequest(), metadata=dave.metadata))
+        error = rpc_failure(lambda: dave.stub.ListSessions(pb.ListSessionsRequest(), metadata=dave.metadata))
         assert error.code() == grpc.StatusCode.UNAUTHENTICATED
         original = tokens.read_text()
         tokens.write_text(original.replace("bob:bob-secret", "dave:dave-secret"))
@@ -148,7 +133,7 @@ def test_unknown_token_and_sighup_reload(tenants) -> None:
             on_hup(signal.SIGHUP, None)
             assert dave.stub.ListSessions(pb.ListSessionsRequest(), metadata=dave.metadata).sessions == []
             bob = clients["bob"]
-            error = _failure(lambda: bob.stub.ListSessions(pb.ListSessionsRequest(), metadata=bob.metadata))
+            error = rpc_failure(lambda: bob.stub.ListSessions(pb.ListSessionsRequest(), metadata=bob.metadata))
             assert error.code() == grpc.StatusCode.UNAUTHENTICATED
             tokens.write_text("not a token line\n")  # a broken file keeps the previous tokens
             on_hup(signal.SIGHUP, None)
@@ -165,7 +150,7 @@ def test_audit_log_has_who_what_and_no_patient_data(tenants, frames: np.ndarray)
     _, clients, _, audit_log = tenants
     alice = clients["alice"]
     sid = alice.create_session(frames, preset="none", label=LABEL).session_id
-    _failure(lambda: alice.stub.GetSession(pb.GetSessionRequest(session_id="nope"), metadata=alice.metadata))
+    rpc_failure(lambda: alice.stub.GetSession(pb.GetSessionRequest(session_id="nope"), metadata=alice.metadata))
     alice.close_session(sid)
     lines = [json.loads(line) for line in audit_log.read_text().splitlines()]
     assert all(set(line) == {"time", "principal", "rpc", "session_id", "outcome", "duration_s"} for line in lines)
@@ -231,7 +216,7 @@ def test_client_certificate_subject_is_the_principal(graphs, frames: np.ndarray,
         )
         assert [s.session_id for s in alice.ListSessions(pb.ListSessionsRequest()).sessions] == [session.session_id]
         assert list(bob.ListSessions(pb.ListSessionsRequest()).sessions) == []
-        error = _failure(lambda: bob.GetSession(pb.GetSessionRequest(session_id=session.session_id)))
+        error = rpc_failure(lambda: bob.GetSession(pb.GetSessionRequest(session_id=session.session_id)))
         assert error.code() == grpc.StatusCode.NOT_FOUND
         ca.close()
         cb.close()
