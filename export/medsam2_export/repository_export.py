@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 import tempfile
 from pathlib import Path
 
 from medsam2.errors import ConfigError, OutputNotWritable
 from medsam2.graphs import GRAPHS, TRITON_GRAPHS
+from medsam2.models.download import file_sha256
 from medsam2.models.provenance import ModelProvenance, list_versions, write_provenance
 from medsam2.models.versions import next_version
 from medsam2_export import model_repository, tensorrt_build
@@ -71,15 +71,12 @@ def checkpoint_provenance(checkpoint: Path, version: int) -> ModelProvenance:
     """The provenance of a checkpoint file: its sha256, and what a fine-tuned checkpoint records of its making."""
     import torch
 
-    digest = hashlib.sha256()
-    with open(checkpoint, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
+    sha256 = file_sha256(Path(checkpoint))
     blob = torch.load(checkpoint, map_location="cpu", weights_only=True)
     made = blob.get("provenance", {}) if isinstance(blob, dict) else {}
     return ModelProvenance(
         version=version,
-        checkpoint_sha256=digest.hexdigest(),
+        checkpoint_sha256=sha256,
         base_checkpoint_sha256=made.get("base_checkpoint_sha256"),
         dataset_sha256=made.get("dataset_sha256"),
         steps=made.get("steps"),

@@ -30,6 +30,7 @@ from medsam2.datasets.training_npz import TrainingCase
 from medsam2.engine.tracker import prepare_frames
 from medsam2.errors import CheckpointError, InvalidInput, OutputNotWritable
 from medsam2.graphs import IMAGE_SIZE
+from medsam2.models.download import file_sha256
 from medsam2_export.finetune.data import Clip, dataset_sha256, load_dataset, sample_clip
 from medsam2_export.finetune.losses import FrameLoss, frame_loss
 from medsam2_export.model import load_model
@@ -71,17 +72,6 @@ class FinetuneResult:
     seconds: float
     dataset_sha256: str
     base_checkpoint_sha256: str
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a file."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def state_path(out: Path) -> Path:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import time
 from pathlib import Path
 
 from medsam2.imaging.windowing import Preset
+from medsam2.models.download import file_sha256
 from medsam2.settings import Settings
 
 
@@ -71,7 +71,7 @@ def _predictor(args: argparse.Namespace, settings: Settings):  # noqa: ANN202 - 
             EnginePredictor(
                 OnnxRuntimeBackend(graphs_for_checkpoint(args.checkpoint, settings), threads=settings.threads)
             ),
-            {"checkpoint": str(args.checkpoint), "checkpoint_sha256": _sha256(args.checkpoint)},
+            {"checkpoint": str(args.checkpoint), "checkpoint_sha256": file_sha256(args.checkpoint)},
         )
     from medsam2.models.versions import choose_version
 
@@ -80,14 +80,6 @@ def _predictor(args: argparse.Namespace, settings: Settings):  # noqa: ANN202 - 
     if provenance is not None:
         model |= {"version": version, "provenance": provenance.to_json()}
     return EnginePredictor(OnnxRuntimeBackend(args.graphs, threads=settings.threads, version=version)), model
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def run_evaluate(args: argparse.Namespace, settings: Settings) -> int:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from medsam2.errors import DownloadError
 from medsam2.graphs import GRAPHS, GRAPHS_REVISION
-from medsam2.models.download import RECOMMENDED_CHECKPOINT, download_checkpoint, resolve_checkpoint
+from medsam2.models.download import RECOMMENDED_CHECKPOINT, download_checkpoint, file_sha256, resolve_checkpoint
 from medsam2.models.extras import require_export_extra
 from medsam2.settings import Settings
 
@@ -26,11 +26,7 @@ def contract_fingerprint() -> str:
 
 def checkpoint_fingerprint(path: Path) -> str:
     """First 16 hex digits of the checkpoint's sha256."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()[:16]
+    return file_sha256(Path(path))[:16]
 
 
 def resolve_default_checkpoint(settings: Settings) -> tuple[Path, bool]:

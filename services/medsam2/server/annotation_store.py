@@ -17,6 +17,7 @@ import numpy as np
 
 from medsam2.datasets.annotations import check_annotation_folder, save_annotation
 from medsam2.errors import CapacityExceeded, PreconditionFailed
+from medsam2.models.download import file_sha256
 
 DEFAULT_MAX_BYTES_PER_PRINCIPAL = 20 * 2**30
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
@@ -88,8 +89,4 @@ class AnnotationStore:
         path = save_annotation(
             self.require() / folder, name, imgs, labels, spacing, modality=modality, video=video, provenance=provenance
         )
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
-        return SavedCase(folder, path.name, digest.hexdigest(), path.stat().st_size)
+        return SavedCase(folder, path.name, file_sha256(path), path.stat().st_size)
