@@ -321,13 +321,10 @@ def _propagate(client, session_id: str, fields: dict, quiet: bool) -> int:  # no
 
 def _save_annotation(client, session, args: argparse.Namespace, volume, window) -> Path:  # noqa: ANN001
     """The image as the service prepared it and the final label map, as a MedSAM2 npz training case."""
-    from medsam2.datasets.annotations import save_annotation
+    from medsam2.datasets.annotations import label_map, save_annotation
     from medsam2.imaging.windowing import to_uint8
 
-    masks = client.object_masks(session.session_id)
-    labels = np.zeros(volume.voxels.shape, np.uint16)
-    for obj_id, mask in sorted(masks.items()):
-        labels[mask & (labels == 0)] = obj_id
+    labels = label_map(client.object_masks(session.session_id), volume.voxels.shape)
     modality = (args.modality or volume.modality or "").upper() or None
     image = to_uint8(volume.voxels, args.preset, window, modality=modality)
     return save_annotation(

@@ -28,6 +28,14 @@ def check_annotation_folder(folder: Path) -> None:
         raise OutputNotWritable(f"cannot write annotations to {folder}: {exc.strerror or exc}") from exc
 
 
+def label_map(masks: dict[int, np.ndarray], shape: tuple[int, ...]) -> np.ndarray:
+    """The objects' masks as one uint16 label volume whose values are the object ids; lower ids win overlaps."""
+    labels = np.zeros(shape, np.uint16)
+    for obj_id, mask in sorted(masks.items()):
+        labels[mask & (labels == 0)] = obj_id
+    return labels
+
+
 def save_annotation(
     folder: Path,
     name: str,

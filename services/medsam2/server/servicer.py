@@ -29,6 +29,7 @@ from medsam2.api.convert import (
 )
 from medsam2.api.pb.medsam2.v1 import segmentation_pb2 as pb
 from medsam2.api.pb.medsam2.v1 import segmentation_pb2_grpc as pb_grpc
+from medsam2.datasets.annotations import label_map
 from medsam2.engine.backend import StageBackend
 from medsam2.engine.protocols import VolumeAnnotation, apply_prompt
 from medsam2.engine.tracker import Direction, FrameResult, Tracker, TrackerOptions
@@ -545,9 +546,7 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
                 raise InvalidInput(
                     f"object id {too_large[0]} does not fit the training format's labels (1..{MAX_TRAINING_LABEL})"
                 )
-            labels = np.zeros(entry.results.shape, np.uint16)
-            for obj_id, mask in masks.items():
-                labels[mask & (labels == 0)] = obj_id
+            labels = label_map(masks, entry.results.shape)
             model = self._model_of(entry)
             study = entry.study
             saved = self.annotations.save(
