@@ -7,6 +7,8 @@ size, not the model's 512x512), and the labels exactly the masks GetResult retur
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -155,3 +157,27 @@ def test_client_store_annotation(served, study, tmp_path: Path, capsys) -> None:
     case = read_training_case(saved)
     np.testing.assert_array_equal(case.gts > 0, np.load(tmp_path / "r.npz")["segs"] > 0)
     assert case.provenance["saved_by"] == "bob"
+
+
+def test_a_full_annotation_folder_is_resource_exhausted(graphs: dict[str, Path], study, tmp_path: Path) -> None:
+    """MEDSAM2_ANNOTATIONS_MAX_BYTES through the service: past it, SaveAnnotation says so and writes nothing."""
+    from medsam2.settings import resolve
+
+    settings = resolve(
+        ServerSettings,
+        argparse.Namespace(),
+        {"MEDSAM2_ANNOTATIONS_DIR": str(tmp_path / "store"), "MEDSAM2_ANNOTATIONS_MAX_BYTES": "1"},
+    )
+    settings = dataclasses.replace(settings, port=0, metrics_port=0, model_repository=graphs["present"])
+    running = start_server(settings, OnnxRuntimeBackend(graphs["present"], threads=2))
+    client = Client(f"127.0.0.1:{running.port}")
+    try:
+        frames, boxes = study
+        session = _segment(client, frames, boxes)
+        first = client.save_annotation(session.session_id)
+        failure = rpc_failure(lambda: client.save_annotation(session.session_id))
+        assert failure.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "the limit is 1" in failure.details()
+        assert [p.name for p in (tmp_path / "store" / first.folder).glob("*.npz")] == [first.case_file]
+    finally:
+        client.close()
+        running.stop(1)
