@@ -22,7 +22,7 @@ test:
 	@scripts/test_deps.sh
 	@$(MAKE) --no-print-directory lint
 	@date -u +"make test: tests start at %H:%M:%S UTC"
-	@$(PY) -m pytest -q --durations=15
+	@MEDSAM2_STRICT_SKIPS=1 $(PY) -m pytest -q --durations=15
 	@date -u +"make test: done at %H:%M:%S UTC"
 
 # The inner loop: the unit tier only (no torch, no servers); sets up only when there is no .venv yet.
