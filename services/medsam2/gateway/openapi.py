@@ -35,7 +35,14 @@ _ERROR = {
 }
 
 
-def document(routes: dict[str, Route], *, title: str, version: str) -> dict:
+def document(
+    routes: dict[str, Route],
+    *,
+    title: str,
+    version: str,
+    comments: dict[str, str] | None = None,
+    required: dict[str, tuple[str, ...]] | None = None,
+) -> dict:
     """An OpenAPI 3.1 document with one path per route and a schema per message and enum they use."""
     schemas: dict[str, dict] = {"Error": _ERROR}
     paths: dict[str, dict] = {}
