@@ -1,11 +1,13 @@
 """The gateway's listener: every connection is counted, and one takes a worker only while it has a request to serve.
 
 Why not ``ThreadingHTTPServer``: it starts a thread per connection, so 800 slow or idle clients are 800 threads
-and nothing says no. Here one thread accepts and watches idle connections with a selector (an idle connection
-costs a file descriptor, not a thread); a connection goes to a bounded pool of worker threads only once it has
-bytes to read, and comes back to the selector when its request is answered and nothing more is buffered
-(HTTP keep-alive). Beyond ``max_connections`` open connections, or when every worker is busy and the queue is
-full, the answer is 503 with ``Retry-After``, written without reading the request.
+and nothing says no. Here one thread accepts connections and watches them with a selector: an idle connection, or
+one that trickles its request head, costs a file descriptor and a buffer (at most ``MAX_HEAD_BYTES``), not a
+thread. A connection goes to a bounded pool of worker threads only once its whole request head has arrived, and
+comes back to the selector when its request is answered and nothing more is buffered (HTTP keep-alive). Beyond
+``max_connections`` open connections, or when every worker is busy and the queue is full, the answer is 503 with
+``Retry-After``, written without reading the request. A head not complete within ``header_timeout_s`` is dropped.
+Under TLS the handshake runs on a worker (bounded by ``TLS_HANDSHAKE_TIMEOUT_S``); the head is then read here too.
 """
 
 from __future__ import annotations
@@ -26,8 +28,11 @@ log = logging.getLogger(__name__)
 
 RETRY_AFTER_S = 1
 """What a refused client is told to wait before it tries again."""
-TLS_HANDSHAKE_TIMEOUT_S = 30.0
+TLS_HANDSHAKE_TIMEOUT_S = 10.0
 """A TLS handshake that takes longer is dropped (a client that connects and sends nothing waits in the selector)."""
+MAX_HEAD_BYTES = 128 * 1024
+"""A request head (request line and headers) longer than this is refused with 431 before a worker sees it."""
+_HEAD_ENDS = (b"\r\n\r\n", b"\n\n")
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +47,8 @@ class ConnectionLimits:
     """Open connections at most (idle ones included); beyond it, 503."""
     idle_timeout_s: float = 120.0
     """An open connection that sends nothing for this long is closed."""
+    header_timeout_s: float = 30.0
+    """A request head that is not complete this long after its first byte is dropped (a slow-headers client)."""
 
 
 @dataclass(slots=True, eq=False)
@@ -52,36 +59,35 @@ class Connection:
     address: Any
     since: float = field(default_factory=time.monotonic)
     handshaken: bool = False
+    head: bytearray = field(default_factory=bytearray)
+    """The bytes of the next request read so far by the selector (the handler reads them first)."""
+    head_since: float = 0.0
 
 
-def refusal(message: str) -> bytes:
-    """A complete 503 response with Retry-After and the gateway's JSON error body (google.rpc.Status style)."""
-    body = json.dumps(
+def refusal(message: str, *, http_status: int = 503) -> bytes:
+    """A complete 503 (with Retry-After) or 431 response with the gateway's JSON error body (google.rpc.Status)."""
+    busy = http_status == 503
+    details: list[dict] = [
         {
-            "error": {
-                "code": 503,
-                "status": "UNAVAILABLE",
-                "message": message,
-                "details": [
-                    {
-                        "@type": "type.googleapis.com/google.rpc.ErrorInfo",
-                        "reason": "GATEWAY_BUSY",
-                        "domain": "medsam2",
-                    },
-                    {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": f"{RETRY_AFTER_S}s"},
-                ],
-            }
+            "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+            "reason": "GATEWAY_BUSY" if busy else "MALFORMED_REQUEST",
+            "domain": "medsam2",
         }
-    ).encode()
+    ]
+    if busy:
+        details.append({"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": f"{RETRY_AFTER_S}s"})
+    status = "UNAVAILABLE" if busy else "RESOURCE_EXHAUSTED"
+    body = json.dumps({"error": {"code": http_status, "status": status, "message": message, "details": details}})
+    phrase = "Service Unavailable" if busy else "Request Header Fields Too Large"
     head = (
-        "HTTP/1.1 503 Service Unavailable\r\n"
+        f"HTTP/1.1 {http_status} {phrase}\r\n"
         "Content-Type: application/json\r\n"
         f"Content-Length: {len(body)}\r\n"
-        f"Retry-After: {RETRY_AFTER_S}\r\n"
-        "Cache-Control: no-store\r\n"
+        + (f"Retry-After: {RETRY_AFTER_S}\r\n" if busy else "")
+        + "Cache-Control: no-store\r\n"
         "Connection: close\r\n\r\n"
     )
-    return head.encode() + body
+    return head.encode() + body.encode()
 
 
 class BoundedHTTPServer:
@@ -145,9 +151,7 @@ class BoundedHTTPServer:
                     elif key.fileobj is self._wake_r:
                         self._drain_wakeups()
                     else:
-                        connection = idle.pop(key.fileobj)  # type: ignore[arg-type]
-                        self._selector.unregister(connection.sock)
-                        self._dispatch(connection)
+                        self._readable(idle[key.fileobj], idle)  # type: ignore[index]
                 while True:
                     try:
                         connection = self._returned.get_nowait()
@@ -156,6 +160,8 @@ class BoundedHTTPServer:
                     connection.since = time.monotonic()
                     idle[connection.sock] = connection
                     self._selector.register(connection.sock, selectors.EVENT_READ, None)
+                    if isinstance(connection.sock, ssl.SSLSocket) and connection.sock.pending():
+                        self._readable(connection, idle)  # decrypted bytes the selector cannot see
                 self._sweep(idle)
         finally:
             for connection in idle.values():
@@ -185,6 +191,38 @@ class BoundedHTTPServer:
             idle[sock] = connection
             self._selector.register(sock, selectors.EVENT_READ, None)
 
+    def _readable(self, connection: Connection, idle: dict[socket.socket, Connection]) -> None:
+        """Read what arrived of the request head; hand the connection to a worker once the head is whole."""
+        if self.tls is not None and not connection.handshaken:
+            self._leave(connection, idle)
+            self._dispatch(connection)
+            return
+        try:
+            chunk = connection.sock.recv(MAX_HEAD_BYTES + 1 - len(connection.head))
+        except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            return
+        except OSError:
+            chunk = b""
+        if not chunk:  # the client closed (or reset) the connection
+            self._leave(connection, idle)
+            self._close(connection)
+            return
+        if not connection.head:
+            connection.head_since = time.monotonic()
+        connection.head += chunk
+        if any(end in connection.head for end in _HEAD_ENDS):
+            self._leave(connection, idle)
+            self._dispatch(connection)
+        elif len(connection.head) > MAX_HEAD_BYTES:
+            self._leave(connection, idle)
+            self._refuse(connection.sock, f"the request head is longer than {MAX_HEAD_BYTES} bytes", http_status=431)
+            with self._lock:
+                self._open -= 1
+
+    def _leave(self, connection: Connection, idle: dict[socket.socket, Connection]) -> None:
+        del idle[connection.sock]
+        self._selector.unregister(connection.sock)
+
     def _dispatch(self, connection: Connection) -> None:
         with self._lock:
             full = self._busy >= self.limits.workers + self.limits.queued
@@ -200,11 +238,11 @@ class BoundedHTTPServer:
         self._work.put(connection)
 
     def _sweep(self, idle: dict[socket.socket, Connection]) -> None:
-        cutoff = time.monotonic() - self.limits.idle_timeout_s
-        for sock, connection in list(idle.items()):
-            if connection.since < cutoff:
-                del idle[sock]
-                self._selector.unregister(sock)
+        now = time.monotonic()
+        for connection in list(idle.values()):
+            stalled = connection.head and now - connection.head_since > self.limits.header_timeout_s
+            if stalled or now - connection.since > self.limits.idle_timeout_s:
+                self._leave(connection, idle)
                 self._close(connection)
 
     def _drain_wakeups(self) -> None:
@@ -214,13 +252,13 @@ class BoundedHTTPServer:
         except (BlockingIOError, InterruptedError):
             pass
 
-    def _refuse(self, sock: socket.socket, message: str) -> None:
-        """503 without reading the request, and without ever blocking the selector thread."""
+    def _refuse(self, sock: socket.socket, message: str, *, http_status: int = 503) -> None:
+        """503 (or 431) without reading the request, and without ever blocking the selector thread."""
         log.info("HTTP connection refused: %s", message)
         try:
             sock.setblocking(False)
-            if self.tls is None:  # a TLS client would read plain text as a broken handshake: just close
-                sock.send(refusal(message))
+            if self.tls is None or isinstance(sock, ssl.SSLSocket):  # plain text to a TLS client is noise
+                sock.send(refusal(message, http_status=http_status))
                 sock.shutdown(socket.SHUT_WR)
                 # Read what already arrived, so closing does not reset the connection before the answer is read.
                 sock.recv(1 << 16)
@@ -244,7 +282,11 @@ class BoundedHTTPServer:
                 return
             keep = False
             try:
-                keep = self._handshake(connection) and self._serve(connection)
+                if self.tls is not None and not connection.handshaken:
+                    keep = self._handshake(connection)  # then back to the selector, which reads the head
+                else:
+                    connection.sock.settimeout(None)
+                    keep = self._serve(connection)
             except Exception:  # the handler logs what it can; nothing may kill a worker
                 log.exception("HTTP connection from %s failed", connection.address[0])
             finally:
@@ -261,10 +303,8 @@ class BoundedHTTPServer:
                 self._close(connection)
 
     def _handshake(self, connection: Connection) -> bool:
-        """Wrap the socket in TLS on its first request (on a worker: a slow handshake never stalls accept())."""
-        connection.sock.setblocking(True)
-        if self.tls is None or connection.handshaken:
-            return True
+        """Wrap the socket in TLS (on a worker: a slow handshake never stalls accept())."""
+        assert self.tls is not None
         connection.sock.settimeout(TLS_HANDSHAKE_TIMEOUT_S)
         try:
             connection.sock = self.tls.wrap_socket(connection.sock, server_side=True)

@@ -14,6 +14,7 @@ client that leaves mid-answer is one DEBUG line.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import mimetypes
@@ -175,7 +176,7 @@ def start_gateway(gateway: Gateway, options: GatewayOptions) -> BoundedHTTPServe
     server: BoundedHTTPServer
 
     def serve(connection: Connection) -> bool:
-        return handler(connection.sock, connection.address, server).keep_open
+        return handler(connection, connection.address, server).keep_open
 
     server = BoundedHTTPServer((options.host, options.port), serve, options.limits, tls=tls)
     threading.Thread(target=server.serve_forever, name="medsam2-http", daemon=True).start()
@@ -200,9 +201,19 @@ class _RequestHandler(BaseHTTPRequestHandler):
     """Set by ``handle``: the connection stays open for another request (it goes back to the listener)."""
     _body_state: RequestBody | None = None
     _expect_continue = False
+    _left = False
     requestline = ""
 
     # -- the connection: requests until the client closes, errors that end it quietly ---------------
+    def setup(self) -> None:
+        """Read the request head the listener already holds, then the socket."""
+        connection: Connection = self.request
+        self.connection = connection.sock
+        self.connection.settimeout(self.timeout)
+        head, connection.head = bytes(connection.head), bytearray()
+        self.rfile = io.BufferedReader(_PrefixedSocket(head, self.connection), 1 << 16)
+        self.wfile = _SocketWriter(self.connection)
+
     def handle(self) -> None:
         """Answer this connection's requests; give the worker back once nothing more is buffered."""
         self.keep_open = False
@@ -221,12 +232,17 @@ class _RequestHandler(BaseHTTPRequestHandler):
                     self.keep_open = True
                     return
         except (ConnectionError, TimeoutError, ssl.SSLError) as exc:
-            # A client that leaves (or stalls past the timeout) mid-request or mid-answer: its business, not a fault.
             self.close_connection = True
-            log.debug("HTTP client %s left: %s", self.client_address[0], type(exc).__name__)
+            self._departed(exc)
         except Exception:
             self.close_connection = True
             log.exception("HTTP request %r from %s failed", self.requestline[:200], self.client_address[0])
+
+    def _departed(self, exc: BaseException) -> None:
+        """A client that leaves (or stalls past the timeout) mid-request or mid-answer: its business, not a fault."""
+        if not self._left:
+            self._left = True
+            log.debug("HTTP client %s left: %s", self.client_address[0], type(exc).__name__)
 
     def _buffered(self) -> bool:
         """Whether the next request's bytes are already here (pipelined), without waiting for them."""
@@ -498,8 +514,9 @@ class _RequestHandler(BaseHTTPRequestHandler):
                 self._event("error", context.error()[1])
             else:
                 self._event("end", {})
-        except (BrokenPipeError, ConnectionResetError):
+        except (BrokenPipeError, ConnectionResetError) as exc:
             # The browser went away: the servicer sees an inactive context and stops at the next slice.
+            self._departed(exc)
             context.cancel()
             messages.close()
 
@@ -583,6 +600,12 @@ class _RequestHandler(BaseHTTPRequestHandler):
                     # Ending the stream early makes the servicer refuse a short upload; the client is told why.
                     refused.append(exc)
                     return
+                except (ConnectionError, TimeoutError, ssl.SSLError) as exc:
+                    # The client left mid-upload: the servicer sees a cancelled call, as over gRPC.
+                    self.close_connection = True
+                    self._departed(exc)
+                    context.cancel()
+                    return
                 if not chunk:
                     return
                 yield request_class(**{data_field: chunk})
@@ -599,6 +622,8 @@ class _RequestHandler(BaseHTTPRequestHandler):
             response = None
         finally:
             context.run_callbacks()
+        if self._left:
+            return
         if refused:
             self._body_error(refused[0])
         elif context.failed() or response is None:
@@ -627,6 +652,42 @@ class _RequestHandler(BaseHTTPRequestHandler):
             return
         status, payload = measurements(self.gateway, session_id, context)
         self._json(status, payload, context.error_headers() if status >= 400 else None)
+
+
+class _PrefixedSocket(io.RawIOBase):
+    """A socket's bytes, after the ones the listener read already (a non-blocking read that finds none gives None)."""
+
+    def __init__(self, prefix: bytes, sock: socket.socket) -> None:
+        self._prefix = memoryview(prefix)
+        self._sock = sock
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int | None:  # noqa: ANN001 - a writable buffer
+        if self._prefix:
+            n = min(len(buffer), len(self._prefix))
+            buffer[:n] = self._prefix[:n]
+            self._prefix = self._prefix[n:]
+            return n
+        try:
+            return self._sock.recv_into(buffer)
+        except (BlockingIOError, ssl.SSLWantReadError):
+            return None
+
+
+class _SocketWriter(io.BufferedIOBase):
+    """Unbuffered writes to the socket (each ``write`` is sent whole), as the standard library's handler does."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:  # noqa: ANN001 - bytes-like
+        self._sock.sendall(data)
+        return len(data)
 
 
 _ERROR_STATUS = {
