@@ -358,7 +358,9 @@ def _start_gateway(
 ) -> BoundedHTTPServer:
     """The HTTP gateway on the same servicer and interceptors (so the same auth, audit and metrics)."""
     from medsam2.gateway.connections import ConnectionLimits
+    from medsam2.gateway.proto_comments import shipped_comments
     from medsam2.gateway.server import Gateway, GatewayOptions, start_gateway
+    from medsam2.server.request_checks import REQUIRED_FIELDS
 
     gateway = Gateway(
         [
@@ -371,6 +373,8 @@ def _start_gateway(
         interceptors,
         title="MedSAM2 session service",
         version="v1",
+        comments=shipped_comments(),
+        required=REQUIRED_FIELDS,
     )
     tls = _given(settings.tls_cert)
     try:
