@@ -14,7 +14,16 @@ from __future__ import annotations
 import re
 import struct
 from collections.abc import Callable
-from typing import BinaryIO
+from typing import Protocol
+
+
+class Readable(Protocol):
+    """What the body reads from: the connection's buffered reader."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+    def readline(self, size: int = -1, /) -> bytes: ...
+
 
 FRAMED_UPLOAD_TYPE = "application/vnd.medsam2.upload"
 """Content type of an upload whose body starts with its length-prefixed JSON header."""
@@ -53,7 +62,7 @@ class RequestBody:
     """
 
     def __init__(
-        self, rfile: BinaryIO, *, length: int | None, chunked: bool, limit: int, on_open: Callable[[], None]
+        self, rfile: Readable, *, length: int | None, chunked: bool, limit: int, on_open: Callable[[], None]
     ) -> None:
         self._rfile = rfile
         self._left = length if length is not None else 0  # bytes left in the body or in the current chunk
@@ -65,7 +74,7 @@ class RequestBody:
         self._ended = not chunked and not length
 
     @classmethod
-    def declared(cls, rfile: BinaryIO, headers, *, limit: int, on_open: Callable[[], None]) -> RequestBody:  # noqa: ANN001
+    def declared(cls, rfile: Readable, headers, *, limit: int, on_open: Callable[[], None]) -> RequestBody:  # noqa: ANN001
         """The body as the headers declare it; raises ``BodyError`` on a malformed or too large declaration."""
         encoding = (headers.get("Transfer-Encoding") or "").strip().lower()
         lengths = headers.get_all("Content-Length") or []

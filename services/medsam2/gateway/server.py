@@ -22,7 +22,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
@@ -147,7 +147,7 @@ class Gateway:
         finally:
             context.run_callbacks()
 
-    def stream(self, route: Route, request: Message, context: HttpCallContext) -> Iterator[Message]:
+    def stream(self, route: Route, request: Message, context: HttpCallContext) -> Generator[Message, None, None]:
         """Call a server-streaming method; it ends early when it fails (the context holds the status)."""
         handler = self.handler(route, context.invocation_metadata())
         if handler is None:
@@ -246,9 +246,11 @@ class _RequestHandler(BaseHTTPRequestHandler):
 
     def _buffered(self) -> bool:
         """Whether the next request's bytes are already here (pipelined), without waiting for them."""
+        reader = self.rfile
+        assert isinstance(reader, io.BufferedReader)  # as setup() made it
         try:
             self.connection.setblocking(False)
-            return bool(self.rfile.peek(1))
+            return bool(reader.peek(1))
         except (BlockingIOError, ssl.SSLWantReadError):
             return False
         finally:
@@ -575,7 +577,8 @@ class _RequestHandler(BaseHTTPRequestHandler):
             elif framed:
                 text = framed_header(body, json_limit)
             else:
-                text = raw if raw.lstrip().startswith("{") else unquote(raw)  # type: ignore[union-attr]
+                assert raw is not None  # the octet-stream form without it was refused above
+                text = raw if raw.lstrip().startswith("{") else unquote(raw)
             json_format.Parse(text or "{}", header)
         except BodyError as exc:
             self._body_error(exc)
