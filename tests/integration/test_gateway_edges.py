@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import socket
 import statistics
+import struct
 import threading
 import time
 from pathlib import Path
@@ -219,8 +220,6 @@ def test_malformed_json_bodies_get_a_400(service, body: bytes) -> None:
 
 
 def test_a_client_that_leaves_mid_upload_is_one_debug_line(service) -> None:
-    import struct
-
     before = service.log.read_text(errors="replace").count("HTTP client 127.0.0.1 left")
     header = json.dumps({"shape": [64, 64, 64], "dtype": "DATA_TYPE_UINT8"})
     with socket.create_connection(("127.0.0.1", service.http_port), timeout=60) as sock:
@@ -280,3 +279,63 @@ def test_a_thousand_idle_connections_leave_grpc_and_http_answering(service) -> N
     finally:
         for sock in idle:
             sock.close()
+
+
+def test_beyond_its_caps_the_gateway_answers_503_with_retry_after() -> None:
+    """One worker, one queue place, eight connections: what comes beyond is refused at once, unread."""
+    from grpc_health.v1 import health
+
+    from medsam2.gateway.connections import ConnectionLimits
+    from medsam2.gateway.server import Gateway, GatewayOptions, start_gateway
+
+    servicer = health.HealthServicer()
+    servicer.set("scanner", health_pb2.HealthCheckResponse.SERVING)
+    gateway = Gateway(
+        [(health_pb2.DESCRIPTOR.services_by_name["Health"], health_pb2_grpc.add_HealthServicer_to_server, servicer)],
+        [],
+        title="health",
+        version="v1",
+    )
+    limits = ConnectionLimits(workers=1, queued=1, max_connections=8)
+    server = start_gateway(
+        gateway,
+        GatewayOptions(host="127.0.0.1", port=0, max_json_bytes=1 << 16, max_upload_bytes=1 << 16, limits=limits),
+    )
+    port = server.server_address[1]
+    opened: list[socket.socket] = []
+    try:
+        watch = socket.create_connection(("127.0.0.1", port), timeout=60)
+        opened.append(watch)
+        body = b'{"service": "scanner"}'
+        watch.sendall(
+            b"POST /v1/Watch HTTP/1.1\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        received = b""
+        while b"SERVING" not in received:  # the stream holds the only worker now
+            received += watch.recv(4096)
+        queued = socket.create_connection(("127.0.0.1", port), timeout=60)
+        opened.append(queued)
+        queued.sendall(b"GET /healthz HTTP/1.1\r\n\r\n")
+        time.sleep(0.5)
+        status, headers, data = _raw(port, b"GET /healthz HTTP/1.1\r\n\r\n")
+        assert (status, headers["retry-after"], data["error"]["status"]) == (503, "1", "UNAVAILABLE")
+        assert data["error"]["details"][0]["reason"] == "GATEWAY_BUSY"
+        while server.open_connections < limits.max_connections:
+            opened.append(socket.create_connection(("127.0.0.1", port), timeout=60))
+            time.sleep(0.05)
+        status, headers, data = _raw(port, b"GET /healthz HTTP/1.1\r\n\r\n")
+        assert (status, headers["retry-after"]) == (503, "1") and "connections" in data["error"]["message"]
+        # The stream's client leaves; at the stream's next message its worker is free and serves the queued request.
+        watch.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        watch.close()
+        servicer.set("scanner", health_pb2.HealthCheckResponse.NOT_SERVING)
+        status, _, answer = _response(queued)
+        assert status == 200 and json.loads(answer) == {"status": "ok"}
+    finally:
+        for sock in opened:
+            sock.close()
+        servicer.enter_graceful_shutdown()
+        server.shutdown()
+        server.server_close()

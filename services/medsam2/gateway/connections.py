@@ -12,9 +12,11 @@ Under TLS the handshake runs on a worker (bounded by ``TLS_HANDSHAKE_TIMEOUT_S``
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import queue
+import resource
 import selectors
 import socket
 import ssl
@@ -90,6 +92,17 @@ def refusal(message: str, *, http_status: int = 503) -> bytes:
     return head.encode() + body.encode()
 
 
+def _allow_descriptors(wanted: int) -> None:
+    """Raise this process's soft file-descriptor limit toward ``wanted`` (as far as the hard limit allows)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise the open-files limit to %d for the HTTP gateway: %s", target, exc)
+
+
 class BoundedHTTPServer:
     """Listens on ``address``; ``serve(connection)`` answers a connection's requests on a worker thread.
 
@@ -109,6 +122,7 @@ class BoundedHTTPServer:
         self._serve = serve
         self.limits = limits
         self.tls = tls
+        _allow_descriptors(limits.max_connections + 256)
         family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.socket = socket.socket(family, socket.SOCK_STREAM)
         try:
@@ -178,6 +192,8 @@ class BoundedHTTPServer:
                 return
             except OSError as exc:  # out of file descriptors, or the client reset before accept
                 log.warning("HTTP accept failed: %s", exc)
+                if exc.errno in (errno.EMFILE, errno.ENFILE):
+                    time.sleep(0.05)  # the listener stays readable: do not spin while descriptors are short
                 return
             with self._lock:
                 full = self._open >= self.limits.max_connections
