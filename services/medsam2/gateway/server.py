@@ -384,6 +384,8 @@ class _RequestHandler(BaseHTTPRequestHandler):
     # -- GET: the page, its files, the OpenAPI document --------------------------------
     def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]
+        if self.headers.get("Transfer-Encoding") or (self.headers.get("Content-Length") or "0").strip() != "0":
+            self.close_connection = True  # a body nobody reads must not be taken for the next request
         if path == "/openapi.json":
             self._send(200, self.gateway.openapi, "application/json")
         elif path == "/healthz":
