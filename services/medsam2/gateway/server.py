@@ -364,11 +364,18 @@ class _RequestHandler(BaseHTTPRequestHandler):
         try:
             self._body_state = RequestBody.declared(self.rfile, self.headers, limit=limit, on_open=self._open_body)
         except BodyError as exc:
-            # Whatever the client sends after these headers is unread: mark the body so, and the connection closes.
-            self._body_state = RequestBody(self.rfile, length=1, chunked=False, limit=0, on_open=self._open_body)
+            self._mark_unread()
             self._body_error(exc)
             return None
         return self._body_state
+
+    def _declares_body(self) -> bool:
+        return bool(self.headers.get("Transfer-Encoding")) or (self.headers.get("Content-Length") or "0").strip() != "0"
+
+    def _mark_unread(self) -> None:
+        """Whatever the client sends after these headers is unread (until a reader takes it): answering closes the
+        connection, after a lingering close."""
+        self._body_state = RequestBody(self.rfile, length=1, chunked=False, limit=0, on_open=self._open_body)
 
     def _body(self, limit: int) -> bytes | None:
         """The whole body, at most ``limit`` bytes, or None after an error answer."""
@@ -384,8 +391,8 @@ class _RequestHandler(BaseHTTPRequestHandler):
     # -- GET: the page, its files, the OpenAPI document --------------------------------
     def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]
-        if self.headers.get("Transfer-Encoding") or (self.headers.get("Content-Length") or "0").strip() != "0":
-            self.close_connection = True  # a body nobody reads must not be taken for the next request
+        if self._declares_body():
+            self._mark_unread()  # a body nobody reads must not be taken for the next request
         if path == "/openapi.json":
             self._send(200, self.gateway.openapi, "application/json")
         elif path == "/healthz":
@@ -424,6 +431,8 @@ class _RequestHandler(BaseHTTPRequestHandler):
     # -- POST: the API ------------------------------------------------------------------
     def do_POST(self) -> None:
         path = self.path.split("?", 1)[0]
+        if self._declares_body():
+            self._mark_unread()  # until the body is opened: every refusal before that closes after a linger
         kind = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
         if kind not in ("application/json", "application/octet-stream", FRAMED_UPLOAD_TYPE):
             # Browsers send the "simple" types (text/plain, forms) cross-origin without asking first; ours need
