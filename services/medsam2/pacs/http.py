@@ -17,6 +17,7 @@ only ``read1`` is used, so a trickling server is noticed after every byte.
 
 from __future__ import annotations
 
+import functools
 import http.client
 import json
 import logging
@@ -170,7 +171,7 @@ class Transfer:
         for attempt in range(1, MAX_ATTEMPTS + 1):
             self.check()
             connection = self._connect(url.scheme, url.netloc)
-            unhook = self.cancel.hook(lambda c=connection: _shut(c))
+            unhook = self.cancel.hook(functools.partial(_shut, connection))
             try:
                 try:
                     connection.request("GET", target, headers=headers)

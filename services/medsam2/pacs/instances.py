@@ -47,7 +47,7 @@ def declared_pixel_bytes(ds: Dataset) -> int:
         raise PacsBadResponse(
             "an instance's Rows, Columns, NumberOfFrames, SamplesPerPixel or BitsAllocated is not positive"
         )
-    return rows * columns * frames * samples * ((bits + 7) // 8)
+    return (rows * columns * frames * samples * bits + 7) // 8  # BitsAllocated 1 packs eight pixels a byte
 
 
 def read_part(body: bytes, label: str, max_bytes: int) -> Dataset:
@@ -77,6 +77,11 @@ def read_part(body: bytes, label: str, max_bytes: int) -> Dataset:
         raise
     except Exception as exc:  # pydicom raises many types for malformed input
         raise PacsBadResponse(f"{label} is not readable DICOM ({type(exc).__name__})") from exc
+    if "PixelData" in ds and not syntax.is_compressed:
+        # pydicom reads a value cut short without a word: native pixel data must be as long as its header says.
+        have, want = len(ds.PixelData), declared_pixel_bytes(ds)
+        if have < want:
+            raise PacsBadResponse(f"{label}: its pixel data has {have} bytes where its header says {want}")
     return ds
 
 
