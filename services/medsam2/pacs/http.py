@@ -173,6 +173,7 @@ class Transfer:
             connection = self._connect(url.scheme, url.netloc)
             unhook = self.cancel.hook(functools.partial(_shut, connection))
             try:
+                self.check()  # cancelled between the check above and the hook: the hook found no socket to shut
                 try:
                     connection.request("GET", target, headers=headers)
                     answer = connection.getresponse()
@@ -235,12 +236,25 @@ class Transfer:
     def _connect(self, scheme: str, netloc: str) -> http.client.HTTPConnection:
         timeout = self.endpoint.timeout_s
         if scheme == "https":
-            return http.client.HTTPSConnection(netloc, timeout=timeout, context=ssl.create_default_context())
+            return http.client.HTTPSConnection(netloc, timeout=timeout, context=_tls_context())
         return http.client.HTTPConnection(netloc, timeout=timeout)
 
     def _pause(self, seconds: float) -> None:
         left = self.deadline - time.monotonic()
         time.sleep(max(0.0, min(seconds, left)))
+
+
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    """The system's trusted CAs and, as requests (used for STOW-RS) trusts them, certifi's."""
+    context = ssl.create_default_context()
+    try:
+        import certifi
+
+        context.load_verify_locations(certifi.where())
+    except (ImportError, OSError):
+        pass
+    return context
 
 
 def _shut(connection: http.client.HTTPConnection) -> None:
