@@ -149,7 +149,8 @@ def _search(
         found += items
         if len(found) > max_results:
             raise PacsTooLarge(
-                f"PACS {endpoint.name} lists more than {max_results} {what} (the limit of this service)",
+                f"PACS {endpoint.name}: the search for {what} found more than {max_results} results, more than "
+                "this service opens (--max-study-voxels)",
                 reason="PACS_TOO_MANY_RESULTS",
             )
         if len(items) != size:
@@ -171,15 +172,15 @@ def _series_info(item: dict) -> SeriesInfo:
     )
 
 
-def _series(
-    transfer: Transfer, study_uid: str | None, series_uid: str = "", limits: FetchLimits | None = None
-) -> list[SeriesInfo]:
-    limits = limits or FetchLimits()
+def _series(transfer: Transfer, study_uid: str | None, series_uid: str = "") -> list[SeriesInfo]:
     query = {"includefield": ",".join(SERIES_FIELDS)}
     if series_uid:
         query["SeriesInstanceUID"] = series_uid
     path = f"/studies/{check_uid(study_uid, 'study UID')}/series" if study_uid else "/series"
-    items = _search(transfer, path, query, max_results=limits.max_instances, key="0020000E", what="series")
+    endpoint = transfer.endpoint
+    # Series are bounded by the pages alone: how many a study holds says nothing of its size.
+    bound = endpoint.qido_page_size * endpoint.max_qido_pages
+    items = _search(transfer, path, query, max_results=bound, key="0020000E", what="series")
     found = [_series_info(item) for item in items]
     where = f"PACS {transfer.endpoint.name}"
     for info in found:
@@ -246,7 +247,8 @@ def list_instances(transfer: Transfer, info: SeriesInfo, limits: FetchLimits) ->
         transfer,
         f"/studies/{info.study_uid}/series/{info.series_uid}/instances",
         {"includefield": ",".join(INSTANCE_FIELDS)},
-        max_results=limits.max_instances,
+        # Room past the limit, so a series a little too large gets the size check's own message, not this bound.
+        max_results=2 * limits.max_instances + endpoint.qido_page_size,
         key="00080018",
         what=f"the instances of series {info.series_uid}",
     )
@@ -325,7 +327,7 @@ def fetch_instances(
     check_uid(study_uid, "study UID")
     check_uid(series_uid, "series UID")
     with Transfer(endpoint, cancel) as transfer:
-        found = _series(transfer, study_uid, series_uid, limits)
+        found = _series(transfer, study_uid, series_uid)
         if not found:
             raise NotFound(f"series {series_uid} of study {study_uid} is not on PACS {endpoint.name}")
         return _fetch(transfer, found[0], limits, check_size)
@@ -354,7 +356,7 @@ def open_series(
     if series_uid:
         check_uid(series_uid, "series UID")
     with Transfer(endpoint, cancel) as transfer:
-        info = _choose(_series(transfer, study_uid, limits=limits), endpoint, study_uid, series_uid)
+        info = _choose(_series(transfer, study_uid), endpoint, study_uid, series_uid)
         datasets = _fetch(transfer, info, limits, check_size)
         transfer.check()
     return _volume(datasets, endpoint, info.series_uid)
