@@ -128,7 +128,13 @@ class PermissionDenied(Medsam2Error):
     reason = "PERMISSION_DENIED"
 
 
-class UploadTimedOut(Medsam2Error):
+class TimedOut(Medsam2Error):
+    """Work did not finish within its deadline (an upload, a fetch from PACS)."""
+
+    reason = "TIMED_OUT"
+
+
+class UploadTimedOut(TimedOut):
     """An upload sent nothing for too long, or did not finish within its total deadline."""
 
     reason = "UPLOAD_TIMED_OUT"

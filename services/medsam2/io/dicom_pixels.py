@@ -74,10 +74,13 @@ def _install_hint(decoder: object) -> str:
 
 def stored_frames(ds: Dataset, label: str) -> np.ndarray:
     """Decoded stored values as [frames, rows, columns] (grey) or [frames, rows, columns, 3] (colour)."""
+    from pydicom.pixels import pixel_array
+
     check_decodable(ds, label)
     try:
         with library_messages_redacted([ds]):
-            pixels = ds.pixel_array
+            # What ``ds.pixel_array`` computes, without keeping a copy on the dataset beside its pixel data.
+            pixels = pixel_array(ds)
     except (ValueError, EOFError, OSError, AttributeError, TypeError, KeyError, IndexError) as exc:
         # pydicom reports missing or malformed elements of a corrupt file with any of these.
         raise CorruptDicom(f"{label}: cannot decode the pixel data ({exc}); the file is truncated or corrupt") from exc

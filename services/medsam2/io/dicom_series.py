@@ -304,26 +304,46 @@ def _plane(item: Labelled) -> PlaneInfo:
 
 def _to_volume_values(items: list[Labelled]) -> np.ndarray:
     """The slices as a viewer shows them: modality values for grey images, grey uint8 for colour ones."""
-    frames = [displayed_frames(item.dataset, item.label)[0] for item in items]
-    stacked = np.stack(frames)
+    stacked = _stack_frames(items)
     datasets = [item.dataset for item in items]
     if stacked.ndim == 4 or not all(is_grey(ds) for ds in datasets):
         return to_grey_uint8(stacked)  # colour slices: grey, as for video
-    values = np.concatenate(
-        [
-            modality_values(
-                stacked[i : i + 1],
-                ds,
-                [float(ds.get("RescaleSlope", 1) or 1)],
-                [float(ds.get("RescaleIntercept", 0) or 0)],
-                item.label,
-                invert_monochrome1=False,
-            )
-            for i, (item, ds) in enumerate(zip(items, datasets, strict=True))
-        ]
-    )
+    values: np.ndarray | None = None
+    for i, (item, ds) in enumerate(zip(items, datasets, strict=True)):
+        plane = modality_values(
+            stacked[i : i + 1],
+            ds,
+            [float(ds.get("RescaleSlope", 1) or 1)],
+            [float(ds.get("RescaleIntercept", 0) or 0)],
+            item.label,
+            invert_monochrome1=False,
+        )
+        # Filled slice by slice (no list of slices beside the volume), typed as np.concatenate would type it.
+        if values is None:
+            values = np.empty((len(items), *plane.shape[1:]), plane.dtype)
+        elif plane.dtype != values.dtype:
+            values = values.astype(np.result_type(values, plane))
+        values[i] = plane[0]
+    del stacked
+    assert values is not None  # items is never empty
     # One inversion over the whole stack, so every slice keeps the same value for the same tissue.
     return invert(values) if is_monochrome1(datasets[0]) else values
+
+
+def _stack_frames(items: list[Labelled]) -> np.ndarray:
+    """The first frame of each item, decoded one at a time into one array (no list of frames beside it)."""
+    first = displayed_frames(items[0].dataset, items[0].label)[0]
+    stacked = np.empty((len(items), *first.shape), first.dtype)
+    stacked[0] = first
+    del first
+    for k, item in enumerate(items[1:], 1):
+        frame = displayed_frames(item.dataset, item.label)[0]
+        if frame.shape != stacked.shape[1:] or frame.dtype != stacked.dtype:
+            # Slices that differ (rare): stack as numpy would, promoting types, and let the checks report sizes.
+            rest = [frame] + [displayed_frames(i.dataset, i.label)[0] for i in items[k + 1 :]]
+            return np.stack([*stacked[:k], *rest])
+        stacked[k] = frame
+    return stacked
 
 
 def _modality(ds: Dataset) -> str | None:

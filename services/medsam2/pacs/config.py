@@ -1,4 +1,4 @@
-"""PACS endpoints by name: a base DICOMweb URL, an optional bearer token, a timeout.
+"""PACS endpoints by name: a base DICOMweb URL, an optional bearer token, timeouts and bounds.
 
 Endpoints come from a JSON or TOML file and from the environment, which wins:
 
@@ -6,7 +6,10 @@ Endpoints come from a JSON or TOML file and from the environment, which wins:
     [endpoints.hospital]
     url = "https://pacs.example.org/dicom-web"
     token_env = "HOSPITAL_PACS_TOKEN"   # bearer token; or token = "..." (keep secrets out of files)
-    timeout_s = 30
+    timeout_s = 30                      # the longest wait for any one connect or read
+    fetch_deadline_s = 300              # a whole fetch (QIDO, then WADO of the series) ends by then
+    qido_page_size = 500                # QIDO-RS results asked for per page (limit=)
+    max_qido_pages = 20                 # pages one search may take at most
 
     [endpoints.orthanc]                 # HTTP basic authentication instead of a token
     url = "http://127.0.0.1:8042/dicom-web"
@@ -14,7 +17,8 @@ Endpoints come from a JSON or TOML file and from the environment, which wins:
     password_env = "ORTHANC_PASSWORD"   # or password = "..."
 
     MEDSAM2_PACS_CONFIG=/etc/medsam2/pacs.toml      the file
-    MEDSAM2_PACS_<NAME>_URL, _TOKEN, _USERNAME, _PASSWORD, _TIMEOUT_S   one endpoint, or override the file's
+    MEDSAM2_PACS_<NAME>_URL, _TOKEN, _USERNAME, _PASSWORD, _TIMEOUT_S, _FETCH_DEADLINE_S, _QIDO_PAGE_SIZE,
+    _MAX_QIDO_PAGES   one endpoint, or override the file's
 
 The environment is passed in (``load_config(path, environ)``), never read at import.
 """
@@ -34,9 +38,24 @@ from urllib.parse import urlsplit
 from medsam2.errors import ConfigError, NotFound
 
 CONFIG_ENV = "MEDSAM2_PACS_CONFIG"
-_ENV_ENDPOINT = re.compile(r"^MEDSAM2_PACS_([A-Z0-9_]+?)_(URL|TOKEN|USERNAME|PASSWORD|TIMEOUT_S)$")
+_ENV_ENDPOINT = re.compile(
+    r"^MEDSAM2_PACS_([A-Z0-9_]+?)_(URL|TOKEN|USERNAME|PASSWORD|TIMEOUT_S|FETCH_DEADLINE_S|QIDO_PAGE_SIZE|MAX_QIDO_PAGES)$"
+)
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
-_KEYS = frozenset({"url", "token", "token_env", "username", "password", "password_env", "timeout_s"})
+_KEYS = frozenset(
+    {
+        "url",
+        "token",
+        "token_env",
+        "username",
+        "password",
+        "password_env",
+        "timeout_s",
+        "fetch_deadline_s",
+        "qido_page_size",
+        "max_qido_pages",
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +68,12 @@ class PacsEndpoint:
     timeout_s: float = 30.0
     username: str | None = None
     password: str | None = field(default=None, repr=False)
+    fetch_deadline_s: float = 300.0
+    """A whole fetch (its QIDO searches and the WADO-RS transfer) is stopped once this has passed."""
+    qido_page_size: int = 500
+    """Results asked for per QIDO-RS page (``limit``); a full page means another page is asked for."""
+    max_qido_pages: int = 20
+    """Pages one QIDO-RS search may take; a PACS that pages on past this is refused."""
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
@@ -58,6 +83,13 @@ class PacsEndpoint:
             raise ConfigError(f"PACS endpoint {self.name}: url must be an http(s) URL with a host, got {self.url!r}")
         if not self.timeout_s > 0:
             raise ConfigError(f"PACS endpoint {self.name}: timeout_s must be positive, got {self.timeout_s}")
+        if not self.fetch_deadline_s > 0:
+            raise ConfigError(
+                f"PACS endpoint {self.name}: fetch_deadline_s must be positive, got {self.fetch_deadline_s}"
+            )
+        for key in ("qido_page_size", "max_qido_pages"):
+            if int(getattr(self, key)) < 1:
+                raise ConfigError(f"PACS endpoint {self.name}: {key} must be at least 1, got {getattr(self, key)}")
         if self.token and self.username:
             raise ConfigError(f"PACS endpoint {self.name}: give a token or a username/password, not both")
         if (self.username is None) != (self.password is None):
@@ -132,19 +164,27 @@ def _endpoint(name: str, entry: Mapping[str, object], environ: Mapping[str, str]
         raise ConfigError(f"{where} has no url")
     token = _secret(entry, "token", environ, where)
     password = _secret(entry, "password", environ, where)
-    try:
-        timeout = float(entry.get("timeout_s", 30.0))  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise ConfigError(f"{where}: timeout_s must be a number, got {entry.get('timeout_s')!r}") from None
     username = entry.get("username")
     return PacsEndpoint(
         name=name,
         url=str(entry["url"]).rstrip("/"),
         token=token,
-        timeout_s=timeout,
+        timeout_s=_number(entry, "timeout_s", 30.0, float, where),
         username=str(username) if username is not None else None,
         password=password,
+        fetch_deadline_s=_number(entry, "fetch_deadline_s", 300.0, float, where),
+        qido_page_size=_number(entry, "qido_page_size", 500, int, where),
+        max_qido_pages=_number(entry, "max_qido_pages", 20, int, where),
     )
+
+
+def _number(entry: Mapping[str, object], key: str, default: float, kind: type, where: str):  # noqa: ANN202
+    """``entry[key]`` as ``kind`` (float or int), or ``default`` when absent."""
+    try:
+        return kind(entry.get(key, default))
+    except (TypeError, ValueError):
+        noun = "a whole number" if kind is int else "a number"
+        raise ConfigError(f"{where}: {key} must be {noun}, got {entry.get(key)!r}") from None
 
 
 def _secret(entry: Mapping[str, object], key: str, environ: Mapping[str, str], where: str) -> str | None:

@@ -30,6 +30,7 @@ from medsam2.server.annotation_store import AnnotationStore
 from medsam2.server.auth import Authenticator, parse_principals, reload_on_sighup
 from medsam2.server.config import ServerSettings
 from medsam2.server.durability import Durability
+from medsam2.server.pacs_fetches import PacsFetchGuard, PacsFetchLimits
 from medsam2.server.servicer import SegmentationServicer
 from medsam2.server.sessions import Limits, SessionRegistry
 from medsam2.server.uploads import UploadGuard, UploadLimits
@@ -296,6 +297,9 @@ def start_server(
         max_message_bytes=settings.max_message_bytes,
         auth=authenticator,
         uploads=uploads,
+        pacs_fetches=PacsFetchGuard(
+            PacsFetchLimits(settings.max_concurrent_pacs_fetches, settings.max_pacs_fetches_per_principal)
+        ),
         durability=durability,
         annotations=annotations,
     )

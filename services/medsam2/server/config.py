@@ -104,6 +104,14 @@ class ServerSettings:
         30.0, "MEDSAM2_UPLOAD_IDLE_TIMEOUT_S", "cancel an upload that sends nothing for this long"
     )
     upload_deadline_s: float = setting(900.0, "MEDSAM2_UPLOAD_DEADLINE_S", "cancel an upload still running after this")
+    max_concurrent_pacs_fetches: int = setting(
+        4,
+        "MEDSAM2_MAX_CONCURRENT_PACS_FETCHES",
+        "studies fetched from PACS at once, apart from uploads; more are refused with retry info",
+    )
+    max_pacs_fetches_per_principal: int = setting(
+        0, "MEDSAM2_MAX_PACS_FETCHES_PER_PRINCIPAL", "PACS fetches of one principal at once (0: half the cap)"
+    )
     max_concurrent_rpcs: int = setting(
         0,
         "MEDSAM2_MAX_CONCURRENT_RPCS",

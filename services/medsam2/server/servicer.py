@@ -49,6 +49,7 @@ from medsam2.server.dicom_results import (
     require_dicom_source,
 )
 from medsam2.server.durability import JOURNALED, Durability
+from medsam2.server.pacs_fetches import PacsFetchGuard, PacsFetchLimits, fetch_limits
 from medsam2.server.request_checks import check_prompt_mask
 from medsam2.server.results import encode_labels, encode_object_masks, nifti_gz
 from medsam2.server.sessions import SessionEntry, SessionRegistry, StudyInfo
@@ -89,6 +90,7 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
         *,
         auth: Authenticator | None = None,
         uploads: UploadGuard | None = None,
+        pacs_fetches: PacsFetchGuard | None = None,
         durability: Durability | None = None,
         annotations: AnnotationStore | None = None,
     ) -> None:
@@ -103,6 +105,8 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
         self.auth = auth or Authenticator()
         """Who is calling (used by ``@rpc``; the registry scopes sessions to that principal)."""
         self.uploads = uploads or UploadGuard(UploadLimits(), registry)
+        self.pacs_fetches = pacs_fetches or PacsFetchGuard(PacsFetchLimits())
+        """PACS fetches in flight, capped apart from uploads."""
         self.durability = durability
         """The session store's journal (None: sessions live in this replica's memory only)."""
         self.annotations = annotations or AnnotationStore(None)
@@ -125,14 +129,18 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
                         return self._describe(self.registry.get(earlier))
                     except NotFound:
                         pass  # closed or expired since: open it again
-            entry = self._open(header, lambda: self.uploads.receive(header, requests))
-            if header.request_id:
-                if self.durability is not None and entry.durable:
-                    self.durability.remember_created(entry.owner, header.request_id, entry.session_id)
-                with self._created_lock:
-                    self._created[header.request_id] = entry.session_id
-                    while len(self._created) > REMEMBERED_CREATES:
-                        self._created.popitem(last=False)
+            if not header.HasField("pacs"):
+                entry = self._open(header, lambda: self.uploads.receive(header, requests))
+        if header.HasField("pacs"):
+            # Out of the upload slot: a PACS fetch waits on the PACS, not on the client, and takes a PACS slot.
+            entry = self._open(header, _no_upload, context=context)
+        if header.request_id:
+            if self.durability is not None and entry.durable:
+                self.durability.remember_created(entry.owner, header.request_id, entry.session_id)
+            with self._created_lock:
+                self._created[header.request_id] = entry.session_id
+                while len(self._created) > REMEMBERED_CREATES:
+                    self._created.popitem(last=False)
         return self._describe(entry)
 
     def _open(
@@ -142,11 +150,12 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
         *,
         session_id: str | None = None,
         model_version: int | None = None,
+        context: object | None = None,
     ) -> SessionEntry:
         """Open a session on ``header``'s study: fetched from PACS, or the voxels ``receive`` returns.
 
         ``session_id`` reopens a stored session under its own id (a rebuild) on the ``model_version`` it was
-        opened with; the store is then not written.
+        opened with; the store is then not written. A PACS fetch ends when ``context``'s call does.
         """
         is_video = header.kind == pb.STUDY_KIND_VIDEO
         window = None
@@ -155,7 +164,7 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
         preset = header.preprocessing.preset or ("none" if is_video else "auto")
         resolve_preset(preset, None, is_video=is_video)  # an unknown preset fails before any transfer
         if header.HasField("pacs"):
-            voxels, study = self._fetch(header, is_video)
+            voxels, study = self._fetch(header, is_video, context)
         else:
             # Everything the header states is checked before a voxel is received.
             study = self._uploaded_study(header, header_shape(header), is_video)
@@ -199,7 +208,7 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
             **identity_from_pb(header, shape[0]),
         )
 
-    def _fetch(self, header: pb.StudyHeader, is_video: bool) -> tuple[np.ndarray, StudyInfo]:
+    def _fetch(self, header: pb.StudyHeader, is_video: bool, context: object | None) -> tuple[np.ndarray, StudyInfo]:
         reference = header.pacs
         if self.pacs is None:
             raise PreconditionFailed(
@@ -208,7 +217,15 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
             )
         if not reference.endpoint or not reference.study_uid:
             raise InvalidInput("header.pacs needs an endpoint and a study_uid")
-        volume = self.pacs.open(reference.endpoint, reference.study_uid, reference.series_uid, self.uploads.check_study)
+        with self.pacs_fetches.fetch(context) as cancel:
+            volume = self.pacs.open(
+                reference.endpoint,
+                reference.study_uid,
+                reference.series_uid,
+                self.uploads.check_study,
+                cancel=cancel,
+                limits=fetch_limits(self.registry.limits.max_study_voxels),
+            )
         self.uploads.check_study(volume.voxels.shape)
         source = volume.dicom
         first = source.datasets[0] if source is not None else None
@@ -508,7 +525,10 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
             fetched = study.dicom is None and bool(study.sop_instance_uids and study.study_uid and study.series_uid)
             if fetched:
                 # An upload that named its DICOM instances: their headers come from the PACS that holds them.
-                source = self.pacs.headers(request.endpoint, study.study_uid, study.series_uid, study.sop_instance_uids)
+                with self.pacs_fetches.fetch(context) as cancel:
+                    source = self.pacs.headers(
+                        request.endpoint, study.study_uid, study.series_uid, study.sop_instance_uids, cancel=cancel
+                    )
                 check_headers_match(study, source, entry.results.shape)
                 study.dicom = source
             try:
@@ -718,6 +738,10 @@ class _ReplayContext:
 
 
 _REPLAY_CONTEXT = _ReplayContext()
+
+
+def _no_upload() -> np.ndarray:
+    raise AssertionError("a study from PACS receives no voxels from its client")
 
 
 def _chunks(
