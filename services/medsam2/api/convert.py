@@ -9,6 +9,7 @@ from pydicom.sr.coding import Code
 
 from medsam2.api.masks import decode_rle, encode_rle, pack_bits, unpack_bits
 from medsam2.api.pb.medsam2.v1 import segmentation_pb2 as pb
+from medsam2.engine.postprocessing import PostProcessingOptions
 from medsam2.engine.prompts import Box
 from medsam2.engine.protocols import ObjectPrompt
 from medsam2.engine.tracker import Direction
@@ -79,6 +80,9 @@ def decode_mask(message: pb.Mask) -> np.ndarray:
 
 def prompt_from_pb(request: pb.AddPromptRequest) -> ObjectPrompt:
     """The domain prompt of an AddPrompt request (validated again by the engine)."""
+    if request.object_id == 0:
+        # 0 is proto3's default: a request that forgot the field, not an object.
+        raise InvalidPrompt("object_id must be 1 or more (0 is the unset default)", field="object_id")
     has_box = request.HasField("box")
     has_mask = request.HasField("mask")
     if has_mask and (has_box or request.points):
@@ -188,3 +192,19 @@ def _code(concept: pb.CodedConcept, name: str) -> Code:
             f"object_info.{name} is too long: value and meaning at most 64 characters, scheme at most 16"
         )
     return Code(concept.value, concept.scheme, concept.meaning)
+
+
+def postprocessing_from_pb(message: pb.PostProcessing) -> dict[str, object]:
+    """The post-processing fields a request set (unset ones take the study kind's defaults)."""
+    names = ("largest_component", "fill_hole_area", "non_overlapping_objects", "binarize_memory")
+    return {name: getattr(message, name) for name in names if message.HasField(name)}
+
+
+def postprocessing_to_pb(options: PostProcessingOptions) -> pb.PostProcessing:
+    """Resolved post-processing as its message, every field set."""
+    return pb.PostProcessing(
+        largest_component=options.largest_component,
+        fill_hole_area=options.fill_hole_area,
+        non_overlapping_objects=options.non_overlapping_objects,
+        binarize_memory=options.binarize_memory,
+    )

@@ -365,7 +365,8 @@ class VolumeAnnotation:
         """How many (pass, result) pairs the next ``propagate(slice_range)`` yields (for progress totals)."""
         first, last = self._check_range(slice_range)
         groups, retracks = self._plan(first, last)
-        full = sum((last - key + 1) + (key - first + 1 if key > 0 else 0) for key in groups)
+        # The backward pass's key slice is not yielded again: it is the forward pass's (one decode of one prompt).
+        full = sum((last - key + 1) + (key - first) for key in groups)
         return full + sum(step.length for steps in retracks.values() for step in steps)
 
     def propagate(self, slice_range: tuple[int, int] | None = None) -> Iterator[tuple[str, FrameResult]]:
@@ -393,6 +394,8 @@ class VolumeAnnotation:
                         for given in obj.key:
                             _apply_given(tracker, given)
                     for result in tracker.propagate(direction, start=key, limit=limit):
+                        if direction is Direction.BACKWARD and result.frame == key:
+                            continue  # the key slice's prompt decoded again: the forward pass yielded it already
                         yield direction.value, result
                     for obj in group:
                         done[obj.obj_id][direction] = tracker.objects[obj.obj_id]
@@ -502,6 +505,15 @@ class VolumeAnnotation:
             mask = largest_component(mask)
         self._mask_cache[obj.obj_id] = mask
         return mask.copy()
+
+    def object_score(self, obj_id: int, frame: int) -> float:
+        """The object's presence logit on ``frame`` in its stored passes (-1024 where it has no output there)."""
+        obj = self._get(obj_id)
+        for side, track in obj.passes.items():
+            out = track.output(frame) if _on_side(frame, obj.key_frame, side) else None
+            if out is not None:
+                return out.object_score
+        return -1024.0
 
     def prompts(self) -> dict[int, list[ObjectPrompt]]:
         """Every prompt given, per object, in order (the journal)."""
