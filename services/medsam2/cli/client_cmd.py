@@ -407,7 +407,22 @@ def server_calls(client) -> Iterator[None]:  # noqa: ANN001 - api.client.Client,
 def _client_error(exc) -> Exception:  # noqa: ANN001 - grpc.RpcError
     import grpc
 
-    code, details = exc.code(), exc.details()
+    from medsam2.api.client import ServiceError
+    from medsam2.errors import REASON_BY_NAME
+
+    error = ServiceError.from_rpc_error(exc)
+    code, details = error.code(), error.details()
+    catalogued = REASON_BY_NAME.get(error.reason)
+    if catalogued is not None:
+        # The reason decides (docs/errors.md): its error type gives the exit code, and the message says what to do.
+        where = f" (field {error.field})" if error.field else ""
+        retry = f"; retry in {error.retry_after_s:g} s" if error.retry_after_s else ""
+        return catalogued.error(
+            f"server refused the request: {error.reason}{where}: {details}{retry}",
+            reason=error.reason,
+            field=error.field,
+            retry_after_s=error.retry_after_s,
+        )
     if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION):
         return InvalidInput(f"server refused the request ({code.name}): {details}")
     if code == grpc.StatusCode.NOT_FOUND:

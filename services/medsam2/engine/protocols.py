@@ -277,11 +277,15 @@ class VolumeAnnotation:
         if correction:
             if obj is None:
                 raise NotFound(
-                    f"correction for unknown object {prompt.obj_id}: known object ids are {self.object_ids or 'none'}"
+                    f"correction for unknown object {prompt.obj_id}: known object ids are {self.object_ids or 'none'}",
+                    reason="OBJECT_NOT_FOUND",
+                    field="object_id",
                 )
             if not obj.propagated:
                 raise PreconditionFailed(
-                    f"object {prompt.obj_id} has not been propagated yet: propagate before correcting a slice"
+                    f"object {prompt.obj_id} has not been propagated yet: propagate before correcting a slice",
+                    reason="NOT_PROPAGATED",
+                    field="correction",
                 )
         if obj is None or not obj.propagated or prompt.frame == obj.key_frame:
             return self._set_key(obj, given)
@@ -376,7 +380,9 @@ class VolumeAnnotation:
         Everything is validated before the first slice is tracked.
         """
         if not self._objects:
-            raise PreconditionFailed("no prompts yet: add a box, points or a mask before propagating")
+            raise PreconditionFailed(
+                "no prompts yet: add a box, points or a mask before propagating", reason="NO_PROMPTS"
+            )
         first, last = self._check_range(slice_range)
         groups, retracks = self._plan(first, last)
         return self._run(groups, retracks, first, last)
@@ -527,7 +533,11 @@ class VolumeAnnotation:
             return
         unknown = [o for o in obj_ids if o not in self._objects]
         if unknown:
-            raise NotFound(f"unknown object ids {unknown}: known object ids are {self.object_ids or 'none'}")
+            raise NotFound(
+                f"unknown object ids {unknown}: known object ids are {self.object_ids or 'none'}",
+                reason="OBJECT_NOT_FOUND",
+                field="object_ids",
+            )
         for obj_id in obj_ids:
             del self._objects[obj_id]
             self._mask_cache.pop(obj_id, None)
@@ -540,7 +550,11 @@ class VolumeAnnotation:
     def _get(self, obj_id: int) -> _Annotated:
         obj = self._objects.get(obj_id)
         if obj is None:
-            raise NotFound(f"unknown object id {obj_id}: known object ids are {self.object_ids or 'none'}")
+            raise NotFound(
+                f"unknown object id {obj_id}: known object ids are {self.object_ids or 'none'}",
+                reason="OBJECT_NOT_FOUND",
+                field="object_id",
+            )
         return obj
 
 

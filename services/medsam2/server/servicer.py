@@ -226,7 +226,8 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
         if self.pacs is None:
             raise PreconditionFailed(
                 "no PACS endpoint is configured on this server: upload the voxels instead "
-                "(or set MEDSAM2_PACS_<NAME>_URL or MEDSAM2_PACS_CONFIG)"
+                "(or set MEDSAM2_PACS_<NAME>_URL or MEDSAM2_PACS_CONFIG)",
+                reason="PACS_NOT_CONFIGURED",
             )
         if not reference.endpoint or not reference.study_uid:
             raise InvalidInput("header.pacs needs an endpoint and a study_uid")
@@ -282,7 +283,8 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
                 except NotFound as exc:
                     raise PreconditionFailed(
                         f"session {session_id} was opened on model version {version}, which this replica cannot "
-                        f"load ({exc}): open the study again"
+                        f"load ({exc}): open the study again",
+                        reason="MODEL_VERSION_UNAVAILABLE",
                     ) from exc
             try:
                 self._open(
@@ -388,7 +390,9 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
                         "(it is a video, or its first propagation was IN_STATE)"
                     )
                 if not entry.annotation.object_ids:
-                    raise PreconditionFailed("no prompts yet: add a box, points or a mask before propagating")
+                    raise PreconditionFailed(
+                        "no prompts yet: add a box, points or a mask before propagating", reason="NO_PROMPTS"
+                    )
                 total = entry.annotation.planned_slices(slice_range)
                 stream = entry.annotation.propagate(slice_range)
             else:
@@ -494,7 +498,9 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
         direction = DIRECTIONS[request.direction]
         start = request.start_slice if request.HasField("start_slice") else None
         if not tracker.objects:
-            raise PreconditionFailed("no prompts yet: add a box, points or a mask before propagating")
+            raise PreconditionFailed(
+                "no prompts yet: add a box, points or a mask before propagating", reason="NO_PROMPTS"
+            )
         origin = (
             start if start is not None else min(t for o in tracker.objects.values() for t in (*o.cond, *o.pending_cond))
         )
@@ -600,6 +606,7 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
                 f"session {request.session_id} did not keep its image: open the study with header.keep_image "
                 "to view it (the page does so for PACS studies; an upload's client already has its voxels)",
                 field="session_id",
+                reason="IMAGE_NOT_KEPT",
             )
         data = nifti_gz(image, entry.study.spacing, entry.study.geometry, compresslevel=IMAGE_GZIP_LEVEL)
         yield from _chunks(data, request.chunk_bytes, format=pb.RESULT_FORMAT_NIFTI_GZ, shape=list(image.shape[:3]))
@@ -620,9 +627,11 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
     @rpc("StoreResult")
     def StoreResult(self, request: pb.StoreResultRequest, context) -> pb.StoreResultResponse:  # noqa: ANN001
         if self.pacs is None:
-            raise PreconditionFailed("no PACS endpoint is configured on this server (MEDSAM2_PACS_<NAME>_URL)")
+            raise PreconditionFailed(
+                "no PACS endpoint is configured on this server (MEDSAM2_PACS_<NAME>_URL)", reason="PACS_NOT_CONFIGURED"
+            )
         if not request.endpoint:
-            raise InvalidInput("StoreResult needs the name of a configured PACS endpoint")
+            raise InvalidInput("StoreResult needs the name of a configured PACS endpoint", field="endpoint")
         self.pacs.config.get(request.endpoint)  # an unknown endpoint fails before any work
         with self.registry.claim(request.session_id) as entry:
             replay = f"store:{request.request_id}"
@@ -665,7 +674,9 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
                 return earlier
             masks = {i: m for i, m in entry.results.masks().items() if m.any()}
             if not masks:
-                raise PreconditionFailed("the session has no masks to save yet: add a prompt (and propagate) first")
+                raise PreconditionFailed(
+                    "the session has no masks to save yet: add a prompt (and propagate) first", reason="NO_MASKS"
+                )
             too_large = [i for i in masks if i > MAX_TRAINING_LABEL]
             if too_large:
                 raise InvalidInput(
@@ -720,7 +731,8 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
         if versions is None:
             raise PreconditionFailed(
                 "this server serves one unversioned model: export numbered versions (medsam2 export --version N) "
-                "into its model repository to switch between them"
+                "into its model repository to switch between them",
+                reason="MODEL_NOT_VERSIONED",
             )
         versions.switch(request.version or None, by=principal)
         return self._server_info()
@@ -766,7 +778,11 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
             else:
                 unknown = [o for o in request.object_ids if o not in known]
                 if unknown:
-                    raise NotFound(f"unknown object ids {unknown}: known ids are {known}")
+                    raise NotFound(
+                        f"unknown object ids {unknown}: known ids are {known}",
+                        reason="OBJECT_NOT_FOUND",
+                        field="object_ids",
+                    )
                 ids = list(request.object_ids)
             if entry.annotation is not None:
                 entry.annotation.reset(ids)
