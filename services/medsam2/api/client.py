@@ -349,10 +349,11 @@ class ServiceError(grpc.RpcError):
                 info = error_details_pb2.ErrorInfo()
                 detail.Unpack(info)
                 reason = info.reason
+                field = field or info.metadata.get("field", "")
             elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
                 bad = error_details_pb2.BadRequest()
                 detail.Unpack(bad)
-                field = bad.field_violations[0].field if bad.field_violations else ""
+                field = (bad.field_violations[0].field if bad.field_violations else "") or field
             elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
                 info_retry = error_details_pb2.RetryInfo()
                 detail.Unpack(info_retry)

@@ -80,9 +80,12 @@ def status_for(error: Exception | type[Exception]) -> grpc.StatusCode:
 def rich_status(code: grpc.StatusCode, message: str, error: Exception | None = None) -> status_pb2.Status:
     """A ``google.rpc.Status`` for ``code`` with the details a client can act on."""
     reason = error.reason if isinstance(error, Medsam2Error) else code.name
-    details = [error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN)]
+    field = error.field if isinstance(error, Medsam2Error) else ""
+    # The field at fault rides in ErrorInfo.metadata for every status (e.g. NOT_FOUND's object_id), and in a
+    # BadRequest for INVALID_ARGUMENT, as Google's APIs send it.
+    metadata = {"field": field} if field else {}
+    details = [error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN, metadata=metadata)]
     if code is grpc.StatusCode.INVALID_ARGUMENT:
-        field = error.field if isinstance(error, Medsam2Error) else ""
         details.append(
             error_details_pb2.BadRequest(
                 field_violations=[error_details_pb2.BadRequest.FieldViolation(field=field, description=message)]
