@@ -73,3 +73,24 @@ def test_retry_info_only_where_a_retry_can_help() -> None:
     permanent = CapacityExceeded("too large", reason="STUDY_TOO_LARGE")
     status = rich_status(grpc.StatusCode.RESOURCE_EXHAUSTED, "too large", permanent)
     assert [d.TypeName() for d in status.details] == ["google.rpc.ErrorInfo"]
+
+
+def test_the_client_command_maps_reasons_to_exit_codes_and_messages() -> None:
+    from medsam2.api.client import ServiceError
+    from medsam2.cli.client_cmd import _client_error
+    from medsam2.cli.exit_codes import exit_code_for
+
+    busy = _client_error(ServiceError(grpc.StatusCode.ABORTED, "Propagate holds it", reason="SESSION_BUSY"))
+    assert exit_code_for(busy) == 11 and "SESSION_BUSY" in str(busy)
+    no_prompts = ServiceError(grpc.StatusCode.FAILED_PRECONDITION, "no prompts yet", reason="NO_PROMPTS")
+    assert exit_code_for(_client_error(no_prompts)) == 10  # not "invalid input": the request was fine
+    bad = _client_error(
+        ServiceError(grpc.StatusCode.INVALID_ARGUMENT, "box is empty", reason="INVALID_PROMPT", field="box")
+    )
+    assert exit_code_for(bad) == 2 and "INVALID_PROMPT (field box): box is empty" in str(bad)
+    full = _client_error(
+        ServiceError(grpc.StatusCode.RESOURCE_EXHAUSTED, "full", reason="SERVICE_FULL", retry_after_s=5.0)
+    )
+    assert exit_code_for(full) == 8 and str(full).endswith("retry in 5 s") and full.retry_after_s == 5.0
+    dropped = _client_error(ServiceError(grpc.StatusCode.UNAVAILABLE, "connection refused"))
+    assert exit_code_for(dropped) == 6  # no reason (the link dropped): the status code decides

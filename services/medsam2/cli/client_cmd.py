@@ -363,8 +363,12 @@ def _save(client, session, args: argparse.Namespace, volume) -> list[Path]:  # n
     fmt = pb.RESULT_FORMAT_NPZ if name.endswith(".npz") else pb.RESULT_FORMAT_NIFTI_GZ
     if name.endswith(".nii"):
         raise InvalidInput("--out from PACS: write .nii.gz, .npz or .dcm")
-    data, _ = client.result(session.session_id, fmt)
-    return [_write_atomic(out, data)]
+    from medsam2.io.labels import LabelEntry, write_labels_json
+
+    # Object-id values, as the local writer's files; the label map goes beside the file as <name>.labels.json.
+    data, first = client.result(session.session_id, fmt, label_values=pb.LABEL_VALUES_OBJECT_IDS)
+    entries = [LabelEntry(e.value, e.object_id, e.name, tuple(e.colour_rgb)) for e in first.labels]  # type: ignore[arg-type]
+    return [_write_atomic(out, data), write_labels_json(out, entries)]
 
 
 def _write_local_sr(out: Path, masks: dict[int, np.ndarray], volume, model_version: str) -> Path:  # noqa: ANN001
