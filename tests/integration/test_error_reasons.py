@@ -60,11 +60,11 @@ def frames() -> np.ndarray:
     return synthetic_volume(seed=5, slices=SLICES, height=ROWS, width=COLS)[0]
 
 
-def _start(graphs: dict[str, Path], **settings):
+def _start(graphs: dict[str, Path], environ: dict[str, str], **settings):
     return start_server(
         ServerSettings(port=0, metrics_port=0, model_repository=graphs["present"], **settings),
         OnnxRuntimeBackend(graphs["present"], threads=1),
-        environ={"MEDSAM2_PACS_DOWN_URL": UNREACHABLE, "MEDSAM2_PACS_DOWN_TIMEOUT_S": "2"},
+        environ=environ,
     )
 
 
@@ -76,6 +76,7 @@ def full(graphs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory):
     tokens.write_text("alice:alice-secret\nroot:root-secret\n")
     running = _start(
         graphs,
+        {"MEDSAM2_PACS_DOWN_URL": UNREACHABLE, "MEDSAM2_PACS_DOWN_TIMEOUT_S": "2"},
         auth_tokens=tokens,
         admin_principals="root",
         annotations_dir=folder / "store",
@@ -93,7 +94,7 @@ def full(graphs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="module")
 def bare(graphs: dict[str, Path]):
     """A server without PACS or annotation store, holding one session at most."""
-    running = _start(graphs, max_sessions=1, max_study_voxels=SLICES * 512 * 512 * 40)
+    running = _start(graphs, {}, max_sessions=1, max_study_voxels=SLICES * 512 * 512 * 40)
     client = Client(f"127.0.0.1:{running.port}")
     yield client
     client.close()

@@ -123,4 +123,4 @@ def write_result(
     if like.dicom is not None:
         context["study_uid"], context["series_uid"] = like.dicom.study_uid, like.dicom.series_uid
     measured = measure_all(masks, like.spacing, {i: s.label for i, s in specs.items()})
-    return [path, *extra, write_measurements(measurements_path(path), measured, **context)]
+    return [path, write_measurements(measurements_path(path), measured, **context), *extra]
