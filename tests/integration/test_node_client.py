@@ -33,7 +33,9 @@ def test_a_node_client_from_the_proto_alone(node: str, graphs: dict[str, Path], 
     voxels = tmp_path / "study.raw"
     voxels.write_bytes(np.ascontiguousarray(frames, np.uint8).tobytes())
     b = boxes[0]
-    google_protos = Path(google.rpc.__file__).parents[2]  # googleapis-common-protos ships google/rpc/*.proto
+    # googleapis-common-protos ships google/rpc/*.proto beside its modules (google.rpc is a namespace package).
+    google_protos = Path(next(iter(google.rpc.__path__))).parents[1]
+    assert (google_protos / "google" / "rpc" / "status.proto").is_file()
     with ServeProcess(graphs["present"], log=tmp_path / "serve.log") as service:
         done = subprocess.run(
             [node, str(NODE_DIR / "client.mjs"), service.target, str(voxels), str(SLICES), str(ROWS), str(COLS)]
