@@ -222,7 +222,7 @@ def test_sessions_run_concurrently(client: Client, study) -> None:
         try:
             sid = client.create_session(frames, preset="none").session_id
             client.add_box(sid, 1, 2, (box.x0, box.y0, box.x1, box.y1))
-            results[name] = [r.slice for r in client.propagate(sid)]
+            results[name] = [r.slice for r in client.propagate(sid) if getattr(r, "pass") != "final"]
             client.close_session(sid)
         except Exception as exc:
             errors.append(exc)
@@ -233,7 +233,7 @@ def test_sessions_run_concurrently(client: Client, study) -> None:
     for t in threads:
         t.join(120)
     assert not errors and len(results) == 3
-    assert all(v == [2, 3, 4, 5, 2, 1, 0] for v in results.values())
+    assert all(v == [2, 3, 4, 5, 1, 0] for v in results.values())  # the key slice once
 
 
 def test_capacity_lru_eviction_and_exhaustion(graphs, study) -> None:
