@@ -90,7 +90,8 @@ def test_stalled_uploads_leave_health_and_other_tenants_served(graphs, frames: n
             assert reply.status == health_pb2.HealthCheckResponse.SERVING
         sid = bob.create_session(frames, preset="none").session_id
         bob.add_box(sid, 1, 2, (10, 10, 40, 40))
-        assert [r.slice for r in bob.propagate(sid)] == [2, 3, 4, 5, 2, 1, 0]
+        tracked = [r.slice for r in bob.propagate(sid) if getattr(r, "pass") != "final"]
+        assert tracked == [2, 3, 4, 5, 1, 0]  # the key slice once; final messages follow
         labels, ids = bob.result_labels(sid)
         assert ids == [1] and labels.shape == frames.shape
         for t in stallers:  # alice's two admitted ones are cancelled by the idle timeout, the rest refused at once
