@@ -91,6 +91,13 @@ if ! command -v chromium >/dev/null 2>&1; then
 fi
 scripts/build_web.sh
 
+# --- Node.js gRPC client (tests/integration/test_node_client.py) ---------------------------
+# @grpc/grpc-js, @grpc/proto-loader and protobufjs from npm, exactly tests/node/package-lock.json, into the gitignored
+# tests/node/node_modules; the client is written from proto/ alone.
+if command -v npm >/dev/null 2>&1; then
+    (cd tests/node && npm ci --no-audit --no-fund --loglevel=error)
+fi
+
 # --- DICOM conformance (corpus, validator, codecs) ----------------------------------------
 # (owned by the DICOM I/O work) dicom3tools' dciodvfy checks every SEG the corpus test writes; pydicom-data is
 # the corpus beside pydicom's own files; the codecs extra (pylibjpeg and its plug-ins) decodes 12-bit JPEG and

@@ -11,6 +11,8 @@ and ``retry_after_s`` (for ``RetryInfo`` on capacity and availability errors).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 
 class Medsam2Error(Exception):
     """Base of every deliberate error; its message names the problem."""
@@ -144,3 +146,114 @@ class ClientCancelled(Medsam2Error):
     """The client went away (cancelled or disconnected) before the request finished."""
 
     reason = "CLIENT_CANCELLED"
+
+
+# -- the catalogue of reasons ---------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Reason:
+    """One ``ErrorInfo`` reason: the error type that carries it, whether a retry can help, and the field at fault."""
+
+    name: str
+    error: type[Medsam2Error]
+    retry: bool
+    """Whether the same request can succeed later (after ``RetryInfo``'s delay, when one is sent)."""
+    field: str
+    """The request field at fault (``BadRequest.field``), or '' when the request is not at fault."""
+    meaning: str
+
+
+REASONS: tuple[Reason, ...] = (
+    # INVALID_ARGUMENT: the request itself is wrong; BadRequest.field names the field.
+    Reason("INVALID_INPUT", InvalidInput, False, "the field named", "A request field is malformed or out of range."),
+    Reason(
+        "INVALID_PROMPT",
+        InvalidPrompt,
+        False,
+        "box, points, mask, object_id or slice",
+        "A prompt does not fit the study.",
+    ),
+    Reason(
+        "UPLOAD_TRUNCATED", UploadTruncated, True, "voxels", "The upload ended before the bytes its header announced."
+    ),
+    # FAILED_PRECONDITION: valid, but the session's or the server's state does not allow it.
+    Reason("NO_PROMPTS", PreconditionFailed, False, "", "Propagate before any prompt: add a box, points or a mask."),
+    Reason("NOT_PROPAGATED", PreconditionFailed, False, "correction", "A correction of an object never propagated."),
+    Reason("NO_MASKS", PreconditionFailed, False, "", "Nothing segmented yet to save or to write as DICOM."),
+    Reason("PACS_NOT_CONFIGURED", PreconditionFailed, False, "", "The server has no PACS endpoint."),
+    Reason("ANNOTATION_STORE_DISABLED", PreconditionFailed, False, "", "The server keeps no annotation store."),
+    Reason(
+        "IMAGE_NOT_KEPT", PreconditionFailed, False, "session_id", "GetImage on a session opened without keep_image."
+    ),
+    Reason("NO_DICOM_SOURCE", PreconditionFailed, False, "", "DICOM results for an upload without DICOM identity."),
+    Reason(
+        "DICOM_HEADERS_MISSING",
+        PreconditionFailed,
+        False,
+        "",
+        "DICOM results for an upload with UIDs but no headers: StoreResult reads them from PACS.",
+    ),
+    Reason(
+        "DICOM_SOURCE_MISMATCH",
+        PreconditionFailed,
+        False,
+        "",
+        "The PACS series the upload names does not describe its voxels.",
+    ),
+    Reason(
+        "MODEL_NOT_VERSIONED", PreconditionFailed, False, "", "SetModelVersion on a server with one unversioned model."
+    ),
+    Reason(
+        "MODEL_VERSION_UNAVAILABLE",
+        PreconditionFailed,
+        False,
+        "",
+        "A stored session's model version cannot be loaded here.",
+    ),
+    Reason("PRECONDITION_FAILED", PreconditionFailed, False, "", "Another state that does not allow the request."),
+    Reason(
+        "CHECKPOINT_ERROR", CheckpointError, False, "", "A checkpoint is missing, corrupt or does not match the model."
+    ),
+    Reason("CONFIG_ERROR", ConfigError, False, "", "A server setting or model config is wrong."),
+    Reason("OUTPUT_NOT_WRITABLE", OutputNotWritable, False, "", "An output cannot be written."),
+    # ABORTED: someone else holds the session.
+    Reason("SESSION_BUSY", SessionBusy, True, "", "Another request (a streaming Propagate) holds the session."),
+    # NOT_FOUND.
+    Reason("NOT_FOUND", NotFound, False, "", "A named thing does not exist (a PACS study, series or instance)."),
+    Reason("OBJECT_NOT_FOUND", NotFound, False, "object_id", "No object of this id in the session."),
+    Reason("PACS_ENDPOINT_NOT_FOUND", NotFound, False, "endpoint", "No configured PACS endpoint of this name."),
+    Reason("MODEL_VERSION_NOT_FOUND", NotFound, False, "version", "No model version of this number."),
+    Reason("SESSION_NOT_FOUND", SessionNotFound, False, "session_id", "No session of this id for the caller."),
+    Reason("SESSION_EVICTED", SessionEvicted, False, "session_id", "The service removed the session (capacity)."),
+    Reason("SESSION_EXPIRED", SessionEvicted, False, "session_id", "The session expired after its idle TTL."),
+    Reason("SESSION_CLOSED", SessionClosed, False, "session_id", "The session was closed while the request used it."),
+    # RESOURCE_EXHAUSTED.
+    Reason(
+        "STUDY_TOO_LARGE", CapacityExceeded, False, "header.shape", "The study has more voxels than the server allows."
+    ),
+    Reason("SERVICE_FULL", CapacityExceeded, True, "", "The service holds as many sessions or bytes as it may."),
+    Reason("PRINCIPAL_QUOTA", CapacityExceeded, True, "", "The caller holds as many sessions or bytes as it may."),
+    Reason(
+        "STATE_LIMIT",
+        CapacityExceeded,
+        True,
+        "",
+        "A propagation passed the state limit: it can run once other sessions close (or over a smaller range).",
+    ),
+    Reason("UPLOADS_FULL", CapacityExceeded, True, "", "Too many uploads are in flight."),
+    Reason("ANNOTATION_QUOTA", CapacityExceeded, False, "", "The caller's annotation folder is full."),
+    Reason("CAPACITY_EXCEEDED", CapacityExceeded, True, "", "Another configured limit."),
+    # UNAVAILABLE.
+    Reason("BACKEND_UNAVAILABLE", BackendUnavailable, True, "", "The inference backend is not there or not ready."),
+    Reason("PACS_UNAVAILABLE", BackendUnavailable, True, "", "The PACS cannot be reached or failed."),
+    Reason("STORE_UNAVAILABLE", BackendUnavailable, True, "", "The session store cannot be reached."),
+    # The caller.
+    Reason("UNAUTHENTICATED", Unauthenticated, False, "", "Missing or wrong credentials."),
+    Reason("PERMISSION_DENIED", PermissionDenied, False, "", "The caller may not do this (an admin RPC)."),
+    Reason("PACS_ACCESS_DENIED", ConfigError, False, "", "The PACS refused the endpoint's credentials."),
+    Reason("PACS_REJECTED", OutputNotWritable, False, "", "The PACS refused to store an object."),
+    Reason("UPLOAD_TIMED_OUT", UploadTimedOut, True, "", "The upload stalled or passed its deadline."),
+    Reason("CLIENT_CANCELLED", ClientCancelled, True, "", "The client went away."),
+)
+"""Every reason the service returns (``docs/errors.md`` is generated from this table)."""
+
+REASON_BY_NAME = {r.name: r for r in REASONS}

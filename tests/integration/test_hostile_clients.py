@@ -90,7 +90,8 @@ def test_stalled_uploads_leave_health_and_other_tenants_served(graphs, frames: n
             assert reply.status == health_pb2.HealthCheckResponse.SERVING
         sid = bob.create_session(frames, preset="none").session_id
         bob.add_box(sid, 1, 2, (10, 10, 40, 40))
-        assert [r.slice for r in bob.propagate(sid)] == [2, 3, 4, 5, 2, 1, 0]
+        tracked = [r.slice for r in bob.propagate(sid) if getattr(r, "pass") != "final"]
+        assert tracked == [2, 3, 4, 5, 1, 0]  # the key slice once; final messages follow
         labels, ids = bob.result_labels(sid)
         assert ids == [1] and labels.shape == frames.shape
         for t in stallers:  # alice's two admitted ones are cancelled by the idle timeout, the rest refused at once
@@ -175,7 +176,8 @@ def test_state_cap_drops_cached_features_then_refuses(graphs, frames: np.ndarray
     try:
         sid = c.create_session(frames, preset="none").session_id
         c.add_box(sid, 1, 0, (10, 10, 40, 40))
-        assert len(list(c.propagate(sid))) == frames.shape[0]  # completes: the cache is shed as it grows
+        tracked = [r for r in c.propagate(sid) if getattr(r, "pass") != "final"]  # finals follow the tracked slices
+        assert len(tracked) == frames.shape[0]  # completes: the cache is shed as it grows
         session = c.stub.GetSession(pb.GetSessionRequest(session_id=sid))
         assert 0 < session.state_bytes <= cap
         c.close_session(sid)

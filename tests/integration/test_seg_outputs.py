@@ -60,6 +60,12 @@ def test_label_map_npz_round_trip(volume: Volume, tmp_path: Path) -> None:
     assert set(np.unique(labels)) == {0, 1, 2}
     report = json.loads(written[1].read_text())
     assert [o["voxels"] for o in report["objects"]] == [int(masks[1].sum()), int(masks[2].sum())]
+    # The label map travels inside the npz and beside it: each value names its object.
+    assert written[2] == tmp_path / "labels.labels.json"
+    beside = json.loads(written[2].read_text())
+    with np.load(written[0], allow_pickle=False) as npz:
+        assert json.loads(str(npz["labels"])) == beside
+    assert [(e["value"], e["object_id"]) for e in beside["labels"]] == [(1, 1), (2, 2)]
 
 
 def test_label_map_refuses_ids_it_cannot_store() -> None:

@@ -74,8 +74,9 @@ def test_service_masks_equal_the_engine(client: Client, study, graphs) -> None:
     box = boxes[0]
     client.add_box(session.session_id, 1, 3, (box.x0, box.y0, box.x1, box.y1))
     streamed = list(client.propagate(session.session_id))
-    assert [r.slice for r in streamed] == [3, 4, 5, 3, 2, 1, 0]
-    assert streamed[-1].done == streamed[-1].total == len(streamed)
+    tracked = [r for r in streamed if getattr(r, "pass") != "final"]  # final messages follow the tracked ones
+    assert [r.slice for r in tracked] == [3, 4, 5, 2, 1, 0]  # the key slice once
+    assert tracked[-1].done == tracked[-1].total == len(tracked)
     labels, ids = client.result_labels(session.session_id)
     direct = segment_volume(
         Tracker(OnnxRuntimeBackend(graphs["present"], threads=2), frames, TrackerOptions()),
@@ -221,7 +222,7 @@ def test_sessions_run_concurrently(client: Client, study) -> None:
         try:
             sid = client.create_session(frames, preset="none").session_id
             client.add_box(sid, 1, 2, (box.x0, box.y0, box.x1, box.y1))
-            results[name] = [r.slice for r in client.propagate(sid)]
+            results[name] = [r.slice for r in client.propagate(sid) if getattr(r, "pass") != "final"]
             client.close_session(sid)
         except Exception as exc:
             errors.append(exc)
@@ -232,7 +233,7 @@ def test_sessions_run_concurrently(client: Client, study) -> None:
     for t in threads:
         t.join(120)
     assert not errors and len(results) == 3
-    assert all(v == [2, 3, 4, 5, 2, 1, 0] for v in results.values())
+    assert all(v == [2, 3, 4, 5, 1, 0] for v in results.values())  # the key slice once
 
 
 def test_capacity_lru_eviction_and_exhaustion(graphs, study) -> None:
@@ -284,7 +285,7 @@ def test_shutdown_drains_a_stream_in_flight(graphs, study) -> None:
     stopper.start()
     rest = list(stream)  # the stream completes although the server is stopping
     stopper.join(60)
-    assert first.total == 1 + len(rest) == SLICES
+    assert first.total == 1 + len([r for r in rest if getattr(r, "pass") != "final"]) == SLICES
     c.close()
 
 

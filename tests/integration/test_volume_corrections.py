@@ -49,7 +49,17 @@ def test_uncorrected_objects_equal_segment_volume(tracker, study) -> None:
     _, boxes = study
     prompts = [ObjectPrompt(1, KEY, box=boxes[0]), ObjectPrompt(2, KEY + 1, box=boxes[1])]
     expected = segment_volume(tracker, prompts)
-    expected_passes = [(name, r.frame, r.obj_ids) for name, r in iter_volume(tracker, prompts)]
+    # The same passes, except that the backward pass does not repeat its key slice (the forward pass sent it).
+    keys = {p.frame for p in prompts}
+    expected_passes = [
+        (name, r.frame, r.obj_ids)
+        for name, r in iter_volume(tracker, prompts)
+        if not (
+            name == "backward"
+            and r.frame in keys
+            and r.obj_ids == tuple(p.obj_id for p in prompts if p.frame == r.frame)
+        )
+    ]
     annotation = VolumeAnnotation(tracker, keep_largest_component=False)
     for prompt in prompts:
         annotation.add_prompt(prompt)
@@ -118,7 +128,7 @@ def test_prompt_on_the_key_slice_restarts_the_object(tracker, study) -> None:
     annotation.add_prompt(ObjectPrompt(1, KEY + 1, points=points, labels=labels))
     annotation.add_prompt(ObjectPrompt(1, KEY, box=boxes[1]))
     assert not annotation.is_propagated(1) and annotation.pending_corrections(1) == []
-    assert annotation.planned_slices() == (SLICES - KEY) + (KEY + 1)
+    assert annotation.planned_slices() == (SLICES - KEY) + KEY  # the key slice once
     expected = segment_volume(tracker, [ObjectPrompt(1, KEY, box=boxes[1])])
     list(annotation.propagate())
     assert np.array_equal(annotation.masks()[1], expected[1])

@@ -1,4 +1,9 @@
-"""A small Python client for the session service, used by ``medsam2 client`` and the tests."""
+"""A small Python client for the session service, used by ``medsam2 client`` and the tests.
+
+Every method takes ``timeout`` (seconds for the whole call, None: no deadline) and raises one typed error,
+``ServiceError`` (status, reason, field, retry_after_s from the status's ``google.rpc`` details), which is also
+a ``grpc.RpcError`` (``code()``, ``details()``) for callers written against grpc.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,8 @@ from dataclasses import dataclass
 
 import grpc
 import numpy as np
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
 from medsam2.api.convert import DTYPE_OF, decode_mask, encode_mask
 from medsam2.api.pb.medsam2.v1 import segmentation_pb2 as pb
@@ -63,6 +70,8 @@ class Client:
         external_id: str = "",
         request_id: str = "",
         keep_image: bool = False,
+        postprocessing: pb.PostProcessing | None = None,
+        timeout: float | None = None,
     ) -> pb.Session:
         """Upload a volume [slices, rows, columns] in chunks and open a session on it.
 
@@ -85,6 +94,7 @@ class Client:
             external_id=external_id,
             request_id=request_id or new_request_id(),
             keep_image=keep_image,
+            postprocessing=postprocessing,
             **(identity or {}),  # type: ignore[arg-type]  # study_uid, series_uid, sop_instance_uids
         )
         data = np.ascontiguousarray(voxels, dtype=dtype).tobytes()
@@ -95,7 +105,7 @@ class Client:
             for offset in range(0, len(data), UPLOAD_CHUNK_BYTES):
                 yield pb.CreateSessionRequest(voxels=data[offset : offset + UPLOAD_CHUNK_BYTES])
 
-        return self.stub.CreateSession(messages(), metadata=self.metadata)
+        return _unary(self.stub.CreateSession, messages(), self.metadata, timeout)
 
     def open_pacs(
         self,
@@ -110,6 +120,7 @@ class Client:
         external_id: str = "",
         request_id: str = "",
         keep_image: bool = False,
+        timeout: float | None = None,
     ) -> pb.Session:
         """Open a session on a study the server fetches from one of its PACS endpoints."""
         header = pb.StudyHeader(
@@ -122,7 +133,7 @@ class Client:
             request_id=request_id or new_request_id(),
             keep_image=keep_image,
         )
-        return self.stub.CreateSession(iter([pb.CreateSessionRequest(header=header)]), metadata=self.metadata)
+        return _unary(self.stub.CreateSession, iter([pb.CreateSessionRequest(header=header)]), self.metadata, timeout)
 
     def add_prompt(
         self,
@@ -138,6 +149,7 @@ class Client:
         object_info: pb.ObjectInfo | None = None,
         encoding: int = pb.MASK_ENCODING_UNSPECIFIED,
         request_id: str = "",
+        timeout: float | None = None,
     ) -> pb.SliceResult:
         """A box, clicks (x, y, positive) or a mask for one object on one slice; returns that slice's masks."""
         request = pb.AddPromptRequest(
@@ -155,88 +167,227 @@ class Client:
             request.box.CopyFrom(pb.Box(x0=box[0], y0=box[1], x1=box[2], y1=box[3]))
         if mask is not None:
             request.mask.CopyFrom(encode_mask(np.asarray(mask, bool), pb.MASK_ENCODING_RLE))
-        return self.stub.AddPrompt(request, metadata=self.metadata)
+        return _unary(self.stub.AddPrompt, request, self.metadata, timeout)
 
     def add_box(
-        self, session_id: str, object_id: int, slice_index: int, box: tuple[float, float, float, float]
+        self,
+        session_id: str,
+        object_id: int,
+        slice_index: int,
+        box: tuple[float, float, float, float],
+        *,
+        timeout: float | None = None,
     ) -> pb.SliceResult:
         """A box prompt."""
-        return self.add_prompt(session_id, object_id, slice_index, box=box)
+        return self.add_prompt(session_id, object_id, slice_index, box=box, timeout=timeout)
 
-    def propagate(self, session_id: str, **fields) -> Iterator[pb.SliceResult]:  # noqa: ANN003
-        """Stream per-slice results (fields as in PropagateRequest)."""
-        return self.stub.Propagate(pb.PropagateRequest(session_id=session_id, **fields), metadata=self.metadata)
+    def propagate(self, session_id: str, *, timeout: float | None = None, **fields) -> ResultStream:  # noqa: ANN003
+        """Stream per-slice results (fields as in PropagateRequest); ``cancel()`` ends the stream."""
+        request = pb.PropagateRequest(session_id=session_id, **fields)
+        return ResultStream(self.stub.Propagate(request, metadata=self.metadata, timeout=timeout))
 
-    def result(self, session_id: str, fmt: int) -> tuple[bytes, pb.ResultChunk]:
-        """The whole result file in format ``fmt`` and its first chunk (shape, object ids)."""
-        request = pb.GetResultRequest(session_id=session_id, format=fmt)  # type: ignore[arg-type]
-        chunks = list(self.stub.GetResult(request, metadata=self.metadata))
+    def slices(
+        self,
+        session_id: str,
+        first: int | None = None,
+        last: int | None = None,
+        *,
+        encoding: int = pb.MASK_ENCODING_UNSPECIFIED,
+        timeout: float | None = None,
+    ) -> ResultStream:
+        """Re-read the stored masks of slices first..last (default: all), e.g. after a lost Propagate stream."""
+        request = pb.GetSlicesRequest(
+            session_id=session_id,
+            first_slice=first,
+            last_slice=last,
+            encoding=encoding,  # type: ignore[arg-type]
+        )
+        return ResultStream(self.stub.GetSlices(request, metadata=self.metadata, timeout=timeout))
+
+    def result(
+        self,
+        session_id: str,
+        fmt: int,
+        *,
+        label_values: int = pb.LABEL_VALUES_UNSPECIFIED,
+        timeout: float | None = None,
+    ) -> tuple[bytes, pb.ResultChunk]:
+        """The whole result file in format ``fmt`` and its first chunk (shape, object ids, label map)."""
+        request = pb.GetResultRequest(
+            session_id=session_id,
+            format=fmt,  # type: ignore[arg-type]  # enum values are ints on the wire
+            label_values=label_values,  # type: ignore[arg-type]
+        )
+        chunks = list(ResultStream(self.stub.GetResult(request, metadata=self.metadata, timeout=timeout)))
         data = b"".join(c.data for c in chunks)
         self.bytes_received += len(data)
         return data, chunks[0]
 
-    def image(self, session_id: str) -> bytes:
+    def image(self, session_id: str, *, timeout: float | None = None) -> bytes:
         """The study as the session keeps it (opened with ``keep_image``), as gzipped NIfTI."""
-        chunks = self.stub.GetImage(pb.GetImageRequest(session_id=session_id), metadata=self.metadata)
+        request = pb.GetImageRequest(session_id=session_id)
+        chunks = ResultStream(self.stub.GetImage(request, metadata=self.metadata, timeout=timeout))
         data = b"".join(c.data for c in chunks)
         self.bytes_received += len(data)
         return data
 
-    def result_labels(self, session_id: str) -> tuple[np.ndarray, list[int]]:
-        """The label volume and the object id of each label."""
-        data, first = self.result(session_id, pb.RESULT_FORMAT_RAW_LABELS)
+    def result_labels(
+        self, session_id: str, *, object_id_values: bool = False, timeout: float | None = None
+    ) -> tuple[np.ndarray, list[int]]:
+        """The label volume and the objects in it (values: ranks, label i+1 is ids[i]; or the object ids)."""
+        values = pb.LABEL_VALUES_OBJECT_IDS if object_id_values else pb.LABEL_VALUES_RANKS
+        data, first = self.result(session_id, pb.RESULT_FORMAT_RAW_LABELS, label_values=values, timeout=timeout)
         return np.frombuffer(data, "<u2").reshape(tuple(first.shape)).copy(), list(first.object_ids)
 
-    def object_masks(self, session_id: str) -> dict[int, np.ndarray]:
+    def object_masks(self, session_id: str, *, timeout: float | None = None) -> dict[int, np.ndarray]:
         """Each object's boolean mask [slices, rows, columns] (overlaps kept)."""
-        data, first = self.result(session_id, pb.RESULT_FORMAT_OBJECT_MASKS_NPZ)
+        data, first = self.result(session_id, pb.RESULT_FORMAT_OBJECT_MASKS_NPZ, timeout=timeout)
         with np.load(io.BytesIO(data)) as npz:
             return {i: npz[f"object_{i}"] for i in first.object_ids}
 
-    def store_result(self, session_id: str, endpoint: str, request_id: str = "") -> pb.StoreResultResponse:
+    def store_result(
+        self, session_id: str, endpoint: str, request_id: str = "", *, timeout: float | None = None
+    ) -> pb.StoreResultResponse:
         """Send the session's SEG and SR to a PACS endpoint the server knows."""
         request = pb.StoreResultRequest(
             session_id=session_id, endpoint=endpoint, request_id=request_id or new_request_id()
         )
-        return self.stub.StoreResult(request, metadata=self.metadata)
+        return _unary(self.stub.StoreResult, request, self.metadata, timeout)
 
     def save_annotation(
-        self, session_id: str, *, case_name: str = "", request_id: str = ""
+        self, session_id: str, *, case_name: str = "", request_id: str = "", timeout: float | None = None
     ) -> pb.SaveAnnotationResponse:
         """Save the session's image and masks as a training case in the server's annotation store."""
         request = pb.SaveAnnotationRequest(
             session_id=session_id, case_name=case_name, request_id=request_id or new_request_id()
         )
-        return self.stub.SaveAnnotation(request, metadata=self.metadata)
+        return _unary(self.stub.SaveAnnotation, request, self.metadata, timeout)
 
-    def reset_objects(self, session_id: str, object_ids: list[int] | None = None) -> pb.Session:
+    def reset_objects(
+        self, session_id: str, object_ids: list[int] | None = None, *, timeout: float | None = None
+    ) -> pb.Session:
         """Forget some objects, or all of them (None)."""
         request = pb.ResetObjectsRequest(session_id=session_id, object_ids=object_ids or [], all=object_ids is None)
-        return self.stub.ResetObjects(request, metadata=self.metadata)
+        return _unary(self.stub.ResetObjects, request, self.metadata, timeout)
 
-    def get_session(self, session_id: str) -> pb.Session:
+    def get_session(self, session_id: str, *, timeout: float | None = None) -> pb.Session:
         """Describe a session."""
-        return self.stub.GetSession(pb.GetSessionRequest(session_id=session_id), metadata=self.metadata)
+        return _unary(self.stub.GetSession, pb.GetSessionRequest(session_id=session_id), self.metadata, timeout)
 
-    def list_sessions(self) -> list[pb.Session]:
+    def list_sessions(self, *, timeout: float | None = None) -> list[pb.Session]:
         """Every open session."""
-        return list(self.stub.ListSessions(pb.ListSessionsRequest(), metadata=self.metadata).sessions)
+        return list(_unary(self.stub.ListSessions, pb.ListSessionsRequest(), self.metadata, timeout).sessions)
 
-    def server_info(self) -> pb.ServerInfo:
+    def server_info(self, *, timeout: float | None = None) -> pb.ServerInfo:
         """What the server runs and allows."""
-        return self.stub.GetServerInfo(pb.GetServerInfoRequest(), metadata=self.metadata)
+        return _unary(self.stub.GetServerInfo, pb.GetServerInfoRequest(), self.metadata, timeout)
 
-    def set_model_version(self, version: int = 0) -> pb.ServerInfo:
+    def set_model_version(self, version: int = 0, *, timeout: float | None = None) -> pb.ServerInfo:
         """Admins only: serve model ``version`` (0: the newest) to new sessions."""
-        return self.stub.SetModelVersion(pb.SetModelVersionRequest(version=version), metadata=self.metadata)
+        return _unary(self.stub.SetModelVersion, pb.SetModelVersionRequest(version=version), self.metadata, timeout)
 
-    def close_session(self, session_id: str) -> bool:
+    def close_session(self, session_id: str, *, timeout: float | None = None) -> bool:
         """Close a session."""
-        return self.stub.CloseSession(pb.CloseSessionRequest(session_id=session_id), metadata=self.metadata).closed
+        request = pb.CloseSessionRequest(session_id=session_id)
+        return _unary(self.stub.CloseSession, request, self.metadata, timeout).closed
 
     def close(self) -> None:
         """Close the channel."""
         self.channel.close()
+
+
+class ServiceError(grpc.RpcError):
+    """A refused or failed call: its status, the ``ErrorInfo`` reason, the ``BadRequest`` field, the retry delay."""
+
+    def __init__(
+        self,
+        status: grpc.StatusCode,
+        message: str,
+        *,
+        reason: str = "",
+        field: str = "",
+        retry_after_s: float | None = None,
+        trailing_metadata: tuple = (),
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.reason = reason or status.name
+        """The stable reason (docs/errors.md); the status name when the server sent none (e.g. a dropped link)."""
+        self.field = field
+        """The request field at fault (INVALID_ARGUMENT), or empty."""
+        self.retry_after_s = retry_after_s
+        """Seconds to wait before a retry can help, when the server said so; None: a retry will not help as is."""
+        self._trailing_metadata = trailing_metadata
+
+    def code(self) -> grpc.StatusCode:
+        """The status code (as ``grpc.RpcError.code``)."""
+        return self.status
+
+    def details(self) -> str:
+        """The message (as ``grpc.RpcError.details``)."""
+        return self.message
+
+    def trailing_metadata(self) -> tuple:
+        """The call's trailing metadata (holds the binary google.rpc.Status)."""
+        return self._trailing_metadata
+
+    def __str__(self) -> str:
+        return f"{self.status.name} {self.reason}: {self.message}"
+
+    @classmethod
+    def from_rpc_error(cls, error: grpc.RpcError) -> ServiceError:
+        """The typed error of a grpc failure, with the details its ``google.rpc.Status`` carries."""
+        if isinstance(error, ServiceError):
+            return error
+        code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
+        message = error.details() if hasattr(error, "details") else str(error)
+        reason, field, retry = "", "", None
+        status = rpc_status.from_call(error) if hasattr(error, "trailing_metadata") else None
+        for detail in status.details if status is not None else ():
+            if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+                info = error_details_pb2.ErrorInfo()
+                detail.Unpack(info)
+                reason = info.reason
+                field = field or info.metadata.get("field", "")
+            elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+                bad = error_details_pb2.BadRequest()
+                detail.Unpack(bad)
+                field = (bad.field_violations[0].field if bad.field_violations else "") or field
+            elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+                info_retry = error_details_pb2.RetryInfo()
+                detail.Unpack(info_retry)
+                retry = info_retry.retry_delay.seconds + info_retry.retry_delay.nanos / 1e9
+        metadata = tuple(error.trailing_metadata() or ()) if hasattr(error, "trailing_metadata") else ()
+        return cls(code, message or "", reason=reason, field=field, retry_after_s=retry, trailing_metadata=metadata)
+
+
+class ResultStream:
+    """A server stream whose failures raise ``ServiceError``; ``cancel()`` ends it early."""
+
+    def __init__(self, call) -> None:  # noqa: ANN001 - a grpc streaming call
+        self._call = call
+
+    def __iter__(self) -> ResultStream:
+        return self
+
+    def __next__(self):  # noqa: ANN204
+        try:
+            return next(self._call)
+        except grpc.RpcError as exc:
+            raise ServiceError.from_rpc_error(exc) from exc
+
+    def cancel(self) -> None:
+        """Cancel the call (the server stops within a slice)."""
+        self._call.cancel()
+
+
+def _unary(method, request, metadata: tuple, timeout: float | None):  # noqa: ANN001, ANN202
+    """Call a unary (or client-streaming) method; grpc failures become ``ServiceError``."""
+    try:
+        return method(request, metadata=metadata, timeout=timeout)
+    except grpc.RpcError as exc:
+        raise ServiceError.from_rpc_error(exc) from exc
 
 
 def slice_masks(result: pb.SliceResult) -> dict[int, np.ndarray]:

@@ -9,6 +9,7 @@ from pydicom.sr.coding import Code
 
 from medsam2.api.masks import decode_rle, encode_rle, pack_bits, unpack_bits
 from medsam2.api.pb.medsam2.v1 import segmentation_pb2 as pb
+from medsam2.engine.postprocessing import PostProcessingOptions
 from medsam2.engine.prompts import Box
 from medsam2.engine.protocols import ObjectPrompt
 from medsam2.engine.tracker import Direction
@@ -37,18 +38,19 @@ def header_shape(header: pb.StudyHeader) -> tuple[int, int, int]:
     """The study shape of an upload header, checked."""
     shape = tuple(int(v) for v in header.shape)
     if len(shape) != 3:
-        raise InvalidInput(f"header.shape must be [slices, rows, columns], got {list(shape)}")
+        raise InvalidInput(f"header.shape must be [slices, rows, columns], got {list(shape)}", field="header.shape")
     if shape[0] == 0:
-        raise InvalidInput("the study has zero slices")
+        raise InvalidInput("the study has zero slices", field="header.shape")
     if min(shape) == 0:
-        raise InvalidInput(f"header.shape has an empty axis: {list(shape)}")
+        raise InvalidInput(f"header.shape has an empty axis: {list(shape)}", field="header.shape")
     return shape  # type: ignore[return-value]
 
 
 def header_dtype(header: pb.StudyHeader) -> np.dtype:
     """The voxel dtype of an upload header, checked."""
     if header.dtype not in DTYPES:
-        raise InvalidInput(f"header.dtype must be set to one of {sorted(pb.DataType.keys())[1:]}")
+        allowed = [pb.DataType.Name(value) for value in sorted(DTYPES)]  # DATA_TYPE_UNSPECIFIED is not a choice
+        raise InvalidInput(f"header.dtype must be one of {', '.join(allowed)}", field="header.dtype")
     return DTYPES[header.dtype]
 
 
@@ -58,7 +60,9 @@ def header_spacing(header: pb.StudyHeader) -> tuple[float, float, float]:
         return (1.0, 1.0, 1.0)
     spacing = tuple(float(v) for v in header.spacing_mm)
     if len(spacing) != 3 or not all(np.isfinite(spacing)) or min(spacing) <= 0:
-        raise InvalidInput(f"header.spacing_mm must be three positive numbers, got {list(spacing)}")
+        raise InvalidInput(
+            f"header.spacing_mm must be three positive numbers, got {list(spacing)}", field="header.spacing_mm"
+        )
     return spacing  # type: ignore[return-value]
 
 
@@ -79,12 +83,15 @@ def decode_mask(message: pb.Mask) -> np.ndarray:
 
 def prompt_from_pb(request: pb.AddPromptRequest) -> ObjectPrompt:
     """The domain prompt of an AddPrompt request (validated again by the engine)."""
+    if request.object_id == 0:
+        # 0 is proto3's default: a request that forgot the field, not an object.
+        raise InvalidPrompt("object_id must be 1 or more (0 is the unset default)", field="object_id")
     has_box = request.HasField("box")
     has_mask = request.HasField("mask")
     if has_mask and (has_box or request.points):
-        raise InvalidPrompt("give either a mask or a box/points, not both")
+        raise InvalidPrompt("give either a mask or a box/points, not both", field="mask")
     if not (has_box or has_mask or request.points):
-        raise InvalidPrompt("the prompt is empty: give a box, points or a mask")
+        raise InvalidPrompt("the prompt is empty: give a box, points or a mask", field="box")
     box = Box(request.box.x0, request.box.y0, request.box.x1, request.box.y1) if has_box else None
     points = labels = None
     if request.points:
@@ -107,7 +114,10 @@ def geometry_from_pb(header: pb.StudyHeader, spacing: tuple[float, float, float]
     }
     for name, values in vectors.items():
         if len(values) != 3 or not all(np.isfinite(values)):
-            raise InvalidInput(f"header.geometry.{name} must be three finite numbers, got {list(values)}")
+            raise InvalidInput(
+                f"header.geometry.{name} must be three finite numbers, got {list(values)}",
+                field=f"header.geometry.{name}",
+            )
     return Geometry.from_dicom(
         np.asarray(g.origin),
         np.asarray([*g.row_direction, *g.column_direction]),
@@ -188,3 +198,19 @@ def _code(concept: pb.CodedConcept, name: str) -> Code:
             f"object_info.{name} is too long: value and meaning at most 64 characters, scheme at most 16"
         )
     return Code(concept.value, concept.scheme, concept.meaning)
+
+
+def postprocessing_from_pb(message: pb.PostProcessing) -> dict[str, object]:
+    """The post-processing fields a request set (unset ones take the study kind's defaults)."""
+    names = ("largest_component", "fill_hole_area", "non_overlapping_objects", "binarize_memory")
+    return {name: getattr(message, name) for name in names if message.HasField(name)}
+
+
+def postprocessing_to_pb(options: PostProcessingOptions) -> pb.PostProcessing:
+    """Resolved post-processing as its message, every field set."""
+    return pb.PostProcessing(
+        largest_component=options.largest_component,
+        fill_hole_area=options.fill_hole_area,
+        non_overlapping_objects=options.non_overlapping_objects,
+        binarize_memory=options.binarize_memory,
+    )

@@ -363,8 +363,12 @@ def _save(client, session, args: argparse.Namespace, volume) -> list[Path]:  # n
     fmt = pb.RESULT_FORMAT_NPZ if name.endswith(".npz") else pb.RESULT_FORMAT_NIFTI_GZ
     if name.endswith(".nii"):
         raise InvalidInput("--out from PACS: write .nii.gz, .npz or .dcm")
-    data, _ = client.result(session.session_id, fmt)
-    return [_write_atomic(out, data)]
+    from medsam2.io.labels import LabelEntry, write_labels_json
+
+    # Object-id values, as the local writer's files; the label map goes beside the file as <name>.labels.json.
+    data, first = client.result(session.session_id, fmt, label_values=pb.LABEL_VALUES_OBJECT_IDS)
+    entries = [LabelEntry(e.value, e.object_id, e.name, tuple(e.colour_rgb)) for e in first.labels]  # type: ignore[arg-type]
+    return [_write_atomic(out, data), write_labels_json(out, entries)]
 
 
 def _write_local_sr(out: Path, masks: dict[int, np.ndarray], volume, model_version: str) -> Path:  # noqa: ANN001
@@ -407,7 +411,22 @@ def server_calls(client) -> Iterator[None]:  # noqa: ANN001 - api.client.Client,
 def _client_error(exc) -> Exception:  # noqa: ANN001 - grpc.RpcError
     import grpc
 
-    code, details = exc.code(), exc.details()
+    from medsam2.api.client import ServiceError
+    from medsam2.errors import REASON_BY_NAME
+
+    error = ServiceError.from_rpc_error(exc)
+    code, details = error.code(), error.details()
+    catalogued = REASON_BY_NAME.get(error.reason)
+    if catalogued is not None:
+        # The reason decides (docs/errors.md): its error type gives the exit code, and the message says what to do.
+        where = f" (field {error.field})" if error.field else ""
+        retry = f"; retry in {error.retry_after_s:g} s" if error.retry_after_s else ""
+        return catalogued.error(
+            f"server refused the request: {error.reason}{where}: {details}{retry}",
+            reason=error.reason,
+            field=error.field,
+            retry_after_s=error.retry_after_s,
+        )
     if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION):
         return InvalidInput(f"server refused the request ({code.name}): {details}")
     if code == grpc.StatusCode.NOT_FOUND:

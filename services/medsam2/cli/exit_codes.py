@@ -13,7 +13,10 @@ from medsam2.errors import (
     NotFound,
     OutputNotWritable,
     PermissionDenied,
+    PreconditionFailed,
+    SessionBusy,
     Unauthenticated,
+    UploadTimedOut,
 )
 
 OK = 0
@@ -33,6 +36,9 @@ _CODES: list[tuple[type[Medsam2Error], int]] = [
     (CapacityExceeded, 8),
     (Unauthenticated, 9),
     (PermissionDenied, 9),
+    (SessionBusy, 11),
+    (PreconditionFailed, 10),
+    (UploadTimedOut, 6),
 ]
 
 

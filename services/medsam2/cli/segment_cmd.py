@@ -237,7 +237,7 @@ def run_segment(args: argparse.Namespace, settings: Settings) -> int:
         "objects": per_object,
         "backend": backend.name,
         "features_encoded": tracker.features.encoded,
-        "measurements": str(written[-1]),
+        "measurements": str(next(p for p in written if p.name.endswith(".measurements.json"))),
     }
     if args.json:
         print(json.dumps(summary))

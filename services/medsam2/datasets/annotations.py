@@ -15,6 +15,7 @@ import numpy as np
 
 from medsam2.datasets.training_npz import TrainingCase, write_training_case
 from medsam2.errors import InvalidInput, OutputNotWritable
+from medsam2.io.labels import LabelValues, build_labels
 
 
 def check_annotation_folder(folder: Path) -> None:
@@ -29,11 +30,8 @@ def check_annotation_folder(folder: Path) -> None:
 
 
 def label_map(masks: dict[int, np.ndarray], shape: tuple[int, ...]) -> np.ndarray:
-    """The objects' masks as one uint16 label volume whose values are the object ids; lower ids win overlaps."""
-    labels = np.zeros(shape, np.uint16)
-    for obj_id, mask in sorted(masks.items()):
-        labels[mask & (labels == 0)] = obj_id
-    return labels
+    """The objects' masks as one uint16 label volume whose values are the object ids (``io.labels``' overlap rule)."""
+    return build_labels(masks, shape, LabelValues.OBJECT_IDS)
 
 
 def save_annotation(

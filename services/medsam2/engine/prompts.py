@@ -51,7 +51,9 @@ class ModelPoints:
 def check_frame(frame: int, num_frames: int) -> None:
     """Raise ``InvalidPrompt`` unless ``frame`` indexes a slice of the study."""
     if not isinstance(frame, (int, np.integer)) or not 0 <= frame < num_frames:
-        raise InvalidPrompt(f"slice {frame} is out of range: the study has {num_frames} slices (0..{num_frames - 1})")
+        raise InvalidPrompt(
+            f"slice {frame} is out of range: the study has {num_frames} slices (0..{num_frames - 1})", field="slice"
+        )
 
 
 def to_model_points(
@@ -91,13 +93,17 @@ def scale_to_model(xy: np.ndarray, height: int, width: int) -> np.ndarray:
 def _box_corners(box: Box, height: int, width: int) -> np.ndarray:
     values = np.array([box.x0, box.y0, box.x1, box.y1], np.float64)
     if not np.all(np.isfinite(values)):
-        raise InvalidPrompt(f"box {tuple(values)} has a non-finite coordinate")
+        shown = ", ".join(f"{v:g}" for v in values.tolist())  # plain floats: "nan", not "np.float64(nan)"
+        raise InvalidPrompt(f"box ({shown}) has a non-finite coordinate", field="box")
     if box.x1 <= box.x0 or box.y1 <= box.y0:
-        raise InvalidPrompt(f"box ({box.x0:g}, {box.y0:g}, {box.x1:g}, {box.y1:g}) is empty: need x0 < x1 and y0 < y1")
+        raise InvalidPrompt(
+            f"box ({box.x0:g}, {box.y0:g}, {box.x1:g}, {box.y1:g}) is empty: need x0 < x1 and y0 < y1", field="box"
+        )
     if box.x0 < 0 or box.y0 < 0 or box.x1 > width or box.y1 > height:
         raise InvalidPrompt(
             f"box ({box.x0:g}, {box.y0:g}, {box.x1:g}, {box.y1:g}) is outside the {width}x{height} slice "
-            f"(x in 0..{width}, y in 0..{height})"
+            f"(x in 0..{width}, y in 0..{height})",
+            field="box",
         )
     return values.reshape(2, 2).astype(np.float32)
 
@@ -105,7 +111,7 @@ def _box_corners(box: Box, height: int, width: int) -> np.ndarray:
 def _clicks(points: np.ndarray, labels: np.ndarray | None, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
     pts = np.asarray(points, np.float64)
     if pts.ndim != 2 or pts.shape[1] != 2 or pts.shape[0] == 0:
-        raise InvalidPrompt(f"points must be a non-empty list of (x, y) pairs, got shape {pts.shape}")
+        raise InvalidPrompt(f"points must be a non-empty list of (x, y) pairs, got shape {pts.shape}", field="points")
     if labels is None:
         raise InvalidPrompt("points need labels (1 positive, 0 negative)")
     lab = np.asarray(labels)
@@ -114,11 +120,11 @@ def _clicks(points: np.ndarray, labels: np.ndarray | None, height: int, width: i
     if not np.all(np.isin(lab, [POINT_LABEL_NEGATIVE, POINT_LABEL_POSITIVE])):
         raise InvalidPrompt(f"point labels must be 1 (positive) or 0 (negative), got {sorted(set(lab.tolist()))}")
     if not np.all(np.isfinite(pts)):
-        raise InvalidPrompt("a point has a non-finite coordinate")
+        raise InvalidPrompt("a point has a non-finite coordinate", field="points")
     outside = (pts[:, 0] < 0) | (pts[:, 0] > width) | (pts[:, 1] < 0) | (pts[:, 1] > height)
     if np.any(outside):
         x, y = pts[np.argmax(outside)]
-        raise InvalidPrompt(f"point ({x:g}, {y:g}) is outside the {width}x{height} slice")
+        raise InvalidPrompt(f"point ({x:g}, {y:g}) is outside the {width}x{height} slice", field="points")
     return pts.astype(np.float32), lab.astype(np.int32)
 
 
@@ -126,12 +132,14 @@ def check_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:
     """Validate a mask prompt for a ``height`` x ``width`` slice; returns it as float32 0/1."""
     array = np.asarray(mask)
     if array.shape != (height, width):
-        raise InvalidPrompt(f"mask has shape {array.shape}, the slice is {(height, width)} (rows, columns)")
+        raise InvalidPrompt(
+            f"mask has shape {array.shape}, the slice is {(height, width)} (rows, columns)", field="mask"
+        )
     if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
         raise InvalidPrompt("mask has NaN or infinite values")
     binary = (array > 0).astype(np.float32) if array.dtype != np.bool_ else array.astype(np.float32)
     if not binary.any():
-        raise InvalidPrompt("mask is empty: a mask prompt needs at least one foreground pixel")
+        raise InvalidPrompt("mask is empty: a mask prompt needs at least one foreground pixel", field="mask")
     return binary
 
 

@@ -277,11 +277,15 @@ class VolumeAnnotation:
         if correction:
             if obj is None:
                 raise NotFound(
-                    f"correction for unknown object {prompt.obj_id}: known object ids are {self.object_ids or 'none'}"
+                    f"correction for unknown object {prompt.obj_id}: known object ids are {self.object_ids or 'none'}",
+                    reason="OBJECT_NOT_FOUND",
+                    field="object_id",
                 )
             if not obj.propagated:
                 raise PreconditionFailed(
-                    f"object {prompt.obj_id} has not been propagated yet: propagate before correcting a slice"
+                    f"object {prompt.obj_id} has not been propagated yet: propagate before correcting a slice",
+                    reason="NOT_PROPAGATED",
+                    field="correction",
                 )
         if obj is None or not obj.propagated or prompt.frame == obj.key_frame:
             return self._set_key(obj, given)
@@ -365,7 +369,8 @@ class VolumeAnnotation:
         """How many (pass, result) pairs the next ``propagate(slice_range)`` yields (for progress totals)."""
         first, last = self._check_range(slice_range)
         groups, retracks = self._plan(first, last)
-        full = sum((last - key + 1) + (key - first + 1 if key > 0 else 0) for key in groups)
+        # The backward pass's key slice is not yielded again: it is the forward pass's (one decode of one prompt).
+        full = sum((last - key + 1) + (key - first) for key in groups)
         return full + sum(step.length for steps in retracks.values() for step in steps)
 
     def propagate(self, slice_range: tuple[int, int] | None = None) -> Iterator[tuple[str, FrameResult]]:
@@ -375,7 +380,9 @@ class VolumeAnnotation:
         Everything is validated before the first slice is tracked.
         """
         if not self._objects:
-            raise PreconditionFailed("no prompts yet: add a box, points or a mask before propagating")
+            raise PreconditionFailed(
+                "no prompts yet: add a box, points or a mask before propagating", reason="NO_PROMPTS"
+            )
         first, last = self._check_range(slice_range)
         groups, retracks = self._plan(first, last)
         return self._run(groups, retracks, first, last)
@@ -393,6 +400,8 @@ class VolumeAnnotation:
                         for given in obj.key:
                             _apply_given(tracker, given)
                     for result in tracker.propagate(direction, start=key, limit=limit):
+                        if direction is Direction.BACKWARD and result.frame == key:
+                            continue  # the key slice's prompt decoded again: the forward pass yielded it already
                         yield direction.value, result
                     for obj in group:
                         done[obj.obj_id][direction] = tracker.objects[obj.obj_id]
@@ -503,6 +512,15 @@ class VolumeAnnotation:
         self._mask_cache[obj.obj_id] = mask
         return mask.copy()
 
+    def object_score(self, obj_id: int, frame: int) -> float:
+        """The object's presence logit on ``frame`` in its stored passes (-1024 where it has no output there)."""
+        obj = self._get(obj_id)
+        for side, track in obj.passes.items():
+            out = track.output(frame) if _on_side(frame, obj.key_frame, side) else None
+            if out is not None:
+                return out.object_score
+        return -1024.0
+
     def prompts(self) -> dict[int, list[ObjectPrompt]]:
         """Every prompt given, per object, in order (the journal)."""
         return {obj_id: list(obj.journal) for obj_id, obj in self._objects.items()}
@@ -515,7 +533,11 @@ class VolumeAnnotation:
             return
         unknown = [o for o in obj_ids if o not in self._objects]
         if unknown:
-            raise NotFound(f"unknown object ids {unknown}: known object ids are {self.object_ids or 'none'}")
+            raise NotFound(
+                f"unknown object ids {unknown}: known object ids are {self.object_ids or 'none'}",
+                reason="OBJECT_NOT_FOUND",
+                field="object_ids",
+            )
         for obj_id in obj_ids:
             del self._objects[obj_id]
             self._mask_cache.pop(obj_id, None)
@@ -528,7 +550,11 @@ class VolumeAnnotation:
     def _get(self, obj_id: int) -> _Annotated:
         obj = self._objects.get(obj_id)
         if obj is None:
-            raise NotFound(f"unknown object id {obj_id}: known object ids are {self.object_ids or 'none'}")
+            raise NotFound(
+                f"unknown object id {obj_id}: known object ids are {self.object_ids or 'none'}",
+                reason="OBJECT_NOT_FOUND",
+                field="object_id",
+            )
         return obj
 
 

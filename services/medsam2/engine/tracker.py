@@ -289,7 +289,9 @@ class Tracker:
     def _preflight(self) -> None:
         """Encode the memories of prompted and corrected frames (sam2's ``propagate_in_video_preflight``)."""
         if not self.objects:
-            raise PreconditionFailed("no prompts yet: add a box, points or a mask before propagating")
+            raise PreconditionFailed(
+                "no prompts yet: add a box, points or a mask before propagating", reason="NO_PROMPTS"
+            )
         for track in self.objects.values():
             if not track.cond and not track.pending_cond:
                 raise PreconditionFailed(f"object {track.obj_id} has no prompt on an untracked slice")
@@ -440,7 +442,11 @@ class Tracker:
         if obj_id is None:
             self.objects.clear()
         elif obj_id not in self.objects:
-            raise NotFound(f"unknown object id {obj_id}: known ids are {sorted(self.objects)}")
+            raise NotFound(
+                f"unknown object id {obj_id}: known ids are {sorted(self.objects)}",
+                reason="OBJECT_NOT_FOUND",
+                field="object_id",
+            )
         else:
             del self.objects[obj_id]
         self.features.unpin_all()

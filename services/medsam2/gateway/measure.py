@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 
 from medsam2.gateway.context import HttpCallContext
@@ -16,18 +18,21 @@ def measurements(gateway, session_id: str, context: HttpCallContext) -> tuple[in
     session = gateway.unary(get_session, get_session.request_class()(session_id=session_id), context)
     if session is None or context.failed():
         return context.error()
-    result_request = get_result.request_class()(session_id=session_id, format="RESULT_FORMAT_RAW_LABELS")
+    # Each object is measured on its own mask (overlaps kept), never on a merged label volume, so an object's
+    # volume does not shrink when another overlaps it.
+    result_request = get_result.request_class()(session_id=session_id, format="RESULT_FORMAT_OBJECT_MASKS_NPZ")
     data, first = bytearray(), None
     for chunk in gateway.stream(get_result, result_request, context):
         first = first or chunk
         data += chunk.data
     if context.failed() or first is None:
         return context.error()
-    labels = np.frombuffer(bytes(data), "<u2").reshape(tuple(first.shape))
     spacing = tuple(session.spacing_mm) if len(session.spacing_mm) == 3 else (1.0, 1.0, 1.0)
     objects = []
-    for index, obj_id in enumerate(first.object_ids, start=1):
-        m = measure(labels == index, spacing, obj_id=obj_id)
+    with np.load(io.BytesIO(bytes(data)), allow_pickle=False) as npz:
+        masks = {obj_id: npz[f"object_{obj_id}"] for obj_id in first.object_ids}
+    for obj_id, mask in masks.items():
+        m = measure(mask, spacing, obj_id=obj_id)
         recist = None
         if m.recist is not None:
             recist = {

@@ -84,7 +84,9 @@ def resolve_preset(
         preset = Preset(preset)
     except ValueError:
         choices = ", ".join(p.value for p in Preset)
-        raise InvalidInput(f"unknown intensity preset {preset!r}: choose one of {choices}") from None
+        raise InvalidInput(
+            f"unknown intensity preset {preset!r}: choose one of {choices}", field="header.preprocessing.preset"
+        ) from None
     if preset is not Preset.AUTO:
         return preset
     is_uint8 = dtype is None or np.dtype(dtype) == np.uint8

@@ -1,9 +1,11 @@
 """Write a segmentation result in the format its file name asks for, with measurements beside it.
 
 ``.dcm`` is a DICOM SEG over the source series; ``.nii``/``.nii.gz`` and
-``.npz`` are label maps (object id per voxel; where objects overlap the larger
-id wins) at the source geometry; ``.png``/``.gif`` are quick-look overlays.
-Every result also gets ``<name>.measurements.json``: volume and RECIST per object.
+``.npz`` are label volumes (object id per voxel, by ``io.labels``' one overlap
+rule: fewer voxels wins) at the source geometry, with their label map inside and
+in ``<name>.labels.json`` beside; ``.png``/``.gif`` are quick-look overlays.
+Every result also gets ``<name>.measurements.json``: volume and RECIST per object,
+each measured on its own mask.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from medsam2.io.dicom_seg import (
     default_segments,
     write_seg,
 )
+from medsam2.io.labels import MAX_LABEL, LabelValues, build_labels, label_map_json, write_labels_json
+from medsam2.io.labels import label_map as labels_for
 from medsam2.io.measurements import measure_all, write_measurements
 from medsam2.io.volumes import NIFTI_SUFFIXES, NPZ_SUFFIXES, Volume, check_mask_geometry, write_mask
 
@@ -68,16 +72,14 @@ def measurements_path(path: Path) -> Path:
 
 
 def label_map(masks: Mapping[int, np.ndarray]) -> np.ndarray:
-    """Boolean masks per object -> one label volume (uint8, or uint16 past 255 objects)."""
+    """Boolean masks per object -> a label volume of object ids (uint8, or uint16 past id 255), by ``io.labels``."""
     ids = sorted(masks)
     if not ids:
         raise InvalidInput("no objects to write")
-    if min(ids) < 1 or max(ids) > 65535:
-        raise InvalidInput(f"object ids must be 1..65535 for a label map, got {ids}")
-    labels = np.zeros(masks[ids[0]].shape, np.uint8 if max(ids) <= 255 else np.uint16)
-    for obj_id in ids:
-        labels[np.asarray(masks[obj_id], bool)] = obj_id
-    return labels
+    if min(ids) < 1 or max(ids) > MAX_LABEL:
+        raise InvalidInput(f"object ids must be 1..{MAX_LABEL} for a label map, got {ids}")
+    labels = build_labels(masks, np.asarray(masks[ids[0]]).shape, LabelValues.OBJECT_IDS)
+    return labels.astype(np.uint8) if max(ids) <= 255 else labels
 
 
 def write_result(
@@ -94,6 +96,7 @@ def write_result(
     kind = _kind(path)
     check_output(path, like, probe=False)
     specs = {s.obj_id: s for s in (segments if segments is not None else default_segments(sorted(masks)))}
+    extra: list[Path] = []
     if kind in SEG_SUFFIXES:
         seg = build_seg(masks, like, Algorithm(model_version), list(specs.values()))
         write_seg(path, seg, like.dicom)
@@ -104,7 +107,11 @@ def write_result(
         writer = overlays.write_png if kind == ".png" else overlays.write_gif
         writer(path, display, masks, colours)
     else:
-        write_mask(path, label_map(masks), like)
+        names, colours_of = {i: s.label for i, s in specs.items()}, {i: s.colour for i, s in specs.items()}
+        entries = labels_for(sorted(masks), LabelValues.OBJECT_IDS, names=names, colours=colours_of)
+        text = label_map_json(entries)
+        write_mask(path, label_map(masks), like, label_map=text)
+        extra.append(write_labels_json(path, entries))
     context: dict[str, object] = {
         "source": like.source_format,
         "spacing_mm": list(like.spacing),
@@ -116,4 +123,4 @@ def write_result(
     if like.dicom is not None:
         context["study_uid"], context["series_uid"] = like.dicom.study_uid, like.dicom.series_uid
     measured = measure_all(masks, like.spacing, {i: s.label for i, s in specs.items()})
-    return [path, write_measurements(measurements_path(path), measured, **context)]
+    return [path, write_measurements(measurements_path(path), measured, **context), *extra]

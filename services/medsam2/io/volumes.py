@@ -132,8 +132,11 @@ def itk_default_affine(spacing: tuple[float, float, float]) -> np.ndarray:
     return np.diag([-x, -y, z, 1.0])
 
 
-def write_mask(path: Path, labels: np.ndarray, like: Volume) -> Path:
-    """Write a label map [slices, rows, columns] in the format the extension names, at ``like``'s geometry."""
+def write_mask(path: Path, labels: np.ndarray, like: Volume, *, label_map: str = "") -> Path:
+    """Write a label map [slices, rows, columns] in the format the extension names, at ``like``'s geometry.
+
+    ``label_map`` (``io.labels.label_map_json``) travels inside: a NIfTI JSON extension, or the npz key 'labels'.
+    """
     path = Path(path)
     suffix = _suffix(path)
     if suffix not in (*NIFTI_SUFFIXES, *NPZ_SUFFIXES):
@@ -145,9 +148,10 @@ def write_mask(path: Path, labels: np.ndarray, like: Volume) -> Path:
     tmp = path.with_name(f".{path.name}.partial{suffix}")
     try:
         if suffix in NIFTI_SUFFIXES:
-            _write_nifti(tmp, labels, like)
+            _write_nifti(tmp, labels, like, label_map)
         else:
-            np.savez_compressed(tmp, segs=labels, spacing=np.asarray(like.spacing))
+            extra = {"labels": np.asarray(label_map)} if label_map else {}
+            np.savez_compressed(tmp, segs=labels, spacing=np.asarray(like.spacing), **extra)  # type: ignore[arg-type]
         tmp.replace(path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
@@ -155,7 +159,7 @@ def write_mask(path: Path, labels: np.ndarray, like: Volume) -> Path:
     return path
 
 
-def _write_nifti(path: Path, labels: np.ndarray, like: Volume) -> None:
+def _write_nifti(path: Path, labels: np.ndarray, like: Volume, label_map: str = "") -> None:
     import nibabel as nib
 
     data = np.ascontiguousarray(labels.transpose(2, 1, 0))
@@ -173,4 +177,8 @@ def _write_nifti(path: Path, labels: np.ndarray, like: Volume) -> None:
         image.set_sform(affine, code=2)  # aligned to the image's own frame (NIFTI_XFORM_ALIGNED_ANAT), not scanner
         image.set_qform(affine, code=2)
     image.header.set_slope_inter(1, 0)
+    if label_map:
+        from medsam2.io.labels import NIFTI_EXTENSION_CODE
+
+        image.header.extensions.append(nib.nifti1.Nifti1Extension(NIFTI_EXTENSION_CODE, label_map.encode()))
     nib.save(image, str(path))

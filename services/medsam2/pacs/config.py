@@ -118,7 +118,9 @@ class PacsConfig:
         except KeyError:
             known = ", ".join(sorted(self.endpoints)) or "none"
             raise NotFound(
-                f"unknown PACS endpoint {name!r}; configured: {known} (set {CONFIG_ENV} or MEDSAM2_PACS_<NAME>_URL)"
+                f"unknown PACS endpoint {name!r}; configured: {known} (set {CONFIG_ENV} or MEDSAM2_PACS_<NAME>_URL)",
+                reason="PACS_ENDPOINT_NOT_FOUND",
+                field="endpoint",
             ) from None
 
 

@@ -16,6 +16,8 @@ from medsam2.errors import (
 class PacsUnavailable(BackendUnavailable):
     """The PACS cannot be reached, timed out, or answered with a server error."""
 
+    reason = "PACS_UNAVAILABLE"
+
 
 class PacsTransferBroken(PacsUnavailable):
     """A response ended before it was whole (the connection closed mid-body, a multipart without its end)."""
@@ -26,10 +28,13 @@ class PacsTransferBroken(PacsUnavailable):
 class PacsAccessDenied(ConfigError):
     """The PACS refused the credentials (HTTP 401/403): the endpoint's token is missing or wrong."""
 
+    reason = "PACS_ACCESS_DENIED"
+
 
 class PacsRejected(OutputNotWritable):
     """The PACS refused to store an object (STOW-RS failure or warning)."""
 
+    reason = "PACS_REJECTED"
 
 class PacsBadResponse(PreconditionFailed):
     """The PACS answered, but not in DICOMweb: a wrong content type, JSON that is not a list, a part not DICOM."""

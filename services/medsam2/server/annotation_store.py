@@ -61,7 +61,8 @@ class AnnotationStore:
         """The store's root; ``PreconditionFailed`` when no store is configured."""
         if self.root is None:
             raise PreconditionFailed(
-                "this server keeps no annotations: start it with --annotations-dir (MEDSAM2_ANNOTATIONS_DIR)"
+                "this server keeps no annotations: start it with --annotations-dir (MEDSAM2_ANNOTATIONS_DIR)",
+                reason="ANNOTATION_STORE_DISABLED",
             )
         return self.root
 

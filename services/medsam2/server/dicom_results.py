@@ -42,11 +42,13 @@ def require_dicom_source(study: StudyInfo) -> None:
         raise PreconditionFailed(
             "this study was uploaded with DICOM UIDs but without its source headers (patient and study modules), "
             "so a SEG or SR would not file under the right patient: StoreResult to the PACS that holds the series "
-            "(it reads the headers from there), or open the study from PACS (StudyHeader.pacs)"
+            "(it reads the headers from there), or open the study from PACS (StudyHeader.pacs)",
+            reason="DICOM_HEADERS_MISSING",
         )
     raise PreconditionFailed(
         "this study was uploaded without DICOM identity (no study, series or SOP instance UIDs), so there is no "
-        "source series for a SEG or SR to reference: open the study from PACS (StudyHeader.pacs), or fetch NIfTI"
+        "source series for a SEG or SR to reference: open the study from PACS (StudyHeader.pacs), or fetch NIfTI",
+        reason="NO_DICOM_SOURCE",
     )
 
 
@@ -57,7 +59,8 @@ def check_headers_match(study: StudyInfo, source: DicomSource, shape: tuple[int,
     if (rows, columns) != shape[1:]:
         raise PreconditionFailed(
             f"series {source.series_uid} on PACS has {rows}x{columns} slices, the upload "
-            f"{shape[1]}x{shape[2]}: the UIDs in the header do not describe these voxels"
+            f"{shape[1]}x{shape[2]}: the UIDs in the header do not describe these voxels",
+            reason="DICOM_SOURCE_MISMATCH",
         )
     if study.geometry is None:
         return
@@ -67,7 +70,8 @@ def check_headers_match(study: StudyInfo, source: DicomSource, shape: tuple[int,
         if not error <= _POSITION_TOLERANCE_MM:
             raise PreconditionFailed(
                 f"slice {k} ({source.slice_uids[k]}) lies at {position.tolist()} on PACS but at "
-                f"{study.geometry.position(k).tolist()} in the upload: the header's UIDs or geometry are wrong"
+                f"{study.geometry.position(k).tolist()} in the upload: the header's UIDs or geometry are wrong",
+                reason="DICOM_SOURCE_MISMATCH",
             )
 
 
@@ -81,7 +85,9 @@ def build_dicom_results(
     """Build and validate the SEG and SR of ``masks`` over the study's source series."""
     require_dicom_source(study)
     if not masks:
-        raise PreconditionFailed("no segmentation yet: add a prompt and propagate before asking for DICOM results")
+        raise PreconditionFailed(
+            "no segmentation yet: add a prompt and propagate before asking for DICOM results", reason="NO_MASKS"
+        )
     defaults = {s.obj_id: s for s in default_segments(sorted(masks))}
     specs = [segments.get(obj_id, defaults[obj_id]) for obj_id in sorted(masks)]
     like = Volume(

@@ -9,6 +9,7 @@ import numpy as np
 
 from medsam2.engine.tracker import FrameResult
 from medsam2.io.geometry import Geometry
+from medsam2.io.labels import NIFTI_EXTENSION_CODE, LabelValues, build_labels
 
 
 class ResultStore:
@@ -65,14 +66,17 @@ class ResultStore:
         """Objects with stored masks, in id order."""
         return sorted(self._masks)
 
-    def labels(self) -> np.ndarray:
-        """uint16 label volume: label i+1 is the i-th object id; later objects win overlaps."""
-        out = np.zeros(self.shape, np.uint16)
+    def labels(self, values: LabelValues = LabelValues.RANKS) -> np.ndarray:
+        """uint16 label volume by ``io.labels``' one overlap rule (fewer voxels wins); values ranks or object ids."""
+        return build_labels(self.masks(), self.shape, values)
+
+    def slice_masks(self, slice_index: int) -> dict[int, np.ndarray]:
+        """Every object's stored mask [rows, columns] on one slice."""
         voxels = self.shape[1] * self.shape[2]
-        for label, obj_id in enumerate(self.object_ids, start=1):
-            bits = np.unpackbits(self._masks[obj_id], axis=1, count=voxels).astype(bool)
-            out[bits.reshape(self.shape)] = label
-        return out
+        return {
+            obj_id: np.unpackbits(planes[slice_index], count=voxels).astype(bool).reshape(self.shape[1:])
+            for obj_id, planes in sorted(self._masks.items())
+        }
 
     @property
     def nbytes(self) -> int:
@@ -81,15 +85,24 @@ class ResultStore:
 
 
 def encode_labels(
-    labels: np.ndarray, spacing: tuple[float, float, float], geometry: Geometry | None, fmt: str
+    labels: np.ndarray,
+    spacing: tuple[float, float, float],
+    geometry: Geometry | None,
+    fmt: str,
+    *,
+    label_map: str = "",
 ) -> bytes:
-    """A label volume as 'npz', 'nifti_gz' (with the study's affine when known) or 'raw' bytes."""
+    """A label volume as 'npz', 'nifti_gz' (with the study's affine when known) or 'raw' bytes.
+
+    ``label_map`` (``io.labels.label_map_json``) travels inside: the npz key 'labels', a NIfTI JSON extension.
+    """
     if fmt == "raw":
         return labels.astype("<u2").tobytes()
     if fmt == "nifti_gz":
-        return nifti_gz(labels, spacing, geometry)
+        return nifti_gz(labels, spacing, geometry, label_map=label_map)
     buffer = io.BytesIO()
-    np.savez_compressed(buffer, segs=labels, spacing=np.asarray(spacing))
+    extra = {"labels": np.asarray(label_map)} if label_map else {}
+    np.savez_compressed(buffer, segs=labels, spacing=np.asarray(spacing), **extra)  # type: ignore[arg-type]
     return buffer.getvalue()
 
 
@@ -99,6 +112,7 @@ def nifti_gz(
     geometry: Geometry | None,
     *,
     compresslevel: int = 6,
+    label_map: str = "",
 ) -> bytes:
     """A volume [slices, rows, columns] as gzipped NIfTI-1, with the study's affine when known (else its spacing)."""
     import nibabel as nib
@@ -111,6 +125,8 @@ def nifti_gz(
     else:
         z, y, x = spacing
         image = nib.Nifti1Image(data, np.diag([x, y, z, 1.0]))
+    if label_map:
+        image.header.extensions.append(nib.nifti1.Nifti1Extension(NIFTI_EXTENSION_CODE, label_map.encode()))
     return gzip.compress(image.to_bytes(), compresslevel=compresslevel, mtime=0)  # same study, same bytes
 
 

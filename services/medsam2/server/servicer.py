@@ -6,6 +6,7 @@ source of truth for prompts and corrections); videos are tracked in-state.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -24,19 +25,22 @@ from medsam2.api.convert import (
     header_shape,
     header_spacing,
     identity_from_pb,
+    postprocessing_from_pb,
+    postprocessing_to_pb,
     prompt_from_pb,
     segment_spec_from_pb,
 )
 from medsam2.api.pb.medsam2.v1 import segmentation_pb2 as pb
 from medsam2.api.pb.medsam2.v1 import segmentation_pb2_grpc as pb_grpc
-from medsam2.datasets.annotations import label_map
 from medsam2.engine.backend import StageBackend
+from medsam2.engine.postprocessing import resolve as resolve_postprocessing
 from medsam2.engine.protocols import VolumeAnnotation, apply_prompt
 from medsam2.engine.tracker import Direction, FrameResult, Tracker, TrackerOptions
 from medsam2.errors import InvalidInput, NotFound, PreconditionFailed
 from medsam2.graphs import MAX_POINTS
 from medsam2.imaging.windowing import Preset, Window, resolve_preset, to_uint8
 from medsam2.io.dicom_seg import default_segments
+from medsam2.io.labels import LabelValues, build_labels, label_map, label_map_json
 from medsam2.models.provenance import ModelProvenance
 from medsam2.pacs.service import PacsStudies
 from medsam2.server import metrics
@@ -67,6 +71,11 @@ REMEMBERED_REPLIES = 32
 MAX_TRAINING_LABEL = 65535
 """The largest object id a training case can hold (its labels are 16-bit)."""
 """AddPrompt, StoreResult and SaveAnnotation replies kept per session for retries, each (oldest forgotten first)."""
+LABEL_VALUES = {
+    pb.LABEL_VALUES_UNSPECIFIED: LabelValues.RANKS,
+    pb.LABEL_VALUES_RANKS: LabelValues.RANKS,
+    pb.LABEL_VALUES_OBJECT_IDS: LabelValues.OBJECT_IDS,
+}
 LABEL_FORMATS = {pb.RESULT_FORMAT_NPZ: "npz", pb.RESULT_FORMAT_NIFTI_GZ: "nifti_gz", pb.RESULT_FORMAT_RAW_LABELS: "raw"}
 RESULT_FORMATS = (
     *LABEL_FORMATS,
@@ -163,6 +172,17 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
             window = Window(header.preprocessing.window_width, header.preprocessing.window_level)
         preset = header.preprocessing.preset or ("none" if is_video else "auto")
         resolve_preset(preset, None, is_video=is_video)  # an unknown preset fails before any transfer
+        # The server's fill_hole_area setting is its default; what the client asks for wins. Checked before any
+        # transfer, as the preset is.
+        requested = {"fill_hole_area": self.tracker_options.fill_hole_area} | postprocessing_from_pb(
+            header.postprocessing
+        )
+        postprocessing = resolve_postprocessing("video" if is_video else "volume", requested)
+        if is_video and postprocessing.largest_component:
+            raise InvalidInput(
+                "postprocessing.largest_component applies to volumes (MedSAM2's 3D protocol), not to videos",
+                field="header.postprocessing.largest_component",
+            )
         if header.HasField("pacs"):
             voxels, study = self._fetch(header, is_video, context)
         else:
@@ -170,6 +190,7 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
             study = self._uploaded_study(header, header_shape(header), is_video)
             voxels = receive()
         modality = study.modality or None
+        study.postprocessing = postprocessing
         study.preset = (
             f"window {window.width:g}/{window.level:g}"
             if window is not None
@@ -183,10 +204,11 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
             image = voxels
             image.setflags(write=False)
         del voxels  # otherwise the raw upload is not needed once windowed (the store keeps it compressed)
-        tracker = Tracker(self.backend, slices, self.tracker_options)
+        options = dataclasses.replace(self.tracker_options, fill_hole_area=postprocessing.fill_hole_area)
+        tracker = Tracker(self.backend, slices, options)
         entry = self.registry.add(tracker, study, session_id=session_id, model_version=model_version, image=image)
         if not is_video:
-            entry.annotation = VolumeAnnotation(tracker)
+            entry.annotation = VolumeAnnotation(tracker, keep_largest_component=postprocessing.largest_component)
         if self.durability is not None and stored is not None:
             try:
                 self.durability.created(entry.session_id, entry.owner, header, stored, entry.model_version)
@@ -213,7 +235,8 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
         if self.pacs is None:
             raise PreconditionFailed(
                 "no PACS endpoint is configured on this server: upload the voxels instead "
-                "(or set MEDSAM2_PACS_<NAME>_URL or MEDSAM2_PACS_CONFIG)"
+                "(or set MEDSAM2_PACS_<NAME>_URL or MEDSAM2_PACS_CONFIG)",
+                reason="PACS_NOT_CONFIGURED",
             )
         if not reference.endpoint or not reference.study_uid:
             raise InvalidInput("header.pacs needs an endpoint and a study_uid")
@@ -277,7 +300,8 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
                 except NotFound as exc:
                     raise PreconditionFailed(
                         f"session {session_id} was opened on model version {version}, which this replica cannot "
-                        f"load ({exc}): open the study again"
+                        f"load ({exc}): open the study again",
+                        reason="MODEL_VERSION_UNAVAILABLE",
                     ) from exc
             try:
                 self._open(
@@ -350,7 +374,19 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
                 entry.objects[prompt.obj_id] = spec
             masks = result.masks(tracker.height, tracker.width)
             entry.results.store(result, masks)
-            reply = _slice_message(result, masks, tracker, "prompt", 1, 1, request.encoding)
+            # Every object's mask on the slice, as SliceResult promises: the prompted ones as just decoded.
+            scores = dict(zip(result.obj_ids, _scores(result, tracker), strict=False))
+            stored = entry.results.slice_masks(result.frame)
+            reply = _slice_reply(
+                result.frame,
+                stored,
+                {o: scores[o] if o in scores else _score(entry, o, result.frame) for o in stored},
+                "prompt",
+                1,
+                1,
+                request.encoding,
+                final=True,
+            )
             self._journal(entry, "AddPrompt", request)
             if request.request_id:
                 _remember(entry.replies, replay, reply)
@@ -371,22 +407,54 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
                         "(it is a video, or its first propagation was IN_STATE)"
                     )
                 if not entry.annotation.object_ids:
-                    raise PreconditionFailed("no prompts yet: add a box, points or a mask before propagating")
+                    raise PreconditionFailed(
+                        "no prompts yet: add a box, points or a mask before propagating", reason="NO_PROMPTS"
+                    )
                 total = entry.annotation.planned_slices(slice_range)
                 stream = entry.annotation.propagate(slice_range)
             else:
                 if entry.annotation is not None:
                     self._switch_to_in_state(entry)
                 stream, total = self._in_state(entry, request, slice_range)
+            three_d = protocol == pb.PROTOCOL_MEDSAM2_3D
+            finals: dict[int, dict[int, np.ndarray]] = {}
+            # Only the largest-component step changes a streamed mask (the key slice is one decode in both passes, and
+            # a correction's slices are streamed as re-tracked): without it, every tracked message is final.
+            provisional = three_d and entry.annotation.keep_largest_component
             try:
-                completed = yield from self._stream(entry, stream, total, request.encoding, context)
+                completed = yield from self._stream(
+                    entry, stream, total, request.encoding, context, final=not provisional
+                )
             finally:
-                if protocol == pb.PROTOCOL_MEDSAM2_3D:
+                if three_d:
                     # The annotation's masks are the result: passes merged, corrections applied, largest component.
-                    for obj_id, mask in entry.annotation.masks().items():
-                        entry.results.set_object(obj_id, mask)
+                    finals = self._store_annotation(entry)
             if completed:
                 self._journal(entry, "Propagate", request)
+                # The truth before the stream closes: each slice whose stored masks differ from what was streamed.
+                for frame, changed in sorted(finals.items()):
+                    if not context.is_active():
+                        return
+                    scores = {o: _score(entry, o, frame) for o in changed}
+                    yield _slice_reply(frame, changed, scores, "final", total, total, request.encoding, final=True)
+
+    @staticmethod
+    def _store_annotation(entry: SessionEntry) -> dict[int, dict[int, np.ndarray]]:
+        """Store the annotation's post-processed masks; returns, per slice, the objects whose stored mask changed.
+
+        During the stream the store holds each slice's last streamed mask, so what changes here is exactly what
+        the stream has not yet told its client.
+        """
+        before = entry.results.masks()
+        changed: dict[int, dict[int, np.ndarray]] = {}
+        for obj_id, mask in entry.annotation.masks().items():
+            old = before.get(obj_id)
+            frames = range(mask.shape[0]) if old is None else np.flatnonzero((old != mask).any(axis=(1, 2)))
+            for frame in frames:
+                if old is not None or mask[frame].any():
+                    changed.setdefault(int(frame), {})[obj_id] = mask[frame]
+            entry.results.set_object(obj_id, mask)
+        return changed
 
     def _stream(
         self,
@@ -395,8 +463,10 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
         total: int,
         encoding: int,
         context,  # noqa: ANN001
+        *,
+        final: bool,
     ) -> Generator[pb.SliceResult, None, bool]:
-        """Stream each slice's masks; returns False when the client went away before the end."""
+        """Stream each slice's masks (``final``: stored as streamed); returns False when the client went away."""
         done = 0
         started = time.perf_counter()
         for pass_name, result in stream:
@@ -406,12 +476,23 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
                 return False
             done += 1
             masks = result.masks(entry.tracker.height, entry.tracker.width)
-            entry.results.store(result, masks, union=entry.annotation is not None)
+            # The store keeps each slice's last streamed mask; the 3D protocol's masks replace it at the end.
+            entry.results.store(result, masks)
             now = time.perf_counter()
             metrics.SLICE_SECONDS.labels(backend=self.backend.name).observe(now - started)
             metrics.SLICES.labels(backend=self.backend.name).inc()
             started = now
-            yield _slice_message(result, masks, entry.tracker, pass_name, done, total, encoding)
+            scores = _scores(result, entry.tracker)
+            yield _slice_reply(
+                result.frame,
+                dict(zip(result.obj_ids, masks, strict=False)),
+                dict(zip(result.obj_ids, scores, strict=False)),
+                pass_name,
+                done,
+                total,
+                encoding,
+                final=final,
+            )
         return True
 
     @staticmethod
@@ -434,7 +515,9 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
         direction = DIRECTIONS[request.direction]
         start = request.start_slice if request.HasField("start_slice") else None
         if not tracker.objects:
-            raise PreconditionFailed("no prompts yet: add a box, points or a mask before propagating")
+            raise PreconditionFailed(
+                "no prompts yet: add a box, points or a mask before propagating", reason="NO_PROMPTS"
+            )
         origin = (
             start if start is not None else min(t for o in tracker.objects.values() for t in (*o.cond, *o.pending_cond))
         )
@@ -461,6 +544,7 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
         fmt = request.format or pb.RESULT_FORMAT_NPZ
         if fmt not in RESULT_FORMATS:
             raise InvalidInput(f"result format {fmt} is not known: use {sorted(pb.ResultFormat.keys())[1:]}")
+        label_entries: list[pb.LabelEntry] = []
         with self.registry.claim(request.session_id) as entry:
             study = entry.study
             if fmt in (pb.RESULT_FORMAT_DICOM_SEG, pb.RESULT_FORMAT_DICOM_SR):
@@ -476,10 +560,57 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
                     list(entry.results.shape),
                 )
             else:
-                labels = entry.results.labels()
+                values = LABEL_VALUES[request.label_values]
+                labels = entry.results.labels(values)
                 object_ids, shape = entry.results.object_ids, list(labels.shape)
-                data = encode_labels(labels, study.spacing, study.geometry, LABEL_FORMATS[fmt])
-        yield from _chunks(data, request.chunk_bytes, format=fmt, shape=shape, object_ids=object_ids)
+                entries = self._label_map(entry, object_ids, values)
+                data = encode_labels(
+                    labels,
+                    study.spacing,
+                    study.geometry,
+                    LABEL_FORMATS[fmt],
+                    label_map=label_map_json(entries, values),
+                )
+                label_entries = [
+                    pb.LabelEntry(value=e.value, object_id=e.object_id, name=e.name, colour_rgb=list(e.colour))
+                    for e in entries
+                ]
+        yield from _chunks(
+            data, request.chunk_bytes, format=fmt, shape=shape, object_ids=object_ids, labels=label_entries
+        )
+
+    @staticmethod
+    def _label_map(entry: SessionEntry, object_ids: list[int], values: LabelValues) -> list:
+        """The label map of the session's objects: values, and the names and colours their SEG segments get."""
+        specs = {i: entry.objects[i] for i in object_ids if i in entry.objects}
+        return label_map(
+            object_ids,
+            values,
+            names={i: s.label for i, s in specs.items()},
+            colours={i: s.colour for i, s in specs.items()},
+        )
+
+    @rpc("GetSlices")
+    def GetSlices(self, request: pb.GetSlicesRequest, context) -> Iterator[pb.SliceResult]:  # noqa: ANN001
+        with self.registry.claim(request.session_id) as entry:
+            slices = entry.results.shape[0]
+            first = request.first_slice if request.HasField("first_slice") else 0
+            last = request.last_slice if request.HasField("last_slice") else slices - 1
+            if not first <= last < slices:
+                raise InvalidInput(
+                    f"slice range {first},{last} does not fit the study's {slices} slices (0..{slices - 1})",
+                    field="last_slice" if last >= slices else "first_slice",
+                )
+            # Encoded under the lock (one slice at a time would let a propagation interleave with the reads).
+            replies = []
+            for frame in range(first, last + 1):
+                masks = entry.results.slice_masks(frame)
+                scores = {o: _score(entry, o, frame) for o in masks}
+                total = last - first + 1
+                replies.append(
+                    _slice_reply(frame, masks, scores, "stored", frame - first + 1, total, request.encoding, final=True)
+                )
+        yield from replies
 
     @rpc("GetImage")
     def GetImage(self, request: pb.GetImageRequest, context) -> Iterator[pb.ResultChunk]:  # noqa: ANN001
@@ -492,6 +623,7 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
                 f"session {request.session_id} did not keep its image: open the study with header.keep_image "
                 "to view it (the page does so for PACS studies; an upload's client already has its voxels)",
                 field="session_id",
+                reason="IMAGE_NOT_KEPT",
             )
         data = nifti_gz(image, entry.study.spacing, entry.study.geometry, compresslevel=IMAGE_GZIP_LEVEL)
         yield from _chunks(data, request.chunk_bytes, format=pb.RESULT_FORMAT_NIFTI_GZ, shape=list(image.shape[:3]))
@@ -512,9 +644,11 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
     @rpc("StoreResult")
     def StoreResult(self, request: pb.StoreResultRequest, context) -> pb.StoreResultResponse:  # noqa: ANN001
         if self.pacs is None:
-            raise PreconditionFailed("no PACS endpoint is configured on this server (MEDSAM2_PACS_<NAME>_URL)")
+            raise PreconditionFailed(
+                "no PACS endpoint is configured on this server (MEDSAM2_PACS_<NAME>_URL)", reason="PACS_NOT_CONFIGURED"
+            )
         if not request.endpoint:
-            raise InvalidInput("StoreResult needs the name of a configured PACS endpoint")
+            raise InvalidInput("StoreResult needs the name of a configured PACS endpoint", field="endpoint")
         self.pacs.config.get(request.endpoint)  # an unknown endpoint fails before any work
         with self.registry.claim(request.session_id) as entry:
             replay = f"store:{request.request_id}"
@@ -560,13 +694,16 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
                 return earlier
             masks = {i: m for i, m in entry.results.masks().items() if m.any()}
             if not masks:
-                raise PreconditionFailed("the session has no masks to save yet: add a prompt (and propagate) first")
+                raise PreconditionFailed(
+                    "the session has no masks to save yet: add a prompt (and propagate) first", reason="NO_MASKS"
+                )
             too_large = [i for i in masks if i > MAX_TRAINING_LABEL]
             if too_large:
                 raise InvalidInput(
                     f"object id {too_large[0]} does not fit the training format's labels (1..{MAX_TRAINING_LABEL})"
                 )
-            labels = label_map(masks, entry.results.shape)
+            # The same label volume as GetResult's with object-id values (one builder, one overlap rule).
+            labels = build_labels(masks, entry.results.shape, LabelValues.OBJECT_IDS)
             model = self._model_of(entry)
             study = entry.study
             saved = self.annotations.save(
@@ -614,7 +751,8 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
         if versions is None:
             raise PreconditionFailed(
                 "this server serves one unversioned model: export numbered versions (medsam2 export --version N) "
-                "into its model repository to switch between them"
+                "into its model repository to switch between them",
+                reason="MODEL_NOT_VERSIONED",
             )
         versions.switch(request.version or None, by=principal)
         return self._server_info()
@@ -660,7 +798,11 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
             else:
                 unknown = [o for o in request.object_ids if o not in known]
                 if unknown:
-                    raise NotFound(f"unknown object ids {unknown}: known ids are {known}")
+                    raise NotFound(
+                        f"unknown object ids {unknown}: known ids are {known}",
+                        reason="OBJECT_NOT_FOUND",
+                        field="object_ids",
+                    )
                 ids = list(request.object_ids)
             if entry.annotation is not None:
                 entry.annotation.reset(ids)
@@ -726,6 +868,7 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
             durable=entry.durable,
             model=_model_info(self._model_of(entry)),
             image_kept=entry.image is not None,
+            postprocessing=postprocessing_to_pb(study.postprocessing) if study.postprocessing is not None else None,
         )
 
 
@@ -751,6 +894,7 @@ def _chunks(
     format: pb.ResultFormat,
     shape: list[int],
     object_ids: list[int] | None = None,
+    labels: list[pb.LabelEntry] | None = None,
 ) -> Iterator[pb.ResultChunk]:
     """``data`` as ResultChunks of ``chunk_bytes`` (0: the default), each describing the whole; one if empty."""
     size = chunk_bytes or DEFAULT_CHUNK_BYTES
@@ -762,6 +906,7 @@ def _chunks(
             format=format,
             shape=shape,
             object_ids=object_ids or [],
+            labels=labels or [],
         )
 
 
@@ -808,15 +953,42 @@ def _range(request: pb.PropagateRequest, num_frames: int) -> tuple[int, int] | N
     return first, last
 
 
-def _slice_message(
-    result: FrameResult, masks: np.ndarray, tracker: Tracker, pass_name: str, done: int, total: int, encoding: int
+def _scores(result: FrameResult, tracker: Tracker) -> list[float]:
+    """Each object's presence logit in a frame result (from the tracker when the result carries none)."""
+    if result.object_scores:
+        return list(result.object_scores)
+    scores = []
+    for obj_id in result.obj_ids:
+        out = tracker.objects[obj_id].output(result.frame) if obj_id in tracker.objects else None
+        scores.append(out.object_score if out is not None else -1024.0)
+    return scores
+
+
+def _score(entry: SessionEntry, obj_id: int, frame: int) -> float:
+    """An object's stored presence logit on ``frame`` (-1024 where it has no output there)."""
+    if entry.annotation is not None:
+        if obj_id in entry.annotation.object_ids:
+            return entry.annotation.object_score(obj_id, frame)
+        return -1024.0
+    track = entry.tracker.objects.get(obj_id)
+    out = track.output(frame) if track is not None else None
+    return out.object_score if out is not None else -1024.0
+
+
+def _slice_reply(
+    frame: int,
+    masks: dict[int, np.ndarray],
+    scores: dict[int, float],
+    pass_name: str,
+    done: int,
+    total: int,
+    encoding: int,
+    *,
+    final: bool,
 ) -> pb.SliceResult:
-    objects = []
-    for i, obj_id in enumerate(result.obj_ids):
-        if result.object_scores:
-            score = result.object_scores[i]
-        else:
-            out = tracker.objects[obj_id].output(result.frame) if obj_id in tracker.objects else None
-            score = out.object_score if out is not None else -1024.0
-        objects.append(pb.ObjectMask(object_id=obj_id, mask=encode_mask(masks[i], encoding), object_score=score))
-    return pb.SliceResult(slice=result.frame, objects=objects, done=done, total=total, **{"pass": pass_name})
+    """A SliceResult of some objects' masks on one slice."""
+    objects = [
+        pb.ObjectMask(object_id=obj_id, mask=encode_mask(mask, encoding), object_score=scores[obj_id])
+        for obj_id, mask in masks.items()
+    ]
+    return pb.SliceResult(slice=frame, objects=objects, done=done, total=total, final=final, **{"pass": pass_name})

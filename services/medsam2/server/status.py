@@ -4,7 +4,8 @@ Every error leaves through ``context.abort_with_status``, which raises: a unary
 method never returns ``None`` after an error, so grpc never logs "Exception
 serializing message!". Each status carries an ``ErrorInfo`` (domain
 ``medsam2``, a stable reason); INVALID_ARGUMENT adds a ``BadRequest`` field
-violation, RESOURCE_EXHAUSTED and UNAVAILABLE a ``RetryInfo``. A client that
+violation, RESOURCE_EXHAUSTED and UNAVAILABLE a ``RetryInfo`` unless the reason's catalogue entry
+(``errors.REASONS``, rendered in docs/errors.md) says a retry cannot help. A client that
 went away is counted as CANCELLED, not INTERNAL.
 """  # noqa: E501
 
@@ -23,6 +24,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from medsam2.errors import (
+    REASON_BY_NAME,
     BackendUnavailable,
     CapacityExceeded,
     CheckpointError,
@@ -67,10 +69,11 @@ DEFAULT_RETRY_S = {grpc.StatusCode.RESOURCE_EXHAUSTED: 5.0, grpc.StatusCode.UNAV
 """Retry delay sent when an error does not name its own ``retry_after_s``."""
 
 
-def status_for(error: Exception) -> grpc.StatusCode:
+def status_for(error: Exception | type[Exception]) -> grpc.StatusCode:
     """The status code of a domain error; INTERNAL for anything else."""
+    kind_of = error if isinstance(error, type) else type(error)
     for kind, code in _CODES:
-        if isinstance(error, kind):
+        if issubclass(kind_of, kind):
             return code
     return grpc.StatusCode.INTERNAL
 
@@ -78,15 +81,20 @@ def status_for(error: Exception) -> grpc.StatusCode:
 def rich_status(code: grpc.StatusCode, message: str, error: Exception | None = None) -> status_pb2.Status:
     """A ``google.rpc.Status`` for ``code`` with the details a client can act on."""
     reason = error.reason if isinstance(error, Medsam2Error) else code.name
-    details = [error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN)]
+    field = error.field if isinstance(error, Medsam2Error) else ""
+    # The field at fault rides in ErrorInfo.metadata for every status (e.g. NOT_FOUND's object_id), and in a
+    # BadRequest for INVALID_ARGUMENT, as Google's APIs send it.
+    metadata = {"field": field} if field else {}
+    details = [error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN, metadata=metadata)]
     if code is grpc.StatusCode.INVALID_ARGUMENT:
-        field = error.field if isinstance(error, Medsam2Error) else ""
         details.append(
             error_details_pb2.BadRequest(
                 field_violations=[error_details_pb2.BadRequest.FieldViolation(field=field, description=message)]
             )
         )
-    if code in DEFAULT_RETRY_S:
+    catalogued = REASON_BY_NAME.get(reason)
+    if code in DEFAULT_RETRY_S and (catalogued is None or catalogued.retry):
+        # A permanent refusal (STUDY_TOO_LARGE, STATE_LIMIT, ...) carries no RetryInfo: waiting cannot help.
         after = error.retry_after_s if isinstance(error, Medsam2Error) and error.retry_after_s else None
         details.append(error_details_pb2.RetryInfo(retry_delay=_duration(after or DEFAULT_RETRY_S[code])))
     packed = []

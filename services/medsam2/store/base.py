@@ -12,6 +12,8 @@ from medsam2.errors import BackendUnavailable
 class StoreUnavailable(BackendUnavailable):
     """The session store cannot be reached or refused a write: nothing was acknowledged."""
 
+    reason = "STORE_UNAVAILABLE"
+
 
 @dataclass(frozen=True, slots=True)
 class JournalEntry:

@@ -42,6 +42,12 @@ class Protocol(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PROTOCOL_MEDSAM2_3D: _ClassVar[Protocol]
     PROTOCOL_IN_STATE: _ClassVar[Protocol]
 
+class LabelValues(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    LABEL_VALUES_UNSPECIFIED: _ClassVar[LabelValues]
+    LABEL_VALUES_RANKS: _ClassVar[LabelValues]
+    LABEL_VALUES_OBJECT_IDS: _ClassVar[LabelValues]
+
 class ResultFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     RESULT_FORMAT_UNSPECIFIED: _ClassVar[ResultFormat]
@@ -71,6 +77,9 @@ DIRECTION_BOTH: Direction
 PROTOCOL_UNSPECIFIED: Protocol
 PROTOCOL_MEDSAM2_3D: Protocol
 PROTOCOL_IN_STATE: Protocol
+LABEL_VALUES_UNSPECIFIED: LabelValues
+LABEL_VALUES_RANKS: LabelValues
+LABEL_VALUES_OBJECT_IDS: LabelValues
 RESULT_FORMAT_UNSPECIFIED: ResultFormat
 RESULT_FORMAT_NPZ: ResultFormat
 RESULT_FORMAT_NIFTI_GZ: ResultFormat
@@ -88,6 +97,18 @@ class Preprocessing(_message.Message):
     window_width: float
     window_level: float
     def __init__(self, preset: _Optional[str] = ..., window_width: _Optional[float] = ..., window_level: _Optional[float] = ...) -> None: ...
+
+class PostProcessing(_message.Message):
+    __slots__ = ("largest_component", "fill_hole_area", "non_overlapping_objects", "binarize_memory")
+    LARGEST_COMPONENT_FIELD_NUMBER: _ClassVar[int]
+    FILL_HOLE_AREA_FIELD_NUMBER: _ClassVar[int]
+    NON_OVERLAPPING_OBJECTS_FIELD_NUMBER: _ClassVar[int]
+    BINARIZE_MEMORY_FIELD_NUMBER: _ClassVar[int]
+    largest_component: bool
+    fill_hole_area: int
+    non_overlapping_objects: bool
+    binarize_memory: bool
+    def __init__(self, largest_component: _Optional[bool] = ..., fill_hole_area: _Optional[int] = ..., non_overlapping_objects: _Optional[bool] = ..., binarize_memory: _Optional[bool] = ...) -> None: ...
 
 class PacsReference(_message.Message):
     __slots__ = ("endpoint", "study_uid", "series_uid")
@@ -112,7 +133,7 @@ class PatientGeometry(_message.Message):
     def __init__(self, origin: _Optional[_Iterable[float]] = ..., row_direction: _Optional[_Iterable[float]] = ..., column_direction: _Optional[_Iterable[float]] = ..., slice_step: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class StudyHeader(_message.Message):
-    __slots__ = ("shape", "dtype", "spacing_mm", "preprocessing", "kind", "label", "pacs", "modality", "geometry", "frame_of_reference_uid", "study_uid", "series_uid", "sop_instance_uids", "external_id", "request_id", "keep_image")
+    __slots__ = ("shape", "dtype", "spacing_mm", "preprocessing", "kind", "label", "pacs", "modality", "geometry", "frame_of_reference_uid", "study_uid", "series_uid", "sop_instance_uids", "external_id", "request_id", "keep_image", "postprocessing")
     SHAPE_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     SPACING_MM_FIELD_NUMBER: _ClassVar[int]
@@ -129,6 +150,7 @@ class StudyHeader(_message.Message):
     EXTERNAL_ID_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     KEEP_IMAGE_FIELD_NUMBER: _ClassVar[int]
+    POSTPROCESSING_FIELD_NUMBER: _ClassVar[int]
     shape: _containers.RepeatedScalarFieldContainer[int]
     dtype: DataType
     spacing_mm: _containers.RepeatedScalarFieldContainer[float]
@@ -145,7 +167,8 @@ class StudyHeader(_message.Message):
     external_id: str
     request_id: str
     keep_image: bool
-    def __init__(self, shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[_Union[DataType, str]] = ..., spacing_mm: _Optional[_Iterable[float]] = ..., preprocessing: _Optional[_Union[Preprocessing, _Mapping]] = ..., kind: _Optional[_Union[StudyKind, str]] = ..., label: _Optional[str] = ..., pacs: _Optional[_Union[PacsReference, _Mapping]] = ..., modality: _Optional[str] = ..., geometry: _Optional[_Union[PatientGeometry, _Mapping]] = ..., frame_of_reference_uid: _Optional[str] = ..., study_uid: _Optional[str] = ..., series_uid: _Optional[str] = ..., sop_instance_uids: _Optional[_Iterable[str]] = ..., external_id: _Optional[str] = ..., request_id: _Optional[str] = ..., keep_image: _Optional[bool] = ...) -> None: ...
+    postprocessing: PostProcessing
+    def __init__(self, shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[_Union[DataType, str]] = ..., spacing_mm: _Optional[_Iterable[float]] = ..., preprocessing: _Optional[_Union[Preprocessing, _Mapping]] = ..., kind: _Optional[_Union[StudyKind, str]] = ..., label: _Optional[str] = ..., pacs: _Optional[_Union[PacsReference, _Mapping]] = ..., modality: _Optional[str] = ..., geometry: _Optional[_Union[PatientGeometry, _Mapping]] = ..., frame_of_reference_uid: _Optional[str] = ..., study_uid: _Optional[str] = ..., series_uid: _Optional[str] = ..., sop_instance_uids: _Optional[_Iterable[str]] = ..., external_id: _Optional[str] = ..., request_id: _Optional[str] = ..., keep_image: _Optional[bool] = ..., postprocessing: _Optional[_Union[PostProcessing, _Mapping]] = ...) -> None: ...
 
 class CreateSessionRequest(_message.Message):
     __slots__ = ("header", "voxels")
@@ -156,7 +179,7 @@ class CreateSessionRequest(_message.Message):
     def __init__(self, header: _Optional[_Union[StudyHeader, _Mapping]] = ..., voxels: _Optional[bytes] = ...) -> None: ...
 
 class Session(_message.Message):
-    __slots__ = ("session_id", "shape", "spacing_mm", "object_ids", "state_bytes", "idle_seconds", "expires_in_seconds", "label", "backend", "busy", "modality", "geometry", "frame_of_reference_uid", "study_uid", "series_uid", "external_id", "preset", "dicom_results", "model_version", "durable", "history", "model", "image_kept")
+    __slots__ = ("session_id", "shape", "spacing_mm", "object_ids", "state_bytes", "idle_seconds", "expires_in_seconds", "label", "backend", "busy", "modality", "geometry", "frame_of_reference_uid", "study_uid", "series_uid", "external_id", "preset", "dicom_results", "model_version", "durable", "history", "model", "image_kept", "postprocessing")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     SHAPE_FIELD_NUMBER: _ClassVar[int]
     SPACING_MM_FIELD_NUMBER: _ClassVar[int]
@@ -180,6 +203,7 @@ class Session(_message.Message):
     HISTORY_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     IMAGE_KEPT_FIELD_NUMBER: _ClassVar[int]
+    POSTPROCESSING_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     shape: _containers.RepeatedScalarFieldContainer[int]
     spacing_mm: _containers.RepeatedScalarFieldContainer[float]
@@ -203,7 +227,8 @@ class Session(_message.Message):
     history: _containers.RepeatedScalarFieldContainer[str]
     model: ModelInfo
     image_kept: bool
-    def __init__(self, session_id: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., spacing_mm: _Optional[_Iterable[float]] = ..., object_ids: _Optional[_Iterable[int]] = ..., state_bytes: _Optional[int] = ..., idle_seconds: _Optional[float] = ..., expires_in_seconds: _Optional[float] = ..., label: _Optional[str] = ..., backend: _Optional[str] = ..., busy: _Optional[bool] = ..., modality: _Optional[str] = ..., geometry: _Optional[_Union[PatientGeometry, _Mapping]] = ..., frame_of_reference_uid: _Optional[str] = ..., study_uid: _Optional[str] = ..., series_uid: _Optional[str] = ..., external_id: _Optional[str] = ..., preset: _Optional[str] = ..., dicom_results: _Optional[bool] = ..., model_version: _Optional[str] = ..., durable: _Optional[bool] = ..., history: _Optional[_Iterable[str]] = ..., model: _Optional[_Union[ModelInfo, _Mapping]] = ..., image_kept: _Optional[bool] = ...) -> None: ...
+    postprocessing: PostProcessing
+    def __init__(self, session_id: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., spacing_mm: _Optional[_Iterable[float]] = ..., object_ids: _Optional[_Iterable[int]] = ..., state_bytes: _Optional[int] = ..., idle_seconds: _Optional[float] = ..., expires_in_seconds: _Optional[float] = ..., label: _Optional[str] = ..., backend: _Optional[str] = ..., busy: _Optional[bool] = ..., modality: _Optional[str] = ..., geometry: _Optional[_Union[PatientGeometry, _Mapping]] = ..., frame_of_reference_uid: _Optional[str] = ..., study_uid: _Optional[str] = ..., series_uid: _Optional[str] = ..., external_id: _Optional[str] = ..., preset: _Optional[str] = ..., dicom_results: _Optional[bool] = ..., model_version: _Optional[str] = ..., durable: _Optional[bool] = ..., history: _Optional[_Iterable[str]] = ..., model: _Optional[_Union[ModelInfo, _Mapping]] = ..., image_kept: _Optional[bool] = ..., postprocessing: _Optional[_Union[PostProcessing, _Mapping]] = ...) -> None: ...
 
 class Box(_message.Message):
     __slots__ = ("x0", "y0", "x1", "y1")
@@ -316,43 +341,73 @@ class ObjectMask(_message.Message):
     def __init__(self, object_id: _Optional[int] = ..., mask: _Optional[_Union[Mask, _Mapping]] = ..., object_score: _Optional[float] = ...) -> None: ...
 
 class SliceResult(_message.Message):
-    __slots__ = ("slice", "objects", "done", "total")
+    __slots__ = ("slice", "objects", "done", "total", "final")
     SLICE_FIELD_NUMBER: _ClassVar[int]
     OBJECTS_FIELD_NUMBER: _ClassVar[int]
     PASS_FIELD_NUMBER: _ClassVar[int]
     DONE_FIELD_NUMBER: _ClassVar[int]
     TOTAL_FIELD_NUMBER: _ClassVar[int]
+    FINAL_FIELD_NUMBER: _ClassVar[int]
     slice: int
     objects: _containers.RepeatedCompositeFieldContainer[ObjectMask]
     done: int
     total: int
-    def __init__(self, slice: _Optional[int] = ..., objects: _Optional[_Iterable[_Union[ObjectMask, _Mapping]]] = ..., done: _Optional[int] = ..., total: _Optional[int] = ..., **kwargs) -> None: ...
+    final: bool
+    def __init__(self, slice: _Optional[int] = ..., objects: _Optional[_Iterable[_Union[ObjectMask, _Mapping]]] = ..., done: _Optional[int] = ..., total: _Optional[int] = ..., final: _Optional[bool] = ..., **kwargs) -> None: ...
+
+class LabelEntry(_message.Message):
+    __slots__ = ("value", "object_id", "name", "colour_rgb")
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    OBJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    COLOUR_RGB_FIELD_NUMBER: _ClassVar[int]
+    value: int
+    object_id: int
+    name: str
+    colour_rgb: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, value: _Optional[int] = ..., object_id: _Optional[int] = ..., name: _Optional[str] = ..., colour_rgb: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class GetResultRequest(_message.Message):
-    __slots__ = ("session_id", "format", "chunk_bytes")
+    __slots__ = ("session_id", "format", "chunk_bytes", "label_values")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     FORMAT_FIELD_NUMBER: _ClassVar[int]
     CHUNK_BYTES_FIELD_NUMBER: _ClassVar[int]
+    LABEL_VALUES_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     format: ResultFormat
     chunk_bytes: int
-    def __init__(self, session_id: _Optional[str] = ..., format: _Optional[_Union[ResultFormat, str]] = ..., chunk_bytes: _Optional[int] = ...) -> None: ...
+    label_values: LabelValues
+    def __init__(self, session_id: _Optional[str] = ..., format: _Optional[_Union[ResultFormat, str]] = ..., chunk_bytes: _Optional[int] = ..., label_values: _Optional[_Union[LabelValues, str]] = ...) -> None: ...
+
+class GetSlicesRequest(_message.Message):
+    __slots__ = ("session_id", "first_slice", "last_slice", "encoding")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    FIRST_SLICE_FIELD_NUMBER: _ClassVar[int]
+    LAST_SLICE_FIELD_NUMBER: _ClassVar[int]
+    ENCODING_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    first_slice: int
+    last_slice: int
+    encoding: MaskEncoding
+    def __init__(self, session_id: _Optional[str] = ..., first_slice: _Optional[int] = ..., last_slice: _Optional[int] = ..., encoding: _Optional[_Union[MaskEncoding, str]] = ...) -> None: ...
 
 class ResultChunk(_message.Message):
-    __slots__ = ("data", "offset", "total_bytes", "format", "shape", "object_ids")
+    __slots__ = ("data", "offset", "total_bytes", "format", "shape", "object_ids", "labels")
     DATA_FIELD_NUMBER: _ClassVar[int]
     OFFSET_FIELD_NUMBER: _ClassVar[int]
     TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
     FORMAT_FIELD_NUMBER: _ClassVar[int]
     SHAPE_FIELD_NUMBER: _ClassVar[int]
     OBJECT_IDS_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
     data: bytes
     offset: int
     total_bytes: int
     format: ResultFormat
     shape: _containers.RepeatedScalarFieldContainer[int]
     object_ids: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, data: _Optional[bytes] = ..., offset: _Optional[int] = ..., total_bytes: _Optional[int] = ..., format: _Optional[_Union[ResultFormat, str]] = ..., shape: _Optional[_Iterable[int]] = ..., object_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+    labels: _containers.RepeatedCompositeFieldContainer[LabelEntry]
+    def __init__(self, data: _Optional[bytes] = ..., offset: _Optional[int] = ..., total_bytes: _Optional[int] = ..., format: _Optional[_Union[ResultFormat, str]] = ..., shape: _Optional[_Iterable[int]] = ..., object_ids: _Optional[_Iterable[int]] = ..., labels: _Optional[_Iterable[_Union[LabelEntry, _Mapping]]] = ...) -> None: ...
 
 class GetImageRequest(_message.Message):
     __slots__ = ("session_id", "chunk_bytes")

@@ -100,6 +100,11 @@ class SegmentationServiceStub:
                 request_serializer=medsam2_dot_v1_dot_segmentation__pb2.GetImageRequest.SerializeToString,
                 response_deserializer=medsam2_dot_v1_dot_segmentation__pb2.ResultChunk.FromString,
                 _registered_method=True)
+        self.GetSlices = channel.unary_stream(
+                '/medsam2.v1.SegmentationService/GetSlices',
+                request_serializer=medsam2_dot_v1_dot_segmentation__pb2.GetSlicesRequest.SerializeToString,
+                response_deserializer=medsam2_dot_v1_dot_segmentation__pb2.SliceResult.FromString,
+                _registered_method=True)
 
 
 class SegmentationServiceServicer:
@@ -197,6 +202,13 @@ class SegmentationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetSlices(self, request, context):
+        """Re-read the stored masks of slices first..last (every object, final), e.g. for a viewer that lost its stream.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SegmentationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -264,6 +276,11 @@ def add_SegmentationServiceServicer_to_server(servicer, server):
                     servicer.GetImage,
                     request_deserializer=medsam2_dot_v1_dot_segmentation__pb2.GetImageRequest.FromString,
                     response_serializer=medsam2_dot_v1_dot_segmentation__pb2.ResultChunk.SerializeToString,
+            ),
+            'GetSlices': grpc.unary_stream_rpc_method_handler(
+                    servicer.GetSlices,
+                    request_deserializer=medsam2_dot_v1_dot_segmentation__pb2.GetSlicesRequest.FromString,
+                    response_serializer=medsam2_dot_v1_dot_segmentation__pb2.SliceResult.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -618,6 +635,33 @@ class SegmentationService:
             '/medsam2.v1.SegmentationService/GetImage',
             medsam2_dot_v1_dot_segmentation__pb2.GetImageRequest.SerializeToString,
             medsam2_dot_v1_dot_segmentation__pb2.ResultChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSlices(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/medsam2.v1.SegmentationService/GetSlices',
+            medsam2_dot_v1_dot_segmentation__pb2.GetSlicesRequest.SerializeToString,
+            medsam2_dot_v1_dot_segmentation__pb2.SliceResult.FromString,
             options,
             channel_credentials,
             insecure,
