@@ -210,11 +210,40 @@ REASONS: tuple[Reason, ...] = (
         "A stored session's model version cannot be loaded here.",
     ),
     Reason("PRECONDITION_FAILED", PreconditionFailed, False, "", "Another state that does not allow the request."),
+    Reason("PACS_BAD_RESPONSE", PreconditionFailed, False, "", "The PACS answered, but not in DICOMweb."),
+    Reason("PACS_MISMATCH", PreconditionFailed, False, "", "What the PACS sent is not what was asked for."),
+    Reason("PACS_WRONG_STUDY", PreconditionFailed, False, "", "The PACS sent instances of another study."),
+    Reason("PACS_WRONG_SERIES", PreconditionFailed, False, "", "The PACS sent instances of another series."),
+    Reason(
+        "PACS_INCONSISTENT_SERIES",
+        PreconditionFailed,
+        False,
+        "",
+        "The series is not one stack: Patient ID, Frame of Reference or Rows/Columns differ between instances "
+        "(or from what the search listed).",
+    ),
+    Reason(
+        "PACS_UNLISTED_INSTANCE", PreconditionFailed, False, "", "The PACS sent an instance its search never listed."
+    ),
+    Reason("PACS_INCOMPLETE_SERIES", PreconditionFailed, False, "", "Instances the PACS listed never arrived."),
     Reason(
         "CHECKPOINT_ERROR", CheckpointError, False, "", "A checkpoint is missing, corrupt or does not match the model."
     ),
     Reason("CONFIG_ERROR", ConfigError, False, "", "A server setting or model config is wrong."),
     Reason("OUTPUT_NOT_WRITABLE", OutputNotWritable, False, "", "An output cannot be written."),
+    Reason(
+        "INVALID_UID", InvalidInput, False, "header.pacs.study_uid", "A study or series UID that is not a DICOM UID."
+    ),
+    Reason(
+        "MALFORMED_REQUEST",
+        InvalidInput,
+        False,
+        "",
+        "HTTP gateway: a request line, header, Content-Length, chunked framing or JSON body it cannot read (400).",
+    ),
+    Reason(
+        "UNSUPPORTED_MEDIA_TYPE", InvalidInput, False, "Content-Type", "HTTP gateway: a Content-Type it does not take."
+    ),
     # ABORTED: someone else holds the session.
     Reason("SESSION_BUSY", SessionBusy, True, "", "Another request (a streaming Propagate) holds the session."),
     # NOT_FOUND.
@@ -222,6 +251,8 @@ REASONS: tuple[Reason, ...] = (
     Reason("OBJECT_NOT_FOUND", NotFound, False, "object_id", "No object of this id in the session."),
     Reason("PACS_ENDPOINT_NOT_FOUND", NotFound, False, "endpoint", "No configured PACS endpoint of this name."),
     Reason("MODEL_VERSION_NOT_FOUND", NotFound, False, "version", "No model version of this number."),
+    Reason("NO_SUCH_PATH", NotFound, False, "", "HTTP gateway: no page or file at this path (404)."),
+    Reason("NO_SUCH_METHOD", NotFound, False, "", "HTTP gateway: no API method at this path (404)."),
     Reason("SESSION_NOT_FOUND", SessionNotFound, False, "session_id", "No session of this id for the caller."),
     Reason("SESSION_EVICTED", SessionEvicted, False, "session_id", "The service removed the session (capacity)."),
     Reason("SESSION_EXPIRED", SessionEvicted, False, "session_id", "The session expired after its idle TTL."),
@@ -242,16 +273,35 @@ REASONS: tuple[Reason, ...] = (
     Reason("UPLOADS_FULL", CapacityExceeded, True, "", "Too many uploads are in flight."),
     Reason("ANNOTATION_QUOTA", CapacityExceeded, False, "", "The caller's annotation folder is full."),
     Reason("CAPACITY_EXCEEDED", CapacityExceeded, True, "", "Another configured limit."),
+    Reason(
+        "PACS_FETCHES_FULL", CapacityExceeded, True, "", "Too many PACS fetches are in flight (in all or the caller's)."
+    ),
+    Reason(
+        "PACS_BUDGET_EXCEEDED",
+        CapacityExceeded,
+        False,
+        "",
+        "A PACS response passed its byte budget (set from the session limits before the request): the PACS sent "
+        "more than the study it listed.",
+    ),
+    Reason("PACS_TOO_MANY_PAGES", CapacityExceeded, False, "", "A PACS search kept paging past its page bound."),
+    Reason("PACS_TOO_MANY_RESULTS", CapacityExceeded, False, "", "A PACS search listed more instances than allowed."),
+    Reason("BODY_TOO_LARGE", CapacityExceeded, False, "", "HTTP gateway: a body larger than max_message_bytes (413)."),
     # UNAVAILABLE.
     Reason("BACKEND_UNAVAILABLE", BackendUnavailable, True, "", "The inference backend is not there or not ready."),
     Reason("PACS_UNAVAILABLE", BackendUnavailable, True, "", "The PACS cannot be reached or failed."),
+    Reason("PACS_TRANSFER_BROKEN", BackendUnavailable, True, "", "A PACS response broke off before it was whole."),
     Reason("STORE_UNAVAILABLE", BackendUnavailable, True, "", "The session store cannot be reached."),
+    Reason("GATEWAY_BUSY", BackendUnavailable, True, "", "HTTP gateway: every worker and queue place is taken (503)."),
+    Reason("NOT_BUILT", BackendUnavailable, False, "", "HTTP gateway: the web viewer is not built (503)."),
     # The caller.
     Reason("UNAUTHENTICATED", Unauthenticated, False, "", "Missing or wrong credentials."),
     Reason("PERMISSION_DENIED", PermissionDenied, False, "", "The caller may not do this (an admin RPC)."),
     Reason("PACS_ACCESS_DENIED", ConfigError, False, "", "The PACS refused the endpoint's credentials."),
     Reason("PACS_REJECTED", OutputNotWritable, False, "", "The PACS refused to store an object."),
     Reason("UPLOAD_TIMED_OUT", UploadTimedOut, True, "", "The upload stalled or passed its deadline."),
+    Reason("TIMED_OUT", TimedOut, True, "", "Work did not finish within its deadline."),
+    Reason("PACS_DEADLINE_EXCEEDED", TimedOut, True, "", "A PACS fetch passed its endpoint's deadline."),
     Reason("CLIENT_CANCELLED", ClientCancelled, True, "", "The client went away."),
 )
 """Every reason the service returns (``docs/errors.md`` is generated from this table)."""

@@ -37,7 +37,7 @@ _MAX_TRAILER_LINES = 64
 class BodyError(Exception):
     """A body the gateway refuses: its HTTP status, gRPC-style status name, ``ErrorInfo`` reason and message."""
 
-    def __init__(self, http_status: int, status: str, reason: str, message: str) -> None:
+    def __init__(self, http_status: int, status: str, message: str, *, reason: str) -> None:
         super().__init__(message)
         self.http_status = http_status
         self.status = status
@@ -46,12 +46,12 @@ class BodyError(Exception):
 
 def too_large(limit: int, what: str = "the body") -> BodyError:
     """413: ``what`` is over ``limit`` bytes."""
-    return BodyError(413, "RESOURCE_EXHAUSTED", "BODY_TOO_LARGE", f"{what} is larger than {limit} bytes")
+    return BodyError(413, "RESOURCE_EXHAUSTED", f"{what} is larger than {limit} bytes", reason="BODY_TOO_LARGE")
 
 
 def malformed(message: str) -> BodyError:
     """400: the body's framing is broken."""
-    return BodyError(400, "INVALID_ARGUMENT", "MALFORMED_REQUEST", message)
+    return BodyError(400, "INVALID_ARGUMENT", message, reason="MALFORMED_REQUEST")
 
 
 class RequestBody:
@@ -81,7 +81,10 @@ class RequestBody:
         if encoding:
             if encoding != "chunked":
                 raise BodyError(
-                    501, "UNIMPLEMENTED", "MALFORMED_REQUEST", f"Transfer-Encoding {encoding!r}: only chunked is served"
+                    501,
+                    "UNIMPLEMENTED",
+                    f"Transfer-Encoding {encoding!r}: only chunked is served",
+                    reason="MALFORMED_REQUEST",
                 )
             if lengths:  # both: a request-smuggling shape (RFC 9112 6.3)
                 raise malformed("send either Content-Length or Transfer-Encoding: chunked, not both")

@@ -69,10 +69,11 @@ class Connection:
 def refusal(message: str, *, http_status: int = 503) -> bytes:
     """A complete 503 (with Retry-After) or 431 response with the gateway's JSON error body (google.rpc.Status)."""
     busy = http_status == 503
+    reason = "GATEWAY_BUSY" if busy else "MALFORMED_REQUEST"
     details: list[dict] = [
         {
             "@type": "type.googleapis.com/google.rpc.ErrorInfo",
-            "reason": "GATEWAY_BUSY" if busy else "MALFORMED_REQUEST",
+            "reason": reason,
             "domain": "medsam2",
         }
     ]

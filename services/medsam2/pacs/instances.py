@@ -149,21 +149,23 @@ class SeriesCheck:
     def check(self, ds: Dataset, index: int) -> None:
         """Raise ``PacsMismatch`` (with the failed check as its reason) unless ``ds`` belongs here."""
         if str(ds.get("StudyInstanceUID", "")) != self.study_uid:
-            self._fail(index, "PACS_WRONG_STUDY", "belongs to another study than the one asked for")
+            self._fail(index, "belongs to another study than the one asked for", reason="PACS_WRONG_STUDY")
         if str(ds.get("SeriesInstanceUID", "")) != self.series_uid:
-            self._fail(index, "PACS_WRONG_SERIES", "belongs to another series than the one asked for")
+            self._fail(index, "belongs to another series than the one asked for", reason="PACS_WRONG_SERIES")
         uid = str(ds.get("SOPInstanceUID", ""))
         if uid in self.seen:
-            self._fail(index, "PACS_UNLISTED_INSTANCE", "repeats an instance already sent")
+            self._fail(index, "repeats an instance already sent", reason="PACS_UNLISTED_INSTANCE")
         if self.listed and uid not in self.listed:
-            self._fail(index, "PACS_UNLISTED_INSTANCE", "is not one of the instances QIDO-RS listed for the series")
+            self._fail(
+                index, "is not one of the instances QIDO-RS listed for the series", reason="PACS_UNLISTED_INSTANCE"
+            )
         self.seen.add(uid)
         size = (_int(ds, "Rows"), _int(ds, "Columns"))
         if self.size is not None and size != self.size:
             self._fail(
                 index,
-                "PACS_INCONSISTENT_SERIES",
                 f"has {size[0]}x{size[1]} pixels where the series has {self.size[0]}x{self.size[1]}",
+                reason="PACS_INCONSISTENT_SERIES",
             )
         self.size = size
         first = self._first
@@ -172,7 +174,9 @@ class SeriesCheck:
             return
         for keyword in ("PatientID", "FrameOfReferenceUID"):
             if str(ds.get(keyword, "")) != str(first.get(keyword, "")):
-                self._fail(index, "PACS_INCONSISTENT_SERIES", f"has another {keyword} than the series' first one")
+                self._fail(
+                    index, f"has another {keyword} than the series' first one", reason="PACS_INCONSISTENT_SERIES"
+                )
 
     def finish(self) -> None:
         """Raise unless every listed instance came."""
@@ -184,7 +188,7 @@ class SeriesCheck:
             log.warning("%s (check PACS_INCOMPLETE_SERIES)", message)
             raise PacsMismatch(message, reason="PACS_INCOMPLETE_SERIES")
 
-    def _fail(self, index: int, reason: str, what: str) -> None:
+    def _fail(self, index: int, what: str, *, reason: str) -> None:
         message = f"{self.where}: instance {index + 1} of the answer {what}; nothing was opened"
         log.warning("%s (check %s)", message, reason)
         raise PacsMismatch(message, reason=reason)
