@@ -144,18 +144,29 @@ class TrackerOptions:
 
 
 def prepare_frames(frames: np.ndarray) -> np.ndarray:
-    """uint8 slices [N, H, W] -> model inputs [N, 1, 512, 512], resized as sam2's loader does (Pillow bicubic)."""
-    out = np.empty((frames.shape[0], 1, IMAGE_SIZE, IMAGE_SIZE), np.uint8)
+    """uint8 slices [N, H, W] or RGB frames [N, H, W, 3] -> model inputs [N, 1 or 3, 512, 512].
+
+    Resized as sam2's loader does (Pillow bicubic, per channel). Grey stays one channel: the image encoder
+    replicates it to RGB, so a grey study costs a third of the bytes on the wire and in memory.
+    """
+    channels = 3 if frames.ndim == 4 else 1
+    out = np.empty((frames.shape[0], channels, IMAGE_SIZE, IMAGE_SIZE), np.uint8)
     for i, frame in enumerate(frames):
         image = Image.fromarray(np.ascontiguousarray(frame))
-        out[i, 0] = np.asarray(image.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BICUBIC))
+        resized = np.asarray(image.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BICUBIC))
+        out[i] = resized.transpose(2, 0, 1) if channels == 3 else resized[None]
     return out
 
 
 def check_frames(frames: np.ndarray) -> None:
-    """Raise ``InvalidInput`` unless ``frames`` is a non-empty uint8 stack [N, H, W]."""
-    if frames.ndim != 3:
-        raise InvalidInput(f"expected slices as a 3-D array [slices, rows, columns], got shape {frames.shape}")
+    """Raise ``InvalidInput`` unless ``frames`` is a non-empty uint8 stack [N, H, W] (grey) or [N, H, W, 3] (RGB)."""
+    if frames.ndim == 4 and frames.shape[3] != 3:
+        raise InvalidInput(f"colour frames need 3 channels (RGB) on the last axis, got shape {frames.shape}")
+    if frames.ndim not in (3, 4):
+        raise InvalidInput(
+            f"expected slices as [slices, rows, columns] or RGB frames as [frames, rows, columns, 3], "
+            f"got shape {frames.shape}"
+        )
     if frames.shape[0] == 0:
         raise InvalidInput("the study has zero slices")
     if frames.shape[1] == 0 or frames.shape[2] == 0:
@@ -173,7 +184,7 @@ class Tracker:
             raise InvalidInput(f"memory_slots must be between 0 and {MAX_MEMORY_SLOTS}, got {options.memory_slots}")
         self.backend = backend
         self.options = options
-        self.num_frames, self.height, self.width = frames.shape
+        self.num_frames, self.height, self.width = frames.shape[:3]
         self._inputs = prepare_frames(frames)
         # The slices at their own size, for saving a corrected study as training data. At the model's size they
         # are the inputs themselves (Pillow returns a same-size resize unchanged), so they cost nothing extra.
@@ -437,7 +448,7 @@ class Tracker:
     # -- results and resets -------------------------------------------------------------
     @property
     def frames(self) -> np.ndarray:
-        """The study's windowed uint8 slices [N, H, W] as given (read-only)."""
+        """The study's windowed uint8 slices [N, H, W] (or RGB frames [N, H, W, 3]) as given (read-only)."""
         view = self._frames.view()
         view.flags.writeable = False
         return view
@@ -477,7 +488,7 @@ class Tracker:
         self.features.clear()
         self.features = FeatureCache(_closed_study, 0)
         self._inputs = np.empty((0, 1, IMAGE_SIZE, IMAGE_SIZE), np.uint8)
-        self._frames = np.empty((0, self.height, self.width), np.uint8)
+        self._frames = np.empty((0, *self._frames.shape[1:]), np.uint8)
 
     @property
     def state_bytes(self) -> int:
