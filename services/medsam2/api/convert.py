@@ -9,6 +9,7 @@ from pydicom.sr.coding import Code
 
 from medsam2.api.masks import decode_rle, encode_rle, pack_bits, unpack_bits
 from medsam2.api.pb.medsam2.v1 import segmentation_pb2 as pb
+from medsam2.engine.postprocessing import PostProcessingOptions
 from medsam2.engine.prompts import Box
 from medsam2.engine.protocols import ObjectPrompt
 from medsam2.engine.tracker import Direction
@@ -33,16 +34,32 @@ DIRECTIONS = {
 }
 
 
-def header_shape(header: pb.StudyHeader) -> tuple[int, int, int]:
-    """The study shape of an upload header, checked."""
+def header_shape(header: pb.StudyHeader) -> tuple[int, ...]:
+    """The study shape of an upload header, checked: [slices, rows, columns], or [frames, rows, columns, 3] (RGB)."""
     shape = tuple(int(v) for v in header.shape)
-    if len(shape) != 3:
+    if len(shape) == 4:
+        if header.kind != pb.STUDY_KIND_VIDEO or header.dtype != pb.DATA_TYPE_UINT8 or shape[3] != 3:
+            raise InvalidInput(
+                f"header.shape {list(shape)}: four axes are an RGB video, [frames, rows, columns, 3] with kind "
+                "VIDEO and dtype UINT8"
+            )
+    elif len(shape) != 3:
         raise InvalidInput(f"header.shape must be [slices, rows, columns], got {list(shape)}")
     if shape[0] == 0:
         raise InvalidInput("the study has zero slices")
     if min(shape) == 0:
         raise InvalidInput(f"header.shape has an empty axis: {list(shape)}")
-    return shape  # type: ignore[return-value]
+    return shape
+
+
+def postprocessing_to_pb(options: PostProcessingOptions) -> pb.PostProcessing:
+    """Resolved post-processing as the message GetSession reports (every field set)."""
+    return pb.PostProcessing(
+        largest_component=options.largest_component,
+        fill_hole_area=options.fill_hole_area,
+        non_overlapping_objects=options.non_overlapping_objects,
+        binarize_memory=options.binarize_memory,
+    )
 
 
 def header_dtype(header: pb.StudyHeader) -> np.dtype:

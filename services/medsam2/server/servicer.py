@@ -11,6 +11,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Generator, Iterator
+from dataclasses import replace
 from importlib import metadata
 
 import numpy as np
@@ -24,6 +25,7 @@ from medsam2.api.convert import (
     header_shape,
     header_spacing,
     identity_from_pb,
+    postprocessing_to_pb,
     prompt_from_pb,
     segment_spec_from_pb,
 )
@@ -31,11 +33,14 @@ from medsam2.api.pb.medsam2.v1 import segmentation_pb2 as pb
 from medsam2.api.pb.medsam2.v1 import segmentation_pb2_grpc as pb_grpc
 from medsam2.datasets.annotations import label_map
 from medsam2.engine.backend import StageBackend
+from medsam2.engine.postprocessing import PostProcessingOptions
+from medsam2.engine.postprocessing import resolve as resolve_postprocessing
 from medsam2.engine.protocols import VolumeAnnotation, apply_prompt
 from medsam2.engine.tracker import Direction, FrameResult, Tracker, TrackerOptions
 from medsam2.errors import InvalidInput, NotFound, PreconditionFailed
 from medsam2.graphs import MAX_POINTS
 from medsam2.imaging.windowing import Preset, Window, resolve_preset, to_uint8
+from medsam2.io.dicom_pixels import to_grey_uint8
 from medsam2.io.dicom_seg import default_segments
 from medsam2.models.provenance import ModelProvenance
 from medsam2.pacs.service import PacsStudies
@@ -154,6 +159,7 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
             window = Window(header.preprocessing.window_width, header.preprocessing.window_level)
         preset = header.preprocessing.preset or ("none" if is_video else "auto")
         resolve_preset(preset, None, is_video=is_video)  # an unknown preset fails before any transfer
+        postprocessing = self._postprocessing(header, is_video)  # so does a bad post-processing request
         if header.HasField("pacs"):
             voxels, study = self._fetch(header, is_video)
         else:
@@ -166,18 +172,30 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
             if window is not None
             else resolve_preset(preset, modality, voxels.dtype, is_video=is_video).value
         )
-        slices = to_uint8(voxels, preset, window, modality=modality, is_video=is_video)
         stored = self.durability.pack_study(header, voxels) if self.durability is not None else None
+        rgb = None
+        if voxels.ndim == 4:  # an RGB video: the model sees RGB, everything else (results, display) its luma
+            rgb, voxels = voxels, to_grey_uint8(voxels)
+        slices = to_uint8(voxels, preset, window, modality=modality, is_video=is_video)
+        study.postprocessing = postprocessing
         image = None
         if header.keep_image:
             # A viewer displays the intensities as loaded (window presets in HU), not the model's 8-bit input.
             image = voxels
             image.setflags(write=False)
         del voxels  # otherwise the raw upload is not needed once windowed (the store keeps it compressed)
-        tracker = Tracker(self.backend, slices, self.tracker_options)
+        frames = rgb if rgb is not None and window is None and study.preset == Preset.NONE.value else slices
+        options = replace(
+            self.tracker_options,
+            fill_hole_area=postprocessing.fill_hole_area,
+            non_overlapping_objects=postprocessing.non_overlapping_objects,
+            binarize_memory=postprocessing.binarize_memory,
+        )
+        tracker = Tracker(self.backend, frames, options)
+        del rgb, frames
         entry = self.registry.add(tracker, study, session_id=session_id, model_version=model_version, image=image)
         if not is_video:
-            entry.annotation = VolumeAnnotation(tracker)
+            entry.annotation = VolumeAnnotation(tracker, keep_largest_component=postprocessing.largest_component)
         if self.durability is not None and stored is not None:
             try:
                 self.durability.created(entry.session_id, entry.owner, header, stored, entry.model_version)
@@ -186,6 +204,16 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
                 raise
             entry.durable = True
         return entry
+
+    def _postprocessing(self, header: pb.StudyHeader, is_video: bool) -> PostProcessingOptions:
+        """MedSAM2's defaults for the study's kind under the header's requests; a volume's hole filling defaults to
+        the server's MEDSAM2_FILL_HOLE_AREA."""
+        requested = header.postprocessing
+        if not is_video and not requested.HasField("fill_hole_area"):
+            requested = pb.PostProcessing()
+            requested.CopyFrom(header.postprocessing)
+            requested.fill_hole_area = self.tracker_options.fill_hole_area
+        return resolve_postprocessing("video" if is_video else "volume", requested)
 
     def _uploaded_study(self, header: pb.StudyHeader, shape: tuple[int, ...], is_video: bool) -> StudyInfo:
         spacing = header_spacing(header)
@@ -226,7 +254,8 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
             sop_instance_uids=tuple(source.slice_uids) if source is not None else (),
             pacs_endpoint=reference.endpoint,
         )
-        return volume.voxels, study
+        # A colour cine loop (US/ES, SamplesPerPixel 3) reaches the model as RGB, as an RGB upload does.
+        return (volume.rgb if volume.rgb is not None else volume.voxels), study
 
     @rpc("GetSession")
     def GetSession(self, request: pb.GetSessionRequest, context) -> pb.Session:  # noqa: ANN001
@@ -706,6 +735,7 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
             durable=entry.durable,
             model=_model_info(self._model_of(entry)),
             image_kept=entry.image is not None,
+            postprocessing=postprocessing_to_pb(study.postprocessing) if study.postprocessing is not None else None,
         )
 
 

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from medsam2.engine.postprocessing import PostProcessingOptions
 from medsam2.engine.tracker import Tracker
 from medsam2.errors import (
     CapacityExceeded,
@@ -110,6 +111,8 @@ class StudyInfo:
     """Headers of the source objects (PACS studies): what a DICOM SEG references."""
     pacs_endpoint: str = ""
     """The PACS endpoint the study came from, if any."""
+    postprocessing: PostProcessingOptions | None = None
+    """The session's resolved post-processing (MedSAM2's defaults for its kind, overridden by the request)."""
 
 
 @dataclass(slots=True)

@@ -89,6 +89,18 @@ class Preprocessing(_message.Message):
     window_level: float
     def __init__(self, preset: _Optional[str] = ..., window_width: _Optional[float] = ..., window_level: _Optional[float] = ...) -> None: ...
 
+class PostProcessing(_message.Message):
+    __slots__ = ("largest_component", "fill_hole_area", "non_overlapping_objects", "binarize_memory")
+    LARGEST_COMPONENT_FIELD_NUMBER: _ClassVar[int]
+    FILL_HOLE_AREA_FIELD_NUMBER: _ClassVar[int]
+    NON_OVERLAPPING_OBJECTS_FIELD_NUMBER: _ClassVar[int]
+    BINARIZE_MEMORY_FIELD_NUMBER: _ClassVar[int]
+    largest_component: bool
+    fill_hole_area: int
+    non_overlapping_objects: bool
+    binarize_memory: bool
+    def __init__(self, largest_component: _Optional[bool] = ..., fill_hole_area: _Optional[int] = ..., non_overlapping_objects: _Optional[bool] = ..., binarize_memory: _Optional[bool] = ...) -> None: ...
+
 class PacsReference(_message.Message):
     __slots__ = ("endpoint", "study_uid", "series_uid")
     ENDPOINT_FIELD_NUMBER: _ClassVar[int]
@@ -112,7 +124,7 @@ class PatientGeometry(_message.Message):
     def __init__(self, origin: _Optional[_Iterable[float]] = ..., row_direction: _Optional[_Iterable[float]] = ..., column_direction: _Optional[_Iterable[float]] = ..., slice_step: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class StudyHeader(_message.Message):
-    __slots__ = ("shape", "dtype", "spacing_mm", "preprocessing", "kind", "label", "pacs", "modality", "geometry", "frame_of_reference_uid", "study_uid", "series_uid", "sop_instance_uids", "external_id", "request_id", "keep_image")
+    __slots__ = ("shape", "dtype", "spacing_mm", "preprocessing", "kind", "label", "pacs", "modality", "geometry", "frame_of_reference_uid", "study_uid", "series_uid", "sop_instance_uids", "external_id", "request_id", "keep_image", "postprocessing")
     SHAPE_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     SPACING_MM_FIELD_NUMBER: _ClassVar[int]
@@ -129,6 +141,7 @@ class StudyHeader(_message.Message):
     EXTERNAL_ID_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     KEEP_IMAGE_FIELD_NUMBER: _ClassVar[int]
+    POSTPROCESSING_FIELD_NUMBER: _ClassVar[int]
     shape: _containers.RepeatedScalarFieldContainer[int]
     dtype: DataType
     spacing_mm: _containers.RepeatedScalarFieldContainer[float]
@@ -145,7 +158,8 @@ class StudyHeader(_message.Message):
     external_id: str
     request_id: str
     keep_image: bool
-    def __init__(self, shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[_Union[DataType, str]] = ..., spacing_mm: _Optional[_Iterable[float]] = ..., preprocessing: _Optional[_Union[Preprocessing, _Mapping]] = ..., kind: _Optional[_Union[StudyKind, str]] = ..., label: _Optional[str] = ..., pacs: _Optional[_Union[PacsReference, _Mapping]] = ..., modality: _Optional[str] = ..., geometry: _Optional[_Union[PatientGeometry, _Mapping]] = ..., frame_of_reference_uid: _Optional[str] = ..., study_uid: _Optional[str] = ..., series_uid: _Optional[str] = ..., sop_instance_uids: _Optional[_Iterable[str]] = ..., external_id: _Optional[str] = ..., request_id: _Optional[str] = ..., keep_image: _Optional[bool] = ...) -> None: ...
+    postprocessing: PostProcessing
+    def __init__(self, shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[_Union[DataType, str]] = ..., spacing_mm: _Optional[_Iterable[float]] = ..., preprocessing: _Optional[_Union[Preprocessing, _Mapping]] = ..., kind: _Optional[_Union[StudyKind, str]] = ..., label: _Optional[str] = ..., pacs: _Optional[_Union[PacsReference, _Mapping]] = ..., modality: _Optional[str] = ..., geometry: _Optional[_Union[PatientGeometry, _Mapping]] = ..., frame_of_reference_uid: _Optional[str] = ..., study_uid: _Optional[str] = ..., series_uid: _Optional[str] = ..., sop_instance_uids: _Optional[_Iterable[str]] = ..., external_id: _Optional[str] = ..., request_id: _Optional[str] = ..., keep_image: _Optional[bool] = ..., postprocessing: _Optional[_Union[PostProcessing, _Mapping]] = ...) -> None: ...
 
 class CreateSessionRequest(_message.Message):
     __slots__ = ("header", "voxels")
@@ -156,7 +170,7 @@ class CreateSessionRequest(_message.Message):
     def __init__(self, header: _Optional[_Union[StudyHeader, _Mapping]] = ..., voxels: _Optional[bytes] = ...) -> None: ...
 
 class Session(_message.Message):
-    __slots__ = ("session_id", "shape", "spacing_mm", "object_ids", "state_bytes", "idle_seconds", "expires_in_seconds", "label", "backend", "busy", "modality", "geometry", "frame_of_reference_uid", "study_uid", "series_uid", "external_id", "preset", "dicom_results", "model_version", "durable", "history", "model", "image_kept")
+    __slots__ = ("session_id", "shape", "spacing_mm", "object_ids", "state_bytes", "idle_seconds", "expires_in_seconds", "label", "backend", "busy", "modality", "geometry", "frame_of_reference_uid", "study_uid", "series_uid", "external_id", "preset", "dicom_results", "model_version", "durable", "history", "model", "image_kept", "postprocessing")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     SHAPE_FIELD_NUMBER: _ClassVar[int]
     SPACING_MM_FIELD_NUMBER: _ClassVar[int]
@@ -180,6 +194,7 @@ class Session(_message.Message):
     HISTORY_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     IMAGE_KEPT_FIELD_NUMBER: _ClassVar[int]
+    POSTPROCESSING_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     shape: _containers.RepeatedScalarFieldContainer[int]
     spacing_mm: _containers.RepeatedScalarFieldContainer[float]
@@ -203,7 +218,8 @@ class Session(_message.Message):
     history: _containers.RepeatedScalarFieldContainer[str]
     model: ModelInfo
     image_kept: bool
-    def __init__(self, session_id: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., spacing_mm: _Optional[_Iterable[float]] = ..., object_ids: _Optional[_Iterable[int]] = ..., state_bytes: _Optional[int] = ..., idle_seconds: _Optional[float] = ..., expires_in_seconds: _Optional[float] = ..., label: _Optional[str] = ..., backend: _Optional[str] = ..., busy: _Optional[bool] = ..., modality: _Optional[str] = ..., geometry: _Optional[_Union[PatientGeometry, _Mapping]] = ..., frame_of_reference_uid: _Optional[str] = ..., study_uid: _Optional[str] = ..., series_uid: _Optional[str] = ..., external_id: _Optional[str] = ..., preset: _Optional[str] = ..., dicom_results: _Optional[bool] = ..., model_version: _Optional[str] = ..., durable: _Optional[bool] = ..., history: _Optional[_Iterable[str]] = ..., model: _Optional[_Union[ModelInfo, _Mapping]] = ..., image_kept: _Optional[bool] = ...) -> None: ...
+    postprocessing: PostProcessing
+    def __init__(self, session_id: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., spacing_mm: _Optional[_Iterable[float]] = ..., object_ids: _Optional[_Iterable[int]] = ..., state_bytes: _Optional[int] = ..., idle_seconds: _Optional[float] = ..., expires_in_seconds: _Optional[float] = ..., label: _Optional[str] = ..., backend: _Optional[str] = ..., busy: _Optional[bool] = ..., modality: _Optional[str] = ..., geometry: _Optional[_Union[PatientGeometry, _Mapping]] = ..., frame_of_reference_uid: _Optional[str] = ..., study_uid: _Optional[str] = ..., series_uid: _Optional[str] = ..., external_id: _Optional[str] = ..., preset: _Optional[str] = ..., dicom_results: _Optional[bool] = ..., model_version: _Optional[str] = ..., durable: _Optional[bool] = ..., history: _Optional[_Iterable[str]] = ..., model: _Optional[_Union[ModelInfo, _Mapping]] = ..., image_kept: _Optional[bool] = ..., postprocessing: _Optional[_Union[PostProcessing, _Mapping]] = ...) -> None: ...
 
 class Box(_message.Message):
     __slots__ = ("x0", "y0", "x1", "y1")
