@@ -87,20 +87,24 @@ def test_frame_folder_and_davis_masks_match_the_script_in_segment_and_client(
 
 
 def test_per_object_png_folders_are_read_and_written_in_their_layout(
-    colour_video, graphs: dict[str, Path], tmp_path: Path
+    colour_video, graphs: dict[str, Path], tmp_path: Path, capsys
 ) -> None:
-    root, frames, first = colour_video
+    root, frames, _ = colour_video
     out = tmp_path / "objects"
-    args = ["segment", str(root / "frames"), "--graphs", str(graphs["present"]), "--no-progress"]
+    args = ["segment", str(root / "frames"), "--graphs", str(graphs["present"]), "--no-progress", "--json"]
     assert main([*args, "--mask-dir", str(root / "objects"), "--out-masks", str(out)]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    # The script builds its predictor with non_overlap_masks=false for per-object PNGs, which may overlap.
+    assert summary["postprocessing"]["non_overlapping_objects"] is False
     assert sorted(p.name for p in out.iterdir()) == ["001", "002"]
     assert sorted(p.name for p in (out / "001").iterdir()) == [f"{i:05d}.png" for i in range(len(frames))]
     with Image.open(out / "001" / "00000.png") as image:
         assert set(np.unique(np.asarray(image))) <= {0, 1}
-    # The script turns the non-overlapping constraint off for per-object PNGs only because it reads and writes
-    # them separately; this project keeps the video default (on) unless --no-non-overlapping says otherwise.
-    both = np.stack([np.asarray(Image.open(out / f"{o:03d}" / "00003.png")) for o in (1, 2)]).astype(bool)
-    assert not (both[0] & both[1]).any()
+    # Asked for, the constraint applies to per-object folders too.
+    exclusive = tmp_path / "exclusive"
+    assert main([*args, "--mask-dir", str(root / "objects"), "--out-masks", str(exclusive), "--non-overlapping"]) == 0
+    both = np.stack([np.asarray(Image.open(exclusive / f"{o:03d}" / "00003.png")) for o in (1, 2)]).astype(bool)
+    assert both.any(axis=(1, 2)).all() and not (both[0] & both[1]).any()
 
 
 def test_colour_mp4_through_segment_and_client_gives_the_same_masks(

@@ -150,7 +150,7 @@ def run_client(args: argparse.Namespace, settings: Settings) -> int:
     """Open the study, run the steps, save the result (and store it), always closing the session."""
 
     from medsam2.api.client import Client
-    from medsam2.cli.segment_cmd import check_outputs, mask_dir_steps, parse_pair
+    from medsam2.cli.segment_cmd import check_outputs, mask_dir_steps, parse_pair, script_layout
 
     _check_args(args)
     check_outputs(args)
@@ -183,6 +183,7 @@ def run_client(args: argparse.Namespace, settings: Settings) -> int:
 
         assert volume is not None  # _check_args
         steps, mask_images, first = mask_dir_steps(args.mask_dir, volume, _slice_range(args.slice_range))
+        script_layout(args, first)
     client = Client(args.server, token=args.token, routing_key=uuid.uuid4().hex)
     started = time.perf_counter()
     with server_calls(client):

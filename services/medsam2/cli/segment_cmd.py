@@ -150,6 +150,13 @@ def _model_version(args: argparse.Namespace) -> str:
     return (source.name if source is not None else "MedSAM2 default checkpoint")[:64]
 
 
+def script_layout(args: argparse.Namespace, first: FirstFrameMasks | None) -> None:
+    """MedSAM2's video script turns the non-overlapping constraint off for per-object PNGs (SA-V's objects may
+    overlap); unless --[no-]non-overlapping says otherwise, so does a --mask-dir of per-object folders."""
+    if first is not None and first.per_object and args.non_overlapping_objects is None:
+        args.non_overlapping_objects = False
+
+
 def mask_dir_steps(
     folder: Path, volume: Volume, slice_range: tuple[int, int] | None = None
 ) -> tuple[list[Step], dict[int, np.ndarray], FirstFrameMasks]:
@@ -252,7 +259,6 @@ def run_segment(args: argparse.Namespace, settings: Settings) -> int:
     volume = read_volume(args.input, args.series)
     check_outputs(args, volume)
     kind: StudyKind = "video" if is_video(volume) else "volume"
-    postprocessing = requested_postprocessing(args, kind)
     window = Window(*parse_pair(args.window, "--window", "WIDTH,LEVEL")) if args.window else None
     modality = _modality(args, volume)
     first: FirstFrameMasks | None = None
@@ -262,6 +268,8 @@ def run_segment(args: argparse.Namespace, settings: Settings) -> int:
         steps, step_masks, first = mask_dir_steps(args.mask_dir, volume, _slice_range(args.slice_range))
     else:
         steps, step_masks = _steps(args, volume)
+    script_layout(args, first)
+    postprocessing = requested_postprocessing(args, kind)
     default_range = _slice_range(args.slice_range) if args.actions is not None else None
     check_actions(steps, volume.voxels.shape, step_masks)  # every step fits the study before a model loads
     slices = to_uint8(volume.voxels, args.preset, window, modality=modality, is_video=kind == "video")
