@@ -27,14 +27,16 @@ MAX_DIFFERENT = 0.005
 """At most 0.5% of the pixels of every frame may differ outside ties."""
 
 
-def touching_objects_video(seed: int, *, colour: bool) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+def touching_objects_video(
+    seed: int, *, colour: bool, frames: int = FRAMES
+) -> tuple[np.ndarray, dict[int, np.ndarray]]:
     """A seeded video with two touching ellipses drifting right, and their first-frame masks."""
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[:HEIGHT, :WIDTH]
     channels = 3 if colour else 1
-    video = rng.normal(70, 10, (FRAMES, HEIGHT, WIDTH, channels))
+    video = rng.normal(70, 10, (frames, HEIGHT, WIDTH, channels))
     first: dict[int, np.ndarray] = {}
-    for t in range(FRAMES):
+    for t in range(frames):
         shift = 2.0 * t
         taken = np.zeros((HEIGHT, WIDTH), bool)
         for obj_id, (cy, cx, ry, rx, tint) in enumerate(
@@ -46,9 +48,9 @@ def touching_objects_video(seed: int, *, colour: bool) -> tuple[np.ndarray, dict
             video[t][inside] = value + rng.normal(0, 6, (int(inside.sum()), channels))
             if t == 0:
                 first[obj_id] = inside
-    frames = np.clip(video, 0, 255).astype(np.uint8)
+    pixels = np.clip(video, 0, 255).astype(np.uint8)
     assert (first[1] & first[2]).sum() == 0 and _touch(first[1], first[2])
-    return (frames if colour else frames[..., 0]), first
+    return (pixels if colour else pixels[..., 0]), first
 
 
 def _touch(a: np.ndarray, b: np.ndarray) -> bool:
