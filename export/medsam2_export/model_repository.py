@@ -88,8 +88,9 @@ def triton_dims(tensor: TensorSpec) -> tuple[int, ...]:
 
 
 def warmup_dims(tensor: TensorSpec) -> tuple[int, ...]:
-    """Concrete warm-up dims of ``tensor``: memory slots at the trained count (the TensorRT profile's opt)."""
-    return tuple(graphs.NUM_MASKMEM if d < 0 else d for d in triton_dims(tensor))
+    """Concrete warm-up dims of ``tensor``: memory slots at the trained count (TensorRT's opt), grey images."""
+    dynamic = min(graphs.IMAGE_CHANNELS) if tensor.name == "image" else graphs.NUM_MASKMEM
+    return tuple(dynamic if d < 0 else d for d in triton_dims(tensor))
 
 
 def _tensor_entry(tensor: TensorSpec, reshape: bool = True) -> dict[str, Any]:

@@ -33,6 +33,12 @@ WRAPPERS = {
     Stage.MASK_SELECT: MaskSelectGraph,
 }
 _AXIS_NAMES = {0: "batch", 1: "memory_slots"}
+_CHANNEL_AXIS_NAME = "channels"
+
+
+def _axis_name(tensor: str, axis: int) -> str:
+    """The symbolic name of a dynamic axis: the image's axis 1 is its channels, elsewhere memory slots."""
+    return _CHANNEL_AXIS_NAME if tensor == "image" and axis == 1 else _AXIS_NAMES[axis]
 
 
 def graph_file(out_dir: Path, stage: Stage) -> Path:
@@ -50,7 +56,9 @@ def sample_inputs(spec: GraphSpec, batch: int = 2, slots: int = NUM_MASKMEM, see
     rng = np.random.default_rng(seed)
     inputs: dict[str, np.ndarray] = {}
     for t in spec.inputs:
-        shape = tuple(batch if i == 0 else (slots if d < 0 else d) for i, d in enumerate(t.shape))
+        # A grey image: the graph replicates it to RGB, so the traced graph broadcasts 1 or 3 channels.
+        dynamic = 1 if t.name == "image" else slots
+        shape = tuple(batch if i == 0 else (dynamic if d < 0 else d) for i, d in enumerate(t.shape))
         if t.dtype is np.uint8:
             inputs[t.name] = rng.integers(0, 256, shape, dtype=np.uint8)
         elif t.name == "memory_tpos":
@@ -73,7 +81,9 @@ def export_graph(model: torch.nn.Module, stage: Stage, path: Path) -> Path:
     spec = GRAPHS[stage]
     wrapper = WRAPPERS[stage](model).eval()
     example = tuple(torch.from_numpy(a) for a in sample_inputs(spec).values())
-    dynamic_axes = {t.name: {axis: _AXIS_NAMES[axis] for axis in t.dynamic_axes} for t in (*spec.inputs, *spec.outputs)}
+    dynamic_axes = {
+        t.name: {axis: _axis_name(t.name, axis) for axis in t.dynamic_axes} for t in (*spec.inputs, *spec.outputs)
+    }
     path = Path(path)
     tmp = path.with_name(path.name + ".partial")
     with torch.no_grad(), warnings.catch_warnings():
@@ -104,7 +114,7 @@ def _declare_contract_shapes(path: Path, spec: GraphSpec) -> None:
         for value, tensor in zip(values, tensors, strict=False):
             for axis, (dim, want) in enumerate(zip(value.type.tensor_type.shape.dim, tensor.shape, strict=False)):
                 if want < 0:
-                    dim.dim_param = _AXIS_NAMES[axis]
+                    dim.dim_param = _axis_name(tensor.name, axis)
                 else:
                     dim.dim_value = want
     onnx.save(model, str(path))

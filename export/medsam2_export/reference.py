@@ -34,7 +34,7 @@ class ReferenceTracker:
 
     def __init__(self, checkpoint, frames: np.ndarray) -> None:  # noqa: ANN001 - a path
         self.predictor = load_model(checkpoint)
-        self.num_frames, self.height, self.width = frames.shape
+        self.num_frames, self.height, self.width = frames.shape[:3]
         self.state = self._init_state(load_frames_like_sam2(frames, self.predictor.image_size))
 
     def _init_state(self, images: torch.Tensor) -> dict:

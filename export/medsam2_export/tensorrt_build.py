@@ -50,7 +50,7 @@ ProfileShapes = dict[str, tuple[Shape, Shape, Shape]]
 
 
 def profile_shapes(spec: GraphSpec, max_batch: int = 16, opt_batch: int = 4) -> ProfileShapes:
-    """``{input: (min, opt, max) shape}``: batch 1/opt/max, memory slots 1/NUM_MASKMEM/MAX_MEMORY_SLOTS."""
+    """``{input: (min, opt, max) shape}``: batch 1/opt/max, slots 1/NUM_MASKMEM/MAX_MEMORY_SLOTS, channels 1/1/3."""
     if not 1 <= opt_batch <= max_batch:
         raise ConfigError(f"batch sizes must satisfy 1 <= opt_batch ({opt_batch}) <= max_batch ({max_batch})")
     return {t.name: _input_profile(spec, t.name, t.shape, max_batch, opt_batch) for t in spec.inputs}
@@ -67,6 +67,8 @@ def _input_profile(
             ranges.append((1, opt_batch, max_batch))
         elif axis == 1 and name.startswith("memory"):
             ranges.append((1, graphs.NUM_MASKMEM, graphs.MAX_MEMORY_SLOTS))
+        elif axis == 1 and name == "image":
+            ranges.append((min(graphs.IMAGE_CHANNELS), min(graphs.IMAGE_CHANNELS), max(graphs.IMAGE_CHANNELS)))
         else:
             raise ConfigError(f"{spec.stage.value}.{name}: no profile range for dynamic axis {axis} of {shape}")
     mins, opts, maxs = zip(*ranges, strict=True)

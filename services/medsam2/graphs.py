@@ -2,8 +2,9 @@
 
 Export writes graphs that match this table, backends check tensors against it
 before a call, and the Triton model-repository writer turns it into
-``config.pbtxt``.  ``-1`` marks the batch axis (always axis 0) and, for the
-memory attention, the number of memory slots.  Everything else is static.
+``config.pbtxt``.  ``-1`` marks the batch axis (always axis 0), the number of
+memory slots of the memory attention, and the image's channels (1 for grey, 3
+for RGB).  Everything else is static.
 """
 
 from __future__ import annotations
@@ -46,11 +47,15 @@ POINT_LABEL_POSITIVE = 1
 POINT_LABEL_BOX_TOP_LEFT = 2
 POINT_LABEL_BOX_BOTTOM_RIGHT = 3
 
-GRAPHS_REVISION = 4
+IMAGE_CHANNELS = (1, 3)
+"""Channels an image may have: grey (replicated to RGB inside the graph, as sam2's loader does) or RGB."""
+
+GRAPHS_REVISION = 5
 """Bumped whenever the exported graphs change numerically or structurally, so cached exports are redone."""
 
 BATCH = -1
 SLOTS = -1
+CHANNELS = -1
 
 
 class Stage(str, Enum):
@@ -123,7 +128,14 @@ _FEAT_S2 = TensorSpec("feat_s2", F32, (BATCH, HIDDEN_DIM, FEAT, FEAT), "stride-1
 
 IMAGE_ENCODER = GraphSpec(
     Stage.IMAGE_ENCODER,
-    inputs=(TensorSpec("image", U8, (BATCH, 1, IMAGE_SIZE, IMAGE_SIZE), "grey slice already resized to 512x512"),),
+    inputs=(
+        TensorSpec(
+            "image",
+            U8,
+            (BATCH, CHANNELS, IMAGE_SIZE, IMAGE_SIZE),
+            "grey (1 channel) or RGB (3 channels) slice already resized to 512x512",
+        ),
+    ),
     outputs=(_FEAT_S0, _FEAT_S1, _FEAT_S2),
     doc="Hiera-T + FPN; normalisation (/255, ImageNet mean/std) and grey-to-RGB inside.",
 )

@@ -60,6 +60,19 @@ def test_each_graph_matches_onnxruntime(triton, embedded: OnnxRuntimeBackend, st
     assert all(a.flags.writeable for a in got.values())  # like ONNX Runtime's, callers may update them in place
 
 
+def test_rgb_and_grey_images_go_through_one_triton_model(triton, embedded: OnnxRuntimeBackend) -> None:
+    grey = sample_inputs(GRAPHS[Stage.IMAGE_ENCODER], batch=1, seed=4)["image"]
+    rgb = np.random.default_rng(5).integers(0, 256, (1, 3, *grey.shape[2:]), dtype=np.uint8)
+    for image in (rgb, np.repeat(grey, 3, axis=1)):
+        errors = _max_errors(
+            triton.run(Stage.IMAGE_ENCODER, {"image": image}), embedded.run(Stage.IMAGE_ENCODER, {"image": image})
+        )
+        assert max(errors.values()) <= TOLERANCE, errors
+    # A grey plane is replicated inside the graph: one channel or three equal ones give the same features.
+    one, three = (embedded.run(Stage.IMAGE_ENCODER, {"image": g}) for g in (grey, np.repeat(grey, 3, axis=1)))
+    assert max(_max_errors(one, three).values()) <= TOLERANCE
+
+
 def _composed_track_step(backend: OnnxRuntimeBackend, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The ensemble's wiring, run stage by stage in ONNX Runtime."""
     tensors = dict(inputs)

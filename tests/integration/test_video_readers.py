@@ -105,3 +105,45 @@ def test_colour_frames_become_grey_exactly_as_pillow_converts_them() -> None:
 
     rgb = np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
     np.testing.assert_array_equal(to_grey_uint8(rgb), grey(rgb))
+
+
+def test_colour_frames_are_kept_as_rgb_for_the_model(tmp_path: Path) -> None:
+    frames = moving_disc()
+    folder = tmp_path / "colour"
+    folder.mkdir()
+    for t, frame in enumerate(frames):
+        Image.fromarray(frame).save(folder / f"{t:05d}.png")
+    volume = read_volume(folder)
+    np.testing.assert_array_equal(volume.rgb, frames)  # as sam2's loader reads them: convert("RGB")
+    np.testing.assert_array_equal(volume.voxels, grey(frames))  # display, SEG, measurements
+    assert volume.frame_names == tuple(f"{t:05d}" for t in range(FRAMES))
+    video = read_volume(write_video(tmp_path / "clip.mp4", frames, "mp4v"))
+    assert video.rgb is not None and video.rgb.shape == frames.shape
+    # OpenCV decodes BGR: the disc must come back red, not blue.
+    red, _, blue = (int(v) for v in video.rgb[3, 48, 20 + 21])
+    assert red > 150 and blue < 100
+
+
+def test_grey_frames_stay_one_channel(tmp_path: Path) -> None:
+    folder = tmp_path / "grey"
+    folder.mkdir()
+    frames = grey(moving_disc())
+    for t, frame in enumerate(frames):
+        Image.fromarray(np.repeat(frame[..., None], 3, axis=-1)).save(folder / f"{t:03d}.png")  # RGB, equal channels
+    volume = read_volume(folder)
+    assert volume.rgb is None
+    np.testing.assert_array_equal(volume.voxels, frames)
+
+
+@pytest.mark.parametrize("name", ["examples_ybr_color.dcm", "SC_rgb_rle_2frame.dcm"])
+def test_colour_dicom_cine_reaches_the_model_as_rgb(name: str) -> None:
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    ds = pydicom.dcmread(get_testdata_file(name))
+    assert int(ds.SamplesPerPixel) == 3
+    volume = read_volume(Path(get_testdata_file(name)))
+    assert volume.source_format == "dicom-cine"
+    rgb = ds.pixel_array  # pydicom converts YBR_FULL_422 to RGB; RGB stays RGB
+    np.testing.assert_array_equal(volume.rgb, rgb)
+    np.testing.assert_array_equal(volume.voxels, grey(rgb))

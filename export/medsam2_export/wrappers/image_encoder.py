@@ -35,8 +35,9 @@ class ImageEncoderGraph(nn.Module):
             self.register_buffer("trunk_pos_embed", trunk._get_pos_embed((grid, grid)).clone(), persistent=False)
 
     def forward(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """image: uint8 [B, 1, 512, 512] -> feat_s0 [B,32,128,128], feat_s1 [B,64,64,64], feat_s2 [B,256,32,32]."""
-        # sam2 loads grey slices as RGB with three equal channels, then normalises per channel.
+        """image: uint8 [B, 1 or 3, 512, 512] -> feat_s0 [B,32,128,128], feat_s1 [B,64,64,64], feat_s2 [B,256,32,32]."""
+        # sam2 loads grey slices as RGB with three equal channels, then normalises per channel; an RGB
+        # image passes the expand unchanged.
         x = image.float() / 255.0
         x = x.expand(-1, 3, -1, -1)
         x = (x - self.mean) / self.std

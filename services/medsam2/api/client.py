@@ -70,13 +70,14 @@ class Client:
         external_id: str = "",
         request_id: str = "",
         keep_image: bool = False,
-        postprocessing: pb.PostProcessing | None = None,
+        postprocessing: pb.PostProcessing | dict[str, object] | None = None,
         timeout: float | None = None,
     ) -> pb.Session:
-        """Upload a volume [slices, rows, columns] in chunks and open a session on it.
+        """Upload a volume [slices, rows, columns] (or an RGB video [frames, rows, columns, 3]) and open a session.
 
         ``identity`` may carry study_uid, series_uid, frame_of_reference_uid and sop_instance_uids;
-        ``keep_image`` lets ``image`` return the voxels later.
+        ``keep_image`` lets ``image`` return the voxels later; ``postprocessing`` sets fields of the
+        PostProcessing message (the others take the kind's defaults).
         """
         dtype = np.dtype(voxels.dtype).newbyteorder("<")
         if dtype not in DTYPE_OF:
@@ -94,7 +95,11 @@ class Client:
             external_id=external_id,
             request_id=request_id or new_request_id(),
             keep_image=keep_image,
-            postprocessing=postprocessing,
+            postprocessing=(
+                postprocessing
+                if isinstance(postprocessing, pb.PostProcessing)
+                else pb.PostProcessing(**(postprocessing or {}))  # type: ignore[arg-type]
+            ),
             **(identity or {}),  # type: ignore[arg-type]  # study_uid, series_uid, sop_instance_uids
         )
         data = np.ascontiguousarray(voxels, dtype=dtype).tobytes()

@@ -34,16 +34,23 @@ DIRECTIONS = {
 }
 
 
-def header_shape(header: pb.StudyHeader) -> tuple[int, int, int]:
-    """The study shape of an upload header, checked."""
+def header_shape(header: pb.StudyHeader) -> tuple[int, ...]:
+    """The study shape of an upload header, checked: [slices, rows, columns], or [frames, rows, columns, 3] (RGB)."""
     shape = tuple(int(v) for v in header.shape)
-    if len(shape) != 3:
+    if len(shape) == 4:
+        if header.kind != pb.STUDY_KIND_VIDEO or header.dtype != pb.DATA_TYPE_UINT8 or shape[3] != 3:
+            raise InvalidInput(
+                f"header.shape {list(shape)}: four axes are an RGB video, [frames, rows, columns, 3] with kind "
+                "VIDEO and dtype UINT8",
+                field="header.shape",
+            )
+    elif len(shape) != 3:
         raise InvalidInput(f"header.shape must be [slices, rows, columns], got {list(shape)}", field="header.shape")
     if shape[0] == 0:
         raise InvalidInput("the study has zero slices", field="header.shape")
     if min(shape) == 0:
         raise InvalidInput(f"header.shape has an empty axis: {list(shape)}", field="header.shape")
-    return shape  # type: ignore[return-value]
+    return shape
 
 
 def header_dtype(header: pb.StudyHeader) -> np.dtype:

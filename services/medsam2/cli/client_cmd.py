@@ -43,7 +43,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "input",
         type=Path,
         nargs="?",
-        help="volume: DICOM folder or file, .nii, .nii.gz or MedSAM-style .npz (or use --pacs)",
+        help="volume: DICOM folder or file, .nii, .nii.gz or MedSAM-style .npz; or a video (.mp4/.avi) or frame "
+        "folder (or use --pacs)",
     )
     client.add_argument("--server", required=True, help="HOST:PORT of the service")
     client.add_argument("--pacs", metavar="ENDPOINT", help="open the study from this PACS endpoint of the server")
@@ -62,6 +63,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="JSON list of steps (box, click, mask, propagate) instead of --box/--slice",
     )
     client.add_argument(
+        "--mask-dir",
+        type=Path,
+        metavar="DIR",
+        help="a video's first-frame PNG masks as MedSAM2's video script reads them (DAVIS PNG or NNN/ folders), "
+        "instead of --box/--slice or --actions",
+    )
+    client.add_argument(
         "--range",
         dest="slice_range",
         help="FIRST,LAST slices to propagate through (with --actions: for propagate steps without one)",
@@ -72,8 +80,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     client.add_argument(
         "--out",
         type=Path,
-        required=True,
-        help=f"result: .dcm is a DICOM SEG with its SR beside it (NAME{SR_SUFFIX}); .nii.gz, .npz",
+        help=f"result: .dcm is a DICOM SEG with its SR beside it (NAME{SR_SUFFIX}); .nii.gz, .npz (needed unless "
+        "--out-masks is given)",
+    )
+    client.add_argument(
+        "--out-masks",
+        type=Path,
+        metavar="DIR",
+        help="also write per-frame PNG masks into DIR (new or empty) in the layout of --mask-dir, else DAVIS",
     )
     client.add_argument("--store", metavar="ENDPOINT", help="store the SEG and SR on this PACS endpoint of the server")
     client.add_argument("--token", default="", help="bearer token, if the server wants one")
@@ -90,6 +104,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="also save the image and final masks as a training case in the server's annotation store",
     )
+    from medsam2.cli.postprocessing_args import add_postprocessing_arguments
+
+    add_postprocessing_arguments(client)
     client.set_defaults(run=run_client)
 
 
@@ -105,8 +122,14 @@ def _check_args(args: argparse.Namespace) -> None:
         raise InvalidInput("--pacs needs --study UID")
     if args.pacs is None and args.study:
         raise InvalidInput("--study goes with --pacs ENDPOINT")
+    if args.mask_dir is not None:
+        if args.actions is not None or args.box is not None or args.slice is not None:
+            raise InvalidInput("--mask-dir prompts the first frame: it replaces --box/--slice and --actions")
+        if args.input is None:
+            raise InvalidInput("--mask-dir needs a local INPUT video or frame folder (its frames name the masks)")
+        return
     if args.actions is None and (args.box is None or args.slice is None):
-        raise InvalidInput("give --box X0,Y0,X1,Y1 with --slice K, or --actions FILE")
+        raise InvalidInput("give --box X0,Y0,X1,Y1 with --slice K, --actions FILE, or --mask-dir DIR")
     if args.actions is not None and (args.box is not None or args.slice is not None):
         raise InvalidInput("--actions replaces --box and --slice: give one or the other")
 
@@ -127,11 +150,10 @@ def run_client(args: argparse.Namespace, settings: Settings) -> int:
     """Open the study, run the steps, save the result (and store it), always closing the session."""
 
     from medsam2.api.client import Client
-    from medsam2.cli.segment_cmd import parse_pair
-    from medsam2.io.outputs import check_output
+    from medsam2.cli.segment_cmd import check_outputs, mask_dir_steps, parse_pair, script_layout
 
     _check_args(args)
-    check_output(args.out)
+    check_outputs(args)
     if args.save_annotation is not None:
         from medsam2.datasets.annotations import check_annotation_folder
 
@@ -141,20 +163,27 @@ def run_client(args: argparse.Namespace, settings: Settings) -> int:
                 "(--store-annotation saves the case on the server instead)"
             )
         check_annotation_folder(args.save_annotation)
-    steps, mask_images = _steps(args)
+    steps, mask_images = _steps(args) if args.mask_dir is None else ([], {})
     window = parse_pair(args.window, "--window", "WIDTH,LEVEL") if args.window else None
     volume = None
     if args.input is not None:
         from medsam2.io.volumes import read_volume
 
         volume = read_volume(args.input, args.series)
-        check_output(args.out, volume)
+        check_outputs(args, volume)
         if args.store is not None and (volume.dicom is None or volume.dicom.multiframe):
             raise InvalidInput(
                 f"--store: the server stores a SEG and SR over the DICOM series it came from, but "
                 f"{args.input.name} is {volume.source_format} without per-slice DICOM instances; "
                 "use --pacs ENDPOINT --study UID, or a DICOM series folder"
             )
+    first = None
+    if args.mask_dir is not None:
+        from medsam2.cli.segment_cmd import _slice_range
+
+        assert volume is not None  # _check_args
+        steps, mask_images, first = mask_dir_steps(args.mask_dir, volume, _slice_range(args.slice_range))
+        script_layout(args, first)
     client = Client(args.server, token=args.token, routing_key=uuid.uuid4().hex)
     started = time.perf_counter()
     with server_calls(client):
@@ -179,11 +208,18 @@ def run_client(args: argparse.Namespace, settings: Settings) -> int:
                 modality=(args.modality or "").upper(),
                 label="medsam2 client",
             )
-        if args.out.name.lower().endswith(".dcm") and not session.dicom_results and volume is None:
+        if (
+            args.out is not None
+            and args.out.name.lower().endswith(".dcm")
+            and not session.dicom_results
+            and volume is None
+        ):
             raise InvalidInput(f"--out {args.out.name}: the server cannot make a DICOM SEG of this study")
         try:
             slices = _run_steps(client, session, steps, mask_images, args)
-            written = _save(client, session, args, volume)
+            written = _save(client, session, args, volume) if args.out is not None else []
+            if args.out_masks is not None:
+                written += _save_frame_masks(client, session, args, volume, first)
             if args.save_annotation is not None:
                 written.append(_save_annotation(client, session, args, volume, window))
             stored = client.store_result(session.session_id, args.store) if args.store else None
@@ -200,6 +236,12 @@ def run_client(args: argparse.Namespace, settings: Settings) -> int:
         "written": [str(p) for p in written],
         "model_version": session.model_version,
         "preset": session.preset,
+        "postprocessing": {
+            "largest_component": session.postprocessing.largest_component,
+            "fill_hole_area": session.postprocessing.fill_hole_area,
+            "non_overlapping_objects": session.postprocessing.non_overlapping_objects,
+            "binarize_memory": session.postprocessing.binarize_memory,
+        },
     }
     if stored is not None:
         summary["stored"] = {
@@ -236,8 +278,21 @@ def run_client(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _save_frame_masks(client, session, args: argparse.Namespace, volume, first) -> list[Path]:  # noqa: ANN001
+    """Per-frame PNG masks of the session, in --mask-dir's layout (else DAVIS), named after the input's frames."""
+    from medsam2.io.video_masks import frame_names, write_frame_masks
+
+    masks = client.object_masks(session.session_id)
+    count = int(session.shape[0])
+    names = frame_names(volume.frame_names if volume is not None else (), count)
+    per_object, palette = (first.per_object, first.palette) if first is not None else (False, None)
+    return write_frame_masks(args.out_masks, masks, names, per_object=per_object, palette=palette)
+
+
 def _upload(client, volume, args: argparse.Namespace, window):  # noqa: ANN001, ANN202
     from medsam2.api.convert import geometry_to_pb
+    from medsam2.cli.postprocessing_args import requested_fields
+    from medsam2.io.video import is_video
 
     identity: dict[str, object] = {}
     if volume.dicom is not None:
@@ -249,9 +304,12 @@ def _upload(client, volume, args: argparse.Namespace, window):  # noqa: ANN001, 
             "sop_instance_uids": [] if volume.dicom.multiframe else list(volume.dicom.slice_uids),
         }
     modality = (args.modality or volume.modality or "").upper()
+    video = is_video(volume)
     return client.create_session(
-        volume.voxels,
+        volume.rgb if video and volume.rgb is not None else volume.voxels,
         volume.spacing,
+        video=video,
+        postprocessing=requested_fields(args),
         preset=args.preset,
         window=window,
         label=args.input.name,

@@ -11,15 +11,19 @@ from pathlib import Path
 import numpy as np
 
 from medsam2.backends.select import make_embedded_backend
-from medsam2.engine.actions import Step, check_actions, run_actions, shorthand_steps
+from medsam2.cli.postprocessing_args import add_postprocessing_arguments, requested_postprocessing
+from medsam2.engine.actions import MaskStep, PropagateStep, Step, check_actions, run_actions, shorthand_steps
 from medsam2.engine.backend import StageBackend
+from medsam2.engine.postprocessing import PostProcessingOptions, StudyKind
 from medsam2.engine.prompts import Box
 from medsam2.engine.protocols import VolumeAnnotation
 from medsam2.engine.tracker import Tracker, TrackerOptions
 from medsam2.errors import InvalidInput
-from medsam2.imaging.windowing import MODALITY_PRESETS, Preset, Window, normalize_modality, to_uint8
+from medsam2.imaging.windowing import MODALITY_PRESETS, Preset, Window, normalize_modality, resolve_preset, to_uint8
 from medsam2.io.actions_file import read_actions
 from medsam2.io.outputs import OUTPUT_SUFFIXES, check_output, write_result
+from medsam2.io.video import is_video
+from medsam2.io.video_masks import FirstFrameMasks, frame_names, read_first_frame_masks, write_frame_masks
 from medsam2.io.volumes import Volume, read_volume
 from medsam2.models.source import graphs_for_checkpoint, is_untrained, resolve_default_checkpoint, warn_untrained
 from medsam2.settings import BackendChoice, Settings, add_arguments, resolve
@@ -39,9 +43,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     seg.add_argument(
         "--out",
         type=Path,
-        required=True,
         help=f"result by extension ({', '.join(OUTPUT_SUFFIXES)}): .dcm is a DICOM SEG; "
-        "measurements go beside it as NAME.measurements.json",
+        "measurements go beside it as NAME.measurements.json (needed unless --out-masks is given)",
+    )
+    seg.add_argument(
+        "--out-masks",
+        type=Path,
+        metavar="DIR",
+        help="also write per-frame PNG masks into DIR (new or empty), as MedSAM2's video script does: in the "
+        "layout of --mask-dir (a DAVIS palette PNG per frame, or NNN/ folders per object), else DAVIS",
     )
     seg.add_argument(
         "--slice", type=int, help="key slice K for --box/--mask; for DICOM, counted along the series sorted by position"
@@ -49,6 +59,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     prompt = seg.add_mutually_exclusive_group(required=True)
     prompt.add_argument("--box", help="X0,Y0,X1,Y1 in pixels of the key slice (x = column, y = row)")
     prompt.add_argument("--mask", type=Path, help="label volume at the input's geometry; its key slice is the prompt")
+    prompt.add_argument(
+        "--mask-dir",
+        type=Path,
+        metavar="DIR",
+        help="a video's first-frame PNG masks, as MedSAM2's video script reads them: DIR/<first frame>.png with "
+        "object ids as pixel values (DAVIS palette), or DIR/001/<first frame>.png, ... one per object; each "
+        "object is a mask step on frame 0, then one propagate step",
+    )
     prompt.add_argument(
         "--actions",
         type=Path,
@@ -76,13 +94,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="the input's DICOM Modality, for inputs that carry none (NIfTI, npz); picks the 'auto' "
         "preset; a DICOM input's own Modality must agree",
     )
-    seg.add_argument(
-        "--no-largest-component",
-        dest="largest_component",
-        action="store_false",
-        help="keep every connected part of each object's mask (default: only the largest 3D "
-        "component, 26-connected, as MedSAM2's script does)",
-    )
+    add_postprocessing_arguments(seg)
     seg.add_argument("--window", help="custom CT window WIDTH,LEVEL in HU (overrides --preset)")
     source = seg.add_mutually_exclusive_group()
     source.add_argument("--checkpoint", type=Path, help="MedSAM2 checkpoint; its graphs are exported once and cached")
@@ -138,6 +150,28 @@ def _model_version(args: argparse.Namespace) -> str:
     return (source.name if source is not None else "MedSAM2 default checkpoint")[:64]
 
 
+def script_layout(args: argparse.Namespace, first: FirstFrameMasks | None) -> None:
+    """MedSAM2's video script turns the non-overlapping constraint off for per-object PNGs (SA-V's objects may
+    overlap); unless --[no-]non-overlapping says otherwise, so does a --mask-dir of per-object folders."""
+    if first is not None and first.per_object and args.non_overlapping_objects is None:
+        args.non_overlapping_objects = False
+
+
+def mask_dir_steps(
+    folder: Path, volume: Volume, slice_range: tuple[int, int] | None = None
+) -> tuple[list[Step], dict[int, np.ndarray], FirstFrameMasks]:
+    """MedSAM2's video script as steps: each object's first-frame PNG mask on frame 0, then one forward pass."""
+    names = frame_names(volume.frame_names, volume.voxels.shape[0])
+    first = read_first_frame_masks(folder, names[0], volume.voxels.shape[1:])
+    steps: list[Step] = []
+    masks: dict[int, np.ndarray] = {}
+    for index, (obj_id, mask) in enumerate(sorted(first.masks.items())):
+        steps.append(MaskStep(index, obj_id, 0, Path(folder)))
+        masks[index] = mask
+    steps.append(PropagateStep(len(steps), slice_range))
+    return steps, masks, first
+
+
 def _steps(args: argparse.Namespace, volume: Volume) -> tuple[list[Step], dict[int, np.ndarray]]:
     """The steps to run: the actions file's, or the --box/--mask shorthand (a prompt step and a propagate step)."""
     if args.actions is not None:
@@ -188,20 +222,61 @@ def make_backend(args: argparse.Namespace, settings: Settings) -> StageBackend:
     return make_embedded_backend(graphs, backend=choice.backend, precision=choice.precision, threads=settings.threads)
 
 
+def model_frames(volume: Volume, slices: np.ndarray, preset: str, window: Window | None) -> np.ndarray:
+    """What the model sees: a colour video's RGB frames when it is not windowed, else the uint8 slices."""
+    if volume.rgb is None:
+        return slices
+    if window is None and resolve_preset(preset, volume.modality, np.dtype(np.uint8), is_video=True) is Preset.NONE:
+        return volume.rgb
+    log.warning("a window or intensity preset applies to grey values: the colour video is segmented as grey")
+    return slices
+
+
+def tracker_options(options: PostProcessingOptions, early_stop: int = 0) -> TrackerOptions:
+    """The tracker's share of a session's post-processing choices."""
+    return TrackerOptions(
+        early_stop_absent=early_stop,
+        fill_hole_area=options.fill_hole_area,
+        non_overlapping_objects=options.non_overlapping_objects,
+        binarize_memory=options.binarize_memory,
+    )
+
+
+def check_outputs(args: argparse.Namespace, volume: Volume | None = None) -> None:
+    """--out and/or --out-masks, checked before any work."""
+    if args.out is None and args.out_masks is None:
+        raise InvalidInput("give --out FILE (a label map, SEG or overlay) and/or --out-masks DIR (per-frame PNGs)")
+    if args.out is not None:
+        check_output(args.out, volume)
+    if args.out_masks is not None and args.out_masks.exists():
+        if not args.out_masks.is_dir() or any(args.out_masks.iterdir()):
+            raise InvalidInput(f"--out-masks {args.out_masks}: exists and is not an empty folder")
+
+
 def run_segment(args: argparse.Namespace, settings: Settings) -> int:
-    """Segment one volume with MedSAM2's 3D protocol (and any corrections an actions file gives); write the mask."""
-    check_output(args.out)
+    """Segment one study with MedSAM2's protocol for its kind (and any corrections an actions file gives)."""
+    check_outputs(args)
     volume = read_volume(args.input, args.series)
-    check_output(args.out, volume)
+    check_outputs(args, volume)
+    kind: StudyKind = "video" if is_video(volume) else "volume"
     window = Window(*parse_pair(args.window, "--window", "WIDTH,LEVEL")) if args.window else None
     modality = _modality(args, volume)
-    steps, step_masks = _steps(args, volume)
+    first: FirstFrameMasks | None = None
+    if args.mask_dir is not None:
+        if args.slice is not None:
+            raise InvalidInput("--mask-dir prompts the first frame: --slice does not apply")
+        steps, step_masks, first = mask_dir_steps(args.mask_dir, volume, _slice_range(args.slice_range))
+    else:
+        steps, step_masks = _steps(args, volume)
+    script_layout(args, first)
+    postprocessing = requested_postprocessing(args, kind)
     default_range = _slice_range(args.slice_range) if args.actions is not None else None
     check_actions(steps, volume.voxels.shape, step_masks)  # every step fits the study before a model loads
-    slices = to_uint8(volume.voxels, args.preset, window, modality=modality)
+    slices = to_uint8(volume.voxels, args.preset, window, modality=modality, is_video=kind == "video")
     backend = make_backend(args, settings)
-    tracker = Tracker(backend, slices, TrackerOptions(early_stop_absent=args.early_stop))
-    annotation = VolumeAnnotation(tracker, keep_largest_component=args.largest_component)
+    frames = model_frames(volume, slices, args.preset, window)
+    tracker = Tracker(backend, frames, tracker_options(postprocessing, args.early_stop))
+    annotation = VolumeAnnotation(tracker, keep_largest_component=postprocessing.largest_component)
     started = time.perf_counter()
     progress = None if args.no_progress else _progress_bar()
     run_actions(
@@ -216,7 +291,13 @@ def run_segment(args: argparse.Namespace, settings: Settings) -> int:
         progress.close()
     seconds = time.perf_counter() - started
     masks = annotation.masks()
-    written = write_result(args.out, masks, volume, model_version=_model_version(args), display=slices)
+    written: list[Path] = []
+    if args.out is not None:
+        written = write_result(args.out, masks, volume, model_version=_model_version(args), display=slices)
+    if args.out_masks is not None:
+        layout, palette = (first.per_object, first.palette) if first is not None else (False, None)
+        names = frame_names(volume.frame_names, volume.voxels.shape[0])
+        write_frame_masks(args.out_masks, masks, names, per_object=layout, palette=palette)
     per_object = {
         str(obj_id): {
             "voxels": int(mask.sum()),
@@ -237,8 +318,16 @@ def run_segment(args: argparse.Namespace, settings: Settings) -> int:
         "objects": per_object,
         "backend": backend.name,
         "features_encoded": tracker.features.encoded,
-        "measurements": str(next(p for p in written if p.name.endswith(".measurements.json"))),
+        "measurements": next((str(p) for p in written if p.name.endswith(".measurements.json")), None),
+        "postprocessing": {
+            "largest_component": postprocessing.largest_component,
+            "fill_hole_area": postprocessing.fill_hole_area,
+            "non_overlapping_objects": postprocessing.non_overlapping_objects,
+            "binarize_memory": postprocessing.binarize_memory,
+        },
     }
+    if args.out_masks is not None:
+        summary["out_masks"] = str(args.out_masks)
     if args.json:
         print(json.dumps(summary))
     else:

@@ -19,11 +19,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from medsam2.engine.components import largest_component
+from medsam2.engine.mask_choice import NO_OBJECT_SCORE
+from medsam2.engine.overlap import apply_non_overlapping
 from medsam2.engine.prompts import Box, check_frame, check_mask, to_model_points
 from medsam2.engine.resize import resize_bilinear
 from medsam2.engine.tracker import Direction, FrameResult, ObjectTrack, Tracker
 from medsam2.errors import InvalidInput, InvalidPrompt, NotFound, PreconditionFailed
-from medsam2.graphs import MAX_POINTS
+from medsam2.graphs import LOW_RES, MAX_POINTS
 
 FrameCallback = Callable[[str, FrameResult], None]
 """Called with the pass name ("forward"/"backward") and each frame's result, e.g. for a progress bar."""
@@ -243,6 +245,7 @@ class VolumeAnnotation:
         self.keep_largest_component = keep_largest_component
         self._objects: dict[int, _Annotated] = {}
         self._mask_cache: dict[int, np.ndarray] = {}
+        self._cached_together: tuple[int, ...] = ()  # objects whose cached masks were constrained together
 
     # -- prompts ----------------------------------------------------------------------------
     @property
@@ -491,7 +494,42 @@ class VolumeAnnotation:
         The largest 3D connected component (26-connectivity) is kept unless disabled, as
         MedSAM2's script does; an object not propagated yet has an empty mask.
         """
+        if self.tracker.options.non_overlapping_objects and len(self._objects) > 1:
+            return self._non_overlapping_masks()
         return {obj_id: self._mask(obj) for obj_id, obj in self._objects.items()}
+
+    def _logits(self, obj: _Annotated, frames: Sequence[int]) -> np.ndarray:
+        """The object's low-res logits on ``frames`` [F, 128, 128], -1024 where it has no output."""
+        out = np.full((len(frames), LOW_RES, LOW_RES), NO_OBJECT_SCORE, np.float32)
+        for i, frame in enumerate(frames):
+            for side, track in obj.passes.items():
+                result = track.output(frame) if _on_side(frame, obj.key_frame, side) else None
+                if result is not None:
+                    out[i] = result.low_res
+                    break
+        return out
+
+    def _non_overlapping_masks(self) -> dict[int, np.ndarray]:
+        """Every object's mask with sam2's non-overlapping constraint on each slice's upsampled logits."""
+        ids = list(self._objects)
+        # One object's change moves the others' pixels: the cache holds only while every object's entry does,
+        # for the same set of objects (a removed object gives its pixels back).
+        if self._cached_together == tuple(ids) and all(obj_id in self._mask_cache for obj_id in ids):
+            return {obj_id: self._mask_cache[obj_id].copy() for obj_id in ids}
+        tracker = self.tracker
+        masks = {obj_id: np.zeros((tracker.num_frames, tracker.height, tracker.width), bool) for obj_id in ids}
+        for start in range(0, tracker.num_frames, _MASK_CHUNK):
+            chunk = list(range(start, min(start + _MASK_CHUNK, tracker.num_frames)))
+            low = np.stack([self._logits(self._objects[obj_id], chunk) for obj_id in ids])  # [K, F, 128, 128]
+            logits = apply_non_overlapping(resize_bilinear(low, (tracker.height, tracker.width)))
+            for i, obj_id in enumerate(ids):
+                masks[obj_id][chunk] = logits[i] > 0
+        for obj_id, mask in masks.items():
+            if self.keep_largest_component and mask.any():
+                masks[obj_id] = largest_component(mask)
+            self._mask_cache[obj_id] = masks[obj_id]
+        self._cached_together = tuple(ids)
+        return {obj_id: mask.copy() for obj_id, mask in masks.items()}
 
     def _mask(self, obj: _Annotated) -> np.ndarray:
         cached = self._mask_cache.get(obj.obj_id)

@@ -27,6 +27,7 @@ from medsam2.engine.feature_cache import FeatureCache, FrameFeatures
 from medsam2.engine.holes import fill_holes
 from medsam2.engine.mask_choice import NO_OBJECT_SCORE, choose_mask, use_multimask
 from medsam2.engine.memory_bank import FrameMemory, batch_memory, empty_memory, gather_memory
+from medsam2.engine.overlap import apply_non_overlapping
 from medsam2.engine.prompts import Box, ModelPoints, check_frame, check_mask, prompt_inputs, to_model_points
 from medsam2.engine.resize import resize_antialiased, resize_bilinear, to_bfloat16_bits
 from medsam2.errors import InvalidInput, NotFound, PreconditionFailed
@@ -101,10 +102,18 @@ class FrameResult:
     low_res: np.ndarray  # [K, 128, 128] float32
     object_scores: tuple[float, ...] = ()
     """Each object's object-score logit on this frame (> 0: present; -1024 where it has no output)."""
+    non_overlapping: bool = False
+    """Give each pixel of ``masks`` to the object with the largest logit (sam2's non_overlap_masks)."""
 
     def masks(self, height: int, width: int) -> np.ndarray:
-        """Boolean masks [K, height, width] at the slice's size (bilinear upsampling, then > 0)."""
-        return resize_bilinear(self.low_res, (height, width)) > 0
+        """Boolean masks [K, height, width] at the slice's size (bilinear upsampling, then > 0).
+
+        With ``non_overlapping`` the constraint acts on the upsampled logits, where sam2 applies it.
+        """
+        logits = resize_bilinear(self.low_res, (height, width))
+        if self.non_overlapping:
+            logits = apply_non_overlapping(logits)
+        return logits > 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +130,13 @@ class TrackerOptions:
     """Make a prompt on an already tracked slice a conditioning frame (sam2's add_all_frames_to_correct_as_cond).
 
     Off by default, as in the reference: a correction replaces the slice's tracked output instead."""
+    non_overlapping_objects: bool = False
+    """Give each pixel of a frame's masks to the object with the largest logit (sam2's non_overlap_masks, on in
+    MedSAM2's video script); it acts on the returned masks only, never on stored outputs or memories, as in sam2."""
+    binarize_memory: bool = True
+    """Threshold prompted masks at 0 before the memory encoder instead of the sigmoid (sam2's
+    binarize_mask_from_pts_for_mem_enc: on with apply_postprocessing, as MedSAM2's 3D script; off in its video
+    script)."""
     memory_slots: int = 0
     """Pad every memory bank to at least this many slots (invalid ones, masked out: no number changes), so that
     Triton's dynamic batcher can merge the requests of sessions whose banks differ in size. 0 pads nothing: on the
@@ -128,18 +144,29 @@ class TrackerOptions:
 
 
 def prepare_frames(frames: np.ndarray) -> np.ndarray:
-    """uint8 slices [N, H, W] -> model inputs [N, 1, 512, 512], resized as sam2's loader does (Pillow bicubic)."""
-    out = np.empty((frames.shape[0], 1, IMAGE_SIZE, IMAGE_SIZE), np.uint8)
+    """uint8 slices [N, H, W] or RGB frames [N, H, W, 3] -> model inputs [N, 1 or 3, 512, 512].
+
+    Resized as sam2's loader does (Pillow bicubic, per channel). Grey stays one channel: the image encoder
+    replicates it to RGB, so a grey study costs a third of the bytes on the wire and in memory.
+    """
+    channels = 3 if frames.ndim == 4 else 1
+    out = np.empty((frames.shape[0], channels, IMAGE_SIZE, IMAGE_SIZE), np.uint8)
     for i, frame in enumerate(frames):
         image = Image.fromarray(np.ascontiguousarray(frame))
-        out[i, 0] = np.asarray(image.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BICUBIC))
+        resized = np.asarray(image.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BICUBIC))
+        out[i] = resized.transpose(2, 0, 1) if channels == 3 else resized[None]
     return out
 
 
 def check_frames(frames: np.ndarray) -> None:
-    """Raise ``InvalidInput`` unless ``frames`` is a non-empty uint8 stack [N, H, W]."""
-    if frames.ndim != 3:
-        raise InvalidInput(f"expected slices as a 3-D array [slices, rows, columns], got shape {frames.shape}")
+    """Raise ``InvalidInput`` unless ``frames`` is a non-empty uint8 stack [N, H, W] (grey) or [N, H, W, 3] (RGB)."""
+    if frames.ndim == 4 and frames.shape[3] != 3:
+        raise InvalidInput(f"colour frames need 3 channels (RGB) on the last axis, got shape {frames.shape}")
+    if frames.ndim not in (3, 4):
+        raise InvalidInput(
+            f"expected slices as [slices, rows, columns] or RGB frames as [frames, rows, columns, 3], "
+            f"got shape {frames.shape}"
+        )
     if frames.shape[0] == 0:
         raise InvalidInput("the study has zero slices")
     if frames.shape[1] == 0 or frames.shape[2] == 0:
@@ -157,7 +184,7 @@ class Tracker:
             raise InvalidInput(f"memory_slots must be between 0 and {MAX_MEMORY_SLOTS}, got {options.memory_slots}")
         self.backend = backend
         self.options = options
-        self.num_frames, self.height, self.width = frames.shape
+        self.num_frames, self.height, self.width = frames.shape[:3]
         self._inputs = prepare_frames(frames)
         # The slices at their own size, for saving a corrected study as training data. At the model's size they
         # are the inputs themselves (Pillow returns a same-size resize unchanged), so they cost nothing extra.
@@ -300,8 +327,11 @@ class Tracker:
                 for frame, out in pending.items():
                     if out.maskmem_bf16 is None:
                         high_res = resize_bilinear(out.low_res[None, None], (IMAGE_SIZE, IMAGE_SIZE))
+                        # sam2's preflight encodes every prompted frame with is_mask_from_pts=True, so the
+                        # model flag alone decides (mask prompts included).
+                        binarize = np.array([1.0 if self.options.binarize_memory else 0.0], np.float32)
                         out.maskmem_bf16 = self._encode_memory(
-                            frame, high_res, np.array([1.0], np.float32), np.array([[out.object_score]], np.float32)
+                            frame, high_res, binarize, np.array([[out.object_score]], np.float32)
                         )[0]
                     store[frame] = out
                 pending.clear()
@@ -354,7 +384,7 @@ class Tracker:
         memories: list[np.ndarray | None] = [None] * batch
         if encode_memory:
             high_res = resize_bilinear(chosen.low_res, (IMAGE_SIZE, IMAGE_SIZE))
-            binarize = np.array([p is not None for p in prompts], np.float32)
+            binarize = np.array([p is not None and self.options.binarize_memory for p in prompts], np.float32)
             memories = list(self._encode_memory(frame, high_res, binarize, chosen.object_score_logits))
         # sam2 fills holes after the memory is encoded, so only the stored prediction is filled.
         stored = fill_holes(chosen.low_res, self.options.fill_hole_area)
@@ -420,7 +450,7 @@ class Tracker:
     # -- results and resets -------------------------------------------------------------
     @property
     def frames(self) -> np.ndarray:
-        """The study's windowed uint8 slices [N, H, W] as given (read-only)."""
+        """The study's windowed uint8 slices [N, H, W] (or RGB frames [N, H, W, 3]) as given (read-only)."""
         view = self._frames.view()
         view.flags.writeable = False
         return view
@@ -435,7 +465,7 @@ class Tracker:
             if out is not None:
                 logits[i] = out.low_res
                 scores[i] = out.object_score
-        return FrameResult(frame, ids, logits, tuple(scores))
+        return FrameResult(frame, ids, logits, tuple(scores), self.options.non_overlapping_objects)
 
     def reset(self, obj_id: int | None = None) -> None:
         """Forget one object (prompts and results), or every object."""
@@ -464,7 +494,7 @@ class Tracker:
         self.features.clear()
         self.features = FeatureCache(_closed_study, 0)
         self._inputs = np.empty((0, 1, IMAGE_SIZE, IMAGE_SIZE), np.uint8)
-        self._frames = np.empty((0, self.height, self.width), np.uint8)
+        self._frames = np.empty((0, *self._frames.shape[1:]), np.uint8)
 
     @property
     def state_bytes(self) -> int:

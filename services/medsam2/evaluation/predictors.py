@@ -10,8 +10,9 @@ import numpy as np
 from medsam2.datasets.training_npz import TrainingCase
 from medsam2.engine.backend import StageBackend
 from medsam2.engine.components import largest_component
+from medsam2.engine.postprocessing import resolve
 from medsam2.engine.protocols import ObjectPrompt, segment_video, segment_volume
-from medsam2.engine.tracker import Tracker
+from medsam2.engine.tracker import Tracker, TrackerOptions
 
 
 class Predictor(Protocol):
@@ -45,7 +46,14 @@ class EnginePredictor:
         for start in sorted({p.frame for p in prompts}):
             # The video protocol prompts frame 0: run it on the clip that starts where the objects appear.
             group = [ObjectPrompt(p.obj_id, 0, box=p.box) for p in prompts if p.frame == start]
-            clip = segment_video(Tracker(self.backend, case.imgs[start:]), group)
+            # MedSAM2's video defaults, as a video session of the service resolves them (the --server path).
+            video = resolve("video")
+            options = TrackerOptions(
+                fill_hole_area=video.fill_hole_area,
+                non_overlapping_objects=video.non_overlapping_objects,
+                binarize_memory=video.binarize_memory,
+            )
+            clip = segment_video(Tracker(self.backend, case.imgs[start:], options), group)
             for obj_id, mask in clip.items():
                 full = np.zeros(case.imgs.shape, bool)
                 full[start:] = mask

@@ -1,11 +1,12 @@
 """Video as a volume of frames: mp4/avi files, folders of png/jpg frames, DICOM cine loops.
 
-Every frame becomes grey uint8 [frames, rows, columns], with Pillow's ITU-R 601
-luma weights for colour.  The stage graphs take one channel (the image encoder
-repeats it three times), so colour is dropped for now; a colour path would need
-a 3-channel image encoder graph.  Frames are otherwise unchanged (the video
-preset is 'none').  Video files are decoded with OpenCV (opencv-python-headless),
-which bundles FFmpeg.
+Every frame becomes grey uint8 [frames, rows, columns] (with Pillow's ITU-R 601
+luma weights for colour), for display, SEG objects and measurements.  Colour
+frames are also kept as RGB (``Volume.rgb``): the model sees them as MedSAM2's
+video script does (sam2 reads frames with ``convert("RGB")``); frames whose three
+channels are equal are grey and kept once.  Frames are otherwise unchanged (the
+video preset is 'none').  Video files are decoded with OpenCV
+(opencv-python-headless), which bundles FFmpeg.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from medsam2.io.volume import Volume
 log = logging.getLogger(__name__)
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".m4v")
+VIDEO_SOURCES = ("video", "frames", "dicom-cine")
+"""``Volume.source_format`` of the readers here: these studies are videos (MedSAM2's video protocol and defaults)."""
 FRAME_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
@@ -45,12 +48,18 @@ def read_video_file(path: Path) -> Volume:
             ok, frame = capture.read()
             if not ok:
                 break
-            frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY) if frame.ndim == 3 else frame)
+            # OpenCV decodes to BGR; sam2 (decord, or Pillow on JPEG frames) sees RGB.
+            frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB) if frame.ndim == 3 else frame)
     finally:
         capture.release()
     if not frames:
         raise InvalidInput(f"{path.name} has no decodable video frames (empty, truncated or an unknown codec)")
     return _video_volume(np.stack(frames), "video", fps=fps)
+
+
+def is_video(volume: Volume) -> bool:
+    """True when ``volume`` was read as a video (a video file, a frame folder or a DICOM cine loop)."""
+    return volume.source_format in VIDEO_SOURCES
 
 
 def is_frame_folder(folder: Path) -> bool:
@@ -76,15 +85,20 @@ def read_frame_folder(folder: Path) -> Volume:
     for path in paths:
         try:
             with Image.open(path) as image:
-                frames.append(np.asarray(image.convert("L")))
+                grey = image.mode in ("1", "L", "I", "I;16", "F") or (image.mode == "LA")
+                frames.append(np.asarray(image.convert("L" if grey else "RGB")))
         except (UnidentifiedImageError, OSError) as exc:
             raise InvalidInput(f"cannot read frame {path.name}: {exc}") from exc
-        if frames[-1].shape != frames[0].shape:
+        if frames[-1].shape[:2] != frames[0].shape[:2]:
             raise IrregularStack(
                 f"{folder}: frame {path.name} is {frames[-1].shape[1]}x{frames[-1].shape[0]} pixels but "
                 f"{paths[0].name} is {frames[0].shape[1]}x{frames[0].shape[0]}; all frames need one size"
             )
-    return _video_volume(np.stack(frames), "frames")
+    if len({f.ndim for f in frames}) > 1:  # grey and colour frames mixed: colour for all, as sam2 reads them
+        frames = [np.repeat(f[..., None], 3, axis=-1) if f.ndim == 2 else f for f in frames]
+    volume = _video_volume(np.stack(frames), "frames")
+    volume.frame_names = tuple(p.stem for p in paths)
+    return volume
 
 
 def cine_volume(ds: Dataset, label: str) -> Volume:
@@ -95,7 +109,10 @@ def cine_volume(ds: Dataset, label: str) -> Volume:
     row_col = _video_pixel_spacing(ds, label)
     frame_time = ds.get("FrameTime")
     fps = 1000.0 / float(frame_time) if frame_time else 0.0
-    volume = _video_volume(to_grey_uint8(frames), "dicom-cine", fps=fps, row_col=row_col)
+    if frames.ndim == 4 and frames.dtype != np.uint8:  # rare (16-bit colour): scaled to 8 bits, as before
+        frames = np.round(frames.astype(np.float32) / max(float(frames.max()), 1.0) * 255.0).astype(np.uint8)
+    # pydicom returns colour (RGB or YBR_FULL/YBR_FULL_422, which it converts) as RGB.
+    volume = _video_volume(frames, "dicom-cine", fps=fps, row_col=row_col)
     volume.modality = str(ds.get("Modality", "")) or None
     return volume
 
@@ -118,6 +135,13 @@ def _video_pixel_spacing(ds: Dataset, label: str) -> tuple[float, float]:
 def _video_volume(
     frames: np.ndarray, source: str, fps: float = 0.0, row_col: tuple[float, float] = (1.0, 1.0)
 ) -> Volume:
+    """Grey frames [N, H, W] or colour [N, H, W, 3] as a video volume: luma voxels, RGB kept when it is colour."""
+    rgb = None
+    if frames.ndim == 4:
+        frames = np.ascontiguousarray(frames, dtype=np.uint8)
+        if not (np.array_equal(frames[..., 0], frames[..., 1]) and np.array_equal(frames[..., 0], frames[..., 2])):
+            rgb = frames
+        frames = to_grey_uint8(frames)  # equal channels: exactly the grey value, as Pillow's convert("L")
     frames = np.ascontiguousarray(frames, dtype=np.uint8)
     extras = {"fps": np.asarray(fps, np.float64)} if fps > 0 else {}
-    return Volume(frames, (1.0, *row_col), source, extras=extras)
+    return Volume(frames, (1.0, *row_col), source, extras=extras, rgb=rgb)

@@ -27,6 +27,11 @@ class Volume:
     """Patient-space geometry (DICOM and NIfTI sources); None for npz and video."""
     dicom: DicomSource | None = None
     """The source DICOM objects, for results that reference them (DICOM SEG)."""
+    rgb: np.ndarray | None = None
+    """A colour video's frames [frames, rows, columns, 3] uint8 as the model sees them; ``voxels`` then hold their
+    luma (for display, SEG and measurements). None for grey studies (and colour whose channels are all equal)."""
+    frame_names: tuple[str, ...] = ()
+    """A frame folder's file names without suffix, in frame order (per-frame PNG masks are named after them)."""
 
     @property
     def voxel_ml(self) -> float:

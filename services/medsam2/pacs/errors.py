@@ -36,6 +36,7 @@ class PacsRejected(OutputNotWritable):
 
     reason = "PACS_REJECTED"
 
+
 class PacsBadResponse(PreconditionFailed):
     """The PACS answered, but not in DICOMweb: a wrong content type, JSON that is not a list, a part not DICOM."""
 

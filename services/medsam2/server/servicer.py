@@ -6,12 +6,12 @@ source of truth for prompts and corrections); videos are tracked in-state.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Generator, Iterator
+from dataclasses import replace
 from importlib import metadata
 
 import numpy as np
@@ -33,12 +33,14 @@ from medsam2.api.convert import (
 from medsam2.api.pb.medsam2.v1 import segmentation_pb2 as pb
 from medsam2.api.pb.medsam2.v1 import segmentation_pb2_grpc as pb_grpc
 from medsam2.engine.backend import StageBackend
+from medsam2.engine.postprocessing import PostProcessingOptions
 from medsam2.engine.postprocessing import resolve as resolve_postprocessing
 from medsam2.engine.protocols import VolumeAnnotation, apply_prompt
 from medsam2.engine.tracker import Direction, FrameResult, Tracker, TrackerOptions
 from medsam2.errors import InvalidInput, NotFound, PreconditionFailed
 from medsam2.graphs import MAX_POINTS
 from medsam2.imaging.windowing import Preset, Window, resolve_preset, to_uint8
+from medsam2.io.dicom_pixels import to_grey_uint8
 from medsam2.io.dicom_seg import default_segments
 from medsam2.io.labels import LabelValues, build_labels, label_map, label_map_json
 from medsam2.models.provenance import ModelProvenance
@@ -172,17 +174,7 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
             window = Window(header.preprocessing.window_width, header.preprocessing.window_level)
         preset = header.preprocessing.preset or ("none" if is_video else "auto")
         resolve_preset(preset, None, is_video=is_video)  # an unknown preset fails before any transfer
-        # The server's fill_hole_area setting is its default; what the client asks for wins. Checked before any
-        # transfer, as the preset is.
-        requested = {"fill_hole_area": self.tracker_options.fill_hole_area} | postprocessing_from_pb(
-            header.postprocessing
-        )
-        postprocessing = resolve_postprocessing("video" if is_video else "volume", requested)
-        if is_video and postprocessing.largest_component:
-            raise InvalidInput(
-                "postprocessing.largest_component applies to volumes (MedSAM2's 3D protocol), not to videos",
-                field="header.postprocessing.largest_component",
-            )
+        postprocessing = self._postprocessing(header, is_video)  # so does a bad post-processing request
         if header.HasField("pacs"):
             voxels, study = self._fetch(header, is_video, context)
         else:
@@ -196,16 +188,27 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
             if window is not None
             else resolve_preset(preset, modality, voxels.dtype, is_video=is_video).value
         )
-        slices = to_uint8(voxels, preset, window, modality=modality, is_video=is_video)
         stored = self.durability.pack_study(header, voxels) if self.durability is not None else None
+        rgb = None
+        if voxels.ndim == 4:  # an RGB video: the model sees RGB, everything else (results, display) its luma
+            rgb, voxels = voxels, to_grey_uint8(voxels)
+        slices = to_uint8(voxels, preset, window, modality=modality, is_video=is_video)
+        study.postprocessing = postprocessing
         image = None
         if header.keep_image:
             # A viewer displays the intensities as loaded (window presets in HU), not the model's 8-bit input.
             image = voxels
             image.setflags(write=False)
         del voxels  # otherwise the raw upload is not needed once windowed (the store keeps it compressed)
-        options = dataclasses.replace(self.tracker_options, fill_hole_area=postprocessing.fill_hole_area)
-        tracker = Tracker(self.backend, slices, options)
+        frames = rgb if rgb is not None and window is None and study.preset == Preset.NONE.value else slices
+        options = replace(
+            self.tracker_options,
+            fill_hole_area=postprocessing.fill_hole_area,
+            non_overlapping_objects=postprocessing.non_overlapping_objects,
+            binarize_memory=postprocessing.binarize_memory,
+        )
+        tracker = Tracker(self.backend, frames, options)
+        del rgb, frames
         entry = self.registry.add(tracker, study, session_id=session_id, model_version=model_version, image=image)
         if not is_video:
             entry.annotation = VolumeAnnotation(tracker, keep_largest_component=postprocessing.largest_component)
@@ -217,6 +220,20 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
                 raise
             entry.durable = True
         return entry
+
+    def _postprocessing(self, header: pb.StudyHeader, is_video: bool) -> PostProcessingOptions:
+        """MedSAM2's defaults for the study's kind under the header's requests; a volume's hole filling defaults to
+        the server's MEDSAM2_FILL_HOLE_AREA. Checked before any transfer, as the preset is."""
+        requested = postprocessing_from_pb(header.postprocessing)
+        if not is_video:
+            requested = {"fill_hole_area": self.tracker_options.fill_hole_area} | requested
+        options = resolve_postprocessing("video" if is_video else "volume", requested)
+        if is_video and options.largest_component:
+            raise InvalidInput(
+                "postprocessing.largest_component applies to volumes (MedSAM2's 3D protocol), not to videos",
+                field="header.postprocessing.largest_component",
+            )
+        return options
 
     def _uploaded_study(self, header: pb.StudyHeader, shape: tuple[int, ...], is_video: bool) -> StudyInfo:
         spacing = header_spacing(header)
@@ -266,7 +283,8 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
             sop_instance_uids=tuple(source.slice_uids) if source is not None else (),
             pacs_endpoint=reference.endpoint,
         )
-        return volume.voxels, study
+        # A colour cine loop (US/ES, SamplesPerPixel 3) reaches the model as RGB, as an RGB upload does.
+        return (volume.rgb if volume.rgb is not None else volume.voxels), study
 
     @rpc("GetSession")
     def GetSession(self, request: pb.GetSessionRequest, context) -> pb.Session:  # noqa: ANN001

@@ -112,7 +112,7 @@ class StudyInfo:
     pacs_endpoint: str = ""
     """The PACS endpoint the study came from, if any."""
     postprocessing: PostProcessingOptions | None = None
-    """The session's resolved post-processing (None only for studies opened before it existed)."""
+    """The session's resolved post-processing (MedSAM2's defaults for its kind, overridden by the request)."""
 
 
 @dataclass(slots=True)

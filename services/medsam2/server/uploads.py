@@ -57,15 +57,17 @@ class UploadLimits:
         return self.max_per_principal or max(1, self.max_concurrent // 2)
 
 
-def study_cost(shape: tuple[int, int, int]) -> tuple[int, int]:
+def study_cost(shape: tuple[int, ...]) -> tuple[int, int]:
     """(voxels at 512x512 or the slice size if larger, bytes of session state) of an open study of ``shape``.
 
-    State: the model inputs (one uint8 512x512 plane per slice) and one object's bit-packed result.
+    State: the model inputs (one uint8 512x512 plane per slice and channel) and one object's bit-packed result.
+    An RGB video [frames, rows, columns, 3] has three channels.
     """
-    slices, rows, columns = (int(v) for v in shape)
+    slices, rows, columns = (int(v) for v in shape[:3])
+    channels = int(shape[3]) if len(shape) == 4 else 1
     plane = rows * columns
     resized_voxels = slices * max(plane, IMAGE_SIZE * IMAGE_SIZE)
-    state_bytes = slices * IMAGE_SIZE * IMAGE_SIZE + slices * ((plane + 7) // 8)
+    state_bytes = channels * slices * IMAGE_SIZE * IMAGE_SIZE + slices * ((plane + 7) // 8)
     return resized_voxels, state_bytes
 
 

@@ -88,7 +88,7 @@ class FakeBackend:
 
     # -- stages -----------------------------------------------------------------------------
     def _image_encoder(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        image = inputs["image"].astype(np.float32) / 255.0
+        image = inputs["image"].astype(np.float32).mean(axis=1, keepdims=True) / 255.0
         s0 = _block_mean(image, LOW_RES)
         s1 = _block_mean(image, 2 * FEAT)
         s2 = _block_mean(image, FEAT)
