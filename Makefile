@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 WORK ?= work
 LINTED := services export tests benchmarks scripts deploy/docker
 
-.PHONY: setup demo test test-fast lint clean
+.PHONY: setup demo test test-fast lint images clean
 
 setup:
 	@scripts/bootstrap.sh
@@ -13,16 +13,21 @@ setup:
 demo: setup
 	@scripts/demo.sh
 
-# Everything: set-up, the test services, lint and types, then both tiers (what .ci/run runs).
+# Everything: set-up, the test services, lint and types, the images, then both tiers (what .ci/run runs).
 test: setup
 	@scripts/test_deps.sh
 	@$(MAKE) --no-print-directory lint
+	@scripts/build_images.sh --if-possible >/dev/null
 	@$(PY) -m pytest -q
 
 # The inner loop: the unit tier only (no torch, no servers); sets up only when there is no .venv yet.
 test-fast:
 	@[ -x $(PY) ] || scripts/bootstrap.sh
 	@$(PY) -m pytest -q tests/unit
+
+# The service image and the CPU build image, with buildah (cached by content: a second run takes seconds).
+images:
+	@scripts/build_images.sh
 
 lint:
 	@$(VENV)/bin/ruff check $(LINTED)
