@@ -133,5 +133,16 @@ if [ "$mode" = --gpu ]; then
         --build-arg WITH_TENSORRT=1 ${TENSORRT_INDEX_URL:+--build-arg "TENSORRT_INDEX_URL=$TENSORRT_INDEX_URL"}
     exit 0
 fi
-build MEDSAM2_SERVICE_IMAGE "$SERVICE_REPO" deploy/docker/service.Dockerfile
-build MEDSAM2_BUILD_IMAGE "$BUILD_REPO" deploy/docker/build.Dockerfile "${build_args[@]}" --build-arg WITH_TENSORRT=0
+# Both at once: a cold build spends most of its time downloading (apt, npm, pip), which overlaps well.
+out="$(mktemp -d)"
+trap 'rm -rf "$out"' EXIT
+build MEDSAM2_SERVICE_IMAGE "$SERVICE_REPO" deploy/docker/service.Dockerfile >"$out/service" &
+service_pid=$!
+build MEDSAM2_BUILD_IMAGE "$BUILD_REPO" deploy/docker/build.Dockerfile "${build_args[@]}" \
+    --build-arg WITH_TENSORRT=0 >"$out/build" &
+build_pid=$!
+failed=0
+wait "$service_pid" || failed=1
+wait "$build_pid" || failed=1
+cat "$out/service" "$out/build"
+exit "$failed"
