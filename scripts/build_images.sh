@@ -42,7 +42,7 @@ flock 9 # one build at a time on a machine: parallel test runs share the cache
 
 # --- the base --------------------------------------------------------------------------------
 if buildah inspect --type image "$OFFICIAL" >/dev/null 2>&1 \
-    || timeout 120 buildah pull -q "$OFFICIAL" >/dev/null 2>"$CACHE/pull.log"; then
+    || timeout 60 buildah pull -q "$OFFICIAL" >/dev/null 2>"$CACHE/pull.log"; then
     base="$OFFICIAL"
     log "base: $OFFICIAL"
 else

@@ -33,9 +33,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /src
 COPY constraints.txt pyproject.toml ./
-# torch first and pinned (an unpinned torch pulls a multi-GB CUDA build); then sam2 without its CUDA extension
-# and without build isolation or dependencies, so that it cannot replace torch (as scripts/bootstrap.sh does);
-# then the export extra's dependencies, from pyproject.toml and the pins alone (a layer that survives code changes).
+# torch first and pinned (an unpinned torch pulls a multi-GB CUDA build); then the export extra's dependencies,
+# from pyproject.toml and the pins alone (a layer that survives code changes); then sam2 without its CUDA
+# extension, build isolation or dependencies, so that it cannot replace torch (as scripts/bootstrap.sh does).
 RUN --mount=type=cache,target=/root/.cache/pip \
     export PIP_CACHE_DIR=/root/.cache/pip \
  && pip install -q -c constraints.txt pip setuptools \
@@ -43,11 +43,13 @@ RUN --mount=type=cache,target=/root/.cache/pip \
       pip install -q -c constraints.txt --find-links "${TORCH_FIND_LINKS}" "torch==${TORCH_VERSION}"; \
     else \
       pip install -q -c constraints.txt --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"; \
-    fi \
- && SAM2_BUILD_CUDA=0 pip install -q -c constraints.txt --no-build-isolation --no-deps "sam2==${SAM2_VERSION}" \
- && python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+    fi
+RUN --mount=type=cache,target=/root/.cache/pip \
+    python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
 print('\n'.join(p['dependencies'] + p['optional-dependencies']['export']))" > requirements.txt \
- && pip install -q -c constraints.txt -r requirements.txt
+ && PIP_CACHE_DIR=/root/.cache/pip pip install -q -c constraints.txt -r requirements.txt \
+ && SAM2_BUILD_CUDA=0 pip install -q --no-cache-dir -c constraints.txt --no-build-isolation --no-deps \
+      "sam2==${SAM2_VERSION}"
 
 # 1: the GPU variant (TensorRT, from TENSORRT_INDEX_URL); 0: the CPU variant (ONNX export only), which the
 # chart's CPU-only build job runs. TENSORRT_VERSION must be the Triton image's (tritonserver 24.12: 10.7.0), as
