@@ -37,8 +37,8 @@ from test_chart import CHART, NAMESPACE, RELEASE, VARIANTS, container, env_of, i
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILD_TIMEOUT_S = 3600
-"""A cold build (stand-in base, every pip and npm download) took about 10 minutes here under load; a warm one
-seconds. The hour leaves room for a five-fold slower machine; a build that hangs still ends."""
+"""A cold build (stand-in base, every apt, pip and npm download) took 15 minutes here at a load of 22 on 2 cores;
+a warm one seconds. `make test` builds before pytest; run alone, the hour leaves room for a slower machine."""
 START_TIMEOUT_S = 300
 """SERVING came after about 30 s under load here (loading six graphs); five-fold slower still fits."""
 GRACE_S = 20
