@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 WORK ?= work
 LINTED := services export tests benchmarks scripts deploy/docker
 
-.PHONY: setup demo test test-fast lint clean
+.PHONY: setup demo test test-fast lint images clean
 
 setup:
 	@scripts/bootstrap.sh
@@ -13,7 +13,7 @@ setup:
 demo: setup
 	@scripts/demo.sh
 
-# Everything: set-up, the test services, lint and types, then both tiers (what .ci/run runs).
+# Everything: set-up, the test services, lint and types, the images, then both tiers (what .ci/run runs).
 # The CPU is printed first (CPUs of this machine kind differ five-fold), the 15 slowest tests last.
 test:
 	@scripts/cpu_report.sh
@@ -21,6 +21,8 @@ test:
 	@scripts/bootstrap.sh
 	@scripts/test_deps.sh
 	@$(MAKE) --no-print-directory lint
+	@date -u +"make test: images start at %H:%M:%S UTC"
+	@scripts/build_images.sh --if-possible >/dev/null
 	@date -u +"make test: tests start at %H:%M:%S UTC"
 	@MEDSAM2_STRICT_SKIPS=1 $(PY) -m pytest -q --durations=15
 	@date -u +"make test: done at %H:%M:%S UTC"
@@ -29,6 +31,10 @@ test:
 test-fast:
 	@[ -x $(PY) ] || scripts/bootstrap.sh
 	@$(PY) -m pytest -q tests/unit
+
+# The service image and the CPU build image, with buildah (cached by content: a second run takes seconds).
+images:
+	@scripts/build_images.sh
 
 lint:
 	@$(VENV)/bin/ruff check $(LINTED)

@@ -14,11 +14,14 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 pip() { "$VENV/bin/python" -m pip --disable-pip-version-check -q "$@"; }
 
-pip install "torch==2.13.0"
+# Every package at the version constraints.txt pins (scripts/gen_constraints.py writes it from a resolved
+# environment; tests/unit/test_constraints.py fails when what is installed drifts from it).
+pip install -c constraints.txt pip setuptools
+pip install -c constraints.txt "torch==2.13.0"
 if ! "$VENV/bin/python" -c "import sam2" 2>/dev/null; then
     # No CUDA extension and no build isolation: otherwise pip builds it against a fresh torch download.
-    SAM2_BUILD_CUDA=0 pip install --no-build-isolation --no-deps "sam2==1.1.0"
+    SAM2_BUILD_CUDA=0 pip install -c constraints.txt --no-build-isolation --no-deps "sam2==1.1.0"
 fi
-pip install -e ".[export,eval,dev,openvino]"
+pip install -c constraints.txt -e ".[export,eval,dev,openvino,codecs]"
 scripts/build_web.sh
 echo "environment ready: $VENV"

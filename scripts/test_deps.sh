@@ -44,7 +44,7 @@ TRITON_PY="${TRITON_PYTHON:-python3.11}"
 mkdir -p "$TRITON_HOME"
 if ! .venv/bin/python -c "import tritonclient.grpc" 2>/dev/null; then
     # The client side of TritonBackend; protobuf<7 keeps it beside grpcio-tools 1.81 (protobuf 6.x).
-    .venv/bin/python -m pip --disable-pip-version-check -q install "tritonclient[grpc]>=2.73,<3" "protobuf>=6.30,<7"
+    .venv/bin/python -m pip --disable-pip-version-check -q install -c constraints.txt "tritonclient[grpc]>=2.73,<3" "protobuf>=6.30,<7"
 fi
 if [ ! -x "$TRITON_HOME/site/pytriton/tritonserver/bin/tritonserver" ] \
    || [ "$(cat "$TRITON_HOME/.pytriton-version" 2>/dev/null)" != "$PYTRITON_VERSION" ]; then
@@ -106,11 +106,21 @@ if ! command -v dciodvfy >/dev/null 2>&1; then
     debian_install "the DICOM conformance tests" dicom3tools
 fi
 if ! .venv/bin/python -c "import data_store, SimpleITK, pylibjpeg, libjpeg, openjpeg, rle" 2>/dev/null; then
-    .venv/bin/python -m pip --disable-pip-version-check -q install "pydicom-data>=1.0" "SimpleITK>=2.3" \
+    .venv/bin/python -m pip --disable-pip-version-check -q install -c constraints.txt "pydicom-data>=1.0" "SimpleITK>=2.3" \
         "pylibjpeg>=2.0" "pylibjpeg-libjpeg>=2.1" "pylibjpeg-openjpeg>=2.0" "pylibjpeg-rle>=2.0"
 fi
 
 # (owned by the HTTP gateway work) jsonschema validates the gateway's real answers against its OpenAPI document.
 if ! .venv/bin/python -c "import jsonschema" 2>/dev/null; then
-    .venv/bin/python -m pip --disable-pip-version-check -q install "jsonschema>=4.20"
+    .venv/bin/python -m pip --disable-pip-version-check -q install -c constraints.txt "jsonschema>=4.20"
+fi
+
+# --- Containers (make images; tests/integration/test_images.py) --------------------------------
+# Debian's buildah builds the images, podman runs them (with runc: crun refuses this kind of host's hybrid
+# cgroups), mmdebstrap makes the stand-in base where python:3.11-slim-bookworm cannot be pulled; uidmap,
+# fuse-overlayfs and slirp4netns are what rootless runs need, netavark the networks.
+if ! command -v buildah >/dev/null 2>&1 || ! command -v podman >/dev/null 2>&1 || ! command -v runc >/dev/null 2>&1 \
+   || ! command -v mmdebstrap >/dev/null 2>&1; then
+    debian_install "the container images and their test" buildah podman runc mmdebstrap uidmap fuse-overlayfs \
+        slirp4netns netavark aardvark-dns containernetworking-plugins
 fi

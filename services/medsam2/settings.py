@@ -22,9 +22,9 @@ T = TypeVar("T")
 _LOG_LEVELS = {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}
 
 
-def setting(default: Any, env: str, help: str, choices: tuple[str, ...] = ()) -> Any:
-    """A settings field with its environment variable, help text and (for text settings) its allowed values."""
-    return field(default=default, metadata={"env": env, "help": help, "choices": choices})
+def setting(default: Any, env: str, help: str, choices: tuple[str, ...] = (), minimum: float = 0) -> Any:
+    """A settings field with its environment variable, help text, (text) allowed values and (numbers) least value."""
+    return field(default=default, metadata={"env": env, "help": help, "choices": choices, "minimum": minimum})
 
 
 EMBEDDED_BACKENDS = ("onnxruntime", "openvino")
@@ -95,7 +95,7 @@ def resolve(cls: type[T], args: argparse.Namespace, environ: Mapping[str, str] |
             raw = environ.get(f.metadata["env"])
         if raw is None:
             continue
-        values[f.name] = _convert(f.name, f.metadata["env"], raw, f.default)
+        values[f.name] = _convert(f.name, f.metadata["env"], raw, f.default, f.metadata.get("minimum", 0))
         choices = f.metadata.get("choices") or ()
         if choices and values[f.name] not in choices:
             raise ConfigError(
@@ -114,7 +114,7 @@ def settings_from(args: argparse.Namespace, environ: Mapping[str, str] | None = 
     return resolve(Settings, args, environ)
 
 
-def _convert(name: str, env: str, raw: str, default: Any) -> Any:
+def _convert(name: str, env: str, raw: str, default: Any, minimum: float = 0) -> Any:
     if isinstance(default, bool):
         if raw.lower() in {"1", "true", "yes", "on"}:
             return True
@@ -127,8 +127,8 @@ def _convert(name: str, env: str, raw: str, default: Any) -> Any:
         except ValueError:
             kind = "an integer" if isinstance(default, int) else "a number"
             raise ConfigError(f"setting {name} ({env}) must be {kind}, got {raw!r}") from None
-        if value < 0:
-            raise ConfigError(f"setting {name} ({env}) must be >= 0, got {value}")
+        if value < minimum:
+            raise ConfigError(f"setting {name} ({env}) must be >= {minimum:g}, got {value}")
         return value
     if name == "log_level":
         level = raw.upper()

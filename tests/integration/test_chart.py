@@ -550,3 +550,34 @@ def test_broken_crd_objects_fail_the_structure_check(tools: dict[str, Path], bre
     breakers[breakage]()
     with pytest.raises((AssertionError, KeyError)):
         check_crds(docs)
+
+
+# --- the shutdown budget and the build Job's image ------------------------------------------------
+
+EXIT_AFTER_DRAIN_S = 10
+"""What a pod may need after the drain (closing sessions, the backend, the store) at the least: the margin the
+chart leaves must cover it. tests/integration/test_images.py measures the image's exit with a stream in flight."""
+
+
+@pytest.mark.parametrize("grace", [None, 90])
+def test_termination_grace_covers_prestop_drain_and_exit(tools: dict[str, Path], grace: int | None) -> None:
+    values = VARIANTS["cpu"] + ([] if grace is None else ["--set", f"server.settings.graceSeconds={grace}"])
+    server = one(helm_template(tools, values), "Deployment", f"{RELEASE}-medsam2")
+    pod = server["spec"]["template"]["spec"]
+    s = container(server, "server")
+    drain = int(env_of(s)["MEDSAM2_GRACE_S"])
+    assert drain == (30 if grace is None else grace)
+    pre_stop = s["lifecycle"]["preStop"]["exec"]["command"]
+    assert pre_stop[0] == "sleep"
+    margin = pod["terminationGracePeriodSeconds"] - int(pre_stop[1]) - drain
+    assert margin >= EXIT_AFTER_DRAIN_S, (pod["terminationGracePeriodSeconds"], pre_stop, drain)
+    assert pod["terminationGracePeriodSeconds"] == 5 + drain + 15
+
+
+def test_the_cpu_build_job_runs_the_cpu_variant(tools: dict[str, Path]) -> None:
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    cpu = container(by_kind(helm_template(tools, VARIANTS["cpu"]), "Job")[0], "build")
+    assert cpu["image"] == f"ghcr.io/medsam2-serving/medsam2-build:{chart['appVersion']}-cpu"
+    pinned = ["--set", "modelRepository.buildJob.image.tag=mine"]
+    cpu = container(by_kind(helm_template(tools, VARIANTS["cpu"] + pinned), "Job")[0], "build")
+    assert cpu["image"] == "ghcr.io/medsam2-serving/medsam2-build:mine"

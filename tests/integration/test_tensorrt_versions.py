@@ -28,6 +28,12 @@ def test_build_image_pins_the_tensorrt_of_the_triton_image() -> None:
     assert _arg("build.Dockerfile", "TENSORRT_VERSION") == TENSORRT_VERSION
 
 
+def test_constraints_pin_the_same_tensorrt() -> None:
+    pins = dict(line.split("==") for line in (ROOT / "constraints.txt").read_text().splitlines() if "==" in line)
+    for part in ("tensorrt-cu12", "tensorrt-cu12-libs", "tensorrt-cu12-bindings"):
+        assert pins[part] == TENSORRT_VERSION, part
+
+
 def test_triton_image_is_the_pinned_release() -> None:
     assert _arg("triton.Dockerfile", "TRITON_IMAGE") == f"nvcr.io/nvidia/tritonserver:{TRITON_RELEASE}-py3"
 

@@ -126,6 +126,7 @@ class ServerSettings:
         "MEDSAM2_HEALTH_PORT",
         "separate port for health and GetServerInfo, with its own threads, answering while "
         "every worker is busy (0: --port + 1, or any free port when --port is 0; -1: off)",
+        minimum=-1,
     )
     # Model versions (see server/versions.py): which numbered version serves, and who may switch it.
     model_version: int = setting(

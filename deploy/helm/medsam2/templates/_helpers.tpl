@@ -174,3 +174,22 @@ echo "plans in $repo: TensorRT $plans, server: TensorRT $server"
 {{- fail "stickySessions.istio cannot hash a header inside the service's own TLS: leave server.tls off and let Istio mTLS encrypt the traffic" -}}
 {{- end -}}
 {{- end -}}
+
+{{/* Shutdown budget of a session-service pod, all from server.settings.graceSeconds (MEDSAM2_GRACE_S):
+     Kubernetes runs preStop (a pause while the endpoints controller takes the pod out of the Services), then sends
+     SIGTERM; the server drains streams in flight for up to graceSeconds (a stream in flight takes all of it), then
+     closes sessions, the backend and the session store, which exitMarginSeconds covers. tests/integration/
+     test_chart.py checks the sum; tests/integration/test_images.py measures the drain of the image itself. */}}
+{{- define "medsam2.server.preStopSeconds" -}}5{{- end -}}
+{{- define "medsam2.server.exitMarginSeconds" -}}15{{- end -}}
+{{- define "medsam2.server.terminationGraceSeconds" -}}
+{{- add (include "medsam2.server.preStopSeconds" . | int) (int .Values.server.settings.graceSeconds) (include "medsam2.server.exitMarginSeconds" . | int) -}}
+{{- end -}}
+
+{{/* The build Job's image. An ONNX Runtime build (CPU-only installs) needs no TensorRT: its default tag is the
+     CPU variant, <appVersion>-cpu (build.Dockerfile with WITH_TENSORRT=0); a TensorRT build, the GPU variant. */}}
+{{- define "medsam2.buildJob.image" -}}
+{{- $image := .Values.modelRepository.buildJob.image -}}
+{{- $suffix := ternary "-cpu" "" (eq (include "medsam2.buildJob.backend" .) "onnxruntime") -}}
+{{- printf "%s:%s" $image.repository (default (printf "%s%s" .Chart.AppVersion $suffix) $image.tag) -}}
+{{- end -}}
