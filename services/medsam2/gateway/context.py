@@ -55,6 +55,7 @@ class HttpCallContext(grpc.ServicerContext):
         self._code: grpc.StatusCode | None = None
         self._details = ""
         self._active = True
+        self._rich: list[dict] = []
         self._callbacks: list[Callable[[], None]] = []
 
     # -- what the servicer reads and sets ---------------------------------------------
@@ -114,6 +115,7 @@ class HttpCallContext(grpc.ServicerContext):
         raise Aborted(details)
 
     def abort_with_status(self, status) -> None:  # noqa: ANN001
+        self._rich = _rich_details(status.trailing_metadata)
         self.abort(status.code, status.details)
 
     def send_initial_metadata(self, initial_metadata) -> None:  # noqa: ANN001
@@ -139,6 +141,18 @@ class HttpCallContext(grpc.ServicerContext):
     def error(self) -> tuple[int, dict]:
         """The HTTP status and JSON error body of a failed call."""
         code = self._code or grpc.StatusCode.UNKNOWN
-        return HTTP_STATUS.get(code, 500), {
-            "error": {"code": HTTP_STATUS.get(code, 500), "status": code.name, "message": self._details}
-        }
+        error: dict = {"code": HTTP_STATUS.get(code, 500), "status": code.name, "message": self._details}
+        if self._rich:
+            error["details"] = self._rich  # google.rpc details as proto JSON (ErrorInfo reason, RetryInfo delay)
+        return HTTP_STATUS.get(code, 500), {"error": error}
+
+
+def _rich_details(trailing_metadata) -> list[dict]:  # noqa: ANN001
+    """The ``google.rpc`` details of a rich status's trailing metadata, as proto JSON (AIP-193's error shape)."""
+    for key, value in trailing_metadata or ():
+        if key == "grpc-status-details-bin":
+            from google.protobuf import json_format
+            from google.rpc import error_details_pb2, status_pb2  # noqa: F401  (registers the detail types)
+
+            return [json_format.MessageToDict(d) for d in status_pb2.Status.FromString(value).details]
+    return []

@@ -9,11 +9,13 @@ the same certificate when it is configured.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import mimetypes
 import ssl
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -112,6 +114,15 @@ class Gateway:
             context.run_callbacks()
 
 
+def stop_gateway(server: ThreadingHTTPServer, timeout_s: float) -> bool:
+    """Stop accepting connections, then wait up to ``timeout_s`` for requests in flight; True when none is left."""
+    if isinstance(server, _Server):
+        server.draining = True
+    server.shutdown()
+    server.server_close()
+    return server.wait_idle(timeout_s) if isinstance(server, _Server) else True
+
+
 def start_gateway(gateway: Gateway, options: GatewayOptions) -> ThreadingHTTPServer:
     """Listen on ``options.host:options.port`` (0 picks a free port) in a background thread."""
     handler = type("GatewayRequestHandler", (_RequestHandler,), {"gateway": gateway, "options": options})
@@ -131,9 +142,39 @@ def start_gateway(gateway: Gateway, options: GatewayOptions) -> ThreadingHTTPSer
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
-    # Requests in flight do not keep the process alive at shutdown; the registry closes their sessions.
+    # Idle kept-alive connections do not hold up shutdown; requests in flight are waited for (``wait_idle``).
     block_on_close = False
     tls: ssl.SSLContext | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._requests = 0
+        self._requests_changed = threading.Condition()
+        self.draining = False
+        """Set at shutdown: each connection ends after the request it is answering."""
+
+    @contextlib.contextmanager
+    def request(self) -> Iterator[None]:
+        """Count one request being answered (an SSE stream until its last event is written)."""
+        with self._requests_changed:
+            self._requests += 1
+        try:
+            yield
+        finally:
+            with self._requests_changed:
+                self._requests -= 1
+                self._requests_changed.notify_all()
+
+    def wait_idle(self, timeout_s: float) -> bool:
+        """Wait until no request is being answered (True), or ``timeout_s`` passed (False)."""
+        end = time.monotonic() + max(timeout_s, 0.0)
+        with self._requests_changed:
+            while self._requests:
+                left = end - time.monotonic()
+                if left <= 0:
+                    return False
+                self._requests_changed.wait(left)
+        return True
 
     def finish_request(self, request, client_address) -> None:  # noqa: ANN001
         # The TLS handshake runs in the connection's own thread: a slow client never stalls accept().
@@ -241,6 +282,14 @@ class _RequestHandler(BaseHTTPRequestHandler):
 
     # -- POST: the API ------------------------------------------------------------------
     def do_POST(self) -> None:
+        server = self.server
+        assert isinstance(server, _Server)
+        with server.request():
+            if server.draining:
+                self.close_connection = True  # the servicer refuses the call; the connection ends with it
+            self._post()
+
+    def _post(self) -> None:
         path = self.path.split("?", 1)[0]
         kind = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
         if kind not in ("application/json", "application/octet-stream"):

@@ -48,6 +48,7 @@ from medsam2.server.dicom_results import (
     check_headers_match,
     require_dicom_source,
 )
+from medsam2.server.drain import Drain
 from medsam2.server.durability import JOURNALED, Durability
 from medsam2.server.request_checks import check_prompt_mask
 from medsam2.server.results import encode_labels, encode_object_masks, nifti_gz
@@ -91,6 +92,7 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
         uploads: UploadGuard | None = None,
         durability: Durability | None = None,
         annotations: AnnotationStore | None = None,
+        drain: Drain | None = None,
     ) -> None:
         self.registry = registry
         self.backend = backend
@@ -107,6 +109,8 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
         """The session store's journal (None: sessions live in this replica's memory only)."""
         self.annotations = annotations or AnnotationStore(None)
         """Where SaveAnnotation writes training cases (disabled unless --annotations-dir is set)."""
+        self.drain = drain or Drain()
+        """Calls in flight and the shutdown clock (``@rpc`` counts calls; streams end at the grace period)."""
         if durability is not None:
             registry.rebuild = self._rebuild
 
@@ -384,6 +388,7 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
         started = time.perf_counter()
         for pass_name, result in stream:
             self.registry.account(entry)  # state caps; ends here within a slice if the session was closed
+            self.drain.check()  # past the shutdown grace period: UNAVAILABLE, SERVER_SHUTTING_DOWN; clients retry
             if not context.is_active():
                 log.info("session %s: propagation cancelled after %d slices", entry.session_id, done)
                 return False
