@@ -50,8 +50,9 @@ from medsam2.server.dicom_results import (
 )
 from medsam2.server.drain import Drain
 from medsam2.server.durability import JOURNALED, Durability
-from medsam2.server.request_checks import check_prompt_mask
-from medsam2.server.results import encode_labels, encode_object_masks, nifti_gz
+from medsam2.server.idempotency import check_same, request_digest
+from medsam2.server.request_checks import MIN_CHUNK_BYTES, check_prompt_mask
+from medsam2.server.results import encode_labels, encode_object_masks, nifti_gz_pieces
 from medsam2.server.sessions import SessionEntry, SessionRegistry, StudyInfo
 from medsam2.server.status import rpc
 from medsam2.server.uploads import UploadGuard, UploadLimits
@@ -59,6 +60,8 @@ from medsam2.server.uploads import UploadGuard, UploadLimits
 log = logging.getLogger(__name__)
 
 DEFAULT_CHUNK_BYTES = 1 << 20
+CHUNK_OVERHEAD_BYTES = 4096
+"""Room left in a gRPC message beside a ResultChunk's data (offset, sizes, shape, object ids)."""
 IMAGE_GZIP_LEVEL = 1
 """GetImage's gzip level: the fastest, as a viewer waits for the image (a CT compresses about 2x even so)."""
 REMEMBERED_CREATES = 1024
@@ -100,7 +103,8 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
         self.pacs = pacs
         self.model = model or ModelProvenance(version=1)
         self.max_message_bytes = max_message_bytes
-        self._created: OrderedDict[str, str] = OrderedDict()
+        self._created: OrderedDict[tuple[str, str], tuple[bytes, str]] = OrderedDict()
+        """(principal, CreateSession request id) -> (the request's digest, the session it opened)."""
         self._created_lock = threading.Lock()
         self.auth = auth or Authenticator()
         """Who is calling (used by ``@rpc``; the registry scopes sessions to that principal)."""
@@ -119,24 +123,38 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
     def CreateSession(self, request_iterator: Iterator[pb.CreateSessionRequest], context) -> pb.Session:  # noqa: ANN001
         with self.uploads.upload(request_iterator, context) as requests:
             header = self.uploads.header(next(requests, None))
-            if header.request_id:
-                with self._created_lock:
-                    earlier = self._created.get(header.request_id)
-                if earlier is None and self.durability is not None:
-                    earlier = self.durability.created_for(current_principal() or ANONYMOUS, header.request_id)
-                if earlier is not None:
-                    try:
-                        return self._describe(self.registry.get(earlier))
-                    except NotFound:
-                        pass  # closed or expired since: open it again
-            entry = self._open(header, lambda: self.uploads.receive(header, requests))
-            if header.request_id:
-                if self.durability is not None and entry.durable:
-                    self.durability.remember_created(entry.owner, header.request_id, entry.session_id)
-                with self._created_lock:
-                    self._created[header.request_id] = entry.session_id
-                    while len(self._created) > REMEMBERED_CREATES:
-                        self._created.popitem(last=False)
+            if not header.request_id:
+                return self._describe(self._open(header, lambda: self.uploads.receive(header, requests)))
+            principal = current_principal() or ANONYMOUS
+            digests: list[bytes] = []
+            upload: list[np.ndarray] = []  # read once: for a retry's digest first, then for the session
+
+            def receive() -> np.ndarray:
+                if not upload:
+                    upload.append(self.uploads.receive(header, requests))
+                    digests.append(request_digest(header, upload[0]))  # a retry sends the same voxels again
+                return upload.pop()
+
+            with self._created_lock:
+                earlier = self._created.get((principal, header.request_id))
+            if earlier is None and self.durability is not None:
+                earlier = self.durability.created_for(principal, header.request_id)
+            if earlier is not None:
+                if not header.HasField("pacs"):
+                    upload.append(receive())
+                check_same(earlier[0], digests[0] if digests else request_digest(header), header.request_id)
+                try:
+                    return self._describe(self.registry.get(earlier[1]))
+                except NotFound:
+                    pass  # closed or expired since: open it again, with the voxels already read
+            entry = self._open(header, receive)
+            digest = digests[0] if digests else request_digest(header)
+            if self.durability is not None and entry.durable:
+                self.durability.remember_created(entry.owner, header.request_id, entry.session_id, digest)
+            with self._created_lock:
+                self._created[(principal, header.request_id)] = (digest, entry.session_id)
+                while len(self._created) > REMEMBERED_CREATES:
+                    self._created.popitem(last=False)
         return self._describe(entry)
 
     def _open(
@@ -316,37 +334,44 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
             check_prompt_mask(request, entry.tracker)  # sizes against the slice before any mask is decoded
             prompt = prompt_from_pb(request)
             replay = f"prompt:{request.request_id}"
+            digest = request_digest(request) if request.request_id else b""
             if request.request_id and replay in entry.replies:
-                return entry.replies[replay]
+                earlier_digest, earlier = entry.replies[replay]
+                check_same(earlier_digest, digest, request.request_id)
+                return earlier
             spec = None
             if request.HasField("object_info"):
                 default = entry.objects.get(prompt.obj_id) or default_segments([prompt.obj_id])[0]
                 spec = segment_spec_from_pb(prompt.obj_id, request.object_info, default)
             tracker = entry.tracker
-            if entry.annotation is not None:
-                result = entry.annotation.add_prompt(
-                    prompt, keep_previous_points=request.keep_previous_points, correction=request.correction
-                )
-            elif prompt.points is not None and prompt.box is None and request.keep_previous_points:
-                result = tracker.add_prompt(
-                    prompt.obj_id, prompt.frame, points=prompt.points, labels=prompt.labels, clear_old=False
-                )
-            else:
-                result = apply_prompt(tracker, prompt)
-            if spec is not None:
-                entry.objects[prompt.obj_id] = spec
-            masks = result.masks(tracker.height, tracker.width)
-            entry.results.store(result, masks)
-            reply = _slice_message(result, masks, tracker, "prompt", 1, 1, request.encoding)
-            self._journal(entry, "AddPrompt", request)
+            # Kept only once journaled: a refused store write leaves the session as it was, and the retry
+            # (same request id) applies the prompt once.
+            with entry.all_or_nothing():
+                if entry.annotation is not None:
+                    result = entry.annotation.add_prompt(
+                        prompt, keep_previous_points=request.keep_previous_points, correction=request.correction
+                    )
+                elif prompt.points is not None and prompt.box is None and request.keep_previous_points:
+                    result = tracker.add_prompt(
+                        prompt.obj_id, prompt.frame, points=prompt.points, labels=prompt.labels, clear_old=False
+                    )
+                else:
+                    result = apply_prompt(tracker, prompt)
+                if spec is not None:
+                    entry.objects[prompt.obj_id] = spec
+                masks = result.masks(tracker.height, tracker.width)
+                entry.results.store(result, masks)
+                reply = _slice_message(result, masks, tracker, "prompt", 1, 1, request.encoding)
+                self._journal(entry, "AddPrompt", request)
             if request.request_id:
-                _remember(entry.replies, replay, reply)
+                _remember(entry.replies, replay, (digest, reply))
             return reply
 
     @rpc("Propagate")
     def Propagate(self, request: pb.PropagateRequest, context) -> Iterator[pb.SliceResult]:  # noqa: ANN001
         # Unknown enum values never get here: @rpc's request check refuses them for every message.
         with self.registry.claim(request.session_id, busy=True) as entry:
+            before = entry.checkpoint()
             protocol = request.protocol
             if protocol == pb.PROTOCOL_UNSPECIFIED:
                 protocol = pb.PROTOCOL_IN_STATE if entry.study.is_video else pb.PROTOCOL_MEDSAM2_3D
@@ -373,7 +398,11 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
                     for obj_id, mask in entry.annotation.masks().items():
                         entry.results.set_object(obj_id, mask)
             if completed:
-                self._journal(entry, "Propagate", request)
+                try:
+                    self._journal(entry, "Propagate", request)
+                except Exception:
+                    before.restore()  # not stored, so not kept: the retry propagates again from the same state
+                    raise
 
     def _stream(
         self,
@@ -449,7 +478,7 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
         fmt = request.format or pb.RESULT_FORMAT_NPZ
         if fmt not in RESULT_FORMATS:
             raise InvalidInput(f"result format {fmt} is not known: use {sorted(pb.ResultFormat.keys())[1:]}")
-        with self.registry.claim(request.session_id) as entry:
+        with self.registry.read(request.session_id) as entry:  # downloads share the session; changes wait
             study = entry.study
             if fmt in (pb.RESULT_FORMAT_DICOM_SEG, pb.RESULT_FORMAT_DICOM_SR):
                 built = self._dicom_results(entry)
@@ -467,7 +496,7 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
                 labels = entry.results.labels()
                 object_ids, shape = entry.results.object_ids, list(labels.shape)
                 data = encode_labels(labels, study.spacing, study.geometry, LABEL_FORMATS[fmt])
-        yield from _chunks(data, request.chunk_bytes, format=fmt, shape=shape, object_ids=object_ids)
+        yield from _chunks(data, self._chunk_size(request.chunk_bytes), format=fmt, shape=shape, object_ids=object_ids)
 
     @rpc("GetImage")
     def GetImage(self, request: pb.GetImageRequest, context) -> Iterator[pb.ResultChunk]:  # noqa: ANN001
@@ -481,8 +510,28 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
                 "to view it (the page does so for PACS studies; an upload's client already has its voxels)",
                 field="session_id",
             )
-        data = nifti_gz(image, entry.study.spacing, entry.study.geometry, compresslevel=IMAGE_GZIP_LEVEL)
-        yield from _chunks(data, request.chunk_bytes, format=pb.RESULT_FORMAT_NIFTI_GZ, shape=list(image.shape[:3]))
+        # Compressed slab by slab as it is sent: a call holds about one chunk, not a copy of the study. The
+        # file's size (each chunk states it) is counted once per session: the image and its bytes never change.
+        spacing, geometry = entry.study.spacing, entry.study.geometry
+        with entry.image_lock:
+            if not entry.image_file_bytes:
+                pieces = nifti_gz_pieces(image, spacing, geometry, compresslevel=IMAGE_GZIP_LEVEL)
+                entry.image_file_bytes = sum(len(piece) for piece in pieces)
+            total = entry.image_file_bytes
+        yield from _stream_chunks(
+            nifti_gz_pieces(image, spacing, geometry, compresslevel=IMAGE_GZIP_LEVEL),
+            total,
+            self._chunk_size(request.chunk_bytes),
+            format=pb.RESULT_FORMAT_NIFTI_GZ,
+            shape=list(image.shape[:3]),
+        )
+
+    def _chunk_size(self, chunk_bytes: int) -> int:
+        """Bytes per ResultChunk: the client's choice (or 1 MiB), never more than a gRPC message may carry."""
+        size = chunk_bytes or DEFAULT_CHUNK_BYTES
+        if self.max_message_bytes:
+            size = min(size, max(self.max_message_bytes - CHUNK_OVERHEAD_BYTES, MIN_CHUNK_BYTES))
+        return size
 
     def _dicom_results(self, entry: SessionEntry) -> DicomResults:
         """The session's SEG and SR, built once per state of the results (so the SR always names that SEG)."""
@@ -506,7 +555,11 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
         self.pacs.config.get(request.endpoint)  # an unknown endpoint fails before any work
         with self.registry.claim(request.session_id) as entry:
             replay = f"store:{request.request_id}"
-            earlier = self._earlier_reply(entry, replay, pb.StoreResultResponse) if request.request_id else None
+            earlier = (
+                self._earlier_reply(entry, replay, pb.StoreResultResponse, request, request.request_id)
+                if request.request_id
+                else None
+            )
             if earlier is not None:
                 return earlier
             study = entry.study
@@ -531,7 +584,7 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
                 sr_sop_instance_uid=str(built.sr.SOPInstanceUID),
             )
             if request.request_id:
-                self._keep_reply(entry, replay, reply)
+                self._keep_reply(entry, replay, request, reply)
             log.info("session %s: stored SEG and SR on PACS %s", entry.session_id, request.endpoint)
             return reply
 
@@ -540,7 +593,11 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
         self.annotations.require()  # a server without a store refuses before touching the session
         with self.registry.claim(request.session_id) as entry:
             replay = f"annotation:{request.request_id}"
-            earlier = self._earlier_reply(entry, replay, pb.SaveAnnotationResponse) if request.request_id else None
+            earlier = (
+                self._earlier_reply(entry, replay, pb.SaveAnnotationResponse, request, request.request_id)
+                if request.request_id
+                else None
+            )
             if earlier is not None:
                 return earlier
             masks = {i: m for i, m in entry.results.masks().items() if m.any()}
@@ -581,7 +638,7 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
                 model_version=model.short_sha,
             )
             if request.request_id:
-                self._keep_reply(entry, replay, reply)
+                self._keep_reply(entry, replay, request, reply)
             log.info(
                 "session %s: saved %d object(s) as training case %s", entry.session_id, len(masks), saved.case_file
             )
@@ -647,16 +704,17 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
                 if unknown:
                     raise NotFound(f"unknown object ids {unknown}: known ids are {known}")
                 ids = list(request.object_ids)
-            if entry.annotation is not None:
-                entry.annotation.reset(ids)
-            elif ids is None:
-                entry.tracker.reset()
-            else:
-                for obj_id in ids:
-                    if obj_id in entry.tracker.objects:
-                        entry.tracker.reset(obj_id)
-            entry.results.clear(ids)
-            self._journal(entry, "ResetObjects", request)
+            with entry.all_or_nothing():  # kept only once journaled, as AddPrompt
+                if entry.annotation is not None:
+                    entry.annotation.reset(ids)
+                elif ids is None:
+                    entry.tracker.reset()
+                else:
+                    for obj_id in ids:
+                        if obj_id in entry.tracker.objects:
+                            entry.tracker.reset(obj_id)
+                entry.results.clear(ids)
+                self._journal(entry, "ResetObjects", request)
             return self._describe(entry)
 
     def _journal(self, entry: SessionEntry, method: str, request: Message) -> None:
@@ -664,19 +722,27 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
         if self.durability is not None and entry.durable:
             self.durability.journal(entry.session_id, method, request)
 
-    def _earlier_reply(self, entry: SessionEntry, key: str, reply_type: type[Message]) -> Message | None:
-        """The reply already given to this request id: from this replica, or from the store after a failover."""
-        if key in entry.replies:
-            return entry.replies[key]
-        if self.durability is not None and entry.durable:
-            return self.durability.reply(entry.session_id, key, reply_type)
-        return None
+    def _earlier_reply(
+        self, entry: SessionEntry, key: str, reply_type: type[Message], request: Message, request_id: str
+    ) -> Message | None:
+        """The reply already given to this request id: from this replica, or from the store after a failover.
 
-    def _keep_reply(self, entry: SessionEntry, key: str, reply: Message) -> None:
+        The same id with a different request is refused (``REQUEST_ID_REUSED``).
+        """
+        earlier = entry.replies.get(key)
+        if earlier is None and self.durability is not None and entry.durable:
+            earlier = self.durability.reply(entry.session_id, key, reply_type)
+        if earlier is None:
+            return None
+        check_same(earlier[0], request_digest(request), request_id)
+        return earlier[1]
+
+    def _keep_reply(self, entry: SessionEntry, key: str, request: Message, reply: Message) -> None:
         """Remember a reply whose work must not be repeated by a retry, here and (durable sessions) in the store."""
-        _remember(entry.replies, key, reply)
+        digest = request_digest(request)
+        _remember(entry.replies, key, (digest, reply))
         if self.durability is not None and entry.durable:
-            self.durability.remember_reply(entry.session_id, key, reply)
+            self.durability.remember_reply(entry.session_id, key, reply, digest)
 
     def _model_of(self, entry: SessionEntry) -> ModelProvenance:
         """The model a session runs on: its pinned version's provenance when numbered versions are served."""
@@ -733,8 +799,8 @@ def _chunks(
     shape: list[int],
     object_ids: list[int] | None = None,
 ) -> Iterator[pb.ResultChunk]:
-    """``data`` as ResultChunks of ``chunk_bytes`` (0: the default), each describing the whole; one if empty."""
-    size = chunk_bytes or DEFAULT_CHUNK_BYTES
+    """``data`` as ResultChunks of ``chunk_bytes``, each describing the whole; one if empty."""
+    size = chunk_bytes
     for offset in range(0, max(len(data), 1), size):
         yield pb.ResultChunk(
             data=data[offset : offset + size],
@@ -744,6 +810,26 @@ def _chunks(
             shape=shape,
             object_ids=object_ids or [],
         )
+
+
+def _stream_chunks(
+    pieces: Iterator[bytes], total: int, size: int, *, format: pb.ResultFormat, shape: list[int]
+) -> Iterator[pb.ResultChunk]:
+    """A file made as ``pieces`` of ``total`` bytes as ResultChunks of ``size``, each sent once it is full."""
+    buffer = bytearray()
+    offset = 0
+    for piece in pieces:
+        buffer += piece
+        while len(buffer) >= size:
+            yield pb.ResultChunk(
+                data=bytes(buffer[:size]), offset=offset, total_bytes=total, format=format, shape=shape
+            )
+            del buffer[:size]
+            offset += size
+    if offset + len(buffer) != total:
+        raise RuntimeError(f"the image file came out at {offset + len(buffer)} bytes, not the {total} announced")
+    if buffer or not offset:
+        yield pb.ResultChunk(data=bytes(buffer), offset=offset, total_bytes=total, format=format, shape=shape)
 
 
 def _remember(replies: dict, key: str, reply: object) -> None:
