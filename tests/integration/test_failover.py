@@ -213,9 +213,9 @@ def test_a_rebuilt_session_keeps_its_image(graphs: dict[str, Path], redis: Redis
         assert client.get_session(session.session_id).image_kept
 
 
-ROLLING_SLICES = 24
+ROLLING_SLICES = 12
 CLIENT_TIMEOUT_S = 600.0
-"""The client run takes about 30 s here (a rebuild and a full propagation of 24 slices at 512x512 included);
+"""The client run takes about 30 s here (a rebuild and a full propagation of 12 slices at 512x512 included);
 600 s holds on a machine 5x slower under load."""
 
 
