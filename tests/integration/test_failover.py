@@ -271,7 +271,8 @@ def test_a_rolling_restart_during_medsam2_client_gives_the_masks_of_an_uninterru
 
     study, box = _nifti_study(tmp_path / "study.nii.gz")
     port_a = free_port()
-    args = ["--grace-s", "0"]
+    # No grace: the stream is cut at its next slice; however slow that slice, gRPC's hard stop never comes first.
+    args = ["--grace-s", "0", "--drain-end-s", "300"]
     a = ServeProcess(
         graphs["present"],
         log=tmp_path / "a.log",

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 
 from medsam2.errors import ShuttingDown
 
-DRAIN_END_S = 10.0
+DRAIN_END_S = 15.0
 """Default seconds, after the grace period, for calls to end (a stream at its next slice) before the server stops.
 A slice takes about 0.5 s on a 2-core CPU at 512x512; this leaves room for a machine 5x slower under load."""
 RETRY_AFTER_S = 1.0
