@@ -102,3 +102,8 @@ if ! .venv/bin/python -c "import data_store, SimpleITK, pylibjpeg, libjpeg, open
     .venv/bin/python -m pip --disable-pip-version-check -q install "pydicom-data>=1.0" "SimpleITK>=2.3" \
         "pylibjpeg>=2.0" "pylibjpeg-libjpeg>=2.1" "pylibjpeg-openjpeg>=2.0" "pylibjpeg-rle>=2.0"
 fi
+
+# (owned by the HTTP gateway work) jsonschema validates the gateway's real answers against its OpenAPI document.
+if ! .venv/bin/python -c "import jsonschema" 2>/dev/null; then
+    .venv/bin/python -m pip --disable-pip-version-check -q install "jsonschema>=4.20"
+fi

@@ -19,6 +19,16 @@ from medsam2_export.parity import PARITY_OPTIONS, synthetic_volume
 DICE_BAR = 0.99
 """A precision may be a CPU default only if its mask Dice against fp32 is at least this."""
 
+FP32_DICE_BAR = 0.999
+"""Two fp32 paths (another runtime, or the same one on another CPU) agree at least this well on masks.
+
+They are not bit-equal: without AVX-512, OpenVINO and ONNX Runtime pick different fp32 kernels and round
+differently, so a pixel whose logit lies at the threshold may flip (Dice 0.99998 measured on an AVX2-only EPYC).
+"""
+
+FP32_LOGIT_BAR = 1e-3
+"""The largest low-resolution logit difference allowed between two fp32 paths: ``medsam2 parity``'s bar."""
+
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
     """Dice of two boolean masks (1.0 when both are empty)."""

@@ -26,7 +26,7 @@ from medsam2.backends.onnxruntime_backend import OnnxRuntimeBackend
 from medsam2.engine.backend import StageBackend
 from medsam2.engine.protocols import ObjectPrompt
 from medsam2.graphs import Stage
-from medsam2_export.agreement import DICE_BAR, compare, parity_prompts, run_protocol
+from medsam2_export.agreement import DICE_BAR, FP32_DICE_BAR, FP32_LOGIT_BAR, compare, parity_prompts, run_protocol
 from medsam2_export.flops import StageFlops, measure_peak_flops
 from medsam2_export.parity import PARITY_OPTIONS, synthetic_volume
 from medsam2_export.reference import ReferenceTracker
@@ -193,6 +193,8 @@ def run_bench(
             "volume": f"medsam2 parity's synthetic volume (seed 0, "
             f"{agreement_slices} slices, two objects), MedSAM2's 3D protocol, hole filling off",
             "dice_bar": DICE_BAR,
+            "fp32_dice_bar": FP32_DICE_BAR,
+            "fp32_logit_bar": FP32_LOGIT_BAR,
         },
         "backends": {},
         "per_round": per_round,

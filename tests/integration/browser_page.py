@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+import patience
 from serve_process import ServeProcess
 
 REPO = Path(__file__).resolve().parents[2]
@@ -38,13 +39,16 @@ class Service(ServeProcess):
 
 def launch(playwright, user_data_dir: Path):
     """A fresh Chromium profile; Playwright's own browser download is never used."""
-    return playwright.chromium.launch_persistent_context(
+    context = playwright.chromium.launch_persistent_context(
         str(user_data_dir),
         executable_path=CHROMIUM,
         headless=True,
         args=CHROMIUM_FLAGS,
         viewport={"width": 1100, "height": 720},
     )
+    # Every wait without its own bound (Playwright's default is 30 s) is a hang guard sized for the slow machine.
+    context.set_default_timeout(patience.BROWSER_STEP_MS)
+    return context
 
 
 def overlay_pixels(png: bytes, colour: str = "red") -> int:
@@ -71,7 +75,7 @@ def build_bundle() -> bool:
     app = REPO / "services" / "medsam2" / "gateway" / "static" / "app.js"
     if shutil.which("npm") is None and not app.is_file():
         return False
-    subprocess.run([str(REPO / "scripts" / "build_web.sh")], check=True, timeout=300)
+    subprocess.run([str(REPO / "scripts" / "build_web.sh")], check=True, timeout=patience.COMMAND_S)
     return app.is_file()
 
 

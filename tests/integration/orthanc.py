@@ -26,11 +26,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import patience
+
 ORTHANC = "Orthanc"
 DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 RESULT_MARKER = "ORTHANC-SCENARIO-RESULT "
 HTTP_PORT = 8042
-START_TIMEOUT_S = 30.0
+START_TIMEOUT_S = patience.SERVER_START_S
 
 
 def unavailable_reason() -> str | None:

@@ -9,7 +9,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-START_TIMEOUT_S = 15.0
+import patience
+
+START_TIMEOUT_S = patience.SERVER_START_S
 
 
 def unavailable_reason() -> str | None:

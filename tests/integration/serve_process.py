@@ -15,6 +15,8 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import patience
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -47,7 +49,7 @@ class ServeProcess:
         args: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
         http: bool = False,
-        start_timeout_s: float = 120.0,
+        start_timeout_s: float = patience.SERVER_START_S,
     ) -> None:
         command = [sys.executable, "-m", "medsam2.cli.main", "serve", "--host", "127.0.0.1", "--port", "0"]
         command += ["--metrics-port", "0", "--model-repository", str(graphs), *args]

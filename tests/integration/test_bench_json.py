@@ -10,6 +10,9 @@ from pathlib import Path
 
 import pytest
 
+import patience
+from medsam2_export.agreement import FP32_DICE_BAR, FP32_LOGIT_BAR
+
 pytest.importorskip("openvino", reason="the openvino extra is not installed (scripts/bootstrap.sh installs it)")
 
 pytestmark = pytest.mark.slow
@@ -24,7 +27,7 @@ def _bench(*args: str, home: Path) -> subprocess.CompletedProcess:
         capture_output=True,
         text=True,
         env=env,
-        timeout=900,
+        timeout=patience.LONG_COMMAND_S,
     )
 
 
@@ -65,9 +68,14 @@ def test_bench_reports_every_backend_with_flops_and_agreement(
         assert 40 < row["stages"]["image_encoder"]["gflop_per_slice"] < 80
         assert row["outside_graphs_s_per_slice"] >= 0
     assert "mask_dice_vs_fp32" not in report["backends"]["onnxruntime"]  # the fp32 path itself
+    # Two fp32 runtimes agree within the fp32 bar on any x86 CPU, not bit for bit: without AVX-512 their kernels
+    # round differently (Dice 0.99998 on an AVX2-only EPYC).
+    agreement = report["agreement"]
+    assert (agreement["fp32_dice_bar"], agreement["fp32_logit_bar"]) == (FP32_DICE_BAR, FP32_LOGIT_BAR)
     openvino = report["backends"]["openvino"]
-    assert openvino["mask_dice_vs_fp32"] == 1.0 and openvino["max_abs_logit_diff_vs_fp32"] < 1e-4
-    assert openvino["bench_volume_mask_dice_vs_fp32"] == 1.0
+    assert openvino["mask_dice_vs_fp32"] >= FP32_DICE_BAR, openvino
+    assert openvino["max_abs_logit_diff_vs_fp32"] <= FP32_LOGIT_BAR, openvino
+    assert openvino["bench_volume_mask_dice_vs_fp32"] >= FP32_DICE_BAR, openvino
     goals = report["goals"]
     assert goals["fp32_onnxruntime_every_round"]["goal"] == 0.8
     assert goals["best_path_at_dice_bar"]["backend"] in report["backends"]

@@ -20,6 +20,7 @@ import numpy as np
 import pydicom.data
 import pytest
 
+import patience
 from browser_page import ARTIFACTS, CHROMIUM, REPO, Service, drag, go_to_slice, launch, overlay_pixels
 from medsam2_export.parity import synthetic_volume
 
@@ -46,7 +47,7 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
 def bundle() -> None:
     if shutil.which("npm") is None and not (REPO / "services" / "medsam2" / "gateway" / "static" / "app.js").is_file():
         pytest.skip("the page is not built and npm is missing (node 20 and npm build it: scripts/build_web.sh)")
-    subprocess.run([str(REPO / "scripts" / "build_web.sh")], check=True, timeout=300)
+    subprocess.run([str(REPO / "scripts" / "build_web.sh")], check=True, timeout=patience.COMMAND_S)
     assert (REPO / "services" / "medsam2" / "gateway" / "static" / "app.js").is_file()
 
 
@@ -88,7 +89,7 @@ def _canvas(page) -> bytes:
 def _open_and_box(page, study) -> None:
     path, boxes = study
     page.set_input_files("#file", str(path))
-    page.wait_for_selector("body[data-session]", timeout=60_000)
+    page.wait_for_selector("body[data-session]", timeout=patience.BROWSER_STEP_MS)
     go_to_slice(page, KEY)
     _box(page, boxes[0])
 
@@ -97,12 +98,12 @@ def _box(page, box, object_id: int = 1) -> None:
     start = page.evaluate("([x, y]) => window.medsam2Viewer.voxelToPage(x, y)", [box.x0, box.y0])
     end = page.evaluate("([x, y]) => window.medsam2Viewer.voxelToPage(x, y)", [box.x1 - 1, box.y1 - 1])
     drag(page, start, end)
-    page.locator("#status", has_text=f"object {object_id} segmented there").wait_for(timeout=60_000)
+    page.locator("#status", has_text=f"object {object_id} segmented there").wait_for(timeout=patience.BROWSER_STEP_MS)
 
 
 def _propagate(page, *, state: str = "done") -> None:
     page.click("#propagate")
-    page.wait_for_selector(f"body[data-propagation={state}]", timeout=90_000)
+    page.wait_for_selector(f"body[data-propagation={state}]", timeout=patience.BROWSER_PROPAGATION_MS)
 
 
 def test_box_propagate_correct_in_the_browser(graphs, study, page, tmp_path: Path) -> None:
@@ -149,7 +150,7 @@ def test_box_propagate_correct_in_the_browser(graphs, study, page, tmp_path: Pat
             "([x, y]) => window.medsam2Viewer.voxelToPage(x, y)", [(box.x0 + box.x1) / 2, (box.y0 + box.y1) / 2]
         )
         page.mouse.click(*point)
-        page.locator("#status", has_text="Negative click").wait_for(timeout=60_000)
+        page.locator("#status", has_text="Negative click").wait_for(timeout=patience.BROWSER_STEP_MS)
         after = page.evaluate(f"window.medsam2Viewer.overlayVoxels({KEY})")
         after_png = _canvas(page)
         (ARTIFACTS / "negative-click.png").write_bytes(page.screenshot())
@@ -189,14 +190,14 @@ def test_bad_inputs_show_clear_messages(graphs, study, page, tmp_path: Path) -> 
         page.set_input_files("#dicom", str(folder))
         page.locator("#status.error", has_text="no DICOM slices").wait_for()
         page.set_input_files("#dicom", str(CT5N))
-        page.locator("#status", has_text="Opened a DICOM series of 5 files").wait_for(timeout=60_000)
+        page.locator("#status", has_text="Opened a DICOM series of 5 files").wait_for(timeout=patience.BROWSER_STEP_MS)
         assert page.get_attribute("#slice", "max") == "4"
 
         _open_and_box(page, study)
         page.click("#propagate")
-        page.locator("#progress-label", has_text="/").wait_for(timeout=60_000)
+        page.locator("#progress-label", has_text="/").wait_for(timeout=patience.BROWSER_STEP_MS)
         service.kill()
-        page.wait_for_selector("body[data-propagation=failed]", timeout=30_000)
+        page.wait_for_selector("body[data-propagation=failed]", timeout=patience.BROWSER_STEP_MS)
         message = _status(page)
         assert "Propagation stopped after" in message and ("server" in message or "connection" in message)
         (ARTIFACTS / "server-gone.png").write_bytes(page.screenshot())

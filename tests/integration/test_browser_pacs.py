@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 import orthanc
+import patience
 from browser_page import ARTIFACTS, CHROMIUM, build_bundle
 from medsam2.testing.synthetic_ct import SyntheticSeries, write_synthetic_ct
 
@@ -79,14 +80,16 @@ def open_and_segment(page, service_url: str, study: str, key: int, box: list[int
     out["malformed"] = _status(page)
     page.fill("#pacs-study", UNKNOWN_STUDY)
     page.click("#pacs-open")
-    page.locator("#status.error", has_text=f"Cannot open study {UNKNOWN_STUDY}").wait_for(timeout=60_000)
+    page.locator("#status.error", has_text=f"Cannot open study {UNKNOWN_STUDY}").wait_for(
+        timeout=patience.BROWSER_STEP_MS
+    )
     out["unknown"] = _status(page)
     (ARTIFACTS / "pacs-unknown-uid.png").write_bytes(page.screenshot())
     out["session_after_unknown"] = page.get_attribute("body", "data-session")
 
     page.fill("#pacs-study", study)
     page.click("#pacs-open")
-    page.wait_for_selector("body[data-source=pacs]", timeout=120_000)
+    page.wait_for_selector("body[data-source=pacs]", timeout=patience.BROWSER_STEP_MS)
     page.locator("#status", has_text="Opened PACS study").wait_for()
     out["opened"] = _status(page)
     out["slice_max"] = page.get_attribute("#slice", "max")
@@ -98,12 +101,12 @@ def open_and_segment(page, service_url: str, study: str, key: int, box: list[int
     start = page.evaluate("([x, y]) => window.medsam2Viewer.voxelToPage(x, y)", [box[0], box[1]])
     end = page.evaluate("([x, y]) => window.medsam2Viewer.voxelToPage(x, y)", [box[2] - 1, box[3] - 1])
     drag(page, start, end)
-    page.locator("#status", has_text="object 1 segmented there").wait_for(timeout=60_000)
+    page.locator("#status", has_text="object 1 segmented there").wait_for(timeout=patience.BROWSER_STEP_MS)
     out["after_box"] = _overlay(page, key, "box")
     out["store_disabled_before_propagation"] = page.is_disabled("#store")
 
     page.click("#propagate")
-    page.wait_for_selector("body[data-propagation=done]", timeout=300_000)
+    page.wait_for_selector("body[data-propagation=done]", timeout=patience.BROWSER_PROPAGATION_MS)
     out["propagated"] = _status(page)
     out["page_seconds"] = float(page.get_attribute("body", "data-propagation-seconds") or "nan")
     out["progress"] = page.eval_on_selector("#progress", "p => [p.value, p.max]")
@@ -117,16 +120,16 @@ def open_and_segment(page, service_url: str, study: str, key: int, box: list[int
     page.check("input[name=mode][value=negative]")
     point = page.evaluate("([x, y]) => window.medsam2Viewer.voxelToPage(x, y)", click)
     page.mouse.click(*point)
-    page.locator("#status", has_text="Negative click").wait_for(timeout=60_000)
+    page.locator("#status", has_text="Negative click").wait_for(timeout=patience.BROWSER_STEP_MS)
     out["after_click"] = _overlay(page, key, "negative-click")
     page.click("#propagate")
-    page.locator("#status", has_text="Propagated").wait_for(timeout=300_000)
+    page.locator("#status", has_text="Propagated").wait_for(timeout=patience.BROWSER_PROPAGATION_MS)
     page.wait_for_selector("body[data-propagation=done]")
 
     page.wait_for_selector("#store:not([disabled])")
     out["store_visible"] = page.is_visible("#store")
     page.click("#store")
-    page.wait_for_selector("body[data-stored]", timeout=120_000)
+    page.wait_for_selector("body[data-stored]", timeout=patience.BROWSER_STEP_MS)
     out["stored"] = _status(page)
     out["stored_seg"] = page.get_attribute("body", "data-stored")
     (ARTIFACTS / "pacs-stored.png").write_bytes(page.screenshot())
@@ -134,7 +137,7 @@ def open_and_segment(page, service_url: str, study: str, key: int, box: list[int
     # The corrected study becomes a training case in the server's annotation store.
     out["save_visible"] = page.is_visible("#save-annotation")
     page.click("#save-annotation")
-    page.wait_for_selector("body[data-saved-case]", timeout=60_000)
+    page.wait_for_selector("body[data-saved-case]", timeout=patience.BROWSER_STEP_MS)
     out["saved"] = _status(page)
     out["saved_case"] = page.get_attribute("body", "data-saved-case")
     return out
@@ -234,7 +237,7 @@ def test_a_pacs_study_opened_by_uid_is_segmented_in_the_page_and_stored(
     box = list(lesion_box(series))
     report = orthanc.run_isolated(
         scenario_page,
-        timeout_s=900,
+        timeout_s=patience.LONG_COMMAND_S,
         folder=str(series.folder),
         graphs=str(graphs["present"]),
         key=key,

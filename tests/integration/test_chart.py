@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+import patience
+
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "deploy" / "helm" / "medsam2"
 DOCKERFILES = sorted((ROOT / "deploy" / "docker").glob("*.Dockerfile"))
@@ -88,7 +90,7 @@ def install_tools() -> dict[str, Path]:
     subprocess.run(
         ["bash", str(ROOT / "scripts" / "chart_tools.sh")],
         check=True,
-        timeout=900,
+        timeout=patience.COMMAND_S,
         env={**os.environ, "MEDSAM2_TOOLS_HOME": str(home)},
         stdout=subprocess.DEVNULL,
     )

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import patience
 from medsam2.cli import exit_codes
 from medsam2.errors import BackendUnavailable, CheckpointError, DownloadError, NotFound, OutputNotWritable
 from medsam2.graphs import ENSEMBLES, GRAPHS, TRITON_GRAPHS
@@ -30,7 +31,9 @@ MEDSAM2 = [str(_INSTALLED)] if _INSTALLED.is_file() else [sys.executable, "-m", 
 NOT_FOUND, CHECKPOINT_ERROR, OUTPUT_NOT_WRITABLE, BACKEND_UNAVAILABLE, DOWNLOAD_ERROR = 3, 4, 5, 6, 7
 
 
-def medsam2(*args: str | Path, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+def medsam2(
+    *args: str | Path, env: dict[str, str] | None = None, timeout: float = patience.COMMAND_S
+) -> subprocess.CompletedProcess:
     """Run the command with a clean MEDSAM2_* environment (plus ``env``) and capture its output."""
     base = {k: v for k, v in os.environ.items() if not k.startswith("MEDSAM2_")}
     return subprocess.run(

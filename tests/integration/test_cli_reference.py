@@ -8,13 +8,19 @@ import subprocess
 import sys
 from pathlib import Path
 
+import patience
+
 MEDSAM2 = [sys.executable, "-m", "medsam2.cli.main"]
 
 
 def _run(*args: str, home: Path) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MEDSAM2_")}
     return subprocess.run(
-        [*MEDSAM2, "--home", str(home), "--threads", "2", *args], capture_output=True, text=True, env=env, timeout=900
+        [*MEDSAM2, "--home", str(home), "--threads", "2", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=patience.LONG_COMMAND_S,
     )
 
 

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from pydicom.data import get_testdata_file
 
+import patience
 from medsam2.io.volumes import read_volume
 
 PLUGIN_PACKAGES = ("pylibjpeg", "libjpeg", "openjpeg", "rle")
@@ -44,7 +45,12 @@ def _without_plugins(*args: str) -> subprocess.CompletedProcess[str]:
     repo = Path(__file__).resolve().parents[2]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo / "services"), str(repo / "export")])}
     return subprocess.run(
-        [sys.executable, "-c", _HIDE_PLUGINS, *args], capture_output=True, text=True, timeout=300, env=env, check=False
+        [sys.executable, "-c", _HIDE_PLUGINS, *args],
+        capture_output=True,
+        text=True,
+        timeout=patience.COMMAND_S,
+        env=env,
+        check=False,
     )
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+import patience
 from dicom_conformance import assert_same_itk_geometry, dciodvfy_errors, segment_in_process
 from medsam2.errors import InvalidInput
 from medsam2.io.errors import CorruptDicom, InvalidSegmentation, IrregularStack, NotAnImage, NotDicom
@@ -279,7 +280,7 @@ def test_cli_exit_codes_without_tracebacks(
         ],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=patience.COMMAND_S,
         env=env,
         check=False,
     )

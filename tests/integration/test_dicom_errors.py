@@ -146,18 +146,6 @@ def test_a_folder_of_only_non_images(tmp_path: Path) -> None:
         read_dicom(folder)
 
 
-def test_jpeg_lossless_names_the_missing_plugins() -> None:
-    from pydicom.pixels.decoders.base import get_decoder
-
-    if get_decoder(pydicom.uid.JPEGLosslessSV1).is_available:
-        pytest.skip("a JPEG Lossless decoder (gdcm or pylibjpeg-libjpeg) is installed here")
-    with pytest.raises(
-        UnsupportedTransferSyntax,
-        match=r"JPEG Lossless.*\(1\.2\.840\.10008\.1\.2\.4\.70\).*install one of: .*pylibjpeg-libjpeg",
-    ):
-        read_volume(Path(get_testdata_file("SC_rgb_jpeg_gdcm.dcm")))
-
-
 def test_a_compression_pydicom_cannot_decode_at_all_is_named(small_series) -> None:
     # An H.264 video transfer syntax: pydicom has no decoder for it, so no plug-in could help.
     victim = small_series.paths[0]

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import patience
 from medsam2.datasets.synthetic import SyntheticOptions, write_synthetic_dataset
 
 REPO = Path(__file__).resolve().parents[2]
@@ -34,7 +35,9 @@ def test_two_ranks_train_one_model_and_rank_0_alone_reports(checkpoints, tmp_pat
     command += ["--dataset", str(data), "--out", str(out), "--steps", "2", "--clip-length", "2"]
     command += ["--freeze-encoder", "--no-progress", "--json", "--seed", "4"]
     env = os.environ | {"PYTHONPATH": f"{REPO / 'services'}:{REPO / 'export'}", "OMP_NUM_THREADS": "1"}
-    run = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    run = subprocess.run(
+        command, capture_output=True, text=True, timeout=patience.LONG_COMMAND_S, env=env, cwd=tmp_path
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     (line,) = [x for x in run.stdout.splitlines() if x.startswith("{")]  # one report: rank 0's
     summary = json.loads(line)

@@ -117,7 +117,7 @@ def test_every_rpc_of_the_descriptor_is_a_route_in_the_openapi_document(server) 
     assert "/v1/GetResult:download" in document["paths"]
     assert "text/event-stream" in document["paths"]["/v1/Propagate"]["post"]["responses"]["200"]["content"]
     session = document["components"]["schemas"]["medsam2.v1.Session"]["properties"]
-    assert session["sessionId"] == {"type": "string"}
+    assert session["sessionId"]["type"] == "string" and "Opaque id" in session["sessionId"]["description"]
     assert "script-src 'self'" in headers["Content-Security-Policy"]
     assert "unsafe-inline" not in headers["Content-Security-Policy"]
 
@@ -365,3 +365,271 @@ def test_a_busy_http_port_is_a_clear_configuration_error(graphs) -> None:
         )
         with pytest.raises(ConfigError, match=r"cannot serve HTTP on 127\.0\.0\.1:\d+ \(--http-port\)"):
             start_server(settings, OnnxRuntimeBackend(graphs["present"], threads=1))
+
+
+# -- the OpenAPI document rejects, and the server's real answers fit it ------------------------------------------
+# jsonschema is in the dev extra (scripts/test_deps.sh installs it): a missing one fails these tests, never skips,
+# and is imported where it is used so that the other tests of this module still run without it.
+@pytest.fixture(scope="module")
+def document(server) -> dict:
+    import jsonschema
+
+    status, _, data = _call(server, "GET", "/openapi.json", token=None)
+    assert status == 200
+    spec = json.loads(data)
+    jsonschema.Draft202012Validator.check_schema({"components": spec["components"]})
+    return spec
+
+
+def _validator(document: dict, schema: dict):
+    import jsonschema
+
+    return jsonschema.Draft202012Validator({**schema, "components": document["components"]})
+
+
+def _check(document: dict, path: str, status: int, headers: dict, body, *, event: str = "") -> None:
+    """The answer's status is declared for the operation, its body fits the declared schema, its headers exist."""
+    responses = document["paths"][path]["post"]["responses"]
+    assert str(status) in responses, f"{path} answered {status}, which the document does not declare"
+    declared = responses[str(status)]
+    for name in declared.get("headers", {}):
+        assert name in headers, f"{path} {status} lacks its declared {name} header"
+    if status >= 400:
+        schema = declared["content"]["application/json"]["schema"]
+    else:
+        content = declared["content"]
+        media = content.get("application/json") or content["text/event-stream"]
+        schema = media[{"": "schema", "message": "x-event-schema", "end": "x-end-event-schema"}.get(event, "schema")]
+        if event == "error":
+            schema = media["x-error-event-schema"]
+    _validator(document, schema).validate(body)
+
+
+def test_the_server_s_real_answers_fit_the_openapi_document(server, study, document) -> None:
+    frames, boxes = study
+    status, session = _upload(server, frames)
+    _check(document, "/v1/CreateSession", status, {}, session)
+    sid = session["sessionId"]
+    box = boxes[0]
+    prompt = {
+        "sessionId": sid,
+        "objectId": 1,
+        "slice": 3,
+        "box": {"x0": box.x0, "y0": box.y0, "x1": box.x1, "y1": box.y1},
+    }
+    status, result = _post(server, "AddPrompt", prompt)
+    _check(document, "/v1/AddPrompt", status, {}, result)
+    status, headers, data = _call(server, "POST", "/v1/Propagate", json.dumps({"sessionId": sid}))
+    events = _events(data)
+    assert events[-1] == ("end", {})
+    for kind, payload in events:
+        _check(document, "/v1/Propagate", status, headers, payload, event=kind)
+    for name in ("GetSession", "ListSessions", "GetServerInfo"):
+        status, body = _post(server, name, {"sessionId": sid} if name == "GetSession" else {})
+        _check(document, f"/v1/{name}", status, {}, body)
+    status, headers, _ = _call(server, "POST", "/v1/GetResult:download", json.dumps({"sessionId": sid}))
+    assert status == 200 and "X-Medsam2-Chunk" in headers
+    assert "X-Medsam2-Chunk" in document["paths"]["/v1/GetResult:download"]["post"]["responses"]["200"]["headers"]
+    # Errors: each status is declared, with the google.rpc.Status body.
+    for path, body, token in [
+        ("/v1/GetSession", {"sessionId": "nope"}, TOKEN),
+        ("/v1/GetSession", {"nosuchField": 1}, TOKEN),
+        ("/v1/ListSessions", {}, "wrong"),
+        ("/v1/Propagate", {"sessionId": "nope"}, TOKEN),
+    ]:
+        status, headers, data = _call(server, "POST", path, json.dumps(body), token=token)
+        assert status >= 400
+        _check(document, path, status, headers, json.loads(data))
+    status, headers, data = _call(server, "POST", "/v1/ListSessions", "{}", headers={"Content-Type": "text/plain"})
+    _check(document, "/v1/ListSessions", status, headers, json.loads(data))
+    _post(server, "CloseSession", {"sessionId": sid})
+
+
+def test_the_document_refuses_what_the_server_refuses(server, document) -> None:
+    import jsonschema
+
+    from medsam2.server.request_checks import REQUIRED_FIELDS
+
+    schemas = document["components"]["schemas"]
+    assert schemas["medsam2.v1.GetSessionRequest"]["required"] == ["sessionId"]
+    with pytest.raises(jsonschema.ValidationError, match="'sessionId' is a required property"):
+        _validator(document, {"$ref": "#/components/schemas/medsam2.v1.GetSessionRequest"}).validate({})
+    with pytest.raises(jsonschema.ValidationError, match="Additional properties are not allowed"):
+        _validator(document, {"$ref": "#/components/schemas/medsam2.v1.GetSessionRequest"}).validate(
+            {"sessionId": "a", "sessionID": "b"}
+        )
+    # Every field the document calls required is one the server refuses a request without.
+    for message, fields in REQUIRED_FIELDS.items():
+        name = message.removeprefix("medsam2.v1.").removesuffix("Request")
+        assert [f for f in fields] and name in {p.removeprefix("/v1/") for p in document["paths"]}
+        status, body = _post(server, name, {})
+        assert 400 <= status < 500 and status != 401, (name, status, body)
+    # The proto's comments are the descriptions; the end event of a stream is described.
+    assert "Opaque id" in schemas["medsam2.v1.Session"]["properties"]["sessionId"]["description"]
+    assert "x = column" in schemas["medsam2.v1.Box"]["description"]
+    assert schemas["StreamEnd"] == {
+        "type": "object",
+        "description": schemas["StreamEnd"]["description"],
+        "additionalProperties": False,
+    }
+    for path in document["paths"].values():
+        assert {"400", "401", "413", "415", "429", "503"} <= set(path["post"]["responses"])
+        assert "Retry-After" in path["post"]["responses"]["429"]["headers"]
+
+
+# -- errors carry the same google.rpc details as gRPC ------------------------------------------------------------
+def test_rest_errors_carry_the_grpc_details(server) -> None:
+    import grpc
+    from google.protobuf import json_format
+    from grpc_status import rpc_status
+
+    status, body = _post(server, "GetSession", {"sessionId": "no-such-session"})
+    client = Client(f"127.0.0.1:{server.port}", token=TOKEN)
+    try:
+        with pytest.raises(grpc.RpcError) as failure:
+            client.get_session("no-such-session")
+    finally:
+        client.close()
+    grpc_status = rpc_status.from_call(failure.value)
+    assert grpc_status is not None
+    over_grpc = [json_format.MessageToDict(d) for d in grpc_status.details]
+    assert status == 404 and body["error"]["details"] == over_grpc
+    assert body["error"]["details"][0]["@type"] == "type.googleapis.com/google.rpc.ErrorInfo"
+    assert body["error"]["details"][0]["domain"] == "medsam2"
+    # INVALID_ARGUMENT with its BadRequest field violation, as gRPC has it.
+    status, body = _post(server, "GetResult", {"sessionId": "x", "format": 99})
+    types = [d["@type"] for d in body["error"]["details"]]
+    assert status == 400 and "type.googleapis.com/google.rpc.BadRequest" in types
+
+
+def test_429_and_503_carry_retry_after_from_retry_info(server, study) -> None:
+    frames, _ = study
+    too_big = np.zeros((17, 512, 512), np.uint8)  # over the server's 16 x 512 x 512 voxels
+    status, headers, data = _call(
+        server,
+        "POST",
+        "/v1/CreateSession",
+        too_big.tobytes(),
+        headers={
+            "Content-Type": "application/octet-stream",
+            "X-Medsam2-Header": json.dumps({"shape": [17, 512, 512], "dtype": "DATA_TYPE_UINT8"}),
+        },
+    )
+    error = json.loads(data)["error"]
+    retry = [d for d in error.get("details", []) if d["@type"].endswith("RetryInfo")]
+    assert status == 429 and error["status"] == "RESOURCE_EXHAUSTED", error
+    if retry:  # a refusal that a retry can cure says when; a permanent one may say nothing
+        assert int(headers["Retry-After"]) >= 1
+        assert float(retry[0]["retryDelay"].removesuffix("s")) <= int(headers["Retry-After"])
+
+
+# -- uploads without cramps: chunked bodies, the header in the body ----------------------------------------------
+def _chunked(parts: list[bytes]) -> bytes:
+    return b"".join(f"{len(p):x}\r\n".encode() + p + b"\r\n" for p in parts if p) + b"0\r\n\r\n"
+
+
+def _raw_request(server, head: str, body: bytes) -> tuple[int, dict]:
+    with socket.create_connection(("127.0.0.1", server.http_port), timeout=60) as sock:
+        sock.sendall(head.encode() + b"\r\n" + body)
+        sock.settimeout(60)
+        data = b""
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+            head_bytes, _, rest = data.partition(b"\r\n\r\n")
+            if rest and b"content-length:" in head_bytes.lower():
+                length = int(head_bytes.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                if len(rest) >= length:
+                    break
+    status = int(data.split(b" ", 2)[1])
+    return status, json.loads(data.partition(b"\r\n\r\n")[2])
+
+
+@pytest.fixture(scope="module")
+def tall_server(graphs: dict[str, Path]):
+    """A server whose voxel limit admits 1,000 slices (each counts at the model's 512 x 512)."""
+    settings = ServerSettings(
+        port=0,
+        metrics_port=0,
+        http_port=_free_port(),
+        model_repository=graphs["present"],
+        auth_token=TOKEN,
+        max_study_voxels=1000 * 512 * 512,
+    )
+    running = start_server(settings, OnnxRuntimeBackend(graphs["present"], threads=1))
+    yield running
+    running.stop(2)
+
+
+def test_a_chunked_framed_upload_carries_a_header_of_a_thousand_sop_instance_uids(tall_server, server) -> None:
+    slices = 1000
+    voxels = (np.arange(slices * 8 * 8) % 251).astype(np.uint8).reshape(slices, 8, 8)
+    uids = [f"1.2.826.0.1.3680043.8.498.{i + 1:038d}" for i in range(slices)]  # 64 characters, the most a UID has
+    header = json.dumps(
+        {
+            "shape": [slices, 8, 8],
+            "dtype": "DATA_TYPE_UINT8",
+            "preprocessing": {"preset": "none"},
+            "sopInstanceUids": uids,
+        }
+    ).encode()
+    assert len(header) > 64 * 1024  # more than the HTTP server takes in one request header
+    body = struct.pack(">I", len(header)) + header + voxels.tobytes()
+    head = (
+        "POST /v1/CreateSession HTTP/1.1\r\nHost: x\r\nContent-Type: application/vnd.medsam2.upload\r\n"
+        f"Authorization: Bearer {TOKEN}\r\nTransfer-Encoding: chunked\r\n"
+    )
+    # Chunks that split the length prefix, the header and the voxels anywhere.
+    parts = [body[i : i + 7919] for i in range(0, len(body), 7919)]
+    status, session = _raw_request(tall_server, head, _chunked(parts))
+    assert status == 200, session
+    assert session["shape"] == [slices, 8, 8]
+    _post(tall_server, "CloseSession", {"sessionId": session["sessionId"]})
+    # The same header as X-Medsam2-Header is too large for an HTTP header: a JSON 431, not an HTML page.
+    status, _, data = _call(
+        server,
+        "POST",
+        "/v1/CreateSession",
+        voxels.tobytes(),
+        headers={"Content-Type": "application/octet-stream", "X-Medsam2-Header": header.decode()},
+    )
+    assert status == 431 and json.loads(data)["error"]["status"] == "RESOURCE_EXHAUSTED"
+
+
+def test_chunked_and_framed_bodies_are_bounded(server, study) -> None:
+    frames, _ = study
+    header = json.dumps({"shape": list(frames.shape), "dtype": "DATA_TYPE_UINT8"}).encode()
+    auth = f"Authorization: Bearer {TOKEN}\r\n"
+    # A chunked JSON body larger than the message limit is cut off at the limit: 413, not read to its end.
+    status, body = _raw_request(
+        server,
+        f"POST /v1/GetSession HTTP/1.1\r\nContent-Type: application/json\r\n{auth}Transfer-Encoding: chunked\r\n",
+        b"%x\r\n" % (128 * 2**20) + b"{" * 4096,
+    )
+    assert (status, body["error"]["status"]) == (413, "RESOURCE_EXHAUSTED")
+    # A framed header that claims more than the message limit.
+    status, body = _raw_request(
+        server,
+        f"POST /v1/CreateSession HTTP/1.1\r\nContent-Type: application/vnd.medsam2.upload\r\n{auth}"
+        "Content-Length: 10\r\n",
+        struct.pack(">I", 2**31) + b"{}" + b"\0" * 4,
+    )
+    assert (status, body["error"]["status"]) == (413, "RESOURCE_EXHAUSTED")
+    assert "header" in body["error"]["message"]
+    # A framed upload cut short inside its header.
+    status, body = _raw_request(
+        server,
+        f"POST /v1/CreateSession HTTP/1.1\r\nContent-Type: application/vnd.medsam2.upload\r\n{auth}"
+        "Content-Length: 8\r\n",
+        struct.pack(">I", len(header)) + header[:4],
+    )
+    assert (status, body["error"]["status"]) == (400, "INVALID_ARGUMENT")
+    # A chunked JSON request works like any other.
+    status, body = _raw_request(
+        server,
+        f"POST /v1/ListSessions HTTP/1.1\r\nContent-Type: application/json\r\n{auth}Transfer-Encoding: chunked\r\n",
+        _chunked([b"{", b"}"]),
+    )
+    assert status == 200 and "sessions" in body

@@ -17,6 +17,7 @@ import grpc
 import numpy as np
 import pytest
 
+import patience
 from medsam2.api.client import Client
 from medsam2.backends.onnxruntime_backend import OnnxRuntimeBackend
 from medsam2.cli.main import main
@@ -132,7 +133,7 @@ def test_sighup_switches_a_running_medsam2_serve(graphs, tmp_path: Path) -> None
         proc.wait(30)
 
 
-def _read_until(proc: subprocess.Popen, text: str, timeout_s: float = 120) -> list[str]:
+def _read_until(proc: subprocess.Popen, text: str, timeout_s: float = patience.SERVER_START_S) -> list[str]:
     lines, deadline = [], time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         line = proc.stdout.readline()
@@ -172,7 +173,7 @@ def test_serve_refuses_a_missing_model_version_at_start(graphs, tmp_path: Path) 
     env = dict(os.environ, MEDSAM2_MODEL_VERSION="5")
     command = [sys.executable, "-m", "medsam2.cli.main", "serve", "--port", "0", "--metrics-port", "0"]
     done = subprocess.run(
-        [*command, "--model-repository", str(repo)], capture_output=True, text=True, env=env, timeout=120
+        [*command, "--model-repository", str(repo)], capture_output=True, text=True, env=env, timeout=patience.COMMAND_S
     )
     assert done.returncode == 3, done.stderr  # NotFound
     assert re.search(r"model version 5 is not in .*: it has 1, 2", done.stderr), done.stderr
@@ -181,7 +182,7 @@ def test_serve_refuses_a_missing_model_version_at_start(graphs, tmp_path: Path) 
         [*command, "--model-repository", str(repo), "--model-version", "x"],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=patience.COMMAND_S,
     )
     assert done.returncode == 2 and "model_version (MEDSAM2_MODEL_VERSION) must be an integer" in done.stderr
 

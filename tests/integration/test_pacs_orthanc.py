@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import orthanc
+import patience
 from medsam2.testing.synthetic_ct import SyntheticSeries, write_synthetic_ct
 
 REASON = orthanc.unavailable_reason()
@@ -204,7 +205,7 @@ def test_round_trip_through_orthanc(big_series: SyntheticSeries, graphs: dict[st
 
     report = orthanc.run_isolated(
         scenario_round_trip,
-        timeout_s=400,
+        timeout_s=patience.LONG_COMMAND_S,
         folder=str(big_series.folder),
         graphs=str(graphs["present"]),
         box=list(lesion_box(big_series)),
@@ -232,7 +233,10 @@ def test_nothing_invalid_or_orphaned_reaches_orthanc(tmp_path: Path) -> None:
     main = write_synthetic_ct(tmp_path / "main", slices=8, size=32, seed=3)
     write_synthetic_ct(tmp_path / "other", slices=4, size=32, seed=4, study_uid=main.study_uid)
     report = orthanc.run_isolated(
-        scenario_nothing_invalid_is_stored, timeout_s=120, folder=str(tmp_path / "main"), other=str(tmp_path / "other")
+        scenario_nothing_invalid_is_stored,
+        timeout_s=patience.COMMAND_S,
+        folder=str(tmp_path / "main"),
+        other=str(tmp_path / "other"),
     )
     assert report["before"] == report["after"] == 8
     assert "pixel data has 10 bytes" in report["broken"]
@@ -242,14 +246,18 @@ def test_nothing_invalid_or_orphaned_reaches_orthanc(tmp_path: Path) -> None:
 
 
 def test_credentials_are_checked_by_orthanc() -> None:
-    report = orthanc.run_isolated(scenario_credentials, timeout_s=60, orthanc_users={"medsam2": "right"})
+    report = orthanc.run_isolated(
+        scenario_credentials, timeout_s=patience.COMMAND_S, orthanc_users={"medsam2": "right"}
+    )
     assert report["ok"] == 0
     assert "answered HTTP 401" in report["wrong"] and "check the endpoint's token" in report["wrong"]
 
 
 def test_pacs_cli_store_list_fetch(tmp_path: Path) -> None:
     series = write_synthetic_ct(tmp_path / "ct", slices=5, size=32, seed=5)
-    report = orthanc.run_isolated(scenario_cli, timeout_s=120, folder=str(series.folder), out=str(tmp_path / "fetched"))
+    report = orthanc.run_isolated(
+        scenario_cli, timeout_s=patience.COMMAND_S, folder=str(series.folder), out=str(tmp_path / "fetched")
+    )
     assert report["stored"].strip() == "stored 5 instance(s) on local"
     assert report["series"]["series_uid"] == series.series_uid and report["series"]["instances"] == 5
     assert report["files"] == sorted(f"{uid}.dcm" for uid in series.sop_uids)

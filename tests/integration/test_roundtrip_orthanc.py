@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 import orthanc
+import patience
 from medsam2.testing.synthetic_ct import SyntheticSeries, write_synthetic_ct
 from serve_process import ServeProcess, medsam2_environment
 
@@ -40,7 +41,7 @@ def _client(target: str, *args: str) -> subprocess.CompletedProcess:
         medsam2("client", "--server", target, "--no-progress", *args),
         capture_output=True,
         text=True,
-        timeout=900,
+        timeout=patience.LONG_COMMAND_S,
         env=medsam2_environment(),
     )
 
@@ -295,7 +296,7 @@ def test_client_round_trip_through_orthanc(tmp_path: Path, graphs: dict[str, Pat
     out.mkdir()
     report = orthanc.run_isolated(
         scenario_round_trip,
-        timeout_s=1500,
+        timeout_s=patience.LONG_COMMAND_S,
         folder=str(series.folder),
         big=str(big.folder),
         graphs=str(repository),
@@ -343,7 +344,7 @@ def test_client_round_trip_through_orthanc(tmp_path: Path, graphs: dict[str, Pat
         ),
         capture_output=True,
         text=True,
-        timeout=900,
+        timeout=patience.LONG_COMMAND_S,
         env=medsam2_environment(),
     )
     assert done.returncode == 0, done.stderr

@@ -20,11 +20,12 @@ from pathlib import Path
 
 import pytest
 
+import patience
 from medsam2_export.triton_cpu import TritonInstall, TritonPorts, TritonProcess, write_cpu_repository
 
 THREADS = 2
 """ONNX Runtime threads per Triton model: this machine's two cores."""
-START_TIMEOUT_S = 90.0
+START_TIMEOUT_S = patience.SERVER_START_S
 
 _shared: dict[tuple[str, str], object] = {}
 

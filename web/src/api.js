@@ -80,13 +80,19 @@ export class Api {
     return response.json();
   }
 
-  /** CreateSession: the study header as JSON in a request header, the voxels as the body. */
+  /**
+   * CreateSession: one framed body (application/vnd.medsam2.upload): a 4-byte big-endian length, the study
+   * header as UTF-8 JSON, then the voxels. The header travels in the body, so a DICOM series' SOP Instance UIDs
+   * are not squeezed into an HTTP header's 64 KiB.
+   */
   async upload(header, voxels) {
+    const json = new TextEncoder().encode(JSON.stringify(header));
+    const prefix = new Uint8Array(4);
+    new DataView(prefix.buffer).setUint32(0, json.length, false);
     const response = await this.fetch("/v1/CreateSession", {
       method: "POST",
-      headers: this.headers({ "Content-Type": "application/octet-stream",
-                              "X-Medsam2-Header": encodeURIComponent(JSON.stringify(header)) }),
-      body: voxels,
+      headers: this.headers({ "Content-Type": "application/vnd.medsam2.upload" }),
+      body: new Blob([prefix, json, voxels]),
     });
     return response.json();
   }

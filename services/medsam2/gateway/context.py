@@ -1,10 +1,22 @@
-"""A ``grpc.ServicerContext`` for calls that arrive over HTTP, and gRPC status codes as HTTP statuses."""
+"""A ``grpc.ServicerContext`` for calls that arrive over HTTP, and gRPC statuses as HTTP error bodies.
+
+A failed call's body is its ``google.rpc.Status`` in proto3 JSON, as Google's HTTP APIs write it:
+``{"error": {"code": <HTTP status>, "status": "<gRPC code name>", "message": ..., "details": [...]}}``, each
+detail an ``Any`` with its ``@type`` (``ErrorInfo``, ``BadRequest``, ``RetryInfo``, ...): exactly the details the
+servicer attached for gRPC clients. A ``RetryInfo`` also becomes a ``Retry-After`` header.
+"""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import grpc
+from google.protobuf import json_format
+from google.rpc import error_details_pb2, status_pb2
+
+STATUS_DETAILS_KEY = "grpc-status-details-bin"
+"""The trailing metadata key under which grpc carries the serialized ``google.rpc.Status``."""
 
 # Google's HTTP mapping of the canonical codes (google/rpc/code.proto), as grpc-gateway uses it.
 HTTP_STATUS: dict[grpc.StatusCode, int] = {
@@ -54,8 +66,8 @@ class HttpCallContext(grpc.ServicerContext):
         self._auth = _auth_context(certificate)
         self._code: grpc.StatusCode | None = None
         self._details = ""
+        self._status: status_pb2.Status | None = None
         self._active = True
-        self._rich: list[dict] = []
         self._callbacks: list[Callable[[], None]] = []
 
     # -- what the servicer reads and sets ---------------------------------------------
@@ -100,6 +112,7 @@ class HttpCallContext(grpc.ServicerContext):
 
     def set_code(self, code: grpc.StatusCode) -> None:
         self._code = code
+        self._status = None
 
     def set_details(self, details: str) -> None:
         self._details = details
@@ -115,7 +128,9 @@ class HttpCallContext(grpc.ServicerContext):
         raise Aborted(details)
 
     def abort_with_status(self, status) -> None:  # noqa: ANN001
-        self._rich = _rich_details(status.trailing_metadata)
+        for key, value in getattr(status, "trailing_metadata", None) or ():
+            if key == STATUS_DETAILS_KEY:
+                self._status = status_pb2.Status.FromString(value)
         self.abort(status.code, status.details)
 
     def send_initial_metadata(self, initial_metadata) -> None:  # noqa: ANN001
@@ -139,20 +154,28 @@ class HttpCallContext(grpc.ServicerContext):
         return self._code not in (None, grpc.StatusCode.OK)
 
     def error(self) -> tuple[int, dict]:
-        """The HTTP status and JSON error body of a failed call."""
+        """The HTTP status and JSON error body (``google.rpc.Status`` with its details) of a failed call."""
         code = self._code or grpc.StatusCode.UNKNOWN
-        error: dict = {"code": HTTP_STATUS.get(code, 500), "status": code.name, "message": self._details}
-        if self._rich:
-            error["details"] = self._rich  # google.rpc details as proto JSON (ErrorInfo reason, RetryInfo delay)
-        return HTTP_STATUS.get(code, 500), {"error": error}
+        http = HTTP_STATUS.get(code, 500)
+        error: dict = {"code": http, "status": code.name, "message": self._details}
+        if self._status is not None and self._status.details:
+            error["details"] = [detail_json(detail) for detail in self._status.details]
+        return http, {"error": error}
+
+    def error_headers(self) -> dict[str, str]:
+        """``Retry-After`` (whole seconds, rounded up) when the status carries a ``RetryInfo``."""
+        for detail in self._status.details if self._status is not None else ():
+            if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+                info = error_details_pb2.RetryInfo()
+                detail.Unpack(info)
+                delay = info.retry_delay.seconds + info.retry_delay.nanos / 1e9
+                return {"Retry-After": str(max(1, math.ceil(delay)))}
+        return {}
 
 
-def _rich_details(trailing_metadata) -> list[dict]:  # noqa: ANN001
-    """The ``google.rpc`` details of a rich status's trailing metadata, as proto JSON (AIP-193's error shape)."""
-    for key, value in trailing_metadata or ():
-        if key == "grpc-status-details-bin":
-            from google.protobuf import json_format
-            from google.rpc import error_details_pb2, status_pb2  # noqa: F401  (registers the detail types)
-
-            return [json_format.MessageToDict(d) for d in status_pb2.Status.FromString(value).details]
-    return []
+def detail_json(detail) -> dict:  # noqa: ANN001 - a google.protobuf.Any
+    """One status detail in proto3 JSON (``@type`` plus its fields); an unknown type keeps only its ``@type``."""
+    try:
+        return json_format.MessageToDict(detail)
+    except (TypeError, KeyError, json_format.Error):
+        return {"@type": detail.type_url}

@@ -1,9 +1,16 @@
-"""The OpenAPI 3.1 document of the gateway, generated from the same route table as the routes themselves."""
+"""The OpenAPI 3.1 document of the gateway, generated from the same route table as the routes themselves.
+
+It can reject: every message schema lists its fields (``additionalProperties: false``) and the fields the server
+refuses without (``required``), each with the proto's own comment as its description; every operation lists the
+statuses the gateway sends, each error as the ``google.rpc.Status`` JSON body, and the headers that come with them
+(``Retry-After``, ``X-Medsam2-Chunk``). Keys are sorted when it is served, so the document is deterministic.
+"""
 
 from __future__ import annotations
 
 from google.protobuf import descriptor as pbd
 
+from medsam2.gateway.body import FRAMED_UPLOAD_TYPE
 from medsam2.gateway.routes import Route, Shape
 
 _SCALARS: dict[int, dict] = {
@@ -24,35 +31,100 @@ _SCALARS: dict[int, dict] = {
     pbd.FieldDescriptor.TYPE_STRING: {"type": "string"},
     pbd.FieldDescriptor.TYPE_BYTES: {"type": "string", "contentEncoding": "base64"},
 }
+_DETAIL = {
+    "type": "object",
+    "description": "A google.rpc detail (ErrorInfo, BadRequest, RetryInfo, ...) in proto3 JSON, named by its @type.",
+    "properties": {"@type": {"type": "string"}},
+    "required": ["@type"],
+    "additionalProperties": True,
+}
 _ERROR = {
     "type": "object",
+    "description": "A failed call: its google.rpc.Status in proto3 JSON, as Google's HTTP APIs write it.",
     "properties": {
         "error": {
             "type": "object",
-            "properties": {"code": {"type": "integer"}, "status": {"type": "string"}, "message": {"type": "string"}},
+            "properties": {
+                "code": {"type": "integer", "description": "The HTTP status."},
+                "status": {"type": "string", "description": "The gRPC status code's name (NOT_FOUND, ...)."},
+                "message": {"type": "string", "description": "What went wrong, for a person."},
+                "details": {
+                    "type": "array",
+                    "items": {"$ref": "#/components/schemas/StatusDetail"},
+                    "description": "The same google.rpc details a gRPC client gets.",
+                },
+            },
+            "required": ["code", "status", "message"],
+            "additionalProperties": False,
         }
     },
+    "required": ["error"],
+    "additionalProperties": False,
 }
+_STREAM_END = {
+    "type": "object",
+    "description": "The data of the `event: end` that closes a successful stream: an empty object.",
+    "additionalProperties": False,
+}
+_RETRY_AFTER = {
+    "description": "Seconds to wait before retrying (from the status's RetryInfo).",
+    "schema": {"type": "integer", "minimum": 1},
+}
+_CHUNK_HEADER = {
+    "description": "The first chunk's fields but data, as proto JSON (shape, objectIds, ...).",
+    "schema": {"type": "string"},
+}
+ERROR_STATUSES: dict[str, str] = {
+    "400": "INVALID_ARGUMENT, FAILED_PRECONDITION or OUT_OF_RANGE; or a request the gateway cannot parse",
+    "401": "UNAUTHENTICATED: a missing or wrong bearer token (judged before the body is read)",
+    "403": "PERMISSION_DENIED",
+    "404": "NOT_FOUND",
+    "409": "ABORTED or ALREADY_EXISTS (e.g. the session is busy)",
+    "411": "a body whose length the request does not declare",
+    "413": "a body or upload larger than the server's limits (judged from Content-Length before reading)",
+    "415": "a Content-Type this route does not take",
+    "429": "RESOURCE_EXHAUSTED (limits, quotas); Retry-After says when to try again",
+    "431": "request headers too large (send a large upload header in the body instead)",
+    "499": "CANCELLED",
+    "500": "INTERNAL or UNKNOWN",
+    "501": "UNIMPLEMENTED",
+    "503": "UNAVAILABLE (backend not ready, server draining, gateway at its connection cap); Retry-After",
+    "504": "DEADLINE_EXCEEDED",
+}
+"""Every error status the gateway sends (the gRPC mapping in context.py plus its own refusals)."""
 
 
-def document(routes: dict[str, Route], *, title: str, version: str) -> dict:
-    """An OpenAPI 3.1 document with one path per route and a schema per message and enum they use."""
-    schemas: dict[str, dict] = {"Error": _ERROR}
+def document(
+    routes: dict[str, Route],
+    *,
+    title: str,
+    version: str,
+    comments: dict[str, str] | None = None,
+    required: dict[str, tuple[str, ...]] | None = None,
+) -> dict:
+    """An OpenAPI 3.1 document with one path per route and a schema per message and enum they use.
+
+    ``comments``: descriptions by proto full name (``proto_comments``); ``required``: proto field names the
+    server refuses a request without, by message full name.
+    """
+    schemas: dict[str, dict] = {"Error": _ERROR, "StatusDetail": _DETAIL, "StreamEnd": _STREAM_END}
     paths: dict[str, dict] = {}
+    build = _Schemas(schemas, comments or {}, required or {})
     for route in routes.values():
         if route.shape is Shape.UNSUPPORTED:
             continue
-        _add_message(route.method.input_type, schemas)
-        _add_message(route.method.output_type, schemas)
-        paths[f"/v1/{route.name}"] = {"post": _operation(route)}
+        build.message(route.method.input_type)
+        build.message(route.method.output_type)
+        paths[f"/v1/{route.name}"] = {"post": _operation(route, comments or {})}
         if route.downloadable:
-            paths[f"/v1/{route.name}:download"] = {"post": _download(route)}
+            paths[f"/v1/{route.name}:download"] = {"post": _download(route, comments or {})}
     return {
         "openapi": "3.1.0",
         "info": {
             "title": title,
             "version": version,
-            "description": "REST/JSON mapping of the gRPC API (proto3 JSON). Errors carry the gRPC status.",
+            "description": "REST/JSON mapping of the gRPC API (proto3 JSON, camelCase field names). Errors carry "
+            "the gRPC status and its google.rpc details.",
         },
         "components": {"schemas": schemas, "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
         "security": [{"bearer": []}, {}],
@@ -65,24 +137,34 @@ def _ref(descriptor: pbd.Descriptor | pbd.EnumDescriptor) -> dict:
 
 
 def _errors() -> dict:
-    return {
-        "default": {
-            "description": "a gRPC status as HTTP",
+    responses: dict[str, dict] = {}
+    for code, text in ERROR_STATUSES.items():
+        response: dict = {
+            "description": text,
             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
         }
-    }
+        if code in ("429", "503"):
+            response["headers"] = {"Retry-After": _RETRY_AFTER}
+        responses[code] = response
+    return responses
 
 
-def _operation(route: Route) -> dict:
+def _operation(route: Route, comments: dict[str, str]) -> dict:
     method = route.method
     operation: dict = {"operationId": route.name, "tags": [method.containing_service.name]}
+    summary = comments.get(f"{method.containing_service.full_name}.{method.name}")
+    if summary:
+        operation["summary"] = summary
     if route.shape is Shape.UPLOAD:
         header, data = route.upload_fields or ("", "")
         header_type = method.input_type.fields_by_name[header].message_type
         operation["description"] = (
-            f"Upload: the {header} ({header_type.name}) as proto JSON in the "
-            f"X-Medsam2-Header request header, the {data} as the raw body; or the {header} "
-            "as the JSON body when there is no data."
+            f"Upload, in one of three forms: (1) `Content-Type: {FRAMED_UPLOAD_TYPE}`: a 4-byte big-endian "
+            f"unsigned length N, then N bytes of the {header} ({header_type.name}) as UTF-8 proto JSON, then the "
+            f"{data} (the header is bounded only by the server's message limit); (2) `application/octet-stream`: "
+            f"the {header} as proto JSON in the X-Medsam2-Header request header (URI-encoded or raw JSON, at most "
+            f"64 KiB), the {data} as the body; (3) `application/json`: the {header} as the body, with no {data} "
+            "(a PACS reference). Bodies may be sent with Content-Length or Transfer-Encoding: chunked."
         )
         operation["parameters"] = [
             {
@@ -90,14 +172,16 @@ def _operation(route: Route) -> dict:
                 "in": "header",
                 "required": False,
                 "schema": {"type": "string"},
-                "description": f"{header_type.full_name} as JSON",
+                "description": f"{header_type.full_name} as JSON (form 2)",
             }
         ]
         operation["requestBody"] = {
+            "required": True,
             "content": {
+                FRAMED_UPLOAD_TYPE: {"schema": {"type": "string", "format": "binary"}},
                 "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
                 "application/json": {"schema": _ref(header_type)},
-            }
+            },
         }
     else:
         operation["requestBody"] = {
@@ -106,14 +190,21 @@ def _operation(route: Route) -> dict:
         }
     if route.shape is Shape.SERVER_STREAM:
         operation["description"] = (
-            f"Server-sent events: one {method.output_type.name} per `data:` line, then "
-            "`event: end`; a failure mid-stream is an `event: error` with the Error body."
+            f"Server-sent events: one {method.output_type.name} per `data:` line (x-event-schema), then "
+            "`event: end` with an empty object (x-end-event-schema); a failure mid-stream is an `event: error` "
+            "whose data is the Error body (x-error-event-schema). A failure before the first message is an "
+            "ordinary JSON error response."
         )
         operation["responses"] = {
             "200": {
                 "description": "a stream",
                 "content": {
-                    "text/event-stream": {"schema": {"type": "string"}, "x-event-schema": _ref(method.output_type)}
+                    "text/event-stream": {
+                        "schema": {"type": "string"},
+                        "x-event-schema": _ref(method.output_type),
+                        "x-end-event-schema": {"$ref": "#/components/schemas/StreamEnd"},
+                        "x-error-event-schema": {"$ref": "#/components/schemas/Error"},
+                    }
                 },
             },
             **_errors(),
@@ -129,7 +220,7 @@ def _operation(route: Route) -> dict:
     return operation
 
 
-def _download(route: Route) -> dict:
+def _download(route: Route, comments: dict[str, str]) -> dict:
     return {
         "operationId": f"{route.name}Download",
         "tags": [route.method.containing_service.name],
@@ -139,6 +230,7 @@ def _download(route: Route) -> dict:
         "responses": {
             "200": {
                 "description": "the file",
+                "headers": {"X-Medsam2-Chunk": _CHUNK_HEADER},
                 "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
             },
             **_errors(),
@@ -146,29 +238,64 @@ def _download(route: Route) -> dict:
     }
 
 
-def _add_message(message: pbd.Descriptor, schemas: dict[str, dict]) -> None:
-    if message.full_name in schemas:
-        return
-    properties: dict[str, dict] = {}
-    schemas[message.full_name] = {"type": "object", "properties": properties}
-    for field in message.fields:
+class _Schemas:
+    """Adds message and enum schemas, with descriptions and required lists, to ``schemas``."""
+
+    def __init__(
+        self, schemas: dict[str, dict], comments: dict[str, str], required: dict[str, tuple[str, ...]]
+    ) -> None:
+        self.schemas = schemas
+        self.comments = comments
+        self.required = required
+
+    def message(self, message: pbd.Descriptor) -> None:
+        if message.full_name in self.schemas:
+            return
+        properties: dict[str, dict] = {}
+        schema: dict = {"type": "object", "properties": properties, "additionalProperties": False}
+        self.schemas[message.full_name] = schema
+        description = [self.comments.get(message.full_name, "")]
+        for field in message.fields:
+            properties[field.json_name] = self._field(field)
+        oneofs = [o for o in message.oneofs if not o.name.startswith("_")]  # "_x" oneofs are proto3 optional
+        description += [f"At most one of {', '.join(f.json_name for f in o.fields)}." for o in oneofs]
+        if any(description):
+            schema["description"] = " ".join(d for d in description if d)
+        needed = self.required.get(message.full_name, ())
+        unknown = [n for n in needed if n not in message.fields_by_name]
+        if unknown:
+            raise ValueError(f"required fields {unknown} are not fields of {message.full_name}")
+        if needed:
+            schema["required"] = [message.fields_by_name[n].json_name for n in needed]
+
+    def _field(self, field: pbd.FieldDescriptor) -> dict:
         if field.type == pbd.FieldDescriptor.TYPE_MESSAGE:
-            _add_message(field.message_type, schemas)
+            self.message(field.message_type)
             item = _ref(field.message_type)
         elif field.type == pbd.FieldDescriptor.TYPE_ENUM:
-            _add_enum(field.enum_type, schemas)
+            self.enum(field.enum_type)
             item = _ref(field.enum_type)
         else:
             item = dict(_SCALARS[field.type])
         is_repeated = getattr(field, "is_repeated", None)
         repeated = is_repeated if isinstance(is_repeated, bool) else field.label == pbd.FieldDescriptor.LABEL_REPEATED
-        properties[field.json_name] = {"type": "array", "items": item} if repeated else item
-    oneofs = [o for o in message.oneofs if not o.name.startswith("_")]  # "_x" oneofs are proto3 optional
-    if oneofs:
-        schemas[message.full_name]["description"] = "; ".join(
-            f"at most one of {', '.join(f.json_name for f in o.fields)}" for o in oneofs
-        )
+        schema = {"type": "array", "items": item} if repeated else item
+        description = self.comments.get(f"{field.containing_type.full_name}.{field.name}")
+        if description:
+            # A $ref with siblings is allowed in OpenAPI 3.1 (JSON Schema 2020-12).
+            schema = {**schema, "description": description}
+        return schema
 
-
-def _add_enum(enum: pbd.EnumDescriptor, schemas: dict[str, dict]) -> None:
-    schemas.setdefault(enum.full_name, {"type": "string", "enum": [v.name for v in enum.values]})
+    def enum(self, enum: pbd.EnumDescriptor) -> None:
+        if enum.full_name in self.schemas:
+            return
+        schema: dict = {"type": "string", "enum": [v.name for v in enum.values]}
+        lines = [self.comments.get(enum.full_name, "")]
+        lines += [
+            f"{v.name}: {self.comments[f'{enum.full_name}.{v.name}']}"
+            for v in enum.values
+            if f"{enum.full_name}.{v.name}" in self.comments
+        ]
+        if any(lines):
+            schema["description"] = " ".join(line for line in lines if line)
+        self.schemas[enum.full_name] = schema

@@ -1,26 +1,33 @@
 """The HTTP gateway: REST/JSON over the same servicer objects (and interceptors) as the gRPC server, plus the viewer.
 
-Why the standard library's ``ThreadingHTTPServer``: the servicer is synchronous and already thread-safe (it runs
-on gRPC's thread pool), so a thread per HTTP request matches it exactly; server-sent events and streamed uploads
-need nothing more than a socket; and no new runtime dependency (or an ASGI stack beside gRPC's own threads) has
-to be kept patched in a medical service. The gateway binds the same host as the gRPC server and serves TLS with
-the same certificate when it is configured.
+Why the standard library's ``BaseHTTPRequestHandler`` on our own bounded listener (``connections.py``): the
+servicer is synchronous and already thread-safe (it runs on gRPC's thread pool), so a worker thread per request
+in flight matches it exactly; server-sent events and streamed uploads need nothing more than a socket; and no new
+runtime dependency (or an ASGI stack beside gRPC's own threads) has to be kept patched in a medical service. The
+gateway binds the same host as the gRPC server and serves TLS with the same certificate when it is configured.
+
+Every request is judged before its body is read: the route, then the interceptors that can judge a call from
+its headers (the bearer token), then the declared length against the limit. Only then is the body opened (and
+``Expect: 100-continue`` answered). A request the gateway cannot parse gets a 400 with the JSON error body; a
+client that leaves mid-answer is one DEBUG line.
 """
 
 from __future__ import annotations
 
-import contextlib
+import io
 import json
 import logging
 import mimetypes
+import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable, Generator, Iterable, Iterator
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 from urllib.parse import unquote
 
 import grpc
@@ -29,6 +36,8 @@ from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import Message
 
 from medsam2.gateway import openapi
+from medsam2.gateway.body import FRAMED_UPLOAD_TYPE, BodyError, RequestBody, framed_header
+from medsam2.gateway.connections import BoundedHTTPServer, Connection, ConnectionLimits
 from medsam2.gateway.context import Aborted, HttpCallContext
 from medsam2.gateway.routes import CallDetails, HandlerCollector, Route, Shape, intercepted_lookup, routes_for
 
@@ -45,6 +54,22 @@ CONTENT_SECURITY_POLICY = (
     "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
 _JSON_OPTIONS = {"always_print_fields_with_no_presence": True}
+ERROR_DOMAIN = "medsam2"
+"""``ErrorInfo.domain`` of the gateway's own refusals (the servicer's carry the same)."""
+MAX_STATIC_NAME = 255
+"""Longest file name under /static/ (longer ones are 404 without touching the file system)."""
+LINGER_S = 2.0
+LINGER_BYTES = 1 << 20
+"""After refusing a request whose body is unread, read and drop at most this much for at most LINGER_S, so that
+closing does not reset the connection before the client has read the refusal (a "lingering close")."""
+
+
+@runtime_checkable
+class HeaderCheck(Protocol):
+    """An interceptor that can refuse a call from its method and headers alone, before its body is read."""
+
+    def refusal(self, method: str, metadata: tuple[tuple[str, str], ...]) -> Any:
+        """The ``grpc.Status`` (with ``google.rpc`` details) the call is refused with, or None when admitted."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +84,7 @@ class GatewayOptions:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_client_ca: Path | None = None
+    limits: ConnectionLimits = field(default_factory=ConnectionLimits)
 
 
 class Gateway:
@@ -71,15 +97,37 @@ class Gateway:
         *,
         title: str,
         version: str,
+        comments: dict[str, str] | None = None,
+        required: dict[str, tuple[str, ...]] | None = None,
     ) -> None:
-        """``services``: (descriptor, generated ``add_*Servicer_to_server``, servicer) for each gRPC service."""
+        """``services``: (descriptor, generated ``add_*Servicer_to_server``, servicer) for each gRPC service.
+
+        ``comments``: the proto's comments by full name (descriptions in the OpenAPI document); ``required``:
+        the fields the server refuses without, by message full name (proto field names).
+        """
         services = list(services)
+        interceptors = list(interceptors)
         collector = HandlerCollector()
         for _descriptor, add_to_server, servicer in services:
             add_to_server(servicer, collector)
         self.routes = routes_for(d for d, _, _ in services)
         self.lookup = intercepted_lookup(collector, interceptors)
-        self.openapi = json.dumps(openapi.document(self.routes, title=title, version=version), indent=1).encode()
+        self.header_checks = [i for i in interceptors if isinstance(i, HeaderCheck)]
+        spec = openapi.document(self.routes, title=title, version=version, comments=comments, required=required)
+        self.openapi = json.dumps(spec, indent=1, sort_keys=True).encode()
+
+    def refusal(self, route: Route, context: HttpCallContext) -> bool:
+        """True (the context holds the status) when an interceptor refuses the call from its headers alone."""
+        metadata = context.invocation_metadata()
+        for check in self.header_checks:
+            status = check.refusal(route.full_method, metadata)
+            if status is not None:
+                try:
+                    context.abort_with_status(status)
+                except Aborted:
+                    pass
+                return True
+        return False
 
     def handler(self, route: Route, metadata: tuple[tuple[str, str], ...]) -> grpc.RpcMethodHandler | None:
         """The method's handler as the interceptors give it for this caller."""
@@ -99,7 +147,7 @@ class Gateway:
         finally:
             context.run_callbacks()
 
-    def stream(self, route: Route, request: Message, context: HttpCallContext) -> Iterator[Message]:
+    def stream(self, route: Route, request: Message, context: HttpCallContext) -> Generator[Message, None, None]:
         """Call a server-streaming method; it ends early when it fails (the context holds the status)."""
         handler = self.handler(route, context.invocation_metadata())
         if handler is None:
@@ -114,89 +162,151 @@ class Gateway:
             context.run_callbacks()
 
 
-def stop_gateway(server: ThreadingHTTPServer, timeout_s: float) -> bool:
-    """Stop accepting connections, then wait up to ``timeout_s`` for requests in flight; True when none is left."""
-    if isinstance(server, _Server):
-        server.draining = True
+def stop_gateway(server: BoundedHTTPServer, timeout_s: float) -> bool:
+    """Stop accepting connections, then wait up to ``timeout_s`` for requests in flight; True when none is left.
+
+    An SSE stream counts until its last event is written, so the drain's SERVER_SHUTTING_DOWN reaches the browser.
+    """
     server.shutdown()
     server.server_close()
-    return server.wait_idle(timeout_s) if isinstance(server, _Server) else True
+    return server.wait_idle(timeout_s)
 
 
-def start_gateway(gateway: Gateway, options: GatewayOptions) -> ThreadingHTTPServer:
+def start_gateway(gateway: Gateway, options: GatewayOptions) -> BoundedHTTPServer:
     """Listen on ``options.host:options.port`` (0 picks a free port) in a background thread."""
     handler = type("GatewayRequestHandler", (_RequestHandler,), {"gateway": gateway, "options": options})
-    server = _Server((options.host, options.port), handler)
+    tls = None
     if options.tls_cert is not None and options.tls_key is not None:
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        context.load_cert_chain(options.tls_cert, options.tls_key)
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        tls.minimum_version = ssl.TLSVersion.TLSv1_2
+        tls.load_cert_chain(options.tls_cert, options.tls_key)
         if options.tls_client_ca is not None:
-            context.load_verify_locations(options.tls_client_ca)
-            context.verify_mode = ssl.CERT_REQUIRED
-        server.tls = context
+            tls.load_verify_locations(options.tls_client_ca)
+            tls.verify_mode = ssl.CERT_REQUIRED
+    server: BoundedHTTPServer
+
+    def serve(connection: Connection) -> bool:
+        return handler(connection, connection.address, server).keep_open
+
+    server = BoundedHTTPServer((options.host, options.port), serve, options.limits, tls=tls)
     threading.Thread(target=server.serve_forever, name="medsam2-http", daemon=True).start()
-    log.info("HTTP gateway and web viewer on %s:%d", options.host, server.server_address[1])
+    log.info(
+        "HTTP gateway and web viewer on %s:%d (%d workers, %d connections at most)",
+        options.host,
+        server.server_address[1],
+        options.limits.workers,
+        options.limits.max_connections,
+    )
     return server
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    # Idle kept-alive connections do not hold up shutdown; requests in flight are waited for (``wait_idle``).
-    block_on_close = False
-    tls: ssl.SSLContext | None = None
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._requests = 0
-        self._requests_changed = threading.Condition()
-        self.draining = False
-        """Set at shutdown: each connection ends after the request it is answering."""
-
-    @contextlib.contextmanager
-    def request(self) -> Iterator[None]:
-        """Count one request being answered (an SSE stream until its last event is written)."""
-        with self._requests_changed:
-            self._requests += 1
-        try:
-            yield
-        finally:
-            with self._requests_changed:
-                self._requests -= 1
-                self._requests_changed.notify_all()
-
-    def wait_idle(self, timeout_s: float) -> bool:
-        """Wait until no request is being answered (True), or ``timeout_s`` passed (False)."""
-        end = time.monotonic() + max(timeout_s, 0.0)
-        with self._requests_changed:
-            while self._requests:
-                left = end - time.monotonic()
-                if left <= 0:
-                    return False
-                self._requests_changed.wait(left)
-        return True
-
-    def finish_request(self, request, client_address) -> None:  # noqa: ANN001
-        # The TLS handshake runs in the connection's own thread: a slow client never stalls accept().
-        if self.tls is not None:
-            request.settimeout(30)
-            try:
-                request = self.tls.wrap_socket(request, server_side=True)
-            except (ssl.SSLError, OSError) as exc:
-                log.info("TLS handshake with %s failed: %s", client_address[0], exc)
-                return
-        super().finish_request(request, client_address)
 
 
 class _RequestHandler(BaseHTTPRequestHandler):
     gateway: Gateway
     options: GatewayOptions
     protocol_version = "HTTP/1.1"
-    timeout = 120  # seconds a connection may sit idle (or a client may stall an upload)
+    timeout = 120  # seconds a request may stall mid-read (idle connections wait in the listener's selector)
     server_version = "medsam2-gateway"
     sys_version = ""
+    keep_open = False
+    """Set by ``handle``: the connection stays open for another request (it goes back to the listener)."""
+    _body_state: RequestBody | None = None
+    _expect_continue = False
+    _left = False
+    requestline = ""
 
-    # -- plumbing ---------------------------------------------------------------------
+    # -- the connection: requests until the client closes, errors that end it quietly ---------------
+    def setup(self) -> None:
+        """Read the request head the listener already holds, then the socket."""
+        connection: Connection = self.request
+        self.connection = connection.sock
+        self.connection.settimeout(self.timeout)
+        head, connection.head = bytes(connection.head), bytearray()
+        self.rfile = io.BufferedReader(_PrefixedSocket(head, self.connection), 1 << 16)
+        self.wfile = _SocketWriter(self.connection)
+
+    def handle(self) -> None:
+        """Answer this connection's requests; give the worker back once nothing more is buffered."""
+        self.keep_open = False
+        try:
+            while True:
+                self._body_state = None
+                self._expect_continue = False
+                self.handle_one_request()
+                if self._body_state is not None and not self._body_state.finished:
+                    # The body was refused unread: what follows it is not a request.
+                    self.close_connection = True
+                if self.close_connection:
+                    self._linger()
+                    return
+                if not self._buffered():
+                    self.keep_open = True
+                    return
+        except (ConnectionError, TimeoutError, ssl.SSLError) as exc:
+            self.close_connection = True
+            self._departed(exc)
+        except Exception:
+            self.close_connection = True
+            log.exception("HTTP request %r from %s failed", self.requestline[:200], self.client_address[0])
+
+    def _departed(self, exc: BaseException) -> None:
+        """A client that leaves (or stalls past the timeout) mid-request or mid-answer: its business, not a fault."""
+        if not self._left:
+            self._left = True
+            log.debug("HTTP client %s left: %s", self.client_address[0], type(exc).__name__)
+
+    def _buffered(self) -> bool:
+        """Whether the next request's bytes are already here (pipelined), without waiting for them."""
+        reader = self.rfile
+        assert isinstance(reader, io.BufferedReader)  # as setup() made it
+        try:
+            self.connection.setblocking(False)
+            return bool(reader.peek(1))
+        except (BlockingIOError, ssl.SSLWantReadError):
+            return False
+        finally:
+            self.connection.settimeout(self.timeout)
+
+    def _linger(self) -> None:
+        """Let the client read our answer before the socket closes, when its request body was not read."""
+        if self._body_state is None or self._body_state.finished:
+            return
+        try:
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_WR)
+            self.connection.settimeout(0.2)
+            deadline, dropped = time.monotonic() + LINGER_S, 0
+            while dropped < LINGER_BYTES and time.monotonic() < deadline:
+                chunk = self.connection.recv(1 << 16)
+                if not chunk:
+                    break
+                dropped += len(chunk)
+        except OSError:
+            pass
+
+    def handle_expect_100(self) -> bool:
+        """Answer ``Expect: 100-continue`` only when the body is opened, after auth and the length check."""
+        self._expect_continue = True
+        return True
+
+    def _open_body(self) -> None:
+        if self._expect_continue:
+            self._expect_continue = False
+            self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            self.wfile.flush()
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """The HTTP server's own refusals (bad request line, headers too large, ...) with the JSON error body."""
+        self.close_connection = True
+        status = _ERROR_STATUS.get(code, "INVALID_ARGUMENT" if code < 500 else "UNKNOWN")
+        try:
+            phrase = HTTPStatus(code).phrase
+        except ValueError:
+            phrase = str(code)
+        text = message or phrase
+        if self.command is None or self.request_version == "HTTP/0.9":
+            self.command, self.request_version = "GET", "HTTP/1.1"
+        self._error(code, status, text, reason="MALFORMED_REQUEST")
+
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s %s", self.address_string(), format % args)
 
@@ -208,6 +318,9 @@ class _RequestHandler(BaseHTTPRequestHandler):
         self.send_header("Cross-Origin-Opener-Policy", "same-origin")
 
     def _send(self, status: int, body: bytes, content_type: str, headers: dict[str, str] | None = None) -> None:
+        if self.close_connection or (self._body_state is not None and not self._body_state.finished):
+            headers = {**(headers or {}), "Connection": "close"}
+            self.close_connection = True
         self.send_response(status)
         self._security_headers()
         self.send_header("Content-Type", content_type)
@@ -219,11 +332,29 @@ class _RequestHandler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(body)
 
-    def _json(self, status: int, payload: Any) -> None:
-        self._send(status, json.dumps(payload).encode(), "application/json")
+    def _json(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
+        self._send(status, json.dumps(payload).encode(), "application/json", headers)
 
-    def _error(self, status: int, grpc_status: str, message: str) -> None:
-        self._json(status, {"error": {"code": status, "status": grpc_status, "message": message}})
+    def _failed(self, context: HttpCallContext) -> None:
+        """The JSON error body of a failed call, with Retry-After when it carries a RetryInfo."""
+        status, payload = context.error()
+        self._json(status, payload, context.error_headers())
+
+    def _error(self, status: int, grpc_status: str, message: str, *, reason: str, retry_after_s: int = 0) -> None:
+        """One of the gateway's own refusals, in the same google.rpc.Status JSON as the servicer's."""
+        details: list[dict] = [
+            {"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": reason, "domain": ERROR_DOMAIN}
+        ]
+        headers = {}
+        if retry_after_s:
+            details.append({"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": f"{retry_after_s}s"})
+            headers["Retry-After"] = str(retry_after_s)
+        body = {"error": {"code": status, "status": grpc_status, "message": message, "details": details}}
+        self._json(status, body, headers)
+
+    def _body_error(self, exc: BodyError) -> None:
+        self.close_connection = True
+        self._error(exc.http_status, exc.status, str(exc), reason=exc.reason)
 
     def _metadata(self) -> tuple[tuple[str, str], ...]:
         # gRPC metadata keys are lower case; only the bearer token and our own x- headers are passed on.
@@ -238,23 +369,40 @@ class _RequestHandler(BaseHTTPRequestHandler):
         certificate = self.connection.getpeercert() if isinstance(self.connection, ssl.SSLSocket) else None
         return HttpCallContext(self._metadata(), f"ipv4:{host}:{port}", certificate=certificate or None)
 
-    def _body(self, limit: int) -> bytes | None:
-        length = self.headers.get("Content-Length")
-        if length is None:
-            if self.headers.get("Transfer-Encoding"):
-                self.close_connection = True
-                self._error(411, "INVALID_ARGUMENT", "send a Content-Length (chunked bodies are not accepted)")
-                return None
-            return b""
-        if not length.isdigit() or int(length) > limit:
-            self.close_connection = True
-            self._error(413, "RESOURCE_EXHAUSTED", f"the body is larger than {limit} bytes")
+    def _declared_body(self, limit: int) -> RequestBody | None:
+        """The body as declared (nothing read yet), or None after a 400/413/501 for its declaration."""
+        try:
+            self._body_state = RequestBody.declared(self.rfile, self.headers, limit=limit, on_open=self._open_body)
+        except BodyError as exc:
+            self._mark_unread()
+            self._body_error(exc)
             return None
-        return self.rfile.read(int(length))
+        return self._body_state
+
+    def _declares_body(self) -> bool:
+        return bool(self.headers.get("Transfer-Encoding")) or (self.headers.get("Content-Length") or "0").strip() != "0"
+
+    def _mark_unread(self) -> None:
+        """Whatever the client sends after these headers is unread (until a reader takes it): answering closes the
+        connection, after a lingering close."""
+        self._body_state = RequestBody(self.rfile, length=1, chunked=False, limit=0, on_open=self._open_body)
+
+    def _body(self, limit: int) -> bytes | None:
+        """The whole body, at most ``limit`` bytes, or None after an error answer."""
+        body = self._declared_body(limit)
+        if body is None:
+            return None
+        try:
+            return body.read_all()
+        except BodyError as exc:
+            self._body_error(exc)
+            return None
 
     # -- GET: the page, its files, the OpenAPI document --------------------------------
     def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]
+        if self._declares_body():
+            self._mark_unread()  # a body nobody reads must not be taken for the next request
         if path == "/openapi.json":
             self._send(200, self.gateway.openapi, "application/json")
         elif path == "/healthz":
@@ -262,18 +410,28 @@ class _RequestHandler(BaseHTTPRequestHandler):
         elif path == "/" or path.startswith("/static/"):
             self._static("index.html" if path == "/" else path.removeprefix("/static/"))
         else:
-            self._error(404, "NOT_FOUND", f"no page at {path}")
+            self._error(404, "NOT_FOUND", f"no page at {path[:200]}", reason="NO_SUCH_PATH")
 
     do_HEAD = do_GET
 
     def _static(self, name: str) -> None:
         root = self.options.static_dir.resolve()
-        target = (root / unquote(name)).resolve()
-        if not target.is_relative_to(root) or not target.is_file():
+        name = unquote(name, errors="replace")
+        target = None
+        if len(name) <= MAX_STATIC_NAME and "\0" not in name:
+            try:
+                target = (root / name).resolve()
+                if not target.is_relative_to(root) or not target.is_file():
+                    target = None
+            except (OSError, ValueError):  # a name the file system refuses (too long a component, ...)
+                target = None
+        if target is None:
             if name == "index.html":
-                self._error(503, "UNAVAILABLE", "the web viewer is not built: run scripts/build_web.sh")
+                self._error(
+                    503, "UNAVAILABLE", "the web viewer is not built: run scripts/build_web.sh", reason="NOT_BUILT"
+                )
             else:
-                self._error(404, "NOT_FOUND", f"no file {name}")
+                self._error(404, "NOT_FOUND", f"no file {name[:200]!r}", reason="NO_SUCH_PATH")
             return
         kind = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
         if kind.startswith("text/") or kind in ("application/javascript", "application/json"):
@@ -282,24 +440,20 @@ class _RequestHandler(BaseHTTPRequestHandler):
 
     # -- POST: the API ------------------------------------------------------------------
     def do_POST(self) -> None:
-        server = self.server
-        assert isinstance(server, _Server)
-        with server.request():
-            if server.draining:
-                self.close_connection = True  # the servicer refuses the call; the connection ends with it
-            self._post()
-
-    def _post(self) -> None:
         path = self.path.split("?", 1)[0]
+        if self._declares_body():
+            self._mark_unread()  # until the body is opened: every refusal before that closes after a linger
         kind = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
-        if kind not in ("application/json", "application/octet-stream"):
+        if kind not in ("application/json", "application/octet-stream", FRAMED_UPLOAD_TYPE):
             # Browsers send the "simple" types (text/plain, forms) cross-origin without asking first; ours need
             # a CORS preflight, which this origin never grants, so other sites cannot call the API from a browser.
             self.close_connection = True
             self._error(
                 415,
                 "INVALID_ARGUMENT",
-                "send Content-Type: application/json (or application/octet-stream with X-Medsam2-Header for an upload)",
+                "send Content-Type: application/json (or, for an upload, application/octet-stream with "
+                f"X-Medsam2-Header, or {FRAMED_UPLOAD_TYPE} with the header at the start of the body)",
+                reason="UNSUPPORTED_MEDIA_TYPE",
             )
             return
         if path == "/gateway/v1/Measurements":
@@ -310,25 +464,38 @@ class _RequestHandler(BaseHTTPRequestHandler):
         route = self.gateway.routes.get(name.removesuffix(":download")) if path.startswith("/v1/") else None
         if route is None or route.shape is Shape.UNSUPPORTED or (download and not route.downloadable):
             self.close_connection = True
-            self._error(404, "UNIMPLEMENTED", f"no method at {path}; see /openapi.json")
+            self._error(404, "UNIMPLEMENTED", f"no method at {path[:200]}; see /openapi.json", reason="NO_SUCH_METHOD")
+            return
+        if kind != "application/json" and route.shape is not Shape.UPLOAD:
+            self.close_connection = True
+            self._error(
+                415,
+                "INVALID_ARGUMENT",
+                f"{route.name} takes Content-Type: application/json",
+                reason="UNSUPPORTED_MEDIA_TYPE",
+            )
+            return
+        context = self._context()
+        if self.gateway.refusal(route, context):  # the token, judged from the headers: no body byte read yet
+            self.close_connection = True
+            self._failed(context)
             return
         if route.shape is Shape.UPLOAD:
-            self._upload(route)
+            self._upload(route, kind, context)
             return
         request = self._parse(route)
         if request is None:
             return
         if route.shape is Shape.UNARY:
-            context = self._context()
             response = self.gateway.unary(route, request, context)
             if context.failed() or response is None:
-                self._json(*context.error())
+                self._failed(context)
             else:
                 self._json(200, json_format.MessageToDict(response, **_JSON_OPTIONS))
         elif download:
-            self._download(route, request)
+            self._download(route, request, context)
         else:
-            self._events(route, request)
+            self._events(route, request, context)
 
     def _parse(self, route: Route) -> Message | None:
         body = self._body(self.options.max_json_bytes)
@@ -337,17 +504,21 @@ class _RequestHandler(BaseHTTPRequestHandler):
         request = route.request_class()()
         try:
             json_format.Parse(body or b"{}", request)
-        except json_format.ParseError as exc:
-            self._error(400, "INVALID_ARGUMENT", f"the body is not a valid {route.method.input_type.name}: {exc}")
+        except (json_format.ParseError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+            self._error(
+                400,
+                "INVALID_ARGUMENT",
+                f"the body is not a valid {route.method.input_type.name}: {str(exc)[:500]}",
+                reason="MALFORMED_REQUEST",
+            )
             return None
         return request
 
-    def _events(self, route: Route, request: Message) -> None:
-        context = self._context()
+    def _events(self, route: Route, request: Message, context: HttpCallContext) -> None:
         messages = self.gateway.stream(route, request, context)
         first = next(messages, None)
         if first is None and context.failed():
-            self._json(*context.error())
+            self._failed(context)
             return
         # Server-sent events end with the connection: no length is known in advance.
         self.close_connection = True
@@ -366,8 +537,9 @@ class _RequestHandler(BaseHTTPRequestHandler):
                 self._event("error", context.error()[1])
             else:
                 self._event("end", {})
-        except (BrokenPipeError, ConnectionResetError):
+        except (BrokenPipeError, ConnectionResetError) as exc:
             # The browser went away: the servicer sees an inactive context and stops at the next slice.
+            self._departed(exc)
             context.cancel()
             messages.close()
 
@@ -376,15 +548,14 @@ class _RequestHandler(BaseHTTPRequestHandler):
         self.wfile.write(f"{prefix}data: {json.dumps(payload, separators=(',', ':'))}\n\n".encode())
         self.wfile.flush()
 
-    def _download(self, route: Route, request: Message) -> None:
-        context = self._context()
+    def _download(self, route: Route, request: Message, context: HttpCallContext) -> None:
         data = bytearray()
         first = None
         for chunk in self.gateway.stream(route, request, context):
             first = first or chunk
             data += chunk.data
         if context.failed():
-            self._json(*context.error())
+            self._failed(context)
             return
         header = {}
         if first is not None:
@@ -392,52 +563,77 @@ class _RequestHandler(BaseHTTPRequestHandler):
             header.pop("data", None)
         self._send(200, bytes(data), "application/octet-stream", {CHUNK_FIELD: json.dumps(header)})
 
-    def _upload(self, route: Route) -> None:
+    def _upload(self, route: Route, kind: str, context: HttpCallContext) -> None:
+        """A client-streaming upload: the header (request header, JSON body or framed body), then the data."""
         header_field, data_field = route.upload_fields or ("", "")
         request_class = route.request_class()
         header_class = type(getattr(request_class(), header_field))
         raw = self.headers.get(HEADER_FIELD)
-        body_is_header = raw is None and (self.headers.get("Content-Type") or "").startswith("application/json")
-        if raw is None and not body_is_header:
+        body_is_header = raw is None and kind == "application/json"
+        if raw is None and kind == "application/octet-stream":
             self.close_connection = True
             self._error(
                 400,
                 "INVALID_ARGUMENT",
-                f"an upload needs its {header_field} as JSON in the "
-                "X-Medsam2-Header request header (or as a JSON body)",
+                f"an upload needs its {header_field} as JSON in the X-Medsam2-Header request header, at the start "
+                f"of a {FRAMED_UPLOAD_TYPE} body, or as a JSON body",
+                reason="MALFORMED_REQUEST",
             )
             return
-        length = self.headers.get("Content-Length") or "0"
-        limit = self.options.max_json_bytes if body_is_header else self.options.max_upload_bytes
-        if not length.isdigit() or int(length) > limit:
-            self.close_connection = True
-            self._error(413, "RESOURCE_EXHAUSTED", f"the upload is larger than {limit} bytes")
+        framed = kind == FRAMED_UPLOAD_TYPE
+        json_limit = self.options.max_json_bytes
+        if body_is_header:
+            limit = json_limit
+        elif framed:
+            limit = self.options.max_upload_bytes + json_limit + 4
+        else:
+            limit = self.options.max_upload_bytes
+        body = self._declared_body(limit)
+        if body is None:
             return
-        remaining = int(length)
         header = header_class()
         try:
             if body_is_header:
-                text = self.rfile.read(remaining)
-                remaining = 0
+                text: bytes | str = body.read_all()
+            elif framed:
+                text = framed_header(body, json_limit)
             else:
+                assert raw is not None  # the octet-stream form without it was refused above
                 text = raw if raw.lstrip().startswith("{") else unquote(raw)
             json_format.Parse(text or "{}", header)
-        except json_format.ParseError as exc:
-            self.close_connection = True
-            self._error(400, "INVALID_ARGUMENT", f"the {header_field} is not a valid {header_class.__name__}: {exc}")
+        except BodyError as exc:
+            self._body_error(exc)
             return
+        except (json_format.ParseError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+            self.close_connection = True
+            self._error(
+                400,
+                "INVALID_ARGUMENT",
+                f"the {header_field} is not a valid {header_class.__name__}: {str(exc)[:500]}",
+                reason="MALFORMED_REQUEST",
+            )
+            return
+        refused: list[BodyError] = []
 
         def messages() -> Iterator[Message]:
-            nonlocal remaining
             yield request_class(**{header_field: header})
-            while remaining > 0:
-                chunk = self.rfile.read(min(UPLOAD_CHUNK_BYTES, remaining))
+            while True:
+                try:
+                    chunk = body.read(UPLOAD_CHUNK_BYTES)
+                except BodyError as exc:
+                    # Ending the stream early makes the servicer refuse a short upload; the client is told why.
+                    refused.append(exc)
+                    return
+                except (ConnectionError, TimeoutError, ssl.SSLError) as exc:
+                    # The client left mid-upload: the servicer sees a cancelled call, as over gRPC.
+                    self.close_connection = True
+                    self._departed(exc)
+                    context.cancel()
+                    return
                 if not chunk:
-                    break
-                remaining -= len(chunk)
+                    return
                 yield request_class(**{data_field: chunk})
 
-        context = self._context()
         handler = self.gateway.handler(route, context.invocation_metadata())
         response = None
         try:
@@ -450,11 +646,12 @@ class _RequestHandler(BaseHTTPRequestHandler):
             response = None
         finally:
             context.run_callbacks()
-        if remaining:
-            # The servicer stopped reading (a refusal): the rest of the body would be read as the next request.
-            self.close_connection = True
-        if context.failed() or response is None:
-            self._json(*context.error())
+        if self._left:
+            return
+        if refused:
+            self._body_error(refused[0])
+        elif context.failed() or response is None:
+            self._failed(context)
         else:
             self._json(200, json_format.MessageToDict(response, **_JSON_OPTIONS))
 
@@ -463,14 +660,68 @@ class _RequestHandler(BaseHTTPRequestHandler):
         """Volume and RECIST per object of a session's result, through GetSession and GetResult (same auth)."""
         from medsam2.gateway.measure import measurements
 
+        context = self._context()
+        route = self.gateway.routes.get("GetSession")
+        if route is not None and self.gateway.refusal(route, context):
+            self.close_connection = True
+            self._failed(context)
+            return
         body = self._body(self.options.max_json_bytes)
         if body is None:
             return
         try:
             session_id = str(json.loads(body or b"{}").get("sessionId") or "")
-        except (ValueError, AttributeError):
-            self._error(400, "INVALID_ARGUMENT", "the body must be JSON with a sessionId")
+        except (ValueError, AttributeError, RecursionError):
+            self._error(400, "INVALID_ARGUMENT", "the body must be JSON with a sessionId", reason="MALFORMED_REQUEST")
             return
-        context = self._context()
         status, payload = measurements(self.gateway, session_id, context)
-        self._json(status, payload)
+        self._json(status, payload, context.error_headers() if status >= 400 else None)
+
+
+class _PrefixedSocket(io.RawIOBase):
+    """A socket's bytes, after the ones the listener read already (a non-blocking read that finds none gives None)."""
+
+    def __init__(self, prefix: bytes, sock: socket.socket) -> None:
+        self._prefix = memoryview(prefix)
+        self._sock = sock
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int | None:  # noqa: ANN001 - a writable buffer
+        if self._prefix:
+            n = min(len(buffer), len(self._prefix))
+            buffer[:n] = self._prefix[:n]
+            self._prefix = self._prefix[n:]
+            return n
+        try:
+            return self._sock.recv_into(buffer)
+        except (BlockingIOError, ssl.SSLWantReadError):
+            return None
+
+
+class _SocketWriter(io.BufferedIOBase):
+    """Unbuffered writes to the socket (each ``write`` is sent whole), as the standard library's handler does."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:  # noqa: ANN001 - bytes-like
+        self._sock.sendall(data)
+        return len(data)
+
+
+_ERROR_STATUS = {
+    400: "INVALID_ARGUMENT",
+    404: "NOT_FOUND",
+    408: "DEADLINE_EXCEEDED",
+    413: "RESOURCE_EXHAUSTED",
+    414: "INVALID_ARGUMENT",
+    431: "RESOURCE_EXHAUSTED",
+    501: "UNIMPLEMENTED",
+    505: "UNIMPLEMENTED",
+}
+"""gRPC status names of the HTTP server's own refusals (``send_error``)."""

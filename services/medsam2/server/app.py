@@ -9,13 +9,14 @@ import time
 from collections.abc import Mapping
 from concurrent import futures
 from dataclasses import dataclass, field
-from http.server import ThreadingHTTPServer
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.protobuf import message_factory
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from grpc_status import rpc_status
 
 from medsam2.api.pb.medsam2.v1 import segmentation_pb2 as pb
 from medsam2.api.pb.medsam2.v1 import segmentation_pb2_grpc as pb_grpc
@@ -35,6 +36,9 @@ from medsam2.server.servicer import SegmentationServicer
 from medsam2.server.sessions import Limits, SessionRegistry
 from medsam2.server.uploads import UploadGuard, UploadLimits
 from medsam2.server.versions import VersionedBackends
+
+if TYPE_CHECKING:
+    from medsam2.gateway.connections import BoundedHTTPServer
 
 log = logging.getLogger(__name__)
 
@@ -59,21 +63,31 @@ class AuthInterceptor(grpc.ServerInterceptor):
 
     def intercept_service(self, continuation, handler_call_details):  # noqa: ANN001, ANN201
         handler = continuation(handler_call_details)
-        if handler is None or handler_call_details.method.startswith(HEALTH_PREFIX):
-            return handler
-        if self._auth.admits(handler_call_details.invocation_metadata):
+        if (
+            handler is None
+            or self.refusal(handler_call_details.method, handler_call_details.invocation_metadata) is None
+        ):
             return handler
         return _deny_like(handler)
+
+    def refusal(self, method: str, metadata: Any) -> grpc.Status | None:
+        """The status a call is refused with, from its method and headers alone (None: admitted).
+
+        The HTTP gateway asks this before it reads a request's body, so an unauthenticated body is never read.
+        """
+        if method.startswith(HEALTH_PREFIX) or self._auth.admits(metadata):
+            return None
+        return rpc_status.to_status(
+            status.rich_status(grpc.StatusCode.UNAUTHENTICATED, _DENIED, Unauthenticated(_DENIED))
+        )
+
+
+_DENIED = "missing or wrong bearer token"
 
 
 def _deny_like(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
     def deny(request, context):  # noqa: ANN001, ANN202
-        status.abort(
-            context,
-            grpc.StatusCode.UNAUTHENTICATED,
-            "missing or wrong bearer token",
-            Unauthenticated("missing or wrong bearer token"),
-        )
+        status.abort(context, grpc.StatusCode.UNAUTHENTICATED, _DENIED, Unauthenticated(_DENIED))
 
     make = {
         (False, False): grpc.unary_unary_rpc_method_handler,
@@ -185,7 +199,7 @@ class RunningServer:
     registry: SessionRegistry
     backend: StageBackend
     stop_event: threading.Event
-    http: ThreadingHTTPServer | None = None
+    http: BoundedHTTPServer | None = None
     """The HTTP gateway, when ``http_port`` is set."""
     ops_server: grpc.Server | None = None
     """Health and GetServerInfo on their own port and threads (None when --health-port is -1)."""
@@ -368,9 +382,12 @@ def start_server(
 
 def _start_gateway(
     settings: ServerSettings, servicer: SegmentationServicer, interceptors: list[grpc.ServerInterceptor]
-) -> ThreadingHTTPServer:
+) -> BoundedHTTPServer:
     """The HTTP gateway on the same servicer and interceptors (so the same auth, audit and metrics)."""
+    from medsam2.gateway.connections import ConnectionLimits
+    from medsam2.gateway.proto_comments import shipped_comments
     from medsam2.gateway.server import Gateway, GatewayOptions, start_gateway
+    from medsam2.server.request_checks import REQUIRED_FIELDS
 
     gateway = Gateway(
         [
@@ -383,6 +400,8 @@ def _start_gateway(
         interceptors,
         title="MedSAM2 session service",
         version="v1",
+        comments=shipped_comments(),
+        required=REQUIRED_FIELDS,
     )
     tls = _given(settings.tls_cert)
     try:
@@ -396,6 +415,11 @@ def _start_gateway(
                 tls_cert=settings.tls_cert if tls else None,
                 tls_key=settings.tls_key if tls else None,
                 tls_client_ca=settings.tls_client_ca if tls and _given(settings.tls_client_ca) else None,
+                limits=ConnectionLimits(
+                    workers=settings.http_workers,
+                    queued=settings.http_workers,
+                    max_connections=settings.http_max_connections,
+                ),
             ),
         )
     except OSError as exc:

@@ -20,6 +20,16 @@ class ServerSettings:
     port: int = setting(GRPC_PORT, "MEDSAM2_PORT", "gRPC port")
     metrics_port: int = setting(METRICS_PORT, "MEDSAM2_METRICS_PORT", "Prometheus /metrics port (0: off)")
     http_port: int = setting(0, "MEDSAM2_HTTP_PORT", "HTTP gateway (REST/JSON, OpenAPI) and web viewer port (0: off)")
+    http_workers: int = setting(
+        32,
+        "MEDSAM2_HTTP_WORKERS",
+        "HTTP requests served at once (an event stream holds one); as many more may queue, beyond that 503",
+    )
+    http_max_connections: int = setting(
+        4096,
+        "MEDSAM2_HTTP_MAX_CONNECTIONS",
+        "open HTTP connections at most, idle ones included (they cost no thread); more get 503",
+    )
     model_repository: Path = setting(
         Path(""),
         "MEDSAM2_MODEL_REPOSITORY",

@@ -22,6 +22,15 @@ DEFAULT_STRING_LIMIT = 1024
 MIN_CHUNK_BYTES = 4096
 """Smallest ``chunk_bytes`` a client may ask for (0 means the server's default)."""
 _MAX_DEPTH = 8
+_WITH_SESSION = ("GetSession", "AddPrompt", "Propagate", "GetResult", "ResetObjects", "StoreResult", "SaveAnnotation")
+REQUIRED_FIELDS: dict[str, tuple[str, ...]] = {
+    f"medsam2.v1.{name}Request": ("session_id",) for name in (*_WITH_SESSION, "GetImage")
+}
+"""Fields a request is refused without (their proto3 default is never valid), by message full name.
+
+The gateway's OpenAPI document marks them ``required``; tests check that the server refuses each one's absence.
+``CloseSession`` is not here: closing an unknown (or unnamed) session is not an error.
+"""
 
 
 def check_request(message: Message) -> None:
