@@ -112,6 +112,12 @@ class BackendUnavailable(Medsam2Error):
     reason = "BACKEND_UNAVAILABLE"
 
 
+class ShuttingDown(BackendUnavailable):
+    """The server is draining (SIGTERM): it takes no new calls and ends streams at the grace period; retry."""
+
+    reason = "SERVER_SHUTTING_DOWN"
+
+
 class CapacityExceeded(Medsam2Error):
     """A configured limit would be exceeded."""
 

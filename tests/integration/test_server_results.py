@@ -27,6 +27,7 @@ from medsam2.models.provenance import ModelProvenance, write_provenance
 from medsam2.server.app import start_server
 from medsam2.server.config import ServerSettings
 from medsam2_export.parity import synthetic_volume
+from rpc_errors import rpc_failure, rpc_reason
 
 SLICES, ROWS, COLS = 6, 48, 56
 SHA = "ab" * 32
@@ -173,9 +174,14 @@ def test_prompt_replies_honour_the_encoding_and_retries_repeat_nothing(client: C
     assert rle.objects[0].mask.encoding == pb.MASK_ENCODING_RLE
     assert packed.objects[0].mask.encoding == pb.MASK_ENCODING_BITPACKED
     assert np.array_equal(decode_mask(rle.objects[0].mask), slice_masks(packed)[1])
-    # A retry of p-2 with another box is answered with p-2's reply: the retried request did not run again.
-    retried = client.add_prompt(sid, 1, 2, box=(other.x0, other.y0, other.x1, other.y1), request_id="p-2")
+    # A retry of p-2 is answered with p-2's reply: the retried request did not run again.
+    retried = client.add_prompt(sid, 1, 2, box=(box.x0, box.y0, box.x1, box.y1), request_id="p-2")
     assert retried == packed
+    # p-2 with another box is another request: refused, never answered with p-2's reply.
+    reused = rpc_failure(
+        lambda: client.add_prompt(sid, 1, 2, box=(other.x0, other.y0, other.x1, other.y1), request_id="p-2")
+    )
+    assert reused.code() == grpc.StatusCode.INVALID_ARGUMENT and rpc_reason(reused) == "REQUEST_ID_REUSED"
     fresh = client.add_prompt(sid, 1, 2, box=(other.x0, other.y0, other.x1, other.y1), request_id="p-3")
     assert not np.array_equal(slice_masks(fresh)[1], slice_masks(packed)[1])
     client.close_session(sid)

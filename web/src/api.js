@@ -2,11 +2,30 @@
 
 /** An error the page shows as is: the gateway's gRPC status and message, or what went wrong on the way. */
 export class ApiError extends Error {
-  constructor(message, { status = "", httpStatus = 0 } = {}) {
+  constructor(message, { status = "", httpStatus = 0, reason = "", retryDelay = null } = {}) {
     super(message);
     this.status = status;
     this.httpStatus = httpStatus;
+    this.reason = reason;          // the ErrorInfo reason, e.g. SERVER_SHUTTING_DOWN
+    this.retryDelay = retryDelay;  // seconds the server's RetryInfo asks for, or null
   }
+}
+
+/** How many times a stream the server cut as UNAVAILABLE (draining, restarting) is opened again. */
+export const STREAM_ATTEMPTS = 5;
+
+/** The ErrorInfo reason and RetryInfo delay (seconds) among a gateway error's google.rpc details. */
+export function errorDetails(error) {
+  const details = error?.details ?? [];
+  const reason = details.find((d) => d.reason)?.reason ?? "";
+  const delay = details.find((d) => d.retryDelay)?.retryDelay;
+  return { reason, retryDelay: delay ? parseFloat(delay) : null };
+}
+
+/** Seconds to wait before attempt `attempt` + 1 after `error`, or null: only UNAVAILABLE is retried, boundedly. */
+export function retryDelay(error, attempt, attempts = STREAM_ATTEMPTS) {
+  if (attempt + 1 >= attempts || error?.status !== "UNAVAILABLE") return null;
+  return Math.min(Math.max(0.5 * 2 ** attempt, error.retryDelay ?? 0), 10);
 }
 
 export class Api {
@@ -86,8 +105,26 @@ export class Api {
     return response.json();
   }
 
-  /** A server-streaming RPC as server-sent events; calls onMessage per message; resolves at `event: end`. */
-  async stream(method, body, onMessage) {
+  /**
+   * A server-streaming RPC as server-sent events; calls onMessage per message; resolves at `event: end`.
+   * A stream that ends UNAVAILABLE (a server draining for a restart says SERVER_SHUTTING_DOWN) is opened again,
+   * a few times, after the delay the server asks for; it starts over, so onRetry(error, seconds) lets the
+   * caller reset what it counts.
+   */
+  async stream(method, body, onMessage, onRetry = () => {}) {
+    for (let attempt = 0; ; attempt += 1) {
+      try {
+        return await this.streamOnce(method, body, onMessage);
+      } catch (error) {
+        const delay = retryDelay(error, attempt);
+        if (delay === null) throw error;
+        onRetry(error, delay);
+        await new Promise((resolve) => setTimeout(resolve, delay * 1000));
+      }
+    }
+  }
+
+  async streamOnce(method, body, onMessage) {
     const response = await this.fetch(`/v1/${method}`, {
       method: "POST",
       headers: this.headers({ "Content-Type": "application/json", Accept: "text/event-stream" }),
@@ -121,7 +158,8 @@ export class Api {
         const payload = data ? JSON.parse(data) : {};
         if (kind === "end") return;
         if (kind === "error") {
-          throw new ApiError(`${payload.error?.status}: ${payload.error?.message}`, { status: payload.error?.status });
+          throw new ApiError(`${payload.error?.status}: ${payload.error?.message}`,
+            { status: payload.error?.status, ...errorDetails(payload.error) });
         }
         await onMessage(payload);
       }
@@ -148,10 +186,12 @@ export class Api {
 async function errorOf(response) {
   let status = "";
   let message = `${response.status} ${response.statusText}`;
+  let details = { reason: "", retryDelay: null };
   try {
     const body = await response.json();
     status = body.error?.status ?? "";
     message = body.error?.message ?? message;
+    details = errorDetails(body.error);
   } catch {
     // Not the gateway's JSON error (a proxy's page): keep the HTTP status line.
   }
@@ -160,5 +200,5 @@ async function errorOf(response) {
   } else if (status) {
     message = `${status}: ${message}`;
   }
-  return new ApiError(message, { status, httpStatus: response.status });
+  return new ApiError(message, { status, httpStatus: response.status, ...details });
 }

@@ -211,6 +211,9 @@ async function propagate() {
         pending = true;
         requestAnimationFrame(() => { pending = false; redraw(); });
       }
+    }, (error, seconds) => {
+      // The server is draining (a restart) or gone: the stream starts over, here or on another replica.
+      status(`${error.reason || error.status}: propagating again in ${seconds.toFixed(1)} s…`);
     });
     redraw();
     await new Promise((resolve) => requestAnimationFrame(resolve));

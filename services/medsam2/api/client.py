@@ -8,9 +8,11 @@ a ``grpc.RpcError`` (``code()``, ``details()``) for callers written against grpc
 from __future__ import annotations
 
 import io
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 import grpc
 import numpy as np
@@ -22,6 +24,28 @@ from medsam2.api.pb.medsam2.v1 import segmentation_pb2 as pb
 from medsam2.api.pb.medsam2.v1 import segmentation_pb2_grpc as pb_grpc
 
 UPLOAD_CHUNK_BYTES = 2 << 20
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How calls that end UNAVAILABLE are retried: a draining or restarting server, a replica that went away.
+
+    Every call of this client may be retried: reads and closes are idempotent, changes carry a request id the
+    server answers once, and a Propagate cut short was never journaled, so it runs again from the start
+    (on another replica, after a rebuild, when the session store is shared).
+    """
+
+    attempts: int = 5
+    """Calls at most, the first included."""
+    first_delay_s: float = 0.5
+    """Backoff before the second call; doubled for each further one."""
+    max_delay_s: float = 10.0
+    """Longest wait between two calls, whatever the server's RetryInfo asks."""
+
+
+RetryCallback = Callable[[grpc.RpcError, int, float], None]
+"""Told (error, attempt that failed, seconds until the next) before each retry, e.g. to say so on stderr."""
 
 
 @dataclass
@@ -38,6 +62,9 @@ class Client:
     """Voxel bytes uploaded so far (for round-trip accounting)."""
     bytes_received: int = 0
     """Result bytes downloaded so far."""
+    retry: RetryPolicy | None = None
+    """Retry calls that end UNAVAILABLE (None: each call is tried once, and its error raised)."""
+    on_retry: RetryCallback | None = None
 
     def __post_init__(self) -> None:
         options = [
@@ -50,6 +77,8 @@ class Client:
         else:
             self.channel = grpc.insecure_channel(self.target, options=options)
         self.stub = pb_grpc.SegmentationServiceStub(self.channel)
+        if self.retry is not None:
+            self.stub = _RetryingStub(self.stub, self.retry, self.on_retry)  # type: ignore[assignment]
         metadata = [("authorization", f"Bearer {self.token}")] if self.token else []
         if self.routing_key:
             metadata.append(("x-medsam2-session", self.routing_key))
@@ -110,7 +139,11 @@ class Client:
             for offset in range(0, len(data), UPLOAD_CHUNK_BYTES):
                 yield pb.CreateSessionRequest(voxels=data[offset : offset + UPLOAD_CHUNK_BYTES])
 
-        return _unary(self.stub.CreateSession, messages(), self.metadata, timeout)
+        return self._retried(lambda: _unary(self.stub.CreateSession, messages(), self.metadata, timeout))
+
+    def _retried(self, call: Callable[[], T]) -> T:
+        """A client-streaming call, started again with fresh request messages on each retry."""
+        return call() if self.retry is None else with_retries(call, self.retry, self.on_retry)
 
     def open_pacs(
         self,
@@ -138,7 +171,11 @@ class Client:
             request_id=request_id or new_request_id(),
             keep_image=keep_image,
         )
-        return _unary(self.stub.CreateSession, iter([pb.CreateSessionRequest(header=header)]), self.metadata, timeout)
+        return self._retried(
+            lambda: _unary(
+                self.stub.CreateSession, iter([pb.CreateSessionRequest(header=header)]), self.metadata, timeout
+            )
+        )
 
     def add_prompt(
         self,
@@ -393,6 +430,118 @@ def _unary(method, request, metadata: tuple, timeout: float | None):  # noqa: AN
         return method(request, metadata=metadata, timeout=timeout)
     except grpc.RpcError as exc:
         raise ServiceError.from_rpc_error(exc) from exc
+
+
+def retry_delay(error: grpc.RpcError, attempt: int, policy: RetryPolicy) -> float | None:
+    """Seconds to wait before retrying after call ``attempt`` (0-based) failed with ``error``; None: do not retry.
+
+    Only UNAVAILABLE is retried. The wait is the exponential backoff, or the server's RetryInfo when it asks
+    for longer, and never more than ``policy.max_delay_s``.
+    """
+    if attempt + 1 >= policy.attempts or not hasattr(error, "code") or error.code() != grpc.StatusCode.UNAVAILABLE:
+        return None
+    backoff = policy.first_delay_s * 2**attempt
+    return min(max(backoff, _retry_info_s(error) or 0.0), policy.max_delay_s)
+
+
+def with_retries(call: Callable[[], T], policy: RetryPolicy, on_retry: RetryCallback | None = None) -> T:
+    """``call()``, again while it fails with a retryable error (``retry_delay``)."""
+    attempt = 0
+    while True:
+        try:
+            return call()
+        except grpc.RpcError as exc:
+            _wait_to_retry(exc, attempt, policy, on_retry)
+            attempt += 1
+
+
+class RetriedStream(Generic[T]):
+    """The messages of the server stream ``start()`` opens; a stream cut by a retryable error is opened again.
+
+    A retried stream starts over, so messages already seen may come again (a Propagate streams every slice).
+    ``cancel()`` cancels the call in flight and stops the retries.
+    """
+
+    def __init__(
+        self, start: Callable[[], Iterator[T]], policy: RetryPolicy, on_retry: RetryCallback | None = None
+    ) -> None:
+        self._start, self._policy, self._on_retry = start, policy, on_retry
+        self._call: Any = None
+        self._cancelled = False
+        self._messages: Iterator[T] = self._run()
+
+    def _run(self) -> Iterator[T]:
+        attempt = 0
+        while True:
+            try:
+                self._call = self._start()
+                yield from self._call
+                return
+            except grpc.RpcError as exc:
+                if self._cancelled:
+                    raise
+                _wait_to_retry(exc, attempt, self._policy, self._on_retry)
+                attempt += 1
+
+    def __iter__(self) -> RetriedStream[T]:
+        return self
+
+    def __next__(self) -> T:
+        return next(self._messages)
+
+    def cancel(self) -> None:
+        """Cancel the call in flight; no retry follows."""
+        self._cancelled = True
+        if self._call is not None:
+            self._call.cancel()
+
+
+def _wait_to_retry(error: grpc.RpcError, attempt: int, policy: RetryPolicy, on_retry: RetryCallback | None) -> None:
+    """Sleep until the next attempt, or raise ``error`` when it is not to be retried."""
+    delay = retry_delay(error, attempt, policy)
+    if delay is None:
+        raise error
+    if on_retry is not None:
+        on_retry(error, attempt, delay)
+    time.sleep(delay)
+
+
+class _RetryingStub:
+    """The generated stub with every unary and server-streaming method retried (client-streaming ones as they are)."""
+
+    def __init__(
+        self, stub: pb_grpc.SegmentationServiceStub, policy: RetryPolicy, on_retry: RetryCallback | None
+    ) -> None:
+        self._stub = stub
+        self._policy = policy
+        self._on_retry = on_retry
+        self._methods = pb.DESCRIPTOR.services_by_name["SegmentationService"].methods_by_name
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._stub, name)
+        described = self._methods.get(name)
+        if described is None or described.client_streaming:
+            return method
+        policy, on_retry = self._policy, self._on_retry
+        if described.server_streaming:
+            return lambda request, **kw: RetriedStream(lambda: method(request, **kw), policy, on_retry)
+        return lambda request, **kw: with_retries(lambda: method(request, **kw), policy, on_retry)
+
+
+def _retry_info_s(error: grpc.RpcError) -> float | None:
+    """The delay the server's RetryInfo asks for, if the error carries one."""
+    from google.rpc import error_details_pb2
+    from grpc_status import rpc_status
+
+    try:
+        status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    except (ValueError, AttributeError):
+        return None
+    for detail in status.details if status is not None else ():
+        info = error_details_pb2.RetryInfo()
+        if detail.Is(info.DESCRIPTOR) and detail.Unpack(info):
+            return info.retry_delay.ToTimedelta().total_seconds()
+    return None
 
 
 def slice_masks(result: pb.SliceResult) -> dict[int, np.ndarray]:

@@ -46,7 +46,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="volume: DICOM folder or file, .nii, .nii.gz or MedSAM-style .npz; or a video (.mp4/.avi) or frame "
         "folder (or use --pacs)",
     )
-    client.add_argument("--server", required=True, help="HOST:PORT of the service")
+    client.add_argument(
+        "--server",
+        required=True,
+        help="HOST:PORT of the service, or a gRPC target naming several replicas (ipv4:10.0.0.1:50051,10.0.0.2:50051)",
+    )
+    client.add_argument(
+        "--retries",
+        type=int,
+        default=5,
+        help="calls at most per request when the server is unavailable or shutting down (1: no retry) [5]",
+    )
     client.add_argument("--pacs", metavar="ENDPOINT", help="open the study from this PACS endpoint of the server")
     client.add_argument("--study", metavar="UID", help="StudyInstanceUID on --pacs")
     client.add_argument(
@@ -149,7 +159,7 @@ def _steps(args: argparse.Namespace) -> tuple[list, dict[int, np.ndarray]]:
 def run_client(args: argparse.Namespace, settings: Settings) -> int:
     """Open the study, run the steps, save the result (and store it), always closing the session."""
 
-    from medsam2.api.client import Client
+    from medsam2.api.client import Client, RetryPolicy
     from medsam2.cli.segment_cmd import check_outputs, mask_dir_steps, parse_pair, script_layout
 
     _check_args(args)
@@ -184,7 +194,15 @@ def run_client(args: argparse.Namespace, settings: Settings) -> int:
         assert volume is not None  # _check_args
         steps, mask_images, first = mask_dir_steps(args.mask_dir, volume, _slice_range(args.slice_range))
         script_layout(args, first)
-    client = Client(args.server, token=args.token, routing_key=uuid.uuid4().hex)
+    if args.retries < 1:
+        raise InvalidInput(f"--retries must be at least 1, got {args.retries}")
+    client = Client(
+        args.server,
+        token=args.token,
+        routing_key=uuid.uuid4().hex,
+        retry=RetryPolicy(attempts=args.retries),
+        on_retry=_say_retry,
+    )
     started = time.perf_counter()
     with server_calls(client):
         info = client.server_info()
@@ -367,7 +385,9 @@ def _propagate(client, session_id: str, fields: dict, quiet: bool) -> int:  # no
     progress = None
     count = 0
     for result in client.propagate(session_id, **fields):
-        count += 1
+        if result.done <= count and progress is not None:
+            progress.reset(total=result.total)  # a retried stream starts over (on another replica, maybe)
+        count = result.done
         if progress is None and not quiet:
             progress = tqdm(total=result.total, unit="slice", desc="propagating")
         if progress is not None:
@@ -464,6 +484,18 @@ def server_calls(client) -> Iterator[None]:  # noqa: ANN001 - api.client.Client,
         raise _client_error(exc) from None
     finally:
         client.close()
+
+
+def _say_retry(error, attempt: int, delay_s: float) -> None:  # noqa: ANN001 - grpc.RpcError
+    """Tell the user why the client waits (the server's reason, e.g. SERVER_SHUTTING_DOWN), on stderr."""
+    import sys
+
+    details = (error.details() or "").splitlines()[0][:200] if hasattr(error, "details") else ""
+    print(
+        f"medsam2 client: {error.code().name} ({details}); retrying in {delay_s:.1f} s (attempt {attempt + 2})",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def _client_error(exc) -> Exception:  # noqa: ANN001 - grpc.RpcError

@@ -202,6 +202,14 @@ class _Retrack:
         return 1 + abs(self.stop - self.frame)
 
 
+@dataclass(frozen=True, slots=True)
+class AnnotationSnapshot:
+    """A ``VolumeAnnotation``'s state at one moment (pass states are shared: propagation only replaces them)."""
+
+    objects: dict[int, _Annotated]
+    mask_cache: dict[int, np.ndarray]
+
+
 class VolumeAnnotation:
     """MedSAM2's 3D protocol with corrections, for one study; the single source of truth for prompts.
 
@@ -580,6 +588,24 @@ class VolumeAnnotation:
             del self._objects[obj_id]
             self._mask_cache.pop(obj_id, None)
 
+    def snapshot(self) -> AnnotationSnapshot:
+        """The annotation as it is now (prompts, pending corrections, pass states), for ``restore``."""
+        return AnnotationSnapshot(
+            {
+                i: _Annotated(o.obj_id, list(o.key), dict(o.passes), list(o.pending), list(o.journal))
+                for i, o in self._objects.items()
+            },
+            dict(self._mask_cache),
+        )
+
+    def restore(self, snapshot: AnnotationSnapshot) -> None:
+        """Put back what a ``snapshot`` took: a change that failed after the engine ran leaves no trace."""
+        self._objects = {
+            i: _Annotated(o.obj_id, list(o.key), dict(o.passes), list(o.pending), list(o.journal))
+            for i, o in snapshot.objects.items()
+        }
+        self._mask_cache = dict(snapshot.mask_cache)
+
     @property
     def state_bytes(self) -> int:
         """Bytes held for the objects' tracker states (outputs and memories), not counting the tracker's cache."""
@@ -619,13 +645,4 @@ def _on_side(frame: int, key: int, side: Direction) -> bool:
 
 def _copy_track(track: ObjectTrack) -> ObjectTrack:
     """A copy the tracker may change without touching ``track`` (outputs are shared: the tracker only replaces them)."""
-    return ObjectTrack(
-        track.obj_id,
-        dict(track.points),
-        dict(track.masks),
-        dict(track.cond),
-        dict(track.non_cond),
-        dict(track.pending_cond),
-        dict(track.pending_non_cond),
-        dict(track.tracked),
-    )
+    return track.copy()

@@ -86,6 +86,19 @@ class ObjectTrack:
                 return store[frame]
         return None
 
+    def copy(self) -> ObjectTrack:
+        """A copy the tracker may change without touching this one (outputs are shared: they are only replaced)."""
+        return ObjectTrack(
+            self.obj_id,
+            dict(self.points),
+            dict(self.masks),
+            dict(self.cond),
+            dict(self.non_cond),
+            dict(self.pending_cond),
+            dict(self.pending_non_cond),
+            dict(self.tracked),
+        )
+
     @property
     def nbytes(self) -> int:
         """Bytes of stored outputs."""
@@ -479,6 +492,19 @@ class Tracker:
             )
         else:
             del self.objects[obj_id]
+        self._pin_prompted()
+
+    def snapshot(self) -> dict[int, ObjectTrack]:
+        """Every object's state as it is now, for ``restore`` (copies that later calls do not change)."""
+        return {obj_id: track.copy() for obj_id, track in self.objects.items()}
+
+    def restore(self, snapshot: dict[int, ObjectTrack]) -> None:
+        """Put back the object state a ``snapshot`` took (a change that failed leaves no trace)."""
+        self.objects = {obj_id: track.copy() for obj_id, track in snapshot.items()}
+        self._pin_prompted()
+
+    def _pin_prompted(self) -> None:
+        """Keep the features of prompted frames cached (they are decoded again), and only those."""
         self.features.unpin_all()
         for track in self.objects.values():
             for frame in (*track.points, *track.masks):

@@ -350,6 +350,17 @@ class BoundedHTTPServer:
         self._wake_r.close()
         self._wake_w.close()
 
+    def wait_idle(self, timeout_s: float) -> bool:
+        """Wait until no connection is being served (True), or ``timeout_s`` passed (False); for the drain."""
+        deadline = time.monotonic() + max(timeout_s, 0.0)
+        while True:
+            with self._lock:
+                if not self._busy:
+                    return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+
     @property
     def open_connections(self) -> int:
         """Connections accepted and not yet closed."""

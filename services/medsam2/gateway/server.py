@@ -162,6 +162,16 @@ class Gateway:
             context.run_callbacks()
 
 
+def stop_gateway(server: BoundedHTTPServer, timeout_s: float) -> bool:
+    """Stop accepting connections, then wait up to ``timeout_s`` for requests in flight; True when none is left.
+
+    An SSE stream counts until its last event is written, so the drain's SERVER_SHUTTING_DOWN reaches the browser.
+    """
+    server.shutdown()
+    server.server_close()
+    return server.wait_idle(timeout_s)
+
+
 def start_gateway(gateway: Gateway, options: GatewayOptions) -> BoundedHTTPServer:
     """Listen on ``options.host:options.port`` (0 picks a free port) in a background thread."""
     handler = type("GatewayRequestHandler", (_RequestHandler,), {"gateway": gateway, "options": options})

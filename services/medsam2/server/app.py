@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from collections.abc import Mapping
 from concurrent import futures
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +30,7 @@ from medsam2.server import audit, limiter, metrics, status
 from medsam2.server.annotation_store import AnnotationStore
 from medsam2.server.auth import Authenticator, parse_principals, reload_on_sighup
 from medsam2.server.config import ServerSettings
+from medsam2.server.drain import DRAIN_END_S, Drain
 from medsam2.server.durability import Durability
 from medsam2.server.pacs_fetches import PacsFetchGuard, PacsFetchLimits
 from medsam2.server.servicer import SegmentationServicer
@@ -206,28 +208,50 @@ class RunningServer:
     auth: Authenticator | None = None
     uploads: UploadGuard | None = None
     durability: Durability | None = None
+    drain: Drain = field(default_factory=Drain)
+    """The calls in flight and the shutdown clock, shared with the servicer."""
 
     @property
     def http_port(self) -> int:
         """The HTTP gateway's port (0: off)."""
         return self.http.server_address[1] if self.http is not None else 0
 
-    def stop(self, grace_s: float) -> None:
-        """Report NOT_SERVING, drain streams in flight for up to ``grace_s``, then close everything."""
+    def stop(self, grace_s: float, *, end_s: float = DRAIN_END_S) -> None:
+        """Drain: NOT_SERVING, no new calls, streams run for ``grace_s`` and then end with SERVER_SHUTTING_DOWN.
+
+        ``end_s`` more seconds are given to calls to end (a stream ends at its next slice) before the server
+        stops anyway. Sessions and the backend are closed only when no call runs any more.
+        """
+        deadline = time.monotonic() + max(grace_s, 0.0) + max(end_s, 0.0)
         self.stop_event.set()
         self.health.enter_graceful_shutdown()
+        self.drain.begin(grace_s)
+        # gRPC refuses new calls from here and cancels what still runs at the deadline (our streams end first).
+        stopped = self.server.stop(max(deadline - time.monotonic(), 0.0))
+        idle = True
         if self.http is not None:
-            self.http.shutdown()
-            self.http.server_close()
-        self.server.stop(grace_s).wait()
+            from medsam2.gateway.server import stop_gateway
+
+            idle = stop_gateway(self.http, deadline - time.monotonic())
+        idle = self.drain.wait_idle(deadline - time.monotonic()) and idle
+        stopped.wait()
         if self.ops_server is not None:
             self.ops_server.stop(0).wait()
         if self.uploads is not None:
             self.uploads.close()
-        self.registry.close_all()
-        self.backend.close()
+        if idle:
+            self.registry.close_all()
+            self.backend.close()
+        else:
+            # Freeing an ONNX Runtime session under a running call aborts the process; the exit frees it instead.
+            log.error(
+                "%d call(s) still ran %.0f s after the grace period: sessions and the backend are left to the exit",
+                self.drain.calls,
+                end_s,
+            )
         if self.durability is not None:
             self.durability.store.close()
+        log.info("drained and stopped")
 
 
 def start_server(
@@ -288,6 +312,7 @@ def start_server(
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs or 4 * settings.workers,
     )
     durability = open_durability(settings)
+    drain = Drain()
     servicer = SegmentationServicer(
         registry,
         instrumented,
@@ -302,6 +327,7 @@ def start_server(
         ),
         durability=durability,
         annotations=annotations,
+        drain=drain,
     )
     pb_grpc.add_SegmentationServiceServicer_to_server(servicer, server)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
@@ -344,6 +370,7 @@ def start_server(
         auth=authenticator,
         uploads=uploads,
         durability=durability,
+        drain=drain,
     )
     threading.Thread(target=_watch, args=(running,), name="medsam2-watch", daemon=True).start()
     log.info(
@@ -523,5 +550,5 @@ def serve_forever(settings: ServerSettings, backend: StageBackend, environ: Mapp
         scheme = "https" if _given(settings.tls_cert) else "http"
         print(f"medsam2 serve: web viewer at {scheme}://{settings.host}:{running.http_port}/", flush=True)
     stopping.wait()
-    running.stop(settings.grace_s)
+    running.stop(settings.grace_s, end_s=settings.drain_end_s)
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from medsam2.server.drain import DRAIN_END_S
 from medsam2.settings import backend_setting, precision_setting, setting
 
 GRPC_PORT = 50051
@@ -58,6 +59,12 @@ class ServerSettings:
     workers: int = setting(16, "MEDSAM2_WORKERS", "gRPC worker threads (concurrent requests)")
     max_message_bytes: int = setting(64 * 2**20, "MEDSAM2_MAX_MESSAGE_BYTES", "largest gRPC message")
     grace_s: float = setting(30.0, "MEDSAM2_GRACE_S", "seconds to drain streams in flight at shutdown")
+    drain_end_s: float = setting(
+        DRAIN_END_S,
+        "MEDSAM2_DRAIN_END_S",
+        "seconds after the grace period for streams to end with SERVER_SHUTTING_DOWN (at their next slice) "
+        "before the server stops anyway",
+    )
     tls_cert: Path = setting(Path(""), "MEDSAM2_TLS_CERT", "server certificate (PEM); enables TLS")
     tls_key: Path = setting(Path(""), "MEDSAM2_TLS_KEY", "server private key (PEM)")
     tls_client_ca: Path = setting(Path(""), "MEDSAM2_TLS_CLIENT_CA", "CA of client certificates (PEM); enables mTLS")

@@ -7,8 +7,10 @@ compressed (zlib, in chunks) up to a cap; a PACS study keeps only its reference.
 durable: it lives in its replica's memory only, and GetSession says so.
 
 Writes are journaled after the engine accepted them and before the reply: a request that was answered OK is in
-the store. A Propagate is journaled when its stream ran to the end (a cancelled one changed nothing that a
-rebuild needs: the annotation keeps an object's new state only once its pass finishes).
+the store, and the servicer keeps a change only once its entry is stored (a failed write puts the session back
+as it was, ``SessionEntry.all_or_nothing``), so a retry applies it once. A Propagate is journaled when its
+stream ran to the end (a cancelled one, or one cut by a draining server, changed nothing that a rebuild needs:
+the annotation keeps an object's new state only once its pass finishes).
 """
 
 from __future__ import annotations
@@ -78,23 +80,33 @@ class Durability:
         if not self.replaying:
             self.store.append(session_id, JournalEntry(method, request.SerializeToString()), self.ttl_s)
 
-    def remember_reply(self, session_id: str, key: str, reply: Message) -> None:
-        """Keep the reply to a request with side effects outside the session (a PACS store, a saved file)."""
-        self.store.remember_reply(session_id, key, reply.SerializeToString(), self.ttl_s)
+    def remember_reply(self, session_id: str, key: str, reply: Message, digest: bytes) -> None:
+        """Keep the reply to a request with side effects outside the session (a PACS store, a saved file).
 
-    def reply(self, session_id: str, key: str, reply_type: type[Message]) -> Message | None:
-        """The reply kept for ``key``, if any (so a retry on another replica repeats nothing)."""
+        ``digest`` is the request's (``idempotency.request_digest``), so a reused id is told from a retry.
+        """
+        self.store.remember_reply(session_id, key, _with_digest(digest, reply.SerializeToString()), self.ttl_s)
+
+    def reply(self, session_id: str, key: str, reply_type: type[Message]) -> tuple[bytes, Message] | None:
+        """The request digest and reply kept for ``key``, if any (so a retry on another replica repeats nothing)."""
         data = self.store.reply(session_id, key)
-        return reply_type.FromString(data) if data is not None else None
+        if data is None:
+            return None
+        digest, body = _split_digest(data)
+        return digest, reply_type.FromString(body)
 
-    def created_for(self, owner: str, request_id: str) -> str | None:
-        """The session a CreateSession with ``request_id`` opened for ``owner`` on any replica, if any."""
+    def created_for(self, owner: str, request_id: str) -> tuple[bytes, str] | None:
+        """The request digest and session of a CreateSession with ``request_id`` by ``owner`` on any replica."""
         data = self.store.reply(_create_request(owner, request_id), "session_id")
-        return data.decode() if data is not None else None
+        if data is None:
+            return None
+        digest, body = _split_digest(data)
+        return digest, body.decode()
 
-    def remember_created(self, owner: str, request_id: str, session_id: str) -> None:
+    def remember_created(self, owner: str, request_id: str, session_id: str, digest: bytes) -> None:
         """Record which session a CreateSession request opened, so its retry on another replica finds it."""
-        self.store.remember_reply(_create_request(owner, request_id), "session_id", session_id.encode(), self.ttl_s)
+        data = _with_digest(digest, session_id.encode())
+        self.store.remember_reply(_create_request(owner, request_id), "session_id", data, self.ttl_s)
 
     def closed(self, session_id: str) -> None:
         """Forget a closed session everywhere."""
@@ -141,6 +153,16 @@ class Durability:
                     del self._rebuild_locks[session_id]
                 else:
                     self._rebuild_locks[session_id] = (lock, users - 1)
+
+
+def _with_digest(digest: bytes, body: bytes) -> bytes:
+    # One length byte, the digest, then the reply: a stored reply says which request it answered.
+    return bytes([len(digest)]) + digest + body
+
+
+def _split_digest(data: bytes) -> tuple[bytes, bytes]:
+    size = data[0] if data else 0
+    return data[1 : 1 + size], data[1 + size :]
 
 
 def _create_request(owner: str, request_id: str) -> str:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gzip
 import io
+import zlib
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -60,6 +62,15 @@ class ResultStore:
             self._masks.clear()
         for obj_id in obj_ids or []:
             self._masks.pop(obj_id, None)
+
+    def snapshot(self) -> dict[int, np.ndarray]:
+        """The masks as they are now, for ``restore`` (bit-packed copies: 1 bit per voxel and object)."""
+        return {obj_id: planes.copy() for obj_id, planes in self._masks.items()}
+
+    def restore(self, snapshot: dict[int, np.ndarray]) -> None:
+        """Put back the masks a ``snapshot`` took (counted as a change, so nothing derived is reused)."""
+        self.version += 1
+        self._masks = {obj_id: planes.copy() for obj_id, planes in snapshot.items()}
 
     @property
     def object_ids(self) -> list[int]:
@@ -128,6 +139,44 @@ def nifti_gz(
     if label_map:
         image.header.extensions.append(nib.nifti1.Nifti1Extension(NIFTI_EXTENSION_CODE, label_map.encode()))
     return gzip.compress(image.to_bytes(), compresslevel=compresslevel, mtime=0)  # same study, same bytes
+
+
+def nifti_gz_pieces(
+    volume: np.ndarray,
+    spacing: tuple[float, float, float],
+    geometry: Geometry | None,
+    *,
+    compresslevel: int = 6,
+) -> Iterator[bytes]:
+    """``nifti_gz``'s file in pieces, compressed slab by slab from ``volume`` (never a whole copy of it).
+
+    The same NIfTI-1 header and voxel bytes as ``nifti_gz``; the gzip stream is zlib's (mtime 0), so the bytes
+    differ from ``gzip.compress``'s only in the header's OS byte, and are the same on every call.
+    """
+    import nibabel as nib
+
+    data = volume.transpose(2, 1, 0, *range(3, volume.ndim))  # a view: NIfTI keeps columns fastest
+    affine = geometry.affine_ras() if geometry is not None else np.diag([spacing[2], spacing[1], spacing[0], 1.0])
+    image = nib.Nifti1Image(data, affine)
+    if geometry is not None:
+        image.set_sform(affine, code=1)
+    image.update_header()
+    header = image.header
+    header.set_data_offset(352)
+    header.set_slope_inter(1.0, 0.0)  # the voxels go out as they are, as nibabel writes an unscaled array
+    head = io.BytesIO()
+    header.write_to(head)
+    head.write(b"\0" * (352 - head.tell()))  # the extension flag (none) and padding up to vox_offset
+    packer = zlib.compressobj(compresslevel, zlib.DEFLATED, 31)  # 31: a gzip stream
+    yield packer.compress(head.getvalue())
+    dtype = header.get_data_dtype()
+    # The file's voxels are x fastest, then y, then z (then channels): one [rows, columns] slab at a time.
+    for index in np.ndindex(*reversed(data.shape[2:])):
+        slab = volume[(index[-1], slice(None), slice(None), *reversed(index[:-1]))]
+        piece = packer.compress(np.ascontiguousarray(slab, dtype=dtype).tobytes())
+        if piece:
+            yield piece
+    yield packer.flush()
 
 
 def encode_object_masks(masks: dict[int, np.ndarray], spacing: tuple[float, float, float]) -> bytes:

@@ -54,10 +54,12 @@ from medsam2.server.dicom_results import (
     check_headers_match,
     require_dicom_source,
 )
+from medsam2.server.drain import Drain
 from medsam2.server.durability import JOURNALED, Durability
+from medsam2.server.idempotency import check_same, request_digest
 from medsam2.server.pacs_fetches import PacsFetchGuard, PacsFetchLimits, fetch_limits
-from medsam2.server.request_checks import check_prompt_mask
-from medsam2.server.results import encode_labels, encode_object_masks, nifti_gz
+from medsam2.server.request_checks import MIN_CHUNK_BYTES, check_prompt_mask
+from medsam2.server.results import encode_labels, encode_object_masks, nifti_gz_pieces
 from medsam2.server.sessions import SessionEntry, SessionRegistry, StudyInfo
 from medsam2.server.status import rpc
 from medsam2.server.uploads import UploadGuard, UploadLimits
@@ -65,6 +67,8 @@ from medsam2.server.uploads import UploadGuard, UploadLimits
 log = logging.getLogger(__name__)
 
 DEFAULT_CHUNK_BYTES = 1 << 20
+CHUNK_OVERHEAD_BYTES = 4096
+"""Room left in a gRPC message beside a ResultChunk's data (offset, sizes, shape, object ids)."""
 IMAGE_GZIP_LEVEL = 1
 """GetImage's gzip level: the fastest, as a viewer waits for the image (a CT compresses about 2x even so)."""
 REMEMBERED_CREATES = 1024
@@ -104,6 +108,7 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
         pacs_fetches: PacsFetchGuard | None = None,
         durability: Durability | None = None,
         annotations: AnnotationStore | None = None,
+        drain: Drain | None = None,
     ) -> None:
         self.registry = registry
         self.backend = backend
@@ -111,7 +116,8 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
         self.pacs = pacs
         self.model = model or ModelProvenance(version=1)
         self.max_message_bytes = max_message_bytes
-        self._created: OrderedDict[str, str] = OrderedDict()
+        self._created: OrderedDict[tuple[str, str], tuple[bytes, str]] = OrderedDict()
+        """(principal, CreateSession request id) -> (the request's digest, the session it opened)."""
         self._created_lock = threading.Lock()
         self.auth = auth or Authenticator()
         """Who is calling (used by ``@rpc``; the registry scopes sessions to that principal)."""
@@ -122,6 +128,8 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
         """The session store's journal (None: sessions live in this replica's memory only)."""
         self.annotations = annotations or AnnotationStore(None)
         """Where SaveAnnotation writes training cases (disabled unless --annotations-dir is set)."""
+        self.drain = drain or Drain()
+        """Calls in flight and the shutdown clock (``@rpc`` counts calls; streams end at the grace period)."""
         if durability is not None:
             registry.rebuild = self._rebuild
 
@@ -130,26 +138,41 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
     def CreateSession(self, request_iterator: Iterator[pb.CreateSessionRequest], context) -> pb.Session:  # noqa: ANN001
         with self.uploads.upload(request_iterator, context) as requests:
             header = self.uploads.header(next(requests, None))
+            principal = current_principal() or ANONYMOUS
+            digests: list[bytes] = []
+            upload: list[np.ndarray] = []  # read once: for a retry's digest first, then for the session
+
+            def receive() -> np.ndarray:
+                if not upload:
+                    upload.append(self.uploads.receive(header, requests))
+                    if header.request_id:
+                        digests.append(request_digest(header, upload[0]))  # a retry sends the same voxels again
+                return upload.pop()
+
             if header.request_id:
                 with self._created_lock:
-                    earlier = self._created.get(header.request_id)
+                    earlier = self._created.get((principal, header.request_id))
                 if earlier is None and self.durability is not None:
-                    earlier = self.durability.created_for(current_principal() or ANONYMOUS, header.request_id)
+                    earlier = self.durability.created_for(principal, header.request_id)
                 if earlier is not None:
+                    if not header.HasField("pacs"):
+                        upload.append(receive())
+                    check_same(earlier[0], digests[0] if digests else request_digest(header), header.request_id)
                     try:
-                        return self._describe(self.registry.get(earlier))
+                        return self._describe(self.registry.get(earlier[1]))
                     except NotFound:
-                        pass  # closed or expired since: open it again
+                        pass  # closed or expired since: open it again, with the voxels already read
             if not header.HasField("pacs"):
-                entry = self._open(header, lambda: self.uploads.receive(header, requests))
+                entry = self._open(header, receive)
         if header.HasField("pacs"):
             # Out of the upload slot: a PACS fetch waits on the PACS, not on the client, and takes a PACS slot.
             entry = self._open(header, _no_upload, context=context)
         if header.request_id:
+            digest = digests[0] if digests else request_digest(header)
             if self.durability is not None and entry.durable:
-                self.durability.remember_created(entry.owner, header.request_id, entry.session_id)
+                self.durability.remember_created(entry.owner, header.request_id, entry.session_id, digest)
             with self._created_lock:
-                self._created[header.request_id] = entry.session_id
+                self._created[(principal, header.request_id)] = (digest, entry.session_id)
                 while len(self._created) > REMEMBERED_CREATES:
                     self._created.popitem(last=False)
         return self._describe(entry)
@@ -371,49 +394,56 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
             check_prompt_mask(request, entry.tracker)  # sizes against the slice before any mask is decoded
             prompt = prompt_from_pb(request)
             replay = f"prompt:{request.request_id}"
+            digest = request_digest(request) if request.request_id else b""
             if request.request_id and replay in entry.replies:
-                return entry.replies[replay]
+                earlier_digest, earlier = entry.replies[replay]
+                check_same(earlier_digest, digest, request.request_id)
+                return earlier
             spec = None
             if request.HasField("object_info"):
                 default = entry.objects.get(prompt.obj_id) or default_segments([prompt.obj_id])[0]
                 spec = segment_spec_from_pb(prompt.obj_id, request.object_info, default)
             tracker = entry.tracker
-            if entry.annotation is not None:
-                result = entry.annotation.add_prompt(
-                    prompt, keep_previous_points=request.keep_previous_points, correction=request.correction
+            # Kept only once journaled: a refused store write leaves the session as it was, and the retry
+            # (same request id) applies the prompt once.
+            with entry.all_or_nothing():
+                if entry.annotation is not None:
+                    result = entry.annotation.add_prompt(
+                        prompt, keep_previous_points=request.keep_previous_points, correction=request.correction
+                    )
+                elif prompt.points is not None and prompt.box is None and request.keep_previous_points:
+                    result = tracker.add_prompt(
+                        prompt.obj_id, prompt.frame, points=prompt.points, labels=prompt.labels, clear_old=False
+                    )
+                else:
+                    result = apply_prompt(tracker, prompt)
+                if spec is not None:
+                    entry.objects[prompt.obj_id] = spec
+                masks = result.masks(tracker.height, tracker.width)
+                entry.results.store(result, masks)
+                # Every object's mask on the slice, as SliceResult promises: the prompted ones as just decoded.
+                scores = dict(zip(result.obj_ids, _scores(result, tracker), strict=False))
+                stored = entry.results.slice_masks(result.frame)
+                reply = _slice_reply(
+                    result.frame,
+                    stored,
+                    {o: scores[o] if o in scores else _score(entry, o, result.frame) for o in stored},
+                    "prompt",
+                    1,
+                    1,
+                    request.encoding,
+                    final=True,
                 )
-            elif prompt.points is not None and prompt.box is None and request.keep_previous_points:
-                result = tracker.add_prompt(
-                    prompt.obj_id, prompt.frame, points=prompt.points, labels=prompt.labels, clear_old=False
-                )
-            else:
-                result = apply_prompt(tracker, prompt)
-            if spec is not None:
-                entry.objects[prompt.obj_id] = spec
-            masks = result.masks(tracker.height, tracker.width)
-            entry.results.store(result, masks)
-            # Every object's mask on the slice, as SliceResult promises: the prompted ones as just decoded.
-            scores = dict(zip(result.obj_ids, _scores(result, tracker), strict=False))
-            stored = entry.results.slice_masks(result.frame)
-            reply = _slice_reply(
-                result.frame,
-                stored,
-                {o: scores[o] if o in scores else _score(entry, o, result.frame) for o in stored},
-                "prompt",
-                1,
-                1,
-                request.encoding,
-                final=True,
-            )
-            self._journal(entry, "AddPrompt", request)
+                self._journal(entry, "AddPrompt", request)
             if request.request_id:
-                _remember(entry.replies, replay, reply)
+                _remember(entry.replies, replay, (digest, reply))
             return reply
 
     @rpc("Propagate")
     def Propagate(self, request: pb.PropagateRequest, context) -> Iterator[pb.SliceResult]:  # noqa: ANN001
         # Unknown enum values never get here: @rpc's request check refuses them for every message.
         with self.registry.claim(request.session_id, busy=True) as entry:
+            before = entry.checkpoint()
             protocol = request.protocol
             if protocol == pb.PROTOCOL_UNSPECIFIED:
                 protocol = pb.PROTOCOL_IN_STATE if entry.study.is_video else pb.PROTOCOL_MEDSAM2_3D
@@ -448,7 +478,11 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
                     # The annotation's masks are the result: passes merged, corrections applied, largest component.
                     finals = self._store_annotation(entry)
             if completed:
-                self._journal(entry, "Propagate", request)
+                try:
+                    self._journal(entry, "Propagate", request)
+                except Exception:
+                    before.restore()  # not stored, so not kept: the retry propagates again from the same state
+                    raise
                 # The truth before the stream closes: each slice whose stored masks differ from what was streamed.
                 for frame, changed in sorted(finals.items()):
                     if not context.is_active():
@@ -489,6 +523,7 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
         started = time.perf_counter()
         for pass_name, result in stream:
             self.registry.account(entry)  # state caps; ends here within a slice if the session was closed
+            self.drain.check()  # past the shutdown grace period: UNAVAILABLE, SERVER_SHUTTING_DOWN; clients retry
             if not context.is_active():
                 log.info("session %s: propagation cancelled after %d slices", entry.session_id, done)
                 return False
@@ -563,7 +598,7 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
         if fmt not in RESULT_FORMATS:
             raise InvalidInput(f"result format {fmt} is not known: use {sorted(pb.ResultFormat.keys())[1:]}")
         label_entries: list[pb.LabelEntry] = []
-        with self.registry.claim(request.session_id) as entry:
+        with self.registry.read(request.session_id) as entry:  # downloads share the session; changes wait
             study = entry.study
             if fmt in (pb.RESULT_FORMAT_DICOM_SEG, pb.RESULT_FORMAT_DICOM_SR):
                 built = self._dicom_results(entry)
@@ -594,7 +629,12 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
                     for e in entries
                 ]
         yield from _chunks(
-            data, request.chunk_bytes, format=fmt, shape=shape, object_ids=object_ids, labels=label_entries
+            data,
+            self._chunk_size(request.chunk_bytes),
+            format=fmt,
+            shape=shape,
+            object_ids=object_ids,
+            labels=label_entries,
         )
 
     @staticmethod
@@ -610,7 +650,7 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
 
     @rpc("GetSlices")
     def GetSlices(self, request: pb.GetSlicesRequest, context) -> Iterator[pb.SliceResult]:  # noqa: ANN001
-        with self.registry.claim(request.session_id) as entry:
+        with self.registry.read(request.session_id) as entry:  # a reader, as GetResult
             slices = entry.results.shape[0]
             first = request.first_slice if request.HasField("first_slice") else 0
             last = request.last_slice if request.HasField("last_slice") else slices - 1
@@ -643,8 +683,28 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
                 field="session_id",
                 reason="IMAGE_NOT_KEPT",
             )
-        data = nifti_gz(image, entry.study.spacing, entry.study.geometry, compresslevel=IMAGE_GZIP_LEVEL)
-        yield from _chunks(data, request.chunk_bytes, format=pb.RESULT_FORMAT_NIFTI_GZ, shape=list(image.shape[:3]))
+        # Compressed slab by slab as it is sent: a call holds about one chunk, not a copy of the study. The
+        # file's size (each chunk states it) is counted once per session: the image and its bytes never change.
+        spacing, geometry = entry.study.spacing, entry.study.geometry
+        with entry.image_lock:
+            if not entry.image_file_bytes:
+                pieces = nifti_gz_pieces(image, spacing, geometry, compresslevel=IMAGE_GZIP_LEVEL)
+                entry.image_file_bytes = sum(len(piece) for piece in pieces)
+            total = entry.image_file_bytes
+        yield from _stream_chunks(
+            nifti_gz_pieces(image, spacing, geometry, compresslevel=IMAGE_GZIP_LEVEL),
+            total,
+            self._chunk_size(request.chunk_bytes),
+            format=pb.RESULT_FORMAT_NIFTI_GZ,
+            shape=list(image.shape[:3]),
+        )
+
+    def _chunk_size(self, chunk_bytes: int) -> int:
+        """Bytes per ResultChunk: the client's choice (or 1 MiB), never more than a gRPC message may carry."""
+        size = chunk_bytes or DEFAULT_CHUNK_BYTES
+        if self.max_message_bytes:
+            size = min(size, max(self.max_message_bytes - CHUNK_OVERHEAD_BYTES, MIN_CHUNK_BYTES))
+        return size
 
     def _dicom_results(self, entry: SessionEntry) -> DicomResults:
         """The session's SEG and SR, built once per state of the results (so the SR always names that SEG)."""
@@ -670,7 +730,11 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
         self.pacs.config.get(request.endpoint)  # an unknown endpoint fails before any work
         with self.registry.claim(request.session_id) as entry:
             replay = f"store:{request.request_id}"
-            earlier = self._earlier_reply(entry, replay, pb.StoreResultResponse) if request.request_id else None
+            earlier = (
+                self._earlier_reply(entry, replay, pb.StoreResultResponse, request, request.request_id)
+                if request.request_id
+                else None
+            )
             if earlier is not None:
                 return earlier
             study = entry.study
@@ -698,7 +762,7 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
                 sr_sop_instance_uid=str(built.sr.SOPInstanceUID),
             )
             if request.request_id:
-                self._keep_reply(entry, replay, reply)
+                self._keep_reply(entry, replay, request, reply)
             log.info("session %s: stored SEG and SR on PACS %s", entry.session_id, request.endpoint)
             return reply
 
@@ -707,7 +771,11 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
         self.annotations.require()  # a server without a store refuses before touching the session
         with self.registry.claim(request.session_id) as entry:
             replay = f"annotation:{request.request_id}"
-            earlier = self._earlier_reply(entry, replay, pb.SaveAnnotationResponse) if request.request_id else None
+            earlier = (
+                self._earlier_reply(entry, replay, pb.SaveAnnotationResponse, request, request.request_id)
+                if request.request_id
+                else None
+            )
             if earlier is not None:
                 return earlier
             masks = {i: m for i, m in entry.results.masks().items() if m.any()}
@@ -751,7 +819,7 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
                 model_version=model.short_sha,
             )
             if request.request_id:
-                self._keep_reply(entry, replay, reply)
+                self._keep_reply(entry, replay, request, reply)
             log.info(
                 "session %s: saved %d object(s) as training case %s", entry.session_id, len(masks), saved.case_file
             )
@@ -822,16 +890,17 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
                         field="object_ids",
                     )
                 ids = list(request.object_ids)
-            if entry.annotation is not None:
-                entry.annotation.reset(ids)
-            elif ids is None:
-                entry.tracker.reset()
-            else:
-                for obj_id in ids:
-                    if obj_id in entry.tracker.objects:
-                        entry.tracker.reset(obj_id)
-            entry.results.clear(ids)
-            self._journal(entry, "ResetObjects", request)
+            with entry.all_or_nothing():  # kept only once journaled, as AddPrompt
+                if entry.annotation is not None:
+                    entry.annotation.reset(ids)
+                elif ids is None:
+                    entry.tracker.reset()
+                else:
+                    for obj_id in ids:
+                        if obj_id in entry.tracker.objects:
+                            entry.tracker.reset(obj_id)
+                entry.results.clear(ids)
+                self._journal(entry, "ResetObjects", request)
             return self._describe(entry)
 
     def _journal(self, entry: SessionEntry, method: str, request: Message) -> None:
@@ -839,19 +908,27 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
         if self.durability is not None and entry.durable:
             self.durability.journal(entry.session_id, method, request)
 
-    def _earlier_reply(self, entry: SessionEntry, key: str, reply_type: type[Message]) -> Message | None:
-        """The reply already given to this request id: from this replica, or from the store after a failover."""
-        if key in entry.replies:
-            return entry.replies[key]
-        if self.durability is not None and entry.durable:
-            return self.durability.reply(entry.session_id, key, reply_type)
-        return None
+    def _earlier_reply(
+        self, entry: SessionEntry, key: str, reply_type: type[Message], request: Message, request_id: str
+    ) -> Message | None:
+        """The reply already given to this request id: from this replica, or from the store after a failover.
 
-    def _keep_reply(self, entry: SessionEntry, key: str, reply: Message) -> None:
+        The same id with a different request is refused (``REQUEST_ID_REUSED``).
+        """
+        earlier = entry.replies.get(key)
+        if earlier is None and self.durability is not None and entry.durable:
+            earlier = self.durability.reply(entry.session_id, key, reply_type)
+        if earlier is None:
+            return None
+        check_same(earlier[0], request_digest(request), request_id)
+        return earlier[1]
+
+    def _keep_reply(self, entry: SessionEntry, key: str, request: Message, reply: Message) -> None:
         """Remember a reply whose work must not be repeated by a retry, here and (durable sessions) in the store."""
-        _remember(entry.replies, key, reply)
+        digest = request_digest(request)
+        _remember(entry.replies, key, (digest, reply))
         if self.durability is not None and entry.durable:
-            self.durability.remember_reply(entry.session_id, key, reply)
+            self.durability.remember_reply(entry.session_id, key, reply, digest)
 
     def _model_of(self, entry: SessionEntry) -> ModelProvenance:
         """The model a session runs on: its pinned version's provenance when numbered versions are served."""
@@ -914,8 +991,8 @@ def _chunks(
     object_ids: list[int] | None = None,
     labels: list[pb.LabelEntry] | None = None,
 ) -> Iterator[pb.ResultChunk]:
-    """``data`` as ResultChunks of ``chunk_bytes`` (0: the default), each describing the whole; one if empty."""
-    size = chunk_bytes or DEFAULT_CHUNK_BYTES
+    """``data`` as ResultChunks of ``chunk_bytes``, each describing the whole; one if empty."""
+    size = chunk_bytes
     for offset in range(0, max(len(data), 1), size):
         yield pb.ResultChunk(
             data=data[offset : offset + size],
@@ -926,6 +1003,26 @@ def _chunks(
             object_ids=object_ids or [],
             labels=labels or [],
         )
+
+
+def _stream_chunks(
+    pieces: Iterator[bytes], total: int, size: int, *, format: pb.ResultFormat, shape: list[int]
+) -> Iterator[pb.ResultChunk]:
+    """A file made as ``pieces`` of ``total`` bytes as ResultChunks of ``size``, each sent once it is full."""
+    buffer = bytearray()
+    offset = 0
+    for piece in pieces:
+        buffer += piece
+        while len(buffer) >= size:
+            yield pb.ResultChunk(
+                data=bytes(buffer[:size]), offset=offset, total_bytes=total, format=format, shape=shape
+            )
+            del buffer[:size]
+            offset += size
+    if offset + len(buffer) != total:
+        raise RuntimeError(f"the image file came out at {offset + len(buffer)} bytes, not the {total} announced")
+    if buffer or not offset:
+        yield pb.ResultChunk(data=bytes(buffer), offset=offset, total_bytes=total, format=format, shape=shape)
 
 
 def _remember(replies: dict, key: str, reply: object) -> None:

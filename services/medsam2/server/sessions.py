@@ -20,7 +20,8 @@ holding it as soon as it lets go, and a running Propagate stops within a slice.
 
 Lock order: the registry lock is held only for bookkeeping, never while
 waiting for a session's lock or while inference runs (it only ever *tries* a
-session lock); work on a session holds its own lock.
+session lock); work on a session holds its own lock, alone for a change
+(``claim``), beside other readers for a download (``read``).
 """
 
 from __future__ import annotations
@@ -115,6 +116,68 @@ class StudyInfo:
     """The session's resolved post-processing (MedSAM2's defaults for its kind, overridden by the request)."""
 
 
+class SessionLock:
+    """A session's lock: one writer (prompts, propagation, resets) or any number of readers (results).
+
+    ``acquire``/``release`` are the exclusive side, with ``threading.Lock``'s signature; ``locked`` is True
+    while anyone holds it, so a session being read is in use (not evicted, not freed). A waiting writer
+    holds new readers back, so a stream of downloads cannot starve a prompt.
+    """
+
+    __slots__ = ("_changed", "_readers", "_writer", "_writers_waiting")
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition(threading.Lock())
+        self._readers = 0
+        self._writer = False
+        self._writers_waiting = 0
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        """Take the lock alone; False when it is held and ``blocking`` is off or ``timeout`` passed."""
+        with self._changed:
+            if not blocking:
+                if self._writer or self._readers:
+                    return False
+                self._writer = True
+                return True
+            self._writers_waiting += 1
+            try:
+                free = self._changed.wait_for(
+                    lambda: not self._writer and not self._readers, None if timeout < 0 else timeout
+                )
+            finally:
+                self._writers_waiting -= 1
+            if free:
+                self._writer = True
+            else:
+                self._changed.notify_all()  # readers held back by this writer may go on
+            return free
+
+    def release(self) -> None:
+        """Let go of the exclusive lock."""
+        with self._changed:
+            self._writer = False
+            self._changed.notify_all()
+
+    def acquire_shared(self, timeout: float) -> bool:
+        """Take the lock beside other readers; False when a writer held or awaited it for ``timeout`` seconds."""
+        with self._changed:
+            free = self._changed.wait_for(lambda: not self._writer and not self._writers_waiting, timeout)
+            if free:
+                self._readers += 1
+            return free
+
+    def release_shared(self) -> None:
+        """Let go of a shared hold."""
+        with self._changed:
+            self._readers -= 1
+            self._changed.notify_all()
+
+    def locked(self) -> bool:
+        """Whether anyone holds the lock."""
+        return self._writer or self._readers > 0
+
+
 @dataclass(slots=True)
 class SessionEntry:
     """One open session."""
@@ -132,7 +195,7 @@ class SessionEntry:
     replies: dict[str, Any] = field(default_factory=dict)
     """Replies by client request id, so a retried AddPrompt or StoreResult repeats nothing."""
     owner: str = auth.ANONYMOUS
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    lock: SessionLock = field(default_factory=lambda: SessionLock())
     last_used: float = field(default_factory=time.monotonic)
     busy: bool = False
     closed: bool = False
@@ -144,8 +207,34 @@ class SessionEntry:
     """The model repository version this session runs on, pinned at open until close (None: unversioned)."""
     image: np.ndarray | None = field(default=None, repr=False)
     """The study's voxels as loaded (before windowing), kept for GetImage when the client asked; never modified."""
+    image_file_bytes: int = 0
+    """Size of the image's NIfTI file as GetImage sends it (0: not counted yet); the image never changes."""
+    image_lock: threading.Lock = field(default_factory=threading.Lock)
+    """Held while the first GetImage counts the file's size, so concurrent first calls count it once."""
     rebuilder: int = 0
     """The thread replaying this session's journal (0: none); no other request sees the session until it is done."""
+
+    def checkpoint(self) -> Checkpoint:
+        """The session's state now (prompts, tracks, masks, object metadata); ``restore`` puts it back."""
+        annotation = self.annotation
+        return Checkpoint(
+            self,
+            annotation,
+            annotation.snapshot() if annotation is not None else None,
+            self.tracker.snapshot(),
+            self.results.snapshot(),
+            dict(self.objects),
+        )
+
+    @contextmanager
+    def all_or_nothing(self) -> Iterator[None]:
+        """Run a change that is kept only if all of it succeeds, its journal write included (TGI's pop-compute-put)."""
+        before = self.checkpoint()
+        try:
+            yield
+        except BaseException:
+            before.restore()
+            raise
 
     def visible(self) -> bool:
         """Whether the calling thread may use this session (not while another thread is still rebuilding it)."""
@@ -163,6 +252,30 @@ class SessionEntry:
     def idle_seconds(self, now: float | None = None) -> float:
         """Seconds since the last request."""
         return (now or time.monotonic()) - self.last_used
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """A session's state at one moment: what a change that failed (e.g. its journal write) restores."""
+
+    entry: SessionEntry
+    annotation: Any
+    annotation_state: Any
+    tracks: dict
+    masks: dict[int, np.ndarray]
+    objects: dict[int, Any]
+
+    def restore(self) -> None:
+        """Put the session back as it was when the checkpoint was taken."""
+        entry = self.entry
+        if entry.freed:
+            return  # closed meanwhile: nothing left to restore
+        entry.annotation = self.annotation
+        if self.annotation is not None:
+            self.annotation.restore(self.annotation_state)
+        entry.tracker.restore(self.tracks)
+        entry.results.restore(self.masks)
+        entry.objects = dict(self.objects)
 
 
 @dataclass(frozen=True, slots=True)
@@ -393,6 +506,28 @@ class SessionRegistry:
                 self._free_when_unused(entry)
             metrics.BUSY_SESSIONS.set(sum(1 for s in self._all() if s.busy))
             self._publish()
+
+    @contextmanager
+    def read(self, session_id: str, *, principal: str | None = None) -> Iterator[SessionEntry]:
+        """Hold a session for reading (GetResult): beside other readers, never beside a prompt or a propagation."""
+        entry = self.get(session_id, principal=principal)
+        if not entry.lock.acquire_shared(timeout=self.limits.lock_wait_s):
+            holder = entry.holder or "another request"
+            held = self._clock() - entry.held_since if entry.held_since else 0.0
+            raise SessionBusy(
+                f"session {session_id} is busy: {holder} has held it for {held:.1f} s "
+                f"(waited {self.limits.lock_wait_s:g} s); retry when it ends, or cancel it",
+                field="session_id",
+            )
+        try:
+            if entry.closed:
+                raise self._missing(session_id, entry.owner)
+            yield entry
+        finally:
+            entry.last_used = self._clock()
+            entry.lock.release_shared()
+            if entry.closed:  # closed while read: the last to let go frees it
+                self._free_when_unused(entry)
 
     def list(self, *, principal: str | None = None) -> builtins.list[SessionEntry]:
         """The caller's open sessions."""

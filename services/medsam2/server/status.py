@@ -11,6 +11,7 @@ went away is counted as CANCELLED, not INTERNAL.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import logging
@@ -170,11 +171,18 @@ class _Call:
         self.principal = ""
         self.binding: object = None
         self.started = time.perf_counter()
+        self.counted: contextlib.AbstractContextManager | None = None
 
     def begin(self, request: Any) -> None:
         """Identify the caller (bound for the registry's ownership checks) and check the request's surface."""
         self.principal = self.servicer.auth.principal_of(self.context)
         self.binding = auth.bind(self.principal, self.method)
+        drain = getattr(self.servicer, "drain", None)
+        if drain is not None:
+            # Counted while it runs, so shutdown closes no backend under it; refused once draining began.
+            counted = drain.call()
+            counted.__enter__()
+            self.counted = counted
         if request is not None and not inspect.isgenerator(request) and hasattr(request, "ListFields"):
             check_request(request)
 
@@ -208,6 +216,9 @@ class _Call:
             duration_s=time.perf_counter() - self.started,
         )
         auth.unbind(self.binding)
+        if self.counted is not None:
+            self.counted.__exit__(None, None, None)
+            self.counted = None
 
 
 def _session_id(message: Any) -> str:
