@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from medsam2.backends.select import make_embedded_backend
-from medsam2.engine.actions import Step, check_actions, run_actions, shorthand_steps
+from medsam2.engine.actions import Step, check_actions, object_descriptions, run_actions, shorthand_steps
 from medsam2.engine.backend import StageBackend
 from medsam2.engine.prompts import Box
 from medsam2.engine.protocols import VolumeAnnotation
@@ -19,6 +19,7 @@ from medsam2.engine.tracker import Tracker, TrackerOptions
 from medsam2.errors import InvalidInput
 from medsam2.imaging.windowing import MODALITY_PRESETS, Preset, Window, normalize_modality, to_uint8
 from medsam2.io.actions_file import read_actions
+from medsam2.io.dicom_seg import segment_specs
 from medsam2.io.outputs import OUTPUT_SUFFIXES, check_output, write_result
 from medsam2.io.volumes import Volume, read_volume
 from medsam2.models.source import graphs_for_checkpoint, is_untrained, resolve_default_checkpoint, warn_untrained
@@ -216,7 +217,8 @@ def run_segment(args: argparse.Namespace, settings: Settings) -> int:
         progress.close()
     seconds = time.perf_counter() - started
     masks = annotation.masks()
-    written = write_result(args.out, masks, volume, model_version=_model_version(args), display=slices)
+    specs = segment_specs(object_descriptions(steps), sorted(masks))
+    written = write_result(args.out, masks, volume, model_version=_model_version(args), segments=specs, display=slices)
     per_object = {
         str(obj_id): {
             "voxels": int(mask.sum()),
