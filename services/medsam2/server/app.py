@@ -312,7 +312,7 @@ def start_server(
     server.start()
     if ops_server is not None:
         ops_server.start()
-    http = _start_gateway(settings, servicer, interceptors) if settings.http_port else None
+    http = _start_gateway(settings, servicer, interceptors, authenticator) if settings.http_port else None
     running = RunningServer(
         server,
         port,
@@ -340,10 +340,21 @@ def start_server(
 
 
 def _start_gateway(
-    settings: ServerSettings, servicer: SegmentationServicer, interceptors: list[grpc.ServerInterceptor]
+    settings: ServerSettings,
+    servicer: SegmentationServicer,
+    interceptors: list[grpc.ServerInterceptor],
+    authenticator: Authenticator,
 ) -> ThreadingHTTPServer:
-    """The HTTP gateway on the same servicer and interceptors (so the same auth, audit and metrics)."""
+    """The HTTP gateway on the same servicer and interceptors (so the same auth, audit and metrics), and OHIF."""
+    from medsam2.gateway.ohif import OhifSite, parse_origins
     from medsam2.gateway.server import Gateway, GatewayOptions, start_gateway
+
+    origins = parse_origins(settings.cors_origins)
+    ohif = OhifSite(
+        servicer.pacs.config if servicer.pacs is not None else None,
+        authenticator.principal_of,
+        max_response_bytes=settings.ohif_max_response_bytes,
+    )
 
     gateway = Gateway(
         [
@@ -369,6 +380,8 @@ def _start_gateway(
                 tls_cert=settings.tls_cert if tls else None,
                 tls_key=settings.tls_key if tls else None,
                 tls_client_ca=settings.tls_client_ca if tls and _given(settings.tls_client_ca) else None,
+                ohif=ohif,
+                cors_origins=origins,
             ),
         )
     except OSError as exc:
@@ -494,6 +507,7 @@ def serve_forever(settings: ServerSettings, backend: StageBackend, environ: Mapp
     if running.http is not None:
         scheme = "https" if _given(settings.tls_cert) else "http"
         print(f"medsam2 serve: web viewer at {scheme}://{settings.host}:{running.http_port}/", flush=True)
+        print(f"medsam2 serve: OHIF at {scheme}://{settings.host}:{running.http_port}/ohif/", flush=True)
     stopping.wait()
     running.stop(settings.grace_s)
     return 0

@@ -19,6 +19,17 @@ class ServerSettings:
     port: int = setting(GRPC_PORT, "MEDSAM2_PORT", "gRPC port")
     metrics_port: int = setting(METRICS_PORT, "MEDSAM2_METRICS_PORT", "Prometheus /metrics port (0: off)")
     http_port: int = setting(0, "MEDSAM2_HTTP_PORT", "HTTP gateway (REST/JSON, OpenAPI) and web viewer port (0: off)")
+    cors_origins: str = setting(
+        "",
+        "MEDSAM2_CORS_ORIGINS",
+        "origins (scheme://host[:port], comma-separated, exact) whose pages may call the HTTP API, e.g. a site's own "
+        "OHIF (empty: none)",
+    )
+    ohif_max_response_bytes: int = setting(
+        256 * 2**20,
+        "MEDSAM2_OHIF_MAX_RESPONSE_BYTES",
+        "largest PACS answer the /ohif/ DICOMweb proxy passes on (a series' metadata, a multi-frame object)",
+    )
     model_repository: Path = setting(
         Path(""),
         "MEDSAM2_MODEL_REPOSITORY",

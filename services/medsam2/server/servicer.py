@@ -706,6 +706,7 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
             durable=entry.durable,
             model=_model_info(self._model_of(entry)),
             image_kept=entry.image is not None,
+            sop_instance_uids=_slice_uids(study),
         )
 
 
@@ -796,3 +797,10 @@ def _slice_message(
             score = out.object_score if out is not None else -1024.0
         objects.append(pb.ObjectMask(object_id=obj_id, mask=encode_mask(masks[i], encoding), object_score=score))
     return pb.SliceResult(slice=result.frame, objects=objects, done=done, total=total, **{"pass": pass_name})
+
+
+def _slice_uids(study: StudyInfo) -> list[str]:
+    """Each slice's SOPInstanceUID (a multi-frame source has one object, so none per slice)."""
+    if study.dicom is not None:
+        return [] if study.dicom.multiframe else list(study.dicom.slice_uids)
+    return list(study.sop_instance_uids)

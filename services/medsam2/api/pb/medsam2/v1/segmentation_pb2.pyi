@@ -156,7 +156,7 @@ class CreateSessionRequest(_message.Message):
     def __init__(self, header: _Optional[_Union[StudyHeader, _Mapping]] = ..., voxels: _Optional[bytes] = ...) -> None: ...
 
 class Session(_message.Message):
-    __slots__ = ("session_id", "shape", "spacing_mm", "object_ids", "state_bytes", "idle_seconds", "expires_in_seconds", "label", "backend", "busy", "modality", "geometry", "frame_of_reference_uid", "study_uid", "series_uid", "external_id", "preset", "dicom_results", "model_version", "durable", "history", "model", "image_kept")
+    __slots__ = ("session_id", "shape", "spacing_mm", "object_ids", "state_bytes", "idle_seconds", "expires_in_seconds", "label", "backend", "busy", "modality", "geometry", "frame_of_reference_uid", "study_uid", "series_uid", "external_id", "preset", "dicom_results", "model_version", "durable", "history", "model", "image_kept", "sop_instance_uids")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     SHAPE_FIELD_NUMBER: _ClassVar[int]
     SPACING_MM_FIELD_NUMBER: _ClassVar[int]
@@ -180,6 +180,7 @@ class Session(_message.Message):
     HISTORY_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     IMAGE_KEPT_FIELD_NUMBER: _ClassVar[int]
+    SOP_INSTANCE_UIDS_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     shape: _containers.RepeatedScalarFieldContainer[int]
     spacing_mm: _containers.RepeatedScalarFieldContainer[float]
@@ -203,7 +204,8 @@ class Session(_message.Message):
     history: _containers.RepeatedScalarFieldContainer[str]
     model: ModelInfo
     image_kept: bool
-    def __init__(self, session_id: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., spacing_mm: _Optional[_Iterable[float]] = ..., object_ids: _Optional[_Iterable[int]] = ..., state_bytes: _Optional[int] = ..., idle_seconds: _Optional[float] = ..., expires_in_seconds: _Optional[float] = ..., label: _Optional[str] = ..., backend: _Optional[str] = ..., busy: _Optional[bool] = ..., modality: _Optional[str] = ..., geometry: _Optional[_Union[PatientGeometry, _Mapping]] = ..., frame_of_reference_uid: _Optional[str] = ..., study_uid: _Optional[str] = ..., series_uid: _Optional[str] = ..., external_id: _Optional[str] = ..., preset: _Optional[str] = ..., dicom_results: _Optional[bool] = ..., model_version: _Optional[str] = ..., durable: _Optional[bool] = ..., history: _Optional[_Iterable[str]] = ..., model: _Optional[_Union[ModelInfo, _Mapping]] = ..., image_kept: _Optional[bool] = ...) -> None: ...
+    sop_instance_uids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, session_id: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., spacing_mm: _Optional[_Iterable[float]] = ..., object_ids: _Optional[_Iterable[int]] = ..., state_bytes: _Optional[int] = ..., idle_seconds: _Optional[float] = ..., expires_in_seconds: _Optional[float] = ..., label: _Optional[str] = ..., backend: _Optional[str] = ..., busy: _Optional[bool] = ..., modality: _Optional[str] = ..., geometry: _Optional[_Union[PatientGeometry, _Mapping]] = ..., frame_of_reference_uid: _Optional[str] = ..., study_uid: _Optional[str] = ..., series_uid: _Optional[str] = ..., external_id: _Optional[str] = ..., preset: _Optional[str] = ..., dicom_results: _Optional[bool] = ..., model_version: _Optional[str] = ..., durable: _Optional[bool] = ..., history: _Optional[_Iterable[str]] = ..., model: _Optional[_Union[ModelInfo, _Mapping]] = ..., image_kept: _Optional[bool] = ..., sop_instance_uids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Box(_message.Message):
     __slots__ = ("x0", "y0", "x1", "y1")
