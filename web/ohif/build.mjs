@@ -50,13 +50,20 @@ let html = readFileSync(index, "utf8");
 html = html.replaceAll('href="/', `href="${base}`).replaceAll('src="/', `src="${base}`);
 html = html.replaceAll('window.PUBLIC_URL="/"', `window.PUBLIC_URL="${base}"`);
 writeFileSync(index, html);
-const bundles = readdirSync(outdir).filter((n) => /^app\.bundle\.[0-9a-f]+\.js$/.test(n));
-if (bundles.length !== 1) throw new Error(`expected one app.bundle.*.js in ${pin.package} dist, found ${bundles}`);
-const app = join(outdir, bundles[0]);
-const code = readFileSync(app, "utf8");
+// Webpack's public path for chunks, in the app bundle and in each worker bundle (each has its own runtime).
 const publicPath = '__webpack_require__.p = "/";';
-if (code.split(publicPath).length !== 2) throw new Error(`${bundles[0]}: webpack's public path is not where 3.13 has it`);
-writeFileSync(app, code.replace(publicPath, `__webpack_require__.p = "${base}";`));
+const bundles = readdirSync(outdir).filter((n) => n.endsWith(".js"));
+const moved = [];
+for (const name of bundles) {
+  const file = join(outdir, name);
+  const code = readFileSync(file, "utf8");
+  if (!code.includes(publicPath)) continue;
+  writeFileSync(file, code.replaceAll(publicPath, `__webpack_require__.p = "${base}";`));
+  moved.push(name);
+}
+if (!moved.some((n) => /^app\.bundle\.[0-9a-f]+\.js$/.test(n))) {
+  throw new Error(`${pin.package}@${pin.version}: the app bundle's public path is not where 3.13 has it`);
+}
 rmSync(join(outdir, "app-config.js")); // the gateway writes it from the configured PACS endpoints
 writeFileSync(join(outdir, "VERSION"), `${pin.package}@${pin.version} sha256:${pin.sha256}\n`);
 rmSync(unpacked, { recursive: true, force: true });

@@ -208,6 +208,7 @@ const onAnnotation = guard(async (event) => {
   const annotation = event.detail?.annotation;
   if (armed !== "box" || annotation?.metadata?.toolName !== "RectangleROI") return;
   armed = null;
+  restore?.();
   const imageId = annotation.metadata.referencedImageId;
   const points = annotation.data.handles.points.map((p) => imageCoords(imageId, p));
   window.cornerstoneTools.annotation.state.removeAnnotation(annotation.annotationUID);
@@ -227,6 +228,7 @@ const onClick = guard(async (event) => {
   if (armed !== "click+" && armed !== "click-") return;
   const positive = armed === "click+";
   armed = null;
+  restore?.();
   const viewport = activeCornerstoneViewport();
   const rect = event.currentTarget.getBoundingClientRect();
   const world = viewport.canvasToWorld([event.clientX - rect.left, event.clientY - rect.top]);
@@ -292,8 +294,8 @@ const propagate = guard(async () => {
   } finally {
     running = null;
   }
-  window.medsam2.timings.propagateToLast = (performance.now() - started) / 1000;
-  window.medsam2.timings.slices = done;
+  const timings = window.medsam2.timings;
+  (timings.propagations ??= []).push({ propagateToLast: (performance.now() - started) / 1000, slices: done });
   log.push({ op: "propagate", editsSent: edits });
   notify(`Propagated through ${done} slices.`);
 });
@@ -326,15 +328,87 @@ function arm(mode) {
   const { viewportId } = activeDisplaySet();
   const viewport = activeCornerstoneViewport();
   const group = window.cornerstoneTools.ToolGroupManager.getToolGroupForViewport(viewportId, viewport.renderingEngineId);
+  // The primary button's tool (window/level, a brush...) yields until the prompt is given, then comes back.
+  const primary = group.getActivePrimaryMouseButtonTool?.();
+  if (primary && primary !== "RectangleROI") {
+    group.setToolPassive(primary);
+    restore = () => {
+      if (group.hasTool("RectangleROI")) group.setToolPassive("RectangleROI");
+      group.setToolActive(primary, { bindings: [{ mouseButton: 1 }] });
+      restore = null;
+    };
+  }
   if (mode === "box") {
     if (!group.hasTool("RectangleROI")) group.addTool("RectangleROI");
     group.setToolActive("RectangleROI", { bindings: [{ mouseButton: 1 }] });
     status("Draw a box around the object on its key slice.");
   } else {
-    const primary = group.getActivePrimaryMouseButtonTool?.();
-    if (primary) group.setToolPassive(primary);
     status(`Click the ${mode === "click+" ? "object" : "background"} on the shown slice.`);
   }
+}
+
+let restore = null;
+
+// -- where things are: for the reader's scripts and the browser test ---------------------------------------------
+function imageIdOfSlice(slice) {
+  const viewport = activeCornerstoneViewport();
+  const uid = state.uidBySlice[slice];
+  const ids = viewport.getImageIds();
+  const index = ids.findIndex((id) => sopOf(id) === uid);
+  if (index < 0) throw new ApiError(`slice ${slice} (${uid}) is not in the viewport`);
+  return { viewport, imageId: ids[index], index };
+}
+
+/** Show service slice ``slice`` (found by its SOP Instance UID) in the active viewport. */
+async function showSlice(slice) {
+  await ensureSession();
+  const { viewport, index } = imageIdOfSlice(slice);
+  const uid = state.uidBySlice[slice];
+  if (typeof viewport.setImageIdIndex === "function") {
+    await viewport.setImageIdIndex(index);
+  } else {
+    // A volume viewport counts its slices along the view: try the image's index, then from the other end.
+    const jump = window.cornerstone.utilities.jumpToSlice ?? window.cornerstoneTools.utilities.jumpToSlice;
+    const count = viewport.getImageIds().length;
+    for (const imageIndex of [index, count - 1 - index]) {
+      await jump(viewport.element, { imageIndex });
+      if (sopOf(viewport.getCurrentImageId()) === uid) break;
+    }
+  }
+  viewport.render();
+  if (sopOf(viewport.getCurrentImageId()) !== uid) throw new ApiError(`could not show slice ${slice} (${uid})`);
+}
+
+/** Page coordinates of pixel (x = column, y = row) of service slice ``slice`` (which must be shown). */
+function pageOf(slice, x, y) {
+  const { viewport, imageId } = imageIdOfSlice(slice);
+  const world = window.cornerstone.utilities.imageToWorldCoords(imageId, [x, y]);
+  const [cx, cy] = viewport.worldToCanvas(world);
+  const rect = viewport.element.getBoundingClientRect();
+  return [rect.left + cx, rect.top + cy];
+}
+
+/** What OHIF's labelmap holds: per SOP Instance UID, the pixel count and bit-packed mask of each object. */
+function readLabelmap() {
+  const images = labelmapImages();
+  const out = {};
+  for (const [sop, image] of images) {
+    const pixels = pixelsOf(image);
+    const perObject = {};
+    for (const objectId of state.objects.keys()) {
+      const bits = new Uint8Array(Math.ceil(pixels.length / 8));
+      let count = 0;
+      for (let i = 0; i < pixels.length; i++) {
+        if (pixels[i] === objectId) {
+          bits[i >> 3] |= 0x80 >> (i & 7);
+          count += 1;
+        }
+      }
+      perObject[objectId] = { count, bits: btoa(String.fromCharCode(...bits)) };
+    }
+    out[sop] = { rows: image.rows, columns: image.columns, objects: perObject };
+  }
+  return out;
 }
 
 // -- the panel ------------------------------------------------------------------------------------------------
@@ -342,8 +416,12 @@ function panel() {
   if (document.getElementById("medsam2-panel")) return;
   const root = document.createElement("div");
   root.id = "medsam2-panel";
-  root.style.cssText = "position:fixed;right:12px;bottom:12px;z-index:1000;background:#090c29;color:#fff;" +
+  root.style.cssText = "position:fixed;left:12px;bottom:12px;z-index:1000;background:#090c29;color:#fff;" +
     "border:1px solid #3a3f99;border-radius:6px;padding:8px;font:12px sans-serif;display:grid;gap:4px;width:230px";
+  const style = document.createElement("style");
+  style.textContent = "#medsam2-panel input{color:#000;background:#fff;padding:1px 3px}" +
+    "#medsam2-panel button{background:#3a3f99;color:#fff;border-radius:3px;padding:2px 6px;margin:1px}";
+  document.head.appendChild(style);
   root.innerHTML = `<b>MedSAM2</b>
     <input id="medsam2-token" type="password" placeholder="MedSAM2 token (if the service wants one)">
     <label>Object <input id="medsam2-object" type="number" min="1" value="1" style="width:40px"></label>
@@ -387,7 +465,9 @@ export default {
     services.userAuthenticationService.setServiceImplementation({
       getAuthorizationHeader: () => (api.token ? { Authorization: `Bearer ${api.token}` } : {}),
     });
-    window.medsam2 = { api, log, timings: {}, state: null, propagate, store, arm, sendEdits };
+    window.medsam2 = {
+      api, log, timings: {}, state: null, propagate, store, arm, sendEdits, showSlice, pageOf, readLabelmap,
+    };
     const ready = setInterval(() => {
       if (!window.cornerstone || !window.cornerstoneTools) return;
       clearInterval(ready);
