@@ -144,6 +144,7 @@ def test_app_config_names_each_endpoint_through_the_proxy_and_loads_the_extensio
     assert text.startswith("window.config = ")
     config = json.loads(text.removeprefix("window.config = ").rstrip().rstrip(";"))
     assert config["routerBasename"] == "/ohif" and config["extensions"] == ["/ohif/medsam2/extension.js"]
+    assert config["medsam2"] == {"api": "", "endpoints": ["orthanc"], "proxy": True}
     [source] = config["dataSources"]
     assert source["sourceName"] == config["defaultDataSourceName"] == "orthanc"
     for root in ("qidoRoot", "wadoRoot", "wadoUriRoot"):

@@ -133,7 +133,7 @@ class OhifSite:
             "defaultDataSourceName": names[0] if names else "",
             "dataSources": sources,
             # Read by the extension: the API is this origin's, the PACS endpoints are the data sources.
-            "medsam2": {"api": "", "endpoints": names},
+            "medsam2": {"api": "", "endpoints": names, "proxy": True},
         }
         return ("window.config = " + json.dumps(config, indent=1) + ";\n").encode()
 

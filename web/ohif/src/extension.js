@@ -461,10 +461,13 @@ export default {
   id: ID,
   preRegistration({ servicesManager }) {
     services = servicesManager.services;
-    // DICOMweb goes through the gateway's proxy with the reader's medsam2 token; the PACS credentials stay there.
-    services.userAuthenticationService.setServiceImplementation({
-      getAuthorizationHeader: () => (api.token ? { Authorization: `Bearer ${api.token}` } : {}),
-    });
+    // OHIF served by medsam2: DICOMweb goes through the gateway's proxy with the reader's medsam2 token (the PACS
+    // credentials stay there). A site's own OHIF keeps its own authentication: its PACS never sees our token.
+    if (config().proxy === true) {
+      services.userAuthenticationService.setServiceImplementation({
+        getAuthorizationHeader: () => (api.token ? { Authorization: `Bearer ${api.token}` } : {}),
+      });
+    }
     window.medsam2 = {
       api, log, timings: {}, state: null, propagate, store, arm, sendEdits, showSlice, pageOf, readLabelmap,
     };
