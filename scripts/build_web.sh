@@ -9,10 +9,14 @@ if ! command -v npm >/dev/null 2>&1; then
     echo "build_web.sh: npm not found: the web viewer is not built (the gateway's API still works)" >&2
     exit 0
 fi
-if [ -f "$out/app.js" ] && [ -z "$(find src build.mjs package-lock.json -newer "$out/app.js" -print -quit)" ]; then
-    exit 0
-fi
 if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
     npm ci --no-audit --no-fund --loglevel=error
 fi
-node build.mjs "$out"
+if [ ! -f "$out/app.js" ] || [ -n "$(find src build.mjs package-lock.json -newer "$out/app.js" -print -quit)" ]; then
+    node build.mjs "$out"
+fi
+# OHIF (the pinned @ohif/app tarball, sha256-checked) with the MedSAM2 extension, served at /ohif/.
+ohif_out=../services/medsam2/gateway/ohif
+if [ ! -f "$ohif_out/medsam2/extension.js" ] || [ -n "$(find ohif/src ohif/build.mjs ohif/ohif.json -newer "$ohif_out/medsam2/extension.js" -print -quit)" ]; then
+    node ohif/build.mjs "$ohif_out"
+fi

@@ -7,19 +7,35 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pydicom
 import pytest
 from PIL import Image
 
 from medsam2.cli import exit_codes
 from medsam2.cli.main import main
-from medsam2.engine.actions import BoxStep, ClickStep, MaskStep, PropagateStep, check_actions, parse_actions
+from medsam2.engine.actions import (
+    BoxStep,
+    ClickStep,
+    CodedConcept,
+    MaskStep,
+    ObjectDescription,
+    PropagateStep,
+    check_actions,
+    object_descriptions,
+    parse_actions,
+)
 from medsam2.engine.prompts import Box
 from medsam2.errors import InvalidInput, InvalidPrompt
 from medsam2.io.actions_file import read_actions
+from medsam2.io.dicom_seg import segment_specs
 from medsam2.testing.synthetic_ct import write_synthetic_ct
 from medsam2_export.parity import synthetic_volume
 
 SLICES, ROWS, COLS, KEY = 8, 64, 72, 4
+
+
+def _concept(value: str, scheme: str, meaning: str) -> dict[str, str]:
+    return {"value": value, "scheme": scheme, "meaning": meaning}
 
 
 def test_a_full_file_parses_into_typed_steps(tmp_path: Path) -> None:
@@ -55,7 +71,8 @@ def test_a_full_file_parses_into_typed_steps(tmp_path: Path) -> None:
         ([["box"]], r"actions\[0\]: each step must be a JSON object"),
         (
             [{"op": "click", "object": 1, "slice": 3, "point": [1, 2], "positve": False}],
-            r"actions\[0\] \(click\): unknown key 'positve': allowed keys are object, op, point, positive, slice",
+            r"actions\[0\] \(click\): unknown key 'positve': allowed keys are category, colour, label, object, op, "
+            r"point, positive, slice, type",
         ),
         ([{"op": "box", "object": 1, "slice": 3}], r"actions\[0\] \(box\): missing 'box'"),
         ([{"op": "box", "object": 1, "slice": 3, "box": [1, 2, 3]}], r"\"box\" must be \[x0, y0, x1, y1\]"),
@@ -65,6 +82,23 @@ def test_a_full_file_parses_into_typed_steps(tmp_path: Path) -> None:
         ([{"op": "click", "object": 1, "slice": 2, "point": [1, 2], "positive": "no"}], "must be true or false"),
         ([{"op": "propagate", "range": [5, 2]}], r"actions\[0\] \(propagate\): \"range\" \[5, 2\] is reversed"),
         ([{"op": "mask", "object": 1, "slice": 2, "path": 7}], r"\"path\" must be a file name"),
+        (
+            [{"op": "box", "object": 1, "slice": 2, "box": [1, 2, 3, 4], "label": ""}],
+            r"actions\[0\] \(box\): \"label\" must be a name of 1 to 64 characters",
+        ),
+        ([{"op": "box", "object": 1, "slice": 2, "box": [1, 2, 3, 4], "label": "a\\b"}], "without backslashes"),
+        (
+            [{"op": "click", "object": 1, "slice": 2, "point": [1, 2], "colour": [256, 0, 0]}],
+            r"\"colour\" must be \[r, g, b\] with each a whole number 0..255, got \[256, 0, 0\]",
+        ),
+        (
+            [{"op": "box", "object": 1, "slice": 2, "box": [1, 2, 3, 4], "type": {"value": "4147007"}}],
+            r"\"type\" must be \{\"value\": ..., \"scheme\": ..., \"meaning\": ...\}",
+        ),
+        (
+            [{"op": "box", "object": 1, "slice": 2, "box": [1, 2, 3, 4], "type": _concept("1", "S" * 17, "m")}],
+            r"\"type\": value and meaning need 1 to 64 characters, scheme 1 to 16",
+        ),
     ],
 )
 def test_bad_steps_name_the_step_and_the_problem(data: object, message: str, tmp_path: Path) -> None:
@@ -118,6 +152,26 @@ def test_reading_a_file_resolves_masks_beside_it(tmp_path: Path) -> None:
     path.write_text('[{"op": "box",}]')
     with pytest.raises(InvalidInput, match="not valid JSON: .* at line 1, column"):
         read_actions(path)
+
+
+def test_prompt_steps_describe_their_object_and_later_steps_override(tmp_path: Path) -> None:
+    mass = _concept("4147007", "SCT", "Mass")
+    data = [
+        {"op": "box", "object": 1, "slice": 3, "box": [1, 2, 30, 40], "label": "liver lesion", "type": mass},
+        {"op": "click", "object": 1, "slice": 3, "point": [5, 6], "colour": [255, 0, 0]},
+        {"op": "click", "object": 2, "slice": 3, "point": [7, 8]},
+        {"op": "propagate"},
+    ]
+    steps = parse_actions(data, base_dir=tmp_path)
+    assert steps[0].describes == ObjectDescription("liver lesion", None, None, CodedConcept("4147007", "SCT", "Mass"))
+    assert steps[2].describes is None
+    described = object_descriptions(steps)
+    mass_concept = CodedConcept("4147007", "SCT", "Mass")
+    assert described == {1: ObjectDescription("liver lesion", (255, 0, 0), None, mass_concept)}
+    specs = segment_specs(described, [1, 2])
+    assert (specs[0].label, specs[0].colour, specs[0].property_type.meaning) == ("liver lesion", (255, 0, 0), "Mass")
+    assert specs[0].category == specs[1].category  # left as the default
+    assert (specs[1].label, specs[1].property_type.meaning) == ("object 2", "Tissue")
 
 
 @pytest.fixture(scope="module")
@@ -236,3 +290,34 @@ def test_segment_with_an_actions_file(nifti, graphs, tmp_path: Path, capsys) -> 
     assert code == exit_codes.OK and set(summary["objects"]) == {"2"}
     labels = _labels(tmp_path / "mask.nii.gz")
     assert set(np.unique(labels)) <= {0, 2} and not labels[: KEY - 1].any() and not labels[KEY + 2 :].any()
+
+
+def test_segment_names_objects_as_the_actions_file_says(graphs, tmp_path: Path, capsys) -> None:
+    series = write_synthetic_ct(tmp_path / "ct", slices=4, size=32, seed=3)
+    actions = tmp_path / "named.json"
+    actions.write_text(
+        json.dumps(
+            [
+                {
+                    "op": "box",
+                    "object": 1,
+                    "slice": 2,
+                    "box": [6, 6, 26, 26],
+                    "label": "liver lesion",
+                    "colour": [255, 0, 0],
+                    "type": _concept("4147007", "SCT", "Mass"),
+                },
+                {"op": "propagate"},
+            ]
+        )
+    )
+    out = tmp_path / "seg.dcm"
+    code, _ = _segment([str(series.folder), "--actions", str(actions), "--out", str(out)], graphs, capsys)
+    assert code == exit_codes.OK
+    seg = pydicom.dcmread(out)
+    [segment] = seg.SegmentSequence
+    assert segment.SegmentLabel == "liver lesion"
+    assert segment.SegmentedPropertyTypeCodeSequence[0].CodeMeaning == "Mass"
+    assert seg.SeriesDescription.startswith("MedSAM2 SEG liver lesion ")
+    report = json.loads((tmp_path / "seg.measurements.json").read_text())
+    assert report["objects"][0]["label"] == "liver lesion"

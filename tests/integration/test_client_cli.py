@@ -92,6 +92,7 @@ def test_client_and_segment_give_identical_masks(
         (["--store", "hospital"], 2, "--store: the server stores a SEG and SR over the DICOM series it came from"),
         (["--pacs", "hospital"], 2, "give either an INPUT file or folder, or --pacs"),
         (["--box", "1,1,5,5"], 2, "--actions replaces --box and --slice"),
+        (["--label", "node"], 2, '--label, --colour and --type go with --box; in an actions file use "label"'),
     ],
 )
 def test_client_refuses_bad_flags_before_any_work(
@@ -137,3 +138,24 @@ def test_client_names_a_bad_step_and_opens_nothing(
     client = Client(server)
     assert client.list_sessions() == []  # the session opened for the second file was closed again
     client.close()
+
+
+def test_client_names_the_object_in_the_seg_and_sr(server: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import highdicom as hd
+
+    from medsam2.testing.synthetic_ct import write_synthetic_ct
+
+    series = write_synthetic_ct(tmp_path / "ct", slices=4, size=32, seed=3)
+    out = tmp_path / "seg.dcm"
+    args = ["client", str(series.folder), "--server", server, "--box", "6,6,26,26", "--slice", "2", "--out", str(out)]
+    named = ["--label", "liver lesion", "--colour", "255,0,0", "--type", "4147007,SCT,Mass", "--no-progress"]
+    assert main([*args, *named]) == 0
+    capsys.readouterr()
+    seg = hd.seg.segread(out)
+    described = seg.get_segment_description(1)
+    assert (described.segment_label, described.segmented_property_type.meaning) == ("liver lesion", "Mass")
+    sr = hd.sr.srread(tmp_path / "seg.sr.dcm")
+    assert {g.tracking_identifier for g in sr.content.get_planar_roi_measurement_groups()} == {"liver lesion"}
+    assert sr.SeriesDescription.startswith(f"MedSAM2 SR of SEG {seg.SeriesNumber}: liver lesion ")
+    assert main([*args, "--colour", "255,0"]) == 2
+    assert "--colour must be [r, g, b]" in capsys.readouterr().err

@@ -61,7 +61,7 @@ def test_two_objects_become_two_segments_with_their_own_frames(seg: pydicom.Data
 def test_software_and_series_identify_medsam2(seg: pydicom.Dataset) -> None:
     assert seg.ManufacturerModelName == "MedSAM2"
     assert str(seg.SoftwareVersions).startswith("medsam2-serving")
-    assert seg.SeriesDescription == "MedSAM2 segmentation" and seg.ContentLabel == "MEDSAM2"
+    assert seg.SeriesDescription.startswith("MedSAM2 SEG object 2, object 7 20") and seg.ContentLabel == "MEDSAM2"
 
 
 def test_a_seg_over_a_multiframe_source_references_frames(tmp_path: Path, series: SyntheticSeries) -> None:

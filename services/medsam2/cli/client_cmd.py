@@ -66,6 +66,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     client.add_argument("--box", help="X0,Y0,X1,Y1 in pixels of the key slice (x = column, y = row)")
     client.add_argument("--slice", type=int, help="key slice K (with --box)")
+    client.add_argument("--label", help="the object's name in the SEG and SR (with --box; default 'object 1')")
+    client.add_argument("--colour", metavar="R,G,B", help="the object's display colour, sRGB 0..255 (with --box)")
+    client.add_argument(
+        "--type",
+        dest="property_type",
+        metavar="VALUE,SCHEME,MEANING",
+        help="the object's coded type, e.g. 4147007,SCT,Mass (with --box; default SCT Tissue)",
+    )
     client.add_argument(
         "--actions",
         type=Path,
@@ -142,6 +150,10 @@ def _check_args(args: argparse.Namespace) -> None:
         raise InvalidInput("give --box X0,Y0,X1,Y1 with --slice K, --actions FILE, or --mask-dir DIR")
     if args.actions is not None and (args.box is not None or args.slice is not None):
         raise InvalidInput("--actions replaces --box and --slice: give one or the other")
+    if args.actions is not None and (args.label or args.colour or args.property_type):
+        raise InvalidInput(
+            '--label, --colour and --type go with --box; in an actions file use "label", "colour", "type"'
+        )
 
 
 def _steps(args: argparse.Namespace) -> tuple[list, dict[int, np.ndarray]]:
@@ -151,9 +163,49 @@ def _steps(args: argparse.Namespace) -> tuple[list, dict[int, np.ndarray]]:
     from medsam2.io.actions_file import read_actions
 
     if args.actions is None:
-        return shorthand_steps(1, args.slice, box=parse_box(args.box), slice_range=_slice_range(args.slice_range)), {}
+        box, describes = parse_box(args.box), _describes(args)
+        steps = shorthand_steps(1, args.slice, box=box, slice_range=_slice_range(args.slice_range), describes=describes)
+        return steps, {}
     actions = read_actions(args.actions)
     return actions.steps, actions.masks
+
+
+def _describes(args: argparse.Namespace):  # noqa: ANN202 - engine.actions.ObjectDescription, imported lazily
+    """--label, --colour and --type as the box step's object description (None when none is given)."""
+    from medsam2.engine.actions import ObjectDescription, parse_colour, parse_concept, parse_label
+
+    if not (args.label or args.colour or args.property_type):
+        return None
+    colour = None
+    if args.colour:
+        try:
+            parts = [int(c) for c in args.colour.split(",")]
+        except ValueError:
+            raise InvalidInput(f"--colour must be R,G,B (whole numbers 0..255), got {args.colour!r}") from None
+        colour = parse_colour(parts, "--colour")
+    concept = None
+    if args.property_type:
+        parts = args.property_type.split(",", 2)
+        if len(parts) != 3:
+            raise InvalidInput(f"--type must be VALUE,SCHEME,MEANING, got {args.property_type!r}")
+        concept = parse_concept(dict(zip(("value", "scheme", "meaning"), parts, strict=True)), "--type")
+    label = parse_label(args.label, "--label") if args.label else None
+    return ObjectDescription(label, colour, None, concept)
+
+
+def object_info_pb(describes):  # noqa: ANN001, ANN201 - engine.actions.ObjectDescription -> pb.ObjectInfo | None
+    """A step's object description as AddPrompt's object_info (None when the step describes nothing)."""
+    from medsam2.api.pb.medsam2.v1 import segmentation_pb2 as pb
+
+    if describes is None:
+        return None
+    info = pb.ObjectInfo(label=describes.label or "", colour_rgb=list(describes.colour or ()))
+    for name, concept in (("category", describes.category), ("type", describes.property_type)):
+        if concept is not None:
+            getattr(info, name).CopyFrom(
+                pb.CodedConcept(value=concept.value, scheme=concept.scheme, meaning=concept.meaning)
+            )
+    return info
 
 
 def run_client(args: argparse.Namespace, settings: Settings) -> int:
@@ -235,7 +287,7 @@ def run_client(args: argparse.Namespace, settings: Settings) -> int:
             raise InvalidInput(f"--out {args.out.name}: the server cannot make a DICOM SEG of this study")
         try:
             slices = _run_steps(client, session, steps, mask_images, args)
-            written = _save(client, session, args, volume) if args.out is not None else []
+            written = _save(client, session, args, volume, steps) if args.out is not None else []
             if args.out_masks is not None:
                 written += _save_frame_masks(client, session, args, volume, first)
             if args.save_annotation is not None:
@@ -361,14 +413,21 @@ def _run_steps(
     for step in steps:
         if isinstance(step, BoxStep):
             b = step.box
-            client.add_prompt(sid, step.obj_id, step.slice, box=(b.x0, b.y0, b.x1, b.y1))
+            info = object_info_pb(step.describes)
+            client.add_prompt(sid, step.obj_id, step.slice, box=(b.x0, b.y0, b.x1, b.y1), object_info=info)
         elif isinstance(step, ClickStep):
             # Clicks on one slice accumulate, as in ``segment`` (engine.actions.to_prompt).
             client.add_prompt(
-                sid, step.obj_id, step.slice, points=[(*step.point, step.positive)], keep_previous_points=True
+                sid,
+                step.obj_id,
+                step.slice,
+                points=[(*step.point, step.positive)],
+                keep_previous_points=True,
+                object_info=object_info_pb(step.describes),
             )
         elif isinstance(step, MaskStep):
-            client.add_prompt(sid, step.obj_id, step.slice, mask=mask_images[step.index])
+            info = object_info_pb(step.describes)
+            client.add_prompt(sid, step.obj_id, step.slice, mask=mask_images[step.index], object_info=info)
         else:
             fields = (
                 {}
@@ -421,16 +480,19 @@ def _save_annotation(client, session, args: argparse.Namespace, volume, window) 
     )
 
 
-def _save(client, session, args: argparse.Namespace, volume) -> list[Path]:  # noqa: ANN001
+def _save(client, session, args: argparse.Namespace, volume, steps: list) -> list[Path]:  # noqa: ANN001
     """Write the result: from the local source when there is one, else the server's files."""
     from medsam2.api.pb.medsam2.v1 import segmentation_pb2 as pb
+    from medsam2.engine.actions import object_descriptions
+    from medsam2.io.dicom_seg import segment_specs
     from medsam2.io.outputs import write_result
 
     out: Path = args.out
     name = out.name.lower()
     if volume is not None:
         masks = client.object_masks(session.session_id)
-        written = write_result(out, masks, volume, model_version=session.model_version)
+        specs = segment_specs(object_descriptions(steps), sorted(masks))
+        written = write_result(out, masks, volume, model_version=session.model_version, segments=specs)
         if name.endswith(".dcm"):
             written.append(_write_local_sr(out, masks, volume, session.model_version))
         return written
@@ -457,7 +519,9 @@ def _write_local_sr(out: Path, masks: dict[int, np.ndarray], volume, model_versi
 
     seg = pydicom.dcmread(out)
     labels = {int(s.TrackingID.split()[-1]): str(s.SegmentLabel) for s in seg.SegmentSequence}
-    report = build_measurement_report(seg, measure_all(masks, volume.spacing, labels), model_version=model_version)
+    report = build_measurement_report(
+        seg, measure_all(masks, volume.spacing, labels), model_version=model_version, source=volume.dicom
+    )
     return _write_atomic(sr_path(out), encode_report(report))
 
 

@@ -12,7 +12,15 @@ import numpy as np
 
 from medsam2.backends.select import make_embedded_backend
 from medsam2.cli.postprocessing_args import add_postprocessing_arguments, requested_postprocessing
-from medsam2.engine.actions import MaskStep, PropagateStep, Step, check_actions, run_actions, shorthand_steps
+from medsam2.engine.actions import (
+    MaskStep,
+    PropagateStep,
+    Step,
+    check_actions,
+    object_descriptions,
+    run_actions,
+    shorthand_steps,
+)
 from medsam2.engine.backend import StageBackend
 from medsam2.engine.postprocessing import PostProcessingOptions, StudyKind
 from medsam2.engine.prompts import Box
@@ -21,6 +29,7 @@ from medsam2.engine.tracker import Tracker, TrackerOptions
 from medsam2.errors import InvalidInput
 from medsam2.imaging.windowing import MODALITY_PRESETS, Preset, Window, normalize_modality, resolve_preset, to_uint8
 from medsam2.io.actions_file import read_actions
+from medsam2.io.dicom_seg import segment_specs
 from medsam2.io.outputs import OUTPUT_SUFFIXES, check_output, write_result
 from medsam2.io.video import is_video
 from medsam2.io.video_masks import FirstFrameMasks, frame_names, read_first_frame_masks, write_frame_masks
@@ -293,7 +302,10 @@ def run_segment(args: argparse.Namespace, settings: Settings) -> int:
     masks = annotation.masks()
     written: list[Path] = []
     if args.out is not None:
-        written = write_result(args.out, masks, volume, model_version=_model_version(args), display=slices)
+        specs = segment_specs(object_descriptions(steps), sorted(masks))
+        written = write_result(
+            args.out, masks, volume, model_version=_model_version(args), segments=specs, display=slices
+        )
     if args.out_masks is not None:
         layout, palette = (first.per_object, first.palette) if first is not None else (False, None)
         names = frame_names(volume.frame_names, volume.voxels.shape[0])

@@ -8,6 +8,15 @@ The schema (every key checked; unknown ops and unknown keys are errors naming th
      {"op": "mask", "object": 1, "slice": 30, "path": "mask.png"},
      {"op": "propagate", "range": [first, last]}]
 
+A prompt step may also describe its object (what its SEG segment and SR group
+say), as ``AddPrompt.object_info`` does; a later description of the same object
+overrides the fields it gives::
+
+    {"op": "box", "object": 1, "slice": 30, "box": [...], "label": "liver lesion",
+     "colour": [255, 0, 0],
+     "category": {"value": "49755003", "scheme": "SCT", "meaning": "Morphologically Altered Structure"},
+     "type": {"value": "4147007", "scheme": "SCT", "meaning": "Mass"}}
+
 Coordinates are pixels of the original slice (x = column, y = row), as for
 ``--box``; slices count from 0 along the study.  Clicks on one slice accumulate
 (sam2's ``clear_old_points=False``); a box or a mask replaces what its slice had.
@@ -33,6 +42,29 @@ from medsam2.engine.tracker import FrameResult
 from medsam2.errors import InvalidInput, InvalidPrompt
 
 OPS = ("box", "click", "mask", "propagate")
+_OBJECT_KEYS = frozenset({"label", "colour", "category", "type"})
+"""Keys any prompt step may carry to describe its object."""
+MAX_LABEL_CHARS = 64
+"""A DICOM segment label (LO) holds at most 64 characters."""
+
+
+@dataclass(frozen=True, slots=True)
+class CodedConcept:
+    """A coded concept (value, coding scheme, meaning), e.g. ("4147007", "SCT", "Mass")."""
+
+    value: str
+    scheme: str
+    meaning: str
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectDescription:
+    """What a prompt step says about its object; ``None`` fields leave the object's current value."""
+
+    label: str | None = None
+    colour: tuple[int, int, int] | None = None
+    category: CodedConcept | None = None
+    property_type: CodedConcept | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +75,7 @@ class BoxStep:
     obj_id: int
     slice: int
     box: Box
+    describes: ObjectDescription | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +87,7 @@ class ClickStep:
     slice: int
     point: tuple[float, float]
     positive: bool = True
+    describes: ObjectDescription | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +98,7 @@ class MaskStep:
     obj_id: int
     slice: int
     path: Path
+    describes: ObjectDescription | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,9 +113,9 @@ Step = BoxStep | ClickStep | MaskStep | PropagateStep
 PromptStep = BoxStep | ClickStep | MaskStep
 
 _KEYS: dict[str, tuple[frozenset[str], frozenset[str]]] = {  # op -> (required, optional)
-    "box": (frozenset({"op", "object", "slice", "box"}), frozenset()),
-    "click": (frozenset({"op", "object", "slice", "point"}), frozenset({"positive"})),
-    "mask": (frozenset({"op", "object", "slice", "path"}), frozenset()),
+    "box": (frozenset({"op", "object", "slice", "box"}), _OBJECT_KEYS),
+    "click": (frozenset({"op", "object", "slice", "point"}), frozenset({"positive"}) | _OBJECT_KEYS),
+    "mask": (frozenset({"op", "object", "slice", "path"}), _OBJECT_KEYS),
     "propagate": (frozenset({"op"}), frozenset({"range"})),
 }
 
@@ -128,18 +163,67 @@ def _parse_step(index: int, raw: object, base_dir: Path) -> Step:
     if obj_id < 1:
         raise InvalidInput(f'{where}: "object" must be a positive integer, got {obj_id}')
     frame = _integer(raw["slice"], f'{where}: "slice"')
+    describes = _description(raw, where)
     if op == "box":
-        return BoxStep(index, obj_id, frame, Box(*_numbers(raw["box"], 4, where, "box", "[x0, y0, x1, y1]")))
+        box = Box(*_numbers(raw["box"], 4, where, "box", "[x0, y0, x1, y1]"))
+        return BoxStep(index, obj_id, frame, box, describes)
     if op == "click":
         positive = raw.get("positive", True)
         if not isinstance(positive, bool):
             raise InvalidInput(f'{where}: "positive" must be true or false, got {positive!r}')
         x, y = _numbers(raw["point"], 2, where, "point", "[x, y]")
-        return ClickStep(index, obj_id, frame, (x, y), positive)
+        return ClickStep(index, obj_id, frame, (x, y), positive, describes)
     path = raw["path"]
     if not isinstance(path, str) or not path:
         raise InvalidInput(f'{where}: "path" must be a file name relative to the actions file, got {path!r}')
-    return MaskStep(index, obj_id, frame, Path(base_dir) / PurePath(path))
+    return MaskStep(index, obj_id, frame, Path(base_dir) / PurePath(path), describes)
+
+
+def _description(raw: dict, where: str) -> ObjectDescription | None:
+    """The step's "label", "colour", "category" and "type", checked; None when it gives none."""
+    if not _OBJECT_KEYS & set(raw):
+        return None
+    label = raw.get("label")
+    if label is not None:
+        label = parse_label(label, f'{where}: "label"')
+    colour = raw.get("colour")
+    if colour is not None:
+        colour = parse_colour(colour, f'{where}: "colour"')
+    category, property_type = (
+        None if raw.get(key) is None else parse_concept(raw[key], f'{where}: "{key}"') for key in ("category", "type")
+    )
+    return ObjectDescription(label, colour, category, property_type)
+
+
+def parse_label(value: object, what: str) -> str:
+    """A segment label: 1 to 64 printable characters, no backslash (DICOM LO)."""
+    if not isinstance(value, str) or not value.strip() or len(value) > MAX_LABEL_CHARS:
+        raise InvalidInput(f"{what} must be a name of 1 to {MAX_LABEL_CHARS} characters, got {value!r}")
+    if "\\" in value or not value.isprintable():
+        raise InvalidInput(f"{what} must be printable text without backslashes, got {value!r}")
+    return value.strip()
+
+
+def parse_colour(value: object, what: str) -> tuple[int, int, int]:
+    """An sRGB colour [r, g, b], each a whole number 0..255."""
+    if (
+        not isinstance(value, list)
+        or len(value) != 3
+        or not all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= 255 for c in value)
+    ):
+        raise InvalidInput(f"{what} must be [r, g, b] with each a whole number 0..255, got {value!r}")
+    return (value[0], value[1], value[2])
+
+
+def parse_concept(value: object, what: str) -> CodedConcept:
+    """A coded concept {"value", "scheme", "meaning"}: value and meaning 1..64 characters, scheme 1..16."""
+    keys = {"value", "scheme", "meaning"}
+    if not isinstance(value, dict) or set(value) != keys or not all(isinstance(value[k], str) for k in keys):
+        raise InvalidInput(f'{what} must be {{"value": ..., "scheme": ..., "meaning": ...}} (strings), got {value!r}')
+    code, scheme, meaning = (value[k].strip() for k in ("value", "scheme", "meaning"))
+    if not (0 < len(code) <= 64 and 0 < len(scheme) <= 16 and 0 < len(meaning) <= 64):
+        raise InvalidInput(f"{what}: value and meaning need 1 to 64 characters, scheme 1 to 16, got {value!r}")
+    return CodedConcept(code, scheme, meaning)
 
 
 def _integer(value: object, what: str) -> int:
@@ -300,11 +384,28 @@ def shorthand_steps(
     box: Box | None = None,
     mask_path: Path | None = None,
     slice_range: tuple[int, int] | None = None,
+    describes: ObjectDescription | None = None,
 ) -> list[Step]:
     """``--box``/``--mask`` with ``--slice``: a box (or mask, index 0) step followed by a propagate step."""
     if (box is None) == (mask_path is None):
         raise InvalidInput("give either a box or a mask")
     if box is not None:
-        return [BoxStep(0, obj_id, frame, box), PropagateStep(1, slice_range)]
+        return [BoxStep(0, obj_id, frame, box, describes), PropagateStep(1, slice_range)]
     assert mask_path is not None
-    return [MaskStep(0, obj_id, frame, Path(mask_path)), PropagateStep(1, slice_range)]
+    return [MaskStep(0, obj_id, frame, Path(mask_path), describes), PropagateStep(1, slice_range)]
+
+
+def object_descriptions(steps: Sequence[Step]) -> dict[int, ObjectDescription]:
+    """Each described object's description after all steps: a later step's fields override earlier ones."""
+    merged: dict[int, ObjectDescription] = {}
+    for step in steps:
+        if isinstance(step, PropagateStep) or step.describes is None:
+            continue
+        old, new = merged.get(step.obj_id, ObjectDescription()), step.describes
+        merged[step.obj_id] = ObjectDescription(
+            new.label if new.label is not None else old.label,
+            new.colour if new.colour is not None else old.colour,
+            new.category if new.category is not None else old.category,
+            new.property_type if new.property_type is not None else old.property_type,
+        )
+    return merged

@@ -39,6 +39,8 @@ from medsam2.gateway import openapi
 from medsam2.gateway.body import FRAMED_UPLOAD_TYPE, BodyError, RequestBody, framed_header
 from medsam2.gateway.connections import BoundedHTTPServer, Connection, ConnectionLimits
 from medsam2.gateway.context import Aborted, HttpCallContext
+from medsam2.gateway.ohif import CONTENT_SECURITY_POLICY as OHIF_CONTENT_SECURITY_POLICY
+from medsam2.gateway.ohif import OhifSite
 from medsam2.gateway.routes import CallDetails, HandlerCollector, Route, Shape, intercepted_lookup, routes_for
 
 log = logging.getLogger(__name__)
@@ -85,6 +87,10 @@ class GatewayOptions:
     tls_key: Path | None = None
     tls_client_ca: Path | None = None
     limits: ConnectionLimits = field(default_factory=ConnectionLimits)
+    ohif: OhifSite | None = None
+    """OHIF at /ohif/ with its DICOMweb proxy (gateway/ohif.py); None serves no viewer there."""
+    cors_origins: frozenset[str] = frozenset()
+    """Other origins (a site's own OHIF) allowed to call the API and the proxy from a browser; exact matches."""
 
 
 class Gateway:
@@ -311,7 +317,12 @@ class _RequestHandler(BaseHTTPRequestHandler):
         log.debug("%s %s", self.address_string(), format % args)
 
     def _security_headers(self) -> None:
-        self.send_header("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+        ohif = self.path == "/ohif" or self.path.startswith("/ohif/")
+        self.send_header("Content-Security-Policy", OHIF_CONTENT_SECURITY_POLICY if ohif else CONTENT_SECURITY_POLICY)
+        origin = self.headers.get("Origin")
+        if origin and origin in self.options.cors_origins:
+            self.send_header("Access-Control-Allow-Origin", origin)
+            self.send_header("Vary", "Origin")
         self.send_header("X-Content-Type-Options", "nosniff")
         self.send_header("Referrer-Policy", "no-referrer")
         self.send_header("X-Frame-Options", "DENY")
@@ -409,10 +420,46 @@ class _RequestHandler(BaseHTTPRequestHandler):
             self._json(200, {"status": "ok"})
         elif path == "/" or path.startswith("/static/"):
             self._static("index.html" if path == "/" else path.removeprefix("/static/"))
+        elif path == "/ohif" or path.startswith("/ohif/"):
+            self._ohif(path.removeprefix("/ohif").removeprefix("/"))
         else:
             self._error(404, "NOT_FOUND", f"no page at {path[:200]}", reason="NO_SUCH_PATH")
 
     do_HEAD = do_GET
+
+    def do_OPTIONS(self) -> None:
+        """CORS preflight: granted only to the exact origins of --cors-origins."""
+        origin = self.headers.get("Origin")
+        if not origin or origin not in self.options.cors_origins:
+            self._error(403, "PERMISSION_DENIED", "this origin may not call the service (--cors-origins)")
+            return
+        self._send(
+            204,
+            b"",
+            "text/plain",
+            {
+                "Access-Control-Allow-Methods": "GET, POST",
+                "Access-Control-Allow-Headers": f"Authorization, Content-Type, Accept, {HEADER_FIELD}, {CHUNK_FIELD}",
+                "Access-Control-Max-Age": "600",
+            },
+        )
+
+    def _ohif(self, name: str) -> None:
+        site = self.options.ohif
+        if site is None or not site.built:
+            self._error(503, "UNAVAILABLE", "OHIF is not installed: run scripts/build_web.sh (needs npm)")
+            return
+        if name.startswith("dicomweb/"):
+            query = self.path.split("?", 1)[1] if "?" in self.path else ""
+            reply = site.proxy(name.removeprefix("dicomweb/"), query, self.headers, self._context())
+            content_type = reply.headers.pop("Content-Type", "application/octet-stream")
+            self._send(reply.status, reply.body, content_type, reply.headers)
+            return
+        found = site.file(name)
+        if found is None:
+            self._error(404, "NOT_FOUND", f"no file {name} in OHIF")
+            return
+        self._send(200, *found)
 
     def _static(self, name: str) -> None:
         root = self.options.static_dir.resolve()

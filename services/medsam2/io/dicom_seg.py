@@ -15,6 +15,7 @@ import io
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
@@ -25,11 +26,13 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
 
+from medsam2.engine.actions import CodedConcept, ObjectDescription
 from medsam2.errors import InvalidInput, OutputNotWritable
 from medsam2.io.dicom_files import positive_number, sop_class_name
 from medsam2.io.dicom_privacy import library_messages_redacted
 from medsam2.io.dicom_source import DicomSource
 from medsam2.io.errors import InvalidSegmentation
+from medsam2.io.result_series import describe, seg_series_number, stamp
 from medsam2.io.volumes import Volume
 
 SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
@@ -97,6 +100,30 @@ def default_segments(obj_ids: Sequence[int]) -> list[SegmentSpec]:
     return [SegmentSpec(obj_id, f"object {obj_id}", PALETTE[i % len(PALETTE)]) for i, obj_id in enumerate(obj_ids)]
 
 
+def segment_specs(described: Mapping[int, ObjectDescription], obj_ids: Sequence[int]) -> list[SegmentSpec]:
+    """Each object's segment: what the prompts described (name, colour, coded type) over the defaults."""
+    specs = []
+    for default in default_segments(obj_ids):
+        d = described.get(default.obj_id)
+        if d is None:
+            specs.append(default)
+            continue
+        specs.append(
+            SegmentSpec(
+                default.obj_id,
+                d.label or default.label,
+                d.colour or default.colour,
+                _code(d.category) if d.category else default.category,
+                _code(d.property_type) if d.property_type else default.property_type,
+            )
+        )
+    return specs
+
+
+def _code(concept: CodedConcept) -> Code:
+    return Code(concept.value, concept.scheme, concept.meaning)
+
+
 def software_version() -> str:
     """This package's version, as DICOM SoftwareVersions."""
     try:
@@ -111,10 +138,14 @@ def build_seg(
     algorithm: Algorithm,
     segments: Sequence[SegmentSpec] | None = None,
     *,
-    series_number: int = 900,
-    series_description: str = "MedSAM2 segmentation",
+    series_number: int | None = None,
+    series_description: str | None = None,
 ) -> Dataset:
-    """A binary DICOM SEG of ``masks`` (object id -> bool [slices, rows, columns]) over ``like``'s source."""
+    """A binary DICOM SEG of ``masks`` (object id -> bool [slices, rows, columns]) over ``like``'s source.
+
+    By default the series number comes from the build time and the description names the objects and the time
+    (``result_series``), so each result is its own series.
+    """
     import highdicom as hd
 
     source = require_seg_source(like)
@@ -130,6 +161,11 @@ def build_seg(
             raise InvalidInput(
                 f"object {obj_id}'s mask has shape {masks[obj_id].shape}, the volume {like.voxels.shape}"
             )
+    now = datetime.now(UTC)
+    if series_number is None:
+        series_number = seg_series_number(now)
+    if series_description is None:
+        series_description = describe("MedSAM2 SEG", [by_id[i].label for i in obj_ids], stamp(now))
     pixels = np.stack([masks[i].astype(bool) for i in obj_ids], axis=-1)
     if source.multiframe:
         # highdicom wants a multi-frame source's frames in stored order.

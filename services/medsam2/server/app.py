@@ -356,7 +356,7 @@ def start_server(
     server.start()
     if ops_server is not None:
         ops_server.start()
-    http = _start_gateway(settings, servicer, interceptors) if settings.http_port else None
+    http = _start_gateway(settings, servicer, interceptors, authenticator) if settings.http_port else None
     running = RunningServer(
         server,
         port,
@@ -385,13 +385,24 @@ def start_server(
 
 
 def _start_gateway(
-    settings: ServerSettings, servicer: SegmentationServicer, interceptors: list[grpc.ServerInterceptor]
+    settings: ServerSettings,
+    servicer: SegmentationServicer,
+    interceptors: list[grpc.ServerInterceptor],
+    authenticator: Authenticator,
 ) -> BoundedHTTPServer:
-    """The HTTP gateway on the same servicer and interceptors (so the same auth, audit and metrics)."""
+    """The HTTP gateway on the same servicer and interceptors (so the same auth, audit and metrics), and OHIF."""
     from medsam2.gateway.connections import ConnectionLimits
+    from medsam2.gateway.ohif import OhifSite, parse_origins
     from medsam2.gateway.proto_comments import shipped_comments
     from medsam2.gateway.server import Gateway, GatewayOptions, start_gateway
     from medsam2.server.request_checks import REQUIRED_FIELDS
+
+    origins = parse_origins(settings.cors_origins)
+    ohif = OhifSite(
+        servicer.pacs.config if servicer.pacs is not None else None,
+        authenticator.principal_of,
+        max_response_bytes=settings.ohif_max_response_bytes,
+    )
 
     gateway = Gateway(
         [
@@ -424,6 +435,8 @@ def _start_gateway(
                     queued=settings.http_workers,
                     max_connections=settings.http_max_connections,
                 ),
+                ohif=ohif,
+                cors_origins=origins,
             ),
         )
     except OSError as exc:
@@ -549,6 +562,7 @@ def serve_forever(settings: ServerSettings, backend: StageBackend, environ: Mapp
     if running.http is not None:
         scheme = "https" if _given(settings.tls_cert) else "http"
         print(f"medsam2 serve: web viewer at {scheme}://{settings.host}:{running.http_port}/", flush=True)
+        print(f"medsam2 serve: OHIF at {scheme}://{settings.host}:{running.http_port}/ohif/", flush=True)
     stopping.wait()
     running.stop(settings.grace_s, end_s=settings.drain_end_s)
     return 0

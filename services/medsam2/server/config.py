@@ -30,6 +30,17 @@ class ServerSettings:
         "MEDSAM2_HTTP_MAX_CONNECTIONS",
         "open HTTP connections at most, idle ones included (they cost no thread); more get 503",
     )
+    cors_origins: str = setting(
+        "",
+        "MEDSAM2_CORS_ORIGINS",
+        "origins (scheme://host[:port], comma-separated, exact) whose pages may call the HTTP API, e.g. a site's own "
+        "OHIF (empty: none)",
+    )
+    ohif_max_response_bytes: int = setting(
+        256 * 2**20,
+        "MEDSAM2_OHIF_MAX_RESPONSE_BYTES",
+        "largest PACS answer the /ohif/ DICOMweb proxy passes on (a series' metadata, a multi-frame object)",
+    )
     model_repository: Path = setting(
         Path(""),
         "MEDSAM2_MODEL_REPOSITORY",

@@ -101,5 +101,6 @@ def build_dicom_results(
     seg = build_seg(masks, like, Algorithm(model_version), specs)
     seg_bytes = validate_seg(seg, study.dicom)
     measured = measure_all(masks, study.spacing, {s.obj_id: s.label for s in specs})
-    sr = build_measurement_report(seg, measured, model_version=model_version)
+    assert study.dicom is not None  # require_dicom_source refused a study without one
+    sr = build_measurement_report(seg, measured, model_version=model_version, source=study.dicom)
     return DicomResults(seg, sr, seg_bytes, encode_report(sr))

@@ -964,6 +964,7 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
             model=_model_info(self._model_of(entry)),
             image_kept=entry.image is not None,
             postprocessing=postprocessing_to_pb(study.postprocessing) if study.postprocessing is not None else None,
+            sop_instance_uids=_slice_uids(study),
         )
 
 
@@ -1107,3 +1108,10 @@ def _slice_reply(
         for obj_id, mask in masks.items()
     ]
     return pb.SliceResult(slice=frame, objects=objects, done=done, total=total, final=final, **{"pass": pass_name})
+
+
+def _slice_uids(study: StudyInfo) -> list[str]:
+    """Each slice's SOPInstanceUID (a multi-frame source has one object, so none per slice)."""
+    if study.dicom is not None:
+        return [] if study.dicom.multiframe else list(study.dicom.slice_uids)
+    return list(study.sop_instance_uids)
