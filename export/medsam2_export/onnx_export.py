@@ -50,7 +50,8 @@ def sample_inputs(spec: GraphSpec, batch: int = 2, slots: int = NUM_MASKMEM, see
     rng = np.random.default_rng(seed)
     inputs: dict[str, np.ndarray] = {}
     for t in spec.inputs:
-        shape = tuple(batch if i == 0 else (slots if d < 0 else d) for i, d in enumerate(t.shape))
+        # Axis 0 is the batch where it is dynamic; a fixed one (track_step's one image) keeps its size.
+        shape = tuple((batch if i == 0 else slots) if d < 0 else d for i, d in enumerate(t.shape))
         if t.dtype is np.uint8:
             inputs[t.name] = rng.integers(0, 256, shape, dtype=np.uint8)
         elif t.name == "memory_tpos":
