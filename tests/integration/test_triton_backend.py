@@ -189,3 +189,28 @@ def test_track_step_with_more_objects_than_max_batch(triton_url: str, embedded: 
     errors = _max_errors(backend.run(Stage.TRACK_STEP, inputs), _composed_track_step(embedded, inputs))
     assert max(errors.values()) <= TOLERANCE, errors
     backend.close()
+
+
+def test_concurrent_sessions_are_batched_in_the_heavy_stages(triton, triton_url: str) -> None:  # noqa: F811
+    """Eight sessions tracking at once: Triton's own statistics show batches larger than one in the encoder and
+    the memory attention (fewer executions than inferences). Only the statistics are checked, never the speed."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    sessions = 8
+    # One object per session, memory banks padded to one size (TrackerOptions.memory_slots), as Triton needs to
+    # merge requests: the dynamic batcher only merges tensors of equal shapes.
+    requests = []
+    for i in range(sessions):
+        inputs = sample_inputs(ENSEMBLES[Stage.TRACK_STEP], batch=1, seed=40 + i)
+        inputs["no_memory"][:] = 0.0
+        inputs["memory"] = from_bfloat16_bits(to_bfloat16_bits(inputs["memory"]))
+        requests.append(inputs)
+    heavy = ("image_encoder", "memory_attention")
+    before = {m: model_counts(triton_url, m) for m in heavy}
+    with ThreadPoolExecutor(sessions) as pool:
+        # Two rounds: whatever the first execution took alone, the requests queued behind it are merged.
+        list(pool.map(lambda x: [triton.run(Stage.TRACK_STEP, x) for _ in range(2)], requests))
+    for model in heavy:
+        inferences, executions = (a - b for a, b in zip(model_counts(triton_url, model), before[model], strict=True))
+        assert inferences == 2 * sessions, (model, inferences)
+        assert executions < inferences, (model, executions, inferences)
