@@ -32,6 +32,7 @@ from medsam2.backends.onnxruntime_backend import OnnxRuntimeBackend
 from medsam2.backends.triton_backend import TritonBackend
 from medsam2.engine.resize import from_bfloat16_bits, to_bfloat16_bits
 from medsam2.graphs import NUM_MASKMEM, TRACK_STEP, TRACK_STEP_WIRING, Stage
+from medsam2.testing.composed_backend import broadcast_features
 from medsam2_export.triton_cpu import free_port, serve_cpu_repository
 
 Step = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
@@ -110,7 +111,9 @@ def stage_by_stage(run: Callable[[Stage, dict[str, np.ndarray]], dict[str, np.nd
     def step(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         tensors = dict(inputs)
         for stage, input_map, output_map in TRACK_STEP_WIRING:
-            outputs = run(stage, {port: tensors[name] for port, name in input_map.items()})
+            feeds = {port: tensors[name] for port, name in input_map.items()}
+            # Stage by stage, the engine repeats the features per object itself, as the broadcast step does.
+            outputs = broadcast_features(feeds) if stage is Stage.FEATURE_BROADCAST else run(stage, feeds)
             tensors |= {name: outputs[port] for port, name in output_map.items()}
         return {t.name: tensors[t.name] for t in TRACK_STEP.outputs}
 

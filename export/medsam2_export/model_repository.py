@@ -80,26 +80,33 @@ class _Enum(str):
 # Rendering
 
 
-def triton_dims(tensor: TensorSpec) -> tuple[int, ...]:
-    """Dims of ``tensor`` as Triton declares them: without the implicit batch axis, ``[1]`` for a batch-only tensor."""
+def triton_dims(tensor: TensorSpec, batched: bool = True) -> tuple[int, ...]:
+    """Dims of ``tensor`` as Triton declares them: without the implicit batch axis, ``[1]`` for a batch-only tensor.
+
+    In a model that is not batched (``max_batch_size: 0``) the dims are the full shape, a per-item scalar
+    ``[-1, 1]``: the same full shape a batched model's ``[1]`` has, so tensors connect across the two kinds.
+    """
     dims = tensor.shape[1:]
     # Triton rejects empty dims, so a per-item scalar is declared [1] and reshaped to [] for the model.
-    return dims if dims else (1,)
+    dims = dims if dims else (1,)
+    return (tensor.shape[0], *dims) if not batched else dims
 
 
-def warmup_dims(tensor: TensorSpec) -> tuple[int, ...]:
-    """Concrete warm-up dims of ``tensor``: memory slots at the trained count (TensorRT's opt), grey images."""
+def warmup_dims(tensor: TensorSpec, batched: bool = True) -> tuple[int, ...]:
+    """Concrete warm-up dims of ``tensor``: memory slots at the trained count (the TensorRT profile's opt), grey
+    images, batch 1."""
     dynamic = min(graphs.IMAGE_CHANNELS) if tensor.name == "image" else graphs.NUM_MASKMEM
-    return tuple(dynamic if d < 0 else d for d in triton_dims(tensor))
+    dims = triton_dims(tensor, batched)
+    return tuple(1 if i == 0 and not batched else (dynamic if d < 0 else d) for i, d in enumerate(dims))
 
 
-def _tensor_entry(tensor: TensorSpec, reshape: bool = True) -> dict[str, Any]:
+def _tensor_entry(tensor: TensorSpec, reshape: bool = True, batched: bool = True) -> dict[str, Any]:
     entry: dict[str, Any] = {
         "name": tensor.name,
         "data_type": _triton_type(tensor),
-        "dims": list(triton_dims(tensor)),
+        "dims": list(triton_dims(tensor, batched)),
     }
-    if reshape and len(tensor.shape) == 1:
+    if reshape and batched and len(tensor.shape) == 1:
         entry["reshape"] = {"shape": []}
     return entry
 
@@ -113,9 +120,13 @@ def _triton_type(tensor: TensorSpec) -> _Enum:
 
 def _warmup(spec: GraphSpec) -> dict[str, Any]:
     inputs = [
-        {"key": t.name, "value": {"data_type": _triton_type(t), "dims": list(warmup_dims(t)), "zero_data": True}}
+        {
+            "key": t.name,
+            "value": {"data_type": _triton_type(t), "dims": list(warmup_dims(t, spec.batched)), "zero_data": True},
+        }
         for t in spec.inputs
     ]
+    # A model that is not batched takes batch_size 1 and the full dims.
     return {"name": _WARMUP_NAME, "batch_size": 1, "inputs": inputs}
 
 
@@ -123,18 +134,22 @@ def config_fields(spec: GraphSpec, backend: str, options: RepositoryOptions = Re
     """The ``ModelConfig`` of one stage as nested dicts and lists, in the order they are written."""
     _check_backend(backend)
     _check_options(options, backend)
-    return {
+    fields: dict[str, Any] = {
         "name": spec.stage.value,
         "platform": _PLATFORM[backend],
-        "max_batch_size": options.max_batch_size,
+        # A graph that is not batched (feature_broadcast) is a copy: it has nothing to gain from batching.
+        "max_batch_size": options.max_batch_size if spec.batched else 0,
         # Every version folder stays loaded: sessions keep the version they opened with, and a roll-back is instant.
         "version_policy": {"all": {}},
-        "input": [_tensor_entry(t) for t in spec.inputs],
-        "output": [_tensor_entry(t) for t in spec.outputs],
+        "input": [_tensor_entry(t, batched=spec.batched) for t in spec.inputs],
+        "output": [_tensor_entry(t, batched=spec.batched) for t in spec.outputs],
         "dynamic_batching": _dynamic_batching(options),
         "instance_group": [{"count": options.instance_count, "kind": _Enum(f"KIND_{options.instance_kind}")}],
         "model_warmup": [_warmup(spec)],
     }
+    if not spec.batched:
+        del fields["dynamic_batching"]
+    return fields
 
 
 def _dynamic_batching(options: RepositoryOptions) -> dict[str, Any]:
@@ -186,12 +201,14 @@ def ensemble_config_fields(
     return {
         "name": spec.stage.value if version is None else pinned_ensemble_name(spec.stage.value, version),
         "platform": "ensemble",
-        # Triton refuses an ensemble whose batch exceeds a step's; every step has options.max_batch_size.
-        "max_batch_size": options.max_batch_size,
+        # Triton refuses an ensemble whose batch exceeds a step's; every step has options.max_batch_size. An
+        # ensemble that is not batched (track_step: one image for all its rows) declares full shapes instead, which
+        # Triton connects to the batched steps by their full shapes.
+        "max_batch_size": options.max_batch_size if spec.batched else 0,
         # Per-item scalars stay [1] here, without the steps' reshape: Triton checks the ensemble's tensors against
         # the steps' declared dims, and a reshaped [] would not match their [1].
-        "input": [_tensor_entry(t, reshape=False) for t in spec.inputs],
-        "output": [_tensor_entry(t, reshape=False) for t in spec.outputs],
+        "input": [_tensor_entry(t, reshape=False, batched=spec.batched) for t in spec.inputs],
+        "output": [_tensor_entry(t, reshape=False, batched=spec.batched) for t in spec.outputs],
         "ensemble_scheduling": {
             "step": [
                 {
@@ -239,7 +256,10 @@ def check_wiring(spec: GraphSpec, wiring: Wiring) -> None:
 
 
 def _check_same_tensor(ensemble: str, have: TensorSpec, want: TensorSpec, where: str) -> None:
-    if np.dtype(have.dtype) != np.dtype(want.dtype) or have.shape != want.shape:
+    # A fixed axis may feed a dynamic one (the ensemble's one image is a batch of 1 for the encoder), not the reverse.
+    same_rank = len(have.shape) == len(want.shape)
+    fits = same_rank and all(w < 0 or h == w for h, w in zip(have.shape, want.shape, strict=True))
+    if np.dtype(have.dtype) != np.dtype(want.dtype) or not fits:
         raise ConfigError(
             f"{ensemble}: {where} expects {np.dtype(want.dtype).name}{list(want.shape)}, "
             f"gets {have.name} {np.dtype(have.dtype).name}{list(have.shape)}"
@@ -277,21 +297,46 @@ def repository_specs() -> dict[Stage, GraphSpec]:
 
 
 def triton_graph_onnx(stage: Stage) -> bytes:
-    """The ONNX graph of one of ``graphs.TRITON_GRAPHS`` (a Cast), built from the contract; needs ``onnx``."""
+    """The ONNX graph of one of ``graphs.TRITON_GRAPHS`` (a Cast or an Expand), from the contract; needs ``onnx``."""
     import onnx
     from onnx import helper
 
     spec = TRITON_GRAPHS[stage]
-    (source,), (target,) = spec.inputs, spec.outputs
 
-    def value_info(t: TensorSpec) -> Any:
-        dims = ["batch" if i == 0 else ("slots" if d < 0 else d) for i, d in enumerate(t.shape)]
+    def value_info(t: TensorSpec, batch: str = "batch") -> Any:
+        dims = [batch if i == 0 else ("slots" if d < 0 else d) for i, d in enumerate(t.shape)]
         return helper.make_tensor_value_info(t.name, helper.np_dtype_to_tensor_dtype(np.dtype(t.dtype)), dims)
 
-    cast = helper.make_node(
-        "Cast", [source.name], [target.name], to=helper.np_dtype_to_tensor_dtype(np.dtype(target.dtype))
-    )
-    graph = helper.make_graph([cast], stage.value, [value_info(source)], [value_info(target)])
+    if stage is Stage.FEATURE_BROADCAST:
+        *features, rows = spec.inputs
+        # [rows' batch, the feature's own dims]: Expand repeats the slice's batch of 1 to one row per object.
+        nodes = [
+            helper.make_node("Shape", [rows.name], ["rows_shape"], start=0, end=1),
+            *(
+                helper.make_node(
+                    "Constant",
+                    [],
+                    [f"{t.name}_dims"],
+                    value=helper.make_tensor(f"{t.name}_dims", onnx.TensorProto.INT64, [len(t.shape) - 1], t.shape[1:]),
+                )
+                for t in features
+            ),
+            *(
+                helper.make_node("Concat", ["rows_shape", f"{t.name}_dims"], [f"{t.name}_shape"], axis=0)
+                for t in features
+            ),
+            *(
+                helper.make_node("Expand", [t.name, f"{t.name}_shape"], [out.name])
+                for t, out in zip(features, spec.outputs, strict=True)
+            ),
+        ]
+        inputs = [*(value_info(t, "slice") for t in features), value_info(rows)]
+    else:
+        (source,), (target,) = spec.inputs, spec.outputs
+        to = helper.np_dtype_to_tensor_dtype(np.dtype(target.dtype))
+        nodes = [helper.make_node("Cast", [source.name], [target.name], to=to)]
+        inputs = [value_info(source)]
+    graph = helper.make_graph(nodes, stage.value, inputs, [value_info(t) for t in spec.outputs])
     # Opset 17 and IR 8, like the exported stage graphs: read by every ONNX Runtime and TensorRT 10 parser.
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="medsam2")
     model.ir_version = 8

@@ -56,9 +56,10 @@ def sample_inputs(spec: GraphSpec, batch: int = 2, slots: int = NUM_MASKMEM, see
     rng = np.random.default_rng(seed)
     inputs: dict[str, np.ndarray] = {}
     for t in spec.inputs:
-        # A grey image: the graph replicates it to RGB, so the traced graph broadcasts 1 or 3 channels.
+        # Axis 0 is the batch where it is dynamic; a fixed one (track_step's one image) keeps its size. A grey
+        # image: the graph replicates it to RGB, so the traced graph broadcasts 1 or 3 channels.
         dynamic = 1 if t.name == "image" else slots
-        shape = tuple(batch if i == 0 else (dynamic if d < 0 else d) for i, d in enumerate(t.shape))
+        shape = tuple((batch if i == 0 else dynamic) if d < 0 else d for i, d in enumerate(t.shape))
         if t.dtype is np.uint8:
             inputs[t.name] = rng.integers(0, 256, shape, dtype=np.uint8)
         elif t.name == "memory_tpos":

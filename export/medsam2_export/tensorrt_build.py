@@ -65,7 +65,7 @@ def _input_profile(
             ranges.append((dim, dim, dim))
         elif axis == 0:
             ranges.append((1, opt_batch, max_batch))
-        elif axis == 1 and name.startswith("memory"):
+        elif axis == 1 and (name.startswith("memory") or name == "rows"):  # feature_broadcast's rows: memory_valid
             ranges.append((1, graphs.NUM_MASKMEM, graphs.MAX_MEMORY_SLOTS))
         elif axis == 1 and name == "image":
             ranges.append((min(graphs.IMAGE_CHANNELS), min(graphs.IMAGE_CHANNELS), max(graphs.IMAGE_CHANNELS)))
@@ -354,7 +354,9 @@ def _build_one(
         raise ConfigError(f"TensorRT could not parse {onnx_file} ({len(errors)} error(s)):\n{listed}")
     _check_io(network, spec, onnx_file)
     config = builder.create_builder_config()
-    config.set_flag(trt.BuilderFlag.FP16)
+    # The Triton-only graphs are exact casts and copies: FP16 would let TensorRT round the features they carry.
+    if spec.stage not in TRITON_GRAPHS:
+        config.set_flag(trt.BuilderFlag.FP16)
     config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
     if any(t.dtype is BF16 for t in spec.inputs):  # the wire casts (graphs.TRITON_GRAPHS) read bfloat16
         config.set_flag(trt.BuilderFlag.BF16)

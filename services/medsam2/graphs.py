@@ -69,6 +69,7 @@ class Stage(str, Enum):
     MASK_SELECT = "mask_select"
     TRACK_STEP = "track_step"
     MEMORY_UNPACK = "memory_unpack"
+    FEATURE_BROADCAST = "feature_broadcast"
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +105,9 @@ class GraphSpec:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     doc: str
+    batched: bool = True
+    """Whether Triton batches it on axis 0. A graph that is not (``max_batch_size: 0``, full dims) may take
+    tensors whose first axis is not the batch: ``track_step``'s one image for every object of the slice."""
 
     def input(self, name: str) -> TensorSpec:
         """The input called ``name``."""
@@ -248,7 +252,12 @@ MASK_SELECT = GraphSpec(
 TRACK_STEP = GraphSpec(
     Stage.TRACK_STEP,
     inputs=(
-        IMAGE_ENCODER.input("image"),
+        TensorSpec(
+            "image",
+            U8,
+            (1, -1, IMAGE_SIZE, IMAGE_SIZE),
+            "the slice (grey or RGB), once for every object: encoded once per slice",
+        ),
         *MEMORY_ATTENTION.inputs[1:],
         *SAM_HEADS.inputs[3:],
     ),
@@ -258,7 +267,8 @@ TRACK_STEP = GraphSpec(
         SAM_HEADS.output("object_score_logits"),
         MEMORY_ENCODER.output("maskmem_features"),
     ),
-    doc="One tracked frame in one call: encoder, memory attention, SAM heads, mask choice, memory encoder.",
+    doc="One tracked frame in one call: encoder (once), memory attention, SAM heads, mask choice, memory encoder.",
+    batched=False,
 )
 
 GRAPHS: dict[Stage, GraphSpec] = {
@@ -269,8 +279,15 @@ GRAPHS: dict[Stage, GraphSpec] = {
 ENSEMBLES: dict[Stage, GraphSpec] = {TRACK_STEP.stage: TRACK_STEP}
 """Compositions of graphs that Triton runs as one request, so features never leave the server."""
 
+_SLICE_FEATURES = {name: f"slice_{name}" for name in ("feat_s0", "feat_s1", "feat_s2")}
+
 TRACK_STEP_WIRING: tuple[tuple[Stage, dict[str, str], dict[str, str]], ...] = (
-    (Stage.IMAGE_ENCODER, {"image": "image"}, {"feat_s0": "feat_s0", "feat_s1": "feat_s1", "feat_s2": "feat_s2"}),
+    (Stage.IMAGE_ENCODER, {"image": "image"}, _SLICE_FEATURES),
+    (
+        Stage.FEATURE_BROADCAST,
+        {**_SLICE_FEATURES, "rows": "memory_valid"},
+        {f"rows_{name}": name for name in _SLICE_FEATURES},
+    ),
     (Stage.MEMORY_ATTENTION, {t.name: t.name for t in MEMORY_ATTENTION.inputs}, {"pix_feat": "pix_feat"}),
     (
         Stage.SAM_HEADS,
@@ -294,7 +311,9 @@ TRACK_STEP_WIRING: tuple[tuple[Stage, dict[str, str], dict[str, str]], ...] = (
     ),
     (Stage.MEMORY_ENCODER, {t.name: t.name for t in MEMORY_ENCODER.inputs}, {"maskmem_features": "maskmem_features"}),
 )
-"""The track-step ensemble: (stage, {stage input: ensemble tensor}, {stage output: ensemble tensor}) in order."""
+"""The track-step ensemble: (stage, {stage input: ensemble tensor}, {stage output: ensemble tensor}) in order.
+
+The slice is encoded once, then its features are repeated for every object's row (``feature_broadcast``)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -308,8 +327,22 @@ MEMORY_UNPACK = GraphSpec(
     doc="A Cast, exact: the engine stores memories in bfloat16 (as sam2 does), so they travel as bfloat16.",
 )
 
-TRITON_GRAPHS: dict[Stage, GraphSpec] = {MEMORY_UNPACK.stage: MEMORY_UNPACK}
-"""Graphs only Triton's repository has (built from this table, no checkpoint): they turn wire dtypes back."""
+FEATURE_BROADCAST = GraphSpec(
+    Stage.FEATURE_BROADCAST,
+    inputs=(
+        *(replace(t, doc=f"{t.doc}, of the one slice (batch 1)") for t in IMAGE_ENCODER.outputs),
+        TensorSpec("rows", F32, (BATCH, SLOTS), "any tensor with one row per object (the memory validity)"),
+    ),
+    outputs=tuple(
+        replace(t, name=f"rows_{t.name}", doc=f"{t.doc}, repeated for every row") for t in IMAGE_ENCODER.outputs
+    ),
+    doc="An Expand: the slice's features once per object, so the encoder runs once per slice, not per object.",
+    batched=False,
+)
+
+TRITON_GRAPHS: dict[Stage, GraphSpec] = {MEMORY_UNPACK.stage: MEMORY_UNPACK, FEATURE_BROADCAST.stage: FEATURE_BROADCAST}
+"""Graphs only Triton's repository has (built from this table, no checkpoint): they turn wire dtypes back, and
+repeat one slice's features for every object."""
 
 WIRE_DTYPES: dict[Stage, dict[str, type[np.generic]]] = {Stage.TRACK_STEP: {"memory": BF16}}
 """Per ensemble, inputs that cross the network narrower than the contract: 2.5 MB of memories per object and

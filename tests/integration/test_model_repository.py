@@ -296,11 +296,11 @@ def test_missing_stage_and_wrong_kind_of_model_file(tmp_path: Path) -> None:
         mr.write_model_repository(tmp_path / "out", "onnxruntime", partial)
     with pytest.raises(ConfigError, match="no model file given for stage.*memory_unpack"):
         mr.write_model_repository(tmp_path / "out", "tensorrt", files)
-    (tmp_path / "memory_unpack.onnx").write_bytes(b"onnx")
+    casts = {stage: tmp_path / f"{stage.value}.onnx" for stage in TRITON_GRAPHS}
+    for path in casts.values():
+        path.write_bytes(b"onnx")
     with pytest.raises(ConfigError, match="tensorrt"):
-        mr.write_model_repository(
-            tmp_path / "out", "tensorrt", {**files, Stage.MEMORY_UNPACK: tmp_path / "memory_unpack.onnx"}
-        )
+        mr.write_model_repository(tmp_path / "out", "tensorrt", {**files, **casts})
     assert not (tmp_path / "out").exists()
 
 
@@ -337,13 +337,15 @@ def test_track_step_ensemble_follows_the_wiring(backend: str) -> None:
     cfg = _parse(mr.render_config(WIRE_TRACK_STEP, backend))
     assert _only(cfg, "name") == "track_step"
     assert _only(cfg, "platform") == "ensemble"
-    assert _only(cfg, "max_batch_size") == 16
+    # Not batched: one image for all the rows, so every tensor is declared with its full shape.
+    assert _only(cfg, "max_batch_size") == 0
     for entries, tensors in ((cfg["input"], WIRE_TRACK_STEP.inputs), (cfg["output"], TRACK_STEP.outputs)):
         assert [_only(e, "name") for e in entries] == [t.name for t in tensors]
         for entry, tensor in zip(entries, tensors, strict=True):
             assert _only(entry, "data_type") == TRITON_TYPES[tensor.dtype.__name__]
-            # No reshape: the steps declare per-item scalars as [1], and Triton compares the ensemble with them.
-            assert entry["dims"] == _expected_dims(tensor.shape) and "reshape" not in entry
+            # No reshape: the steps declare per-item scalars as [1], and Triton compares the full shapes, [-1, 1].
+            assert entry["dims"] == [tensor.shape[0], *_expected_dims(tensor.shape)] and "reshape" not in entry
+    assert cfg["input"][0]["dims"] == [1, 1, graphs.IMAGE_SIZE, graphs.IMAGE_SIZE]
     steps = _only(cfg, "ensemble_scheduling")["step"]
     assert len(steps) == len(TRITON_TRACK_STEP_WIRING)
     for step, (stage, inputs, outputs) in zip(steps, TRITON_TRACK_STEP_WIRING, strict=True):
@@ -388,6 +390,10 @@ def test_every_model_has_a_committed_config() -> None:
         assert names == {s.value for s in (*GRAPHS, *TRITON_GRAPHS, *ENSEMBLES)}, backend
 
 
+def _step(stage: Stage) -> tuple[dict[str, str], dict[str, str]]:
+    return next((i, o) for s, i, o in TRACK_STEP_WIRING if s is stage)
+
+
 def _rewired(stage: Stage, inputs: dict[str, str] | None = None, outputs: dict[str, str] | None = None):
     return tuple(
         (s, inputs if s is stage and inputs is not None else i, outputs if s is stage and outputs is not None else o)
@@ -398,9 +404,10 @@ def _rewired(stage: Stage, inputs: dict[str, str] | None = None, outputs: dict[s
 @pytest.mark.parametrize(
     ("wiring", "match"),
     [
-        (TRACK_STEP_WIRING[1:], "pix_feat|feat_s2"),  # no encoder: its features come from nowhere
-        (_rewired(Stage.MASK_SELECT, {**TRACK_STEP_WIRING[3][1], "obj_ptrs": "obj_ptrs"}), "obj_ptrs"),  # [19,256]
-        (_rewired(Stage.SAM_HEADS, outputs={**TRACK_STEP_WIRING[2][2], "obj_ptrs": "obj_ptrs"}), "already exists"),
+        (TRACK_STEP_WIRING[1:], "slice_feat_s0"),  # no encoder: its features come from nowhere
+        (TRACK_STEP_WIRING[:1] + TRACK_STEP_WIRING[2:], "feat_s2"),  # no broadcast: no features per object
+        (_rewired(Stage.MASK_SELECT, {**_step(Stage.MASK_SELECT)[0], "obj_ptrs": "obj_ptrs"}), "obj_ptrs"),  # [19,256]
+        (_rewired(Stage.SAM_HEADS, outputs={**_step(Stage.SAM_HEADS)[1], "obj_ptrs": "obj_ptrs"}), "already exists"),
         (_rewired(Stage.MEMORY_ENCODER, outputs={}), "maskmem_features"),
         (_rewired(Stage.IMAGE_ENCODER, {"pixels": "image"}), "image_encoder"),
         (TRACK_STEP_WIRING[:-1] + ((Stage.TRACK_STEP, {}, {}),), "not a stage graph"),
@@ -443,6 +450,26 @@ def test_memory_unpack_graph_is_an_exact_cast() -> None:
     feed = ort.OrtValue.ortvalue_from_numpy_with_onnx_type(memory.view(np.uint16), 16)  # 16: ONNX BFLOAT16
     (out,) = session.run_with_ort_values(["memory_f32"], {"memory": feed})
     assert np.array_equal(out.numpy(), memory.astype(np.float32))
+
+
+def test_feature_broadcast_graph_repeats_the_slice_exactly_once_per_row() -> None:
+    import numpy as np
+
+    from medsam2.backends.onnxruntime_backend import make_session
+
+    session = make_session(mr.triton_graph_onnx(Stage.FEATURE_BROADCAST))
+    rng = np.random.default_rng(1)
+    spec = graphs.FEATURE_BROADCAST
+    feeds = {t.name: rng.standard_normal((1, *t.shape[1:])).astype(np.float32) for t in spec.inputs[:3]}
+    feeds["rows"] = np.ones((3, graphs.NUM_MASKMEM), np.float32)
+    outputs = session.run([t.name for t in spec.outputs], feeds)
+    for out, name in zip(outputs, ("feat_s0", "feat_s1", "feat_s2"), strict=True):
+        assert out.shape == (3, *feeds[name].shape[1:])
+        assert all(np.array_equal(row, feeds[name][0]) for row in out)
+    cfg = _parse(mr.render_config(spec, "onnxruntime"))
+    # Not batched (it takes a batch of 1 and gives a batch of B), and a copy gains nothing from batching.
+    assert _only(cfg, "max_batch_size") == 0 and "dynamic_batching" not in cfg
+    assert cfg["input"][3]["dims"] == [-1, -1]
 
 
 def test_cuda_memory_pool_holds_a_full_batch_in_every_step() -> None:

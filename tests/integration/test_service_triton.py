@@ -12,11 +12,12 @@ import pytest
 from medsam2.api.client import Client
 from medsam2.api.pb.medsam2.v1 import segmentation_pb2 as pb
 from medsam2.backends.onnxruntime_backend import OnnxRuntimeBackend
+from medsam2.engine.prompts import Box
 from medsam2.engine.tracker import Direction, Tracker, TrackerOptions
 from medsam2.server.app import start_server
 from medsam2.server.config import ServerSettings
 from medsam2_export.parity import synthetic_volume
-from triton_server import triton_process
+from triton_server import model_counts, triton_process
 
 pytestmark = pytest.mark.slow
 
@@ -79,6 +80,38 @@ def test_triton_logits_equal_embedded_logits(triton_url: str, graphs: dict[str, 
         runs.append([r.low_res for r in tracker.propagate(Direction.BOTH, start=3)])
     assert len(runs[0]) == len(runs[1]) > 0
     assert max(float(np.max(np.abs(a - b))) for a, b in zip(*runs, strict=False)) <= 1e-5
+
+
+def _four_boxes(boxes: list) -> list:
+    """Four objects on the key slice: the study's two lesions and a shifted copy of each."""
+    return [*boxes, *(Box(b.x0 + 4, b.y0 + 3, b.x1 + 4, b.y1 + 3) for b in boxes)]
+
+
+def test_four_objects_are_encoded_once_per_slice_in_triton(triton_url: str, graphs: dict[str, Path], study) -> None:
+    from medsam2.backends.triton_backend import TritonBackend
+
+    frames, boxes = study
+    boxes = _four_boxes(boxes)
+    embedded = OnnxRuntimeBackend(graphs["present"], threads=2)
+    running, target = _serve(ServerSettings(port=0, metrics_port=0, model_repository=graphs["present"]), embedded)
+    try:
+        want = _segment_via_service(target, frames, boxes)
+    finally:
+        running.stop(2)
+    running, target = _serve(ServerSettings(port=0, metrics_port=0, triton_url=triton_url), TritonBackend(triton_url))
+    before = {m: model_counts(triton_url, m) for m in ("image_encoder", "track_step")}
+    try:
+        got = _segment_via_service(target, frames, boxes)
+    finally:
+        running.stop(2)
+    after = {m: model_counts(triton_url, m) for m in ("image_encoder", "track_step")}
+    encoded, encoder_runs = (a - b for a, b in zip(after["image_encoder"], before["image_encoder"], strict=True))
+    steps = after["track_step"][0] - before["track_step"][0]
+    # Every slice once: the key slice for the boxes (its features come back for the prompt heads, as on any
+    # backend), every other slice inside the track_step ensemble, once for all four objects.
+    assert steps == frames.shape[0] - 1, (steps, frames.shape)
+    assert encoded == encoder_runs == frames.shape[0], (encoded, encoder_runs)
+    assert want.any() and np.array_equal(got, want)
 
 
 def test_triton_down_mid_propagation_then_back(triton_repository: Path, study) -> None:

@@ -429,6 +429,20 @@ def test_the_bfloat16_wire_cast_builds_with_bf16_allowed(tmp_path: Path, monkeyp
     (onnx_dir / "memory_unpack.onnx").write_bytes(triton_graph_onnx(Stage.MEMORY_UNPACK))
     built = tb.build_engines(onnx_dir, tmp_path / "engines", stages=[Stage.MEMORY_UNPACK])
     assert built[Stage.MEMORY_UNPACK].read_bytes() == b"plan:memory_unpack"
-    assert record.flags == {"FP16", "OBEY", "BF16"}
+    # An exact cast: no FP16 that could round what it carries.
+    assert record.flags == {"OBEY", "BF16"}
     lo, opt, hi = record.profiles[Stage.MEMORY_UNPACK]["memory"]
     assert (lo[1], opt[1], hi[1]) == (1, graphs.NUM_MASKMEM, graphs.MAX_MEMORY_SLOTS)
+
+
+def test_the_feature_broadcast_builds_without_fp16(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from medsam2_export.model_repository import triton_graph_onnx
+
+    record = _fake_trt(monkeypatch)
+    onnx_dir = tmp_path / "onnx"
+    onnx_dir.mkdir()
+    (onnx_dir / "feature_broadcast.onnx").write_bytes(triton_graph_onnx(Stage.FEATURE_BROADCAST))
+    built = tb.build_engines(onnx_dir, tmp_path / "engines", stages=[Stage.FEATURE_BROADCAST])
+    assert built[Stage.FEATURE_BROADCAST].read_bytes() == b"plan:feature_broadcast"
+    # A copy of the slice's features: FP16 would round them before every object's heads see them.
+    assert record.flags == {"OBEY"}

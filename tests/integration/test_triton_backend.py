@@ -12,10 +12,11 @@ from medsam2.backends.onnxruntime_backend import OnnxRuntimeBackend
 from medsam2.engine.backend import StageBackend
 from medsam2.engine.resize import from_bfloat16_bits, to_bfloat16_bits
 from medsam2.errors import BackendUnavailable, InvalidInput
-from medsam2.graphs import ENSEMBLES, GRAPHS, TRACK_STEP, TRACK_STEP_WIRING, Stage
+from medsam2.graphs import ENSEMBLES, GRAPHS, TRACK_STEP_WIRING, Stage
+from medsam2.testing.composed_backend import compose_track_step
 from medsam2_export.onnx_export import sample_inputs
 from medsam2_export.triton_cpu import free_port
-from triton_server import triton_repository, triton_server, triton_url  # noqa: F401 - session fixtures
+from triton_server import model_counts, triton_repository, triton_server, triton_url  # noqa: F401 - session fixtures
 
 TOLERANCE = 1e-5
 
@@ -75,17 +76,15 @@ def test_rgb_and_grey_images_go_through_one_triton_model(triton, embedded: OnnxR
 
 def _composed_track_step(backend: OnnxRuntimeBackend, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The ensemble's wiring, run stage by stage in ONNX Runtime."""
-    tensors = dict(inputs)
-    for stage, input_map, output_map in TRACK_STEP_WIRING:
-        outputs = backend.run(stage, {port: tensors[name] for port, name in input_map.items()})
-        tensors |= {name: outputs[port] for port, name in output_map.items()}
-    return {t.name: tensors[t.name] for t in TRACK_STEP.outputs}
+    return compose_track_step(backend, inputs)
 
 
 def test_wiring_is_the_documented_stage_order() -> None:
-    # image_encoder -> memory_attention -> sam_heads -> mask_select -> memory_encoder, as the engine runs it.
+    # image_encoder (once per slice) -> its features per object -> memory_attention -> sam_heads -> mask_select
+    # -> memory_encoder, as the engine runs it.
     assert [s for s, _, _ in TRACK_STEP_WIRING] == [
         Stage.IMAGE_ENCODER,
+        Stage.FEATURE_BROADCAST,
         Stage.MEMORY_ATTENTION,
         Stage.SAM_HEADS,
         Stage.MASK_SELECT,
@@ -102,6 +101,24 @@ def test_track_step_ensemble_matches_the_stage_by_stage_composition(
     # Memories as the engine keeps them: bfloat16 values, which travel to Triton as bfloat16 and back exactly.
     inputs["memory"] = from_bfloat16_bits(to_bfloat16_bits(inputs["memory"]))
     errors = _max_errors(triton.run(Stage.TRACK_STEP, inputs), _composed_track_step(embedded, inputs))
+    assert max(errors.values()) <= TOLERANCE, errors
+
+
+def test_track_step_encodes_its_one_image_once_for_every_row(triton, triton_url: str, embedded) -> None:  # noqa: F811
+    inputs = sample_inputs(ENSEMBLES[Stage.TRACK_STEP], batch=4, seed=7)
+    assert inputs["image"].shape == (1, 1, 512, 512)  # one slice for the four objects
+    inputs["no_memory"][:] = 0.0
+    inputs["memory"] = from_bfloat16_bits(to_bfloat16_bits(inputs["memory"]))
+    before = {m: model_counts(triton_url, m) for m in ("image_encoder", "memory_attention")}
+    got = triton.run(Stage.TRACK_STEP, inputs)
+    after = {m: model_counts(triton_url, m) for m in ("image_encoder", "memory_attention")}
+    assert tuple(a - b for a, b in zip(after["image_encoder"], before["image_encoder"], strict=True)) == (1, 1)
+    assert after["memory_attention"][0] - before["memory_attention"][0] == 4
+    errors = _max_errors(got, _composed_track_step(embedded, inputs))
+    assert max(errors.values()) <= TOLERANCE, errors
+    # Each row is its own object: the same result as that object alone on the slice.
+    alone = {k: (v if k == "image" else v[2:3]) for k, v in inputs.items()}
+    errors = _max_errors({k: v[2:3] for k, v in got.items()}, triton.run(Stage.TRACK_STEP, alone))
     assert max(errors.values()) <= TOLERANCE, errors
 
 
@@ -185,3 +202,28 @@ def test_track_step_with_more_objects_than_max_batch(triton_url: str, embedded: 
     errors = _max_errors(backend.run(Stage.TRACK_STEP, inputs), _composed_track_step(embedded, inputs))
     assert max(errors.values()) <= TOLERANCE, errors
     backend.close()
+
+
+def test_concurrent_sessions_are_batched_in_the_heavy_stages(triton, triton_url: str) -> None:  # noqa: F811
+    """Eight sessions tracking at once: Triton's own statistics show batches larger than one in the encoder and
+    the memory attention (fewer executions than inferences). Only the statistics are checked, never the speed."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    sessions = 8
+    # One object per session, memory banks padded to one size (TrackerOptions.memory_slots), as Triton needs to
+    # merge requests: the dynamic batcher only merges tensors of equal shapes.
+    requests = []
+    for i in range(sessions):
+        inputs = sample_inputs(ENSEMBLES[Stage.TRACK_STEP], batch=1, seed=40 + i)
+        inputs["no_memory"][:] = 0.0
+        inputs["memory"] = from_bfloat16_bits(to_bfloat16_bits(inputs["memory"]))
+        requests.append(inputs)
+    heavy = ("image_encoder", "memory_attention")
+    before = {m: model_counts(triton_url, m) for m in heavy}
+    with ThreadPoolExecutor(sessions) as pool:
+        # Two rounds: whatever the first execution took alone, the requests queued behind it are merged.
+        list(pool.map(lambda x: [triton.run(Stage.TRACK_STEP, x) for _ in range(2)], requests))
+    for model in heavy:
+        inferences, executions = (a - b for a, b in zip(model_counts(triton_url, model), before[model], strict=True))
+        assert inferences == 2 * sessions, (model, inferences)
+        assert executions < inferences, (model, executions, inferences)

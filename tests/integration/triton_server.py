@@ -93,3 +93,23 @@ def triton_server(triton_repository: Path) -> Iterator[TritonProcess]:
 def triton_url(triton_server: TritonProcess) -> str:
     """The session Triton's gRPC address, ``127.0.0.1:PORT``."""
     return triton_server.url
+
+
+def model_counts(url: str, model: str) -> tuple[int, int]:
+    """Triton's own statistics for ``model`` (all versions): (inferences, executions).
+
+    An inference is one batch item; an execution is one run of the model, on however many items the dynamic
+    batcher merged. Both only grow, so tests compare them before and after.
+    """
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(url)
+    try:
+        stats = client.get_inference_statistics(model_name=model, as_json=True)
+    finally:
+        client.close()
+    entries = stats.get("model_stats", [])
+    return (
+        sum(int(e.get("inference_count", 0)) for e in entries),
+        sum(int(e.get("execution_count", 0)) for e in entries),
+    )

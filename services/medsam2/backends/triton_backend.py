@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from medsam2.engine.backend import check_inputs
+from medsam2.engine.backend import batch_size, check_inputs
 from medsam2.errors import BackendUnavailable, InvalidInput
 from medsam2.graphs import BF16, ENSEMBLES, GRAPHS, TRITON_ENSEMBLES, TRITON_GRAPHS, GraphSpec, Stage
 from medsam2.models.versions import pinned_ensemble_name
@@ -88,17 +88,21 @@ class TritonBackend:
         """Run ``stage`` (a stage graph or an ensemble) in Triton and return every output by name."""
         spec = _spec(stage)
         check_inputs(stage, inputs)
-        batch = inputs[spec.inputs[0].name].shape[0]
+        batch = batch_size(spec, inputs)
         if batch > self.max_batch:
+            # Only batch axes are cut: track_step's one image goes with every chunk.
+            batched = {t.name for t in spec.inputs if t.shape[0] < 0}
             chunks = [
-                self._run_checked(stage, spec, {k: v[i : i + self.max_batch] for k, v in inputs.items()})
+                self._run_checked(
+                    stage, spec, {k: v[i : i + self.max_batch] if k in batched else v for k, v in inputs.items()}
+                )
                 for i in range(0, batch, self.max_batch)
             ]
             return {t.name: np.concatenate([c[t.name] for c in chunks]) for t in spec.outputs}
         return self._run_checked(stage, spec, inputs)
 
     def _run_checked(self, stage: Stage, spec: GraphSpec, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        batch = inputs[spec.inputs[0].name].shape[0]
+        batch = batch_size(spec, inputs)
         request = self._infer_inputs(TRITON_ENSEMBLES.get(stage, spec), inputs)
         wanted = [self._grpc.InferRequestedOutput(t.name) for t in spec.outputs]
         model, version = self.model_of(stage)

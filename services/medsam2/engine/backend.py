@@ -8,7 +8,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from medsam2.errors import InvalidInput
-from medsam2.graphs import ENSEMBLES, GRAPHS, Stage
+from medsam2.graphs import ENSEMBLES, GRAPHS, GraphSpec, Stage
 
 
 @runtime_checkable
@@ -41,6 +41,11 @@ class StageBackend(Protocol):
         ...
 
 
+def batch_size(spec: GraphSpec, inputs: Mapping[str, np.ndarray]) -> int:
+    """The batch of ``inputs``: axis 0 of the first input whose axis 0 is the batch."""
+    return int(next(inputs[t.name].shape[0] for t in spec.inputs if t.shape[0] < 0))
+
+
 def check_inputs(stage: Stage, inputs: Mapping[str, np.ndarray]) -> None:
     """Raise ``InvalidInput`` naming the first input that does not fit the contract (a stage graph's or an ensemble's).
 
@@ -57,6 +62,8 @@ def check_inputs(stage: Stage, inputs: Mapping[str, np.ndarray]) -> None:
             t.check(array)
         except ValueError as exc:
             raise InvalidInput(f"{stage.value}: {exc}") from None
+        if t.shape[0] >= 0:  # not a batch axis (track_step's one image for all rows): its size is checked above
+            continue
         if batch is None:
             batch = array.shape[0]
         elif array.shape[0] != batch:

@@ -407,11 +407,13 @@ class Tracker:
         ]
 
     def _fused_track_step(self, frame: int, batch: int, memory_inputs: dict[str, np.ndarray]) -> list[FrameOutput]:
-        """A tracked frame in one backend call (Triton's ensemble): features never leave the server."""
+        """A tracked frame in one backend call (Triton's ensemble): features never leave the server.
+
+        The slice goes once for all ``batch`` objects: the ensemble encodes it once and repeats the features."""
         out = self.backend.run(
             Stage.TRACK_STEP,
             {
-                "image": _repeat(self._inputs[frame : frame + 1], batch),
+                "image": self._inputs[frame : frame + 1],
                 **memory_inputs,
                 **prompt_inputs([None] * batch, [None] * batch),
             },

@@ -15,6 +15,23 @@ from medsam2.engine.backend import StageBackend, check_inputs
 from medsam2.graphs import TRACK_STEP, TRACK_STEP_WIRING, Stage
 
 
+def broadcast_features(inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """What Triton's ``feature_broadcast`` graph computes: the slice's features repeated once per row."""
+    rows = inputs["rows"].shape[0]
+    return {f"rows_{name}": np.repeat(inputs[name], rows, axis=0) for name in ("feat_s0", "feat_s1", "feat_s2")}
+
+
+def compose_track_step(backend: StageBackend, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``TRACK_STEP_WIRING`` run step by step on ``backend`` (the broadcast in numpy): the ensemble's result."""
+    tensors = dict(inputs)
+    for step, input_map, output_map in TRACK_STEP_WIRING:
+        feeds = {name: tensors[source] for name, source in input_map.items()}
+        outputs = broadcast_features(feeds) if step is Stage.FEATURE_BROADCAST else backend.run(step, feeds)
+        for name, target in output_map.items():
+            tensors[target] = outputs[name]
+    return {t.name: tensors[t.name] for t in TRACK_STEP.outputs}
+
+
 class ComposedTrackStep:
     """Adds ``Stage.TRACK_STEP`` to a backend by chaining its graphs as the ensemble would."""
 
@@ -30,12 +47,7 @@ class ComposedTrackStep:
         if stage is not Stage.TRACK_STEP:
             return self._backend.run(stage, inputs)
         check_inputs(stage, inputs)
-        tensors = dict(inputs)
-        for step, input_map, output_map in TRACK_STEP_WIRING:
-            outputs = self._backend.run(step, {name: tensors[source] for name, source in input_map.items()})
-            for name, target in output_map.items():
-                tensors[target] = outputs[name]
-        return {t.name: tensors[t.name] for t in TRACK_STEP.outputs}
+        return compose_track_step(self._backend, inputs)
 
     def is_ready(self) -> bool:
         """Whether the wrapped backend is."""
