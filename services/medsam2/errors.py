@@ -179,6 +179,13 @@ REASONS: tuple[Reason, ...] = (
         "A prompt does not fit the study.",
     ),
     Reason(
+        "REQUEST_ID_REUSED",
+        InvalidInput,
+        False,
+        "request_id",
+        "A request id sent again with a different request: a new request takes a new id.",
+    ),
+    Reason(
         "UPLOAD_TRUNCATED", UploadTruncated, True, "voxels", "The upload ended before the bytes its header announced."
     ),
     # FAILED_PRECONDITION: valid, but the session's or the server's state does not allow it.
@@ -298,6 +305,13 @@ REASONS: tuple[Reason, ...] = (
     Reason("PACS_UNAVAILABLE", BackendUnavailable, True, "", "The PACS cannot be reached or failed."),
     Reason("PACS_TRANSFER_BROKEN", BackendUnavailable, True, "", "A PACS response broke off before it was whole."),
     Reason("STORE_UNAVAILABLE", BackendUnavailable, True, "", "The session store cannot be reached."),
+    Reason(
+        "SERVER_SHUTTING_DOWN",
+        ShuttingDown,
+        True,
+        "",
+        "The server is draining (SIGTERM): retry, on another replica behind the same address.",
+    ),
     Reason("GATEWAY_BUSY", BackendUnavailable, True, "", "HTTP gateway: every worker and queue place is taken (503)."),
     Reason("NOT_BUILT", BackendUnavailable, False, "", "HTTP gateway: the web viewer is not built (503)."),
     # The caller.

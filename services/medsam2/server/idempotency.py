@@ -17,9 +17,6 @@ from google.protobuf.message import Message
 
 from medsam2.errors import InvalidInput
 
-REUSED = "REQUEST_ID_REUSED"
-"""``ErrorInfo`` reason of a request id sent again with a different request."""
-
 
 def request_digest(request: Message, voxels: np.ndarray | None = None) -> bytes:
     """sha256 of ``request`` without its request id (and of the uploaded ``voxels``, which a retry sends again)."""
@@ -40,5 +37,5 @@ def check_same(earlier: bytes, digest: bytes, request_id: str) -> None:
             f"request_id {request_id!r} was already used for a different request: send a new request id for a new "
             "request, and the same one only to retry the same request",
             field="request_id",
-            reason=REUSED,
+            reason="REQUEST_ID_REUSED",
         )
