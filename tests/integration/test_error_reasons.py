@@ -38,6 +38,43 @@ ELSEWHERE = {
     "PACS_ACCESS_DENIED": "test_pacs_orthanc.py (PacsAccessDenied)",
     "NOT_FOUND": "test_pacs_orthanc.py (a study or series not on PACS)",
     "UPLOAD_TIMED_OUT": "test_hostile_clients.py (DEADLINE_EXCEEDED of a stalled upload)",
+    # The PACS boundary, against a hostile DICOMweb server:
+    **{
+        reason: "test_hostile_pacs.py"
+        for reason in (
+            "PACS_BUDGET_EXCEEDED",
+            "PACS_TOO_MANY_PAGES",
+            "PACS_WRONG_STUDY",
+            "PACS_INCONSISTENT_SERIES",
+            "PACS_BAD_RESPONSE",
+            "PACS_TRANSFER_BROKEN",
+            "PACS_DEADLINE_EXCEEDED",
+            "PACS_FETCHES_FULL",
+            "INVALID_UID",
+        )
+    },
+    "PACS_WRONG_SERIES": "tests/unit/test_pacs_bounds.py",
+    "PACS_UNLISTED_INSTANCE": "tests/unit/test_pacs_bounds.py",
+    "PACS_INCOMPLETE_SERIES": "tests/unit/test_pacs_bounds.py",
+    "PACS_TOO_MANY_RESULTS": "not triggered yet: needs a PACS listing more instances than a study may hold",
+    "PACS_MISMATCH": "the type's default: every check names a finer reason",
+    "TIMED_OUT": "the type's default: uploads and PACS fetches name finer reasons",
+    # The drain and retries:
+    "SERVER_SHUTTING_DOWN": "test_drain.py",
+    "REQUEST_ID_REUSED": "test_server_results.py, tests/unit/test_journal_failures.py",
+    # The HTTP gateway's own refusals (REST only):
+    "GATEWAY_BUSY": "test_gateway_edges.py",
+    **{
+        reason: "test_gateway_edges.py and test_gateway.py check these refusals by HTTP status, not yet by reason"
+        for reason in (
+            "MALFORMED_REQUEST",
+            "UNSUPPORTED_MEDIA_TYPE",
+            "BODY_TOO_LARGE",
+            "NO_SUCH_PATH",
+            "NO_SUCH_METHOD",
+        )
+    },
+    "NOT_BUILT": "not triggered yet: needs a gateway without its web bundle",
     # Not triggered by any request test yet, and why (the merger may add them):
     "DICOM_SOURCE_MISMATCH": "needs a PACS holding a series that differs from the upload",
     "MODEL_VERSION_UNAVAILABLE": "needs a session store and a replica without the session's version",
