@@ -171,7 +171,7 @@ def test_propagating_before_any_prompt(backend, volume) -> None:
     [
         (np.zeros((0, 32, 32), np.uint8), "zero slices"),
         (np.zeros((3, 32, 32), np.float32), "uint8"),
-        (np.zeros((32, 32), np.uint8), "3-D"),
+        (np.zeros((32, 32), np.uint8), r"\[slices, rows, columns\]"),
     ],
 )
 def test_bad_frames(backend, frames, message) -> None:

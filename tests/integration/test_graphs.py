@@ -15,7 +15,8 @@ from medsam2_export.verify import TOLERANCE, _Checker, ort_session, verify
 
 FORBIDDEN_OPS = {"If", "Loop", "Scan", "SequenceConstruct", "SplitToSequence", "DFT", "STFT"}
 COMPLEX_TYPES = {onnx.TensorProto.COMPLEX64, onnx.TensorProto.COMPLEX128}
-ALLOWED_DYNAMIC = {(0, "batch"), (1, "memory_slots")}
+ALLOWED_DYNAMIC = {(0, "batch"), (1, "memory_slots"), (1, "channels")}
+"""Axes that may be dynamic: the batch, the memory slots, and the image's channels (1 grey or 3 RGB)."""
 
 
 @pytest.mark.parametrize("stage", list(GRAPHS))

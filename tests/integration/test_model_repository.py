@@ -345,7 +345,8 @@ def test_track_step_ensemble_follows_the_wiring(backend: str) -> None:
             assert _only(entry, "data_type") == TRITON_TYPES[tensor.dtype.__name__]
             # No reshape: the steps declare per-item scalars as [1], and Triton compares the full shapes, [-1, 1].
             assert entry["dims"] == [tensor.shape[0], *_expected_dims(tensor.shape)] and "reshape" not in entry
-    assert cfg["input"][0]["dims"] == [1, 1, graphs.IMAGE_SIZE, graphs.IMAGE_SIZE]
+    # One slice for every object, grey or RGB: the channel axis stays dynamic.
+    assert cfg["input"][0]["dims"] == [1, -1, graphs.IMAGE_SIZE, graphs.IMAGE_SIZE]
     steps = _only(cfg, "ensemble_scheduling")["step"]
     assert len(steps) == len(TRITON_TRACK_STEP_WIRING)
     for step, (stage, inputs, outputs) in zip(steps, TRITON_TRACK_STEP_WIRING, strict=True):

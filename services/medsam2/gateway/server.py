@@ -317,9 +317,12 @@ class _RequestHandler(BaseHTTPRequestHandler):
         log.debug("%s %s", self.address_string(), format % args)
 
     def _security_headers(self) -> None:
-        ohif = self.path == "/ohif" or self.path.startswith("/ohif/")
+        # A request refused while its line or headers are read has neither yet: it gets the strict policy, no CORS.
+        path = getattr(self, "path", "")
+        ohif = path == "/ohif" or path.startswith("/ohif/")
         self.send_header("Content-Security-Policy", OHIF_CONTENT_SECURITY_POLICY if ohif else CONTENT_SECURITY_POLICY)
-        origin = self.headers.get("Origin")
+        headers = getattr(self, "headers", None)
+        origin = headers.get("Origin") if headers is not None else None
         if origin and origin in self.options.cors_origins:
             self.send_header("Access-Control-Allow-Origin", origin)
             self.send_header("Vary", "Origin")
@@ -431,7 +434,12 @@ class _RequestHandler(BaseHTTPRequestHandler):
         """CORS preflight: granted only to the exact origins of --cors-origins."""
         origin = self.headers.get("Origin")
         if not origin or origin not in self.options.cors_origins:
-            self._error(403, "PERMISSION_DENIED", "this origin may not call the service (--cors-origins)")
+            self._error(
+                403,
+                "PERMISSION_DENIED",
+                "this origin may not call the service (--cors-origins)",
+                reason="PERMISSION_DENIED",
+            )
             return
         self._send(
             204,
@@ -447,7 +455,9 @@ class _RequestHandler(BaseHTTPRequestHandler):
     def _ohif(self, name: str) -> None:
         site = self.options.ohif
         if site is None or not site.built:
-            self._error(503, "UNAVAILABLE", "OHIF is not installed: run scripts/build_web.sh (needs npm)")
+            self._error(
+                503, "UNAVAILABLE", "OHIF is not installed: run scripts/build_web.sh (needs npm)", reason="NOT_BUILT"
+            )
             return
         if name.startswith("dicomweb/"):
             query = self.path.split("?", 1)[1] if "?" in self.path else ""
@@ -457,7 +467,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
             return
         found = site.file(name)
         if found is None:
-            self._error(404, "NOT_FOUND", f"no file {name} in OHIF")
+            self._error(404, "NOT_FOUND", f"no file {name[:200]} in OHIF", reason="NO_SUCH_PATH")
             return
         self._send(200, *found)
 
