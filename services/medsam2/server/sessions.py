@@ -474,18 +474,22 @@ class SessionRegistry:
             field="session_id",
         )
 
+    def _busy(self, entry: SessionEntry, session_id: str) -> SessionBusy:
+        """The refusal of a request that waited too long for ``entry``'s lock, naming what holds it."""
+        holder = entry.holder or "another request"
+        held = self._clock() - entry.held_since if entry.held_since else 0.0
+        return SessionBusy(
+            f"session {session_id} is busy: {holder} has held it for {held:.1f} s "
+            f"(waited {self.limits.lock_wait_s:g} s); retry when it ends, or cancel it",
+            field="session_id",
+        )
+
     @contextmanager
     def claim(self, session_id: str, busy: bool = False, *, principal: str | None = None) -> Iterator[SessionEntry]:
         """Hold a session's lock for one request (``busy`` marks a propagation)."""
         entry = self.get(session_id, principal=principal)
         if not entry.lock.acquire(timeout=self.limits.lock_wait_s):
-            holder = entry.holder or "another request"
-            held = self._clock() - entry.held_since if entry.held_since else 0.0
-            raise SessionBusy(
-                f"session {session_id} is busy: {holder} has held it for {held:.1f} s "
-                f"(waited {self.limits.lock_wait_s:g} s); retry when it ends, or cancel it",
-                field="session_id",
-            )
+            raise self._busy(entry, session_id)
         try:
             if entry.closed:
                 raise self._missing(session_id, entry.owner)
@@ -512,13 +516,7 @@ class SessionRegistry:
         """Hold a session for reading (GetResult): beside other readers, never beside a prompt or a propagation."""
         entry = self.get(session_id, principal=principal)
         if not entry.lock.acquire_shared(timeout=self.limits.lock_wait_s):
-            holder = entry.holder or "another request"
-            held = self._clock() - entry.held_since if entry.held_since else 0.0
-            raise SessionBusy(
-                f"session {session_id} is busy: {holder} has held it for {held:.1f} s "
-                f"(waited {self.limits.lock_wait_s:g} s); retry when it ends, or cancel it",
-                field="session_id",
-            )
+            raise self._busy(entry, session_id)
         try:
             if entry.closed:
                 raise self._missing(session_id, entry.owner)
