@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 import orthanc
+import patience
 from browser_page import ARTIFACTS, CHROMIUM, REPO
 from medsam2.testing.synthetic_ct import SyntheticSeries, write_synthetic_ct
 
@@ -52,16 +53,16 @@ def drive_ohif(page, service_url: str, study: str, key: int, box: list[int], cli
     out: dict[str, Any] = {}
     page.add_init_script(f"sessionStorage.setItem('medsam2-token', {json.dumps(TOKEN)})")
     page.goto(service_url + "ohif/")
-    page.wait_for_function("() => window.medsam2 !== undefined", timeout=120_000)
-    page.locator("text=Synthetic, Phantom").first.wait_for(timeout=120_000)
+    page.wait_for_function("() => window.medsam2 !== undefined", timeout=patience.BROWSER_STEP_MS)
+    page.locator("text=Synthetic, Phantom").first.wait_for(timeout=patience.BROWSER_STEP_MS)
     _shot(page, "study-list")
     out["study_listed"] = True
     page.goto(service_url + f"ohif/segmentation?StudyInstanceUIDs={study}")
-    page.wait_for_selector("#medsam2-panel", timeout=120_000)
+    page.wait_for_selector("#medsam2-panel", timeout=patience.BROWSER_STEP_MS)
     page.wait_for_function(
         "() => window.services?.viewportGridService?.getDisplaySetsUIDsForViewport("
         "window.services.viewportGridService.getActiveViewportId())?.length > 0",
-        timeout=120_000,
+        timeout=patience.BROWSER_STEP_MS,
     )
     page.wait_for_timeout(3000)
     _shot(page, "viewer")

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+import patience
 from medsam2.api.client import Client, slice_masks
 from medsam2.api.pb.medsam2.v1 import segmentation_pb2 as pb
 from medsam2.backends.onnxruntime_backend import OnnxRuntimeBackend
@@ -231,7 +232,7 @@ def test_sessions_run_concurrently(client: Client, study) -> None:
     for t in threads:
         t.start()
     for t in threads:
-        t.join(120)
+        t.join(patience.COMMAND_S)  # a hang guard: three propagations on two loaded cores can take minutes
     assert not errors and len(results) == 3
     assert all(v == [2, 3, 4, 5, 1, 0] for v in results.values())  # the key slice once
 
