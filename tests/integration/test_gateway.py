@@ -20,15 +20,10 @@ from medsam2.server.app import start_server
 from medsam2.server.config import ServerSettings
 from medsam2_export.parity import synthetic_volume
 from pki import make_certificates, needs_openssl
+from serve_process import free_port
 
 SLICES, ROWS, COLS = 6, 48, 56
 TOKEN = "gateway-test-token"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -36,17 +31,22 @@ def study() -> tuple[np.ndarray, list]:
     return synthetic_volume(seed=21, slices=SLICES, height=ROWS, width=COLS)
 
 
-@pytest.fixture(scope="module")
-def server(graphs: dict[str, Path]):
+def _gateway(graphs: dict[str, Path], *, slices: int, threads: int):
+    """A server with its HTTP gateway and a token, whose voxel limit admits ``slices`` (each counts at 512 x 512)."""
     settings = ServerSettings(
         port=0,
         metrics_port=0,
-        http_port=_free_port(),
+        http_port=free_port(),
         model_repository=graphs["present"],
         auth_token=TOKEN,
-        max_study_voxels=16 * 512 * 512,
+        max_study_voxels=slices * 512 * 512,
     )
-    running = start_server(settings, OnnxRuntimeBackend(graphs["present"], threads=2))
+    return start_server(settings, OnnxRuntimeBackend(graphs["present"], threads=threads))
+
+
+@pytest.fixture(scope="module")
+def server(graphs: dict[str, Path]):
+    running = _gateway(graphs, slices=16, threads=2)
     yield running
     running.stop(2)
 
@@ -322,7 +322,7 @@ def test_the_gateway_speaks_mutual_tls_with_the_grpc_certificates(graphs, tmp_pa
     settings = ServerSettings(
         port=0,
         metrics_port=0,
-        http_port=_free_port(),
+        http_port=free_port(),
         model_repository=graphs["present"],
         tls_cert=tmp_path / "server.pem",
         tls_key=tmp_path / "server.key",
@@ -551,15 +551,7 @@ def _raw_request(server, head: str, body: bytes) -> tuple[int, dict]:
 @pytest.fixture(scope="module")
 def tall_server(graphs: dict[str, Path]):
     """A server whose voxel limit admits 1,000 slices (each counts at the model's 512 x 512)."""
-    settings = ServerSettings(
-        port=0,
-        metrics_port=0,
-        http_port=_free_port(),
-        model_repository=graphs["present"],
-        auth_token=TOKEN,
-        max_study_voxels=1000 * 512 * 512,
-    )
-    running = start_server(settings, OnnxRuntimeBackend(graphs["present"], threads=1))
+    running = _gateway(graphs, slices=1000, threads=1)
     yield running
     running.stop(2)
 

@@ -12,7 +12,6 @@ import gzip
 import http.client
 import io
 import json
-import socket
 from pathlib import Path
 
 import grpc
@@ -28,15 +27,10 @@ from medsam2.io.labels import NIFTI_EXTENSION_CODE, OVERLAP_RULE
 from medsam2.server.app import start_server
 from medsam2.server.config import ServerSettings
 from medsam2_export.parity import synthetic_volume
+from serve_process import free_port
 
 SLICES, ROWS, COLS = 7, 48, 56
 SPACING = (2.0, 0.8, 0.7)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +42,7 @@ def study() -> tuple[np.ndarray, list]:
 def server(graphs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory):
     store = tmp_path_factory.mktemp("annotations")
     settings = ServerSettings(
-        port=0, metrics_port=0, http_port=_free_port(), model_repository=graphs["present"], annotations_dir=store
+        port=0, metrics_port=0, http_port=free_port(), model_repository=graphs["present"], annotations_dir=store
     )
     running = start_server(settings, OnnxRuntimeBackend(graphs["present"], threads=2))
     yield running, store
