@@ -104,6 +104,11 @@ class RequestBody:
         return self._ended
 
     @property
+    def declared_left(self) -> int:
+        """Bytes of a Content-Length body not read yet (0 for a chunked one, whose length nobody declared)."""
+        return 0 if self._chunked or self._ended else self._left
+
+    @property
     def bytes_read(self) -> int:
         """Body bytes read so far."""
         return self._read

@@ -60,10 +60,14 @@ ERROR_DOMAIN = "medsam2"
 """``ErrorInfo.domain`` of the gateway's own refusals (the servicer's carry the same)."""
 MAX_STATIC_NAME = 255
 """Longest file name under /static/ (longer ones are 404 without touching the file system)."""
-LINGER_S = 2.0
+LINGER_IDLE_S = 2.0
+LINGER_S = 30.0
 LINGER_BYTES = 1 << 20
-"""After refusing a request whose body is unread, read and drop at most this much for at most LINGER_S, so that
-closing does not reset the connection before the client has read the refusal (a "lingering close")."""
+"""After refusing a request whose body is unread, read and drop the rest of it before closing, so that closing
+does not reset the connection before the client has read the refusal (a "lingering close", as nginx's
+lingering_time and lingering_timeout). A client sends its whole body before it reads an answer, so a body whose
+Content-Length was already admitted (its headers passed the token and the size checks) is dropped to its end;
+any other at most LINGER_BYTES. Either way for at most LINGER_S, and LINGER_IDLE_S without a byte."""
 
 
 @runtime_checkable
@@ -280,8 +284,10 @@ class _RequestHandler(BaseHTTPRequestHandler):
             self.wfile.flush()
             self.connection.shutdown(socket.SHUT_WR)
             self.connection.settimeout(0.2)
+            self.connection.settimeout(LINGER_IDLE_S)
+            budget = max(LINGER_BYTES, self._body_state.declared_left)
             deadline, dropped = time.monotonic() + LINGER_S, 0
-            while dropped < LINGER_BYTES and time.monotonic() < deadline:
+            while dropped < budget and time.monotonic() < deadline:
                 chunk = self.connection.recv(1 << 16)
                 if not chunk:
                     break
