@@ -66,7 +66,7 @@ ELSEWHERE = {
     "SESSION_EXPIRED": "test_error_details.py",
     "STATE_LIMIT": "test_hostile_clients.py",
     "BACKEND_UNAVAILABLE": "test_cli.py",
-    "PACS_ACCESS_DENIED": "test_pacs_orthanc.py (PacsAccessDenied)",
+    "PACS_ACCESS_DENIED": "test_pacs_orthanc.py (PacsAccessDenied); over REST by test_ohif_gateway.py's proxy",
     "NOT_FOUND": "test_pacs_orthanc.py (a study or series not on PACS)",
     "UPLOAD_TIMED_OUT": "test_hostile_clients.py (DEADLINE_EXCEEDED of a stalled upload)",
     # The PACS boundary, against a hostile DICOMweb server:
@@ -95,7 +95,7 @@ ELSEWHERE = {
     "REQUEST_ID_REUSED": "test_server_results.py, tests/unit/test_journal_failures.py",
     # The HTTP gateway's own refusals (REST only):
     "GATEWAY_BUSY": "test_gateway_edges.py",
-    "NOT_BUILT": "not triggered yet: needs a gateway without its web bundle",
+    "NOT_BUILT": "test_ohif_gateway.py (an unbuilt OHIF; REST only)",
     # Not triggered by any request test yet, and why (the merger may add them):
     "DICOM_SOURCE_MISMATCH": "needs a PACS holding a series that differs from the upload",
     "MODEL_VERSION_UNAVAILABLE": "needs a session store and a replica without the session's version",
