@@ -20,9 +20,11 @@ import http.client
 import json
 import math
 import re
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import grpc
@@ -66,8 +68,6 @@ ELSEWHERE = {
     "SESSION_EXPIRED": "test_error_details.py",
     "STATE_LIMIT": "test_hostile_clients.py",
     "BACKEND_UNAVAILABLE": "test_cli.py",
-    "PACS_ACCESS_DENIED": "test_pacs_orthanc.py (PacsAccessDenied); over REST by test_ohif_gateway.py's proxy",
-    "NOT_FOUND": "test_pacs_orthanc.py (a study or series not on PACS)",
     "UPLOAD_TIMED_OUT": "test_hostile_clients.py (DEADLINE_EXCEEDED of a stalled upload)",
     # The PACS boundary, against a hostile DICOMweb server:
     **{
@@ -77,7 +77,6 @@ ELSEWHERE = {
             "PACS_TOO_MANY_PAGES",
             "PACS_WRONG_STUDY",
             "PACS_INCONSISTENT_SERIES",
-            "PACS_BAD_RESPONSE",
             "PACS_TRANSFER_BROKEN",
             "PACS_DEADLINE_EXCEEDED",
             "PACS_FETCHES_FULL",
@@ -108,7 +107,6 @@ ELSEWHERE = {
     "PRINCIPAL_QUOTA": "needs every session of the principal busy at once",
     "UPLOADS_FULL": "needs more concurrent uploads than the cap",
     "STORE_UNAVAILABLE": "needs the session store (Redis) to go away",
-    "PACS_REJECTED": "needs a PACS that refuses a STOW-RS",
     "CLIENT_CANCELLED": "the client left, so it never reads the status",
 }
 
@@ -235,15 +233,49 @@ def _start(graphs: dict[str, Path], environ: dict[str, str], **settings) -> Runn
     )
 
 
+class _Pacs(BaseHTTPRequestHandler):
+    """A DICOMweb server that answers every request the same way per endpoint (the path's first part)."""
+
+    ANSWERS = {
+        "denied": (401, "application/json", b"{}"),  # the service's credentials are refused
+        "empty": (200, "application/dicom+json", b"[]"),  # the study is not there
+        "refuses": (400, "application/json", b"{}"),  # a 4xx the client cannot cure
+        "html": (200, "text/html", b"<html>a login page</html>"),  # not DICOMweb
+    }
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        status, kind, body = self.ANSWERS[self.path.split("/")[1]]
+        self.send_response(status)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
 @pytest.fixture(scope="module")
-def full(graphs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Caller]]:
-    """A server with a (down) PACS endpoint, a tiny annotation store, tokens and an admin."""
+def pacs() -> Iterator[str]:
+    """The stand-in PACS's base URL; endpoint NAME is at URL/NAME."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Pacs)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="module")
+def full(graphs: dict[str, Path], pacs: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Caller]]:
+    """A server with PACS endpoints (one down, the others answering badly), a tiny annotation store, tokens and an
+    admin."""
     folder = tmp_path_factory.mktemp("reasons")
     tokens = folder / "tokens"
     tokens.write_text("alice:alice-secret\nroot:root-secret\n")
+    endpoints = {f"MEDSAM2_PACS_{name.upper()}_URL": f"{pacs}/{name}" for name in _Pacs.ANSWERS}
     running = _start(
         graphs,
-        {"MEDSAM2_PACS_DOWN_URL": UNREACHABLE, "MEDSAM2_PACS_DOWN_TIMEOUT_S": "2"},
+        {"MEDSAM2_PACS_DOWN_URL": UNREACHABLE, "MEDSAM2_PACS_DOWN_TIMEOUT_S": "2", **endpoints},
         auth_tokens=tokens,
         admin_principals="root",
         annotations_dir=folder / "store",
@@ -331,6 +363,14 @@ def walked(full: dict[str, Caller], bare: Caller, frames: np.ndarray) -> Walk:
     step("PACS_ENDPOINT_NOT_FOUND", alice, "StoreResult", pb.StoreResultRequest(session_id=sid, endpoint="nope"))
     pacs = pb.StudyHeader(pacs=pb.PacsReference(endpoint="down", study_uid="1.2.3"))
     step("PACS_UNAVAILABLE", alice, "CreateSession", Upload(pacs))
+    for name, endpoint in [
+        ("PACS_ACCESS_DENIED", "denied"),
+        ("NOT_FOUND", "empty"),
+        ("PACS_REJECTED", "refuses"),  # the same refusal a STOW-RS gets, here on the series search
+        ("PACS_BAD_RESPONSE", "html"),
+    ]:
+        study = pb.StudyHeader(pacs=pb.PacsReference(endpoint=endpoint, study_uid="1.2.3"))
+        step(name, alice, "CreateSession", Upload(study))
     step("MODEL_NOT_VERSIONED", root, "SetModelVersion", pb.SetModelVersionRequest(version=2))
     step("PERMISSION_DENIED", alice, "SetModelVersion", pb.SetModelVersionRequest(version=2))
     step("UNAUTHENTICATED", stranger, "ListSessions", pb.ListSessionsRequest())
