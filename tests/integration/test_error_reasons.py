@@ -104,7 +104,6 @@ ELSEWHERE = {
     "CONFIG_ERROR": "raised at start-up, never by a request",
     "OUTPUT_NOT_WRITABLE": "raised by the CLI's outputs, never by a request",
     "SERVICE_FULL": "needs every session busy at once",
-    "PRINCIPAL_QUOTA": "needs every session of the principal busy at once",
     "UPLOADS_FULL": "needs more concurrent uploads than the cap",
     "STORE_UNAVAILABLE": "needs the session store (Redis) to go away",
     "CLIENT_CANCELLED": "the client left, so it never reads the status",
@@ -402,6 +401,10 @@ def walked(full: dict[str, Caller], bare: Caller, frames: np.ndarray) -> Walk:
     started = time.monotonic()
     step("SESSION_BUSY", bare, "AddPrompt", _box(second, 2, 1, BOX))
     assert time.monotonic() - started < 120
+    # The one session the server may hold is busy, so a new one cannot evict it (the caller's own quota, as
+    # large as the server's, is met first).
+    small = pb.StudyHeader(shape=[SLICES, ROWS, COLS], dtype=pb.DATA_TYPE_UINT8)
+    step("PRINCIPAL_QUOTA", bare, "CreateSession", Upload(small, frames.astype(np.uint8).tobytes()))
     stream.cancel()  # the rest of the propagation proves nothing here
     b.close_session(second)
     return walk
