@@ -5,9 +5,10 @@ Each refusal must carry the catalogue's status and reason, a BadRequest field fo
 RetryInfo exactly where the catalogue says a retry can help. Over REST the body's ``google.rpc.Status`` (HTTP
 status, status name, message, every detail) must equal what gRPC said for the same request, and a RetryInfo comes
 with its Retry-After. The gateway's own refusals (before a call reaches the servicer) exist over REST only and are
-walked there. Reasons that need infrastructure this module does not start (a PACS that answers, a versioned
-repository, a session store, a stalled upload) are listed with the test that triggers them, so the walk covers
-the whole catalogue.
+walked there. A stand-in PACS answers each endpoint one wrong way (401, 400, an empty search, HTML). Reasons that
+need infrastructure this module does not start (a hostile or real PACS serving instances, a versioned repository,
+a session store, a stalled upload, a draining server) are listed with the test that triggers them, and the rest
+with why no request can trigger them, so the walk covers the whole catalogue.
 
 Both transports share the module's two servers and walk in one pass: each step sends its request over gRPC, then
 the same request over REST, so the two answers name the same sessions.
@@ -73,20 +74,23 @@ ELSEWHERE = {
     **{
         reason: "test_hostile_pacs.py"
         for reason in (
-            "PACS_BUDGET_EXCEEDED",
             "PACS_TOO_MANY_PAGES",
             "PACS_WRONG_STUDY",
             "PACS_INCONSISTENT_SERIES",
             "PACS_TRANSFER_BROKEN",
-            "PACS_DEADLINE_EXCEEDED",
             "PACS_FETCHES_FULL",
             "INVALID_UID",
         )
     },
+    **{
+        reason: "test_hostile_pacs.py; over REST by test_ohif_gateway.py's DICOMweb proxy"
+        for reason in ("PACS_BUDGET_EXCEEDED", "PACS_DEADLINE_EXCEEDED")
+    },
     "PACS_WRONG_SERIES": "tests/unit/test_pacs_bounds.py",
     "PACS_UNLISTED_INSTANCE": "tests/unit/test_pacs_bounds.py",
     "PACS_INCOMPLETE_SERIES": "tests/unit/test_pacs_bounds.py",
-    "PACS_TOO_MANY_RESULTS": "not triggered yet: needs a PACS listing more instances than a study may hold",
+    "PACS_TOO_MANY_RESULTS": "not triggered yet: needs a PACS whose series search pages are valid and whose "
+    "instance search lists more instances than --max-study-voxels admits",
     "PACS_MISMATCH": "the type's default: every check names a finer reason",
     "TIMED_OUT": "the type's default: uploads and PACS fetches name finer reasons",
     # The drain and retries:
@@ -103,10 +107,11 @@ ELSEWHERE = {
     "CHECKPOINT_ERROR": "raised at start-up and by the CLI, never by a request",
     "CONFIG_ERROR": "raised at start-up, never by a request",
     "OUTPUT_NOT_WRITABLE": "raised by the CLI's outputs, never by a request",
-    "SERVICE_FULL": "needs every session busy at once",
-    "UPLOADS_FULL": "needs more concurrent uploads than the cap",
+    "SERVICE_FULL": "needs a second principal while every session is busy: one principal meets its own quota "
+    "(PRINCIPAL_QUOTA, walked here) first",
+    "UPLOADS_FULL": "needs more uploads in flight at once than the cap (held open mid-body), not yet written",
     "STORE_UNAVAILABLE": "needs the session store (Redis) to go away",
-    "CLIENT_CANCELLED": "the client left, so it never reads the status",
+    "CLIENT_CANCELLED": "the client left, so it never reads the status (counted in metrics: test_error_details.py)",
 }
 
 
