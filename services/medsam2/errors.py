@@ -251,7 +251,7 @@ REASONS: tuple[Reason, ...] = (
         "MALFORMED_REQUEST",
         InvalidInput,
         False,
-        "",
+        "body, X-Medsam2-Header, Transfer-Encoding or request (its line or headers)",
         "HTTP gateway: a request line, header, Content-Length, chunked framing or JSON body it cannot read (400).",
     ),
     Reason(

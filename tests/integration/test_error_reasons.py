@@ -1,33 +1,67 @@
-"""The reason catalogue, walked over gRPC: for each reason, one real request that triggers it.
+"""The reason catalogue, walked over gRPC and over the REST/SSE gateway of the same servers: for each reason, one real
+request that triggers it, sent on both transports.
 
-Each error must carry the catalogue's status and reason, a BadRequest field for every INVALID_ARGUMENT, and
-RetryInfo exactly where the catalogue says a retry can help. Reasons that need infrastructure this module does not
-start (a PACS that answers, a versioned repository, a session store, a stalled upload) are listed with the test that
-triggers them, so the walk covers the whole catalogue.
+Each refusal must carry the catalogue's status and reason, a BadRequest field for every INVALID_ARGUMENT, and
+RetryInfo exactly where the catalogue says a retry can help. Over REST the body's ``google.rpc.Status`` (HTTP
+status, status name, message, every detail) must equal what gRPC said for the same request, and a RetryInfo comes
+with its Retry-After. The gateway's own refusals (before a call reaches the servicer) exist over REST only and are
+walked there. A stand-in PACS answers each endpoint one wrong way (401, 400, an empty search, HTML). Reasons that
+need infrastructure this module does not start (a hostile or real PACS serving instances, a versioned repository,
+a session store, a stalled upload, a draining server) are listed with the test that triggers them, and the rest
+with why no request can trigger them, so the walk covers the whole catalogue.
+
+Both transports share the module's two servers and walk in one pass: each step sends its request over gRPC, then
+the same request over REST, so the two answers name the same sessions.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import http.client
+import json
+import math
+import re
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
+from google.protobuf import json_format
+from google.protobuf.message import Message
 
-from medsam2.api.client import Client, ServiceError
+from medsam2.api.client import Client
 from medsam2.api.pb.medsam2.v1 import segmentation_pb2 as pb
 from medsam2.backends.onnxruntime_backend import OnnxRuntimeBackend
 from medsam2.errors import REASON_BY_NAME, REASONS
-from medsam2.server.app import start_server
+from medsam2.gateway.context import HTTP_STATUS
+from medsam2.server.app import RunningServer, start_server
 from medsam2.server.config import ServerSettings
 from medsam2.server.status import status_for
 from medsam2_export.parity import synthetic_volume
+from rpc_errors import rpc_failure, status_json
+from serve_process import free_port
 
 SLICES, ROWS, COLS = 3, 32, 40
 UNREACHABLE = "http://127.0.0.1:9/dicom-web"  # the discard port: connections are refused
 BOX = (4.0, 4.0, 24.0, 24.0)
+MAX_MESSAGE_BYTES = 1 << 20
+"""The full server's message limit (gRPC messages, REST bodies), small enough to pass over REST cheaply."""
+TRANSPORTS = ("grpc", "rest")
+SERVICE = pb.DESCRIPTOR.services_by_name["SegmentationService"]
+
+REST_ONLY = {
+    # The gateway's own refusals, before a call reaches the servicer: a gRPC client cannot send these requests.
+    "MALFORMED_REQUEST",
+    "UNSUPPORTED_MEDIA_TYPE",
+    "BODY_TOO_LARGE",
+    "NO_SUCH_PATH",
+    "NO_SUCH_METHOD",
+}
 
 ELSEWHERE = {
     # Triggered by other tests (the reason or its error type, as named there):
@@ -35,28 +69,28 @@ ELSEWHERE = {
     "SESSION_EXPIRED": "test_error_details.py",
     "STATE_LIMIT": "test_hostile_clients.py",
     "BACKEND_UNAVAILABLE": "test_cli.py",
-    "PACS_ACCESS_DENIED": "test_pacs_orthanc.py (PacsAccessDenied)",
-    "NOT_FOUND": "test_pacs_orthanc.py (a study or series not on PACS)",
     "UPLOAD_TIMED_OUT": "test_hostile_clients.py (DEADLINE_EXCEEDED of a stalled upload)",
     # The PACS boundary, against a hostile DICOMweb server:
     **{
         reason: "test_hostile_pacs.py"
         for reason in (
-            "PACS_BUDGET_EXCEEDED",
             "PACS_TOO_MANY_PAGES",
             "PACS_WRONG_STUDY",
             "PACS_INCONSISTENT_SERIES",
-            "PACS_BAD_RESPONSE",
             "PACS_TRANSFER_BROKEN",
-            "PACS_DEADLINE_EXCEEDED",
             "PACS_FETCHES_FULL",
             "INVALID_UID",
         )
     },
+    **{
+        reason: "test_hostile_pacs.py; over REST by test_ohif_gateway.py's DICOMweb proxy"
+        for reason in ("PACS_BUDGET_EXCEEDED", "PACS_DEADLINE_EXCEEDED")
+    },
     "PACS_WRONG_SERIES": "tests/unit/test_pacs_bounds.py",
     "PACS_UNLISTED_INSTANCE": "tests/unit/test_pacs_bounds.py",
     "PACS_INCOMPLETE_SERIES": "tests/unit/test_pacs_bounds.py",
-    "PACS_TOO_MANY_RESULTS": "not triggered yet: needs a PACS listing more instances than a study may hold",
+    "PACS_TOO_MANY_RESULTS": "not triggered yet: needs a PACS whose series search pages are valid and whose "
+    "instance search lists more instances than --max-study-voxels admits",
     "PACS_MISMATCH": "the type's default: every check names a finer reason",
     "TIMED_OUT": "the type's default: uploads and PACS fetches name finer reasons",
     # The drain and retries:
@@ -64,17 +98,7 @@ ELSEWHERE = {
     "REQUEST_ID_REUSED": "test_server_results.py, tests/unit/test_journal_failures.py",
     # The HTTP gateway's own refusals (REST only):
     "GATEWAY_BUSY": "test_gateway_edges.py",
-    **{
-        reason: "test_gateway_edges.py and test_gateway.py check these refusals by HTTP status, not yet by reason"
-        for reason in (
-            "MALFORMED_REQUEST",
-            "UNSUPPORTED_MEDIA_TYPE",
-            "BODY_TOO_LARGE",
-            "NO_SUCH_PATH",
-            "NO_SUCH_METHOD",
-        )
-    },
-    "NOT_BUILT": "not triggered yet: needs a gateway without its web bundle",
+    "NOT_BUILT": "test_ohif_gateway.py (an unbuilt OHIF; REST only)",
     # Not triggered by any request test yet, and why (the merger may add them):
     "DICOM_SOURCE_MISMATCH": "needs a PACS holding a series that differs from the upload",
     "MODEL_VERSION_UNAVAILABLE": "needs a session store and a replica without the session's version",
@@ -83,158 +107,377 @@ ELSEWHERE = {
     "CHECKPOINT_ERROR": "raised at start-up and by the CLI, never by a request",
     "CONFIG_ERROR": "raised at start-up, never by a request",
     "OUTPUT_NOT_WRITABLE": "raised by the CLI's outputs, never by a request",
-    "SERVICE_FULL": "needs every session busy at once",
-    "PRINCIPAL_QUOTA": "needs every session of the principal busy at once",
-    "UPLOADS_FULL": "needs more concurrent uploads than the cap",
+    "SERVICE_FULL": "needs a second principal while every session is busy: one principal meets its own quota "
+    "(PRINCIPAL_QUOTA, walked here) first",
+    "UPLOADS_FULL": "needs more uploads in flight at once than the cap (held open mid-body), not yet written",
     "STORE_UNAVAILABLE": "needs the session store (Redis) to go away",
-    "PACS_REJECTED": "needs a PACS that refuses a STOW-RS",
-    "CLIENT_CANCELLED": "the client left, so it never reads the status",
+    "CLIENT_CANCELLED": "the client left, so it never reads the status (counted in metrics: test_error_details.py)",
 }
 
 
+# -- what a refusal said, on either transport ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class Refusal:
+    """A refused request as ``google.rpc.Status`` in proto3 JSON: what the REST body says, and gRPC's equivalent."""
+
+    http: int
+    """The HTTP status (over gRPC: the gateway's mapping of the status code)."""
+    status: str
+    """The gRPC status name."""
+    message: str
+    details: list[dict]
+    retry_after: str | None = field(default=None, compare=False)
+    """REST's Retry-After header (gRPC has none; not compared)."""
+
+    def detail(self, kind: str) -> dict | None:
+        """The detail of type ``google.rpc.<kind>``, or None."""
+        return next((d for d in self.details if d["@type"] == f"type.googleapis.com/google.rpc.{kind}"), None)
+
+    @property
+    def reason(self) -> str:
+        info = self.detail("ErrorInfo")
+        return info["reason"] if info else ""
+
+    @property
+    def field(self) -> str:
+        bad = self.detail("BadRequest")
+        return bad["fieldViolations"][0].get("field", "") if bad and bad.get("fieldViolations") else ""
+
+
+@dataclass(frozen=True)
+class Upload:
+    """A CreateSession: its header, then (over REST: as the body) its voxel bytes."""
+
+    header: pb.StudyHeader
+    voxels: bytes = b""
+
+
+@dataclass(frozen=True)
+class Caller:
+    """One principal on one server: its gRPC client (also for the walk's set-up) and the server's HTTP port."""
+
+    client: Client
+    http_port: int
+
+    def over_grpc(self, method: str, request: Message | Upload) -> Refusal:
+        call = getattr(self.client.stub, method)
+        if isinstance(request, Upload):
+            parts = [pb.CreateSessionRequest(header=request.header)]
+            parts += [pb.CreateSessionRequest(voxels=request.voxels)] if request.voxels else []
+            error = rpc_failure(lambda: call(iter(parts), metadata=self.client.metadata))
+        else:
+            error = rpc_failure(lambda: call(request, metadata=self.client.metadata))
+        status, message, details = status_json(error)
+        return Refusal(HTTP_STATUS[error.code()], status, message, details)
+
+    def over_rest(self, method: str, request: Message | Upload) -> Refusal:
+        path = f"/v1/{method}"
+        if isinstance(request, Upload):
+            body = request.voxels
+            kind = {"Content-Type": "application/octet-stream", "X-Medsam2-Header": _json(request.header)}
+        else:
+            body = _json(request).encode()
+            kind = {"Content-Type": "application/json"}
+            rpc = SERVICE.methods_by_name[method]
+            if rpc.server_streaming and "data" in rpc.output_type.fields_by_name:
+                path += ":download"  # a file in chunks: the whole file, or the error as a JSON body
+        return self.http("POST", path, body, kind)
+
+    def http(self, verb: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None) -> Refusal:
+        """Send one HTTP request that must be refused; its error body (or SSE error event) as a Refusal."""
+        sent = {**({"Authorization": f"Bearer {self.client.token}"} if self.client.token else {}), **(headers or {})}
+        connection = http.client.HTTPConnection("127.0.0.1", self.http_port, timeout=120)
+        try:
+            connection.request(verb, path, body=body, headers=sent)
+            response = connection.getresponse()
+            data = response.read()
+        finally:
+            connection.close()
+        if response.getheader("Content-Type") == "text/event-stream":
+            errors = [payload for kind, payload in _events(data) if kind == "error"]
+            assert response.status == 200 and errors, f"{path}: the stream ended without an error event"
+            error = errors[0]["error"]
+            http_status = error["code"]
+        else:
+            assert response.getheader("Content-Type") == "application/json", (path, response.status, data[:200])
+            error = json.loads(data)["error"]
+            http_status = response.status
+            assert error["code"] == http_status, (path, error)
+        return Refusal(
+            http_status, error["status"], error["message"], error.get("details", []), response.getheader("Retry-After")
+        )
+
+
+def _json(message: Message) -> str:
+    return json.dumps(json_format.MessageToDict(message))
+
+
+def _events(data: bytes) -> Iterator[tuple[str, dict]]:
+    for block in data.decode().strip().split("\n\n"):
+        kind, payload = "message", {}
+        for line in block.splitlines():
+            if line.startswith("event: "):
+                kind = line.removeprefix("event: ")
+            elif line.startswith("data: "):
+                payload = json.loads(line.removeprefix("data: "))
+        yield kind, payload
+
+
+# -- the servers ---------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def frames() -> np.ndarray:
     return synthetic_volume(seed=5, slices=SLICES, height=ROWS, width=COLS)[0]
 
 
-def _start(graphs: dict[str, Path], environ: dict[str, str], **settings):
+def _start(graphs: dict[str, Path], environ: dict[str, str], **settings) -> RunningServer:
     return start_server(
-        ServerSettings(port=0, metrics_port=0, model_repository=graphs["present"], **settings),
+        ServerSettings(port=0, metrics_port=0, http_port=free_port(), model_repository=graphs["present"], **settings),
         OnnxRuntimeBackend(graphs["present"], threads=1),
         environ=environ,
     )
 
 
+class _Pacs(BaseHTTPRequestHandler):
+    """A DICOMweb server that answers every request the same way per endpoint (the path's first part)."""
+
+    ANSWERS = {
+        "denied": (401, "application/json", b"{}"),  # the service's credentials are refused
+        "empty": (200, "application/dicom+json", b"[]"),  # the study is not there
+        "refuses": (400, "application/json", b"{}"),  # a 4xx the client cannot cure
+        "html": (200, "text/html", b"<html>a login page</html>"),  # not DICOMweb
+    }
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        status, kind, body = self.ANSWERS[self.path.split("/")[1]]
+        self.send_response(status)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
 @pytest.fixture(scope="module")
-def full(graphs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory):
-    """A server with a (down) PACS endpoint, a tiny annotation store, tokens and an admin."""
+def pacs() -> Iterator[str]:
+    """The stand-in PACS's base URL; endpoint NAME is at URL/NAME."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Pacs)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="module")
+def full(graphs: dict[str, Path], pacs: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Caller]]:
+    """A server with PACS endpoints (one down, the others answering badly), a tiny annotation store, tokens and an
+    admin."""
     folder = tmp_path_factory.mktemp("reasons")
     tokens = folder / "tokens"
     tokens.write_text("alice:alice-secret\nroot:root-secret\n")
+    endpoints = {f"MEDSAM2_PACS_{name.upper()}_URL": f"{pacs}/{name}" for name in _Pacs.ANSWERS}
     running = _start(
         graphs,
-        {"MEDSAM2_PACS_DOWN_URL": UNREACHABLE, "MEDSAM2_PACS_DOWN_TIMEOUT_S": "2"},
+        {"MEDSAM2_PACS_DOWN_URL": UNREACHABLE, "MEDSAM2_PACS_DOWN_TIMEOUT_S": "2", **endpoints},
         auth_tokens=tokens,
         admin_principals="root",
         annotations_dir=folder / "store",
         annotations_max_bytes=1,
+        max_message_bytes=MAX_MESSAGE_BYTES,
     )
     target = f"127.0.0.1:{running.port}"
-    clients = {name: Client(target, token=f"{name}-secret") for name in ("alice", "root")}
-    clients["stranger"] = Client(target, token="wrong")
-    yield clients
-    for c in clients.values():
-        c.close()
+    tokens_of = {"alice": "alice-secret", "root": "root-secret", "stranger": "wrong"}
+    callers = {name: Caller(Client(target, token=token), running.http_port) for name, token in tokens_of.items()}
+    yield callers
+    for caller in callers.values():
+        caller.client.close()
     running.stop(1)
 
 
 @pytest.fixture(scope="module")
-def bare(graphs: dict[str, Path]):
-    """A server without PACS or annotation store, holding one session at most."""
+def bare(graphs: dict[str, Path]) -> Iterator[Caller]:
+    """A server without PACS, annotation store or tokens, holding one session at most."""
     running = _start(graphs, {}, max_sessions=1, max_study_voxels=SLICES * 512 * 512 * 40)
-    client = Client(f"127.0.0.1:{running.port}")
-    yield client
-    client.close()
+    caller = Caller(Client(f"127.0.0.1:{running.port}"), running.http_port)
+    yield caller
+    caller.client.close()
     running.stop(1)
 
 
-def _fails(call: Callable[[], object]) -> ServiceError:
-    with pytest.raises(ServiceError) as info:
-        result = call()
-        if hasattr(result, "__iter__") and not hasattr(result, "ListFields"):
-            list(result)
-    return info.value
+# -- the walk ------------------------------------------------------------------------------------------------------
+@dataclass
+class Walk:
+    refusals: dict[str, dict[str, Refusal]] = field(default_factory=lambda: {t: {} for t in TRANSPORTS})
+    """transport -> reason -> what the request that triggers it was told."""
+    extra: dict[str, dict[str, Refusal]] = field(default_factory=lambda: {t: {} for t in TRANSPORTS})
+    """transport -> label -> refusals checked beyond their reason (a NaN box)."""
 
 
-def _check(name: str, error: ServiceError) -> None:
-    reason = REASON_BY_NAME[name]
-    assert (error.reason, error.code()) == (name, status_for(reason.error)), (name, error)
-    if error.code() is grpc.StatusCode.INVALID_ARGUMENT:
-        assert error.field, f"{name}: INVALID_ARGUMENT without a BadRequest field"
-    if error.code() in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE):
-        assert (error.retry_after_s is not None) == reason.retry, name
-    else:
-        assert error.retry_after_s is None, name
+def _box(session_id: str, object_id: int, slice_index: int, box: tuple[float, ...]) -> pb.AddPromptRequest:
+    x0, y0, x1, y1 = box
+    return pb.AddPromptRequest(
+        session_id=session_id, object_id=object_id, slice=slice_index, box=pb.Box(x0=x0, y0=y0, x1=x1, y1=y1)
+    )
 
 
-def test_every_reason_is_triggered_by_a_request(full, bare, frames: np.ndarray) -> None:
+@pytest.fixture(scope="module")
+def walked(full: dict[str, Caller], bare: Caller, frames: np.ndarray) -> Walk:
+    """Every reason this module triggers, each request sent over gRPC and then over REST."""
     alice, root, stranger = full["alice"], full["root"], full["stranger"]
-    walked: dict[str, ServiceError] = {}
+    walk = Walk()
 
-    def walk(name: str, call: Callable[[], object]) -> None:
-        walked[name] = _fails(call)
-        _check(name, walked[name])
+    def both(caller: Caller, method: str, request: Message | Upload) -> dict[str, Refusal]:
+        return {"grpc": caller.over_grpc(method, request), "rest": caller.over_rest(method, request)}
 
-    sid = alice.create_session(frames, preset="none").session_id
-    walk("INVALID_INPUT", lambda: alice.result(sid, 9))
-    assert walked["INVALID_INPUT"].field == "format"
-    walk("INVALID_PROMPT", lambda: alice.add_box(sid, 1, 0, (0, 0, COLS + 5, 10)))
-    assert walked["INVALID_PROMPT"].field == "box"
-    nan = _fails(lambda: alice.add_box(sid, 1, 0, (float("nan"), 0, 10, 10)))
-    assert nan.field == "box" and "(nan, 0, 10, 10)" in nan.details() and "np.float64" not in nan.details()
+    def step(name: str, caller: Caller, method: str, request: Message | Upload) -> None:
+        for transport, refusal in both(caller, method, request).items():
+            walk.refusals[transport][name] = refusal
 
-    def truncated() -> object:
-        header = pb.StudyHeader(shape=[SLICES, ROWS, COLS], dtype=pb.DATA_TYPE_UINT8)
-        parts = iter([pb.CreateSessionRequest(header=header), pb.CreateSessionRequest(voxels=b"\0" * 10)])
-        return alice.stub.CreateSession(parts, metadata=alice.metadata)
+    def rest_only(name: str, verb: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None) -> None:
+        walk.refusals["rest"][name] = alice.http(verb, path, body, headers)
 
-    walk("UPLOAD_TRUNCATED", lambda: _typed(truncated))
-    walk("NO_PROMPTS", lambda: alice.propagate(sid))
-    alice.add_box(sid, 1, 1, BOX)
-    walk("NOT_PROPAGATED", lambda: alice.add_prompt(sid, 1, 2, points=[(10, 10, True)], correction=True))
-    walk("OBJECT_NOT_FOUND", lambda: alice.reset_objects(sid, [7]))
-    walk("IMAGE_NOT_KEPT", lambda: alice.image(sid))
-    walk("NO_DICOM_SOURCE", lambda: alice.result(sid, pb.RESULT_FORMAT_DICOM_SEG))
-    alice.save_annotation(sid)  # the store's cap (1 byte) is checked before a save: the first fills the folder
-    walk("ANNOTATION_QUOTA", lambda: alice.save_annotation(sid))
+    a = alice.client
+    sid = a.create_session(frames, preset="none").session_id
+    step("INVALID_INPUT", alice, "GetResult", pb.GetResultRequest(session_id=sid, format=9))  # type: ignore[arg-type]
+    step("INVALID_PROMPT", alice, "AddPrompt", _box(sid, 1, 0, (0, 0, COLS + 5, 10)))
+    for transport, refusal in both(alice, "AddPrompt", _box(sid, 1, 0, (float("nan"), 0, 10, 10))).items():
+        walk.extra[transport]["nan box"] = refusal
+    header = pb.StudyHeader(shape=[SLICES, ROWS, COLS], dtype=pb.DATA_TYPE_UINT8)
+    step("UPLOAD_TRUNCATED", alice, "CreateSession", Upload(header, b"\0" * 10))
+    step("NO_PROMPTS", alice, "Propagate", pb.PropagateRequest(session_id=sid))
+    a.add_box(sid, 1, 1, BOX)
+    correction = pb.AddPromptRequest(
+        session_id=sid, object_id=1, slice=2, points=[pb.Point(x=10, y=10, positive=True)], correction=True
+    )
+    step("NOT_PROPAGATED", alice, "AddPrompt", correction)
+    step("OBJECT_NOT_FOUND", alice, "ResetObjects", pb.ResetObjectsRequest(session_id=sid, object_ids=[7]))
+    step("IMAGE_NOT_KEPT", alice, "GetImage", pb.GetImageRequest(session_id=sid))
+    seg = pb.GetResultRequest(session_id=sid, format=pb.RESULT_FORMAT_DICOM_SEG)
+    step("NO_DICOM_SOURCE", alice, "GetResult", seg)
+    a.save_annotation(sid)  # the store's cap (1 byte) is checked before a save: the first fills the folder
+    step("ANNOTATION_QUOTA", alice, "SaveAnnotation", pb.SaveAnnotationRequest(session_id=sid))
     identity = {"study_uid": "1.2", "series_uid": "1.2.3", "sop_instance_uids": [f"1.2.3.{k}" for k in range(SLICES)]}
-    named = alice.create_session(frames, preset="none", identity=identity).session_id
-    alice.add_box(named, 1, 1, BOX)
-    walk("DICOM_HEADERS_MISSING", lambda: alice.result(named, pb.RESULT_FORMAT_DICOM_SEG))
-    empty = alice.create_session(frames, preset="none").session_id
-    walk("NO_MASKS", lambda: alice.save_annotation(empty))
-    walk("PACS_ENDPOINT_NOT_FOUND", lambda: alice.store_result(sid, "nope"))
-    assert walked["PACS_ENDPOINT_NOT_FOUND"].field == "endpoint"
-    walk("PACS_UNAVAILABLE", lambda: alice.open_pacs("down", "1.2.3"))
-    walk("MODEL_NOT_VERSIONED", lambda: root.set_model_version(2))
-    walk("PERMISSION_DENIED", lambda: alice.set_model_version(2))
-    walk("UNAUTHENTICATED", lambda: stranger.list_sessions())
-    walk("SESSION_NOT_FOUND", lambda: alice.get_session("never-was"))
+    named = a.create_session(frames, preset="none", identity=identity).session_id
+    a.add_box(named, 1, 1, BOX)
+    named_seg = pb.GetResultRequest(session_id=named, format=pb.RESULT_FORMAT_DICOM_SEG)
+    step("DICOM_HEADERS_MISSING", alice, "GetResult", named_seg)
+    empty = a.create_session(frames, preset="none").session_id
+    step("NO_MASKS", alice, "SaveAnnotation", pb.SaveAnnotationRequest(session_id=empty))
+    step("PACS_ENDPOINT_NOT_FOUND", alice, "StoreResult", pb.StoreResultRequest(session_id=sid, endpoint="nope"))
+    pacs = pb.StudyHeader(pacs=pb.PacsReference(endpoint="down", study_uid="1.2.3"))
+    step("PACS_UNAVAILABLE", alice, "CreateSession", Upload(pacs))
+    for name, endpoint in [
+        ("PACS_ACCESS_DENIED", "denied"),
+        ("NOT_FOUND", "empty"),
+        ("PACS_REJECTED", "refuses"),  # the same refusal a STOW-RS gets, here on the series search
+        ("PACS_BAD_RESPONSE", "html"),
+    ]:
+        study = pb.StudyHeader(pacs=pb.PacsReference(endpoint=endpoint, study_uid="1.2.3"))
+        step(name, alice, "CreateSession", Upload(study))
+    step("MODEL_NOT_VERSIONED", root, "SetModelVersion", pb.SetModelVersionRequest(version=2))
+    step("PERMISSION_DENIED", alice, "SetModelVersion", pb.SetModelVersionRequest(version=2))
+    step("UNAUTHENTICATED", stranger, "ListSessions", pb.ListSessionsRequest())
+    step("SESSION_NOT_FOUND", alice, "GetSession", pb.GetSessionRequest(session_id="never-was"))
     for s in (sid, named, empty):
-        alice.close_session(s)
-    walk("SESSION_CLOSED", lambda: alice.get_session(sid))
-    walk("STUDY_TOO_LARGE", lambda: _too_large(alice))
+        a.close_session(s)
+    step("SESSION_CLOSED", alice, "GetSession", pb.GetSessionRequest(session_id=sid))
+    huge = pb.StudyHeader(shape=[4096, 4096, 4096], dtype=pb.DATA_TYPE_UINT8)
+    step("STUDY_TOO_LARGE", alice, "CreateSession", Upload(huge))
+
+    # The gateway's own refusals (REST only), as alice.
+    rest_only("NO_SUCH_PATH", "GET", "/nowhere")
+    rest_only("NO_SUCH_METHOD", "POST", "/v1/NoSuchMethod", b"{}", {"Content-Type": "application/json"})
+    rest_only("UNSUPPORTED_MEDIA_TYPE", "POST", "/v1/GetSession", b"{}", {"Content-Type": "text/plain"})
+    rest_only("MALFORMED_REQUEST", "POST", "/v1/GetSession", b"{", {"Content-Type": "application/json"})
+    too_large = b" " * (MAX_MESSAGE_BYTES + 1)
+    rest_only("BODY_TOO_LARGE", "POST", "/v1/GetSession", too_large, {"Content-Type": "application/json"})
 
     # The bare server: no PACS, no annotation store, one session at most.
-    walk("PACS_NOT_CONFIGURED", lambda: bare.open_pacs("any", "1.2.3"))
-    walk("ANNOTATION_STORE_DISABLED", lambda: bare.save_annotation("any"))
-    first = bare.create_session(frames, preset="none").session_id
-    second = bare.create_session(np.repeat(frames, 12, axis=0), preset="none").session_id  # evicts the idle first
-    walk("SESSION_EVICTED", lambda: bare.get_session(first))
-    bare.add_box(second, 1, 0, BOX)
-    stream = bare.propagate(second)
-    next(stream)  # the propagation holds the session for longer than the lock wait (36 slices)
+    b = bare.client
+    step("PACS_NOT_CONFIGURED", bare, "CreateSession", Upload(pb.StudyHeader(pacs=pb.PacsReference(endpoint="any"))))
+    step("ANNOTATION_STORE_DISABLED", bare, "SaveAnnotation", pb.SaveAnnotationRequest(session_id="any"))
+    first = b.create_session(frames, preset="none").session_id
+    second = b.create_session(np.repeat(frames, 12, axis=0), preset="none").session_id  # evicts the idle first
+    step("SESSION_EVICTED", bare, "GetSession", pb.GetSessionRequest(session_id=first))
+    b.add_box(second, 1, 0, BOX)
+    stream = b.propagate(second)
+    next(stream)  # the propagation holds the session for longer than two lock waits (36 slices)
     started = time.monotonic()
-    walk("SESSION_BUSY", lambda: bare.add_box(second, 2, 1, BOX))
-    assert time.monotonic() - started < 60
-    list(stream)
-    bare.close_session(second)
+    step("SESSION_BUSY", bare, "AddPrompt", _box(second, 2, 1, BOX))
+    assert time.monotonic() - started < 120
+    # The one session the server may hold is busy, so a new one cannot evict it (the caller's own quota, as
+    # large as the server's, is met first).
+    small = pb.StudyHeader(shape=[SLICES, ROWS, COLS], dtype=pb.DATA_TYPE_UINT8)
+    step("PRINCIPAL_QUOTA", bare, "CreateSession", Upload(small, frames.astype(np.uint8).tobytes()))
+    stream.cancel()  # the rest of the propagation proves nothing here
+    b.close_session(second)
+    return walk
 
-    missing = {r.name for r in REASONS} - set(walked) - set(ELSEWHERE)
+
+def _check(name: str, refusal: Refusal, transport: str) -> None:
+    """The catalogue's status, reason and details; over REST, Retry-After with every RetryInfo."""
+    reason = REASON_BY_NAME[name]
+    code = status_for(reason.error)
+    assert (refusal.reason, refusal.status) == (name, code.name), (name, refusal)
+    info = refusal.detail("ErrorInfo")
+    assert info is not None and info["domain"] == "medsam2", (name, refusal)
+    if code is grpc.StatusCode.INVALID_ARGUMENT:
+        assert refusal.field, f"{name}: INVALID_ARGUMENT without a BadRequest field"
+        assert info.get("metadata", {}).get("field") == refusal.field, (name, refusal)
+    retry = refusal.detail("RetryInfo")
+    if code in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE):
+        assert (retry is not None) == reason.retry, name
+    else:
+        assert retry is None, name
+    if transport == "rest":
+        assert (refusal.retry_after is not None) == (retry is not None), (name, refusal)
+        if retry is not None:
+            assert refusal.retry_after is not None
+            assert int(refusal.retry_after) == max(1, math.ceil(float(retry["retryDelay"].removesuffix("s"))))
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_every_reason_is_triggered_by_a_request(walked: Walk, transport: str) -> None:
+    refusals = walked.refusals[transport]
+    for name, refusal in refusals.items():
+        _check(name, refusal, transport)
+        if name not in REST_ONLY:
+            code = status_for(REASON_BY_NAME[name].error)
+            assert refusal.http == HTTP_STATUS[code], (name, refusal)
+    assert refusals["INVALID_INPUT"].field == "format"
+    assert refusals["INVALID_PROMPT"].field == "box"
+    assert refusals["PACS_ENDPOINT_NOT_FOUND"].detail("ErrorInfo")["metadata"] == {"field": "endpoint"}  # type: ignore[index]
+    nan = walked.extra[transport]["nan box"]
+    assert nan.field == "box" and "(nan, 0, 10, 10)" in nan.message and "np.float64" not in nan.message
+
+    others = REST_ONLY if transport == "grpc" else set()
+    missing = {r.name for r in REASONS} - set(refusals) - set(ELSEWHERE) - others
     assert not missing, f"reasons neither walked here nor listed with where they are tested: {sorted(missing)}"
-    assert not set(walked) & set(ELSEWHERE), "a reason both walked and listed elsewhere"
+    assert not set(refusals) & set(ELSEWHERE), "a reason both walked and listed elsewhere"
 
 
-def _typed(call: Callable[[], object]) -> object:
-    """A raw stub call whose grpc error becomes the client's ServiceError."""
-    try:
-        return call()
-    except grpc.RpcError as exc:
-        raise ServiceError.from_rpc_error(exc) from exc
+def _timeless(refusal: Refusal) -> Refusal:
+    """The refusal with the durations its message reports (how long a propagation held a session) blanked."""
+    return dataclasses.replace(refusal, message=re.sub(r"\b\d+(\.\d+)? s\b", "<duration> s", refusal.message))
 
 
-def _too_large(client: Client) -> object:
-    header = pb.StudyHeader(shape=[4096, 4096, 4096], dtype=pb.DATA_TYPE_UINT8)
-    return _typed(
-        lambda: client.stub.CreateSession(iter([pb.CreateSessionRequest(header=header)]), metadata=client.metadata)
-    )
+def test_rest_says_what_grpc_says_for_the_same_request(walked: Walk) -> None:
+    """The same status, HTTP status, message and details (ErrorInfo, BadRequest, RetryInfo) on both transports."""
+    over_grpc, over_rest = walked.refusals["grpc"], walked.refusals["rest"]
+    assert set(over_rest) - set(over_grpc) == REST_ONLY
+    for name, refusal in over_grpc.items():
+        assert _timeless(over_rest[name]) == _timeless(refusal), name
+    assert walked.extra["rest"] == walked.extra["grpc"]
+
+
+def test_the_gateway_s_own_refusals_keep_their_http_status(walked: Walk) -> None:
+    """REST only: the HTTP status says what HTTP says (415, 413), the details say the catalogue's reason."""
+    statuses = {name: walked.refusals["rest"][name].http for name in REST_ONLY}
+    assert statuses == {
+        "NO_SUCH_PATH": 404,
+        "NO_SUCH_METHOD": 404,
+        "UNSUPPORTED_MEDIA_TYPE": 415,
+        "MALFORMED_REQUEST": 400,
+        "BODY_TOO_LARGE": 413,
+    }

@@ -192,8 +192,8 @@ def test_wrong_or_missing_token_is_refused_everywhere_but_the_page(server, study
         ("/v1/GetSession", '{"nosuchField": 1}', 400, "INVALID_ARGUMENT", "nosuchField"),
         ("/v1/Propagate", '{"sessionId": "nope"}', 404, "NOT_FOUND", "nope"),
         ("/v1/GetResult:download", '{"sessionId": "nope"}', 404, "NOT_FOUND", "nope"),
-        ("/v1/NoSuchMethod", "{}", 404, "UNIMPLEMENTED", "openapi"),
-        ("/v1/GetSession:download", "{}", 404, "UNIMPLEMENTED", "no method"),
+        ("/v1/NoSuchMethod", "{}", 404, "NOT_FOUND", "openapi"),
+        ("/v1/GetSession:download", "{}", 404, "NOT_FOUND", "no method"),
     ],
 )
 def test_bad_requests_get_http_statuses_and_messages(server, path, body, status, grpc_status, message) -> None:

@@ -15,13 +15,15 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import grpc
 import pytest
 
-from medsam2.errors import ConfigError
+from medsam2.errors import REASON_BY_NAME, ConfigError
 from medsam2.gateway.ohif import OhifSite, parse_origins
 from medsam2.gateway.server import Gateway, GatewayOptions, start_gateway
 from medsam2.pacs.config import PacsConfig, PacsEndpoint
 from medsam2.server.auth import Authenticator
+from medsam2.server.status import status_for
 
 TOKEN = "ohif-reader-token"
 STUDY, SERIES, SOP = "1.2.826.0.1.3680043.8.498.1", "1.2.826.0.1.3680043.8.498.2", "1.2.826.0.1.3680043.8.498.3"
@@ -60,6 +62,10 @@ class Pacs(BaseHTTPRequestHandler):
                 self.wfile.flush()
                 time.sleep(0.1)
             self.close_connection = True
+        elif self.path.endswith("/frames/4"):
+            self._reply(b"", "text/plain", 401)  # the service's PACS credentials are refused
+        elif self.path.endswith("/frames/5"):
+            self._reply(b"", "text/plain", 500)  # a PACS fault a retry may cure
         elif self.path.endswith("/metadata"):
             self._reply(b"[]", "application/dicom+json")
         else:
@@ -225,6 +231,43 @@ def test_the_proxy_bounds_the_time_it_waits(gateway: int) -> None:
     assert time.monotonic() - started < 15  # the PACS would trickle for 20 s: the deadline, not the PACS, ended it
 
 
+FRAME = f"/ohif/dicomweb/orthanc/studies/{STUDY}/series/{SERIES}/instances/{SOP}/frames"
+
+
+@pytest.mark.parametrize(
+    ("path", "token", "status", "reason", "field"),
+    [
+        ("/ohif/dicomweb/orthanc/studies", False, 401, "UNAUTHENTICATED", ""),
+        ("/ohif/dicomweb/elsewhere/studies", True, 404, "PACS_ENDPOINT_NOT_FOUND", "endpoint"),
+        (f"/ohif/dicomweb/orthanc/studies/{STUDY}", True, 403, "PERMISSION_DENIED", ""),
+        ("/ohif/dicomweb/orthanc/studies?PatientName=<script>", True, 400, "INVALID_INPUT", "query"),
+        (f"{FRAME}/1", True, 502, "PACS_BUDGET_EXCEEDED", ""),
+        (f"{FRAME}/3", True, 504, "PACS_DEADLINE_EXCEEDED", ""),
+        (f"{FRAME}/4", True, 502, "PACS_ACCESS_DENIED", ""),
+        (f"{FRAME}/5", True, 502, "PACS_UNAVAILABLE", ""),
+    ],
+)
+def test_the_proxy_s_refusals_carry_the_api_s_reasons_and_details(
+    gateway: int, path: str, token: bool, status: int, reason: str, field: str
+) -> None:
+    """Each refusal: the catalogue's reason and status as the API's errors carry them (ErrorInfo with the field,
+    BadRequest for INVALID_ARGUMENT, RetryInfo and Retry-After exactly where a retry can help)."""
+    got, headers, body = _get(gateway, path, _reader() if token else {})
+    error = json.loads(body)["error"]
+    code = status_for(REASON_BY_NAME[reason].error)
+    assert (got, error["code"], error["status"]) == (status, status, code.name), error
+    details = {d["@type"].removeprefix("type.googleapis.com/google.rpc."): d for d in error["details"]}
+    info = details["ErrorInfo"]
+    assert (info["reason"], info["domain"], info.get("metadata", {}).get("field", "")) == (reason, "medsam2", field)
+    assert ("BadRequest" in details) == (code is grpc.StatusCode.INVALID_ARGUMENT)
+    if "BadRequest" in details:
+        assert details["BadRequest"]["fieldViolations"][0]["field"] == field
+    retry = code in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE) and REASON_BY_NAME[reason].retry
+    assert ("RetryInfo" in details) == retry == ("Retry-After" in headers), (details, headers)
+    if retry:
+        assert int(headers["Retry-After"]) >= float(details["RetryInfo"]["retryDelay"].removesuffix("s"))
+
+
 def test_cors_is_granted_to_the_listed_origins_only(gateway: int) -> None:
     status, headers, _ = _get(gateway, "/healthz", {"Origin": SITE})
     assert status == 200 and headers["Access-Control-Allow-Origin"] == SITE
@@ -247,8 +290,11 @@ def test_an_unbuilt_ohif_is_named(tmp_path: Path) -> None:
     options = GatewayOptions("127.0.0.1", 0, 1 << 20, 1 << 20, ohif=site)
     server = start_gateway(Gateway([], [], title="t", version="v1"), options)
     try:
-        status, _, body = _get(server.server_address[1], "/ohif/")
-        assert status == 503 and "OHIF is not installed: run scripts/build_web.sh" in body.decode()
+        status, headers, body = _get(server.server_address[1], "/ohif/")
+        error = json.loads(body)["error"]
+        assert status == 503 and "OHIF is not installed: run scripts/build_web.sh" in error["message"]
+        # A permanent refusal until someone builds it: the catalogue's reason, no RetryInfo, no Retry-After.
+        assert [d["reason"] for d in error["details"]] == ["NOT_BUILT"] and "Retry-After" not in headers
     finally:
         server.shutdown()
         server.server_close()

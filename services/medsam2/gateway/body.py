@@ -37,11 +37,13 @@ _MAX_TRAILER_LINES = 64
 class BodyError(Exception):
     """A body the gateway refuses: its HTTP status, gRPC-style status name, ``ErrorInfo`` reason and message."""
 
-    def __init__(self, http_status: int, status: str, message: str, *, reason: str) -> None:
+    def __init__(self, http_status: int, status: str, message: str, *, reason: str, field: str = "body") -> None:
         super().__init__(message)
         self.http_status = http_status
         self.status = status
         self.reason = reason
+        self.field = field
+        """The part of the request at fault (``BadRequest.field``): the body unless a header is named."""
 
 
 def too_large(limit: int, what: str = "the body") -> BodyError:
@@ -85,6 +87,7 @@ class RequestBody:
                     "UNIMPLEMENTED",
                     f"Transfer-Encoding {encoding!r}: only chunked is served",
                     reason="MALFORMED_REQUEST",
+                    field="Transfer-Encoding",
                 )
             if lengths:  # both: a request-smuggling shape (RFC 9112 6.3)
                 raise malformed("send either Content-Length or Transfer-Encoding: chunked, not both")

@@ -3,7 +3,9 @@
 A failed call's body is its ``google.rpc.Status`` in proto3 JSON, as Google's HTTP APIs write it:
 ``{"error": {"code": <HTTP status>, "status": "<gRPC code name>", "message": ..., "details": [...]}}``, each
 detail an ``Any`` with its ``@type`` (``ErrorInfo``, ``BadRequest``, ``RetryInfo``, ...): exactly the details the
-servicer attached for gRPC clients. A ``RetryInfo`` also becomes a ``Retry-After`` header.
+servicer attached for gRPC clients. A ``RetryInfo`` also becomes a ``Retry-After`` header. The gateway's own
+refusals (``refusal``: a path, a media type, a body, the OHIF proxy) build their details with the servicer's
+``rich_status``, so they follow the same catalogue rules.
 """
 
 from __future__ import annotations
@@ -14,6 +16,9 @@ from collections.abc import Callable
 import grpc
 from google.protobuf import json_format
 from google.rpc import error_details_pb2, status_pb2
+
+from medsam2.errors import Medsam2Error
+from medsam2.server.status import rich_status
 
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
 """The trailing metadata key under which grpc carries the serialized ``google.rpc.Status``."""
@@ -164,13 +169,35 @@ class HttpCallContext(grpc.ServicerContext):
 
     def error_headers(self) -> dict[str, str]:
         """``Retry-After`` (whole seconds, rounded up) when the status carries a ``RetryInfo``."""
-        for detail in self._status.details if self._status is not None else ():
-            if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-                info = error_details_pb2.RetryInfo()
-                detail.Unpack(info)
-                delay = info.retry_delay.seconds + info.retry_delay.nanos / 1e9
-                return {"Retry-After": str(max(1, math.ceil(delay)))}
-        return {}
+        return retry_after(self._status)
+
+
+def retry_after(status: status_pb2.Status | None) -> dict[str, str]:
+    """``Retry-After`` (whole seconds, rounded up) when ``status`` carries a ``RetryInfo``; else nothing."""
+    for detail in status.details if status is not None else ():
+        if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            info = error_details_pb2.RetryInfo()
+            detail.Unpack(info)
+            delay = info.retry_delay.seconds + info.retry_delay.nanos / 1e9
+            return {"Retry-After": str(max(1, math.ceil(delay)))}
+    return {}
+
+
+def refusal(http_status: int, code: grpc.StatusCode, error: Medsam2Error) -> tuple[dict, dict[str, str]]:
+    """The JSON body and headers of a refusal the gateway makes itself (before or beside the servicer).
+
+    ``error`` names the reason (and the field, the retry delay); the details are the ones ``rich_status`` gives
+    the servicer's errors: ErrorInfo with the field in its metadata, a BadRequest for INVALID_ARGUMENT, a
+    RetryInfo (and Retry-After) exactly where the catalogue says a retry can help.
+    """
+    status = rich_status(code, str(error), error)
+    body = {
+        "code": http_status,
+        "status": code.name,
+        "message": str(error),
+        "details": [detail_json(detail) for detail in status.details],
+    }
+    return {"error": body}, retry_after(status)
 
 
 def detail_json(detail) -> dict:  # noqa: ANN001 - a google.protobuf.Any

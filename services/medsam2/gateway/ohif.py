@@ -9,7 +9,9 @@ its medsam2 token, never the PACS credentials.
 The proxy passes only the QIDO-RS searches and WADO-RS reads a viewer needs (GET, paths of UIDs under
 ``studies/``), each bounded in bytes (``max_response_bytes``, checked from the declared length and while reading)
 and in time (the endpoint's timeout as an overall deadline). Every proxied request is authenticated as the API
-is (bearer token, or client certificate under mTLS) before anything is sent upstream.
+is (bearer token, or client certificate under mTLS) before anything is sent upstream. Its refusals keep the HTTP
+status a DICOMweb client expects (401, 403, 404, 400, 502, 504) and carry the API's ``google.rpc`` details and
+catalogued reasons (``UNAUTHENTICATED``, ``PACS_ENDPOINT_NOT_FOUND``, ``PACS_UNAVAILABLE`` with Retry-After, ...).
 """
 
 from __future__ import annotations
@@ -25,8 +27,20 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
-from medsam2.errors import Unauthenticated
+from medsam2.errors import (
+    BackendUnavailable,
+    CapacityExceeded,
+    ConfigError,
+    InvalidInput,
+    Medsam2Error,
+    NotFound,
+    PermissionDenied,
+    TimedOut,
+    Unauthenticated,
+)
+from medsam2.gateway.context import refusal
 from medsam2.pacs.config import PacsConfig, PacsEndpoint
+from medsam2.server.status import status_for
 
 log = logging.getLogger(__name__)
 
@@ -164,21 +178,24 @@ class OhifSite:
         try:
             self.authenticate(context)
         except Unauthenticated as exc:
-            return _error(401, "UNAUTHENTICATED", str(exc), {"WWW-Authenticate": "Bearer"})
+            return _error(401, exc, {"WWW-Authenticate": "Bearer"})
         name, _, path = rest.partition("/")
         endpoint = self.pacs.endpoints.get(name)
         if endpoint is None:
             known = ", ".join(sorted(self.pacs.endpoints)) or "none"
-            return _error(404, "NOT_FOUND", f"no PACS endpoint {name!r} here; configured: {known}")
+            message = f"no PACS endpoint {name!r} here; configured: {known}"
+            return _error(404, NotFound(message, reason="PACS_ENDPOINT_NOT_FOUND", field="endpoint"))
         if not any(p.match(path) for p in _READS):
             return _error(
                 403,
-                "PERMISSION_DENIED",
-                "the DICOMweb proxy passes only QIDO-RS searches and WADO-RS reads under studies/ "
-                "(metadata, frames, rendered, thumbnail, bulk)",
+                PermissionDenied(
+                    "the DICOMweb proxy passes only QIDO-RS searches and WADO-RS reads under studies/ "
+                    "(metadata, frames, rendered, thumbnail, bulk)"
+                ),
             )
         if not _QUERY.match(query) or len(query) > 4096:
-            return _error(400, "INVALID_ARGUMENT", "the query string has characters a QIDO-RS search does not use")
+            message = "the query string has characters a QIDO-RS search does not use"
+            return _error(400, InvalidInput(message, field="query"))
         return self._fetch(endpoint, path, query, headers)
 
     def _fetch(self, endpoint: PacsEndpoint, path: str, query: str, headers: Mapping[str, str]) -> ProxyReply:
@@ -203,32 +220,36 @@ class OhifSite:
                         log.warning(
                             "PACS %s took longer than %.0f s to answer a viewer read", endpoint.name, endpoint.timeout_s
                         )
-                        return _error(
-                            504, "DEADLINE_EXCEEDED", f"PACS {endpoint.name} took longer than {endpoint.timeout_s:g} s"
-                        )
+                        message = f"PACS {endpoint.name} took longer than {endpoint.timeout_s:g} s"
+                        return _error(504, TimedOut(message, reason="PACS_DEADLINE_EXCEEDED"))
                 status = r.status_code
                 returned = {k: r.headers[k] for k in _RETURNED if k in r.headers}
         except (requests.ConnectionError, requests.Timeout) as exc:
             log.warning("cannot reach PACS %s for a viewer read: %s", endpoint.name, type(exc).__name__)
-            return _error(502, "UNAVAILABLE", f"cannot reach PACS {endpoint.name}: {type(exc).__name__}; try again")
+            message = f"cannot reach PACS {endpoint.name}: {type(exc).__name__}; try again"
+            return _error(502, BackendUnavailable(message, reason="PACS_UNAVAILABLE"))
         if status in (401, 403):
             # The PACS refused our credentials: the viewer's token is fine, the service's configuration is not.
-            return _error(502, "UNAVAILABLE", f"PACS {endpoint.name} refused the service's credentials (HTTP {status})")
+            message = f"PACS {endpoint.name} refused the service's credentials (HTTP {status})"
+            return _error(502, ConfigError(message, reason="PACS_ACCESS_DENIED"))
         if status >= 300 and status not in (304,) and status != 404:
-            return _error(502, "UNAVAILABLE", f"PACS {endpoint.name} answered HTTP {status}")
+            message = f"PACS {endpoint.name} answered HTTP {status}"
+            return _error(502, BackendUnavailable(message, reason="PACS_UNAVAILABLE"))
         return ProxyReply(status, bytes(body), returned)
 
     def _too_large(self, endpoint: PacsEndpoint) -> ProxyReply:
-        return _error(
-            502,
-            "RESOURCE_EXHAUSTED",
-            f"PACS {endpoint.name}'s answer is larger than {self.max_response_bytes} bytes (--ohif-max-response-bytes)",
+        message = (
+            f"PACS {endpoint.name}'s answer is larger than {self.max_response_bytes} bytes (--ohif-max-response-bytes)"
         )
+        return _error(502, CapacityExceeded(message, reason="PACS_BUDGET_EXCEEDED"))
 
 
-def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> ProxyReply:
-    body = json.dumps({"error": {"code": status, "status": code, "message": message}}).encode()
-    return ProxyReply(status, body, {"Content-Type": "application/json", **(headers or {})})
+def _error(http_status: int, error: Medsam2Error, headers: dict[str, str] | None = None) -> ProxyReply:
+    """A refusal of the proxy: the HTTP status a DICOMweb client expects, the API's google.rpc details and reasons."""
+    body, extra = refusal(http_status, status_for(error), error)
+    return ProxyReply(
+        http_status, json.dumps(body).encode(), {"Content-Type": "application/json", **extra, **(headers or {})}
+    )
 
 
 def parse_origins(text: str) -> frozenset[str]:

@@ -35,10 +35,11 @@ from google.protobuf import json_format
 from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import Message
 
+from medsam2.errors import Medsam2Error
 from medsam2.gateway import openapi
 from medsam2.gateway.body import FRAMED_UPLOAD_TYPE, BodyError, RequestBody, framed_header
 from medsam2.gateway.connections import BoundedHTTPServer, Connection, ConnectionLimits
-from medsam2.gateway.context import Aborted, HttpCallContext
+from medsam2.gateway.context import Aborted, HttpCallContext, refusal
 from medsam2.gateway.ohif import CONTENT_SECURITY_POLICY as OHIF_CONTENT_SECURITY_POLICY
 from medsam2.gateway.ohif import OhifSite
 from medsam2.gateway.routes import CallDetails, HandlerCollector, Route, Shape, intercepted_lookup, routes_for
@@ -56,8 +57,6 @@ CONTENT_SECURITY_POLICY = (
     "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
 _JSON_OPTIONS = {"always_print_fields_with_no_presence": True}
-ERROR_DOMAIN = "medsam2"
-"""``ErrorInfo.domain`` of the gateway's own refusals (the servicer's carry the same)."""
 MAX_STATIC_NAME = 255
 """Longest file name under /static/ (longer ones are 404 without touching the file system)."""
 LINGER_IDLE_S = 2.0
@@ -317,7 +316,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
         text = message or phrase
         if self.command is None or self.request_version == "HTTP/0.9":
             self.command, self.request_version = "GET", "HTTP/1.1"
-        self._error(code, status, text, reason="MALFORMED_REQUEST")
+        self._error(code, status, text, reason="MALFORMED_REQUEST", field="request")
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s %s", self.address_string(), format % args)
@@ -360,21 +359,17 @@ class _RequestHandler(BaseHTTPRequestHandler):
         status, payload = context.error()
         self._json(status, payload, context.error_headers())
 
-    def _error(self, status: int, grpc_status: str, message: str, *, reason: str, retry_after_s: int = 0) -> None:
-        """One of the gateway's own refusals, in the same google.rpc.Status JSON as the servicer's."""
-        details: list[dict] = [
-            {"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": reason, "domain": ERROR_DOMAIN}
-        ]
-        headers = {}
-        if retry_after_s:
-            details.append({"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": f"{retry_after_s}s"})
-            headers["Retry-After"] = str(retry_after_s)
-        body = {"error": {"code": status, "status": grpc_status, "message": message, "details": details}}
+    def _error(
+        self, status: int, grpc_status: str, message: str, *, reason: str, field: str = "", retry_after_s: int = 0
+    ) -> None:
+        """One of the gateway's own refusals, with the details the servicer's errors carry (context.refusal)."""
+        error = Medsam2Error(message, reason=reason, field=field, retry_after_s=retry_after_s or None)
+        body, headers = refusal(status, grpc.StatusCode[grpc_status], error)
         self._json(status, body, headers)
 
     def _body_error(self, exc: BodyError) -> None:
         self.close_connection = True
-        self._error(exc.http_status, exc.status, str(exc), reason=exc.reason)
+        self._error(exc.http_status, exc.status, str(exc), reason=exc.reason, field=exc.field)
 
     def _metadata(self) -> tuple[tuple[str, str], ...]:
         # gRPC metadata keys are lower case; only the bearer token and our own x- headers are passed on.
@@ -517,6 +512,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
                 "send Content-Type: application/json (or, for an upload, application/octet-stream with "
                 f"X-Medsam2-Header, or {FRAMED_UPLOAD_TYPE} with the header at the start of the body)",
                 reason="UNSUPPORTED_MEDIA_TYPE",
+                field="Content-Type",
             )
             return
         if path == "/gateway/v1/Measurements":
@@ -527,7 +523,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
         route = self.gateway.routes.get(name.removesuffix(":download")) if path.startswith("/v1/") else None
         if route is None or route.shape is Shape.UNSUPPORTED or (download and not route.downloadable):
             self.close_connection = True
-            self._error(404, "UNIMPLEMENTED", f"no method at {path[:200]}; see /openapi.json", reason="NO_SUCH_METHOD")
+            self._error(404, "NOT_FOUND", f"no method at {path[:200]}; see /openapi.json", reason="NO_SUCH_METHOD")
             return
         if kind != "application/json" and route.shape is not Shape.UPLOAD:
             self.close_connection = True
@@ -536,6 +532,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
                 "INVALID_ARGUMENT",
                 f"{route.name} takes Content-Type: application/json",
                 reason="UNSUPPORTED_MEDIA_TYPE",
+                field="Content-Type",
             )
             return
         context = self._context()
@@ -573,6 +570,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
                 "INVALID_ARGUMENT",
                 f"the body is not a valid {route.method.input_type.name}: {str(exc)[:500]}",
                 reason="MALFORMED_REQUEST",
+                field="body",
             )
             return None
         return request
@@ -641,6 +639,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
                 f"an upload needs its {header_field} as JSON in the X-Medsam2-Header request header, at the start "
                 f"of a {FRAMED_UPLOAD_TYPE} body, or as a JSON body",
                 reason="MALFORMED_REQUEST",
+                field="X-Medsam2-Header",
             )
             return
         framed = kind == FRAMED_UPLOAD_TYPE
@@ -674,6 +673,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
                 "INVALID_ARGUMENT",
                 f"the {header_field} is not a valid {header_class.__name__}: {str(exc)[:500]}",
                 reason="MALFORMED_REQUEST",
+                field="body" if raw is None else "X-Medsam2-Header",
             )
             return
         refused: list[BodyError] = []
@@ -735,7 +735,8 @@ class _RequestHandler(BaseHTTPRequestHandler):
         try:
             session_id = str(json.loads(body or b"{}").get("sessionId") or "")
         except (ValueError, AttributeError, RecursionError):
-            self._error(400, "INVALID_ARGUMENT", "the body must be JSON with a sessionId", reason="MALFORMED_REQUEST")
+            message = "the body must be JSON with a sessionId"
+            self._error(400, "INVALID_ARGUMENT", message, reason="MALFORMED_REQUEST", field="body")
             return
         status, payload = measurements(self.gateway, session_id, context)
         self._json(status, payload, context.error_headers() if status >= 400 else None)
