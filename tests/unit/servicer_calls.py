@@ -5,7 +5,7 @@ Shared by the unit tests of the servicer's bookkeeping (journal failures, reques
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +19,7 @@ from medsam2.server.auth import Authenticator
 from medsam2.server.durability import Durability
 from medsam2.server.servicer import SegmentationServicer
 from medsam2.server.sessions import Limits, SessionRegistry
-from medsam2.store import JournalEntry, StoreUnavailable
+from medsam2.store import JournalEntry, SessionRecord, StoreUnavailable
 from medsam2.store.memory_store import MemoryStore
 from medsam2.testing.fake_backend import FakeBackend
 
@@ -28,23 +28,53 @@ TOKENS = {"alice": "token-a", "bob": "token-b", "carol": "token-c"}
 
 
 class FlakyStore(MemoryStore):
-    """A memory store whose next ``failures`` writes (journal appends, replies) are refused, as a lost Redis would."""
+    """A memory store that refuses, on demand, as a lost Redis would.
+
+    The next ``failures`` writes (a new session, a journal append, a kept reply) are refused; so are the next
+    ``read_failures`` reads of a stored session (its record, study or journal) for a rebuild.
+    """
 
     url_scheme = "flaky"
 
     def __init__(self) -> None:
         super().__init__()
         self.failures = 0
+        self.read_failures = 0
 
     def _refuse(self) -> None:
         if self.failures:
             self.failures -= 1
             raise StoreUnavailable("session store unavailable while trying to journal a change: refused by the test")
 
+    def _refuse_read(self) -> None:
+        if self.read_failures:
+            self.read_failures -= 1
+            raise StoreUnavailable("session store unavailable while reading a session: refused by the test")
+
+    def create(self, record: SessionRecord, study_chunks: Iterable[bytes], ttl_s: float) -> None:
+        """Store a new session, unless this write is to fail."""
+        self._refuse()
+        super().create(record, study_chunks, ttl_s)
+
     def append(self, session_id: str, entry: JournalEntry, ttl_s: float) -> int:
         """Append, unless this write is to fail."""
         self._refuse()
         return super().append(session_id, entry, ttl_s)
+
+    def remember_reply(self, session_id: str, request_id: str, reply: bytes, ttl_s: float) -> None:
+        """Keep a reply, unless this write is to fail."""
+        self._refuse()
+        super().remember_reply(session_id, request_id, reply, ttl_s)
+
+    def load(self, session_id: str) -> SessionRecord | None:
+        """A session's record, unless this read is to fail."""
+        self._refuse_read()
+        return super().load(session_id)
+
+    def journal(self, session_id: str) -> list[JournalEntry]:
+        """A session's journal, unless this read is to fail."""
+        self._refuse_read()
+        return super().journal(session_id)
 
 
 class Call(HttpCallContext):
