@@ -5,7 +5,8 @@ Shared by the unit tests of the servicer's bookkeeping (journal failures, reques
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -140,16 +141,18 @@ def make_servicer(
     limits: Limits | None = None,
     backend: FakeBackend | None = None,
     admins: tuple[str, ...] = (),
+    clock: Callable[[], float] = time.monotonic,
     **options: object,
 ) -> SegmentationServicer:
     """A servicer on the FakeBackend whose principals are alice and bob (``Call``'s tokens) and carol.
 
-    Durable on ``store`` (None: sessions live in memory only); ``admins`` are principals allowed admin calls.
+    Durable on ``store`` (None: sessions live in memory only); ``admins`` are principals allowed admin calls;
+    ``clock`` is the registry's (idle and TTL clocks).
     """
     tokens = tmp_path / "tokens"
     tokens.write_text("".join(f"{p}:{t}\n" for p, t in TOKENS.items()))
     return SegmentationServicer(
-        SessionRegistry(limits or Limits(lock_wait_s=5.0)),
+        SessionRegistry(limits or Limits(lock_wait_s=5.0), clock),
         backend or FakeBackend(),
         TrackerOptions(),
         auth=Authenticator(tokens_file=tokens, admins=admins),
