@@ -75,7 +75,7 @@ ELSEWHERE = {
         )
     },
     "NOT_BUILT": "not triggered yet: needs a gateway without its web bundle",
-    # Not triggered by any request test yet, and why (the merger may add them):
+    # Triggered by the unit tier's servicer tests (FakeBackend), or not by any request test yet, and why:
     "DICOM_SOURCE_MISMATCH": "needs a PACS holding a series that differs from the upload",
     "MODEL_VERSION_UNAVAILABLE": "needs a session store and a replica without the session's version",
     "PRECONDITION_FAILED": "the type's default: every service raise names a finer reason",
@@ -83,10 +83,10 @@ ELSEWHERE = {
     "CHECKPOINT_ERROR": "raised at start-up and by the CLI, never by a request",
     "CONFIG_ERROR": "raised at start-up, never by a request",
     "OUTPUT_NOT_WRITABLE": "raised by the CLI's outputs, never by a request",
-    "SERVICE_FULL": "needs every session busy at once",
-    "PRINCIPAL_QUOTA": "needs every session of the principal busy at once",
-    "UPLOADS_FULL": "needs more concurrent uploads than the cap",
-    "STORE_UNAVAILABLE": "needs the session store (Redis) to go away",
+    "SERVICE_FULL": "tests/unit/test_servicer_tenancy.py (every session busy at once)",
+    "PRINCIPAL_QUOTA": "tests/unit/test_servicer_errors.py (every session of the principal busy at once)",
+    "UPLOADS_FULL": "tests/unit/test_servicer_errors.py (more concurrent uploads than the cap)",
+    "STORE_UNAVAILABLE": "tests/unit/test_servicer_errors.py and test_servicer_replay.py (a store that refuses)",
     "PACS_REJECTED": "needs a PACS that refuses a STOW-RS",
     "CLIENT_CANCELLED": "the client left, so it never reads the status",
 }

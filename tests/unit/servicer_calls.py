@@ -1,6 +1,9 @@
 """A servicer on the FakeBackend, a session store that refuses writes on demand, and calls as the gateway makes them.
 
-Shared by the unit tests of the servicer's bookkeeping (journal failures, request ids, readers).
+Shared by the unit tests of the servicer's bookkeeping (test_servicer_*.py, journal failures, readers): they call
+the servicer's RPC methods directly, as the HTTP gateway does, with ``Call`` as the context; ``Call`` keeps the
+``google.rpc.Status`` a gRPC client would decode, so the details (ErrorInfo, BadRequest, RetryInfo) are checked as
+sent.
 """
 
 from __future__ import annotations
