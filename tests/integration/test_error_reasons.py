@@ -107,10 +107,9 @@ ELSEWHERE = {
     "CHECKPOINT_ERROR": "raised at start-up and by the CLI, never by a request",
     "CONFIG_ERROR": "raised at start-up, never by a request",
     "OUTPUT_NOT_WRITABLE": "raised by the CLI's outputs, never by a request",
-    "SERVICE_FULL": "needs a second principal while every session is busy: one principal meets its own quota "
-    "(PRINCIPAL_QUOTA, walked here) first",
-    "UPLOADS_FULL": "needs more uploads in flight at once than the cap (held open mid-body), not yet written",
-    "STORE_UNAVAILABLE": "needs the session store (Redis) to go away",
+    "SERVICE_FULL": "tests/unit/test_servicer_tenancy.py (every session busy at once; needs a second principal)",
+    "UPLOADS_FULL": "tests/unit/test_servicer_errors.py (more concurrent uploads than the cap)",
+    "STORE_UNAVAILABLE": "tests/unit/test_servicer_errors.py and test_servicer_replay.py (a store that refuses)",
     "CLIENT_CANCELLED": "the client left, so it never reads the status (counted in metrics: test_error_details.py)",
 }
 

@@ -87,9 +87,10 @@ def test_ten_concurrent_get_image_calls_stream_the_kept_image_without_a_copy_eac
         tracemalloc.stop()
     assert all(a == first for a in answers), [a for a in answers if isinstance(a, str)]
     # Each call holds a chunk and the compressor's state, not the file or the image (2 MiB each, 20 MiB for ten);
-    # the answers themselves (the ten files, kept by this test) are the rest.
+    # the answers themselves (the ten files, kept by this test) are the rest. A call's own state is about 0.5 MiB
+    # (zlib's 256 KiB, a slab and its bytes, the chunk being filled), and all ten may hold theirs at once.
     held = sum(len(a) for a in answers)
-    assert peak - held < 4 * 2**20, f"{(peak - held) / 2**20:.1f} MiB beyond the answers for 10 concurrent calls"
+    assert peak - held < 8 * 2**20, f"{(peak - held) / 2**20:.1f} MiB beyond the answers for 10 concurrent calls"
     nifti = gzip.decompress(first)
     assert nifti[352:] == np.ascontiguousarray(image).tobytes()  # x fastest: the [z, y, x] study as it is
 

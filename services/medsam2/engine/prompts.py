@@ -79,7 +79,8 @@ def to_model_points(
     all_labels = np.concatenate(kinds).astype(np.int32)
     if all_labels.shape[0] > MAX_POINTS:
         raise InvalidPrompt(
-            f"too many points on one slice: {all_labels.shape[0]} (a box counts 2), at most {MAX_POINTS}"
+            f"too many points on one slice: {all_labels.shape[0]} (a box counts 2), at most {MAX_POINTS}",
+            field="points",
         )
     return ModelPoints(scale_to_model(xy, height, width), all_labels)
 

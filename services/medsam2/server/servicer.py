@@ -469,12 +469,17 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
             # Only the largest-component step changes a streamed mask (the key slice is one decode in both passes, and
             # a correction's slices are streamed as re-tracked): without it, every tracked message is final.
             provisional = three_d and entry.annotation.keep_largest_component
+            completed = False
             try:
                 completed = yield from self._stream(
                     entry, stream, total, request.encoding, context, final=not provisional
                 )
             finally:
-                if three_d:
+                if not completed:
+                    # Cut short (cancelled, refused by a limit, closed, drained): never journaled, so not kept. The
+                    # annotation's masks are empty or partial until every pass has run: they must not replace these.
+                    before.restore()
+                elif three_d:
                     # The annotation's masks are the result: passes merged, corrections applied, largest component.
                     finals = self._store_annotation(entry)
             if completed:
