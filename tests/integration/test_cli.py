@@ -27,7 +27,7 @@ TOLERANCE = 1e-4
 _INSTALLED = Path(sys.executable).parent / "medsam2"
 MEDSAM2 = [str(_INSTALLED)] if _INSTALLED.is_file() else [sys.executable, "-m", "medsam2.cli.main"]
 
-# The exit codes the README documents; spelled out so a change to the mapping is a visible, deliberate one.
+# The exit codes docs/cli.md documents; spelled out so a change to the mapping is a visible, deliberate one.
 NOT_FOUND, CHECKPOINT_ERROR, OUTPUT_NOT_WRITABLE, BACKEND_UNAVAILABLE, DOWNLOAD_ERROR = 3, 4, 5, 6, 7
 
 

@@ -16,7 +16,7 @@ OPENVINO_DEFAULT_PRECISION = "mixed"
 clears the bar of a mask Dice >= 0.99 against fp32 on the parity volume with the present-biased checkpoint with
 room to spare (0.996; 0.994 with hole filling on) and is as fast as full ``bf16``, which only just clears it
 (0.991) and falls below it with hole filling on (0.987), so full bf16 is an option, not the default. Figures are
-in the README's Performance section, ``medsam2 bench`` measures them again on every run, and a test keeps the
+in docs/performance.md, ``medsam2 bench`` measures them again on every run, and a test keeps the
 default above the bar. Elsewhere ``auto`` is fp32."""
 
 

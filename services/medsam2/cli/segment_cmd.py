@@ -80,8 +80,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--actions",
         type=Path,
         metavar="FILE",
-        help="JSON list of steps (box, click, mask, propagate; see the README's actions-file "
-        "section); --box B --slice K is the same as a box step and a propagate step",
+        help="JSON list of steps (box, click, mask, propagate; see docs/actions.md); "
+        "--box B --slice K is the same as a box step and a propagate step",
     )
     seg.add_argument(
         "--range",
