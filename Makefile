@@ -2,6 +2,8 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 WORK ?= work
+# pytest-xdist workers for make test: the two cores of a CI machine (one test file per worker at a time).
+TEST_WORKERS ?= 2
 LINTED := services export tests benchmarks scripts deploy/docker
 
 .PHONY: setup demo test test-fast lint images clean
@@ -24,7 +26,7 @@ test:
 	@date -u +"make test: images start at %H:%M:%S UTC"
 	@scripts/build_images.sh --if-possible >/dev/null
 	@date -u +"make test: tests start at %H:%M:%S UTC"
-	@MEDSAM2_STRICT_SKIPS=1 $(PY) -m pytest -q --durations=15
+	@MEDSAM2_STRICT_SKIPS=1 $(PY) -m pytest -q --durations=15 --numprocesses=$(TEST_WORKERS) --dist=loadfile
 	@date -u +"make test: done at %H:%M:%S UTC"
 
 # The inner loop: the unit tier only (no torch, no servers); sets up only when there is no .venv yet.

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -13,15 +15,19 @@ TEST_SEED = 11
 """Seed of the tests' own checkpoints (the README's demo uses another)."""
 
 
-def _export_cache() -> Path | None:
-    """A folder that keeps checkpoints and graphs between runs (``MEDSAM2_TEST_CACHE``), keyed by the export code.
+def _export_cache(tmp_path_factory: pytest.TempPathFactory) -> Path | None:
+    """A folder that keeps checkpoints and graphs (``MEDSAM2_TEST_CACHE``), keyed by the export code.
 
-    Unset (as in CI) every run builds its own. The key hashes every file of the export package and the graph
-    contract, so a change to either makes a new entry instead of reusing stale graphs.
+    Set, it keeps them between runs. Unset (as in CI) a run builds its own; under pytest-xdist (``make test``) the
+    run's workers share one folder beside their temporary folders, so the graphs are exported once per run, not
+    once per worker. The key hashes every file of the export package and the graph contract, so a change to
+    either makes a new entry instead of reusing stale graphs.
     """
     root = os.environ.get("MEDSAM2_TEST_CACHE")
     if not root:
-        return None
+        if not os.environ.get("PYTEST_XDIST_WORKER"):
+            return None
+        root = str(tmp_path_factory.getbasetemp().parent / "shared-exports")  # the same for every worker
     repo = Path(__file__).resolve().parents[2]
     digest = hashlib.sha256(str(TEST_SEED).encode())
     for path in sorted(
@@ -35,17 +41,20 @@ def _export_cache() -> Path | None:
     return Path(root) / digest.hexdigest()[:16]
 
 
-def _cached(folder: Path, build) -> Path:
-    """Build ``folder`` once through a temporary sibling, so a crash never leaves a half-written entry."""
-    if not folder.exists():
-        tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        build(tmp)
-        try:
-            tmp.rename(folder)
-        except OSError:  # another run finished first
+def _cached(folder: Path, build: Callable[[Path], object]) -> Path:
+    """Build ``folder`` once, through a temporary sibling so a crash never leaves a half-written entry.
+
+    A lock beside it makes a second worker (or run) wait for the first one's build instead of repeating it.
+    """
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.with_name(folder.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not folder.exists():
+            tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
             shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            build(tmp)
+            tmp.rename(folder)
     return folder
 
 
@@ -54,7 +63,7 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Random checkpoints with the object head biased present and absent."""
     from medsam2_export.model import write_random_checkpoint
 
-    cache = _export_cache()
+    cache = _export_cache(tmp_path_factory)
     out = {}
     for objects in ("present", "absent"):
         name = f"seed{TEST_SEED}-{objects}.pt"
@@ -77,7 +86,7 @@ def graphs(checkpoints: dict[str, Path], tmp_path_factory: pytest.TempPathFactor
     from medsam2_export.model import load_model
     from medsam2_export.onnx_export import export_all
 
-    cache = _export_cache()
+    cache = _export_cache(tmp_path_factory)
     out = {}
     for objects, ckpt in checkpoints.items():
         if cache is None:
