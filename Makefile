@@ -15,7 +15,8 @@ setup:
 demo: setup
 	@scripts/demo.sh
 
-# Everything: set-up, the test services, lint and types, the images, then both tiers (what .ci/run runs).
+# Everything: set-up, the test services, lint and types, then both tiers (what .ci/run runs) while the images build
+# in the background (test_images.py waits for that build's lock, then reuses what it built).
 # The CPU is printed first (CPUs of this machine kind differ five-fold), the 15 slowest tests last.
 test:
 	@scripts/cpu_report.sh
@@ -23,8 +24,8 @@ test:
 	@scripts/bootstrap.sh
 	@scripts/test_deps.sh
 	@$(MAKE) --no-print-directory lint
-	@date -u +"make test: images start at %H:%M:%S UTC"
-	@scripts/build_images.sh --if-possible >/dev/null
+	@date -u +"make test: images start building in the background at %H:%M:%S UTC (log: $(WORK)/build_images.log)"
+	@mkdir -p $(WORK) && (scripts/build_images.sh --if-possible >$(WORK)/build_images.log 2>&1 &)
 	@date -u +"make test: tests start at %H:%M:%S UTC"
 	@MEDSAM2_STRICT_SKIPS=1 $(PY) -m pytest -q --durations=15 --numprocesses=$(TEST_WORKERS) --dist=loadfile
 	@date -u +"make test: done at %H:%M:%S UTC"
