@@ -43,3 +43,42 @@ def test_bad_values_name_the_variable(env: dict[str, str], match: str) -> None:
 
 def test_log_level_is_case_insensitive() -> None:
     assert settings_from(parse("--log-level", "debug"), {}).log_level == "DEBUG"
+
+
+def test_server_limits_come_from_the_serve_settings_by_name() -> None:
+    from medsam2.server.config import ServerSettings
+    from medsam2.server.pacs_fetches import PacsFetchLimits
+    from medsam2.server.sessions import Limits
+    from medsam2.server.uploads import UploadLimits
+
+    s = ServerSettings(
+        max_sessions=3,
+        max_study_voxels=5,
+        max_state_bytes=7,
+        session_ttl_s=11.0,
+        max_sessions_per_principal=2,
+        max_state_bytes_per_principal=6,
+        max_concurrent_uploads=9,
+        upload_idle_timeout_s=1.5,
+        upload_deadline_s=60.0,
+        max_uploads_per_principal=4,
+        max_concurrent_pacs_fetches=8,
+        max_pacs_fetches_per_principal=3,
+    )
+    assert Limits.from_settings(s) == Limits(
+        max_sessions=3,
+        max_study_voxels=5,
+        max_state_bytes=7,
+        idle_ttl_s=11.0,
+        max_sessions_per_principal=2,
+        max_state_bytes_per_principal=6,
+    )
+    assert UploadLimits.from_settings(s) == UploadLimits(
+        max_concurrent=9, idle_timeout_s=1.5, deadline_s=60.0, max_per_principal=4
+    )
+    assert PacsFetchLimits.from_settings(s) == PacsFetchLimits(max_concurrent=8, max_per_principal=3)
+    # One place for every default: the limits' own defaults are the settings' defaults.
+    defaults = ServerSettings()
+    assert Limits() == Limits.from_settings(defaults)
+    assert UploadLimits() == UploadLimits.from_settings(defaults)
+    assert PacsFetchLimits() == PacsFetchLimits.from_settings(defaults)

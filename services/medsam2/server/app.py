@@ -266,14 +266,7 @@ def start_server(
     # A VersionedBackends instruments each version itself.
     instrumented = backend if versions is not None else limiter.InstrumentedBackend(backend, max_concurrent=concurrency)
     registry = SessionRegistry(
-        Limits(
-            settings.max_sessions,
-            settings.max_study_voxels,
-            settings.max_state_bytes,
-            settings.session_ttl_s,
-            max_sessions_per_principal=settings.max_sessions_per_principal,
-            max_state_bytes_per_principal=settings.max_state_bytes_per_principal,
-        ),
+        Limits.from_settings(settings),
         versions=versions,
     )
     if not 0 <= settings.memory_slots <= MAX_MEMORY_SLOTS:
@@ -296,12 +289,7 @@ def start_server(
         max_bytes_per_principal=settings.annotations_max_bytes,
     )
     uploads = UploadGuard(
-        UploadLimits(
-            settings.max_concurrent_uploads,
-            settings.upload_idle_timeout_s,
-            settings.upload_deadline_s,
-            settings.max_uploads_per_principal,
-        ),
+        UploadLimits.from_settings(settings),
         registry,
     )
     interceptors = [AuthInterceptor(authenticator)] if authenticator.tokens_required else []
@@ -322,9 +310,7 @@ def start_server(
         max_message_bytes=settings.max_message_bytes,
         auth=authenticator,
         uploads=uploads,
-        pacs_fetches=PacsFetchGuard(
-            PacsFetchLimits(settings.max_concurrent_pacs_fetches, settings.max_pacs_fetches_per_principal)
-        ),
+        pacs_fetches=PacsFetchGuard(PacsFetchLimits.from_settings(settings)),
         durability=durability,
         annotations=annotations,
         drain=drain,

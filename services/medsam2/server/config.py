@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any, TypeVar
 
 from medsam2.server.drain import DRAIN_END_S
 from medsam2.settings import backend_setting, precision_setting, setting
@@ -158,3 +159,18 @@ class ServerSettings:
         "principals allowed admin RPCs such as SetModelVersion, separated by ';' (mTLS subjects hold commas):"
         " names from the tokens file, 'default' for --auth-token, or client certificate subjects (empty: nobody)",
     )
+
+
+_DEFAULTS = ServerSettings()
+_T = TypeVar("_T")
+
+
+def from_setting(name: str) -> Any:
+    """A limit's field that is the ``serve`` setting ``name``: the setting's default is its default (so each default
+    is written once, above), and ``limits_from`` fills it from the resolved settings."""
+    return field(default=getattr(_DEFAULTS, name), metadata={"setting": name})
+
+
+def limits_from(cls: type[_T], settings: ServerSettings) -> _T:
+    """An instance of the limits dataclass ``cls`` with every ``from_setting`` field taken from ``settings``."""
+    return cls(**{f.name: getattr(settings, f.metadata["setting"]) for f in fields(cls) if "setting" in f.metadata})  # type: ignore[arg-type]
