@@ -82,3 +82,38 @@ def test_server_limits_come_from_the_serve_settings_by_name() -> None:
     assert Limits() == Limits.from_settings(defaults)
     assert UploadLimits() == UploadLimits.from_settings(defaults)
     assert PacsFetchLimits() == PacsFetchLimits.from_settings(defaults)
+
+
+def test_pacs_endpoints_are_serve_settings_from_the_environment_and_flags(tmp_path: Path) -> None:
+    from medsam2.server.app import pacs_studies
+    from medsam2.server.config import ServerSettings
+    from medsam2.settings import add_arguments, resolve
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, ServerSettings, "server settings")
+    assert "--pacs-endpoint" in parser.format_help() and "--pacs-config" in parser.format_help()
+    config = tmp_path / "pacs.toml"
+    config.write_text(
+        '[endpoints.hospital]\nurl = "https://pacs.example.org/dicom-web"\ntoken_env = "HOSPITAL_TOKEN"\n'
+    )
+    env = {
+        "MEDSAM2_PACS_CONFIG": str(config),
+        "MEDSAM2_PACS_ORTHANC_URL": "http://127.0.0.1:8042/dicom-web",
+        "MEDSAM2_PACS_ORTHANC_TIMEOUT_S": "5",
+        "MEDSAM2_PACS_UNRELATED": "ignored",
+    }
+    args = parser.parse_args(["--pacs-endpoint", "MEDSAM2_PACS_ORTHANC_TIMEOUT_S=7"])
+    settings = resolve(ServerSettings, args, env)
+    assert settings.pacs_config == config
+    assert dict(settings.pacs_endpoints) == {
+        "MEDSAM2_PACS_ORTHANC_URL": "http://127.0.0.1:8042/dicom-web",
+        "MEDSAM2_PACS_ORTHANC_TIMEOUT_S": "7",  # the flag beats the environment
+    }
+    studies = pacs_studies(settings, {"HOSPITAL_TOKEN": "s3cret", "MEDSAM2_PACS_OTHER_URL": "http://x.example"})
+    assert studies is not None
+    endpoints = studies.config.endpoints
+    assert sorted(endpoints) == ["hospital", "orthanc"]  # a MEDSAM2_PACS_* secret is no second way in
+    assert endpoints["orthanc"].timeout_s == 7.0 and endpoints["hospital"].token == "s3cret"
+    assert pacs_studies(ServerSettings(), {"MEDSAM2_PACS_X_URL": "http://x.example"}) is None
+    with pytest.raises(ConfigError, match="pacs_endpoints"):
+        resolve(ServerSettings, parser.parse_args(["--pacs-endpoint", "HOSPITAL_URL"]), {})

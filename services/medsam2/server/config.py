@@ -6,8 +6,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
+from medsam2.pacs.config import CONFIG_ENV, ENDPOINT_ENV_PATTERN, ENDPOINT_ENV_PREFIX
 from medsam2.server.drain import DRAIN_END_S
-from medsam2.settings import backend_setting, precision_setting, setting
+from medsam2.settings import backend_setting, precision_setting, prefixed_setting, setting
 
 GRPC_PORT = 50051
 METRICS_PORT = 9464
@@ -146,6 +147,19 @@ class ServerSettings:
         "separate port for health and GetServerInfo, with its own threads, answering while "
         "every worker is busy (0: --port + 1, or any free port when --port is 0; -1: off)",
         minimum=-1,
+    )
+    # PACS endpoints by name (see pacs/config.py), for CreateSession's PACS studies and the OHIF proxy.
+    pacs_config: Path = setting(
+        Path(""),
+        CONFIG_ENV,
+        "PACS endpoints file, TOML or JSON: [endpoints.NAME] url, token_env or username/password_env, timeout_s, "
+        "fetch_deadline_s, qido_page_size, max_qido_pages (empty: none but --pacs-endpoint's)",
+    )
+    pacs_endpoints: tuple[tuple[str, str], ...] = prefixed_setting(
+        ENDPOINT_ENV_PREFIX,
+        ENDPOINT_ENV_PATTERN,
+        "one key of one PACS endpoint, overriding the file: MEDSAM2_PACS_<NAME>_URL, _TOKEN, _USERNAME, _PASSWORD, "
+        "_TIMEOUT_S, _FETCH_DEADLINE_S, _QIDO_PAGE_SIZE or _MAX_QIDO_PAGES, e.g. MEDSAM2_PACS_HOSPITAL_URL=https://...",
     )
     # Model versions (see server/versions.py): which numbered version serves, and who may switch it.
     model_version: int = setting(
