@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from medsam2.errors import OutputNotWritable
-from medsam2.io.atomic import write_atomic, write_bytes_atomic, write_text_atomic
+from medsam2.io.atomic import TEMP_GLOB, write_atomic, write_bytes_atomic, write_text_atomic
 
 
 def test_a_write_replaces_the_target_and_leaves_only_it(tmp_path: Path) -> None:
@@ -23,6 +23,23 @@ def test_the_writer_sees_a_temporary_name_with_the_targets_suffixes(tmp_path: Pa
     write_atomic(tmp_path / "seg.nii.gz", lambda tmp: (seen.append(tmp), tmp.write_bytes(b"x")))
     assert seen[0] != tmp_path / "seg.nii.gz" and seen[0].parent == tmp_path
     assert seen[0].name.endswith(".nii.gz") and not seen[0].exists()
+
+
+@pytest.mark.parametrize("name", ["ddp.pt", "seg.nii.gz", "case.npz", "README"])
+def test_temp_glob_finds_a_temporary_file_left_mid_write(tmp_path: Path, name: str) -> None:
+    """What tests look for after a run (e.g. test_finetune_ddp.py) matches the names the writer really makes."""
+    left: list[Path] = []
+
+    def killed(tmp: Path) -> None:
+        tmp.write_bytes(b"half")
+        (tmp_path / "kept").mkdir(exist_ok=True)
+        left.append(tmp.rename(tmp_path / "kept" / tmp.name))  # as if the process died before its cleanup
+        raise ValueError("killed")
+
+    write_bytes_atomic(tmp_path / name, b"done")  # a finished file is no leftover
+    with pytest.raises(ValueError):
+        write_atomic(tmp_path / name, killed)
+    assert list(tmp_path.rglob(TEMP_GLOB)) == left and len(left) == 1
 
 
 @pytest.mark.parametrize("error", [OSError(28, "No space left on device"), ValueError("bad mask")])

@@ -16,6 +16,10 @@ from medsam2.errors import OutputNotWritable
 
 # mkstemp makes 0600 files; outputs (SEG, checkpoints, Triton models) are read by other users and containers.
 _MODE = 0o644
+TEMP_MARK = ".partial"
+"""In every temporary name: ``.<target name>.<random>.partial<target suffixes>``, hidden and beside the target."""
+TEMP_GLOB = f".*{TEMP_MARK}*"
+"""Matches every temporary name (``folder.rglob(TEMP_GLOB)`` finds what a process killed mid-write left)."""
 
 
 def write_atomic(path: Path | str, write: Callable[[Path], object]) -> Path:
@@ -29,7 +33,7 @@ def write_atomic(path: Path | str, write: Callable[[Path], object]) -> Path:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(
-            dir=path.parent, prefix=f".{path.name}.", suffix=f".partial{''.join(path.suffixes)}"
+            dir=path.parent, prefix=f".{path.name}.", suffix=f"{TEMP_MARK}{''.join(path.suffixes)}"
         )
         os.close(fd)
     except OSError as exc:
