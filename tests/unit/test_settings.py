@@ -109,11 +109,17 @@ def test_pacs_endpoints_are_serve_settings_from_the_environment_and_flags(tmp_pa
         "MEDSAM2_PACS_ORTHANC_URL": "http://127.0.0.1:8042/dicom-web",
         "MEDSAM2_PACS_ORTHANC_TIMEOUT_S": "7",  # the flag beats the environment
     }
-    studies = pacs_studies(settings, {"HOSPITAL_TOKEN": "s3cret", "MEDSAM2_PACS_OTHER_URL": "http://x.example"})
+    secrets = {"HOSPITAL_TOKEN": "s3cret", "MEDSAM2_PACS_OTHER_URL": "http://x.example", "MEDSAM2_PACS_CONFIG": "/x"}
+    studies = pacs_studies(settings, secrets)
     assert studies is not None
     endpoints = studies.config.endpoints
-    assert sorted(endpoints) == ["hospital", "orthanc"]  # a MEDSAM2_PACS_* secret is no second way in
+    assert sorted(endpoints) == ["hospital", "orthanc"]  # an endpoint variable among the secrets is no second way in
     assert endpoints["orthanc"].timeout_s == 7.0 and endpoints["hospital"].token == "s3cret"
+    config.write_text(
+        '[endpoints.hospital]\nurl = "https://pacs.example.org/dicom-web"\ntoken_env = "MEDSAM2_PACS_KEY"\n'
+    )
+    studies = pacs_studies(settings, {"MEDSAM2_PACS_KEY": "k3y"})  # not an endpoint's variable: a secret
+    assert studies is not None and studies.config.endpoints["hospital"].token == "k3y"
     assert pacs_studies(ServerSettings(), {"MEDSAM2_PACS_X_URL": "http://x.example"}) is None
     with pytest.raises(ConfigError, match="pacs_endpoints"):
         resolve(ServerSettings, parser.parse_args(["--pacs-endpoint", "HOSPITAL_URL"]), {})

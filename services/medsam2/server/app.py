@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import signal
 import threading
 import time
@@ -179,12 +180,14 @@ def pacs_studies(settings: ServerSettings, secrets: Mapping[str, str]) -> PacsSt
 
     ``secrets`` holds the variables that the file's ``token_env``/``password_env`` name.
     """
-    from medsam2.pacs.config import ENDPOINT_ENV_PREFIX, load_config
+    from medsam2.pacs.config import CONFIG_ENV, ENDPOINT_ENV_PATTERN, load_config
     from medsam2.pacs.service import PacsStudies
 
     path = Path(settings.pacs_config) if _given(settings.pacs_config) else None
-    # Endpoints come from the settings alone; a MEDSAM2_PACS_* variable among the secrets was read into them already.
-    named = {k: v for k, v in secrets.items() if not k.startswith(ENDPOINT_ENV_PREFIX)}
+    # Endpoints come from the settings alone: an endpoint variable or the file's among the secrets was read into them
+    # already (or overridden by a flag). Any other variable, MEDSAM2_PACS_* or not, may be a token_env's secret.
+    endpoint = re.compile(ENDPOINT_ENV_PATTERN)
+    named = {k: v for k, v in secrets.items() if k != CONFIG_ENV and not endpoint.fullmatch(k)}
     config = load_config(path, {**named, **dict(settings.pacs_endpoints)})
     return PacsStudies(config) if config.endpoints else None
 
