@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Self
 
 from medsam2.pacs.config import CONFIG_ENV, ENDPOINT_ENV_PATTERN, ENDPOINT_ENV_PREFIX
 from medsam2.server.drain import DRAIN_END_S
@@ -176,15 +176,22 @@ class ServerSettings:
 
 
 _DEFAULTS = ServerSettings()
-_T = TypeVar("_T")
 
 
 def from_setting(name: str) -> Any:
     """A limit's field that is the ``serve`` setting ``name``: the setting's default is its default (so each default
-    is written once, above), and ``limits_from`` fills it from the resolved settings."""
+    is written once, above), and ``FromSettings.from_settings`` fills it from the resolved settings."""
     return field(default=getattr(_DEFAULTS, name), metadata={"setting": name})
 
 
-def limits_from(cls: type[_T], settings: ServerSettings) -> _T:
-    """An instance of the limits dataclass ``cls`` with every ``from_setting`` field taken from ``settings``."""
-    return cls(**{f.name: getattr(settings, f.metadata["setting"]) for f in fields(cls) if "setting" in f.metadata})  # type: ignore[arg-type]
+class FromSettings:
+    """Base of a limits dataclass whose ``from_setting`` fields come from the resolved ``serve`` settings."""
+
+    __slots__ = ()
+
+    @classmethod
+    def from_settings(cls, settings: ServerSettings) -> Self:
+        """The limits as ``serve`` was configured (any other field keeps its default)."""
+        own = fields(cls)  # type: ignore[arg-type]  # each subclass is a dataclass
+        chosen = {f.name: getattr(settings, f.metadata["setting"]) for f in own if "setting" in f.metadata}
+        return cls(**chosen)

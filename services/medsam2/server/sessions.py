@@ -53,7 +53,7 @@ from medsam2.errors import (
 from medsam2.io.dicom_source import DicomSource
 from medsam2.io.geometry import Geometry
 from medsam2.server import auth, metrics
-from medsam2.server.config import ServerSettings, from_setting, limits_from
+from medsam2.server.config import FromSettings, from_setting
 from medsam2.server.results import ResultStore
 
 if TYPE_CHECKING:
@@ -66,7 +66,7 @@ RETRY_FULL_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
-class Limits:
+class Limits(FromSettings):
     """Capacity of the registry (0 for a per-principal limit means the service-wide one)."""
 
     max_sessions: int = from_setting("max_sessions")
@@ -78,11 +78,6 @@ class Limits:
     max_state_bytes_per_principal: int = from_setting("max_state_bytes_per_principal")
     tombstones: int = 4096
     """How many removed session ids are remembered to tell owners why their session is gone."""
-
-    @classmethod
-    def from_settings(cls, settings: ServerSettings) -> Limits:
-        """The registry's limits as ``serve`` was configured (lock wait and tombstones keep their defaults)."""
-        return limits_from(cls, settings)
 
     @property
     def sessions_per_principal(self) -> int:

@@ -33,7 +33,7 @@ from medsam2.api.convert import header_dtype, header_shape
 from medsam2.errors import CapacityExceeded, ClientCancelled, InvalidInput, UploadTimedOut, UploadTruncated
 from medsam2.graphs import IMAGE_SIZE
 from medsam2.server import auth
-from medsam2.server.config import ServerSettings, from_setting, limits_from
+from medsam2.server.config import FromSettings, from_setting
 from medsam2.server.request_checks import check_request
 from medsam2.server.sessions import SessionRegistry, study_voxels
 
@@ -43,7 +43,7 @@ RETRY_UPLOAD_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
-class UploadLimits:
+class UploadLimits(FromSettings):
     """Bounds of CreateSession streams."""
 
     max_concurrent: int = from_setting("max_concurrent_uploads")
@@ -51,11 +51,6 @@ class UploadLimits:
     deadline_s: float = from_setting("upload_deadline_s")
     max_per_principal: int = from_setting("max_uploads_per_principal")
     """Uploads of one principal at once, so one tenant's stalled clients cannot take every slot (0: half the cap)."""
-
-    @classmethod
-    def from_settings(cls, settings: ServerSettings) -> UploadLimits:
-        """The upload bounds as ``serve`` was configured."""
-        return limits_from(cls, settings)
 
     @property
     def per_principal(self) -> int:
