@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from medsam2.errors import CheckpointError, ConfigError, OutputNotWritable
+from medsam2.io.atomic import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -165,9 +166,9 @@ def write_random_checkpoint(seed: int, out: Path, objects: ObjectBias | str = Ob
     if objects is not ObjectBias.RANDOM:
         # A plain random head predicts "absent" on every tracked frame, hiding the tracking path.
         state[OBJECT_SCORE_BIAS_KEY] = torch.full_like(state[OBJECT_SCORE_BIAS_KEY], OBJECT_BIAS_VALUE[objects])
-    tmp = out.with_name(out.name + ".partial")
-    torch.save({"model": state, "untrained": {"seed": seed, "objects": objects.value}}, tmp)
-    tmp.replace(out)
+    write_atomic(
+        out, lambda tmp: torch.save({"model": state, "untrained": {"seed": seed, "objects": objects.value}}, tmp)
+    )
     log.warning(
         "wrote an UNTRAINED random checkpoint (seed %d, objects %s) to %s: its masks are meaningless",
         seed,

@@ -16,21 +16,21 @@ folders. Each exported version N also gets ``track_step_vN``, the ensemble with 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import shutil
 import sys
-import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 
 from medsam2 import graphs
 from medsam2.errors import ConfigError, OutputNotWritable
 from medsam2.graphs import GRAPHS, TRITON_ENSEMBLES, TRITON_GRAPHS, GraphSpec, Stage, TensorSpec
+from medsam2.io.atomic import write_atomic as atomic_writer
+from medsam2.io.atomic import write_bytes_atomic
 from medsam2.models.versions import pinned_ensemble_name
 
 BACKENDS = ("onnxruntime", "tensorrt")
@@ -440,33 +440,12 @@ def check_output_dir(path: Path) -> None:
 
 def write_atomic(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temporary file and a rename, so a failure leaves no half-written file."""
-    _replace_atomic(Path(path), lambda out: out.write(data))
+    write_bytes_atomic(path, data)
 
 
 def copy_atomic(src: Path, dst: Path) -> None:
     """Copy ``src`` to ``dst`` via a temporary file and a rename, so a failure leaves no half-copied file."""
-    with open(src, "rb") as source:
-        _replace_atomic(Path(dst), lambda out: shutil.copyfileobj(source, out, 16 << 20))
-
-
-def _replace_atomic(path: Path, fill: Callable[[IO[bytes]], object]) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as e:
-        raise OutputNotWritable(f"cannot write {path}: {e}") from e
-    try:
-        with os.fdopen(fd, "wb") as out:
-            fill(out)
-        # mkstemp makes 0600 files; Triton often runs as another user in its container.
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException as e:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if isinstance(e, OSError):
-            raise OutputNotWritable(f"cannot write {path}: {e}") from e
-        raise
+    atomic_writer(dst, lambda tmp: shutil.copyfile(src, tmp))
 
 
 def write_model_repository(

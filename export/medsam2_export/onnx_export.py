@@ -12,6 +12,7 @@ import torch
 from medsam2.backends.onnxruntime_backend import locate_graph
 from medsam2.errors import OutputNotWritable
 from medsam2.graphs import GRAPHS, NUM_MASKMEM, POINT_LABEL_UNUSED, GraphSpec, Stage
+from medsam2.io.atomic import write_atomic
 from medsam2_export.wrappers import (
     ImageEncoderGraph,
     MaskDownsamplerGraph,
@@ -85,24 +86,24 @@ def export_graph(model: torch.nn.Module, stage: Stage, path: Path) -> Path:
     dynamic_axes = {
         t.name: {axis: _axis_name(t.name, axis) for axis in t.dynamic_axes} for t in (*spec.inputs, *spec.outputs)
     }
-    path = Path(path)
-    tmp = path.with_name(path.name + ".partial")
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tracer warnings about python ints are expected and harmless here
-        torch.onnx.export(
-            wrapper,
-            example,
-            str(tmp),
-            opset_version=OPSET,
-            dynamo=False,
-            input_names=[t.name for t in spec.inputs],
-            output_names=[t.name for t in spec.outputs],
-            dynamic_axes=dynamic_axes,
-            do_constant_folding=True,
-        )
-    _declare_contract_shapes(tmp, spec)
-    tmp.replace(path)
-    return path
+
+    def write(tmp: Path) -> None:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer warnings about python ints are expected and harmless here
+            torch.onnx.export(
+                wrapper,
+                example,
+                str(tmp),
+                opset_version=OPSET,
+                dynamo=False,
+                input_names=[t.name for t in spec.inputs],
+                output_names=[t.name for t in spec.outputs],
+                dynamic_axes=dynamic_axes,
+                do_constant_folding=True,
+            )
+        _declare_contract_shapes(tmp, spec)
+
+    return write_atomic(path, write)
 
 
 def _declare_contract_shapes(path: Path, spec: GraphSpec) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
@@ -25,6 +26,12 @@ _LOG_LEVELS = {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}
 def setting(default: Any, env: str, help: str, choices: tuple[str, ...] = (), minimum: float = 0) -> Any:
     """A settings field with its environment variable, help text, (text) allowed values and (numbers) least value."""
     return field(default=default, metadata={"env": env, "help": help, "choices": choices, "minimum": minimum})
+
+
+def prefixed_setting(prefix: str, pattern: str, help: str) -> Any:
+    """A field of ``(VARIABLE, value)`` pairs: every environment variable ``prefix*`` matching ``pattern`` (a regex
+    on the whole name), and each repeated flag ``VARIABLE=value``, the flags last (so they win)."""
+    return field(default=(), metadata={"env": f"{prefix}*", "help": help, "prefix": prefix, "pattern": pattern})
 
 
 EMBEDDED_BACKENDS = ("onnxruntime", "openvino")
@@ -76,6 +83,16 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, title: str) -> Non
     group = parser.add_argument_group(f"{title} (flag > environment variable > default)")
     for f in fields(cls):
         default = f.default if f.default is not MISSING else None
+        if "prefix" in f.metadata:
+            group.add_argument(
+                "--" + f.name.replace("_", "-").removesuffix("s"),
+                dest=f"setting_{f.name}",
+                action="append",
+                default=None,
+                metavar=f"{f.metadata['prefix']}..=VALUE",
+                help=f"{f.metadata['help']} [env {f.metadata['env']}; repeat the flag for more]",
+            )
+            continue
         group.add_argument(
             "--" + f.name.replace("_", "-"),
             dest=f"setting_{f.name}",
@@ -90,6 +107,9 @@ def resolve(cls: type[T], args: argparse.Namespace, environ: Mapping[str, str] |
     environ = os.environ if environ is None else environ
     values = {}
     for f in fields(cls):
+        if "prefix" in f.metadata:
+            values[f.name] = _prefixed(f.name, f.metadata, environ, getattr(args, f"setting_{f.name}", None) or [])
+            continue
         raw = getattr(args, f"setting_{f.name}", None)
         if raw is None:
             raw = environ.get(f.metadata["env"])
@@ -112,6 +132,21 @@ def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
 def settings_from(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> Settings:
     """The process-wide settings."""
     return resolve(Settings, args, environ)
+
+
+def _prefixed(
+    name: str, meta: Mapping[str, Any], environ: Mapping[str, str], flags: list[str]
+) -> tuple[tuple[str, str], ...]:
+    pattern = re.compile(meta["pattern"])
+    pairs = {k: v for k, v in sorted(environ.items()) if k.startswith(meta["prefix"]) and pattern.fullmatch(k)}
+    for flag in flags:
+        variable, sep, value = flag.partition("=")
+        if not sep or not pattern.fullmatch(variable):
+            raise ConfigError(
+                f"setting {name}: expected {meta['prefix']}..=VALUE matching {meta['pattern']}, got {flag!r}"
+            )
+        pairs[variable] = value
+    return tuple(pairs.items())
 
 
 def _convert(name: str, env: str, raw: str, default: Any, minimum: float = 0) -> Any:

@@ -228,11 +228,17 @@ def frames() -> np.ndarray:
     return synthetic_volume(seed=5, slices=SLICES, height=ROWS, width=COLS)[0]
 
 
-def _start(graphs: dict[str, Path], environ: dict[str, str], **settings) -> RunningServer:
+def _start(graphs: dict[str, Path], pacs: dict[str, str], **settings) -> RunningServer:
     return start_server(
-        ServerSettings(port=0, metrics_port=0, http_port=free_port(), model_repository=graphs["present"], **settings),
+        ServerSettings(
+            port=0,
+            metrics_port=0,
+            http_port=free_port(),
+            model_repository=graphs["present"],
+            pacs_endpoints=tuple(pacs.items()),
+            **settings,
+        ),
         OnnxRuntimeBackend(graphs["present"], threads=1),
-        environ=environ,
     )
 
 

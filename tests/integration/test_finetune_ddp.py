@@ -14,6 +14,7 @@ import torch
 
 import patience
 from medsam2.datasets.synthetic import SyntheticOptions, write_synthetic_dataset
+from medsam2.io.atomic import TEMP_GLOB
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -44,4 +45,5 @@ def test_two_ranks_train_one_model_and_rank_0_alone_reports(checkpoints, tmp_pat
     assert summary["steps"] == 2 and all(loss == loss for loss in summary["losses"])  # finite, not NaN
     saved = torch.load(out, map_location="cpu", weights_only=False)
     assert saved["provenance"]["world_size"] == 2 and saved["provenance"]["steps"] == 2
-    assert not list(tmp_path.glob("*.partial")) and not list(data.glob("*.pt*"))
+    # No temporary checkpoint or training state was left (rank 0 alone writes them), nor anything in the dataset.
+    assert not list(tmp_path.rglob(TEMP_GLOB)) and not list(data.glob("*.pt*"))

@@ -52,13 +52,14 @@ def repository(graphs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
 @pytest.fixture(scope="module")
 def server(repository: Path):
     settings = ServerSettings(
-        port=0, metrics_port=0, model_repository=repository, max_sessions=6, max_study_voxels=SLICES * 512 * 512 * 2
+        port=0,
+        metrics_port=0,
+        model_repository=repository,
+        max_sessions=6,
+        max_study_voxels=SLICES * 512 * 512 * 2,
+        pacs_endpoints=(("MEDSAM2_PACS_DOWN_URL", UNREACHABLE), ("MEDSAM2_PACS_DOWN_TIMEOUT_S", "2")),
     )
-    running = start_server(
-        settings,
-        OnnxRuntimeBackend(repository, threads=2),
-        environ={"MEDSAM2_PACS_DOWN_URL": UNREACHABLE, "MEDSAM2_PACS_DOWN_TIMEOUT_S": "2"},
-    )
+    running = start_server(settings, OnnxRuntimeBackend(repository, threads=2))
     yield running, f"127.0.0.1:{running.port}"
     running.stop(2)
 

@@ -30,6 +30,7 @@ from medsam2.datasets.training_npz import TrainingCase
 from medsam2.engine.tracker import prepare_frames
 from medsam2.errors import CheckpointError, InvalidInput, OutputNotWritable
 from medsam2.graphs import IMAGE_SIZE
+from medsam2.io.atomic import write_atomic
 from medsam2.models.download import file_sha256
 from medsam2_export.finetune.data import Clip, dataset_sha256, load_dataset, sample_clip
 from medsam2_export.finetune.losses import FrameLoss, frame_loss
@@ -327,9 +328,7 @@ def _average_gradients(model: torch.nn.Module, world: int) -> None:
 
 def _write_checkpoint(out: Path, model: torch.nn.Module, provenance: dict) -> None:
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    tmp = out.with_name(f".{out.name}.partial")
-    torch.save({"model": state, "provenance": provenance}, tmp)
-    tmp.replace(out)
+    write_atomic(out, lambda tmp: torch.save({"model": state, "provenance": provenance}, tmp))
 
 
 def _save_state(
@@ -343,22 +342,18 @@ def _save_state(
     data: str,
     options: FinetuneOptions,
 ) -> None:
-    tmp = path.with_name(f".{path.name}.partial")
-    torch.save(
-        {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "step": step,
-            "losses": losses,
-            "rng": rng.bit_generator.state,
-            "torch_rng": torch.get_rng_state(),
-            "base_checkpoint_sha256": base,
-            "dataset_sha256": data,
-            "options": asdict(options),
-        },
-        tmp,
-    )
-    tmp.replace(path)
+    state = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "step": step,
+        "losses": losses,
+        "rng": rng.bit_generator.state,
+        "torch_rng": torch.get_rng_state(),
+        "base_checkpoint_sha256": base,
+        "dataset_sha256": data,
+        "options": asdict(options),
+    }
+    write_atomic(path, lambda tmp: torch.save(state, tmp))
 
 
 def _load_state(

@@ -26,11 +26,11 @@ from medsam2.errors import (
     CapacityExceeded,
     InvalidInput,
     NotFound,
-    OutputNotWritable,
     PermissionDenied,
     PreconditionFailed,
     Unauthenticated,
 )
+from medsam2.io.atomic import write_bytes_atomic
 from medsam2.settings import Settings
 
 SR_SUFFIX = ".sr.dcm"
@@ -499,7 +499,7 @@ def _save(client, session, args: argparse.Namespace, volume, steps: list) -> lis
     if name.endswith(".dcm"):
         seg, _ = client.result(session.session_id, pb.RESULT_FORMAT_DICOM_SEG)
         sr, _ = client.result(session.session_id, pb.RESULT_FORMAT_DICOM_SR)
-        return [_write_atomic(out, seg), _write_atomic(sr_path(out), sr)]
+        return [write_bytes_atomic(out, seg), write_bytes_atomic(sr_path(out), sr)]
     fmt = pb.RESULT_FORMAT_NPZ if name.endswith(".npz") else pb.RESULT_FORMAT_NIFTI_GZ
     if name.endswith(".nii"):
         raise InvalidInput("--out from PACS: write .nii.gz, .npz or .dcm")
@@ -508,7 +508,7 @@ def _save(client, session, args: argparse.Namespace, volume, steps: list) -> lis
     # Object-id values, as the local writer's files; the label map goes beside the file as <name>.labels.json.
     data, first = client.result(session.session_id, fmt, label_values=pb.LABEL_VALUES_OBJECT_IDS)
     entries = [LabelEntry(e.value, e.object_id, e.name, tuple(e.colour_rgb)) for e in first.labels]  # type: ignore[arg-type]
-    return [_write_atomic(out, data), write_labels_json(out, entries)]
+    return [write_bytes_atomic(out, data), write_labels_json(out, entries)]
 
 
 def _write_local_sr(out: Path, masks: dict[int, np.ndarray], volume, model_version: str) -> Path:  # noqa: ANN001
@@ -522,19 +522,7 @@ def _write_local_sr(out: Path, masks: dict[int, np.ndarray], volume, model_versi
     report = build_measurement_report(
         seg, measure_all(masks, volume.spacing, labels), model_version=model_version, source=volume.dicom
     )
-    return _write_atomic(sr_path(out), encode_report(report))
-
-
-def _write_atomic(path: Path, data: bytes) -> Path:
-    tmp = path.with_name(f".{path.name}.partial")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_bytes(data)
-        tmp.replace(path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise OutputNotWritable(f"cannot write {path}: {exc.strerror or exc}") from exc
-    return path
+    return write_bytes_atomic(sr_path(out), encode_report(report))
 
 
 @contextmanager

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from medsam2.errors import InvalidInput, NotFound, OutputNotWritable
+from medsam2.io.atomic import write_atomic
 
 VIDEO_MODALITIES = frozenset({"US", "ES", "XC", "VIDEO"})
 
@@ -99,10 +100,10 @@ def write_training_case(folder: Path, case: TrainingCase) -> Path:
     except OSError as exc:
         raise OutputNotWritable(f"cannot create {folder}: {exc.strerror or exc}") from exc
     path = folder / f"{case.name}.npz"
-    tmp = folder / f".{case.name}.partial.npz"
     labels = case.gts.astype(np.uint8 if case.gts.max() < 256 else np.uint16)
-    try:
-        np.savez_compressed(
+    return write_atomic(
+        path,
+        lambda tmp: np.savez_compressed(
             tmp,
             imgs=case.imgs,
             gts=labels,
@@ -110,12 +111,8 @@ def write_training_case(folder: Path, case: TrainingCase) -> Path:
             modality=np.str_(case.modality),
             video=np.bool_(case.video),
             provenance=np.str_(json.dumps(case.provenance, sort_keys=True)),
-        )
-        tmp.replace(path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise OutputNotWritable(f"cannot write {path}: {exc.strerror or exc}") from exc
-    return path
+        ),
+    )
 
 
 def list_cases(folder: Path) -> list[Path]:

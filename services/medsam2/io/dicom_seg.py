@@ -27,7 +27,8 @@ from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
 
 from medsam2.engine.actions import CodedConcept, ObjectDescription
-from medsam2.errors import InvalidInput, OutputNotWritable
+from medsam2.errors import InvalidInput
+from medsam2.io.atomic import write_bytes_atomic
 from medsam2.io.dicom_files import positive_number, sop_class_name
 from medsam2.io.dicom_privacy import library_messages_redacted
 from medsam2.io.dicom_source import DicomSource
@@ -442,14 +443,4 @@ def _check_frame(
 
 def write_seg(path: Path, seg: Dataset, source: DicomSource | None = None) -> Path:
     """Validate a SEG and write it atomically (a partial file never has the final name)."""
-    path = Path(path)
-    encoded = validate_seg(seg, source)
-    tmp = path.with_name(f".{path.name}.partial")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_bytes(encoded)
-        tmp.replace(path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise OutputNotWritable(f"cannot write {path}: {exc.strerror or exc}") from exc
-    return path
+    return write_bytes_atomic(path, validate_seg(seg, source))

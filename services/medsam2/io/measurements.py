@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from medsam2.errors import InvalidInput, OutputNotWritable
+from medsam2.errors import InvalidInput
+from medsam2.io.atomic import write_text_atomic
 
 _SHORT_AXIS_STEPS = 8
 """Samples per pixel along and across the long axis when searching for the short axis."""
@@ -152,13 +153,4 @@ def to_json(measurements: Sequence[ObjectMeasurements], **context: object) -> di
 
 def write_measurements(path: Path, measurements: Sequence[ObjectMeasurements], **context: object) -> Path:
     """Write the measurements as JSON, atomically."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.partial")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(to_json(measurements, **context), indent=2) + "\n")
-        tmp.replace(path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise OutputNotWritable(f"cannot write {path}: {exc.strerror or exc}") from exc
-    return path
+    return write_text_atomic(path, json.dumps(to_json(measurements, **context), indent=2) + "\n")

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from medsam2.errors import InvalidInput, OutputNotWritable
+from medsam2.errors import InvalidInput
+from medsam2.io.atomic import write_atomic
 
 _FILL_ALPHA = 0.35
 _GIF_FRAME_MS = 120
@@ -88,13 +89,4 @@ def write_gif(
 
 
 def _save(path: Path, writer) -> Path:  # noqa: ANN001 (a one-argument callable)
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.partial")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        writer(tmp)
-        tmp.replace(path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise OutputNotWritable(f"cannot write {path}: {exc.strerror or exc}") from exc
-    return path
+    return write_atomic(path, writer)

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from medsam2.errors import InvalidInput, NotFound, OutputNotWritable
+from medsam2.errors import InvalidInput, NotFound
 from medsam2.io import dicom_series, video
+from medsam2.io.atomic import write_atomic
 from medsam2.io.geometry import Geometry
 from medsam2.io.volume import Volume
 
@@ -141,22 +142,15 @@ def write_mask(path: Path, labels: np.ndarray, like: Volume, *, label_map: str =
     suffix = _suffix(path)
     if suffix not in (*NIFTI_SUFFIXES, *NPZ_SUFFIXES):
         raise InvalidInput(f"unsupported output {path.name}: expected .nii, .nii.gz or .npz")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputNotWritable(f"cannot create output folder {path.parent}: {exc.strerror or exc}") from exc
-    tmp = path.with_name(f".{path.name}.partial{suffix}")
-    try:
+
+    def write(tmp: Path) -> None:
         if suffix in NIFTI_SUFFIXES:
             _write_nifti(tmp, labels, like, label_map)
         else:
             extra = {"labels": np.asarray(label_map)} if label_map else {}
             np.savez_compressed(tmp, segs=labels, spacing=np.asarray(like.spacing), **extra)  # type: ignore[arg-type]
-        tmp.replace(path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise OutputNotWritable(f"cannot write {path}: {exc.strerror or exc}") from exc
-    return path
+
+    return write_atomic(path, write)
 
 
 def _write_nifti(path: Path, labels: np.ndarray, like: Volume, label_map: str = "") -> None:

@@ -38,9 +38,12 @@ from urllib.parse import urlsplit
 from medsam2.errors import ConfigError, NotFound
 
 CONFIG_ENV = "MEDSAM2_PACS_CONFIG"
-_ENV_ENDPOINT = re.compile(
-    r"^MEDSAM2_PACS_([A-Z0-9_]+?)_(URL|TOKEN|USERNAME|PASSWORD|TIMEOUT_S|FETCH_DEADLINE_S|QIDO_PAGE_SIZE|MAX_QIDO_PAGES)$"
+ENDPOINT_ENV_PREFIX = "MEDSAM2_PACS_"
+ENDPOINT_ENV_PATTERN = (
+    r"MEDSAM2_PACS_([A-Z0-9_]+?)_(URL|TOKEN|USERNAME|PASSWORD|TIMEOUT_S|FETCH_DEADLINE_S|QIDO_PAGE_SIZE|MAX_QIDO_PAGES)"
 )
+"""The variables of one endpoint, ``MEDSAM2_PACS_<NAME>_<KEY>`` (``serve`` takes them as ``--pacs-endpoint`` too)."""
+_ENV_ENDPOINT = re.compile(f"^{ENDPOINT_ENV_PATTERN}$")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 _KEYS = frozenset(
     {

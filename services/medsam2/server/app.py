@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import signal
 import threading
 import time
@@ -174,12 +175,20 @@ def open_durability(settings: ServerSettings) -> Durability | None:
     return Durability(store, ttl_s=settings.session_ttl_s, max_study_bytes=settings.session_store_max_study_bytes)
 
 
-def pacs_studies(environ: Mapping[str, str]) -> PacsStudies | None:
-    """The PACS endpoints configured in ``environ`` (``MEDSAM2_PACS_CONFIG``, ``MEDSAM2_PACS_<NAME>_*``), if any."""
-    from medsam2.pacs.config import load_config
+def pacs_studies(settings: ServerSettings, secrets: Mapping[str, str]) -> PacsStudies | None:
+    """The PACS endpoints of ``--pacs-config`` and ``--pacs-endpoint`` (``MEDSAM2_PACS_*``), if any.
+
+    ``secrets`` holds the variables that the file's ``token_env``/``password_env`` name.
+    """
+    from medsam2.pacs.config import CONFIG_ENV, ENDPOINT_ENV_PATTERN, load_config
     from medsam2.pacs.service import PacsStudies
 
-    config = load_config(None, environ)
+    path = Path(settings.pacs_config) if _given(settings.pacs_config) else None
+    # Endpoints come from the settings alone: an endpoint variable or the file's among the secrets was read into them
+    # already (or overridden by a flag). Any other variable, MEDSAM2_PACS_* or not, may be a token_env's secret.
+    endpoint = re.compile(ENDPOINT_ENV_PATTERN)
+    named = {k: v for k, v in secrets.items() if k != CONFIG_ENV and not endpoint.fullmatch(k)}
+    config = load_config(path, {**named, **dict(settings.pacs_endpoints)})
     return PacsStudies(config) if config.endpoints else None
 
 
@@ -260,97 +269,46 @@ def start_server(
     metrics_server: bool = True,
     environ: Mapping[str, str] | None = None,
 ) -> RunningServer:
-    """Start serving on ``settings.host:settings.port`` (port 0 picks a free one); PACS endpoints from ``environ``."""
-    concurrency = settings.backend_concurrency or (0 if settings.triton_url else 1)
-    versions = backend if isinstance(backend, VersionedBackends) else None
-    # A VersionedBackends instruments each version itself.
-    instrumented = backend if versions is not None else limiter.InstrumentedBackend(backend, max_concurrent=concurrency)
-    registry = SessionRegistry(
-        Limits(
-            settings.max_sessions,
-            settings.max_study_voxels,
-            settings.max_state_bytes,
-            settings.session_ttl_s,
-            max_sessions_per_principal=settings.max_sessions_per_principal,
-            max_state_bytes_per_principal=settings.max_state_bytes_per_principal,
-        ),
-        versions=versions,
-    )
-    if not 0 <= settings.memory_slots <= MAX_MEMORY_SLOTS:
-        raise ConfigError(f"--memory-slots must be between 0 and {MAX_MEMORY_SLOTS}, got {settings.memory_slots}")
-    options = TrackerOptions(
-        early_stop_absent=settings.early_stop_absent,
-        fill_hole_area=settings.fill_hole_area,
-        memory_slots=settings.memory_slots,
-    )
-    authenticator = Authenticator(
-        tokens_file=Path(settings.auth_tokens) if _given(settings.auth_tokens) else None,
-        token=settings.auth_token,
-        mtls=_given(settings.tls_client_ca),
-        admins=parse_principals(settings.admin_principals),
-    )
+    """Start serving on ``settings.host:settings.port`` (port 0 picks a free one).
+
+    PACS endpoints come from ``settings``; ``environ`` is only where the secrets that the PACS config file names
+    by ``token_env``/``password_env`` are looked up.
+    """
+    instrumented, versions = _instrument(settings, backend)
+    registry = SessionRegistry(Limits.from_settings(settings), versions=versions)
+    options = tracker_options(settings)
+    authenticator = _authenticator(settings)
     audit.configure(Path(settings.audit_log) if _given(settings.audit_log) else None)
     # Checked before a port opens: an unwritable store is a start-up error.
     annotations = AnnotationStore(
         Path(settings.annotations_dir) if _given(settings.annotations_dir) else None,
         max_bytes_per_principal=settings.annotations_max_bytes,
     )
-    uploads = UploadGuard(
-        UploadLimits(
-            settings.max_concurrent_uploads,
-            settings.upload_idle_timeout_s,
-            settings.upload_deadline_s,
-            settings.max_uploads_per_principal,
-        ),
-        registry,
-    )
+    uploads = UploadGuard(UploadLimits.from_settings(settings), registry)
     interceptors = [AuthInterceptor(authenticator)] if authenticator.tokens_required else []
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="medsam2-rpc"),
-        interceptors=interceptors,
-        options=_channel_options(settings),
-        maximum_concurrent_rpcs=settings.max_concurrent_rpcs or 4 * settings.workers,
-    )
     durability = open_durability(settings)
     drain = Drain()
     servicer = SegmentationServicer(
         registry,
         instrumented,
         options,
-        pacs=pacs_studies(environ or {}),
+        pacs=pacs_studies(settings, environ or {}),
         model=served_model(settings),
         max_message_bytes=settings.max_message_bytes,
         auth=authenticator,
         uploads=uploads,
-        pacs_fetches=PacsFetchGuard(
-            PacsFetchLimits(settings.max_concurrent_pacs_fetches, settings.max_pacs_fetches_per_principal)
-        ),
+        pacs_fetches=PacsFetchGuard(PacsFetchLimits.from_settings(settings)),
         durability=durability,
         annotations=annotations,
         drain=drain,
     )
-    pb_grpc.add_SegmentationServiceServicer_to_server(servicer, server)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    address = f"{settings.host}:{settings.port}"
-    port = _bind(server, address, settings)
-    ops_server, ops_port = None, 0
-    if settings.health_port >= 0:
-        ops_server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="medsam2-ops"),
-            options=_channel_options(settings),
-            maximum_concurrent_rpcs=16,
-        )
-        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, ops_server)
-        ops_server.add_generic_rpc_handlers(_ops_handlers(servicer))
-        wanted = settings.health_port or (settings.port + 1 if settings.port else 0)
-        ops_port = _bind(ops_server, f"{settings.host}:{wanted}", settings)
+    server, port = _grpc_server(settings, servicer, health_servicer, interceptors)
+    ops_server, ops_port = _ops_server(settings, servicer, health_servicer)
     if metrics_server and settings.metrics_port:
         from prometheus_client import start_http_server
 
         start_http_server(settings.metrics_port, addr=settings.host)
-    stop_event = threading.Event()
     _set_health(health_servicer, health_pb2.HealthCheckResponse.NOT_SERVING)
     health_servicer.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
     server.start()
@@ -363,7 +321,7 @@ def start_server(
         health_servicer,
         registry,
         instrumented,
-        stop_event,
+        threading.Event(),
         http=http,
         ops_server=ops_server,
         ops_port=ops_port,
@@ -382,6 +340,70 @@ def start_server(
         backend.name,
     )
     return running
+
+
+def _instrument(settings: ServerSettings, backend: StageBackend) -> tuple[StageBackend, VersionedBackends | None]:
+    """The backend the servicer calls (timed and bounded), and the versions when the backend has several."""
+    if isinstance(backend, VersionedBackends):
+        return backend, backend  # a VersionedBackends instruments each version itself
+    concurrency = settings.backend_concurrency or (0 if settings.triton_url else 1)
+    return limiter.InstrumentedBackend(backend, max_concurrent=concurrency), None
+
+
+def tracker_options(settings: ServerSettings) -> TrackerOptions:
+    """Every session's tracker options, after checking the memory padding."""
+    if not 0 <= settings.memory_slots <= MAX_MEMORY_SLOTS:
+        raise ConfigError(f"--memory-slots must be between 0 and {MAX_MEMORY_SLOTS}, got {settings.memory_slots}")
+    return TrackerOptions(
+        early_stop_absent=settings.early_stop_absent,
+        fill_hole_area=settings.fill_hole_area,
+        memory_slots=settings.memory_slots,
+    )
+
+
+def _authenticator(settings: ServerSettings) -> Authenticator:
+    return Authenticator(
+        tokens_file=Path(settings.auth_tokens) if _given(settings.auth_tokens) else None,
+        token=settings.auth_token,
+        mtls=_given(settings.tls_client_ca),
+        admins=parse_principals(settings.admin_principals),
+    )
+
+
+def _grpc_server(
+    settings: ServerSettings,
+    servicer: SegmentationServicer,
+    health_servicer: health.HealthServicer,
+    interceptors: list[grpc.ServerInterceptor],
+) -> tuple[grpc.Server, int]:
+    """The main gRPC server (the service, health, reflection), bound but not started, and its port."""
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="medsam2-rpc"),
+        interceptors=interceptors,
+        options=_channel_options(settings),
+        maximum_concurrent_rpcs=settings.max_concurrent_rpcs or 4 * settings.workers,
+    )
+    pb_grpc.add_SegmentationServiceServicer_to_server(servicer, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    return server, _bind(server, f"{settings.host}:{settings.port}", settings)
+
+
+def _ops_server(
+    settings: ServerSettings, servicer: SegmentationServicer, health_servicer: health.HealthServicer
+) -> tuple[grpc.Server | None, int]:
+    """Health and GetServerInfo on their own port and threads, bound but not started (None when -1)."""
+    if settings.health_port < 0:
+        return None, 0
+    ops_server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="medsam2-ops"),
+        options=_channel_options(settings),
+        maximum_concurrent_rpcs=16,
+    )
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, ops_server)
+    ops_server.add_generic_rpc_handlers(_ops_handlers(servicer))
+    wanted = settings.health_port or (settings.port + 1 if settings.port else 0)
+    return ops_server, _bind(ops_server, f"{settings.host}:{wanted}", settings)
 
 
 def _start_gateway(

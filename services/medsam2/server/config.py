@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any, Self
 
+from medsam2.pacs.config import CONFIG_ENV, ENDPOINT_ENV_PATTERN, ENDPOINT_ENV_PREFIX
 from medsam2.server.drain import DRAIN_END_S
-from medsam2.settings import backend_setting, precision_setting, setting
+from medsam2.settings import backend_setting, precision_setting, prefixed_setting, setting
 
 GRPC_PORT = 50051
 METRICS_PORT = 9464
@@ -146,6 +148,19 @@ class ServerSettings:
         "every worker is busy (0: --port + 1, or any free port when --port is 0; -1: off)",
         minimum=-1,
     )
+    # PACS endpoints by name (see pacs/config.py), for CreateSession's PACS studies and the OHIF proxy.
+    pacs_config: Path = setting(
+        Path(""),
+        CONFIG_ENV,
+        "PACS endpoints file, TOML or JSON: [endpoints.NAME] url, token_env or username/password_env, timeout_s, "
+        "fetch_deadline_s, qido_page_size, max_qido_pages (empty: none but --pacs-endpoint's)",
+    )
+    pacs_endpoints: tuple[tuple[str, str], ...] = prefixed_setting(
+        ENDPOINT_ENV_PREFIX,
+        ENDPOINT_ENV_PATTERN,
+        "one key of one PACS endpoint, overriding the file: MEDSAM2_PACS_<NAME>_URL, _TOKEN, _USERNAME, _PASSWORD, "
+        "_TIMEOUT_S, _FETCH_DEADLINE_S, _QIDO_PAGE_SIZE or _MAX_QIDO_PAGES, e.g. MEDSAM2_PACS_HOSPITAL_URL=https://...",
+    )
     # Model versions (see server/versions.py): which numbered version serves, and who may switch it.
     model_version: int = setting(
         0,
@@ -158,3 +173,25 @@ class ServerSettings:
         "principals allowed admin RPCs such as SetModelVersion, separated by ';' (mTLS subjects hold commas):"
         " names from the tokens file, 'default' for --auth-token, or client certificate subjects (empty: nobody)",
     )
+
+
+_DEFAULTS = ServerSettings()
+
+
+def from_setting(name: str) -> Any:
+    """A limit's field that is the ``serve`` setting ``name``: the setting's default is its default (so each default
+    is written once, above), and ``FromSettings.from_settings`` fills it from the resolved settings."""
+    return field(default=getattr(_DEFAULTS, name), metadata={"setting": name})
+
+
+class FromSettings:
+    """Base of a limits dataclass whose ``from_setting`` fields come from the resolved ``serve`` settings."""
+
+    __slots__ = ()
+
+    @classmethod
+    def from_settings(cls, settings: ServerSettings) -> Self:
+        """The limits as ``serve`` was configured (any other field keeps its default)."""
+        own = fields(cls)  # type: ignore[arg-type]  # each subclass is a dataclass
+        chosen = {f.name: getattr(settings, f.metadata["setting"]) for f in own if "setting" in f.metadata}
+        return cls(**chosen)

@@ -23,16 +23,17 @@ from medsam2.graphs import IMAGE_SIZE
 from medsam2.pacs.http import CLIENT_LEFT, Cancel
 from medsam2.pacs.transfer import FetchLimits
 from medsam2.server import auth
+from medsam2.server.config import FromSettings, from_setting
 
 RETRY_FETCH_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
-class PacsFetchLimits:
+class PacsFetchLimits(FromSettings):
     """How many PACS fetches run at once."""
 
-    max_concurrent: int = 4
-    max_per_principal: int = 0
+    max_concurrent: int = from_setting("max_concurrent_pacs_fetches")
+    max_per_principal: int = from_setting("max_pacs_fetches_per_principal")
     """Fetches of one principal at once (0: half the cap, at least 1)."""
 
     @property

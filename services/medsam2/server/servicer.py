@@ -74,9 +74,9 @@ IMAGE_GZIP_LEVEL = 1
 REMEMBERED_CREATES = 1024
 """CreateSession request ids remembered for retries (oldest forgotten first)."""
 REMEMBERED_REPLIES = 32
+"""AddPrompt, StoreResult and SaveAnnotation replies kept per session for retries, each (oldest forgotten first)."""
 MAX_TRAINING_LABEL = 65535
 """The largest object id a training case can hold (its labels are 16-bit)."""
-"""AddPrompt, StoreResult and SaveAnnotation replies kept per session for retries, each (oldest forgotten first)."""
 LABEL_VALUES = {
     pb.LABEL_VALUES_UNSPECIFIED: LabelValues.RANKS,
     pb.LABEL_VALUES_RANKS: LabelValues.RANKS,

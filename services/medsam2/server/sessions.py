@@ -53,6 +53,7 @@ from medsam2.errors import (
 from medsam2.io.dicom_source import DicomSource
 from medsam2.io.geometry import Geometry
 from medsam2.server import auth, metrics
+from medsam2.server.config import FromSettings, from_setting
 from medsam2.server.results import ResultStore
 
 if TYPE_CHECKING:
@@ -65,16 +66,16 @@ RETRY_FULL_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
-class Limits:
+class Limits(FromSettings):
     """Capacity of the registry (0 for a per-principal limit means the service-wide one)."""
 
-    max_sessions: int = 16
-    max_study_voxels: int = 512 * 512 * 1024
-    max_state_bytes: int = 8 * 2**30
-    idle_ttl_s: float = 1800.0
+    max_sessions: int = from_setting("max_sessions")
+    max_study_voxels: int = from_setting("max_study_voxels")
+    max_state_bytes: int = from_setting("max_state_bytes")
+    idle_ttl_s: float = from_setting("session_ttl_s")
     lock_wait_s: float = 2.0
-    max_sessions_per_principal: int = 0
-    max_state_bytes_per_principal: int = 0
+    max_sessions_per_principal: int = from_setting("max_sessions_per_principal")
+    max_state_bytes_per_principal: int = from_setting("max_state_bytes_per_principal")
     tombstones: int = 4096
     """How many removed session ids are remembered to tell owners why their session is gone."""
 

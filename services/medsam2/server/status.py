@@ -1,4 +1,8 @@
-"""Domain errors to gRPC statuses with ``google.rpc`` details, in one place; the only module that imports grpc.StatusCode.
+"""Domain errors to gRPC statuses with ``google.rpc`` details: the one place a domain error gets its status code.
+
+Other modules name ``grpc.StatusCode`` values too, but none maps an error to one: the auth interceptor refuses with
+UNAUTHENTICATED through this module's ``abort``/``rich_status``, the gateway translates a finished call's code to
+HTTP, and the clients read the code of a failed call.
 
 Every error leaves through ``context.abort_with_status``, which raises: a unary
 method never returns ``None`` after an error, so grpc never logs "Exception
@@ -7,7 +11,7 @@ serializing message!". Each status carries an ``ErrorInfo`` (domain
 violation, RESOURCE_EXHAUSTED and UNAVAILABLE a ``RetryInfo`` unless the reason's catalogue entry
 (``errors.REASONS``, rendered in docs/errors.md) says a retry cannot help. A client that
 went away is counted as CANCELLED, not INTERNAL.
-"""  # noqa: E501
+"""
 
 from __future__ import annotations
 

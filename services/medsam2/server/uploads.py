@@ -33,6 +33,7 @@ from medsam2.api.convert import header_dtype, header_shape
 from medsam2.errors import CapacityExceeded, ClientCancelled, InvalidInput, UploadTimedOut, UploadTruncated
 from medsam2.graphs import IMAGE_SIZE
 from medsam2.server import auth
+from medsam2.server.config import FromSettings, from_setting
 from medsam2.server.request_checks import check_request
 from medsam2.server.sessions import SessionRegistry, study_voxels
 
@@ -42,13 +43,13 @@ RETRY_UPLOAD_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
-class UploadLimits:
+class UploadLimits(FromSettings):
     """Bounds of CreateSession streams."""
 
-    max_concurrent: int = 8
-    idle_timeout_s: float = 30.0
-    deadline_s: float = 900.0
-    max_per_principal: int = 0
+    max_concurrent: int = from_setting("max_concurrent_uploads")
+    idle_timeout_s: float = from_setting("upload_idle_timeout_s")
+    deadline_s: float = from_setting("upload_deadline_s")
+    max_per_principal: int = from_setting("max_uploads_per_principal")
     """Uploads of one principal at once, so one tenant's stalled clients cannot take every slot (0: half the cap)."""
 
     @property
@@ -60,14 +61,17 @@ class UploadLimits:
 def study_cost(shape: tuple[int, ...]) -> tuple[int, int]:
     """(voxels at 512x512 or the slice size if larger, bytes of session state) of an open study of ``shape``.
 
-    State: the model inputs (one uint8 512x512 plane per slice and channel) and one object's bit-packed result.
-    An RGB video [frames, rows, columns, 3] has three channels.
+    State: the model inputs (one uint8 512x512 plane per slice and channel), the tracker's copy of the slices at
+    their own size (kept for SaveAnnotation; none for grey 512x512 slices, which are the inputs themselves) and one
+    object's bit-packed result. An RGB video [frames, rows, columns, 3] has three channels.
     """
     slices, rows, columns = (int(v) for v in shape[:3])
     channels = int(shape[3]) if len(shape) == 4 else 1
     plane = rows * columns
     resized_voxels = slices * max(plane, IMAGE_SIZE * IMAGE_SIZE)
-    state_bytes = channels * slices * IMAGE_SIZE * IMAGE_SIZE + slices * ((plane + 7) // 8)
+    inputs = channels * slices * IMAGE_SIZE * IMAGE_SIZE
+    frames_copy = 0 if channels == 1 and (rows, columns) == (IMAGE_SIZE, IMAGE_SIZE) else channels * slices * plane
+    state_bytes = inputs + frames_copy + slices * ((plane + 7) // 8)
     return resized_voxels, state_bytes
 
 
