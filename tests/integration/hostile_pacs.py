@@ -17,6 +17,8 @@ study registered with ``add``; what the study's ``mode`` says decides how:
 - ``many_instances`` (made by ``many_instances_study``): every search is valid and pages as asked, but the series
   lists more instances than a service opens (no instance is ever retrieved).
 
+Every STOW-RS (any POST) is refused with 400, after its body is read: a PACS that will not store.
+
 Every request path is recorded in ``requests``.  ``stop`` closes the server and wakes every stalled handler.
 """
 
@@ -175,6 +177,13 @@ class HostilePacs:
                     pacs.answer(self)
                 except (TimeoutError, BrokenPipeError, ConnectionResetError):
                     pass  # the service stopped reading: what a hostile PACS wants to see
+
+            def do_POST(self) -> None:
+                pacs.requests.append(f"POST {self.path}")
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                self.send_response(400, "Storage refused")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+import pydicom
 import pytest
 from google.protobuf import json_format
 from google.protobuf.message import Message
@@ -285,18 +286,41 @@ class Hostile:
     many: HostileStudy
     """A series whose valid, paged instance search lists more instances than the full server opens."""
     source: HostileStudy
-    """An honest series of SLICES 16x16 slices: not the upload (ROWS x COLS) that names its UIDs."""
+    """An honest series of SLICES slices of ROWS x COLS, the headers of uploads that name its UIDs."""
+    slice_uids: list[str]
+    """Its instances in the order of their positions (not of their instance numbers), as an upload names them."""
+    geometry: pb.PatientGeometry
+    """Where those slices lie, as an upload of it says (a SEG is placed by it)."""
 
 
 @pytest.fixture(scope="module")
 def hostile(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hostile]:
     folder = tmp_path_factory.mktemp("hostile")
-    write_synthetic_ct(folder, slices=SLICES, size=16, seed=7)
+    write_synthetic_ct(folder, slices=SLICES, size=ROWS, seed=7)
+    slices = []
+    for path in folder.glob("*.dcm"):  # ROWS x COLS, as the walk's uploads
+        ds = pydicom.dcmread(path)
+        ds.Columns, ds.PixelData = COLS, bytes(ROWS * COLS * 2)
+        ds.save_as(path)
+        slices.append(ds)
+    normal = np.cross(*np.reshape(slices[0].ImageOrientationPatient, (2, 3)))
+    slices.sort(key=lambda ds: float(np.dot(normal, ds.ImagePositionPatient)))
+    first, second = slices[:2]
+    geometry = pb.PatientGeometry(
+        origin=first.ImagePositionPatient,
+        row_direction=first.ImageOrientationPatient[:3],
+        column_direction=first.ImageOrientationPatient[3:],
+        slice_step=np.subtract(second.ImagePositionPatient, first.ImagePositionPatient).tolist(),
+    )
     # More than list_instances' bound (twice the instances --max-study-voxels admits, plus a page), in pages.
     count = 2 * fetch_limits(FULL_MAX_STUDY_VOXELS).max_instances + QIDO_PAGE_SIZE + 1
     with HostilePacs() as server:
         yield Hostile(
-            server.url, server.add(many_instances_study(count)), server.add(study_from_folder(folder, "honest"))
+            server.url,
+            server.add(many_instances_study(count)),
+            server.add(study_from_folder(folder, "honest")),
+            [str(ds.SOPInstanceUID) for ds in slices],
+            geometry,
         )
 
 
@@ -392,8 +416,9 @@ def walked(full: dict[str, Caller], bare: Caller, hostile: Hostile, frames: np.n
     step("NO_DICOM_SOURCE", alice, "GetResult", seg)
     a.save_annotation(sid)  # the store's cap (1 byte) is checked before a save: the first fills the folder
     step("ANNOTATION_QUOTA", alice, "SaveAnnotation", pb.SaveAnnotationRequest(session_id=sid))
-    identity = {"study_uid": "1.2", "series_uid": "1.2.3", "sop_instance_uids": [f"1.2.3.{k}" for k in range(SLICES)]}
-    named = a.create_session(frames, preset="none", identity=identity).session_id
+    source = hostile.source  # an upload that names its DICOM instances, whose headers only the PACS holds
+    identity = {"study_uid": source.study_uid, "series_uid": source.series_uid, "sop_instance_uids": hostile.slice_uids}
+    named = a.create_session(frames, preset="none", identity=identity, geometry=hostile.geometry).session_id
     a.add_box(named, 1, 1, BOX)
     named_seg = pb.GetResultRequest(session_id=named, format=pb.RESULT_FORMAT_DICOM_SEG)
     step("DICOM_HEADERS_MISSING", alice, "GetResult", named_seg)
@@ -405,18 +430,17 @@ def walked(full: dict[str, Caller], bare: Caller, hostile: Hostile, frames: np.n
     for name, endpoint in [
         ("PACS_ACCESS_DENIED", "denied"),
         ("NOT_FOUND", "empty"),
-        ("PACS_REJECTED", "refuses"),  # the same refusal a STOW-RS gets, here on the series search
+        ("PACS_REFUSED", "refuses"),
         ("PACS_BAD_RESPONSE", "html"),
     ]:
         study = pb.StudyHeader(pacs=pb.PacsReference(endpoint=endpoint, study_uid="1.2.3"))
         step(name, alice, "CreateSession", Upload(study))
     many = pb.StudyHeader(pacs=pb.PacsReference(endpoint="hostile", study_uid=hostile.many.study_uid))
     step("PACS_TOO_MANY_RESULTS", alice, "CreateSession", Upload(many))
-    # An upload that names a PACS series of other slices: StoreResult reads its headers there and refuses.
-    source = hostile.source
-    named_source = {"study_uid": source.study_uid, "series_uid": source.series_uid}
-    named_source["sop_instance_uids"] = source.sop_uids
-    other = a.create_session(frames, preset="none", identity=named_source).session_id
+    # StoreResult reads the named series' headers from the PACS, builds the SEG and SR, and the PACS refuses them.
+    step("PACS_REJECTED", alice, "StoreResult", pb.StoreResultRequest(session_id=named, endpoint="hostile"))
+    # The same UIDs on an upload of other slices: the PACS's headers do not describe its voxels.
+    other = a.create_session(frames[:, :16, :16], preset="none", identity=identity).session_id
     store = pb.StoreResultRequest(session_id=other, endpoint="hostile")
     step("DICOM_SOURCE_MISMATCH", alice, "StoreResult", store)
     step("MODEL_NOT_VERSIONED", root, "SetModelVersion", pb.SetModelVersionRequest(version=2))
