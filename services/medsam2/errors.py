@@ -136,6 +136,12 @@ class PermissionDenied(Medsam2Error):
     reason = "PERMISSION_DENIED"
 
 
+class Unsupported(Medsam2Error):
+    """The request needs a protocol feature this server does not implement (an HTTP method, version or coding)."""
+
+    reason = "UNSUPPORTED_PROTOCOL"
+
+
 class TimedOut(Medsam2Error):
     """Work did not finish within its deadline (an upload, a fetch from PACS)."""
 
@@ -258,11 +264,20 @@ REASONS: tuple[Reason, ...] = (
         "MALFORMED_REQUEST",
         InvalidInput,
         False,
-        "body, X-Medsam2-Header, Transfer-Encoding or request (its line or headers)",
+        "body, X-Medsam2-Header or request (its line or headers)",
         "HTTP gateway: a request line, header, Content-Length, chunked framing or JSON body it cannot read (400).",
     ),
     Reason(
         "UNSUPPORTED_MEDIA_TYPE", InvalidInput, False, "Content-Type", "HTTP gateway: a Content-Type it does not take."
+    ),
+    # UNIMPLEMENTED: the server does not implement what the request needs.
+    Reason(
+        "UNSUPPORTED_PROTOCOL",
+        Unsupported,
+        False,
+        "request or Transfer-Encoding",
+        "HTTP gateway: an HTTP method, HTTP version or Transfer-Encoding (other than chunked) it does not serve "
+        "(501, 505).",
     ),
     # ABORTED: someone else holds the session.
     Reason("SESSION_BUSY", SessionBusy, True, "", "Another request (a streaming Propagate) holds the session."),
@@ -307,6 +322,14 @@ REASONS: tuple[Reason, ...] = (
     Reason("PACS_TOO_MANY_PAGES", CapacityExceeded, False, "", "A PACS search kept paging past its page bound."),
     Reason("PACS_TOO_MANY_RESULTS", CapacityExceeded, False, "", "A PACS search listed more instances than allowed."),
     Reason("BODY_TOO_LARGE", CapacityExceeded, False, "", "HTTP gateway: a body larger than max_message_bytes (413)."),
+    Reason(
+        "HEADERS_TOO_LARGE",
+        CapacityExceeded,
+        False,
+        "",
+        "HTTP gateway: a request line or headers longer than it reads (414, 431); a large upload header goes at "
+        "the start of the body (application/vnd.medsam2.upload).",
+    ),
     # UNAVAILABLE.
     Reason("BACKEND_UNAVAILABLE", BackendUnavailable, True, "", "The inference backend is not there or not ready."),
     Reason("PACS_UNAVAILABLE", BackendUnavailable, True, "", "The PACS cannot be reached or failed."),

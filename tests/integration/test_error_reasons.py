@@ -69,6 +69,8 @@ REST_ONLY = {
     "MALFORMED_REQUEST",
     "UNSUPPORTED_MEDIA_TYPE",
     "BODY_TOO_LARGE",
+    "HEADERS_TOO_LARGE",
+    "UNSUPPORTED_PROTOCOL",
     "NO_SUCH_PATH",
     "NO_SUCH_METHOD",
 }
@@ -460,6 +462,9 @@ def walked(full: dict[str, Caller], bare: Caller, hostile: Hostile, frames: np.n
     rest_only("MALFORMED_REQUEST", "POST", "/v1/GetSession", b"{", {"Content-Type": "application/json"})
     too_large = b" " * (MAX_MESSAGE_BYTES + 1)
     rest_only("BODY_TOO_LARGE", "POST", "/v1/GetSession", too_large, {"Content-Type": "application/json"})
+    big_header = {"Content-Type": "application/json", "X-Medsam2-Header": "x" * 70_000}  # past 64 KiB a line
+    rest_only("HEADERS_TOO_LARGE", "POST", "/v1/GetSession", b"{}", big_header)
+    rest_only("UNSUPPORTED_PROTOCOL", "PUT", "/v1/GetSession", b"{}", {"Content-Type": "application/json"})
 
     # The bare server: no PACS, no annotation store, one session at most.
     b = bare.client
@@ -552,7 +557,7 @@ def test_rest_says_what_grpc_says_for_the_same_request(walked: Walk) -> None:
 
 
 def test_the_gateway_s_own_refusals_keep_their_http_status(walked: Walk) -> None:
-    """REST only: the HTTP status says what HTTP says (415, 413), the details say the catalogue's reason."""
+    """REST only: the HTTP status says what HTTP says (415, 413, 431, 501), the details the catalogue's reason."""
     statuses = {name: walked.refusals["rest"][name].http for name in REST_ONLY}
     assert statuses == {
         "NO_SUCH_PATH": 404,
@@ -560,4 +565,6 @@ def test_the_gateway_s_own_refusals_keep_their_http_status(walked: Walk) -> None
         "UNSUPPORTED_MEDIA_TYPE": 415,
         "MALFORMED_REQUEST": 400,
         "BODY_TOO_LARGE": 413,
+        "HEADERS_TOO_LARGE": 431,
+        "UNSUPPORTED_PROTOCOL": 501,
     }
