@@ -311,7 +311,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         """The HTTP server's own refusals (bad request line, headers too large, ...) with the JSON error body."""
         self.close_connection = True
-        reason = _ERROR_REASON.get(code, "MALFORMED_REQUEST")
+        reason, field = _ERROR_REASON.get(code, ("MALFORMED_REQUEST", "request"))
         try:
             phrase = HTTPStatus(code).phrase
         except ValueError:
@@ -319,7 +319,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
         text = message or phrase
         if self.command is None or self.request_version == "HTTP/0.9":
             self.command, self.request_version = "GET", "HTTP/1.1"
-        self._error(code, text, reason=reason, field="" if reason == "HEADERS_TOO_LARGE" else "request")
+        self._error(code, text, reason=reason, field=field)
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s %s", self.address_string(), format % args)
@@ -769,10 +769,10 @@ class _SocketWriter(io.BufferedIOBase):
 
 
 _ERROR_REASON = {
-    414: "HEADERS_TOO_LARGE",  # the request line
-    431: "HEADERS_TOO_LARGE",
-    501: "UNSUPPORTED_PROTOCOL",  # a method without a do_ handler
-    505: "UNSUPPORTED_PROTOCOL",  # HTTP/2 or later on this HTTP/1.1 server
+    414: ("HEADERS_TOO_LARGE", ""),  # the request line
+    431: ("HEADERS_TOO_LARGE", ""),
+    501: ("UNSUPPORTED_PROTOCOL", "request"),  # a method without a do_ handler
+    505: ("UNSUPPORTED_PROTOCOL", "request"),  # HTTP/2 or later on this HTTP/1.1 server
 }
-"""Reasons of the HTTP server's own refusals (``send_error``); the rest (400) are MALFORMED_REQUEST. The catalogue
-gives each its status (``context.catalogued``)."""
+"""Reason and field at fault of the HTTP server's own refusals (``send_error``); the rest (400) are
+MALFORMED_REQUEST of the request. The catalogue gives each reason its status (``context.catalogued``)."""
