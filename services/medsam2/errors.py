@@ -136,6 +136,12 @@ class PermissionDenied(Medsam2Error):
     reason = "PERMISSION_DENIED"
 
 
+class Unsupported(Medsam2Error):
+    """The request needs a protocol feature this server does not implement (an HTTP method, version or coding)."""
+
+    reason = "UNSUPPORTED_PROTOCOL"
+
+
 class TimedOut(Medsam2Error):
     """Work did not finish within its deadline (an upload, a fetch from PACS)."""
 
@@ -224,6 +230,13 @@ REASONS: tuple[Reason, ...] = (
     ),
     Reason("PRECONDITION_FAILED", PreconditionFailed, False, "", "Another state that does not allow the request."),
     Reason("PACS_BAD_RESPONSE", PreconditionFailed, False, "", "The PACS answered, but not in DICOMweb."),
+    Reason(
+        "PACS_REFUSED",
+        PreconditionFailed,
+        False,
+        "",
+        "The PACS refused a search or retrieve with an HTTP 4xx other than 401, 403 and 404.",
+    ),
     Reason("PACS_MISMATCH", PreconditionFailed, False, "", "What the PACS sent is not what was asked for."),
     Reason("PACS_WRONG_STUDY", PreconditionFailed, False, "", "The PACS sent instances of another study."),
     Reason("PACS_WRONG_SERIES", PreconditionFailed, False, "", "The PACS sent instances of another series."),
@@ -251,11 +264,20 @@ REASONS: tuple[Reason, ...] = (
         "MALFORMED_REQUEST",
         InvalidInput,
         False,
-        "body, X-Medsam2-Header, Transfer-Encoding or request (its line or headers)",
+        "body, X-Medsam2-Header or request (its line or headers)",
         "HTTP gateway: a request line, header, Content-Length, chunked framing or JSON body it cannot read (400).",
     ),
     Reason(
         "UNSUPPORTED_MEDIA_TYPE", InvalidInput, False, "Content-Type", "HTTP gateway: a Content-Type it does not take."
+    ),
+    # UNIMPLEMENTED: the server does not implement what the request needs.
+    Reason(
+        "UNSUPPORTED_PROTOCOL",
+        Unsupported,
+        False,
+        "request or Transfer-Encoding",
+        "HTTP gateway: an HTTP method, HTTP version or Transfer-Encoding (other than chunked) it does not serve "
+        "(501, 505).",
     ),
     # ABORTED: someone else holds the session.
     Reason("SESSION_BUSY", SessionBusy, True, "", "Another request (a streaming Propagate) holds the session."),
@@ -300,6 +322,14 @@ REASONS: tuple[Reason, ...] = (
     Reason("PACS_TOO_MANY_PAGES", CapacityExceeded, False, "", "A PACS search kept paging past its page bound."),
     Reason("PACS_TOO_MANY_RESULTS", CapacityExceeded, False, "", "A PACS search listed more instances than allowed."),
     Reason("BODY_TOO_LARGE", CapacityExceeded, False, "", "HTTP gateway: a body larger than max_message_bytes (413)."),
+    Reason(
+        "HEADERS_TOO_LARGE",
+        CapacityExceeded,
+        False,
+        "",
+        "HTTP gateway: a request line or headers longer than it reads (414, 431); a large upload header goes at "
+        "the start of the body (application/vnd.medsam2.upload).",
+    ),
     # UNAVAILABLE.
     Reason("BACKEND_UNAVAILABLE", BackendUnavailable, True, "", "The inference backend is not there or not ready."),
     Reason("PACS_UNAVAILABLE", BackendUnavailable, True, "", "The PACS cannot be reached or failed."),
@@ -318,7 +348,13 @@ REASONS: tuple[Reason, ...] = (
     Reason("UNAUTHENTICATED", Unauthenticated, False, "", "Missing or wrong credentials."),
     Reason("PERMISSION_DENIED", PermissionDenied, False, "", "The caller may not do this (an admin RPC)."),
     Reason("PACS_ACCESS_DENIED", ConfigError, False, "", "The PACS refused the endpoint's credentials."),
-    Reason("PACS_REJECTED", OutputNotWritable, False, "", "The PACS refused to store an object."),
+    Reason(
+        "PACS_REJECTED",
+        OutputNotWritable,
+        False,
+        "",
+        "The PACS refused to store an object (a STOW-RS 4xx, failed instances, or a store it did not confirm).",
+    ),
     Reason("UPLOAD_TIMED_OUT", UploadTimedOut, True, "", "The upload stalled or passed its deadline."),
     Reason("TIMED_OUT", TimedOut, True, "", "Work did not finish within its deadline."),
     Reason("PACS_DEADLINE_EXCEEDED", TimedOut, True, "", "A PACS fetch passed its endpoint's deadline."),

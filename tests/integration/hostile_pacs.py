@@ -1,8 +1,8 @@
 """A DICOMweb server on loopback that misbehaves on purpose, one way per study UID.
 
 QIDO-RS (``/studies/S/series``, ``/studies/S/series/SE/instances``) and
-WADO-RS (``/studies/S/series/SE``) answer for every study registered with
-``add``; what the study's ``mode`` says decides how:
+WADO-RS (``/studies/S/series/SE``, and its headers alone at ``/studies/S/series/SE/metadata``) answer for every
+study registered with ``add``; what the study's ``mode`` says decides how:
 
 - ``honest``: what a good PACS sends;
 - ``endless``: a multipart body that never closes (one part header, then bytes without end);
@@ -14,6 +14,10 @@ WADO-RS (``/studies/S/series/SE``) answer for every study registered with
 - ``trickle``: the WADO-RS body arrives at 1 byte/s;
 - ``wrong_content_type``: WADO-RS answers 200 with an HTML page;
 - ``broken_off``: WADO-RS announces its length, sends half, and closes the connection.
+- ``many_instances`` (made by ``many_instances_study``): every search is valid and pages as asked, but the series
+  lists more instances than a service opens (no instance is ever retrieved).
+
+Every STOW-RS (any POST) is refused with 400, after its body is read: a PACS that will not store.
 
 Every request path is recorded in ``requests``.  ``stop`` closes the server and wakes every stalled handler.
 """
@@ -107,6 +111,13 @@ def study_from_folder(folder: Path, mode: str) -> HostileStudy:
     return study
 
 
+def many_instances_study(count: int) -> HostileStudy:
+    """A series of ``count`` 16x16 instances that the PACS lists honestly, page by page, and never sends."""
+    root = "1.2.826.0.1.3680043.10.9998"
+    uids = [f"{root}.3.{k + 1}" for k in range(count)]
+    return HostileStudy("many_instances", f"{root}.1", f"{root}.2", [], uids, 16, 16, count * 16 * 16 * 2)
+
+
 def deflate_bomb(ds: Dataset) -> bytes:
     """``ds`` as a Deflated Explicit VR Little Endian stream whose pixel data inflates to ``BOMB_BYTES`` zeros."""
     header = Dataset()
@@ -134,6 +145,13 @@ def deflate_bomb(ds: Dataset) -> bytes:
     return b"\0" * 128 + b"DICM" + meta.getvalue() + bytes(body)
 
 
+def _metadata(part: bytes) -> dict:
+    """An instance's DICOM JSON model without its pixels, as WADO-RS metadata answers."""
+    ds = pydicom.dcmread(io.BytesIO(part))
+    del ds.PixelData
+    return ds.to_json_dict()
+
+
 def _item(attributes: dict[str, tuple[str, object]]) -> dict:
     return {tag: {"vr": vr, "Value": [value]} for tag, (vr, value) in attributes.items()}
 
@@ -159,6 +177,13 @@ class HostilePacs:
                     pacs.answer(self)
                 except (TimeoutError, BrokenPipeError, ConnectionResetError):
                     pass  # the service stopped reading: what a hostile PACS wants to see
+
+            def do_POST(self) -> None:
+                pacs.requests.append(f"POST {self.path}")
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                self.send_response(400, "Storage refused")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
@@ -216,6 +241,8 @@ class HostilePacs:
             self._instances(handler, study, int(query.get("limit", 100)), int(query.get("offset", 0)))
         elif parts[2:] == ["series", study.series_uid]:
             self._retrieve(handler, study)
+        elif parts[2:] == ["series", study.series_uid, "metadata"]:
+            self._json(handler, [_metadata(part) for part in study.parts])
         else:
             handler.send_error(404)
 

@@ -5,10 +5,12 @@ Each refusal must carry the catalogue's status and reason, a BadRequest field fo
 RetryInfo exactly where the catalogue says a retry can help. Over REST the body's ``google.rpc.Status`` (HTTP
 status, status name, message, every detail) must equal what gRPC said for the same request, and a RetryInfo comes
 with its Retry-After. The gateway's own refusals (before a call reaches the servicer) exist over REST only and are
-walked there. A stand-in PACS answers each endpoint one wrong way (401, 400, an empty search, HTML). Reasons that
-need infrastructure this module does not start (a hostile or real PACS serving instances, a versioned repository,
-a session store, a stalled upload, a draining server) are listed with the test that triggers them, and the rest
-with why no request can trigger them, so the walk covers the whole catalogue.
+walked there. A stand-in PACS answers each endpoint one wrong way (401, 400, an empty search, HTML), and the hostile
+DICOMweb server of hostile_pacs.py lists a series too large to open and holds a series other than an upload that
+names it. Reasons that need infrastructure this module does not start (a PACS serving instances that misbehave
+mid-transfer, a versioned repository, a session store, a stalled upload, a draining server) are listed with the
+test that triggers them, and the rest with why no request can trigger them, so the walk covers the whole
+catalogue.
 
 Both transports share the module's two servers and walk in one pass: each step sends its request over gRPC, then
 the same request over REST, so the two answers name the same sessions.
@@ -30,10 +32,12 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+import pydicom
 import pytest
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
+from hostile_pacs import HostilePacs, HostileStudy, many_instances_study, study_from_folder
 from medsam2.api.client import Client
 from medsam2.api.pb.medsam2.v1 import segmentation_pb2 as pb
 from medsam2.backends.onnxruntime_backend import OnnxRuntimeBackend
@@ -41,7 +45,9 @@ from medsam2.errors import REASON_BY_NAME, REASONS
 from medsam2.gateway.context import HTTP_STATUS
 from medsam2.server.app import RunningServer, start_server
 from medsam2.server.config import ServerSettings
+from medsam2.server.pacs_fetches import fetch_limits
 from medsam2.server.status import status_for
+from medsam2.testing.synthetic_ct import write_synthetic_ct
 from medsam2_export.parity import synthetic_volume
 from rpc_errors import rpc_failure, status_json
 from serve_process import free_port
@@ -51,6 +57,10 @@ UNREACHABLE = "http://127.0.0.1:9/dicom-web"  # the discard port: connections ar
 BOX = (4.0, 4.0, 24.0, 24.0)
 MAX_MESSAGE_BYTES = 1 << 20
 """The full server's message limit (gRPC messages, REST bodies), small enough to pass over REST cheaply."""
+FULL_MAX_STUDY_VOXELS = 512 * 512 * 64
+"""The full server's study limit: 64 slices, so a series too large to list takes few QIDO-RS items."""
+QIDO_PAGE_SIZE = 100
+"""The hostile endpoint's QIDO-RS page: the too-large series lists in a few valid pages."""
 TRANSPORTS = ("grpc", "rest")
 SERVICE = pb.DESCRIPTOR.services_by_name["SegmentationService"]
 
@@ -59,6 +69,8 @@ REST_ONLY = {
     "MALFORMED_REQUEST",
     "UNSUPPORTED_MEDIA_TYPE",
     "BODY_TOO_LARGE",
+    "HEADERS_TOO_LARGE",
+    "UNSUPPORTED_PROTOCOL",
     "NO_SUCH_PATH",
     "NO_SUCH_METHOD",
 }
@@ -89,8 +101,6 @@ ELSEWHERE = {
     "PACS_WRONG_SERIES": "tests/unit/test_pacs_bounds.py",
     "PACS_UNLISTED_INSTANCE": "tests/unit/test_pacs_bounds.py",
     "PACS_INCOMPLETE_SERIES": "tests/unit/test_pacs_bounds.py",
-    "PACS_TOO_MANY_RESULTS": "not triggered yet: needs a PACS whose series search pages are valid and whose "
-    "instance search lists more instances than --max-study-voxels admits",
     "PACS_MISMATCH": "the type's default: every check names a finer reason",
     "TIMED_OUT": "the type's default: uploads and PACS fetches name finer reasons",
     # The drain and retries:
@@ -99,17 +109,19 @@ ELSEWHERE = {
     # The HTTP gateway's own refusals (REST only):
     "GATEWAY_BUSY": "test_gateway_edges.py",
     "NOT_BUILT": "test_ohif_gateway.py (an unbuilt OHIF; REST only)",
-    # Not triggered by any request test yet, and why (the merger may add them):
-    "DICOM_SOURCE_MISMATCH": "needs a PACS holding a series that differs from the upload",
-    "MODEL_VERSION_UNAVAILABLE": "needs a session store and a replica without the session's version",
+    # A session store and a replica whose repository lacks the session's version (gRPC and REST, same details):
+    "MODEL_VERSION_UNAVAILABLE": "test_model_versions.py::"
+    "test_a_replica_without_the_session_s_version_refuses_it_on_both_transports",
+    # The servicer's own limits and store, in the unit tier:
+    "SERVICE_FULL": "tests/unit/test_servicer_tenancy.py (every session busy at once; needs a second principal)",
+    "UPLOADS_FULL": "tests/unit/test_servicer_errors.py (more concurrent uploads than the cap)",
+    "STORE_UNAVAILABLE": "tests/unit/test_servicer_errors.py and test_servicer_replay.py (a store that refuses)",
+    # Defaults and reasons no request can trigger, and why:
     "PRECONDITION_FAILED": "the type's default: every service raise names a finer reason",
     "CAPACITY_EXCEEDED": "the type's default: every service raise names a finer reason",
     "CHECKPOINT_ERROR": "raised at start-up and by the CLI, never by a request",
     "CONFIG_ERROR": "raised at start-up, never by a request",
     "OUTPUT_NOT_WRITABLE": "raised by the CLI's outputs, never by a request",
-    "SERVICE_FULL": "tests/unit/test_servicer_tenancy.py (every session busy at once; needs a second principal)",
-    "UPLOADS_FULL": "tests/unit/test_servicer_errors.py (more concurrent uploads than the cap)",
-    "STORE_UNAVAILABLE": "tests/unit/test_servicer_errors.py and test_servicer_replay.py (a store that refuses)",
     "CLIENT_CANCELLED": "the client left, so it never reads the status (counted in metrics: test_error_details.py)",
 }
 
@@ -274,14 +286,63 @@ def pacs() -> Iterator[str]:
     server.server_close()
 
 
+@dataclass(frozen=True)
+class Hostile:
+    """The hostile DICOMweb server (hostile_pacs.py) and the studies it holds for the walk."""
+
+    url: str
+    many: HostileStudy
+    """A series whose valid, paged instance search lists more instances than the full server opens."""
+    source: HostileStudy
+    """An honest series of SLICES slices of ROWS x COLS, the headers of uploads that name its UIDs."""
+    slice_uids: list[str]
+    """Its instances in the order of their positions (not of their instance numbers), as an upload names them."""
+    geometry: pb.PatientGeometry
+    """Where those slices lie, as an upload of it says (a SEG is placed by it)."""
+
+
 @pytest.fixture(scope="module")
-def full(graphs: dict[str, Path], pacs: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Caller]]:
-    """A server with PACS endpoints (one down, the others answering badly), a tiny annotation store, tokens and an
-    admin."""
+def hostile(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hostile]:
+    folder = tmp_path_factory.mktemp("hostile")
+    write_synthetic_ct(folder, slices=SLICES, size=ROWS, seed=7)
+    slices = []
+    for path in folder.glob("*.dcm"):  # ROWS x COLS, as the walk's uploads
+        ds = pydicom.dcmread(path)
+        ds.Columns, ds.PixelData = COLS, bytes(ROWS * COLS * 2)
+        ds.save_as(path)
+        slices.append(ds)
+    normal = np.cross(*np.reshape(slices[0].ImageOrientationPatient, (2, 3)))
+    slices.sort(key=lambda ds: float(np.dot(normal, ds.ImagePositionPatient)))
+    first, second = slices[:2]
+    geometry = pb.PatientGeometry(
+        origin=first.ImagePositionPatient,
+        row_direction=first.ImageOrientationPatient[:3],
+        column_direction=first.ImageOrientationPatient[3:],
+        slice_step=np.subtract(second.ImagePositionPatient, first.ImagePositionPatient).tolist(),
+    )
+    # More than list_instances' bound (twice the instances --max-study-voxels admits, plus a page), in pages.
+    count = 2 * fetch_limits(FULL_MAX_STUDY_VOXELS).max_instances + QIDO_PAGE_SIZE + 1
+    with HostilePacs() as server:
+        yield Hostile(
+            server.url,
+            server.add(many_instances_study(count)),
+            server.add(study_from_folder(folder, "honest")),
+            [str(ds.SOPInstanceUID) for ds in slices],
+            geometry,
+        )
+
+
+@pytest.fixture(scope="module")
+def full(
+    graphs: dict[str, Path], pacs: str, hostile: Hostile, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Caller]]:
+    """A server with PACS endpoints (one down, the others answering badly, one hostile), a tiny annotation store,
+    tokens and an admin."""
     folder = tmp_path_factory.mktemp("reasons")
     tokens = folder / "tokens"
     tokens.write_text("alice:alice-secret\nroot:root-secret\n")
     endpoints = {f"MEDSAM2_PACS_{name.upper()}_URL": f"{pacs}/{name}" for name in _Pacs.ANSWERS}
+    endpoints |= {"MEDSAM2_PACS_HOSTILE_URL": hostile.url, "MEDSAM2_PACS_HOSTILE_QIDO_PAGE_SIZE": str(QIDO_PAGE_SIZE)}
     running = _start(
         graphs,
         {"MEDSAM2_PACS_DOWN_URL": UNREACHABLE, "MEDSAM2_PACS_DOWN_TIMEOUT_S": "2", **endpoints},
@@ -290,6 +351,7 @@ def full(graphs: dict[str, Path], pacs: str, tmp_path_factory: pytest.TempPathFa
         annotations_dir=folder / "store",
         annotations_max_bytes=1,
         max_message_bytes=MAX_MESSAGE_BYTES,
+        max_study_voxels=FULL_MAX_STUDY_VOXELS,
     )
     target = f"127.0.0.1:{running.port}"
     tokens_of = {"alice": "alice-secret", "root": "root-secret", "stranger": "wrong"}
@@ -327,7 +389,7 @@ def _box(session_id: str, object_id: int, slice_index: int, box: tuple[float, ..
 
 
 @pytest.fixture(scope="module")
-def walked(full: dict[str, Caller], bare: Caller, frames: np.ndarray) -> Walk:
+def walked(full: dict[str, Caller], bare: Caller, hostile: Hostile, frames: np.ndarray) -> Walk:
     """Every reason this module triggers, each request sent over gRPC and then over REST."""
     alice, root, stranger = full["alice"], full["root"], full["stranger"]
     walk = Walk()
@@ -362,8 +424,9 @@ def walked(full: dict[str, Caller], bare: Caller, frames: np.ndarray) -> Walk:
     step("NO_DICOM_SOURCE", alice, "GetResult", seg)
     a.save_annotation(sid)  # the store's cap (1 byte) is checked before a save: the first fills the folder
     step("ANNOTATION_QUOTA", alice, "SaveAnnotation", pb.SaveAnnotationRequest(session_id=sid))
-    identity = {"study_uid": "1.2", "series_uid": "1.2.3", "sop_instance_uids": [f"1.2.3.{k}" for k in range(SLICES)]}
-    named = a.create_session(frames, preset="none", identity=identity).session_id
+    source = hostile.source  # an upload that names its DICOM instances, whose headers only the PACS holds
+    identity = {"study_uid": source.study_uid, "series_uid": source.series_uid, "sop_instance_uids": hostile.slice_uids}
+    named = a.create_session(frames, preset="none", identity=identity, geometry=hostile.geometry).session_id
     a.add_box(named, 1, 1, BOX)
     named_seg = pb.GetResultRequest(session_id=named, format=pb.RESULT_FORMAT_DICOM_SEG)
     step("DICOM_HEADERS_MISSING", alice, "GetResult", named_seg)
@@ -375,16 +438,24 @@ def walked(full: dict[str, Caller], bare: Caller, frames: np.ndarray) -> Walk:
     for name, endpoint in [
         ("PACS_ACCESS_DENIED", "denied"),
         ("NOT_FOUND", "empty"),
-        ("PACS_REJECTED", "refuses"),  # the same refusal a STOW-RS gets, here on the series search
+        ("PACS_REFUSED", "refuses"),
         ("PACS_BAD_RESPONSE", "html"),
     ]:
         study = pb.StudyHeader(pacs=pb.PacsReference(endpoint=endpoint, study_uid="1.2.3"))
         step(name, alice, "CreateSession", Upload(study))
+    many = pb.StudyHeader(pacs=pb.PacsReference(endpoint="hostile", study_uid=hostile.many.study_uid))
+    step("PACS_TOO_MANY_RESULTS", alice, "CreateSession", Upload(many))
+    # StoreResult reads the named series' headers from the PACS, builds the SEG and SR, and the PACS refuses them.
+    step("PACS_REJECTED", alice, "StoreResult", pb.StoreResultRequest(session_id=named, endpoint="hostile"))
+    # The same UIDs on an upload of other slices: the PACS's headers do not describe its voxels.
+    other = a.create_session(frames[:, :16, :16], preset="none", identity=identity).session_id
+    store = pb.StoreResultRequest(session_id=other, endpoint="hostile")
+    step("DICOM_SOURCE_MISMATCH", alice, "StoreResult", store)
     step("MODEL_NOT_VERSIONED", root, "SetModelVersion", pb.SetModelVersionRequest(version=2))
     step("PERMISSION_DENIED", alice, "SetModelVersion", pb.SetModelVersionRequest(version=2))
     step("UNAUTHENTICATED", stranger, "ListSessions", pb.ListSessionsRequest())
     step("SESSION_NOT_FOUND", alice, "GetSession", pb.GetSessionRequest(session_id="never-was"))
-    for s in (sid, named, empty):
+    for s in (sid, named, empty, other):
         a.close_session(s)
     step("SESSION_CLOSED", alice, "GetSession", pb.GetSessionRequest(session_id=sid))
     huge = pb.StudyHeader(shape=[4096, 4096, 4096], dtype=pb.DATA_TYPE_UINT8)
@@ -397,6 +468,9 @@ def walked(full: dict[str, Caller], bare: Caller, frames: np.ndarray) -> Walk:
     rest_only("MALFORMED_REQUEST", "POST", "/v1/GetSession", b"{", {"Content-Type": "application/json"})
     too_large = b" " * (MAX_MESSAGE_BYTES + 1)
     rest_only("BODY_TOO_LARGE", "POST", "/v1/GetSession", too_large, {"Content-Type": "application/json"})
+    big_header = {"Content-Type": "application/json", "X-Medsam2-Header": "x" * 70_000}  # past 64 KiB a line
+    rest_only("HEADERS_TOO_LARGE", "POST", "/v1/GetSession", b"{}", big_header)
+    rest_only("UNSUPPORTED_PROTOCOL", "PUT", "/v1/GetSession", b"{}", {"Content-Type": "application/json"})
 
     # The bare server: no PACS, no annotation store, one session at most.
     b = bare.client
@@ -460,6 +534,12 @@ def test_every_reason_is_triggered_by_a_request(walked: Walk, transport: str) ->
     missing = {r.name for r in REASONS} - set(refusals) - set(ELSEWHERE) - others
     assert not missing, f"reasons neither walked here nor listed with where they are tested: {sorted(missing)}"
     assert not set(refusals) & set(ELSEWHERE), "a reason both walked and listed elsewhere"
+    untested = {
+        name: where
+        for name, where in ELSEWHERE.items()
+        if "test_" not in where and not where.startswith(("the type's default", "raised "))
+    }
+    assert not untested, f"listed elsewhere, but no test named that triggers them: {untested}"
 
 
 def _timeless(refusal: Refusal) -> Refusal:
@@ -483,7 +563,7 @@ def test_rest_says_what_grpc_says_for_the_same_request(walked: Walk) -> None:
 
 
 def test_the_gateway_s_own_refusals_keep_their_http_status(walked: Walk) -> None:
-    """REST only: the HTTP status says what HTTP says (415, 413), the details say the catalogue's reason."""
+    """REST only: the HTTP status says what HTTP says (415, 413, 431, 501), the details the catalogue's reason."""
     statuses = {name: walked.refusals["rest"][name].http for name in REST_ONLY}
     assert statuses == {
         "NO_SUCH_PATH": 404,
@@ -491,4 +571,6 @@ def test_the_gateway_s_own_refusals_keep_their_http_status(walked: Walk) -> None
         "UNSUPPORTED_MEDIA_TYPE": 415,
         "MALFORMED_REQUEST": 400,
         "BODY_TOO_LARGE": 413,
+        "HEADERS_TOO_LARGE": 431,
+        "UNSUPPORTED_PROTOCOL": 501,
     }

@@ -588,7 +588,8 @@ def test_a_chunked_framed_upload_carries_a_header_of_a_thousand_sop_instance_uid
         voxels.tobytes(),
         headers={"Content-Type": "application/octet-stream", "X-Medsam2-Header": header.decode()},
     )
-    assert status == 431 and json.loads(data)["error"]["status"] == "RESOURCE_EXHAUSTED"
+    error = json.loads(data)["error"]
+    assert (status, error["status"], error["details"][0]["reason"]) == (431, "RESOURCE_EXHAUSTED", "HEADERS_TOO_LARGE")
 
 
 def test_chunked_and_framed_bodies_are_bounded(server, study) -> None:

@@ -17,6 +17,9 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from medsam2.api.client import Client
+from medsam2.errors import REASON_BY_NAME
+from medsam2.gateway.connections import MAX_HEAD_BYTES
+from medsam2.server.status import status_for
 from serve_process import ServeProcess
 
 TOKEN = "edge-test-token"
@@ -160,47 +163,74 @@ def test_expect_100_continue_is_answered_only_after_the_token(service) -> None:
     assert status == 200 and "sessions" in json.loads(data)
 
 
+_LONG_HEAD = b"GET /healthz HTTP/1.1\r\nX-Big: "
+
+
 @pytest.mark.parametrize(
-    ("request_bytes", "status", "grpc_status"),
+    ("request_bytes", "status", "reason"),
     [
-        (b"POST /v1/ListSessions HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: abc\r\n\r\n", 400, ""),
-        (b"POST /v1/ListSessions HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: \xb2\r\n\r\n", 400, ""),
-        (b"POST /v1/ListSessions HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: -1\r\n\r\n", 400, ""),
+        (
+            b"POST /v1/ListSessions HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: abc\r\n\r\n",
+            400,
+            "MALFORMED_REQUEST",
+        ),
+        (
+            b"POST /v1/ListSessions HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: \xb2\r\n\r\n",
+            400,
+            "MALFORMED_REQUEST",
+        ),
+        (
+            b"POST /v1/ListSessions HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: -1\r\n\r\n",
+            400,
+            "MALFORMED_REQUEST",
+        ),
         (
             b"POST /v1/ListSessions HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: 2\r\n"
             b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n",
             400,
-            "",
+            "MALFORMED_REQUEST",
         ),
         (
             b"POST /v1/ListSessions HTTP/1.1\r\nContent-Type: application/json\r\nTransfer-Encoding: gzip\r\n\r\n",
             501,
-            "UNIMPLEMENTED",
+            "UNSUPPORTED_PROTOCOL",
         ),
         (
             b"POST /v1/GetSession HTTP/1.1\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
             b"zz\r\n{}\r\n0\r\n\r\n",
             400,
-            "",
+            "MALFORMED_REQUEST",
         ),
-        (b"GET /static/%00 HTTP/1.1\r\n\r\n", 404, "NOT_FOUND"),
-        (b"GET /static/" + b"a" * 5000 + b" HTTP/1.1\r\n\r\n", 404, "NOT_FOUND"),
-        (b"GET /static/" + b"a/" * 2000 + b"b HTTP/1.1\r\n\r\n", 404, "NOT_FOUND"),
-        (b"GET /static/%ff%fe HTTP/1.1\r\n\r\n", 404, "NOT_FOUND"),
-        (b"HELLO\r\n\r\n", 400, ""),
-        (b"GET / HTTP/9.9\r\n\r\n", 505, "UNIMPLEMENTED"),
-        (b"DELETE /v1/GetSession HTTP/1.1\r\n\r\n", 501, "UNIMPLEMENTED"),
-        (b"GET /healthz HTTP/1.1\r\nX-Big: " + b"a" * 70000 + b"\r\n\r\n", 431, "RESOURCE_EXHAUSTED"),
+        (b"GET /static/%00 HTTP/1.1\r\n\r\n", 404, "NO_SUCH_PATH"),
+        (b"GET /static/" + b"a" * 5000 + b" HTTP/1.1\r\n\r\n", 404, "NO_SUCH_PATH"),
+        (b"GET /static/" + b"a/" * 2000 + b"b HTTP/1.1\r\n\r\n", 404, "NO_SUCH_PATH"),
+        (b"GET /static/%ff%fe HTTP/1.1\r\n\r\n", 404, "NO_SUCH_PATH"),
+        (b"HELLO\r\n\r\n", 400, "MALFORMED_REQUEST"),
+        (b"GET / HTTP/9.9\r\n\r\n", 505, "UNSUPPORTED_PROTOCOL"),
+        (b"DELETE /v1/GetSession HTTP/1.1\r\n\r\n", 501, "UNSUPPORTED_PROTOCOL"),
+        (b"GET /healthz HTTP/1.1\r\nX-Big: " + b"a" * 70000 + b"\r\n\r\n", 431, "HEADERS_TOO_LARGE"),
+        (b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\n\r\n", 414, "HEADERS_TOO_LARGE"),
+        # Past the listener's own head limit, and not a byte more (nothing is left unread when it closes): refused
+        # before a worker reads it.
+        (
+            _LONG_HEAD + b"a" * (MAX_HEAD_BYTES + 1 - len(_LONG_HEAD)),
+            431,
+            "HEADERS_TOO_LARGE",
+        ),
     ],
 )
-def test_malformed_requests_get_a_json_error_and_no_traceback(service, request_bytes, status, grpc_status) -> None:
+def test_malformed_requests_get_a_json_error_and_no_traceback(service, request_bytes, status, reason) -> None:
+    """Each gets HTTP's own status, and the catalogue's status and details for its reason."""
     line, sep, rest = request_bytes.partition(b"\r\n")
     if line.startswith(b"POST"):  # authenticated: what is refused is the request's form, not the caller
         request_bytes = line + sep + f"Authorization: Bearer {TOKEN}\r\n".encode() + rest
     got, _, body = _raw(service.http_port, request_bytes)
     assert got == status, body
-    assert body["error"]["status"] == (grpc_status or "INVALID_ARGUMENT")
-    assert body["error"]["details"][0]["@type"] == "type.googleapis.com/google.rpc.ErrorInfo"
+    code = status_for(REASON_BY_NAME[reason].error)
+    assert (body["error"]["code"], body["error"]["status"]) == (status, code.name), body
+    kinds = [d["@type"].removeprefix("type.googleapis.com/google.rpc.") for d in body["error"]["details"]]
+    assert kinds == (["ErrorInfo", "BadRequest"] if code is grpc.StatusCode.INVALID_ARGUMENT else ["ErrorInfo"])
+    assert body["error"]["details"][0]["reason"] == reason
     assert "Traceback" not in service.log.read_text(errors="replace")
 
 
@@ -321,7 +351,10 @@ def test_beyond_its_caps_the_gateway_answers_503_with_retry_after() -> None:
         time.sleep(0.5)
         status, headers, data = _raw(port, b"GET /healthz HTTP/1.1\r\n\r\n")
         assert (status, headers["retry-after"], data["error"]["status"]) == (503, "1", "UNAVAILABLE")
-        assert data["error"]["details"][0]["reason"] == "GATEWAY_BUSY"
+        assert data["error"]["details"] == [  # the catalogue's details, as every gateway refusal carries them
+            {"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "GATEWAY_BUSY", "domain": "medsam2"},
+            {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "1s"},
+        ]
         while server.open_connections < limits.max_connections:
             opened.append(socket.create_connection(("127.0.0.1", port), timeout=60))
             time.sleep(0.05)

@@ -19,6 +19,7 @@ import pytest
 
 import patience
 from medsam2.api.client import Client
+from medsam2.api.pb.medsam2.v1 import segmentation_pb2 as pb
 from medsam2.backends.onnxruntime_backend import OnnxRuntimeBackend
 from medsam2.cli.main import main
 from medsam2.engine.prompts import Box
@@ -33,7 +34,7 @@ from medsam2.server.versions import VersionedBackends
 from medsam2_export import model_repository
 from medsam2_export.parity import synthetic_volume
 from redis_server import RedisServer, unavailable_reason
-from rpc_errors import rpc_reason
+from rpc_errors import rpc_failure, rpc_reason, status_json
 
 SLICES, ROWS, COLS = 5, 40, 48
 
@@ -295,15 +296,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _post_json(port: int, method: str, payload: dict, token: str) -> tuple[int, dict]:
+def _post_json(port: int, method: str, payload: dict, token: str | None) -> tuple[int, dict]:
+    """POST one REST call (with ``token`` as its bearer token, unless None); its HTTP status and JSON body."""
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    headers = {"Content-Type": "application/json"} | ({"Authorization": f"Bearer {token}"} if token else {})
     try:
-        connection.request(
-            "POST",
-            f"/v1/{method}",
-            body=json.dumps(payload),
-            headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
-        )
+        connection.request("POST", f"/v1/{method}", body=json.dumps(payload), headers=headers)
         response = connection.getresponse()
         return response.status, json.loads(response.read() or b"{}")
     finally:
@@ -337,6 +335,47 @@ def test_a_rebuilt_session_keeps_its_version(graphs, tmp_path: Path) -> None:
         assert replicas[1].backend.loaded() == {1: 1, 2: 0}  # version 1 loaded for that session only
         assert b.close_session(session.session_id)
         assert replicas[1].backend.loaded() == {2: 0}
+        a.close()
+        b.close()
+    finally:
+        for running in replicas:
+            running.stop(1)
+        redis.stop()
+
+
+@pytest.mark.skipif(unavailable_reason() is not None, reason=str(unavailable_reason()))
+def test_a_replica_without_the_session_s_version_refuses_it_on_both_transports(graphs, tmp_path: Path) -> None:
+    """Replica B's repository lacks version 1, on which replica A opened a session: B cannot rebuild it and says
+    MODEL_VERSION_UNAVAILABLE, over gRPC and over REST with the same google.rpc details (the catalogue walk,
+    test_error_reasons.py, points here for this reason)."""
+    frames, _ = synthetic_volume(seed=3, slices=SLICES, height=ROWS, width=COLS)
+    repos = {1: tmp_path / "repo-a", 2: tmp_path / "repo-b"}
+    for version, repo in repos.items():
+        _add_version(repo, graphs["present"], version)
+    redis = RedisServer(tmp_path / "redis", password="versions-pw").start()
+    replicas = []
+    try:
+        for repo in repos.values():
+            settings = ServerSettings(
+                port=0, metrics_port=0, http_port=_free_port(), model_repository=repo, session_store=redis.url
+            )
+            replicas.append(start_server(settings, make_backend(settings, 1), metrics_server=False))
+        a, b = (Client(f"127.0.0.1:{r.port}") for r in replicas)
+        session = a.create_session(frames, preset="none")
+        assert session.model.version == 1 and session.durable
+        request = pb.GetSessionRequest(session_id=session.session_id)
+        error = rpc_failure(lambda: b.stub.GetSession(request, metadata=b.metadata))
+        assert error.code() is grpc.StatusCode.FAILED_PRECONDITION, error
+        assert rpc_reason(error) == "MODEL_VERSION_UNAVAILABLE"
+        assert "opened on model version 1, which this replica cannot load" in error.details()
+        status, message, details = status_json(error)
+        assert [d["@type"].rsplit(".", 1)[1] for d in details] == ["ErrorInfo"]  # permanent: no RetryInfo
+        assert details[0]["domain"] == "medsam2"
+        http_status, body = _post_json(replicas[1].http_port, "GetSession", {"sessionId": session.session_id}, None)
+        assert http_status == 400
+        assert body == {"error": {"code": 400, "status": status, "message": message, "details": details}}
+        assert replicas[1].backend.loaded() == {2: 0}  # nothing of version 1 was loaded, nor left held
+        assert a.get_session(session.session_id).model.version == 1  # A still serves it
         a.close()
         b.close()
     finally:

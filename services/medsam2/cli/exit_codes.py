@@ -16,6 +16,7 @@ from medsam2.errors import (
     PreconditionFailed,
     SessionBusy,
     Unauthenticated,
+    Unsupported,
     UploadTimedOut,
 )
 
@@ -27,6 +28,7 @@ USAGE = 2
 
 _CODES: list[tuple[type[Medsam2Error], int]] = [
     (InvalidInput, USAGE),
+    (Unsupported, USAGE),
     (ConfigError, USAGE),
     (NotFound, 3),
     (CheckpointError, 4),

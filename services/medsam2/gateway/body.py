@@ -35,12 +35,12 @@ _MAX_TRAILER_LINES = 64
 
 
 class BodyError(Exception):
-    """A body the gateway refuses: its HTTP status, gRPC-style status name, ``ErrorInfo`` reason and message."""
+    """A body the gateway refuses: its HTTP status, ``ErrorInfo`` reason (the catalogue gives its status) and
+    message."""
 
-    def __init__(self, http_status: int, status: str, message: str, *, reason: str, field: str = "body") -> None:
+    def __init__(self, http_status: int, message: str, *, reason: str, field: str = "body") -> None:
         super().__init__(message)
         self.http_status = http_status
-        self.status = status
         self.reason = reason
         self.field = field
         """The part of the request at fault (``BadRequest.field``): the body unless a header is named."""
@@ -48,12 +48,12 @@ class BodyError(Exception):
 
 def too_large(limit: int, what: str = "the body") -> BodyError:
     """413: ``what`` is over ``limit`` bytes."""
-    return BodyError(413, "RESOURCE_EXHAUSTED", f"{what} is larger than {limit} bytes", reason="BODY_TOO_LARGE")
+    return BodyError(413, f"{what} is larger than {limit} bytes", reason="BODY_TOO_LARGE")
 
 
 def malformed(message: str) -> BodyError:
     """400: the body's framing is broken."""
-    return BodyError(400, "INVALID_ARGUMENT", message, reason="MALFORMED_REQUEST")
+    return BodyError(400, message, reason="MALFORMED_REQUEST")
 
 
 class RequestBody:
@@ -84,9 +84,8 @@ class RequestBody:
             if encoding != "chunked":
                 raise BodyError(
                     501,
-                    "UNIMPLEMENTED",
                     f"Transfer-Encoding {encoding!r}: only chunked is served",
-                    reason="MALFORMED_REQUEST",
+                    reason="UNSUPPORTED_PROTOCOL",
                     field="Transfer-Encoding",
                 )
             if lengths:  # both: a request-smuggling shape (RFC 9112 6.3)

@@ -26,6 +26,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from medsam2.gateway.context import catalogued
+from medsam2.gateway.context import refusal as gateway_refusal
+
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_S = 1
@@ -67,26 +70,21 @@ class Connection:
 
 
 def refusal(message: str, *, http_status: int = 503) -> bytes:
-    """A complete 503 (with Retry-After) or 431 response with the gateway's JSON error body (google.rpc.Status)."""
+    """A complete 503 (GATEWAY_BUSY, with Retry-After) or 431 (HEADERS_TOO_LARGE) response with the gateway's JSON
+    error body: the catalogue's status and details, built as every other gateway refusal is (context.refusal)."""
     busy = http_status == 503
-    reason = "GATEWAY_BUSY" if busy else "MALFORMED_REQUEST"
-    details: list[dict] = [
-        {
-            "@type": "type.googleapis.com/google.rpc.ErrorInfo",
-            "reason": reason,
-            "domain": "medsam2",
-        }
-    ]
     if busy:
-        details.append({"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": f"{RETRY_AFTER_S}s"})
-    status = "UNAVAILABLE" if busy else "RESOURCE_EXHAUSTED"
-    body = json.dumps({"error": {"code": http_status, "status": status, "message": message, "details": details}})
+        error = catalogued(message, reason="GATEWAY_BUSY", retry_after_s=RETRY_AFTER_S)
+    else:
+        error = catalogued(message, reason="HEADERS_TOO_LARGE")
+    payload, headers = gateway_refusal(http_status, error)
+    body = json.dumps(payload)
     phrase = "Service Unavailable" if busy else "Request Header Fields Too Large"
     head = (
         f"HTTP/1.1 {http_status} {phrase}\r\n"
         "Content-Type: application/json\r\n"
         f"Content-Length: {len(body)}\r\n"
-        + (f"Retry-After: {RETRY_AFTER_S}\r\n" if busy else "")
+        + "".join(f"{name}: {value}\r\n" for name, value in headers.items())
         + "Cache-Control: no-store\r\n"
         "Connection: close\r\n\r\n"
     )
@@ -232,7 +230,12 @@ class BoundedHTTPServer:
             self._dispatch(connection)
         elif len(connection.head) > MAX_HEAD_BYTES:
             self._leave(connection, idle)
-            self._refuse(connection.sock, f"the request head is longer than {MAX_HEAD_BYTES} bytes", http_status=431)
+            self._refuse(
+                connection.sock,
+                f"the request head is longer than {MAX_HEAD_BYTES} bytes (send a large upload header at the start "
+                "of the body: application/vnd.medsam2.upload)",
+                http_status=431,
+            )
             with self._lock:
                 self._open -= 1
 

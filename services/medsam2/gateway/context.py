@@ -4,8 +4,9 @@ A failed call's body is its ``google.rpc.Status`` in proto3 JSON, as Google's HT
 ``{"error": {"code": <HTTP status>, "status": "<gRPC code name>", "message": ..., "details": [...]}}``, each
 detail an ``Any`` with its ``@type`` (``ErrorInfo``, ``BadRequest``, ``RetryInfo``, ...): exactly the details the
 servicer attached for gRPC clients. A ``RetryInfo`` also becomes a ``Retry-After`` header. The gateway's own
-refusals (``refusal``: a path, a media type, a body, the OHIF proxy) build their details with the servicer's
-``rich_status``, so they follow the same catalogue rules.
+refusals (``refusal``: a path, a media type, a body, a request head, a full listener, the OHIF proxy) are domain
+errors too: their status comes from the servicer's one mapping (``status_for``) and their details from its
+``rich_status``, so they follow the same catalogue rules; only the HTTP status is HTTP's own (413, 415, 431, ...).
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ import grpc
 from google.protobuf import json_format
 from google.rpc import error_details_pb2, status_pb2
 
-from medsam2.errors import Medsam2Error
-from medsam2.server.status import rich_status
+from medsam2.errors import REASON_BY_NAME, Medsam2Error
+from medsam2.server.status import rich_status, status_for
 
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
 """The trailing metadata key under which grpc carries the serialized ``google.rpc.Status``."""
@@ -167,6 +168,11 @@ class HttpCallContext(grpc.ServicerContext):
             error["details"] = [detail_json(detail) for detail in self._status.details]
         return http, {"error": error}
 
+    def refuse(self, error: Medsam2Error) -> None:
+        """End the call with ``error``'s status and details, as the servicer's errors end (without raising)."""
+        code = status_for(error)
+        self._code, self._details, self._status = code, str(error), rich_status(code, str(error), error)
+
     def error_headers(self) -> dict[str, str]:
         """``Retry-After`` (whole seconds, rounded up) when the status carries a ``RetryInfo``."""
         return retry_after(self._status)
@@ -183,13 +189,20 @@ def retry_after(status: status_pb2.Status | None) -> dict[str, str]:
     return {}
 
 
-def refusal(http_status: int, code: grpc.StatusCode, error: Medsam2Error) -> tuple[dict, dict[str, str]]:
+def catalogued(message: str, *, reason: str, field: str = "", retry_after_s: float | None = None) -> Medsam2Error:
+    """The error of a catalogued ``reason`` (``errors.REASONS``): the catalogue's type, so its status is the
+    catalogue's. An uncatalogued reason is a bug (KeyError), not a refusal with a status picked here."""
+    return REASON_BY_NAME[reason].error(message, reason=reason, field=field, retry_after_s=retry_after_s)
+
+
+def refusal(http_status: int, error: Medsam2Error) -> tuple[dict, dict[str, str]]:
     """The JSON body and headers of a refusal the gateway makes itself (before or beside the servicer).
 
-    ``error`` names the reason (and the field, the retry delay); the details are the ones ``rich_status`` gives
-    the servicer's errors: ErrorInfo with the field in its metadata, a BadRequest for INVALID_ARGUMENT, a
-    RetryInfo (and Retry-After) exactly where the catalogue says a retry can help.
+    ``error`` names the reason (and the field, the retry delay); its status is ``status_for(error)`` and the
+    details are the ones ``rich_status`` gives the servicer's errors: ErrorInfo with the field in its metadata, a
+    BadRequest for INVALID_ARGUMENT, a RetryInfo (and Retry-After) exactly where the catalogue says a retry can help.
     """
+    code = status_for(error)
     status = rich_status(code, str(error), error)
     body = {
         "code": http_status,

@@ -6,7 +6,7 @@ import io
 
 import numpy as np
 
-from medsam2.gateway.context import HttpCallContext
+from medsam2.gateway.context import HttpCallContext, catalogued, refusal
 from medsam2.io.measurements import measure
 
 
@@ -14,7 +14,7 @@ def measurements(gateway, session_id: str, context: HttpCallContext) -> tuple[in
     """(HTTP status, JSON body): each object's voxels, volume in mL, slice span and RECIST axes."""
     get_session, get_result = gateway.routes.get("GetSession"), gateway.routes.get("GetResult")
     if get_session is None or get_result is None:
-        return 501, {"error": {"code": 501, "status": "UNIMPLEMENTED", "message": "this server has no results"}}
+        return 404, refusal(404, catalogued("this server has no results", reason="NO_SUCH_METHOD"))[0]
     session = gateway.unary(get_session, get_session.request_class()(session_id=session_id), context)
     if session is None or context.failed():
         return context.error()

@@ -40,7 +40,6 @@ from medsam2.errors import (
 )
 from medsam2.gateway.context import refusal
 from medsam2.pacs.config import PacsConfig, PacsEndpoint
-from medsam2.server.status import status_for
 
 log = logging.getLogger(__name__)
 
@@ -246,7 +245,7 @@ class OhifSite:
 
 def _error(http_status: int, error: Medsam2Error, headers: dict[str, str] | None = None) -> ProxyReply:
     """A refusal of the proxy: the HTTP status a DICOMweb client expects, the API's google.rpc details and reasons."""
-    body, extra = refusal(http_status, status_for(error), error)
+    body, extra = refusal(http_status, error)
     return ProxyReply(
         http_status, json.dumps(body).encode(), {"Content-Type": "application/json", **extra, **(headers or {})}
     )

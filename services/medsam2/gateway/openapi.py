@@ -82,14 +82,17 @@ ERROR_STATUSES: dict[str, str] = {
     "409": "ABORTED or ALREADY_EXISTS (e.g. the session is busy)",
     "411": "a body whose length the request does not declare",
     "413": "a body or upload larger than the server's limits (judged from Content-Length before reading)",
+    "414": "HEADERS_TOO_LARGE (RESOURCE_EXHAUSTED): a request line longer than the gateway reads",
     "415": "a Content-Type this route does not take",
     "429": "RESOURCE_EXHAUSTED (limits, quotas); Retry-After says when to try again",
-    "431": "request headers too large (send a large upload header in the body instead)",
+    "431": "HEADERS_TOO_LARGE (RESOURCE_EXHAUSTED): request headers too large (send a large upload header in the "
+    "body instead)",
     "499": "CANCELLED",
     "500": "INTERNAL or UNKNOWN",
-    "501": "UNIMPLEMENTED",
+    "501": "UNIMPLEMENTED (UNSUPPORTED_PROTOCOL: an HTTP method or Transfer-Encoding the gateway does not serve)",
     "503": "UNAVAILABLE (backend not ready, server draining, gateway at its connection cap); Retry-After",
     "504": "DEADLINE_EXCEEDED",
+    "505": "UNIMPLEMENTED (UNSUPPORTED_PROTOCOL: an HTTP version other than 1.0 and 1.1)",
 }
 """Every error status the gateway sends (the gRPC mapping in context.py plus its own refusals)."""
 

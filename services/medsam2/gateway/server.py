@@ -39,7 +39,7 @@ from medsam2.errors import Medsam2Error
 from medsam2.gateway import openapi
 from medsam2.gateway.body import FRAMED_UPLOAD_TYPE, BodyError, RequestBody, framed_header
 from medsam2.gateway.connections import BoundedHTTPServer, Connection, ConnectionLimits
-from medsam2.gateway.context import Aborted, HttpCallContext, refusal
+from medsam2.gateway.context import Aborted, HttpCallContext, catalogued, refusal
 from medsam2.gateway.ohif import CONTENT_SECURITY_POLICY as OHIF_CONTENT_SECURITY_POLICY
 from medsam2.gateway.ohif import OhifSite
 from medsam2.gateway.routes import CallDetails, HandlerCollector, Route, Shape, intercepted_lookup, routes_for
@@ -146,8 +146,7 @@ class Gateway:
         """Call a unary method; None when it failed (the context holds the status)."""
         handler = self.handler(route, context.invocation_metadata())
         if handler is None:
-            context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-            context.set_details(f"{route.name} is not served here")
+            context.refuse(_unserved(route))
             return None
         try:
             return handler.unary_unary(request, context)
@@ -160,8 +159,7 @@ class Gateway:
         """Call a server-streaming method; it ends early when it fails (the context holds the status)."""
         handler = self.handler(route, context.invocation_metadata())
         if handler is None:
-            context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-            context.set_details(f"{route.name} is not served here")
+            context.refuse(_unserved(route))
             return
         try:
             yield from handler.unary_stream(request, context)
@@ -169,6 +167,11 @@ class Gateway:
             return
         finally:
             context.run_callbacks()
+
+
+def _unserved(route: Route) -> Medsam2Error:
+    """A route the interceptors give no handler for: no such method here, with the catalogue's details."""
+    return catalogued(f"{route.name} is not served here; see /openapi.json", reason="NO_SUCH_METHOD")
 
 
 def stop_gateway(server: BoundedHTTPServer, timeout_s: float) -> bool:
@@ -308,7 +311,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         """The HTTP server's own refusals (bad request line, headers too large, ...) with the JSON error body."""
         self.close_connection = True
-        status = _ERROR_STATUS.get(code, "INVALID_ARGUMENT" if code < 500 else "UNKNOWN")
+        reason, field = _ERROR_REASON.get(code, ("MALFORMED_REQUEST", "request"))
         try:
             phrase = HTTPStatus(code).phrase
         except ValueError:
@@ -316,7 +319,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
         text = message or phrase
         if self.command is None or self.request_version == "HTTP/0.9":
             self.command, self.request_version = "GET", "HTTP/1.1"
-        self._error(code, status, text, reason="MALFORMED_REQUEST", field="request")
+        self._error(code, text, reason=reason, field=field)
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s %s", self.address_string(), format % args)
@@ -359,17 +362,15 @@ class _RequestHandler(BaseHTTPRequestHandler):
         status, payload = context.error()
         self._json(status, payload, context.error_headers())
 
-    def _error(
-        self, status: int, grpc_status: str, message: str, *, reason: str, field: str = "", retry_after_s: int = 0
-    ) -> None:
-        """One of the gateway's own refusals, with the details the servicer's errors carry (context.refusal)."""
-        error = Medsam2Error(message, reason=reason, field=field, retry_after_s=retry_after_s or None)
-        body, headers = refusal(status, grpc.StatusCode[grpc_status], error)
+    def _error(self, status: int, message: str, *, reason: str, field: str = "") -> None:
+        """One of the gateway's own refusals: HTTP ``status``, and the catalogue's status and details for
+        ``reason`` (context.refusal), as the servicer's errors carry them."""
+        body, headers = refusal(status, catalogued(message, reason=reason, field=field))
         self._json(status, body, headers)
 
     def _body_error(self, exc: BodyError) -> None:
         self.close_connection = True
-        self._error(exc.http_status, exc.status, str(exc), reason=exc.reason, field=exc.field)
+        self._error(exc.http_status, str(exc), reason=exc.reason, field=exc.field)
 
     def _metadata(self) -> tuple[tuple[str, str], ...]:
         # gRPC metadata keys are lower case; only the bearer token and our own x- headers are passed on.
@@ -427,7 +428,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
         elif path == "/ohif" or path.startswith("/ohif/"):
             self._ohif(path.removeprefix("/ohif").removeprefix("/"))
         else:
-            self._error(404, "NOT_FOUND", f"no page at {path[:200]}", reason="NO_SUCH_PATH")
+            self._error(404, f"no page at {path[:200]}", reason="NO_SUCH_PATH")
 
     do_HEAD = do_GET
 
@@ -437,7 +438,6 @@ class _RequestHandler(BaseHTTPRequestHandler):
         if not origin or origin not in self.options.cors_origins:
             self._error(
                 403,
-                "PERMISSION_DENIED",
                 "this origin may not call the service (--cors-origins)",
                 reason="PERMISSION_DENIED",
             )
@@ -456,9 +456,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
     def _ohif(self, name: str) -> None:
         site = self.options.ohif
         if site is None or not site.built:
-            self._error(
-                503, "UNAVAILABLE", "OHIF is not installed: run scripts/build_web.sh (needs npm)", reason="NOT_BUILT"
-            )
+            self._error(503, "OHIF is not installed: run scripts/build_web.sh (needs npm)", reason="NOT_BUILT")
             return
         if name.startswith("dicomweb/"):
             query = self.path.split("?", 1)[1] if "?" in self.path else ""
@@ -468,7 +466,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
             return
         found = site.file(name)
         if found is None:
-            self._error(404, "NOT_FOUND", f"no file {name[:200]} in OHIF", reason="NO_SUCH_PATH")
+            self._error(404, f"no file {name[:200]} in OHIF", reason="NO_SUCH_PATH")
             return
         self._send(200, *found)
 
@@ -485,11 +483,9 @@ class _RequestHandler(BaseHTTPRequestHandler):
                 target = None
         if target is None:
             if name == "index.html":
-                self._error(
-                    503, "UNAVAILABLE", "the web viewer is not built: run scripts/build_web.sh", reason="NOT_BUILT"
-                )
+                self._error(503, "the web viewer is not built: run scripts/build_web.sh", reason="NOT_BUILT")
             else:
-                self._error(404, "NOT_FOUND", f"no file {name[:200]!r}", reason="NO_SUCH_PATH")
+                self._error(404, f"no file {name[:200]!r}", reason="NO_SUCH_PATH")
             return
         kind = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
         if kind.startswith("text/") or kind in ("application/javascript", "application/json"):
@@ -508,7 +504,6 @@ class _RequestHandler(BaseHTTPRequestHandler):
             self.close_connection = True
             self._error(
                 415,
-                "INVALID_ARGUMENT",
                 "send Content-Type: application/json (or, for an upload, application/octet-stream with "
                 f"X-Medsam2-Header, or {FRAMED_UPLOAD_TYPE} with the header at the start of the body)",
                 reason="UNSUPPORTED_MEDIA_TYPE",
@@ -523,13 +518,12 @@ class _RequestHandler(BaseHTTPRequestHandler):
         route = self.gateway.routes.get(name.removesuffix(":download")) if path.startswith("/v1/") else None
         if route is None or route.shape is Shape.UNSUPPORTED or (download and not route.downloadable):
             self.close_connection = True
-            self._error(404, "NOT_FOUND", f"no method at {path[:200]}; see /openapi.json", reason="NO_SUCH_METHOD")
+            self._error(404, f"no method at {path[:200]}; see /openapi.json", reason="NO_SUCH_METHOD")
             return
         if kind != "application/json" and route.shape is not Shape.UPLOAD:
             self.close_connection = True
             self._error(
                 415,
-                "INVALID_ARGUMENT",
                 f"{route.name} takes Content-Type: application/json",
                 reason="UNSUPPORTED_MEDIA_TYPE",
                 field="Content-Type",
@@ -567,7 +561,6 @@ class _RequestHandler(BaseHTTPRequestHandler):
         except (json_format.ParseError, UnicodeDecodeError, ValueError, RecursionError) as exc:
             self._error(
                 400,
-                "INVALID_ARGUMENT",
                 f"the body is not a valid {route.method.input_type.name}: {str(exc)[:500]}",
                 reason="MALFORMED_REQUEST",
                 field="body",
@@ -635,7 +628,6 @@ class _RequestHandler(BaseHTTPRequestHandler):
             self.close_connection = True
             self._error(
                 400,
-                "INVALID_ARGUMENT",
                 f"an upload needs its {header_field} as JSON in the X-Medsam2-Header request header, at the start "
                 f"of a {FRAMED_UPLOAD_TYPE} body, or as a JSON body",
                 reason="MALFORMED_REQUEST",
@@ -670,7 +662,6 @@ class _RequestHandler(BaseHTTPRequestHandler):
             self.close_connection = True
             self._error(
                 400,
-                "INVALID_ARGUMENT",
                 f"the {header_field} is not a valid {header_class.__name__}: {str(exc)[:500]}",
                 reason="MALFORMED_REQUEST",
                 field="body" if raw is None else "X-Medsam2-Header",
@@ -701,8 +692,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
         response = None
         try:
             if handler is None:
-                context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-                context.set_details(f"{route.name} is not served here")
+                context.refuse(_unserved(route))
             else:
                 response = handler.stream_unary(messages(), context)
         except Aborted:
@@ -736,7 +726,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
             session_id = str(json.loads(body or b"{}").get("sessionId") or "")
         except (ValueError, AttributeError, RecursionError):
             message = "the body must be JSON with a sessionId"
-            self._error(400, "INVALID_ARGUMENT", message, reason="MALFORMED_REQUEST", field="body")
+            self._error(400, message, reason="MALFORMED_REQUEST", field="body")
             return
         status, payload = measurements(self.gateway, session_id, context)
         self._json(status, payload, context.error_headers() if status >= 400 else None)
@@ -778,14 +768,11 @@ class _SocketWriter(io.BufferedIOBase):
         return len(data)
 
 
-_ERROR_STATUS = {
-    400: "INVALID_ARGUMENT",
-    404: "NOT_FOUND",
-    408: "DEADLINE_EXCEEDED",
-    413: "RESOURCE_EXHAUSTED",
-    414: "INVALID_ARGUMENT",
-    431: "RESOURCE_EXHAUSTED",
-    501: "UNIMPLEMENTED",
-    505: "UNIMPLEMENTED",
+_ERROR_REASON = {
+    414: ("HEADERS_TOO_LARGE", ""),  # the request line
+    431: ("HEADERS_TOO_LARGE", ""),
+    501: ("UNSUPPORTED_PROTOCOL", "request"),  # a method without a do_ handler
+    505: ("UNSUPPORTED_PROTOCOL", "request"),  # HTTP/2 or later on this HTTP/1.1 server
 }
-"""gRPC status names of the HTTP server's own refusals (``send_error``)."""
+"""Reason and field at fault of the HTTP server's own refusals (``send_error``); the rest (400) are
+MALFORMED_REQUEST of the request. The catalogue gives each reason its status (``context.catalogued``)."""

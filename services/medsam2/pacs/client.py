@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from medsam2.errors import NotFound
 from medsam2.pacs.config import PacsEndpoint
-from medsam2.pacs.errors import PacsAccessDenied, PacsRejected, PacsUnavailable
+from medsam2.pacs.errors import PacsAccessDenied, PacsRefused, PacsRejected, PacsUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +35,9 @@ def connect(endpoint: PacsEndpoint) -> DICOMwebClient:
 
 
 @contextmanager
-def pacs_errors(endpoint: PacsEndpoint, action: str) -> Iterator[None]:
-    """Map requests' exceptions inside the block to ``PacsUnavailable``, ``NotFound``, ``PacsAccessDenied``."""
+def pacs_errors(endpoint: PacsEndpoint, action: str, *, storing: bool) -> Iterator[None]:
+    """Map requests' exceptions inside the block to ``PacsUnavailable``, ``NotFound``, ``PacsAccessDenied``, and
+    any other 4xx to ``PacsRejected`` when ``storing`` (the object was not stored), else ``PacsRefused``."""
     import requests
 
     try:
@@ -53,7 +54,8 @@ def pacs_errors(endpoint: PacsEndpoint, action: str) -> Iterator[None]:
         if status is not None and status >= 500:
             raise PacsUnavailable(f"{detail}: the PACS failed; try again later") from exc
         reason = exc.response.reason if exc.response is not None else ""
-        raise PacsRejected(f"{detail}: {reason or 'refused'}") from exc
+        refused = PacsRejected if storing else PacsRefused
+        raise refused(f"{detail}: {reason or 'refused'}") from exc
     except (requests.ConnectionError, requests.Timeout) as exc:
         log.warning("cannot reach PACS %s at %s to %s: %s", endpoint.name, endpoint.url, action, type(exc).__name__)
         raise PacsUnavailable(f"cannot reach PACS {endpoint.name} to {action}: {type(exc).__name__}") from exc

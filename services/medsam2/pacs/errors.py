@@ -32,9 +32,15 @@ class PacsAccessDenied(ConfigError):
 
 
 class PacsRejected(OutputNotWritable):
-    """The PACS refused to store an object (STOW-RS failure or warning)."""
+    """The PACS refused to store an object (a STOW-RS 4xx, failed instances, or instances it did not confirm)."""
 
     reason = "PACS_REJECTED"
+
+
+class PacsRefused(PreconditionFailed):
+    """The PACS refused to answer a search or retrieve (a 4xx other than 401, 403 and 404): it will not serve it."""
+
+    reason = "PACS_REFUSED"
 
 
 class PacsBadResponse(PreconditionFailed):

@@ -33,7 +33,7 @@ from medsam2.pacs.config import PacsEndpoint
 from medsam2.pacs.errors import (
     PacsAccessDenied,
     PacsBadResponse,
-    PacsRejected,
+    PacsRefused,
     PacsTimedOut,
     PacsTooLarge,
     PacsTransferBroken,
@@ -359,7 +359,8 @@ class Response:
             raise PacsAccessDenied(f"{detail}: check the endpoint's token")
         if status >= 500 or status in _RETRY_STATUSES:
             raise PacsUnavailable(f"{detail}: the PACS failed; try again later")
-        raise PacsRejected(f"{detail}: {self.answer.reason or 'refused'}")
+        # Only reads go through here (GET); a refused store is PacsRejected (client.pacs_errors).
+        raise PacsRefused(f"{detail}: {self.answer.reason or 'refused'}")
 
     def close(self) -> None:
         """Drop the connection (a body not read to its end cannot be reused)."""

@@ -426,7 +426,7 @@ def store_instances(endpoint: PacsEndpoint, datasets: Sequence[Dataset]) -> list
     if len(studies) != 1:
         raise InvalidInput(f"one STOW-RS request stores one study; got {len(studies)}: {sorted(studies)}")
     client = connect(endpoint)
-    with pacs_errors(endpoint, f"store {len(datasets)} instance(s)"):
+    with pacs_errors(endpoint, f"store {len(datasets)} instance(s)", storing=True):
         response = client.store_instances(list(datasets), study_instance_uid=next(iter(studies)))
     failed = response.get("FailedSOPSequence", [])
     if failed:
@@ -443,7 +443,7 @@ def store_seg(endpoint: PacsEndpoint, seg: Dataset, source: DicomSource | None =
     series_uids = [str(s.SeriesInstanceUID) for s in seg.get("ReferencedSeriesSequence", [])]
     client = connect(endpoint)
     for series_uid in series_uids:
-        with pacs_errors(endpoint, f"search for the SEG's source series {series_uid}"):
+        with pacs_errors(endpoint, f"search for the SEG's source series {series_uid}", storing=False):
             found = client.search_for_series(
                 study_instance_uid=str(seg.StudyInstanceUID), search_filters={"SeriesInstanceUID": series_uid}
             )

@@ -44,6 +44,7 @@ from medsam2.errors import (
     SessionBusy,
     TimedOut,
     Unauthenticated,
+    Unsupported,
     UploadTimedOut,
     UploadTruncated,
 )
@@ -66,6 +67,7 @@ _CODES: list[tuple[type[Exception], grpc.StatusCode]] = [
     (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
     (TimedOut, grpc.StatusCode.DEADLINE_EXCEEDED),
     (ClientCancelled, grpc.StatusCode.CANCELLED),
+    (Unsupported, grpc.StatusCode.UNIMPLEMENTED),
     (CheckpointError, grpc.StatusCode.FAILED_PRECONDITION),
     (ConfigError, grpc.StatusCode.FAILED_PRECONDITION),
     (OutputNotWritable, grpc.StatusCode.FAILED_PRECONDITION),  # e.g. a PACS refused to store a result
