@@ -32,17 +32,6 @@ log = logging.getLogger(__name__)
 BackendLoader = Callable[[Path, int | None], StageBackend]
 
 
-def onnxruntime_loader(threads: int) -> BackendLoader:
-    """Load one version of a repository into ONNX Runtime."""
-
-    def load(repository: Path, version: int | None) -> StageBackend:
-        from medsam2.backends.onnxruntime_backend import OnnxRuntimeBackend
-
-        return OnnxRuntimeBackend(repository, threads=threads, version=version)
-
-    return load
-
-
 def embedded_loader(backend: str, precision: str, threads: int) -> BackendLoader:
     """Load one version of a repository into the chosen in-process backend (``--backend``, ``--precision``)."""
 
