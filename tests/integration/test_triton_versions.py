@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from medsam2.api.client import Client
-from medsam2.backends.triton_versions import TritonVersions
+from medsam2.server.triton_versions import TritonVersions
 from medsam2.errors import NotFound
 from medsam2.models.provenance import ModelProvenance, write_provenance
 from medsam2.server.app import make_backend, start_server

@@ -1,7 +1,7 @@
 """A backend per model version: new sessions get the current version, open sessions keep theirs.
 
 A model repository holds numbered versions (``<graph>/<N>/model.onnx``), read in-process from a local
-folder (``FolderVersions``) or served by Triton (``backends.triton_versions.TritonVersions``). At start the
+folder (``FolderVersions``) or served by Triton (``triton_versions.TritonVersions``). At start the
 newest is loaded, or the one ``--model-version`` pins; ``switch`` (on SIGHUP, or the admin RPC
 ``SetModelVersion``) loads the newest again, or a given version, and makes it current; every switch after the
 start goes to the audit log. A session pins the version that was current when it opened and keeps it until it
