@@ -14,7 +14,7 @@ import numpy as np
 from medsam2.engine.backend import StageBackend
 from medsam2.engine.protocols import ObjectPrompt, segment_volume
 from medsam2.engine.tracker import FrameResult, Tracker, TrackerOptions
-from medsam2_export.parity import PARITY_OPTIONS, synthetic_volume
+from medsam2_export.parity import synthetic_volume
 
 DICE_BAR = 0.99
 """A precision may be a CPU default only if its mask Dice against fp32 is at least this."""
@@ -75,15 +75,3 @@ def parity_prompts(seed: int = 0, slices: int = 16) -> tuple[np.ndarray, list[Ob
     """``medsam2 parity``'s synthetic volume and its two box prompts on the key slice."""
     frames, boxes = synthetic_volume(seed, slices)
     return frames, [ObjectPrompt(obj_id, slices // 2, box=box) for obj_id, box in enumerate(boxes, start=1)]
-
-
-def parity_agreement(candidate: StageBackend, fp32: StageBackend, *, seed: int = 0, slices: int = 16) -> dict:
-    """Agreement of ``candidate`` with ``fp32`` on ``medsam2 parity``'s volume (two objects, both directions).
-
-    Hole filling is off, as in ``medsam2 parity``: it turns a one-pixel flip into a jump of the filled hole's
-    logits, which would hide how far the graphs themselves moved.
-    """
-    frames, prompts = parity_prompts(seed, slices)
-    return compare(
-        run_protocol(candidate, frames, prompts, PARITY_OPTIONS), run_protocol(fp32, frames, prompts, PARITY_OPTIONS)
-    )

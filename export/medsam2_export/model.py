@@ -33,8 +33,6 @@ POSTPROCESSING: dict[str, Any] = {
     },
     "binarize_mask_from_pts_for_mem_enc": True,
 }
-PUBLISHED_FILL_HOLE_AREA = 8
-"""The hole-filling area MedSAM2 publishes; needs sam2's CUDA extension in the reference."""
 
 OBJECT_SCORE_BIAS_KEY = "sam_mask_decoder.pred_obj_score_head.layers.2.bias"
 EXPECTED_IMAGE_SIZE = 512

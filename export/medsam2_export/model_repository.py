@@ -10,7 +10,7 @@ cross the network in bfloat16) and the ensembles of ``graphs.TRITON_ENSEMBLES``
 Model versions: every graph keeps all its numbered version folders loaded (``version_policy: all``), so a
 session pinned to an older version, or a roll-back, finds it in Triton; a version is retired by deleting its
 folders. Each exported version N also gets ``track_step_vN``, the ensemble with every step at version N
-(``medsam2.models.versions.pinned_ensemble_name``); ``track_step`` itself runs the newest.
+(``medsam2.graphs.pinned_ensemble_name``); ``track_step`` itself runs the newest.
 """
 
 from __future__ import annotations
@@ -28,10 +28,9 @@ import numpy as np
 
 from medsam2 import graphs
 from medsam2.errors import ConfigError, OutputNotWritable
-from medsam2.graphs import GRAPHS, TRITON_ENSEMBLES, TRITON_GRAPHS, GraphSpec, Stage, TensorSpec
+from medsam2.graphs import GRAPHS, TRITON_ENSEMBLES, TRITON_GRAPHS, GraphSpec, Stage, TensorSpec, pinned_ensemble_name
 from medsam2.io.atomic import write_atomic as atomic_writer
 from medsam2.io.atomic import write_bytes_atomic
-from medsam2.models.versions import pinned_ensemble_name
 
 BACKENDS = ("onnxruntime", "tensorrt")
 """Backends a repository can be written for, in the order the committed copies are generated."""

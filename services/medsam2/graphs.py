@@ -356,6 +356,29 @@ TRITON_ENSEMBLES: dict[Stage, GraphSpec] = {
 }
 """The ensembles as Triton declares them: ``ENSEMBLES`` with the wire dtypes of ``WIRE_DTYPES``."""
 
+PINNED_ENSEMBLE_SUFFIX = "_v"
+"""``<ensemble>_v<N>``: an ensemble whose steps run version N of every graph (Triton's steps take one version each)."""
+
+
+def pinned_ensemble_name(ensemble: str, version: int) -> str:
+    """The name of ``ensemble`` pinned to model version ``version`` (e.g. ``track_step_v2``).
+
+    A Triton ensemble's config names one version per step, and a model has one config for all its versions, so
+    ``track_step`` (steps at ``-1``, the newest) cannot serve a session pinned to an older version; each exported
+    version therefore gets an ensemble of its own.
+    """
+    if version < 1:
+        raise ValueError(f"model versions start at 1, got {version}")
+    return f"{ensemble}{PINNED_ENSEMBLE_SUFFIX}{version}"
+
+
+def pinned_ensemble_version(name: str, ensemble: str) -> int | None:
+    """The version ``name`` pins ``ensemble`` to, or None when it is not such a name."""
+    prefix = ensemble + PINNED_ENSEMBLE_SUFFIX
+    tail = name[len(prefix) :] if name.startswith(prefix) else ""
+    return int(tail) if tail.isdigit() and not tail.startswith("0") else None
+
+
 TRITON_TRACK_STEP_WIRING: tuple[tuple[Stage, dict[str, str], dict[str, str]], ...] = (
     (Stage.MEMORY_UNPACK, {"memory": "memory"}, {"memory_f32": "memory_f32"}),
     *(

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from medsam2.errors import ConfigError
-from medsam2.models.download import DEFAULT_BASE_URL
 
 T = TypeVar("T")
 _LOG_LEVELS = {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}
@@ -62,6 +61,10 @@ class BackendChoice:
 
     backend: str = backend_setting(("onnxruntime", "openvino", "torch"))
     precision: str = precision_setting()
+
+
+DEFAULT_BASE_URL = "https://huggingface.co/wanglab/MedSAM2/resolve/main"
+"""Where the published checkpoints live; a mirror can stand in for it (``checkpoint_base_url``)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,9 +15,9 @@ from medsam2.engine.prompts import Box
 from medsam2.errors import InvalidInput
 from medsam2.evaluation.cases import find_cases
 from medsam2.evaluation.metrics import dice, nsd, surface
-from medsam2.evaluation.predictors import TruthPredictor
 from medsam2.evaluation.prompts import ground_truth_prompt, jitter_box
 from medsam2.evaluation.runner import EvaluationOptions, evaluate
+from medsam2.testing.truth_predictor import TruthPredictor
 
 TINY = SyntheticOptions(volumes=2, videos=1, slices=8, frames=8, size=32, seed=3)
 

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 from medsam2.api.client import Client
-from medsam2.backends.triton_versions import TritonVersions
 from medsam2.errors import NotFound
 from medsam2.models.provenance import ModelProvenance, write_provenance
 from medsam2.server.app import make_backend, start_server
 from medsam2.server.config import ServerSettings
+from medsam2.server.triton_versions import TritonVersions
 from medsam2.server.versions import VersionedBackends
 from medsam2_export.parity import synthetic_volume
 from medsam2_export.triton_cpu import TritonProcess, write_cpu_repository

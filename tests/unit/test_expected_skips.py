@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -52,3 +53,11 @@ def test_an_unexpected_skip_fails_a_strict_run(tmp_path: Path) -> None:
     assert strict.returncode == 1, strict.stdout
     assert "unexpected skips" in strict.stdout and "test_skips.py::test_a: no server here" in strict.stdout
     assert _run(tmp_path, CI="true").returncode == 1
+
+
+def test_every_listed_skip_names_a_test_that_exists() -> None:
+    # A renamed or deleted test would leave its entry behind, allowing a skip that no longer names anything.
+    root = CONFTEST.parents[1]
+    for nodeid in _conftest().EXPECTED_SKIPS:
+        file, _, name = nodeid.partition("::")
+        assert re.search(rf"^def {re.escape(name)}\(", (root / file).read_text(), re.MULTILINE), nodeid

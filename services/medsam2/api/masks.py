@@ -6,9 +6,6 @@ import numpy as np
 
 from medsam2.errors import InvalidInput
 
-BITPACKED = "bitpacked"
-RLE = "rle"
-
 
 def pack_bits(mask: np.ndarray) -> bytes:
     """Row-major bits, most significant first, padded to a byte."""

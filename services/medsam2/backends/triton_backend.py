@@ -16,8 +16,16 @@ import numpy as np
 
 from medsam2.engine.backend import batch_size, check_inputs
 from medsam2.errors import BackendUnavailable, InvalidInput
-from medsam2.graphs import BF16, ENSEMBLES, GRAPHS, TRITON_ENSEMBLES, TRITON_GRAPHS, GraphSpec, Stage
-from medsam2.models.versions import pinned_ensemble_name
+from medsam2.graphs import (
+    BF16,
+    ENSEMBLES,
+    GRAPHS,
+    TRITON_ENSEMBLES,
+    TRITON_GRAPHS,
+    GraphSpec,
+    Stage,
+    pinned_ensemble_name,
+)
 
 log = logging.getLogger(__name__)
 

@@ -60,9 +60,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _predictor(args: argparse.Namespace, settings: Settings):  # noqa: ANN202 - a Predictor
     from medsam2.backends.onnxruntime_backend import OnnxRuntimeBackend
-    from medsam2.evaluation.predictors import EnginePredictor, ServicePredictor
+    from medsam2.evaluation.predictors import EnginePredictor
 
     if args.server:
+        from medsam2.cli.service_predictor import ServicePredictor
+
         return ServicePredictor(args.server, token=args.token), {"server": args.server}
     if args.checkpoint is not None:
         from medsam2.models.source import graphs_for_checkpoint

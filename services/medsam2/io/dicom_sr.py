@@ -37,7 +37,6 @@ from medsam2.io.errors import InvalidSegmentation
 from medsam2.io.measurements import ObjectMeasurements, Recist
 from medsam2.io.result_series import describe, stamp
 
-COMPREHENSIVE_3D_SR_STORAGE = "1.2.840.10008.5.1.4.1.1.88.34"
 MILLILITRE = Code("mL", "UCUM", "milliliter")
 MILLIMETRE = Code("mm", "UCUM", "millimeter")
 

@@ -1,10 +1,9 @@
 """Fetch a published MedSAM2 checkpoint: ``medsam2 checkpoint download NAME --out DIR``.
 
 Part of the serving runtime: it downloads with the standard library's urllib (no requests, no torch; tqdm shows
-progress when it is installed) and only imports the project's own errors.  A download goes to a hidden
-temporary file in the output folder and is renamed into place only after its
-size and sha256 check out, so a failed or interrupted download never leaves a
-file under the checkpoint's name.
+progress when it is installed) and only imports the project's own errors and settings.  A download goes to a
+hidden temporary file in the output folder and is renamed into place only after its size and sha256 check out,
+so a failed or interrupted download never leaves a file under the checkpoint's name.
 """
 
 from __future__ import annotations
@@ -24,9 +23,8 @@ from pathlib import Path
 from typing import IO, Protocol
 
 from medsam2.errors import ConfigError, DownloadError, InvalidInput, NotFound, OutputNotWritable
+from medsam2.settings import DEFAULT_BASE_URL
 
-DEFAULT_BASE_URL = "https://huggingface.co/wanglab/MedSAM2/resolve/main"
-"""Where the published checkpoints live; a mirror can stand in for it."""
 RECOMMENDED_CHECKPOINT = "MedSAM2_latest"
 
 CHUNK_BYTES = 1 << 20

@@ -17,11 +17,10 @@ import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
-import numpy as np
 from pydicom.dataset import Dataset
 
 from medsam2.errors import InvalidInput, NotFound
-from medsam2.io.dicom_seg import Algorithm, SegmentSpec, build_seg, validate_seg
+from medsam2.io.dicom_seg import validate_seg
 from medsam2.io.dicom_series import Labelled, volume_from_datasets
 from medsam2.io.dicom_source import DicomSource
 from medsam2.io.errors import InvalidSegmentation
@@ -231,15 +230,6 @@ def _choose(found: list[SeriesInfo], endpoint: PacsEndpoint, study_uid: str, ser
     return images[0]
 
 
-def choose_series(endpoint: PacsEndpoint, study_uid: str, series_uid: str = "") -> SeriesInfo:
-    """The series to open: ``series_uid`` when given, else the study's only image series."""
-    check_uid(study_uid, "study UID")
-    if series_uid:
-        check_uid(series_uid, "series UID")
-    with Transfer(endpoint) as transfer:
-        return _choose(_series(transfer, study_uid), endpoint, study_uid, series_uid)
-
-
 def list_instances(transfer: Transfer, info: SeriesInfo, limits: FetchLimits) -> SeriesListing:
     """The instances of a series and the size they announce, from QIDO-RS alone (before any download)."""
     endpoint = transfer.endpoint
@@ -266,12 +256,6 @@ def list_instances(transfer: Transfer, info: SeriesInfo, limits: FetchLimits) ->
     per_voxel = ((bits + 7) // 8) * (samples or 1) if bits else MAX_BYTES_PER_VOXEL
     uids = tuple(_value(item, "00080018") for item in items)
     return SeriesListing(uids, rows, columns, planes, max(1, min(per_voxel, MAX_BYTES_PER_VOXEL)))
-
-
-def series_shape(endpoint: PacsEndpoint, info: SeriesInfo, limits: FetchLimits | None = None) -> tuple[int, int, int]:
-    """(planes, rows, columns) of a series from QIDO-RS metadata alone (planes: instances x frames), before download."""
-    with Transfer(endpoint) as transfer:
-        return list_instances(transfer, info, limits or FetchLimits()).shape
 
 
 def stream_instances(
@@ -456,15 +440,3 @@ def store_seg(endpoint: PacsEndpoint, seg: Dataset, source: DicomSource | None =
     if str(seg.SOPInstanceUID) not in stored:
         raise PacsRejected(f"PACS {endpoint.name} did not confirm storing SEG {seg.SOPInstanceUID}")
     return str(seg.SOPInstanceUID)
-
-
-def export_seg(
-    endpoint: PacsEndpoint,
-    masks: Mapping[int, np.ndarray],
-    like: Volume,
-    model_version: str,
-    segments: Sequence[SegmentSpec] | None = None,
-) -> str:
-    """Build a SEG of ``masks`` over ``like``'s source series and store it on ``endpoint``; returns its UID."""
-    seg = build_seg(masks, like, Algorithm(model_version), segments)
-    return store_seg(endpoint, seg, like.dicom)

@@ -142,7 +142,7 @@ def _triton_backend(settings: ServerSettings) -> StageBackend:
     Triton may come up after the service: the versions are then read once it answers (readiness waits for it).
     """
     from medsam2.backends.triton_backend import TritonBackend
-    from medsam2.backends.triton_versions import TritonVersions
+    from medsam2.server.triton_versions import TritonVersions
 
     pinned = settings.model_version or None
     catalog = TritonVersions(

@@ -1,7 +1,7 @@
 """A backend per model version: new sessions get the current version, open sessions keep theirs.
 
 A model repository holds numbered versions (``<graph>/<N>/model.onnx``), read in-process from a local
-folder (``FolderVersions``) or served by Triton (``backends.triton_versions.TritonVersions``). At start the
+folder (``FolderVersions``) or served by Triton (``triton_versions.TritonVersions``). At start the
 newest is loaded, or the one ``--model-version`` pins; ``switch`` (on SIGHUP, or the admin RPC
 ``SetModelVersion``) loads the newest again, or a given version, and makes it current; every switch after the
 start goes to the audit log. A session pins the version that was current when it opened and keeps it until it
@@ -30,17 +30,6 @@ from medsam2.server import audit, limiter
 log = logging.getLogger(__name__)
 
 BackendLoader = Callable[[Path, int | None], StageBackend]
-
-
-def onnxruntime_loader(threads: int) -> BackendLoader:
-    """Load one version of a repository into ONNX Runtime."""
-
-    def load(repository: Path, version: int | None) -> StageBackend:
-        from medsam2.backends.onnxruntime_backend import OnnxRuntimeBackend
-
-        return OnnxRuntimeBackend(repository, threads=threads, version=version)
-
-    return load
 
 
 def embedded_loader(backend: str, precision: str, threads: int) -> BackendLoader:

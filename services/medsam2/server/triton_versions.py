@@ -1,7 +1,7 @@
 """The model versions a Triton serves: found in its repository index, loaded through its model control.
 
 A version N is served when every stage graph (and wire cast) is READY at version N and the ensembles pinned to
-it (``track_step_vN``, see ``medsam2.models.versions.pinned_ensemble_name``) are READY: the index is the one
+it (``track_step_vN``, see ``medsam2.graphs.pinned_ensemble_name``) are READY: the index is the one
 place that says what Triton can run right now, whatever its model-control mode. A version that is in the
 repository but not loaded (exported after Triton started) is loaded on demand when Triton runs with
 ``--model-control-mode=explicit``: the graphs are reloaded (Triton loads the new version folders and keeps the
@@ -17,9 +17,15 @@ from typing import Any
 
 from medsam2.engine.backend import StageBackend
 from medsam2.errors import BackendUnavailable, NotFound
-from medsam2.graphs import GRAPHS, TRITON_ENSEMBLES, TRITON_GRAPHS, TRITON_TRACK_STEP_WIRING
+from medsam2.graphs import (
+    GRAPHS,
+    TRITON_ENSEMBLES,
+    TRITON_GRAPHS,
+    TRITON_TRACK_STEP_WIRING,
+    pinned_ensemble_name,
+    pinned_ensemble_version,
+)
 from medsam2.models.provenance import ModelProvenance, read_provenance
-from medsam2.models.versions import pinned_ensemble_name, pinned_ensemble_version
 
 log = logging.getLogger(__name__)
 
