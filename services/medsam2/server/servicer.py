@@ -11,7 +11,6 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Generator, Iterator
-from dataclasses import replace
 from importlib import metadata
 
 import numpy as np
@@ -32,11 +31,15 @@ from medsam2.api.convert import (
 )
 from medsam2.api.pb.medsam2.v1 import segmentation_pb2 as pb
 from medsam2.api.pb.medsam2.v1 import segmentation_pb2_grpc as pb_grpc
-from medsam2.engine.backend import StageBackend
-from medsam2.engine.postprocessing import PostProcessingOptions
-from medsam2.engine.postprocessing import resolve as resolve_postprocessing
-from medsam2.engine.protocols import VolumeAnnotation, apply_prompt
-from medsam2.engine.tracker import Direction, FrameResult, Tracker, TrackerOptions
+from medsam2.engine.session import (
+    FrameResult,
+    PostProcessingOptions,
+    StageBackend,
+    TrackerOptions,
+    changed_slices,
+    open_session,
+    session_postprocessing,
+)
 from medsam2.errors import InvalidInput, NotFound, PreconditionFailed
 from medsam2.graphs import MAX_POINTS
 from medsam2.imaging.windowing import Preset, Window, resolve_preset, to_uint8
@@ -224,17 +227,9 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
             image.setflags(write=False)
         del voxels  # otherwise the raw upload is not needed once windowed (the store keeps it compressed)
         frames = rgb if rgb is not None and window is None and study.preset == Preset.NONE.value else slices
-        options = replace(
-            self.tracker_options,
-            fill_hole_area=postprocessing.fill_hole_area,
-            non_overlapping_objects=postprocessing.non_overlapping_objects,
-            binarize_memory=postprocessing.binarize_memory,
-        )
-        tracker = Tracker(self.backend, frames, options)
+        session = open_session(self.backend, frames, self.tracker_options, postprocessing, video=is_video)
         del rgb, frames
-        entry = self.registry.add(tracker, study, session_id=session_id, model_version=model_version, image=image)
-        if not is_video:
-            entry.annotation = VolumeAnnotation(tracker, keep_largest_component=postprocessing.largest_component)
+        entry = self.registry.add(session, study, session_id=session_id, model_version=model_version, image=image)
         if self.durability is not None and stored is not None:
             try:
                 self.durability.created(entry.session_id, entry.owner, header, stored, entry.model_version)
@@ -248,15 +243,7 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
         """MedSAM2's defaults for the study's kind under the header's requests; a volume's hole filling defaults to
         the server's MEDSAM2_FILL_HOLE_AREA. Checked before any transfer, as the preset is."""
         requested = postprocessing_from_pb(header.postprocessing)
-        if not is_video:
-            requested = {"fill_hole_area": self.tracker_options.fill_hole_area} | requested
-        options = resolve_postprocessing("video" if is_video else "volume", requested)
-        if is_video and options.largest_component:
-            raise InvalidInput(
-                "postprocessing.largest_component applies to volumes (MedSAM2's 3D protocol), not to videos",
-                field="header.postprocessing.largest_component",
-            )
-        return options
+        return session_postprocessing(requested, video=is_video, fill_hole_area=self.tracker_options.fill_hole_area)
 
     def _uploaded_study(self, header: pb.StudyHeader, shape: tuple[int, ...], is_video: bool) -> StudyInfo:
         spacing = header_spacing(header)
@@ -391,7 +378,7 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
     @rpc("AddPrompt")
     def AddPrompt(self, request: pb.AddPromptRequest, context) -> pb.SliceResult:  # noqa: ANN001
         with self.registry.claim(request.session_id) as entry:
-            check_prompt_mask(request, entry.tracker)  # sizes against the slice before any mask is decoded
+            check_prompt_mask(request, entry.session)  # sizes against the slice before any mask is decoded
             prompt = prompt_from_pb(request)
             replay = f"prompt:{request.request_id}"
             digest = request_digest(request) if request.request_id else b""
@@ -403,31 +390,23 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
             if request.HasField("object_info"):
                 default = entry.objects.get(prompt.obj_id) or default_segments([prompt.obj_id])[0]
                 spec = segment_spec_from_pb(prompt.obj_id, request.object_info, default)
-            tracker = entry.tracker
+            session = entry.session
             # Kept only once journaled: a refused store write leaves the session as it was, and the retry
             # (same request id) applies the prompt once.
             with entry.all_or_nothing():
-                if entry.annotation is not None:
-                    result = entry.annotation.add_prompt(
-                        prompt, keep_previous_points=request.keep_previous_points, correction=request.correction
-                    )
-                elif prompt.points is not None and prompt.box is None and request.keep_previous_points:
-                    result = tracker.add_prompt(
-                        prompt.obj_id, prompt.frame, points=prompt.points, labels=prompt.labels, clear_old=False
-                    )
-                else:
-                    result = apply_prompt(tracker, prompt)
+                result = session.add_prompt(
+                    prompt, keep_previous_points=request.keep_previous_points, correction=request.correction
+                )
                 if spec is not None:
                     entry.objects[prompt.obj_id] = spec
-                masks = result.masks(tracker.height, tracker.width)
-                entry.results.store(result, masks)
+                entry.results.store(result, session.result_masks(result))
                 # Every object's mask on the slice, as SliceResult promises: the prompted ones as just decoded.
-                scores = dict(zip(result.obj_ids, _scores(result, tracker), strict=False))
+                scores = dict(zip(result.obj_ids, session.scores(result), strict=False))
                 stored = entry.results.slice_masks(result.frame)
                 reply = _slice_reply(
                     result.frame,
                     stored,
-                    {o: scores[o] if o in scores else _score(entry, o, result.frame) for o in stored},
+                    {o: scores[o] if o in scores else session.score(o, result.frame) for o in stored},
                     "prompt",
                     1,
                     1,
@@ -447,41 +426,33 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
             protocol = request.protocol
             if protocol == pb.PROTOCOL_UNSPECIFIED:
                 protocol = pb.PROTOCOL_IN_STATE if entry.study.is_video else pb.PROTOCOL_MEDSAM2_3D
-            slice_range = _range(request, entry.tracker.num_frames)
-            if protocol == pb.PROTOCOL_MEDSAM2_3D:
-                if entry.annotation is None:
-                    raise InvalidInput(
-                        "the MedSAM2 3D protocol is for volumes, and this session propagates in-state "
-                        "(it is a video, or its first propagation was IN_STATE)"
-                    )
-                if not entry.annotation.object_ids:
-                    raise PreconditionFailed(
-                        "no prompts yet: add a box, points or a mask before propagating", reason="NO_PROMPTS"
-                    )
-                total = entry.annotation.planned_slices(slice_range)
-                stream = entry.annotation.propagate(slice_range)
-            else:
-                if entry.annotation is not None:
-                    self._switch_to_in_state(entry)
-                stream, total = self._in_state(entry, request, slice_range)
-            three_d = protocol == pb.PROTOCOL_MEDSAM2_3D
+            session = entry.session
+            plan = session.plan(
+                three_d=protocol == pb.PROTOCOL_MEDSAM2_3D,
+                first=request.first_slice if request.HasField("first_slice") else None,
+                last=request.last_slice if request.HasField("last_slice") else None,
+                direction=DIRECTIONS[request.direction],
+                start=request.start_slice if request.HasField("start_slice") else None,
+            )
+            stream = session.propagate(plan)
+            total = plan.total
             finals: dict[int, dict[int, np.ndarray]] = {}
-            # Only the largest-component step changes a streamed mask (the key slice is one decode in both passes, and
-            # a correction's slices are streamed as re-tracked): without it, every tracked message is final.
-            provisional = three_d and entry.annotation.keep_largest_component
             completed = False
             try:
-                completed = yield from self._stream(
-                    entry, stream, total, request.encoding, context, final=not provisional
-                )
+                completed = yield from self._stream(entry, stream, total, request.encoding, context, final=plan.final)
             finally:
                 if not completed:
                     # Cut short (cancelled, refused by a limit, closed, drained): never journaled, so not kept. The
                     # annotation's masks are empty or partial until every pass has run: they must not replace these.
                     before.restore()
-                elif three_d:
-                    # The annotation's masks are the result: passes merged, corrections applied, largest component.
-                    finals = self._store_annotation(entry)
+                elif plan.three_d:
+                    # The session's masks are the result: passes merged, corrections applied, largest component.
+                    # During the stream the store held each slice's last streamed mask, so what changes here is
+                    # exactly what the stream has not yet told its client.
+                    masks = session.masks()
+                    finals = changed_slices(entry.results.masks(), masks)
+                    for obj_id, mask in masks.items():
+                        entry.results.set_object(obj_id, mask)
             if completed:
                 try:
                     self._journal(entry, "Propagate", request)
@@ -492,26 +463,8 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
                 for frame, changed in sorted(finals.items()):
                     if not context.is_active():
                         return
-                    scores = {o: _score(entry, o, frame) for o in changed}
+                    scores = {o: session.score(o, frame) for o in changed}
                     yield _slice_reply(frame, changed, scores, "final", total, total, request.encoding, final=True)
-
-    @staticmethod
-    def _store_annotation(entry: SessionEntry) -> dict[int, dict[int, np.ndarray]]:
-        """Store the annotation's post-processed masks; returns, per slice, the objects whose stored mask changed.
-
-        During the stream the store holds each slice's last streamed mask, so what changes here is exactly what
-        the stream has not yet told its client.
-        """
-        before = entry.results.masks()
-        changed: dict[int, dict[int, np.ndarray]] = {}
-        for obj_id, mask in entry.annotation.masks().items():
-            old = before.get(obj_id)
-            frames = range(mask.shape[0]) if old is None else np.flatnonzero((old != mask).any(axis=(1, 2)))
-            for frame in frames:
-                if old is not None or mask[frame].any():
-                    changed.setdefault(int(frame), {})[obj_id] = mask[frame]
-            entry.results.set_object(obj_id, mask)
-        return changed
 
     def _stream(
         self,
@@ -533,14 +486,14 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
                 log.info("session %s: propagation cancelled after %d slices", entry.session_id, done)
                 return False
             done += 1
-            masks = result.masks(entry.tracker.height, entry.tracker.width)
+            masks = entry.session.result_masks(result)
             # The store keeps each slice's last streamed mask; the 3D protocol's masks replace it at the end.
             entry.results.store(result, masks)
             now = time.perf_counter()
             metrics.SLICE_SECONDS.labels(backend=self.backend.name).observe(now - started)
             metrics.SLICES.labels(backend=self.backend.name).inc()
             started = now
-            scores = _scores(result, entry.tracker)
+            scores = entry.session.scores(result)
             yield _slice_reply(
                 result.frame,
                 dict(zip(result.obj_ids, masks, strict=False)),
@@ -552,49 +505,6 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
                 final=final,
             )
         return True
-
-    @staticmethod
-    def _switch_to_in_state(entry: SessionEntry) -> None:
-        """A volume's first IN_STATE propagation hands its prompts to the tracker; the session stays in-state."""
-        annotation = entry.annotation
-        propagated = [o for o in annotation.object_ids if annotation.is_propagated(o)]
-        if propagated:
-            raise InvalidInput(
-                f"objects {propagated} were propagated with the MedSAM2 3D protocol: keep using it "
-                "(corrections re-track from their slice), or reset them before propagating in-state"
-            )
-        for prompts in annotation.prompts().values():
-            for prompt in prompts:
-                apply_prompt(entry.tracker, prompt)
-        entry.annotation = None
-
-    def _in_state(self, entry: SessionEntry, request: pb.PropagateRequest, slice_range: tuple[int, int] | None):  # noqa: ANN202
-        tracker = entry.tracker
-        direction = DIRECTIONS[request.direction]
-        start = request.start_slice if request.HasField("start_slice") else None
-        if not tracker.objects:
-            raise PreconditionFailed(
-                "no prompts yet: add a box, points or a mask before propagating", reason="NO_PROMPTS"
-            )
-        origin = (
-            start if start is not None else min(t for o in tracker.objects.values() for t in (*o.cond, *o.pending_cond))
-        )
-        passes = [False, True] if direction is Direction.BOTH else [direction is Direction.BACKWARD]
-        first, last = slice_range if slice_range is not None else (0, tracker.num_frames - 1)
-        if not first <= origin <= last:
-            raise InvalidInput(f"start slice {origin} is outside the slice range {first},{last}")
-        total = 0
-        for reverse in passes:
-            total += (origin - first + 1 if origin > 0 else 0) if reverse else (last - origin + 1)
-
-        def stream() -> Iterator[tuple[str, FrameResult]]:
-            for reverse in passes:
-                limit = (origin - first) if reverse else (last - origin)
-                chosen = Direction.BACKWARD if reverse else Direction.FORWARD
-                for result in tracker.propagate(chosen, start=origin, limit=max(limit, 0)):
-                    yield chosen.value, result
-
-        return stream(), total
 
     # -- results, storing and resets ----------------------------------------------------
     @rpc("GetResult")
@@ -668,7 +578,7 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
             replies = []
             for frame in range(first, last + 1):
                 masks = entry.results.slice_masks(frame)
-                scores = {o: _score(entry, o, frame) for o in masks}
+                scores = {o: entry.session.score(o, frame) for o in masks}
                 total = last - first + 1
                 replies.append(
                     _slice_reply(frame, masks, scores, "stored", frame - first + 1, total, request.encoding, final=True)
@@ -800,7 +710,7 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
             saved = self.annotations.save(
                 entry.owner,
                 request.case_name or study.label or "study",
-                entry.tracker.frames,
+                entry.session.frames,
                 labels,
                 study.spacing,
                 modality=study.modality or ("VIDEO" if study.is_video else "CT"),
@@ -883,7 +793,7 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
     @rpc("ResetObjects")
     def ResetObjects(self, request: pb.ResetObjectsRequest, context) -> pb.Session:  # noqa: ANN001
         with self.registry.claim(request.session_id) as entry:
-            known = _object_ids(entry)
+            known = entry.session.object_ids()
             if request.all:
                 ids = None
             else:
@@ -896,14 +806,7 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
                     )
                 ids = list(request.object_ids)
             with entry.all_or_nothing():  # kept only once journaled, as AddPrompt
-                if entry.annotation is not None:
-                    entry.annotation.reset(ids)
-                elif ids is None:
-                    entry.tracker.reset()
-                else:
-                    for obj_id in ids:
-                        if obj_id in entry.tracker.objects:
-                            entry.tracker.reset(obj_id)
+                entry.session.reset(ids)
                 entry.results.clear(ids)
                 self._journal(entry, "ResetObjects", request)
             return self._describe(entry)
@@ -943,13 +846,13 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
         return versions.provenance(entry.model_version) or ModelProvenance(version=entry.model_version)
 
     def _describe(self, entry: SessionEntry) -> pb.Session:
-        tracker = entry.tracker
+        described = entry.session.describe()
         study = entry.study
         return pb.Session(
             session_id=entry.session_id,
-            shape=[tracker.num_frames, tracker.height, tracker.width],
+            shape=list(described.shape),
             spacing_mm=list(study.spacing),
-            object_ids=_object_ids(entry),
+            object_ids=described.object_ids,
             state_bytes=entry.state_bytes,
             idle_seconds=entry.idle_seconds(),
             expires_in_seconds=self.registry.expires_in(entry),
@@ -1040,12 +943,6 @@ def _remember(replies: dict, key: str, reply: object) -> None:
         del replies[old]
 
 
-def _object_ids(entry: SessionEntry) -> list[int]:
-    if entry.annotation is not None:
-        return sorted(entry.annotation.object_ids)
-    return sorted(entry.tracker.objects)
-
-
 def _model_info(model: ModelProvenance) -> pb.ModelInfo:
     return pb.ModelInfo(
         version=model.version,
@@ -1060,40 +957,6 @@ def _package_version() -> str:
         return metadata.version("medsam2-serving")
     except metadata.PackageNotFoundError:
         return "unknown"
-
-
-def _range(request: pb.PropagateRequest, num_frames: int) -> tuple[int, int] | None:
-    if not request.HasField("first_slice") and not request.HasField("last_slice"):
-        return None
-    first = request.first_slice if request.HasField("first_slice") else 0
-    last = request.last_slice if request.HasField("last_slice") else num_frames - 1
-    if last >= num_frames or first > last:
-        raise InvalidInput(
-            f"slice range {first},{last} does not fit the study's {num_frames} slices (0..{num_frames - 1})"
-        )
-    return first, last
-
-
-def _scores(result: FrameResult, tracker: Tracker) -> list[float]:
-    """Each object's presence logit in a frame result (from the tracker when the result carries none)."""
-    if result.object_scores:
-        return list(result.object_scores)
-    scores = []
-    for obj_id in result.obj_ids:
-        out = tracker.objects[obj_id].output(result.frame) if obj_id in tracker.objects else None
-        scores.append(out.object_score if out is not None else -1024.0)
-    return scores
-
-
-def _score(entry: SessionEntry, obj_id: int, frame: int) -> float:
-    """An object's stored presence logit on ``frame`` (-1024 where it has no output there)."""
-    if entry.annotation is not None:
-        if obj_id in entry.annotation.object_ids:
-            return entry.annotation.object_score(obj_id, frame)
-        return -1024.0
-    track = entry.tracker.objects.get(obj_id)
-    out = track.output(frame) if track is not None else None
-    return out.object_score if out is not None else -1024.0
 
 
 def _slice_reply(
