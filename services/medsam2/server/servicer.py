@@ -19,12 +19,7 @@ from google.protobuf.message import Message
 from medsam2.api.convert import (
     DIRECTIONS,
     encode_mask,
-    geometry_from_pb,
     geometry_to_pb,
-    header_shape,
-    header_spacing,
-    identity_from_pb,
-    postprocessing_from_pb,
     postprocessing_to_pb,
     prompt_from_pb,
     segment_spec_from_pb,
@@ -33,17 +28,13 @@ from medsam2.api.pb.medsam2.v1 import segmentation_pb2 as pb
 from medsam2.api.pb.medsam2.v1 import segmentation_pb2_grpc as pb_grpc
 from medsam2.engine.session import (
     FrameResult,
-    PostProcessingOptions,
     StageBackend,
     TrackerOptions,
     changed_slices,
-    open_session,
-    session_postprocessing,
 )
 from medsam2.errors import InvalidInput, NotFound, PreconditionFailed
 from medsam2.graphs import MAX_POINTS
-from medsam2.imaging.windowing import Preset, Window, resolve_preset, to_uint8
-from medsam2.io.dicom_pixels import to_grey_uint8
+from medsam2.imaging.windowing import Preset
 from medsam2.io.dicom_seg import default_segments
 from medsam2.io.labels import LabelValues, build_labels, label_map, label_map_json
 from medsam2.models.provenance import ModelProvenance
@@ -60,11 +51,12 @@ from medsam2.server.dicom_results import (
 from medsam2.server.drain import Drain
 from medsam2.server.durability import JOURNALED, Durability
 from medsam2.server.idempotency import check_same, request_digest
-from medsam2.server.pacs_fetches import PacsFetchGuard, PacsFetchLimits, fetch_limits
+from medsam2.server.pacs_fetches import PacsFetchGuard, PacsFetchLimits
 from medsam2.server.request_checks import MIN_CHUNK_BYTES, check_prompt_mask
 from medsam2.server.results import encode_labels, encode_object_masks, nifti_gz_pieces
 from medsam2.server.sessions import SessionEntry, SessionRegistry, StudyInfo
 from medsam2.server.status import rpc
+from medsam2.server.study_open import open_study
 from medsam2.server.uploads import UploadGuard, UploadLimits
 
 log = logging.getLogger(__name__)
@@ -194,41 +186,8 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
         ``session_id`` reopens a stored session under its own id (a rebuild) on the ``model_version`` it was
         opened with; the store is then not written. A PACS fetch ends when ``context``'s call does.
         """
-        is_video = header.kind == pb.STUDY_KIND_VIDEO
-        window = None
-        if header.preprocessing.window_width > 0:
-            window = Window(header.preprocessing.window_width, header.preprocessing.window_level)
-        preset = header.preprocessing.preset or ("none" if is_video else "auto")
-        resolve_preset(preset, None, is_video=is_video)  # an unknown preset fails before any transfer
-        postprocessing = self._postprocessing(header, is_video)  # so does a bad post-processing request
-        if header.HasField("pacs"):
-            voxels, study = self._fetch(header, is_video, context)
-        else:
-            # Everything the header states is checked before a voxel is received.
-            study = self._uploaded_study(header, header_shape(header), is_video)
-            voxels = receive()
-        modality = study.modality or None
-        study.postprocessing = postprocessing
-        study.preset = (
-            f"window {window.width:g}/{window.level:g}"
-            if window is not None
-            else resolve_preset(preset, modality, voxels.dtype, is_video=is_video).value
-        )
-        stored = self.durability.pack_study(header, voxels) if self.durability is not None else None
-        rgb = None
-        if voxels.ndim == 4:  # an RGB video: the model sees RGB, everything else (results, display) its luma
-            rgb, voxels = voxels, to_grey_uint8(voxels)
-        slices = to_uint8(voxels, preset, window, modality=modality, is_video=is_video)
-        study.postprocessing = postprocessing
-        image = None
-        if header.keep_image:
-            # A viewer displays the intensities as loaded (window presets in HU), not the model's 8-bit input.
-            image = voxels
-            image.setflags(write=False)
-        del voxels  # otherwise the raw upload is not needed once windowed (the store keeps it compressed)
-        frames = rgb if rgb is not None and window is None and study.preset == Preset.NONE.value else slices
-        session = open_session(self.backend, frames, self.tracker_options, postprocessing, video=is_video)
-        del rgb, frames
+        opened = open_study(self, header, receive, context=context)
+        session, study, image, stored = opened.session, opened.study, opened.image, opened.stored
         entry = self.registry.add(session, study, session_id=session_id, model_version=model_version, image=image)
         if self.durability is not None and stored is not None:
             try:
@@ -238,63 +197,6 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
                 raise
             entry.durable = True
         return entry
-
-    def _postprocessing(self, header: pb.StudyHeader, is_video: bool) -> PostProcessingOptions:
-        """MedSAM2's defaults for the study's kind under the header's requests; a volume's hole filling defaults to
-        the server's MEDSAM2_FILL_HOLE_AREA. Checked before any transfer, as the preset is."""
-        requested = postprocessing_from_pb(header.postprocessing)
-        return session_postprocessing(requested, video=is_video, fill_hole_area=self.tracker_options.fill_hole_area)
-
-    def _uploaded_study(self, header: pb.StudyHeader, shape: tuple[int, ...], is_video: bool) -> StudyInfo:
-        spacing = header_spacing(header)
-        return StudyInfo(
-            spacing,
-            header.label,
-            is_video,
-            modality=header.modality.strip().upper(),
-            geometry=geometry_from_pb(header, spacing),
-            external_id=header.external_id,
-            **identity_from_pb(header, shape[0]),
-        )
-
-    def _fetch(self, header: pb.StudyHeader, is_video: bool, context: object | None) -> tuple[np.ndarray, StudyInfo]:
-        reference = header.pacs
-        if self.pacs is None:
-            raise PreconditionFailed(
-                "no PACS endpoint is configured on this server: upload the voxels instead "
-                "(or set MEDSAM2_PACS_<NAME>_URL or MEDSAM2_PACS_CONFIG)",
-                reason="PACS_NOT_CONFIGURED",
-            )
-        if not reference.endpoint or not reference.study_uid:
-            raise InvalidInput("header.pacs needs an endpoint and a study_uid")
-        with self.pacs_fetches.fetch(context) as cancel:
-            volume = self.pacs.open(
-                reference.endpoint,
-                reference.study_uid,
-                reference.series_uid,
-                self.uploads.check_study,
-                cancel=cancel,
-                limits=fetch_limits(self.registry.limits.max_study_voxels),
-            )
-        self.uploads.check_study(volume.voxels.shape)
-        source = volume.dicom
-        first = source.datasets[0] if source is not None else None
-        study = StudyInfo(
-            volume.spacing,
-            header.label,
-            is_video,
-            modality=(header.modality or volume.modality or "").strip().upper(),
-            geometry=volume.geometry,
-            external_id=header.external_id,
-            dicom=source,
-            frame_of_reference_uid=str(first.get("FrameOfReferenceUID", "")) if first is not None else "",
-            study_uid=source.study_uid if source is not None else reference.study_uid,
-            series_uid=source.series_uid if source is not None else reference.series_uid,
-            sop_instance_uids=tuple(source.slice_uids) if source is not None else (),
-            pacs_endpoint=reference.endpoint,
-        )
-        # A colour cine loop (US/ES, SamplesPerPixel 3) reaches the model as RGB, as an RGB upload does.
-        return (volume.rgb if volume.rgb is not None else volume.voxels), study
 
     @rpc("GetSession")
     def GetSession(self, request: pb.GetSessionRequest, context) -> pb.Session:  # noqa: ANN001
