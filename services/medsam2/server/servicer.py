@@ -36,24 +36,28 @@ from medsam2.errors import InvalidInput, NotFound, PreconditionFailed
 from medsam2.graphs import MAX_POINTS
 from medsam2.imaging.windowing import Preset
 from medsam2.io.dicom_seg import default_segments
-from medsam2.io.labels import LabelValues, build_labels, label_map, label_map_json
+from medsam2.io.labels import LabelValues, build_labels
 from medsam2.models.provenance import ModelProvenance
 from medsam2.pacs.service import PacsStudies
 from medsam2.server import metrics
 from medsam2.server.annotation_store import AnnotationStore
 from medsam2.server.auth import ANONYMOUS, Authenticator, current_principal
 from medsam2.server.dicom_results import (
-    DicomResults,
-    build_dicom_results,
     check_headers_match,
-    require_dicom_source,
 )
 from medsam2.server.drain import Drain
 from medsam2.server.durability import JOURNALED, Durability
 from medsam2.server.idempotency import check_same, request_digest
 from medsam2.server.pacs_fetches import PacsFetchGuard, PacsFetchLimits
-from medsam2.server.request_checks import MIN_CHUNK_BYTES, check_prompt_mask
-from medsam2.server.results import encode_labels, encode_object_masks, nifti_gz_pieces
+from medsam2.server.request_checks import check_prompt_mask
+from medsam2.server.result_chunks import (
+    RESULT_FORMATS,
+    check_format,
+    chunk_size,
+    dicom_results,
+    image_chunks,
+    result_chunks,
+)
 from medsam2.server.sessions import SessionEntry, SessionRegistry, StudyInfo
 from medsam2.server.status import rpc
 from medsam2.server.study_open import open_study
@@ -61,29 +65,12 @@ from medsam2.server.uploads import UploadGuard, UploadLimits
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CHUNK_BYTES = 1 << 20
-CHUNK_OVERHEAD_BYTES = 4096
-"""Room left in a gRPC message beside a ResultChunk's data (offset, sizes, shape, object ids)."""
-IMAGE_GZIP_LEVEL = 1
-"""GetImage's gzip level: the fastest, as a viewer waits for the image (a CT compresses about 2x even so)."""
 REMEMBERED_CREATES = 1024
 """CreateSession request ids remembered for retries (oldest forgotten first)."""
 REMEMBERED_REPLIES = 32
 """AddPrompt, StoreResult and SaveAnnotation replies kept per session for retries, each (oldest forgotten first)."""
 MAX_TRAINING_LABEL = 65535
 """The largest object id a training case can hold (its labels are 16-bit)."""
-LABEL_VALUES = {
-    pb.LABEL_VALUES_UNSPECIFIED: LabelValues.RANKS,
-    pb.LABEL_VALUES_RANKS: LabelValues.RANKS,
-    pb.LABEL_VALUES_OBJECT_IDS: LabelValues.OBJECT_IDS,
-}
-LABEL_FORMATS = {pb.RESULT_FORMAT_NPZ: "npz", pb.RESULT_FORMAT_NIFTI_GZ: "nifti_gz", pb.RESULT_FORMAT_RAW_LABELS: "raw"}
-RESULT_FORMATS = (
-    *LABEL_FORMATS,
-    pb.RESULT_FORMAT_OBJECT_MASKS_NPZ,
-    pb.RESULT_FORMAT_DICOM_SEG,
-    pb.RESULT_FORMAT_DICOM_SR,
-)
 
 
 class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
@@ -412,58 +399,11 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
     @rpc("GetResult")
     def GetResult(self, request: pb.GetResultRequest, context) -> Iterator[pb.ResultChunk]:  # noqa: ANN001
         fmt = request.format or pb.RESULT_FORMAT_NPZ
-        if fmt not in RESULT_FORMATS:
-            raise InvalidInput(f"result format {fmt} is not known: use {sorted(pb.ResultFormat.keys())[1:]}")
-        label_entries: list[pb.LabelEntry] = []
+        check_format(fmt)
+        size = chunk_size(request.chunk_bytes, self.max_message_bytes)
         with self.registry.read(request.session_id) as entry:  # downloads share the session; changes wait
-            study = entry.study
-            if fmt in (pb.RESULT_FORMAT_DICOM_SEG, pb.RESULT_FORMAT_DICOM_SR):
-                built = self._dicom_results(entry)
-                data = built.seg_bytes if fmt == pb.RESULT_FORMAT_DICOM_SEG else built.sr_bytes
-                object_ids = entry.results.object_ids
-                shape = list(entry.results.shape)
-            elif fmt == pb.RESULT_FORMAT_OBJECT_MASKS_NPZ:
-                masks = entry.results.masks()
-                data, object_ids, shape = (
-                    encode_object_masks(masks, study.spacing),
-                    sorted(masks),
-                    list(entry.results.shape),
-                )
-            else:
-                values = LABEL_VALUES[request.label_values]
-                labels = entry.results.labels(values)
-                object_ids, shape = entry.results.object_ids, list(labels.shape)
-                entries = self._label_map(entry, object_ids, values)
-                data = encode_labels(
-                    labels,
-                    study.spacing,
-                    study.geometry,
-                    LABEL_FORMATS[fmt],
-                    label_map=label_map_json(entries, values),
-                )
-                label_entries = [
-                    pb.LabelEntry(value=e.value, object_id=e.object_id, name=e.name, colour_rgb=list(e.colour))
-                    for e in entries
-                ]
-        yield from _chunks(
-            data,
-            self._chunk_size(request.chunk_bytes),
-            format=fmt,
-            shape=shape,
-            object_ids=object_ids,
-            labels=label_entries,
-        )
-
-    @staticmethod
-    def _label_map(entry: SessionEntry, object_ids: list[int], values: LabelValues) -> list:
-        """The label map of the session's objects: values, and the names and colours their SEG segments get."""
-        specs = {i: entry.objects[i] for i in object_ids if i in entry.objects}
-        return label_map(
-            object_ids,
-            values,
-            names={i: s.label for i, s in specs.items()},
-            colours={i: s.colour for i, s in specs.items()},
-        )
+            chunks = result_chunks(entry, fmt, request.label_values, size, self._model_of(entry).short_sha)
+        yield from chunks
 
     @rpc("GetSlices")
     def GetSlices(self, request: pb.GetSlicesRequest, context) -> Iterator[pb.SliceResult]:  # noqa: ANN001
@@ -489,52 +429,9 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
 
     @rpc("GetImage")
     def GetImage(self, request: pb.GetImageRequest, context) -> Iterator[pb.ResultChunk]:  # noqa: ANN001
-        # The kept image is never modified, so it is read without the session's lock: a viewer can fetch it
-        # while a propagation runs. The owner check is the registry's, as for every other RPC.
+        # Read without the session's lock (see image_chunks); the owner check is the registry's, as elsewhere.
         entry = self.registry.get(request.session_id)
-        image = entry.image
-        if image is None:
-            raise PreconditionFailed(
-                f"session {request.session_id} did not keep its image: open the study with header.keep_image "
-                "to view it (the page does so for PACS studies; an upload's client already has its voxels)",
-                field="session_id",
-                reason="IMAGE_NOT_KEPT",
-            )
-        # Compressed slab by slab as it is sent: a call holds about one chunk, not a copy of the study. The
-        # file's size (each chunk states it) is counted once per session: the image and its bytes never change.
-        spacing, geometry = entry.study.spacing, entry.study.geometry
-        with entry.image_lock:
-            if not entry.image_file_bytes:
-                pieces = nifti_gz_pieces(image, spacing, geometry, compresslevel=IMAGE_GZIP_LEVEL)
-                entry.image_file_bytes = sum(len(piece) for piece in pieces)
-            total = entry.image_file_bytes
-        yield from _stream_chunks(
-            nifti_gz_pieces(image, spacing, geometry, compresslevel=IMAGE_GZIP_LEVEL),
-            total,
-            self._chunk_size(request.chunk_bytes),
-            format=pb.RESULT_FORMAT_NIFTI_GZ,
-            shape=list(image.shape[:3]),
-        )
-
-    def _chunk_size(self, chunk_bytes: int) -> int:
-        """Bytes per ResultChunk: the client's choice (or 1 MiB), never more than a gRPC message may carry."""
-        size = chunk_bytes or DEFAULT_CHUNK_BYTES
-        if self.max_message_bytes:
-            size = min(size, max(self.max_message_bytes - CHUNK_OVERHEAD_BYTES, MIN_CHUNK_BYTES))
-        return size
-
-    def _dicom_results(self, entry: SessionEntry) -> DicomResults:
-        """The session's SEG and SR, built once per state of the results (so the SR always names that SEG)."""
-        cached = entry.replies.get("dicom")
-        if cached is not None and cached[0] == entry.results.version:
-            return cached[1]
-        require_dicom_source(entry.study)
-        masks = {i: m for i, m in entry.results.masks().items() if m.any()}
-        built = build_dicom_results(
-            masks, entry.study, entry.results.shape, entry.objects, self._model_of(entry).short_sha
-        )
-        entry.replies["dicom"] = (entry.results.version, built)
-        return built
+        yield from image_chunks(entry, chunk_size(request.chunk_bytes, self.max_message_bytes))
 
     @rpc("StoreResult")
     def StoreResult(self, request: pb.StoreResultRequest, context) -> pb.StoreResultResponse:  # noqa: ANN001
@@ -565,7 +462,7 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
                 check_headers_match(study, source, entry.results.shape)
                 study.dicom = source
             try:
-                built = self._dicom_results(entry)
+                built = dicom_results(entry, self._model_of(entry).short_sha)
             except Exception:
                 if fetched:
                     study.dicom = None  # a refused request leaves the session as it was
@@ -791,49 +688,6 @@ _REPLAY_CONTEXT = _ReplayContext()
 
 def _no_upload() -> np.ndarray:
     raise AssertionError("a study from PACS receives no voxels from its client")
-
-
-def _chunks(
-    data: bytes,
-    chunk_bytes: int,
-    *,
-    format: pb.ResultFormat,
-    shape: list[int],
-    object_ids: list[int] | None = None,
-    labels: list[pb.LabelEntry] | None = None,
-) -> Iterator[pb.ResultChunk]:
-    """``data`` as ResultChunks of ``chunk_bytes``, each describing the whole; one if empty."""
-    size = chunk_bytes
-    for offset in range(0, max(len(data), 1), size):
-        yield pb.ResultChunk(
-            data=data[offset : offset + size],
-            offset=offset,
-            total_bytes=len(data),
-            format=format,
-            shape=shape,
-            object_ids=object_ids or [],
-            labels=labels or [],
-        )
-
-
-def _stream_chunks(
-    pieces: Iterator[bytes], total: int, size: int, *, format: pb.ResultFormat, shape: list[int]
-) -> Iterator[pb.ResultChunk]:
-    """A file made as ``pieces`` of ``total`` bytes as ResultChunks of ``size``, each sent once it is full."""
-    buffer = bytearray()
-    offset = 0
-    for piece in pieces:
-        buffer += piece
-        while len(buffer) >= size:
-            yield pb.ResultChunk(
-                data=bytes(buffer[:size]), offset=offset, total_bytes=total, format=format, shape=shape
-            )
-            del buffer[:size]
-            offset += size
-    if offset + len(buffer) != total:
-        raise RuntimeError(f"the image file came out at {offset + len(buffer)} bytes, not the {total} announced")
-    if buffer or not offset:
-        yield pb.ResultChunk(data=bytes(buffer), offset=offset, total_bytes=total, format=format, shape=shape)
 
 
 def _remember(replies: dict, key: str, reply: object) -> None:
