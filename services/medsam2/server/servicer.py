@@ -11,7 +11,6 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Generator, Iterator
-from importlib import metadata
 
 import numpy as np
 from google.protobuf.message import Message
@@ -19,8 +18,6 @@ from google.protobuf.message import Message
 from medsam2.api.convert import (
     DIRECTIONS,
     encode_mask,
-    geometry_to_pb,
-    postprocessing_to_pb,
     prompt_from_pb,
     segment_spec_from_pb,
 )
@@ -33,8 +30,6 @@ from medsam2.engine.session import (
     changed_slices,
 )
 from medsam2.errors import InvalidInput, NotFound, PreconditionFailed
-from medsam2.graphs import MAX_POINTS
-from medsam2.imaging.windowing import Preset
 from medsam2.io.dicom_seg import default_segments
 from medsam2.io.labels import LabelValues, build_labels
 from medsam2.models.provenance import ModelProvenance
@@ -42,23 +37,23 @@ from medsam2.pacs.service import PacsStudies
 from medsam2.server import metrics
 from medsam2.server.annotation_store import AnnotationStore
 from medsam2.server.auth import ANONYMOUS, Authenticator, current_principal
+from medsam2.server.describe import describe_session, model_of, server_info
 from medsam2.server.dicom_results import (
     check_headers_match,
 )
 from medsam2.server.drain import Drain
 from medsam2.server.durability import JOURNALED, Durability
-from medsam2.server.idempotency import check_same, request_digest
+from medsam2.server.idempotency import check_same, earlier_reply, keep_reply, remember, request_digest
 from medsam2.server.pacs_fetches import PacsFetchGuard, PacsFetchLimits
 from medsam2.server.request_checks import check_prompt_mask
 from medsam2.server.result_chunks import (
-    RESULT_FORMATS,
     check_format,
     chunk_size,
     dicom_results,
     image_chunks,
     result_chunks,
 )
-from medsam2.server.sessions import SessionEntry, SessionRegistry, StudyInfo
+from medsam2.server.sessions import SessionEntry, SessionRegistry
 from medsam2.server.status import rpc
 from medsam2.server.study_open import open_study
 from medsam2.server.uploads import UploadGuard, UploadLimits
@@ -67,8 +62,6 @@ log = logging.getLogger(__name__)
 
 REMEMBERED_CREATES = 1024
 """CreateSession request ids remembered for retries (oldest forgotten first)."""
-REMEMBERED_REPLIES = 32
-"""AddPrompt, StoreResult and SaveAnnotation replies kept per session for retries, each (oldest forgotten first)."""
 MAX_TRAINING_LABEL = 65535
 """The largest object id a training case can hold (its labels are 16-bit)."""
 
@@ -141,7 +134,7 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
                         upload.append(receive())
                     check_same(earlier[0], digests[0] if digests else request_digest(header), header.request_id)
                     try:
-                        return self._describe(self.registry.get(earlier[1]))
+                        return describe_session(self, self.registry.get(earlier[1]))
                     except NotFound:
                         pass  # closed or expired since: open it again, with the voxels already read
             if not header.HasField("pacs"):
@@ -157,7 +150,7 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
                 self._created[(principal, header.request_id)] = (digest, entry.session_id)
                 while len(self._created) > REMEMBERED_CREATES:
                     self._created.popitem(last=False)
-        return self._describe(entry)
+        return describe_session(self, entry)
 
     def _open(
         self,
@@ -188,7 +181,7 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
     @rpc("GetSession")
     def GetSession(self, request: pb.GetSessionRequest, context) -> pb.Session:  # noqa: ANN001
         entry = self.registry.get(request.session_id)
-        described = self._describe(entry)
+        described = describe_session(self, entry)
         if self.durability is not None and entry.durable:
             described.history.extend(self.durability.history(entry.session_id))
         return described
@@ -250,7 +243,7 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
 
     @rpc("ListSessions")
     def ListSessions(self, request: pb.ListSessionsRequest, context) -> pb.ListSessionsResponse:  # noqa: ANN001
-        return pb.ListSessionsResponse(sessions=[self._describe(e) for e in self.registry.list()])
+        return pb.ListSessionsResponse(sessions=[describe_session(self, e) for e in self.registry.list()])
 
     @rpc("CloseSession")
     def CloseSession(self, request: pb.CloseSessionRequest, context) -> pb.CloseSessionResponse:  # noqa: ANN001
@@ -304,7 +297,7 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
                 )
                 self._journal(entry, "AddPrompt", request)
             if request.request_id:
-                _remember(entry.replies, replay, (digest, reply))
+                remember(entry.replies, replay, (digest, reply))
             return reply
 
     @rpc("Propagate")
@@ -402,7 +395,7 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
         check_format(fmt)
         size = chunk_size(request.chunk_bytes, self.max_message_bytes)
         with self.registry.read(request.session_id) as entry:  # downloads share the session; changes wait
-            chunks = result_chunks(entry, fmt, request.label_values, size, self._model_of(entry).short_sha)
+            chunks = result_chunks(entry, fmt, request.label_values, size, model_of(self, entry).short_sha)
         yield from chunks
 
     @rpc("GetSlices")
@@ -445,7 +438,7 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
         with self.registry.claim(request.session_id) as entry:
             replay = f"store:{request.request_id}"
             earlier = (
-                self._earlier_reply(entry, replay, pb.StoreResultResponse, request, request.request_id)
+                earlier_reply(self.durability, entry, replay, pb.StoreResultResponse, request, request.request_id)
                 if request.request_id
                 else None
             )
@@ -462,7 +455,7 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
                 check_headers_match(study, source, entry.results.shape)
                 study.dicom = source
             try:
-                built = dicom_results(entry, self._model_of(entry).short_sha)
+                built = dicom_results(entry, model_of(self, entry).short_sha)
             except Exception:
                 if fetched:
                     study.dicom = None  # a refused request leaves the session as it was
@@ -476,7 +469,7 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
                 sr_sop_instance_uid=str(built.sr.SOPInstanceUID),
             )
             if request.request_id:
-                self._keep_reply(entry, replay, request, reply)
+                keep_reply(self.durability, entry, replay, request, reply)
             log.info("session %s: stored SEG and SR on PACS %s", entry.session_id, request.endpoint)
             return reply
 
@@ -486,7 +479,7 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
         with self.registry.claim(request.session_id) as entry:
             replay = f"annotation:{request.request_id}"
             earlier = (
-                self._earlier_reply(entry, replay, pb.SaveAnnotationResponse, request, request.request_id)
+                earlier_reply(self.durability, entry, replay, pb.SaveAnnotationResponse, request, request.request_id)
                 if request.request_id
                 else None
             )
@@ -504,7 +497,7 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
                 )
             # The same label volume as GetResult's with object-id values (one builder, one overlap rule).
             labels = build_labels(masks, entry.results.shape, LabelValues.OBJECT_IDS)
-            model = self._model_of(entry)
+            model = model_of(self, entry)
             study = entry.study
             saved = self.annotations.save(
                 entry.owner,
@@ -533,7 +526,7 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
                 model_version=model.short_sha,
             )
             if request.request_id:
-                self._keep_reply(entry, replay, request, reply)
+                keep_reply(self.durability, entry, replay, request, reply)
             log.info(
                 "session %s: saved %d object(s) as training case %s", entry.session_id, len(masks), saved.case_file
             )
@@ -541,7 +534,7 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
 
     @rpc("GetServerInfo")
     def GetServerInfo(self, request: pb.GetServerInfoRequest, context) -> pb.ServerInfo:  # noqa: ANN001
-        return self._server_info()
+        return server_info(self)
 
     @rpc("SetModelVersion")
     def SetModelVersion(self, request: pb.SetModelVersionRequest, context) -> pb.ServerInfo:  # noqa: ANN001
@@ -555,39 +548,7 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
                 reason="MODEL_NOT_VERSIONED",
             )
         versions.switch(request.version or None, by=principal)
-        return self._server_info()
-
-    def _server_info(self) -> pb.ServerInfo:
-        limits = self.registry.limits
-        versions = self.registry.versions
-        model = (versions.provenance(versions.current_version) if versions is not None else None) or self.model
-        capabilities = ["corrections", "request-ids", "object-masks", "dicom-seg", "dicom-sr", "image"]
-        if self.pacs is not None:
-            capabilities += ["pacs", "store-result"]
-        if self.annotations.enabled:
-            capabilities.append("save-annotation")
-        if versions is not None:
-            capabilities.append("model-versions")
-        return pb.ServerInfo(
-            server_version=_package_version(),
-            api_version=pb.DESCRIPTOR.package,
-            backend=self.backend.name,
-            precision=self.backend.precision,
-            model=_model_info(model),
-            limits=pb.ServerLimits(
-                max_sessions=limits.max_sessions,
-                max_study_voxels=limits.max_study_voxels,
-                max_state_bytes=limits.max_state_bytes,
-                session_ttl_seconds=limits.idle_ttl_s,
-                max_message_bytes=self.max_message_bytes,
-                max_points=MAX_POINTS,
-            ),
-            presets=[p.value for p in Preset],
-            pacs_endpoints=self.pacs.endpoint_names if self.pacs is not None else [],
-            result_formats=list(RESULT_FORMATS),
-            capabilities=capabilities,
-            model_versions=versions.available() if versions is not None else [],
-        )
+        return server_info(self)
 
     @rpc("ResetObjects")
     def ResetObjects(self, request: pb.ResetObjectsRequest, context) -> pb.Session:  # noqa: ANN001
@@ -608,71 +569,12 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
                 entry.session.reset(ids)
                 entry.results.clear(ids)
                 self._journal(entry, "ResetObjects", request)
-            return self._describe(entry)
+            return describe_session(self, entry)
 
     def _journal(self, entry: SessionEntry, method: str, request: Message) -> None:
         """Record an accepted change of a durable session in the store, before it is acknowledged."""
         if self.durability is not None and entry.durable:
             self.durability.journal(entry.session_id, method, request)
-
-    def _earlier_reply(
-        self, entry: SessionEntry, key: str, reply_type: type[Message], request: Message, request_id: str
-    ) -> Message | None:
-        """The reply already given to this request id: from this replica, or from the store after a failover.
-
-        The same id with a different request is refused (``REQUEST_ID_REUSED``).
-        """
-        earlier = entry.replies.get(key)
-        if earlier is None and self.durability is not None and entry.durable:
-            earlier = self.durability.reply(entry.session_id, key, reply_type)
-        if earlier is None:
-            return None
-        check_same(earlier[0], request_digest(request), request_id)
-        return earlier[1]
-
-    def _keep_reply(self, entry: SessionEntry, key: str, request: Message, reply: Message) -> None:
-        """Remember a reply whose work must not be repeated by a retry, here and (durable sessions) in the store."""
-        digest = request_digest(request)
-        _remember(entry.replies, key, (digest, reply))
-        if self.durability is not None and entry.durable:
-            self.durability.remember_reply(entry.session_id, key, reply, digest)
-
-    def _model_of(self, entry: SessionEntry) -> ModelProvenance:
-        """The model a session runs on: its pinned version's provenance when numbered versions are served."""
-        versions = self.registry.versions
-        if versions is None or entry.model_version is None:
-            return self.model
-        return versions.provenance(entry.model_version) or ModelProvenance(version=entry.model_version)
-
-    def _describe(self, entry: SessionEntry) -> pb.Session:
-        described = entry.session.describe()
-        study = entry.study
-        return pb.Session(
-            session_id=entry.session_id,
-            shape=list(described.shape),
-            spacing_mm=list(study.spacing),
-            object_ids=described.object_ids,
-            state_bytes=entry.state_bytes,
-            idle_seconds=entry.idle_seconds(),
-            expires_in_seconds=self.registry.expires_in(entry),
-            label=study.label,
-            backend=self.backend.name,
-            busy=entry.busy,
-            modality=study.modality,
-            geometry=geometry_to_pb(study.geometry),
-            frame_of_reference_uid=study.frame_of_reference_uid,
-            study_uid=study.study_uid,
-            series_uid=study.series_uid,
-            external_id=study.external_id,
-            preset=study.preset,
-            dicom_results=study.dicom is not None,
-            model_version=self._model_of(entry).short_sha,
-            durable=entry.durable,
-            model=_model_info(self._model_of(entry)),
-            image_kept=entry.image is not None,
-            postprocessing=postprocessing_to_pb(study.postprocessing) if study.postprocessing is not None else None,
-            sop_instance_uids=_slice_uids(study),
-        )
 
 
 class _ReplayContext:
@@ -688,31 +590,6 @@ _REPLAY_CONTEXT = _ReplayContext()
 
 def _no_upload() -> np.ndarray:
     raise AssertionError("a study from PACS receives no voxels from its client")
-
-
-def _remember(replies: dict, key: str, reply: object) -> None:
-    """Keep a reply for retries of its request id; only the latest few per kind (a retry follows its request)."""
-    replies[key] = reply
-    kind = key.split(":", 1)[0] + ":"
-    keys = [k for k in replies if k.startswith(kind)]
-    for old in keys[:-REMEMBERED_REPLIES]:
-        del replies[old]
-
-
-def _model_info(model: ModelProvenance) -> pb.ModelInfo:
-    return pb.ModelInfo(
-        version=model.version,
-        checkpoint_sha256=model.checkpoint_sha256 or "",
-        short_sha=model.short_sha,
-        untrained=bool(model.untrained),
-    )
-
-
-def _package_version() -> str:
-    try:
-        return metadata.version("medsam2-serving")
-    except metadata.PackageNotFoundError:
-        return "unknown"
 
 
 def _slice_reply(
@@ -732,10 +609,3 @@ def _slice_reply(
         for obj_id, mask in masks.items()
     ]
     return pb.SliceResult(slice=frame, objects=objects, done=done, total=total, final=final, **{"pass": pass_name})
-
-
-def _slice_uids(study: StudyInfo) -> list[str]:
-    """Each slice's SOPInstanceUID (a multi-frame source has one object, so none per slice)."""
-    if study.dicom is not None:
-        return [] if study.dicom.multiframe else list(study.dicom.slice_uids)
-    return list(study.sop_instance_uids)
