@@ -1,7 +1,8 @@
 """The SegmentationService: each RPC converts, calls the engine under the session's lock, converts back.
 
-Volumes follow the 3D protocol of ``engine.protocols.VolumeAnnotation`` (the one
-source of truth for prompts and corrections); videos are tracked in-state.
+Volumes and videos alike are driven through ``engine.session.Session`` (the 3D protocol or in-state tracking is
+the session's business); opening studies, results files, descriptions, rebuilds and reply keeping live in their
+own modules beside this one.
 """
 
 from __future__ import annotations
@@ -31,39 +32,35 @@ from medsam2.engine.session import (
 )
 from medsam2.errors import InvalidInput, NotFound, PreconditionFailed
 from medsam2.io.dicom_seg import default_segments
-from medsam2.io.labels import LabelValues, build_labels
 from medsam2.models.provenance import ModelProvenance
 from medsam2.pacs.service import PacsStudies
 from medsam2.server import metrics
 from medsam2.server.annotation_store import AnnotationStore
 from medsam2.server.auth import ANONYMOUS, Authenticator, current_principal
 from medsam2.server.describe import describe_session, model_of, server_info
-from medsam2.server.dicom_results import (
-    check_headers_match,
-)
 from medsam2.server.drain import Drain
-from medsam2.server.durability import JOURNALED, Durability
+from medsam2.server.durability import Durability
 from medsam2.server.idempotency import check_same, earlier_reply, keep_reply, remember, request_digest
 from medsam2.server.pacs_fetches import PacsFetchGuard, PacsFetchLimits
+from medsam2.server.pacs_store import store_on_pacs
+from medsam2.server.rebuild import rebuild
 from medsam2.server.request_checks import check_prompt_mask
 from medsam2.server.result_chunks import (
     check_format,
     chunk_size,
-    dicom_results,
     image_chunks,
     result_chunks,
 )
 from medsam2.server.sessions import SessionEntry, SessionRegistry
 from medsam2.server.status import rpc
 from medsam2.server.study_open import open_study
+from medsam2.server.training_case import save_training_case
 from medsam2.server.uploads import UploadGuard, UploadLimits
 
 log = logging.getLogger(__name__)
 
 REMEMBERED_CREATES = 1024
 """CreateSession request ids remembered for retries (oldest forgotten first)."""
-MAX_TRAINING_LABEL = 65535
-"""The largest object id a training case can hold (its labels are 16-bit)."""
 
 
 class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
@@ -106,7 +103,7 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
         self.drain = drain or Drain()
         """Calls in flight and the shutdown clock (``@rpc`` counts calls; streams end at the grace period)."""
         if durability is not None:
-            registry.rebuild = self._rebuild
+            registry.rebuild = lambda session_id, owner: rebuild(self, session_id, owner)
 
     # -- sessions -----------------------------------------------------------------------
     @rpc("CreateSession")
@@ -138,10 +135,10 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
                     except NotFound:
                         pass  # closed or expired since: open it again, with the voxels already read
             if not header.HasField("pacs"):
-                entry = self._open(header, receive)
+                entry = self.open_entry(header, receive)
         if header.HasField("pacs"):
             # Out of the upload slot: a PACS fetch waits on the PACS, not on the client, and takes a PACS slot.
-            entry = self._open(header, _no_upload, context=context)
+            entry = self.open_entry(header, _no_upload, context=context)
         if header.request_id:
             digest = digests[0] if digests else request_digest(header)
             if self.durability is not None and entry.durable:
@@ -152,7 +149,7 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
                     self._created.popitem(last=False)
         return describe_session(self, entry)
 
-    def _open(
+    def open_entry(
         self,
         header: pb.StudyHeader,
         receive: Callable[[], np.ndarray],
@@ -185,61 +182,6 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
         if self.durability is not None and entry.durable:
             described.history.extend(self.durability.history(entry.session_id))
         return described
-
-    def _rebuild(self, session_id: str, owner: str) -> bool:
-        """Open a session this replica does not hold from the session store, and replay its journal.
-
-        Called by the registry on a miss. The replayed requests run the same code as the RPCs (without their
-        authentication, which the triggering request already passed), so the state is the lost replica's.
-        """
-        durability = self.durability
-        assert durability is not None
-        record = durability.store.load(session_id)
-        if record is None or record.owner != owner:
-            return False
-        started = time.perf_counter()
-        with durability.rebuilding(session_id):
-            if session_id in {e.session_id for e in self.registry.list(principal=owner)}:
-                return True  # another request rebuilt it while this one waited
-            header = pb.StudyHeader.FromString(record.header)
-            versions = self.registry.versions
-            version = record.model_version if versions is not None else None
-            if version is not None and versions is not None:
-                try:
-                    versions.hold(version)  # the version it was opened with, whatever is current here
-                except NotFound as exc:
-                    raise PreconditionFailed(
-                        f"session {session_id} was opened on model version {version}, which this replica cannot "
-                        f"load ({exc}): open the study again",
-                        reason="MODEL_VERSION_UNAVAILABLE",
-                    ) from exc
-            try:
-                self._open(
-                    header,
-                    lambda: durability.study_voxels(session_id, header),
-                    session_id=session_id,
-                    model_version=version,
-                )
-            finally:
-                if version is not None and versions is not None:
-                    versions.release(version)  # the session's own pin holds it from here
-            try:
-                for item in durability.store.journal(session_id):
-                    request = JOURNALED[item.method].FromString(item.request)
-                    handler = getattr(SegmentationServicer, item.method).__wrapped__
-                    reply = handler(self, request, _REPLAY_CONTEXT)
-                    if item.method == "Propagate":
-                        for _ in reply:  # run the whole propagation again
-                            pass
-            except Exception:
-                self.registry.discard(session_id)  # never serve a half-replayed session; the next call retries
-                raise
-            self.registry.rebuilt(session_id)
-        # Counted here, not in ``rebuilding``: a request that waited and found the session rebuilt rebuilt nothing.
-        metrics.REBUILDS.inc()
-        metrics.REBUILD_SECONDS.observe(time.perf_counter() - started)
-        log.info("session %s rebuilt from the session store", session_id)
-        return True
 
     @rpc("ListSessions")
     def ListSessions(self, request: pb.ListSessionsRequest, context) -> pb.ListSessionsResponse:  # noqa: ANN001
@@ -444,29 +386,8 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
             )
             if earlier is not None:
                 return earlier
-            study = entry.study
-            fetched = study.dicom is None and bool(study.sop_instance_uids and study.study_uid and study.series_uid)
-            if fetched:
-                # An upload that named its DICOM instances: their headers come from the PACS that holds them.
-                with self.pacs_fetches.fetch(context) as cancel:
-                    source = self.pacs.headers(
-                        request.endpoint, study.study_uid, study.series_uid, study.sop_instance_uids, cancel=cancel
-                    )
-                check_headers_match(study, source, entry.results.shape)
-                study.dicom = source
-            try:
-                built = dicom_results(entry, model_of(self, entry).short_sha)
-            except Exception:
-                if fetched:
-                    study.dicom = None  # a refused request leaves the session as it was
-                raise
-            self.pacs.store(request.endpoint, [built.seg, built.sr])
-            reply = pb.StoreResultResponse(
-                study_uid=str(built.seg.StudyInstanceUID),
-                seg_series_uid=str(built.seg.SeriesInstanceUID),
-                seg_sop_instance_uid=str(built.seg.SOPInstanceUID),
-                sr_series_uid=str(built.sr.SeriesInstanceUID),
-                sr_sop_instance_uid=str(built.sr.SOPInstanceUID),
+            reply = store_on_pacs(
+                self.pacs, self.pacs_fetches, entry, request.endpoint, context, model_of(self, entry).short_sha
             )
             if request.request_id:
                 keep_reply(self.durability, entry, replay, request, reply)
@@ -485,50 +406,14 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
             )
             if earlier is not None:
                 return earlier
-            masks = {i: m for i, m in entry.results.masks().items() if m.any()}
-            if not masks:
-                raise PreconditionFailed(
-                    "the session has no masks to save yet: add a prompt (and propagate) first", reason="NO_MASKS"
-                )
-            too_large = [i for i in masks if i > MAX_TRAINING_LABEL]
-            if too_large:
-                raise InvalidInput(
-                    f"object id {too_large[0]} does not fit the training format's labels (1..{MAX_TRAINING_LABEL})"
-                )
-            # The same label volume as GetResult's with object-id values (one builder, one overlap rule).
-            labels = build_labels(masks, entry.results.shape, LabelValues.OBJECT_IDS)
-            model = model_of(self, entry)
-            study = entry.study
-            saved = self.annotations.save(
-                entry.owner,
-                request.case_name or study.label or "study",
-                entry.session.frames,
-                labels,
-                study.spacing,
-                modality=study.modality or ("VIDEO" if study.is_video else "CT"),
-                video=study.is_video,
-                provenance={
-                    "source": "medsam2 serve SaveAnnotation",
-                    "saved_by": entry.owner,
-                    "session_id": entry.session_id,
-                    "preset": study.preset,
-                    "model_version": model.version,
-                    "model_checkpoint_sha256": model.checkpoint_sha256,
-                    "objects": {str(i): entry.objects[i].label if i in entry.objects else "" for i in masks},
-                },
-            )
-            reply = pb.SaveAnnotationResponse(
-                case_file=saved.case_file,
-                folder=saved.folder,
-                sha256=saved.sha256,
-                size_bytes=saved.size_bytes,
-                object_ids=sorted(masks),
-                model_version=model.short_sha,
-            )
+            reply = save_training_case(self.annotations, entry, request.case_name, model_of(self, entry))
             if request.request_id:
                 keep_reply(self.durability, entry, replay, request, reply)
             log.info(
-                "session %s: saved %d object(s) as training case %s", entry.session_id, len(masks), saved.case_file
+                "session %s: saved %d object(s) as training case %s",
+                entry.session_id,
+                len(reply.object_ids),
+                reply.case_file,
             )
             return reply
 
@@ -575,17 +460,6 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
         """Record an accepted change of a durable session in the store, before it is acknowledged."""
         if self.durability is not None and entry.durable:
             self.durability.journal(entry.session_id, method, request)
-
-
-class _ReplayContext:
-    """The context a journal replay runs under: always active, as the original stream ran to its end."""
-
-    def is_active(self) -> bool:
-        """A replayed propagation never stops early."""
-        return True
-
-
-_REPLAY_CONTEXT = _ReplayContext()
 
 
 def _no_upload() -> np.ndarray:
