@@ -123,3 +123,10 @@ def test_no_module_level_import_cycles() -> None:
         if module not in state:
             visit(module, [module])
     assert cycles == []
+
+
+def test_the_servicer_drives_the_engine_only_through_the_session_interface() -> None:
+    # The servicer translates messages to ``engine.session`` calls; trackers and protocols are the session's.
+    servicer = PACKAGE / "server" / "servicer.py"
+    engine = {n for n in imports_of(servicer) if n == "medsam2.engine" or n.startswith("medsam2.engine.")}
+    assert engine == {"medsam2.engine.session"}

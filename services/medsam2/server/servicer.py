@@ -267,7 +267,7 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
             finally:
                 if not completed:
                     # Cut short (cancelled, refused by a limit, closed, drained): never journaled, so not kept. The
-                    # annotation's masks are empty or partial until every pass has run: they must not replace these.
+                    # session's 3D masks are empty or partial until every pass has run: they must not replace these.
                     before.restore()
                 elif plan.three_d:
                     # The session's masks are the result: passes merged, corrections applied, largest component.
