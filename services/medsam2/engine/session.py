@@ -9,7 +9,7 @@ session is, and what each keeps per object, stays in here: the service translate
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -50,16 +50,15 @@ class Description:
 
 @dataclass(frozen=True, slots=True)
 class Plan:
-    """One propagation, planned once: what ``propagate`` runs and how many (pass, result) pairs it yields."""
+    """One propagation, planned once: the run ``propagate`` yields and how many (pass, result) pairs it has."""
 
     three_d: bool
     """MedSAM2's 3D protocol (its masks, post-processed, replace the streamed ones at the end) or in-state."""
     total: int
     final: bool
     """Whether every streamed mask is final: only the 3D protocol's largest-component step changes one later."""
-    slice_range: tuple[int, int] | None
-    passes: tuple[Direction, ...] = ()
-    origin: int = 0
+    stream: Iterator[tuple[str, FrameResult]] = field(repr=False, compare=False)
+    """The run the plan counts: ``Session.propagate`` yields it (once)."""
 
 
 class Session:
@@ -142,16 +141,8 @@ class Session:
                     "the MedSAM2 3D protocol is for volumes, and this session propagates in-state "
                     "(it is a video, or its first propagation was IN_STATE)"
                 )
-            if not annotation.object_ids:
-                raise PreconditionFailed(
-                    "no prompts yet: add a box, points or a mask before propagating", reason="NO_PROMPTS"
-                )
-            return Plan(
-                three_d=True,
-                total=annotation.planned_slices(slice_range),
-                final=not annotation.keep_largest_component,
-                slice_range=slice_range,
-            )
+            total, stream = annotation.plan(slice_range)  # NO_PROMPTS without objects
+            return Plan(three_d=True, total=total, final=not annotation.keep_largest_component, stream=stream)
         if self.annotation is not None:
             self._switch_to_in_state()
         return self._plan_in_state(slice_range, direction, start)
@@ -186,19 +177,17 @@ class Session:
         total = 0
         for chosen in passes:
             total += (origin - first + 1 if origin > 0 else 0) if chosen is Direction.BACKWARD else (last - origin + 1)
-        return Plan(three_d=False, total=total, final=True, slice_range=(first, last), passes=passes, origin=origin)
+        stream = self._run_in_state(passes, origin, first, last)
+        return Plan(three_d=False, total=total, final=True, stream=stream)
 
     def propagate(self, plan: Plan) -> Iterator[tuple[str, FrameResult]]:
         """Run a plan: (pass name, result) per slice."""
-        if plan.three_d:
-            assert self.annotation is not None
-            return self.annotation.propagate(plan.slice_range)
-        return self._run_in_state(plan)
+        return plan.stream
 
-    def _run_in_state(self, plan: Plan) -> Iterator[tuple[str, FrameResult]]:
-        first, last = plan.slice_range or (0, self.tracker.num_frames - 1)
-        origin = plan.origin
-        for chosen in plan.passes:
+    def _run_in_state(
+        self, passes: tuple[Direction, ...], origin: int, first: int, last: int
+    ) -> Iterator[tuple[str, FrameResult]]:
+        for chosen in passes:
             limit = (origin - first) if chosen is Direction.BACKWARD else (last - origin)
             for result in self.tracker.propagate(chosen, start=origin, limit=max(limit, 0)):
                 yield chosen.value, result
