@@ -353,3 +353,12 @@ def test_no_module_level_import_cycles() -> None:
         if module not in state:
             visit(module, [module])
     assert cycles == []
+
+
+def test_the_servicer_drives_the_engine_only_through_the_session_interface() -> None:
+    # The servicer translates messages to ``engine.session`` calls; trackers and protocols are the session's.
+    servicer = PACKAGE / "server" / "servicer.py"
+    engine = {n for n in imports_of(servicer) if n == "medsam2.engine" or n.startswith("medsam2.engine.")}
+    # ``from medsam2.engine.session import X`` is reported as ``medsam2.engine.session.X``.
+    outside = {n for n in engine if n != "medsam2.engine.session" and not n.startswith("medsam2.engine.session.")}
+    assert engine and not outside, outside

@@ -13,7 +13,8 @@ from servicer_calls import Call, box_prompt, call_unary, create, make_servicer, 
 
 from medsam2.api.pb.medsam2.v1 import segmentation_pb2 as pb
 from medsam2.server.annotation_store import AnnotationStore
-from medsam2.server.servicer import REMEMBERED_REPLIES, SegmentationServicer
+from medsam2.server.idempotency import REMEMBERED_REPLIES
+from medsam2.server.servicer import SegmentationServicer
 
 
 @pytest.fixture()

@@ -380,9 +380,7 @@ class VolumeAnnotation:
         """How many (pass, result) pairs the next ``propagate(slice_range)`` yields (for progress totals)."""
         first, last = self._check_range(slice_range)
         groups, retracks = self._plan(first, last)
-        # The backward pass's key slice is not yielded again: it is the forward pass's (one decode of one prompt).
-        full = sum((last - key + 1) + (key - first) for key in groups)
-        return full + sum(step.length for steps in retracks.values() for step in steps)
+        return _count(groups, retracks, first, last)
 
     def propagate(self, slice_range: tuple[int, int] | None = None) -> Iterator[tuple[str, FrameResult]]:
         """Run what is due: the full protocol for new objects, re-tracking for corrected ones; (pass, result) per slice.
@@ -390,13 +388,17 @@ class VolumeAnnotation:
         Objects already propagated and without pending corrections are left as they are.
         Everything is validated before the first slice is tracked.
         """
+        return self.plan(slice_range)[1]
+
+    def plan(self, slice_range: tuple[int, int] | None = None) -> tuple[int, Iterator[tuple[str, FrameResult]]]:
+        """``planned_slices`` and ``propagate`` from one plan: the count and the run it counts (run it once)."""
         if not self._objects:
             raise PreconditionFailed(
                 "no prompts yet: add a box, points or a mask before propagating", reason="NO_PROMPTS"
             )
         first, last = self._check_range(slice_range)
         groups, retracks = self._plan(first, last)
-        return self._run(groups, retracks, first, last)
+        return _count(groups, retracks, first, last), self._run(groups, retracks, first, last)
 
     def _run(
         self, groups: dict[int, list[_Annotated]], retracks: dict[int, list[_Retrack]], first: int, last: int
@@ -620,6 +622,13 @@ class VolumeAnnotation:
                 field="object_id",
             )
         return obj
+
+
+def _count(groups: dict[int, list[_Annotated]], retracks: dict[int, list[_Retrack]], first: int, last: int) -> int:
+    """How many (pass, result) pairs a plan's run yields."""
+    # The backward pass's key slice is not yielded again: it is the forward pass's (one decode of one prompt).
+    full = sum((last - key + 1) + (key - first) for key in groups)
+    return full + sum(step.length for steps in retracks.values() for step in steps)
 
 
 def _is_clicks(prompt: ObjectPrompt) -> bool:

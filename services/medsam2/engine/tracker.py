@@ -214,6 +214,7 @@ class Tracker:
         box: Box | None = None,
         points: np.ndarray | None = None,
         labels: np.ndarray | None = None,
+        *,
         clear_old: bool = True,
     ) -> FrameResult:
         """A box and/or clicks for one object on one frame (sam2's ``add_new_points_or_box``)."""
@@ -264,7 +265,9 @@ class Tracker:
         if mask is not None:
             out = self._mask_as_output(frame, mask)
         else:
-            out = self._infer(frame, [track], is_init, [prompt], reverse, [prev_logits], encode_memory=False)[0]
+            out = self._infer(
+                frame, [track], [prompt], [prev_logits], is_init=is_init, reverse=reverse, encode_memory=False
+            )[0]
         pending[frame] = out
         self.features.pin(frame)
         return self.result(frame)
@@ -293,10 +296,10 @@ class Tracker:
             start = min(t for track in self.objects.values() for t in track.cond)
         passes = [False, True] if direction is Direction.BOTH else [direction is Direction.BACKWARD]
         for reverse in passes:
-            yield from self._propagate_pass(start, limit, reverse, reverse_from_zero)
+            yield from self._propagate_pass(start, limit, reverse=reverse, reverse_from_zero=reverse_from_zero)
 
     def _propagate_pass(
-        self, start: int, limit: int | None, reverse: bool, reverse_from_zero: bool = False
+        self, start: int, limit: int | None, *, reverse: bool, reverse_from_zero: bool = False
     ) -> Iterator[FrameResult]:
         self._preflight()
         limit = self.num_frames if limit is None else limit
@@ -310,7 +313,13 @@ class Tracker:
             to_track = [t for t in self.objects.values() if frame not in t.cond and t.obj_id not in stopped]
             if to_track:
                 outs = self._infer(
-                    frame, to_track, False, [None] * len(to_track), reverse, [None] * len(to_track), encode_memory=True
+                    frame,
+                    to_track,
+                    [None] * len(to_track),
+                    [None] * len(to_track),
+                    is_init=False,
+                    reverse=reverse,
+                    encode_memory=True,
                 )
                 for track, out in zip(to_track, outs, strict=False):
                     track.non_cond[frame] = out
@@ -356,10 +365,11 @@ class Tracker:
         self,
         frame: int,
         tracks: Sequence[ObjectTrack],
-        is_init: bool,
         prompts: Sequence[ModelPoints | None],
-        reverse: bool,
         prev_logits: Sequence[np.ndarray | None],
+        *,
+        is_init: bool,
+        reverse: bool,
         encode_memory: bool,
     ) -> list[FrameOutput]:
         batch = len(tracks)

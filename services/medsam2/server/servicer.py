@@ -1,7 +1,8 @@
 """The SegmentationService: each RPC converts, calls the engine under the session's lock, converts back.
 
-Volumes follow the 3D protocol of ``engine.protocols.VolumeAnnotation`` (the one
-source of truth for prompts and corrections); videos are tracked in-state.
+Volumes and videos alike are driven through ``engine.session.Session`` (the 3D protocol or in-state tracking is
+the session's business); opening studies, results files, descriptions, rebuilds and reply keeping live in their
+own modules beside this one.
 """
 
 from __future__ import annotations
@@ -11,8 +12,6 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Generator, Iterator
-from dataclasses import replace
-from importlib import metadata
 
 import numpy as np
 from google.protobuf.message import Message
@@ -20,75 +19,48 @@ from google.protobuf.message import Message
 from medsam2.api.convert import (
     DIRECTIONS,
     encode_mask,
-    geometry_from_pb,
-    geometry_to_pb,
-    header_shape,
-    header_spacing,
-    identity_from_pb,
-    postprocessing_from_pb,
-    postprocessing_to_pb,
     prompt_from_pb,
     segment_spec_from_pb,
 )
 from medsam2.api.pb.medsam2.v1 import segmentation_pb2 as pb
 from medsam2.api.pb.medsam2.v1 import segmentation_pb2_grpc as pb_grpc
-from medsam2.engine.backend import StageBackend
-from medsam2.engine.postprocessing import PostProcessingOptions
-from medsam2.engine.postprocessing import resolve as resolve_postprocessing
-from medsam2.engine.protocols import VolumeAnnotation, apply_prompt
-from medsam2.engine.tracker import Direction, FrameResult, Tracker, TrackerOptions
+from medsam2.engine.session import (
+    FrameResult,
+    StageBackend,
+    TrackerOptions,
+    changed_slices,
+)
 from medsam2.errors import InvalidInput, NotFound, PreconditionFailed
-from medsam2.graphs import MAX_POINTS
-from medsam2.imaging.windowing import Preset, Window, resolve_preset, to_uint8
-from medsam2.io.dicom_pixels import to_grey_uint8
 from medsam2.io.dicom_seg import default_segments
-from medsam2.io.labels import LabelValues, build_labels, label_map, label_map_json
 from medsam2.models.provenance import ModelProvenance
 from medsam2.pacs.service import PacsStudies
 from medsam2.server import metrics
 from medsam2.server.annotation_store import AnnotationStore
 from medsam2.server.auth import ANONYMOUS, Authenticator, current_principal
-from medsam2.server.dicom_results import (
-    DicomResults,
-    build_dicom_results,
-    check_headers_match,
-    require_dicom_source,
-)
+from medsam2.server.describe import describe_session, model_of, server_info
 from medsam2.server.drain import Drain
-from medsam2.server.durability import JOURNALED, Durability
-from medsam2.server.idempotency import check_same, request_digest
-from medsam2.server.pacs_fetches import PacsFetchGuard, PacsFetchLimits, fetch_limits
-from medsam2.server.request_checks import MIN_CHUNK_BYTES, check_prompt_mask
-from medsam2.server.results import encode_labels, encode_object_masks, nifti_gz_pieces
-from medsam2.server.sessions import SessionEntry, SessionRegistry, StudyInfo
+from medsam2.server.durability import Durability
+from medsam2.server.idempotency import check_same, earlier_reply, keep_reply, remember, request_digest
+from medsam2.server.pacs_fetches import PacsFetchGuard, PacsFetchLimits
+from medsam2.server.pacs_store import store_on_pacs
+from medsam2.server.rebuild import rebuild
+from medsam2.server.request_checks import check_prompt_mask
+from medsam2.server.result_chunks import (
+    check_format,
+    chunk_size,
+    image_chunks,
+    result_chunks,
+)
+from medsam2.server.sessions import SessionEntry, SessionRegistry
 from medsam2.server.status import rpc
+from medsam2.server.study_open import open_study
+from medsam2.server.training_case import save_training_case
 from medsam2.server.uploads import UploadGuard, UploadLimits
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CHUNK_BYTES = 1 << 20
-CHUNK_OVERHEAD_BYTES = 4096
-"""Room left in a gRPC message beside a ResultChunk's data (offset, sizes, shape, object ids)."""
-IMAGE_GZIP_LEVEL = 1
-"""GetImage's gzip level: the fastest, as a viewer waits for the image (a CT compresses about 2x even so)."""
 REMEMBERED_CREATES = 1024
 """CreateSession request ids remembered for retries (oldest forgotten first)."""
-REMEMBERED_REPLIES = 32
-"""AddPrompt, StoreResult and SaveAnnotation replies kept per session for retries, each (oldest forgotten first)."""
-MAX_TRAINING_LABEL = 65535
-"""The largest object id a training case can hold (its labels are 16-bit)."""
-LABEL_VALUES = {
-    pb.LABEL_VALUES_UNSPECIFIED: LabelValues.RANKS,
-    pb.LABEL_VALUES_RANKS: LabelValues.RANKS,
-    pb.LABEL_VALUES_OBJECT_IDS: LabelValues.OBJECT_IDS,
-}
-LABEL_FORMATS = {pb.RESULT_FORMAT_NPZ: "npz", pb.RESULT_FORMAT_NIFTI_GZ: "nifti_gz", pb.RESULT_FORMAT_RAW_LABELS: "raw"}
-RESULT_FORMATS = (
-    *LABEL_FORMATS,
-    pb.RESULT_FORMAT_OBJECT_MASKS_NPZ,
-    pb.RESULT_FORMAT_DICOM_SEG,
-    pb.RESULT_FORMAT_DICOM_SR,
-)
 
 
 class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
@@ -131,7 +103,7 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
         self.drain = drain or Drain()
         """Calls in flight and the shutdown clock (``@rpc`` counts calls; streams end at the grace period)."""
         if durability is not None:
-            registry.rebuild = self._rebuild
+            registry.rebuild = lambda session_id, owner: rebuild(self, session_id, owner)
 
     # -- sessions -----------------------------------------------------------------------
     @rpc("CreateSession")
@@ -159,14 +131,14 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
                         upload.append(receive())
                     check_same(earlier[0], digests[0] if digests else request_digest(header), header.request_id)
                     try:
-                        return self._describe(self.registry.get(earlier[1]))
+                        return describe_session(self, self.registry.get(earlier[1]))
                     except NotFound:
                         pass  # closed or expired since: open it again, with the voxels already read
             if not header.HasField("pacs"):
-                entry = self._open(header, receive)
+                entry = self.open_entry(header, receive)
         if header.HasField("pacs"):
             # Out of the upload slot: a PACS fetch waits on the PACS, not on the client, and takes a PACS slot.
-            entry = self._open(header, _no_upload, context=context)
+            entry = self.open_entry(header, _no_upload, context=context)
         if header.request_id:
             digest = digests[0] if digests else request_digest(header)
             if self.durability is not None and entry.durable:
@@ -175,9 +147,9 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
                 self._created[(principal, header.request_id)] = (digest, entry.session_id)
                 while len(self._created) > REMEMBERED_CREATES:
                     self._created.popitem(last=False)
-        return self._describe(entry)
+        return describe_session(self, entry)
 
-    def _open(
+    def open_entry(
         self,
         header: pb.StudyHeader,
         receive: Callable[[], np.ndarray],
@@ -191,50 +163,9 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
         ``session_id`` reopens a stored session under its own id (a rebuild) on the ``model_version`` it was
         opened with; the store is then not written. A PACS fetch ends when ``context``'s call does.
         """
-        is_video = header.kind == pb.STUDY_KIND_VIDEO
-        window = None
-        if header.preprocessing.window_width > 0:
-            window = Window(header.preprocessing.window_width, header.preprocessing.window_level)
-        preset = header.preprocessing.preset or ("none" if is_video else "auto")
-        resolve_preset(preset, None, is_video=is_video)  # an unknown preset fails before any transfer
-        postprocessing = self._postprocessing(header, is_video)  # so does a bad post-processing request
-        if header.HasField("pacs"):
-            voxels, study = self._fetch(header, is_video, context)
-        else:
-            # Everything the header states is checked before a voxel is received.
-            study = self._uploaded_study(header, header_shape(header), is_video)
-            voxels = receive()
-        modality = study.modality or None
-        study.postprocessing = postprocessing
-        study.preset = (
-            f"window {window.width:g}/{window.level:g}"
-            if window is not None
-            else resolve_preset(preset, modality, voxels.dtype, is_video=is_video).value
-        )
-        stored = self.durability.pack_study(header, voxels) if self.durability is not None else None
-        rgb = None
-        if voxels.ndim == 4:  # an RGB video: the model sees RGB, everything else (results, display) its luma
-            rgb, voxels = voxels, to_grey_uint8(voxels)
-        slices = to_uint8(voxels, preset, window, modality=modality, is_video=is_video)
-        study.postprocessing = postprocessing
-        image = None
-        if header.keep_image:
-            # A viewer displays the intensities as loaded (window presets in HU), not the model's 8-bit input.
-            image = voxels
-            image.setflags(write=False)
-        del voxels  # otherwise the raw upload is not needed once windowed (the store keeps it compressed)
-        frames = rgb if rgb is not None and window is None and study.preset == Preset.NONE.value else slices
-        options = replace(
-            self.tracker_options,
-            fill_hole_area=postprocessing.fill_hole_area,
-            non_overlapping_objects=postprocessing.non_overlapping_objects,
-            binarize_memory=postprocessing.binarize_memory,
-        )
-        tracker = Tracker(self.backend, frames, options)
-        del rgb, frames
-        entry = self.registry.add(tracker, study, session_id=session_id, model_version=model_version, image=image)
-        if not is_video:
-            entry.annotation = VolumeAnnotation(tracker, keep_largest_component=postprocessing.largest_component)
+        opened = open_study(self, header, receive, context=context)
+        session, study, image, stored = opened.session, opened.study, opened.image, opened.stored
+        entry = self.registry.add(session, study, session_id=session_id, model_version=model_version, image=image)
         if self.durability is not None and stored is not None:
             try:
                 self.durability.created(entry.session_id, entry.owner, header, stored, entry.model_version)
@@ -244,137 +175,17 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
             entry.durable = True
         return entry
 
-    def _postprocessing(self, header: pb.StudyHeader, is_video: bool) -> PostProcessingOptions:
-        """MedSAM2's defaults for the study's kind under the header's requests; a volume's hole filling defaults to
-        the server's MEDSAM2_FILL_HOLE_AREA. Checked before any transfer, as the preset is."""
-        requested = postprocessing_from_pb(header.postprocessing)
-        if not is_video:
-            requested = {"fill_hole_area": self.tracker_options.fill_hole_area} | requested
-        options = resolve_postprocessing("video" if is_video else "volume", requested)
-        if is_video and options.largest_component:
-            raise InvalidInput(
-                "postprocessing.largest_component applies to volumes (MedSAM2's 3D protocol), not to videos",
-                field="header.postprocessing.largest_component",
-            )
-        return options
-
-    def _uploaded_study(self, header: pb.StudyHeader, shape: tuple[int, ...], is_video: bool) -> StudyInfo:
-        spacing = header_spacing(header)
-        return StudyInfo(
-            spacing,
-            header.label,
-            is_video,
-            modality=header.modality.strip().upper(),
-            geometry=geometry_from_pb(header, spacing),
-            external_id=header.external_id,
-            **identity_from_pb(header, shape[0]),
-        )
-
-    def _fetch(self, header: pb.StudyHeader, is_video: bool, context: object | None) -> tuple[np.ndarray, StudyInfo]:
-        reference = header.pacs
-        if self.pacs is None:
-            raise PreconditionFailed(
-                "no PACS endpoint is configured on this server: upload the voxels instead "
-                "(or set MEDSAM2_PACS_<NAME>_URL or MEDSAM2_PACS_CONFIG)",
-                reason="PACS_NOT_CONFIGURED",
-            )
-        if not reference.endpoint or not reference.study_uid:
-            raise InvalidInput("header.pacs needs an endpoint and a study_uid")
-        with self.pacs_fetches.fetch(context) as cancel:
-            volume = self.pacs.open(
-                reference.endpoint,
-                reference.study_uid,
-                reference.series_uid,
-                self.uploads.check_study,
-                cancel=cancel,
-                limits=fetch_limits(self.registry.limits.max_study_voxels),
-            )
-        self.uploads.check_study(volume.voxels.shape)
-        source = volume.dicom
-        first = source.datasets[0] if source is not None else None
-        study = StudyInfo(
-            volume.spacing,
-            header.label,
-            is_video,
-            modality=(header.modality or volume.modality or "").strip().upper(),
-            geometry=volume.geometry,
-            external_id=header.external_id,
-            dicom=source,
-            frame_of_reference_uid=str(first.get("FrameOfReferenceUID", "")) if first is not None else "",
-            study_uid=source.study_uid if source is not None else reference.study_uid,
-            series_uid=source.series_uid if source is not None else reference.series_uid,
-            sop_instance_uids=tuple(source.slice_uids) if source is not None else (),
-            pacs_endpoint=reference.endpoint,
-        )
-        # A colour cine loop (US/ES, SamplesPerPixel 3) reaches the model as RGB, as an RGB upload does.
-        return (volume.rgb if volume.rgb is not None else volume.voxels), study
-
     @rpc("GetSession")
     def GetSession(self, request: pb.GetSessionRequest, context) -> pb.Session:  # noqa: ANN001
         entry = self.registry.get(request.session_id)
-        described = self._describe(entry)
+        described = describe_session(self, entry)
         if self.durability is not None and entry.durable:
             described.history.extend(self.durability.history(entry.session_id))
         return described
 
-    def _rebuild(self, session_id: str, owner: str) -> bool:
-        """Open a session this replica does not hold from the session store, and replay its journal.
-
-        Called by the registry on a miss. The replayed requests run the same code as the RPCs (without their
-        authentication, which the triggering request already passed), so the state is the lost replica's.
-        """
-        durability = self.durability
-        assert durability is not None
-        record = durability.store.load(session_id)
-        if record is None or record.owner != owner:
-            return False
-        started = time.perf_counter()
-        with durability.rebuilding(session_id):
-            if session_id in {e.session_id for e in self.registry.list(principal=owner)}:
-                return True  # another request rebuilt it while this one waited
-            header = pb.StudyHeader.FromString(record.header)
-            versions = self.registry.versions
-            version = record.model_version if versions is not None else None
-            if version is not None and versions is not None:
-                try:
-                    versions.hold(version)  # the version it was opened with, whatever is current here
-                except NotFound as exc:
-                    raise PreconditionFailed(
-                        f"session {session_id} was opened on model version {version}, which this replica cannot "
-                        f"load ({exc}): open the study again",
-                        reason="MODEL_VERSION_UNAVAILABLE",
-                    ) from exc
-            try:
-                self._open(
-                    header,
-                    lambda: durability.study_voxels(session_id, header),
-                    session_id=session_id,
-                    model_version=version,
-                )
-            finally:
-                if version is not None and versions is not None:
-                    versions.release(version)  # the session's own pin holds it from here
-            try:
-                for item in durability.store.journal(session_id):
-                    request = JOURNALED[item.method].FromString(item.request)
-                    handler = getattr(SegmentationServicer, item.method).__wrapped__
-                    reply = handler(self, request, _REPLAY_CONTEXT)
-                    if item.method == "Propagate":
-                        for _ in reply:  # run the whole propagation again
-                            pass
-            except Exception:
-                self.registry.discard(session_id)  # never serve a half-replayed session; the next call retries
-                raise
-            self.registry.rebuilt(session_id)
-        # Counted here, not in ``rebuilding``: a request that waited and found the session rebuilt rebuilt nothing.
-        metrics.REBUILDS.inc()
-        metrics.REBUILD_SECONDS.observe(time.perf_counter() - started)
-        log.info("session %s rebuilt from the session store", session_id)
-        return True
-
     @rpc("ListSessions")
     def ListSessions(self, request: pb.ListSessionsRequest, context) -> pb.ListSessionsResponse:  # noqa: ANN001
-        return pb.ListSessionsResponse(sessions=[self._describe(e) for e in self.registry.list()])
+        return pb.ListSessionsResponse(sessions=[describe_session(self, e) for e in self.registry.list()])
 
     @rpc("CloseSession")
     def CloseSession(self, request: pb.CloseSessionRequest, context) -> pb.CloseSessionResponse:  # noqa: ANN001
@@ -391,7 +202,7 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
     @rpc("AddPrompt")
     def AddPrompt(self, request: pb.AddPromptRequest, context) -> pb.SliceResult:  # noqa: ANN001
         with self.registry.claim(request.session_id) as entry:
-            check_prompt_mask(request, entry.tracker)  # sizes against the slice before any mask is decoded
+            check_prompt_mask(request, entry.session)  # sizes against the slice before any mask is decoded
             prompt = prompt_from_pb(request)
             replay = f"prompt:{request.request_id}"
             digest = request_digest(request) if request.request_id else b""
@@ -403,31 +214,23 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
             if request.HasField("object_info"):
                 default = entry.objects.get(prompt.obj_id) or default_segments([prompt.obj_id])[0]
                 spec = segment_spec_from_pb(prompt.obj_id, request.object_info, default)
-            tracker = entry.tracker
+            session = entry.session
             # Kept only once journaled: a refused store write leaves the session as it was, and the retry
             # (same request id) applies the prompt once.
             with entry.all_or_nothing():
-                if entry.annotation is not None:
-                    result = entry.annotation.add_prompt(
-                        prompt, keep_previous_points=request.keep_previous_points, correction=request.correction
-                    )
-                elif prompt.points is not None and prompt.box is None and request.keep_previous_points:
-                    result = tracker.add_prompt(
-                        prompt.obj_id, prompt.frame, points=prompt.points, labels=prompt.labels, clear_old=False
-                    )
-                else:
-                    result = apply_prompt(tracker, prompt)
+                result = session.add_prompt(
+                    prompt, keep_previous_points=request.keep_previous_points, correction=request.correction
+                )
                 if spec is not None:
                     entry.objects[prompt.obj_id] = spec
-                masks = result.masks(tracker.height, tracker.width)
-                entry.results.store(result, masks)
+                entry.results.store(result, session.result_masks(result))
                 # Every object's mask on the slice, as SliceResult promises: the prompted ones as just decoded.
-                scores = dict(zip(result.obj_ids, _scores(result, tracker), strict=False))
+                scores = dict(zip(result.obj_ids, session.scores(result), strict=False))
                 stored = entry.results.slice_masks(result.frame)
                 reply = _slice_reply(
                     result.frame,
                     stored,
-                    {o: scores[o] if o in scores else _score(entry, o, result.frame) for o in stored},
+                    {o: scores[o] if o in scores else session.score(o, result.frame) for o in stored},
                     "prompt",
                     1,
                     1,
@@ -436,7 +239,7 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
                 )
                 self._journal(entry, "AddPrompt", request)
             if request.request_id:
-                _remember(entry.replies, replay, (digest, reply))
+                remember(entry.replies, replay, (digest, reply))
             return reply
 
     @rpc("Propagate")
@@ -447,41 +250,33 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
             protocol = request.protocol
             if protocol == pb.PROTOCOL_UNSPECIFIED:
                 protocol = pb.PROTOCOL_IN_STATE if entry.study.is_video else pb.PROTOCOL_MEDSAM2_3D
-            slice_range = _range(request, entry.tracker.num_frames)
-            if protocol == pb.PROTOCOL_MEDSAM2_3D:
-                if entry.annotation is None:
-                    raise InvalidInput(
-                        "the MedSAM2 3D protocol is for volumes, and this session propagates in-state "
-                        "(it is a video, or its first propagation was IN_STATE)"
-                    )
-                if not entry.annotation.object_ids:
-                    raise PreconditionFailed(
-                        "no prompts yet: add a box, points or a mask before propagating", reason="NO_PROMPTS"
-                    )
-                total = entry.annotation.planned_slices(slice_range)
-                stream = entry.annotation.propagate(slice_range)
-            else:
-                if entry.annotation is not None:
-                    self._switch_to_in_state(entry)
-                stream, total = self._in_state(entry, request, slice_range)
-            three_d = protocol == pb.PROTOCOL_MEDSAM2_3D
+            session = entry.session
+            plan = session.plan(
+                three_d=protocol == pb.PROTOCOL_MEDSAM2_3D,
+                first=request.first_slice if request.HasField("first_slice") else None,
+                last=request.last_slice if request.HasField("last_slice") else None,
+                direction=DIRECTIONS[request.direction],
+                start=request.start_slice if request.HasField("start_slice") else None,
+            )
+            stream = session.propagate(plan)
+            total = plan.total
             finals: dict[int, dict[int, np.ndarray]] = {}
-            # Only the largest-component step changes a streamed mask (the key slice is one decode in both passes, and
-            # a correction's slices are streamed as re-tracked): without it, every tracked message is final.
-            provisional = three_d and entry.annotation.keep_largest_component
             completed = False
             try:
-                completed = yield from self._stream(
-                    entry, stream, total, request.encoding, context, final=not provisional
-                )
+                completed = yield from self._stream(entry, stream, total, request.encoding, context, final=plan.final)
             finally:
                 if not completed:
                     # Cut short (cancelled, refused by a limit, closed, drained): never journaled, so not kept. The
-                    # annotation's masks are empty or partial until every pass has run: they must not replace these.
+                    # session's 3D masks are empty or partial until every pass has run: they must not replace these.
                     before.restore()
-                elif three_d:
-                    # The annotation's masks are the result: passes merged, corrections applied, largest component.
-                    finals = self._store_annotation(entry)
+                elif plan.three_d:
+                    # The session's masks are the result: passes merged, corrections applied, largest component.
+                    # During the stream the store held each slice's last streamed mask, so what changes here is
+                    # exactly what the stream has not yet told its client.
+                    masks = session.masks()
+                    finals = changed_slices(entry.results.masks(), masks)
+                    for obj_id, mask in masks.items():
+                        entry.results.set_object(obj_id, mask)
             if completed:
                 try:
                     self._journal(entry, "Propagate", request)
@@ -492,26 +287,8 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
                 for frame, changed in sorted(finals.items()):
                     if not context.is_active():
                         return
-                    scores = {o: _score(entry, o, frame) for o in changed}
+                    scores = {o: session.score(o, frame) for o in changed}
                     yield _slice_reply(frame, changed, scores, "final", total, total, request.encoding, final=True)
-
-    @staticmethod
-    def _store_annotation(entry: SessionEntry) -> dict[int, dict[int, np.ndarray]]:
-        """Store the annotation's post-processed masks; returns, per slice, the objects whose stored mask changed.
-
-        During the stream the store holds each slice's last streamed mask, so what changes here is exactly what
-        the stream has not yet told its client.
-        """
-        before = entry.results.masks()
-        changed: dict[int, dict[int, np.ndarray]] = {}
-        for obj_id, mask in entry.annotation.masks().items():
-            old = before.get(obj_id)
-            frames = range(mask.shape[0]) if old is None else np.flatnonzero((old != mask).any(axis=(1, 2)))
-            for frame in frames:
-                if old is not None or mask[frame].any():
-                    changed.setdefault(int(frame), {})[obj_id] = mask[frame]
-            entry.results.set_object(obj_id, mask)
-        return changed
 
     def _stream(
         self,
@@ -533,14 +310,14 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
                 log.info("session %s: propagation cancelled after %d slices", entry.session_id, done)
                 return False
             done += 1
-            masks = result.masks(entry.tracker.height, entry.tracker.width)
+            masks = entry.session.result_masks(result)
             # The store keeps each slice's last streamed mask; the 3D protocol's masks replace it at the end.
             entry.results.store(result, masks)
             now = time.perf_counter()
             metrics.SLICE_SECONDS.labels(backend=self.backend.name).observe(now - started)
             metrics.SLICES.labels(backend=self.backend.name).inc()
             started = now
-            scores = _scores(result, entry.tracker)
+            scores = entry.session.scores(result)
             yield _slice_reply(
                 result.frame,
                 dict(zip(result.obj_ids, masks, strict=False)),
@@ -553,105 +330,15 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
             )
         return True
 
-    @staticmethod
-    def _switch_to_in_state(entry: SessionEntry) -> None:
-        """A volume's first IN_STATE propagation hands its prompts to the tracker; the session stays in-state."""
-        annotation = entry.annotation
-        propagated = [o for o in annotation.object_ids if annotation.is_propagated(o)]
-        if propagated:
-            raise InvalidInput(
-                f"objects {propagated} were propagated with the MedSAM2 3D protocol: keep using it "
-                "(corrections re-track from their slice), or reset them before propagating in-state"
-            )
-        for prompts in annotation.prompts().values():
-            for prompt in prompts:
-                apply_prompt(entry.tracker, prompt)
-        entry.annotation = None
-
-    def _in_state(self, entry: SessionEntry, request: pb.PropagateRequest, slice_range: tuple[int, int] | None):  # noqa: ANN202
-        tracker = entry.tracker
-        direction = DIRECTIONS[request.direction]
-        start = request.start_slice if request.HasField("start_slice") else None
-        if not tracker.objects:
-            raise PreconditionFailed(
-                "no prompts yet: add a box, points or a mask before propagating", reason="NO_PROMPTS"
-            )
-        origin = (
-            start if start is not None else min(t for o in tracker.objects.values() for t in (*o.cond, *o.pending_cond))
-        )
-        passes = [False, True] if direction is Direction.BOTH else [direction is Direction.BACKWARD]
-        first, last = slice_range if slice_range is not None else (0, tracker.num_frames - 1)
-        if not first <= origin <= last:
-            raise InvalidInput(f"start slice {origin} is outside the slice range {first},{last}")
-        total = 0
-        for reverse in passes:
-            total += (origin - first + 1 if origin > 0 else 0) if reverse else (last - origin + 1)
-
-        def stream() -> Iterator[tuple[str, FrameResult]]:
-            for reverse in passes:
-                limit = (origin - first) if reverse else (last - origin)
-                chosen = Direction.BACKWARD if reverse else Direction.FORWARD
-                for result in tracker.propagate(chosen, start=origin, limit=max(limit, 0)):
-                    yield chosen.value, result
-
-        return stream(), total
-
     # -- results, storing and resets ----------------------------------------------------
     @rpc("GetResult")
     def GetResult(self, request: pb.GetResultRequest, context) -> Iterator[pb.ResultChunk]:  # noqa: ANN001
         fmt = request.format or pb.RESULT_FORMAT_NPZ
-        if fmt not in RESULT_FORMATS:
-            raise InvalidInput(f"result format {fmt} is not known: use {sorted(pb.ResultFormat.keys())[1:]}")
-        label_entries: list[pb.LabelEntry] = []
+        check_format(fmt)
+        size = chunk_size(request.chunk_bytes, self.max_message_bytes)
         with self.registry.read(request.session_id) as entry:  # downloads share the session; changes wait
-            study = entry.study
-            if fmt in (pb.RESULT_FORMAT_DICOM_SEG, pb.RESULT_FORMAT_DICOM_SR):
-                built = self._dicom_results(entry)
-                data = built.seg_bytes if fmt == pb.RESULT_FORMAT_DICOM_SEG else built.sr_bytes
-                object_ids = entry.results.object_ids
-                shape = list(entry.results.shape)
-            elif fmt == pb.RESULT_FORMAT_OBJECT_MASKS_NPZ:
-                masks = entry.results.masks()
-                data, object_ids, shape = (
-                    encode_object_masks(masks, study.spacing),
-                    sorted(masks),
-                    list(entry.results.shape),
-                )
-            else:
-                values = LABEL_VALUES[request.label_values]
-                labels = entry.results.labels(values)
-                object_ids, shape = entry.results.object_ids, list(labels.shape)
-                entries = self._label_map(entry, object_ids, values)
-                data = encode_labels(
-                    labels,
-                    study.spacing,
-                    study.geometry,
-                    LABEL_FORMATS[fmt],
-                    label_map=label_map_json(entries, values),
-                )
-                label_entries = [
-                    pb.LabelEntry(value=e.value, object_id=e.object_id, name=e.name, colour_rgb=list(e.colour))
-                    for e in entries
-                ]
-        yield from _chunks(
-            data,
-            self._chunk_size(request.chunk_bytes),
-            format=fmt,
-            shape=shape,
-            object_ids=object_ids,
-            labels=label_entries,
-        )
-
-    @staticmethod
-    def _label_map(entry: SessionEntry, object_ids: list[int], values: LabelValues) -> list:
-        """The label map of the session's objects: values, and the names and colours their SEG segments get."""
-        specs = {i: entry.objects[i] for i in object_ids if i in entry.objects}
-        return label_map(
-            object_ids,
-            values,
-            names={i: s.label for i, s in specs.items()},
-            colours={i: s.colour for i, s in specs.items()},
-        )
+            chunks = result_chunks(entry, fmt, request.label_values, size, model_of(self, entry).short_sha)
+        yield from chunks
 
     @rpc("GetSlices")
     def GetSlices(self, request: pb.GetSlicesRequest, context) -> Iterator[pb.SliceResult]:  # noqa: ANN001
@@ -668,7 +355,7 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
             replies = []
             for frame in range(first, last + 1):
                 masks = entry.results.slice_masks(frame)
-                scores = {o: _score(entry, o, frame) for o in masks}
+                scores = {o: entry.session.score(o, frame) for o in masks}
                 total = last - first + 1
                 replies.append(
                     _slice_reply(frame, masks, scores, "stored", frame - first + 1, total, request.encoding, final=True)
@@ -677,52 +364,9 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
 
     @rpc("GetImage")
     def GetImage(self, request: pb.GetImageRequest, context) -> Iterator[pb.ResultChunk]:  # noqa: ANN001
-        # The kept image is never modified, so it is read without the session's lock: a viewer can fetch it
-        # while a propagation runs. The owner check is the registry's, as for every other RPC.
+        # Read without the session's lock (see image_chunks); the owner check is the registry's, as elsewhere.
         entry = self.registry.get(request.session_id)
-        image = entry.image
-        if image is None:
-            raise PreconditionFailed(
-                f"session {request.session_id} did not keep its image: open the study with header.keep_image "
-                "to view it (the page does so for PACS studies; an upload's client already has its voxels)",
-                field="session_id",
-                reason="IMAGE_NOT_KEPT",
-            )
-        # Compressed slab by slab as it is sent: a call holds about one chunk, not a copy of the study. The
-        # file's size (each chunk states it) is counted once per session: the image and its bytes never change.
-        spacing, geometry = entry.study.spacing, entry.study.geometry
-        with entry.image_lock:
-            if not entry.image_file_bytes:
-                pieces = nifti_gz_pieces(image, spacing, geometry, compresslevel=IMAGE_GZIP_LEVEL)
-                entry.image_file_bytes = sum(len(piece) for piece in pieces)
-            total = entry.image_file_bytes
-        yield from _stream_chunks(
-            nifti_gz_pieces(image, spacing, geometry, compresslevel=IMAGE_GZIP_LEVEL),
-            total,
-            self._chunk_size(request.chunk_bytes),
-            format=pb.RESULT_FORMAT_NIFTI_GZ,
-            shape=list(image.shape[:3]),
-        )
-
-    def _chunk_size(self, chunk_bytes: int) -> int:
-        """Bytes per ResultChunk: the client's choice (or 1 MiB), never more than a gRPC message may carry."""
-        size = chunk_bytes or DEFAULT_CHUNK_BYTES
-        if self.max_message_bytes:
-            size = min(size, max(self.max_message_bytes - CHUNK_OVERHEAD_BYTES, MIN_CHUNK_BYTES))
-        return size
-
-    def _dicom_results(self, entry: SessionEntry) -> DicomResults:
-        """The session's SEG and SR, built once per state of the results (so the SR always names that SEG)."""
-        cached = entry.replies.get("dicom")
-        if cached is not None and cached[0] == entry.results.version:
-            return cached[1]
-        require_dicom_source(entry.study)
-        masks = {i: m for i, m in entry.results.masks().items() if m.any()}
-        built = build_dicom_results(
-            masks, entry.study, entry.results.shape, entry.objects, self._model_of(entry).short_sha
-        )
-        entry.replies["dicom"] = (entry.results.version, built)
-        return built
+        yield from image_chunks(entry, chunk_size(request.chunk_bytes, self.max_message_bytes))
 
     @rpc("StoreResult")
     def StoreResult(self, request: pb.StoreResultRequest, context) -> pb.StoreResultResponse:  # noqa: ANN001
@@ -736,38 +380,17 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
         with self.registry.claim(request.session_id) as entry:
             replay = f"store:{request.request_id}"
             earlier = (
-                self._earlier_reply(entry, replay, pb.StoreResultResponse, request, request.request_id)
+                earlier_reply(self.durability, entry, replay, pb.StoreResultResponse, request, request.request_id)
                 if request.request_id
                 else None
             )
             if earlier is not None:
                 return earlier
-            study = entry.study
-            fetched = study.dicom is None and bool(study.sop_instance_uids and study.study_uid and study.series_uid)
-            if fetched:
-                # An upload that named its DICOM instances: their headers come from the PACS that holds them.
-                with self.pacs_fetches.fetch(context) as cancel:
-                    source = self.pacs.headers(
-                        request.endpoint, study.study_uid, study.series_uid, study.sop_instance_uids, cancel=cancel
-                    )
-                check_headers_match(study, source, entry.results.shape)
-                study.dicom = source
-            try:
-                built = self._dicom_results(entry)
-            except Exception:
-                if fetched:
-                    study.dicom = None  # a refused request leaves the session as it was
-                raise
-            self.pacs.store(request.endpoint, [built.seg, built.sr])
-            reply = pb.StoreResultResponse(
-                study_uid=str(built.seg.StudyInstanceUID),
-                seg_series_uid=str(built.seg.SeriesInstanceUID),
-                seg_sop_instance_uid=str(built.seg.SOPInstanceUID),
-                sr_series_uid=str(built.sr.SeriesInstanceUID),
-                sr_sop_instance_uid=str(built.sr.SOPInstanceUID),
+            reply = store_on_pacs(
+                self.pacs, self.pacs_fetches, entry, request.endpoint, context, model_of(self, entry).short_sha
             )
             if request.request_id:
-                self._keep_reply(entry, replay, request, reply)
+                keep_reply(self.durability, entry, replay, request, reply)
             log.info("session %s: stored SEG and SR on PACS %s", entry.session_id, request.endpoint)
             return reply
 
@@ -777,62 +400,26 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
         with self.registry.claim(request.session_id) as entry:
             replay = f"annotation:{request.request_id}"
             earlier = (
-                self._earlier_reply(entry, replay, pb.SaveAnnotationResponse, request, request.request_id)
+                earlier_reply(self.durability, entry, replay, pb.SaveAnnotationResponse, request, request.request_id)
                 if request.request_id
                 else None
             )
             if earlier is not None:
                 return earlier
-            masks = {i: m for i, m in entry.results.masks().items() if m.any()}
-            if not masks:
-                raise PreconditionFailed(
-                    "the session has no masks to save yet: add a prompt (and propagate) first", reason="NO_MASKS"
-                )
-            too_large = [i for i in masks if i > MAX_TRAINING_LABEL]
-            if too_large:
-                raise InvalidInput(
-                    f"object id {too_large[0]} does not fit the training format's labels (1..{MAX_TRAINING_LABEL})"
-                )
-            # The same label volume as GetResult's with object-id values (one builder, one overlap rule).
-            labels = build_labels(masks, entry.results.shape, LabelValues.OBJECT_IDS)
-            model = self._model_of(entry)
-            study = entry.study
-            saved = self.annotations.save(
-                entry.owner,
-                request.case_name or study.label or "study",
-                entry.tracker.frames,
-                labels,
-                study.spacing,
-                modality=study.modality or ("VIDEO" if study.is_video else "CT"),
-                video=study.is_video,
-                provenance={
-                    "source": "medsam2 serve SaveAnnotation",
-                    "saved_by": entry.owner,
-                    "session_id": entry.session_id,
-                    "preset": study.preset,
-                    "model_version": model.version,
-                    "model_checkpoint_sha256": model.checkpoint_sha256,
-                    "objects": {str(i): entry.objects[i].label if i in entry.objects else "" for i in masks},
-                },
-            )
-            reply = pb.SaveAnnotationResponse(
-                case_file=saved.case_file,
-                folder=saved.folder,
-                sha256=saved.sha256,
-                size_bytes=saved.size_bytes,
-                object_ids=sorted(masks),
-                model_version=model.short_sha,
-            )
+            reply = save_training_case(self.annotations, entry, request.case_name, model_of(self, entry))
             if request.request_id:
-                self._keep_reply(entry, replay, request, reply)
+                keep_reply(self.durability, entry, replay, request, reply)
             log.info(
-                "session %s: saved %d object(s) as training case %s", entry.session_id, len(masks), saved.case_file
+                "session %s: saved %d object(s) as training case %s",
+                entry.session_id,
+                len(reply.object_ids),
+                reply.case_file,
             )
             return reply
 
     @rpc("GetServerInfo")
     def GetServerInfo(self, request: pb.GetServerInfoRequest, context) -> pb.ServerInfo:  # noqa: ANN001
-        return self._server_info()
+        return server_info(self)
 
     @rpc("SetModelVersion")
     def SetModelVersion(self, request: pb.SetModelVersionRequest, context) -> pb.ServerInfo:  # noqa: ANN001
@@ -846,44 +433,12 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
                 reason="MODEL_NOT_VERSIONED",
             )
         versions.switch(request.version or None, by=principal)
-        return self._server_info()
-
-    def _server_info(self) -> pb.ServerInfo:
-        limits = self.registry.limits
-        versions = self.registry.versions
-        model = (versions.provenance(versions.current_version) if versions is not None else None) or self.model
-        capabilities = ["corrections", "request-ids", "object-masks", "dicom-seg", "dicom-sr", "image"]
-        if self.pacs is not None:
-            capabilities += ["pacs", "store-result"]
-        if self.annotations.enabled:
-            capabilities.append("save-annotation")
-        if versions is not None:
-            capabilities.append("model-versions")
-        return pb.ServerInfo(
-            server_version=_package_version(),
-            api_version=pb.DESCRIPTOR.package,
-            backend=self.backend.name,
-            precision=self.backend.precision,
-            model=_model_info(model),
-            limits=pb.ServerLimits(
-                max_sessions=limits.max_sessions,
-                max_study_voxels=limits.max_study_voxels,
-                max_state_bytes=limits.max_state_bytes,
-                session_ttl_seconds=limits.idle_ttl_s,
-                max_message_bytes=self.max_message_bytes,
-                max_points=MAX_POINTS,
-            ),
-            presets=[p.value for p in Preset],
-            pacs_endpoints=self.pacs.endpoint_names if self.pacs is not None else [],
-            result_formats=list(RESULT_FORMATS),
-            capabilities=capabilities,
-            model_versions=versions.available() if versions is not None else [],
-        )
+        return server_info(self)
 
     @rpc("ResetObjects")
     def ResetObjects(self, request: pb.ResetObjectsRequest, context) -> pb.Session:  # noqa: ANN001
         with self.registry.claim(request.session_id) as entry:
-            known = _object_ids(entry)
+            known = entry.session.object_ids()
             if request.all:
                 ids = None
             else:
@@ -896,204 +451,19 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
                     )
                 ids = list(request.object_ids)
             with entry.all_or_nothing():  # kept only once journaled, as AddPrompt
-                if entry.annotation is not None:
-                    entry.annotation.reset(ids)
-                elif ids is None:
-                    entry.tracker.reset()
-                else:
-                    for obj_id in ids:
-                        if obj_id in entry.tracker.objects:
-                            entry.tracker.reset(obj_id)
+                entry.session.reset(ids)
                 entry.results.clear(ids)
                 self._journal(entry, "ResetObjects", request)
-            return self._describe(entry)
+            return describe_session(self, entry)
 
     def _journal(self, entry: SessionEntry, method: str, request: Message) -> None:
         """Record an accepted change of a durable session in the store, before it is acknowledged."""
         if self.durability is not None and entry.durable:
             self.durability.journal(entry.session_id, method, request)
 
-    def _earlier_reply(
-        self, entry: SessionEntry, key: str, reply_type: type[Message], request: Message, request_id: str
-    ) -> Message | None:
-        """The reply already given to this request id: from this replica, or from the store after a failover.
-
-        The same id with a different request is refused (``REQUEST_ID_REUSED``).
-        """
-        earlier = entry.replies.get(key)
-        if earlier is None and self.durability is not None and entry.durable:
-            earlier = self.durability.reply(entry.session_id, key, reply_type)
-        if earlier is None:
-            return None
-        check_same(earlier[0], request_digest(request), request_id)
-        return earlier[1]
-
-    def _keep_reply(self, entry: SessionEntry, key: str, request: Message, reply: Message) -> None:
-        """Remember a reply whose work must not be repeated by a retry, here and (durable sessions) in the store."""
-        digest = request_digest(request)
-        _remember(entry.replies, key, (digest, reply))
-        if self.durability is not None and entry.durable:
-            self.durability.remember_reply(entry.session_id, key, reply, digest)
-
-    def _model_of(self, entry: SessionEntry) -> ModelProvenance:
-        """The model a session runs on: its pinned version's provenance when numbered versions are served."""
-        versions = self.registry.versions
-        if versions is None or entry.model_version is None:
-            return self.model
-        return versions.provenance(entry.model_version) or ModelProvenance(version=entry.model_version)
-
-    def _describe(self, entry: SessionEntry) -> pb.Session:
-        tracker = entry.tracker
-        study = entry.study
-        return pb.Session(
-            session_id=entry.session_id,
-            shape=[tracker.num_frames, tracker.height, tracker.width],
-            spacing_mm=list(study.spacing),
-            object_ids=_object_ids(entry),
-            state_bytes=entry.state_bytes,
-            idle_seconds=entry.idle_seconds(),
-            expires_in_seconds=self.registry.expires_in(entry),
-            label=study.label,
-            backend=self.backend.name,
-            busy=entry.busy,
-            modality=study.modality,
-            geometry=geometry_to_pb(study.geometry),
-            frame_of_reference_uid=study.frame_of_reference_uid,
-            study_uid=study.study_uid,
-            series_uid=study.series_uid,
-            external_id=study.external_id,
-            preset=study.preset,
-            dicom_results=study.dicom is not None,
-            model_version=self._model_of(entry).short_sha,
-            durable=entry.durable,
-            model=_model_info(self._model_of(entry)),
-            image_kept=entry.image is not None,
-            postprocessing=postprocessing_to_pb(study.postprocessing) if study.postprocessing is not None else None,
-            sop_instance_uids=_slice_uids(study),
-        )
-
-
-class _ReplayContext:
-    """The context a journal replay runs under: always active, as the original stream ran to its end."""
-
-    def is_active(self) -> bool:
-        """A replayed propagation never stops early."""
-        return True
-
-
-_REPLAY_CONTEXT = _ReplayContext()
-
 
 def _no_upload() -> np.ndarray:
     raise AssertionError("a study from PACS receives no voxels from its client")
-
-
-def _chunks(
-    data: bytes,
-    chunk_bytes: int,
-    *,
-    format: pb.ResultFormat,
-    shape: list[int],
-    object_ids: list[int] | None = None,
-    labels: list[pb.LabelEntry] | None = None,
-) -> Iterator[pb.ResultChunk]:
-    """``data`` as ResultChunks of ``chunk_bytes``, each describing the whole; one if empty."""
-    size = chunk_bytes
-    for offset in range(0, max(len(data), 1), size):
-        yield pb.ResultChunk(
-            data=data[offset : offset + size],
-            offset=offset,
-            total_bytes=len(data),
-            format=format,
-            shape=shape,
-            object_ids=object_ids or [],
-            labels=labels or [],
-        )
-
-
-def _stream_chunks(
-    pieces: Iterator[bytes], total: int, size: int, *, format: pb.ResultFormat, shape: list[int]
-) -> Iterator[pb.ResultChunk]:
-    """A file made as ``pieces`` of ``total`` bytes as ResultChunks of ``size``, each sent once it is full."""
-    buffer = bytearray()
-    offset = 0
-    for piece in pieces:
-        buffer += piece
-        while len(buffer) >= size:
-            yield pb.ResultChunk(
-                data=bytes(buffer[:size]), offset=offset, total_bytes=total, format=format, shape=shape
-            )
-            del buffer[:size]
-            offset += size
-    if offset + len(buffer) != total:
-        raise RuntimeError(f"the image file came out at {offset + len(buffer)} bytes, not the {total} announced")
-    if buffer or not offset:
-        yield pb.ResultChunk(data=bytes(buffer), offset=offset, total_bytes=total, format=format, shape=shape)
-
-
-def _remember(replies: dict, key: str, reply: object) -> None:
-    """Keep a reply for retries of its request id; only the latest few per kind (a retry follows its request)."""
-    replies[key] = reply
-    kind = key.split(":", 1)[0] + ":"
-    keys = [k for k in replies if k.startswith(kind)]
-    for old in keys[:-REMEMBERED_REPLIES]:
-        del replies[old]
-
-
-def _object_ids(entry: SessionEntry) -> list[int]:
-    if entry.annotation is not None:
-        return sorted(entry.annotation.object_ids)
-    return sorted(entry.tracker.objects)
-
-
-def _model_info(model: ModelProvenance) -> pb.ModelInfo:
-    return pb.ModelInfo(
-        version=model.version,
-        checkpoint_sha256=model.checkpoint_sha256 or "",
-        short_sha=model.short_sha,
-        untrained=bool(model.untrained),
-    )
-
-
-def _package_version() -> str:
-    try:
-        return metadata.version("medsam2-serving")
-    except metadata.PackageNotFoundError:
-        return "unknown"
-
-
-def _range(request: pb.PropagateRequest, num_frames: int) -> tuple[int, int] | None:
-    if not request.HasField("first_slice") and not request.HasField("last_slice"):
-        return None
-    first = request.first_slice if request.HasField("first_slice") else 0
-    last = request.last_slice if request.HasField("last_slice") else num_frames - 1
-    if last >= num_frames or first > last:
-        raise InvalidInput(
-            f"slice range {first},{last} does not fit the study's {num_frames} slices (0..{num_frames - 1})"
-        )
-    return first, last
-
-
-def _scores(result: FrameResult, tracker: Tracker) -> list[float]:
-    """Each object's presence logit in a frame result (from the tracker when the result carries none)."""
-    if result.object_scores:
-        return list(result.object_scores)
-    scores = []
-    for obj_id in result.obj_ids:
-        out = tracker.objects[obj_id].output(result.frame) if obj_id in tracker.objects else None
-        scores.append(out.object_score if out is not None else -1024.0)
-    return scores
-
-
-def _score(entry: SessionEntry, obj_id: int, frame: int) -> float:
-    """An object's stored presence logit on ``frame`` (-1024 where it has no output there)."""
-    if entry.annotation is not None:
-        if obj_id in entry.annotation.object_ids:
-            return entry.annotation.object_score(obj_id, frame)
-        return -1024.0
-    track = entry.tracker.objects.get(obj_id)
-    out = track.output(frame) if track is not None else None
-    return out.object_score if out is not None else -1024.0
 
 
 def _slice_reply(
@@ -1113,10 +483,3 @@ def _slice_reply(
         for obj_id, mask in masks.items()
     ]
     return pb.SliceResult(slice=frame, objects=objects, done=done, total=total, final=final, **{"pass": pass_name})
-
-
-def _slice_uids(study: StudyInfo) -> list[str]:
-    """Each slice's SOPInstanceUID (a multi-frame source has one object, so none per slice)."""
-    if study.dicom is not None:
-        return [] if study.dicom.multiframe else list(study.dicom.slice_uids)
-    return list(study.sop_instance_uids)

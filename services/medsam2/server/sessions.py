@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from medsam2.engine.postprocessing import PostProcessingOptions
+from medsam2.engine.session import Session
 from medsam2.engine.tracker import Tracker
 from medsam2.errors import (
     CapacityExceeded,
@@ -184,11 +185,10 @@ class SessionEntry:
     """One open session."""
 
     session_id: str
-    tracker: Tracker
+    session: Session
+    """The study's prompts, tracks and masks (``engine.session``)."""
     study: StudyInfo
     results: ResultStore
-    annotation: Any = None
-    """The volume protocol's state (``engine.protocols.VolumeAnnotation``); None for videos."""
     objects: dict[int, Any] = field(default_factory=dict)
     """Per-object DICOM metadata (label, colour, codes) that AddPrompt set."""
     durable: bool = False
@@ -214,6 +214,20 @@ class SessionEntry:
     """Held while the first GetImage counts the file's size, so concurrent first calls count it once."""
     rebuilder: int = 0
     """The thread replaying this session's journal (0: none); no other request sees the session until it is done."""
+
+    @property
+    def tracker(self) -> Tracker:
+        """The session's tracker."""
+        return self.session.tracker
+
+    @property
+    def annotation(self) -> Any:
+        """The volume protocol's state (``engine.protocols.VolumeAnnotation``); None for videos."""
+        return self.session.annotation
+
+    @annotation.setter
+    def annotation(self, value: Any) -> None:
+        self.session.annotation = value
 
     def checkpoint(self) -> Checkpoint:
         """The session's state now (prompts, tracks, masks, object metadata); ``restore`` puts it back."""
@@ -341,7 +355,7 @@ class SessionRegistry:
 
     def add(
         self,
-        tracker: Tracker,
+        session: Session,
         study: StudyInfo,
         *,
         principal: str | None = None,
@@ -355,9 +369,10 @@ class SessionRegistry:
         ``model_version``: the version a rebuilt session was opened with (held by ``VersionedBackends.hold``);
         otherwise the current one. ``image`` keeps the study's voxels for GetImage.
         """
+        tracker = session.tracker
         entry = SessionEntry(
             session_id or uuid.uuid4().hex,
-            tracker,
+            session,
             study,
             ResultStore(*tracker_shape(tracker)),
             owner=_who(principal),
