@@ -19,6 +19,11 @@ LONG_COMMAND_S = 1500.0
 """A command that runs several protocols or the reference (``bench``, ``parity``, a round trip, fine-tuning):
 under 2 minutes here."""
 
+TRITON_CALL_S = 300.0
+"""One Triton inference while others queue behind it (eight sessions at once through the CPU Python backend): a
+few seconds here. The backend's own default (30 s) is sized for a GPU server, and was exceeded on a loaded
+2-core AVX2 machine."""
+
 BROWSER_STEP_MS = 180_000
 """One step in the browser (a page load, a box or a click and its mask): a few seconds here."""
 

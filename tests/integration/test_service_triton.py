@@ -9,6 +9,7 @@ import grpc
 import numpy as np
 import pytest
 
+import patience
 from medsam2.api.client import Client
 from medsam2.api.pb.medsam2.v1 import segmentation_pb2 as pb
 from medsam2.backends.onnxruntime_backend import OnnxRuntimeBackend
@@ -58,7 +59,11 @@ def test_same_masks_through_triton_and_embedded(triton_url: str, graphs: dict[st
             ServerSettings(port=0, metrics_port=0, model_repository=graphs["present"]),
             OnnxRuntimeBackend(graphs["present"], threads=2),
         ),
-        ("triton", ServerSettings(port=0, metrics_port=0, triton_url=triton_url), TritonBackend(triton_url)),
+        (
+            "triton",
+            ServerSettings(port=0, metrics_port=0, triton_url=triton_url),
+            TritonBackend(triton_url, timeout_s=patience.TRITON_CALL_S),
+        ),
     ):
         running, target = _serve(settings, backend)
         try:
@@ -74,7 +79,10 @@ def test_triton_logits_equal_embedded_logits(triton_url: str, graphs: dict[str, 
 
     frames, boxes = study
     runs = []
-    for backend in (OnnxRuntimeBackend(graphs["present"], threads=2), TritonBackend(triton_url)):
+    for backend in (
+        OnnxRuntimeBackend(graphs["present"], threads=2),
+        TritonBackend(triton_url, timeout_s=patience.TRITON_CALL_S),
+    ):
         tracker = Tracker(backend, frames, TrackerOptions())
         tracker.add_prompt(1, 3, box=boxes[0])
         runs.append([r.low_res for r in tracker.propagate(Direction.BOTH, start=3)])
@@ -98,7 +106,10 @@ def test_four_objects_are_encoded_once_per_slice_in_triton(triton_url: str, grap
         want = _segment_via_service(target, frames, boxes)
     finally:
         running.stop(2)
-    running, target = _serve(ServerSettings(port=0, metrics_port=0, triton_url=triton_url), TritonBackend(triton_url))
+    running, target = _serve(
+        ServerSettings(port=0, metrics_port=0, triton_url=triton_url),
+        TritonBackend(triton_url, timeout_s=patience.TRITON_CALL_S),
+    )
     before = {m: model_counts(triton_url, m) for m in ("image_encoder", "track_step")}
     try:
         got = _segment_via_service(target, frames, boxes)
@@ -120,7 +131,8 @@ def test_triton_down_mid_propagation_then_back(triton_repository: Path, study) -
     frames, boxes = study
     with triton_process(triton_repository) as triton:
         running, target = _serve(
-            ServerSettings(port=0, metrics_port=0, triton_url=triton.url), TritonBackend(triton.url)
+            ServerSettings(port=0, metrics_port=0, triton_url=triton.url),
+            TritonBackend(triton.url, timeout_s=patience.TRITON_CALL_S),
         )
         client = Client(target)
         try:

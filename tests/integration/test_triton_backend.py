@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import patience
 from medsam2.backends.onnxruntime_backend import OnnxRuntimeBackend
 from medsam2.engine.backend import StageBackend
 from medsam2.engine.resize import from_bfloat16_bits, to_bfloat16_bits
@@ -27,7 +28,7 @@ pytestmark = pytest.mark.slow
 def triton(triton_url: str):  # noqa: F811 - a TritonBackend; tritonclient is imported lazily
     from medsam2.backends.triton_backend import TritonBackend
 
-    backend = TritonBackend(triton_url)
+    backend = TritonBackend(triton_url, timeout_s=patience.TRITON_CALL_S)
     yield backend
     backend.close()
 
@@ -145,7 +146,7 @@ def test_request_triton_refuses_is_invalid_input(triton_url: str) -> None:  # no
     from medsam2.backends.triton_backend import TritonBackend
 
     # A client that believes in a larger max batch than the repository's 16 sends 17 at once; Triton refuses.
-    backend = TritonBackend(triton_url, max_batch=32)
+    backend = TritonBackend(triton_url, max_batch=32, timeout_s=patience.TRITON_CALL_S)
     inputs = sample_inputs(GRAPHS[Stage.MASK_SELECT], batch=17)
     with pytest.raises(InvalidInput, match="mask_select"):
         backend.run(Stage.MASK_SELECT, inputs)
@@ -195,7 +196,7 @@ def test_track_step_with_more_objects_than_max_batch(triton_url: str, embedded: 
     """The ensemble chunked: a client capped at 2 rows sends 3 objects as two requests, with the same results."""
     from medsam2.backends.triton_backend import TritonBackend
 
-    backend = TritonBackend(triton_url, max_batch=2)
+    backend = TritonBackend(triton_url, max_batch=2, timeout_s=patience.TRITON_CALL_S)
     inputs = sample_inputs(ENSEMBLES[Stage.TRACK_STEP], batch=3, slots=2, seed=12)
     inputs["no_memory"][:] = 0.0
     inputs["memory"] = from_bfloat16_bits(to_bfloat16_bits(inputs["memory"]))
