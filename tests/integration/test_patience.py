@@ -23,6 +23,7 @@ def test_every_wait_is_below_the_per_test_limit() -> None:
         "SERVER_START_S": patience.SERVER_START_S,
         "COMMAND_S": patience.COMMAND_S,
         "LONG_COMMAND_S": patience.LONG_COMMAND_S,
+        "TRITON_CALL_S": patience.TRITON_CALL_S,
         "BROWSER_STEP_MS": patience.BROWSER_STEP_MS / 1000,
         "BROWSER_PROPAGATION_MS": patience.BROWSER_PROPAGATION_MS / 1000,
     }
