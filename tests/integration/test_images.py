@@ -38,7 +38,9 @@ from test_chart import CHART, NAMESPACE, RELEASE, VARIANTS, container, env_of, i
 ROOT = Path(__file__).resolve().parents[2]
 BUILD_TIMEOUT_S = 3600
 """A cold build (stand-in base, every apt, pip and npm download) took 15 minutes here at a load of 22 on 2 cores;
-a warm one seconds. `make test` builds before pytest; run alone, the hour leaves room for a slower machine."""
+a warm one seconds. `make test` starts that build in the background before pytest, and this one waits for its
+lock, then reuses it; run alone, the hour leaves room for a slower machine (the module's pytest-timeout is
+raised above it)."""
 START_TIMEOUT_S = 300
 """SERVING came after about 30 s under load here (loading six graphs); five-fold slower still fits."""
 GRACE_S = 20

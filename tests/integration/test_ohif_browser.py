@@ -276,7 +276,7 @@ def test_the_readers_loop_in_stock_ohif_from_the_service(
     brush = [key - 2, [col - 2, row], [col + 6, row]]
     report = orthanc.run_isolated(
         scenario_ohif,
-        timeout_s=3000,
+        timeout_s=patience.LONG_COMMAND_S,
         folder=str(series.folder),
         graphs=str(graphs["present"]),
         key=key,
