@@ -71,9 +71,11 @@ def test_gzipped_and_scaled_files(tmp_path: Path) -> None:
     [
         (b"not an image at all\n" * 30, "is not a NIfTI image (no NIfTI-1 header)"),
         (b"tiny", "too short"),
-        (gzip.compress(b"x" * 400), "no NIfTI-1 header"),
+        (gzip.compress(b"x" * 400, mtime=0), "no NIfTI-1 header"),
         (b"\x1f\x8bbroken gzip", "does not decompress"),
     ],
+    # Named ids: pytest-xdist's workers each collect, and must agree on every test's id.
+    ids=["text", "tiny", "gzip-of-text", "broken-gzip"],
 )
 def test_files_that_are_not_images_are_named(tmp_path: Path, content: bytes, message: str) -> None:
     path = tmp_path / "upload.nii.gz"
