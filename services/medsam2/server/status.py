@@ -101,7 +101,8 @@ def rich_status(code: grpc.StatusCode, message: str, error: Exception | None = N
         )
     catalogued = REASON_BY_NAME.get(reason)
     if code in DEFAULT_RETRY_S and (catalogued is None or catalogued.retry):
-        # A permanent refusal (STUDY_TOO_LARGE, STATE_LIMIT, ...) carries no RetryInfo: waiting cannot help.
+        # A permanent refusal (STUDY_TOO_LARGE, ANNOTATION_QUOTA, BODY_TOO_LARGE, ...: the catalogue's retry=False)
+        # carries no RetryInfo: waiting cannot help.
         after = error.retry_after_s if isinstance(error, Medsam2Error) and error.retry_after_s else None
         details.append(error_details_pb2.RetryInfo(retry_delay=_duration(after or DEFAULT_RETRY_S[code])))
     packed = []
